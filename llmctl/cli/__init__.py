@@ -1,0 +1,46 @@
+"""`llmctl` command line: one Typer app; each stage's commands live in their own module here.
+
+The CLI only parses arguments, loads configs and shows progress; the work is done by plain
+functions in the stage modules, which tests and notebooks call directly.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from llmctl.cli.app import app
+from llmctl.errors import UsageError
+
+# Each import registers that module's commands on `app`.
+from llmctl.cli import align as _align  # noqa: E402,F401
+from llmctl.cli import evaluate as _evaluate  # noqa: E402,F401
+from llmctl.cli import filter as _filter  # noqa: E402,F401
+from llmctl.cli import quality as _quality  # noqa: E402,F401
+from llmctl.cli import tokenize as _tokenize  # noqa: E402,F401
+from llmctl.cli import train as _train  # noqa: E402,F401
+
+
+def main() -> None:
+    """Console-script entry point: a user error is one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UsageError as e:
+        print(f"llmctl: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("llmctl: interrupted (finished shards are kept; re-run the same command to resume)", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click's own usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+__all__ = ["app", "main"]

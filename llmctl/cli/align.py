@@ -1,0 +1,1 @@
+"""Commands: llmctl sft, reward, dpo, data import (issue 6). Registered on the shared app by importing this module."""

@@ -1,0 +1,48 @@
+"""The one Typer app every command module registers on, and the CLI's shared options."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="llmctl",
+    help="From a raw web crawl to an evaluated, aligned language model. "
+    "Every stage reads and writes Parquet datasets with a _manifest.json (lineage, config, stats).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# Options most stages share. Defaults are None so that only flags the user gave override the
+# config file (see llmctl.config.load).
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML or TOML file with this stage's options.")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override any config option: --set section.key=value (repeatable)."),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an output directory that holds a different run's output.")
+]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: all cores).")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from llmctl import __version__
+
+        typer.echo(f"llmctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """From a raw web crawl to an evaluated, aligned language model."""

@@ -1,0 +1,1 @@
+"""Data stages: extraction, rule filters, PII scrub, dedup, quality classifier."""

@@ -1,0 +1,280 @@
+"""`llmctl filter`: crawl files in, clean documents out, with a funnel that adds up.
+
+One task per input file (or input shard): read its records, run the configured steps on each
+document in order, write the kept documents to `part-NNNNN.parquet` and the removed ones, with
+the rule that removed them, to `rejected/part-NNNNN.parquet`. Output shard N depends only on
+input file N and the config, so the output is the same for any worker count, and a killed run
+resumes task by task (llmctl.datasets).
+
+Accounting, per task and in total: every record read is kept, rejected (with its reason) or
+unreadable (with its reason), so `read == kept + rejected + unreadable` in documents and bytes
+(bytes: UTF-8 text bytes for documents, raw bytes for unreadable records).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmctl.config import runtime
+from llmctl.data.c4 import C4Config, C4Filter
+from llmctl.data.document import DOCUMENT_SCHEMA, REJECTED_SCHEMA, Document, to_row
+from llmctl.data.extract import ExtractConfig, Rejected, Unreadable, input_kind, parquet_columns, read_input
+from llmctl.data.gopher import (
+    GopherQualityConfig,
+    GopherQualityFilter,
+    GopherRepetitionConfig,
+    GopherRepetitionFilter,
+)
+from llmctl.data.pii import PIIConfig, PIIScrubber
+from llmctl.datasets import Dataset, StageOutput, fingerprint_file
+from llmctl.errors import UsageError
+from llmctl.executor import Reporter, default_workers, run_tasks
+from llmctl.progress import StageProgress
+
+STEP_NAMES = ("gopher_repetition", "gopher_quality", "c4", "pii")
+
+
+@dataclass
+class FilterConfig:
+    """Options of `llmctl filter` (YAML/TOML sections mirror these fields)."""
+
+    steps: list[str] = field(default_factory=lambda: list(STEP_NAMES))  # order in which steps run
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    gopher_repetition: GopherRepetitionConfig = field(default_factory=GopherRepetitionConfig)
+    gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
+    c4: C4Config = field(default_factory=C4Config)
+    pii: PIIConfig = field(default_factory=PIIConfig)
+    write_rejected: bool = True  # keep removed documents under rejected/ with their reason
+    workers: int | None = runtime(None)  # worker processes; None = all cores
+
+
+_STEP_CLASSES = {
+    "gopher_repetition": GopherRepetitionFilter,
+    "gopher_quality": GopherQualityFilter,
+    "c4": C4Filter,
+    "pii": PIIScrubber,
+}
+
+
+def build_steps(cfg: FilterConfig) -> list:
+    unknown = [s for s in cfg.steps if s not in _STEP_CLASSES]
+    if unknown:
+        raise UsageError(f"unknown filter step {unknown[0]!r}; steps: {', '.join(_STEP_CLASSES)}")
+    steps = []
+    for name in cfg.steps:
+        step_cfg = getattr(cfg, name)
+        if step_cfg.enabled:
+            steps.append(_STEP_CLASSES[name](step_cfg))
+    return steps
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class InputFile:
+    path: str
+    kind: str
+    lineage: dict[str, Any]
+
+
+def resolve_inputs(patterns: list[str], cfg: ExtractConfig) -> list[InputFile]:
+    """Expand files, globs and directories (recursively) into a sorted list of input files.
+
+    A directory holding an llmctl dataset contributes its shards, and its manifest as lineage.
+    Anything unusable is a `UsageError` before any output is written.
+    """
+    if not patterns:
+        raise UsageError("no input given")
+    found: list[InputFile] = []
+    for pat in patterns:
+        matches = sorted(glob.glob(pat, recursive=True)) if glob.has_magic(pat) else [pat]
+        if not matches:
+            raise UsageError(f"{pat}: no input matches")
+        for m in matches:
+            p = Path(m)
+            if not p.exists():
+                raise UsageError(f"{p}: no such file or directory")
+            if p.is_dir() and Dataset.is_dataset(p):
+                ds = Dataset.open(p)
+                found += [InputFile(str(s), "parquet", ds.lineage()) for s in ds.shards]
+            elif p.is_dir():
+                found += [_input_file(f) for f in _directory_files(p)]
+            else:
+                found.append(_input_file(p))
+    seen: set[str] = set()
+    unique = []
+    for f in found:
+        key = os.path.realpath(f.path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    for f in unique:
+        if f.kind == "parquet" and cfg.text_field not in parquet_columns(f.path):
+            cols = ", ".join(parquet_columns(f.path))
+            raise UsageError(f"{f.path}: Parquet file has no {cfg.text_field!r} column (columns: {cols})")
+    return unique
+
+
+def _directory_files(d: Path) -> list[Path]:
+    """The input files of a directory: its files of the first kind present among WARC, WET, JSONL,
+    Parquet (so a crawl folder's own metadata .jsonl is not read as documents)."""
+    by_kind: dict[str, list[Path]] = {}
+    for f in sorted(d.rglob("*")):
+        if f.is_file() and input_kind(f) and not any(part.startswith(("_", ".")) for part in f.relative_to(d).parts):
+            by_kind.setdefault(input_kind(f), []).append(f)
+    for kind in ("warc", "wet", "jsonl", "parquet"):
+        if kind in by_kind:
+            return by_kind[kind]
+    raise UsageError(f"{d}: directory has no WARC, WET, JSONL or Parquet files")
+
+
+def _input_file(p: Path) -> InputFile:
+    kind = input_kind(p)
+    if kind is None:
+        raise UsageError(f"{p}: unsupported input (expected .warc[.gz], .wet[.gz], .jsonl[.gz] or .parquet)")
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{p}: not readable")
+    return InputFile(str(p), kind, {"path": str(p.resolve()), "fingerprint": fingerprint_file(p)})
+
+
+# ----------------------------------------------------------------------------- one task
+
+
+@dataclass
+class FilterTask:
+    index: int
+    input: InputFile
+    out: StageOutput
+    cfg: FilterConfig
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}"
+
+
+def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
+    """Filter one input file into one output shard (+ its rejected shard); returns its stats."""
+    started = time.time()
+    cfg = task.cfg
+    steps = build_steps(cfg)
+    stats: Counter[str] = Counter()
+    data_w = task.out.shard_writer(f"{task.name}.parquet", DOCUMENT_SCHEMA)
+    rej_w = task.out.shard_writer(f"rejected/{task.name}.parquet", REJECTED_SCHEMA) if cfg.write_rejected else None
+    try:
+        for rec in read_input(task.input.path, task.input.path, cfg.extract, report):
+            report(docs=1)
+            if isinstance(rec, Unreadable):
+                _count(stats, f"unreadable.{rec.reason}", rec.nbytes)
+                continue
+            if isinstance(rec, Rejected):
+                _reject(stats, rej_w, rec.doc, rec.reason, rec.detail)
+                continue
+            reason = _run_steps(steps, rec, stats)
+            if reason is None:
+                _count(stats, "kept", len(rec.text.encode("utf-8")))
+                data_w.write(to_row(rec))
+            else:
+                _reject(stats, rej_w, rec, reason, None)
+        files = {"data": [{"path": f"{task.name}.parquet", **data_w.close()}]}
+        if rej_w is not None:
+            files["rejected"] = [{"path": f"rejected/{task.name}.parquet", **rej_w.close()}]
+    except BaseException:
+        data_w.abort()
+        if rej_w is not None:
+            rej_w.abort()
+        raise
+    record = dict(stats)
+    task.out.finish_task(task.name, files, record, seconds=round(time.time() - started, 3))
+    return record
+
+
+def _run_steps(steps: list, doc: Document, stats: Counter[str]) -> str | None:
+    for step in steps:
+        reason = step(doc, stats)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _count(stats: Counter[str], key: str, nbytes: int) -> None:
+    stats[f"{key}.docs"] += 1
+    stats[f"{key}.bytes"] += nbytes
+    stats["read.docs"] += 1
+    stats["read.bytes"] += nbytes
+
+
+def _reject(stats: Counter[str], writer, doc: Document, reason: str, detail: str | None) -> None:
+    _count(stats, f"rejected.{reason}", len(doc.text.encode("utf-8")))
+    if writer is not None:
+        writer.write({**to_row(doc), "reason": reason, "detail": detail})
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def funnel(stats: dict[str, int], step_order: list[str]) -> list[dict[str, Any]]:
+    """Rows of the funnel table: read, then each cause of removal, then kept."""
+    causes = sorted({k.rsplit(".", 1)[0] for k in stats if k.startswith(("rejected.", "unreadable."))})
+
+    def rank(c: str) -> tuple:
+        kind, _, reason = c.partition(".")
+        family = reason.split(".")[0]
+        order = {"gopher_rep": "gopher_repetition", "gopher": "gopher_quality"}.get(family, family)
+        pos = step_order.index(order) if order in step_order else (-1 if family == "extract" else len(step_order))
+        return (0 if kind == "unreadable" else 1, pos, reason)
+
+    rows = [{"row": "read", "docs": stats.get("read.docs", 0), "bytes": stats.get("read.bytes", 0)}]
+    for c in sorted(causes, key=rank):
+        rows.append({"row": c, "docs": stats.get(f"{c}.docs", 0), "bytes": stats.get(f"{c}.bytes", 0)})
+    rows.append({"row": "kept", "docs": stats.get("kept.docs", 0), "bytes": stats.get("kept.bytes", 0)})
+    return rows
+
+
+def run_filter(
+    inputs: list[str],
+    out: str | Path,
+    cfg: FilterConfig | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run the filter stage; returns the output manifest (also when it was already complete)."""
+    cfg = cfg or FilterConfig()
+    build_steps(cfg)  # validate step names before touching the output
+    files = resolve_inputs(inputs, cfg.extract)
+    lineage: list[dict[str, Any]] = []
+    for f in files:
+        if f.lineage not in lineage:
+            lineage.append(f.lineage)
+    stage = StageOutput(Path(out), "filter", cfg, lineage, overwrite=overwrite)
+    if stage.complete:
+        return stage.manifest
+    tasks = [FilterTask(i, f, stage, cfg) for i, f in enumerate(files)]
+    todo = [t for t in tasks if not stage.task_done(t.name)]
+    workers = cfg.workers or default_workers()
+    total = sum(Path(t.input.path).stat().st_size for t in todo)
+    started = time.time()
+    with StageProgress("filter", total, enabled=progress) as prog:
+        run_tasks(filter_task, todo, workers=workers, progress=prog)
+    stats: Counter[str] = Counter()
+    for t in tasks:
+        stats.update(stage.task_record(t.name)["stats"])
+    accounted = stats["kept.docs"] + sum(v for k, v in stats.items()
+                                         if k.startswith(("rejected.", "unreadable.")) and k.endswith(".docs"))
+    assert accounted == stats["read.docs"], "funnel does not add up"
+    counters = {k: v for k, v in sorted(stats.items()) if not k.startswith(("read.", "kept.", "rejected.", "unreadable."))}
+    summary = {
+        "funnel": funnel(dict(stats), cfg.steps),
+        "counters": counters,
+        "documents_read": stats["read.docs"],
+        "documents_kept": stats["kept.docs"],
+        "input_files": len(files),
+    }
+    return stage.finalize([t.name for t in tasks], DOCUMENT_SCHEMA, stats=summary,
+                          timings={"run_seconds": round(time.time() - started, 3), "workers": workers})

@@ -1,0 +1,10 @@
+"""User-facing errors.
+
+`UsageError` is what a user can fix (a missing file, a Parquet file without the needed column,
+a config key that does not exist). The CLI prints its message on one line and exits non-zero,
+without a traceback. `assert` is kept for internal invariants only.
+"""
+
+
+class UsageError(ValueError):
+    """An input or option the user can fix; printed as a one-line error by the CLI."""
