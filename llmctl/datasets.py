@@ -37,6 +37,7 @@ MANIFEST = "_manifest.json"
 RUN_STATE = "_run.json"
 TASKS_DIR = "_tasks"
 ROW_GROUP_ROWS = 1024
+MAX_BUFFER_BYTES = 64 << 20  # bounds a writer's memory however large the documents
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -199,11 +200,14 @@ class ShardWriter:
         self.row_group_rows = row_group_rows
         self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
         self._buffer: list[dict[str, Any]] = []
+        self._buffered_bytes = 0
         self.rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
+        """Buffer a row; a row group is written every `row_group_rows` rows or ~64 MB of strings."""
         self._buffer.append(row)
-        if len(self._buffer) >= self.row_group_rows:
+        self._buffered_bytes += sum(len(v) for v in row.values() if isinstance(v, (str, bytes, list)))
+        if len(self._buffer) >= self.row_group_rows or self._buffered_bytes >= MAX_BUFFER_BYTES:
             self._flush()
 
     def write_table(self, table: pa.Table) -> None:
@@ -216,6 +220,7 @@ class ShardWriter:
             self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
             self.rows += len(self._buffer)
             self._buffer = []
+            self._buffered_bytes = 0
 
     def close(self) -> dict[str, Any]:
         """Finish the file, rename it into place, and return its record for the manifest."""

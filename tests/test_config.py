@@ -58,3 +58,13 @@ def test_errors(tmp_path):
 def test_runtime_fields_not_in_output_identity():
     assert "workers" not in output_fields(Outer(workers=3))
     assert output_fields(Outer(workers=3)) == output_fields(Outer(workers=1))
+
+
+def test_shipped_stage_configs_parse():
+    """Every stage config shipped in pipelines/ loads into its dataclass (unknown keys would fail)."""
+    from pathlib import Path
+
+    from llmctl.data.filter import FilterConfig
+
+    cfg = load(FilterConfig, Path("pipelines/filter.yaml"))
+    assert cfg.c4.min_words_per_line == 5 and cfg.steps[0] == "gopher_repetition"

@@ -29,3 +29,12 @@ def print_funnel(rows: list[dict[str, Any]], title: str = "filter funnel") -> No
         style = "bold" if r["row"] in ("read", "kept") else None
         table.add_row(r["row"], f"{r['docs']:,}", f"{100 * r['docs'] / read:.1f}%", human_bytes(r["bytes"]), style=style)
     out.print(table)
+
+
+def print_config(cfg: Any) -> None:
+    """Print a resolved stage config as YAML (what --config files look like)."""
+    import yaml
+
+    from llmctl.config import to_dict
+
+    out.print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="", markup=False, highlight=False)

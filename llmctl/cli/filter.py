@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, WorkersOpt, app
-from llmctl.cli.common import out, print_funnel
+from llmctl.cli.common import out, print_config, print_funnel
 
 
 @app.command("filter")
@@ -23,6 +23,7 @@ def filter_cmd(
     no_rejected: Annotated[bool, typer.Option("--no-rejected", help="Do not write removed documents to OUT/rejected/.")] = False,
     workers: WorkersOpt = None,
     overwrite: OverwriteOpt = False,
+    print_config_: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML and exit.")] = False,
 ) -> None:
     """Extract text from a crawl and keep the documents that pass C4, Gopher and PII steps.
 
@@ -38,6 +39,9 @@ def filter_cmd(
              "gopher_repetition.enabled": False if no_gopher else None,
              "pii.enabled": False if no_pii else None, "write_rejected": False if no_rejected else None}
     cfg = C.load(FilterConfig, config, set_, flags)
+    if print_config_:
+        print_config(cfg)
+        return
     manifest = run_filter(inputs, output, cfg, overwrite=overwrite)
     print_funnel(manifest["stats"]["funnel"])
     t = manifest["timings"]

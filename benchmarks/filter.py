@@ -1,0 +1,164 @@
+"""Benchmark `llmctl filter` against HF datatrove on the same crawl files, in the same run.
+
+    .venv/bin/python benchmarks/filter.py [--crawl ../shared/data/crawl] [--repeat 4] [--workers 1 2]
+
+Both sides read the same WARC files and run the same kinds of steps: HTML extraction (llmctl:
+resiliparse; datatrove: Trafilatura, its default), C4 quality rules (5 words per line, 3
+sentences, as the reference implementation), Gopher quality, Gopher repetition, PII. datatrove
+0.10.1 is installed by this script into benchmarks/.venvs/datatrove (see ../shared/PEERS.md for
+the offline set-up: its bad-words list is put where it looks, HF_HUB_OFFLINE=1). llmctl's
+dedup and quality steps are off so the work compared is the same. Prints documents/s and MB/s
+(of uncompressed WARC) per core, peak RSS, llmctl's funnel, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / "benchmarks" / ".venvs" / "datatrove"
+DT_VERSION = "0.10.1"
+
+DATATROVE_SCRIPT = r'''
+import os, sys, time, json
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.readers import WarcReader
+from datatrove.pipeline.extractors import Trafilatura
+from datatrove.pipeline.filters import C4QualityFilter, C4BadWordsFilter, GopherQualityFilter, GopherRepetitionFilter
+from datatrove.pipeline.formatters import PIIFormatter
+from datatrove.pipeline.writers import ParquetWriter
+inp, out, workers, tasks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+pipe = [
+    WarcReader(inp, glob_pattern="*.warc.gz"),
+    Trafilatura(favour_precision=True, timeout=10.0),
+    GopherRepetitionFilter(),
+    GopherQualityFilter(),
+    C4QualityFilter(min_num_sentences=3, min_words_per_line=5, filter_no_terminal_punct=True),
+    C4BadWordsFilter(),
+    PIIFormatter(),
+    ParquetWriter(out + "/data"),
+]
+t = time.time()
+LocalPipelineExecutor(pipeline=pipe, tasks=tasks, workers=workers, logging_dir=out + "/logs", skip_completed=False).run()
+print(json.dumps({"seconds": time.time() - t}))
+'''
+
+
+def ensure_datatrove() -> Path:
+    py = VENV / "bin" / "python"
+    if not py.exists() or subprocess.run([py, "-c", "import datatrove, spacy, trafilatura"], capture_output=True).returncode:
+        VENV.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", f"datatrove[processing,io]=={DT_VERSION}", "spacy", "aiohttp"],
+                       check=True)
+    # datatrove's C4BadWordsFilter downloads its list at run time: put the shipped list where it looks.
+    code = r'''
+import os, huggingface_hub, shutil
+from datatrove.io import strip_protocol
+from datatrove.pipeline.filters import c4_filters
+d = huggingface_hub.cached_assets_path(library_name="datatrove", namespace="filters", subfolder="c4_badwords")
+name = strip_protocol(c4_filters._EN_BADWORDS_URL).replace("/", "_")
+shutil.copy(os.environ["BADWORDS"], os.path.join(d, name))
+open(os.path.join(d, name + ".completed"), "w").close()
+'''
+    env = {**os.environ, "BADWORDS": str(ROOT / "llmctl" / "data" / "resources" / "badwords_en.txt")}
+    subprocess.run([py, "-c", code], check=True, env=env)
+    return py
+
+
+def prepare_input(crawl: Path, repeat: int, work: Path) -> tuple[Path, int, int]:
+    """Copy the crawl files `repeat` times; return the folder, response records and uncompressed bytes."""
+    d = work / "input"
+    d.mkdir(parents=True, exist_ok=True)
+    files = sorted(crawl.glob("*.warc.gz"))
+    nbytes = sum(len(gzip.open(f).read()) for f in files) * repeat
+    records = 0
+    manifest = crawl / "manifest.jsonl"
+    if manifest.exists():
+        records = sum(1 for _ in open(manifest)) * repeat
+    for r in range(repeat):
+        for f in files:
+            shutil.copy(f, d / f"r{r:02d}-{f.name}")
+    return d, records, nbytes
+
+
+_RSS_WRAPPER = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    "print('MAXRSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)"
+)
+
+
+def timed(cmd: list, env: dict | None = None) -> tuple[float, int, str]:
+    """Run a command; wall seconds, peak RSS in MB (largest process of its tree), stdout."""
+    t = time.time()
+    r = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *map(str, cmd)], capture_output=True, text=True, env=env)
+    secs = time.time() - t
+    if r.returncode:
+        raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{r.stderr[-3000:]}")
+    peak = int(r.stderr.rsplit("MAXRSS", 1)[1].split()[0]) // 1024
+    return secs, peak, r.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--crawl", default=str(ROOT.parent / "shared" / "data" / "crawl"))
+    ap.add_argument("--repeat", type=int, default=4, help="copies of the crawl (4 x 49.6 MB = ~200 MB of WARC)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--skip-datatrove", action="store_true")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="llmctl-bench-filter-"))
+    inp, records, nbytes = prepare_input(Path(args.crawl), args.repeat, work)
+    print(f"input: {records} response records, {nbytes / 1e6:.1f} MB uncompressed WARC "
+          f"({args.repeat} x {args.crawl})")
+    llmctl = [sys.executable, "-m", "llmctl"]
+    rows = []
+    funnel = None
+    for w in args.workers:
+        out = work / f"llmctl-w{w}"
+        secs, rss, _ = timed(llmctl + ["filter", str(inp), "-o", str(out), "--workers", str(w)])
+        m = json.loads((out / "_manifest.json").read_text())
+        funnel = m["stats"]["funnel"]
+        rows.append(("llmctl", w, secs, rss, m["num_rows"]))
+    dt_rows = []
+    if not args.skip_datatrove:
+        py = ensure_datatrove()
+        script = work / "dt.py"
+        script.write_text(DATATROVE_SCRIPT)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        n_files = len(list(inp.glob("*.warc.gz")))
+        for w in args.workers:
+            out = work / f"datatrove-w{w}"
+            secs, rss, _ = timed([py, script, str(inp), str(out), str(w), str(n_files)], env=env)
+            kept = 0
+            try:
+                import pyarrow.parquet as pq
+
+                kept = sum(pq.read_metadata(p).num_rows for p in (out / "data").glob("*.parquet"))
+            except Exception:  # noqa: BLE001 - the count is informative only
+                pass
+            dt_rows.append(("datatrove", w, secs, rss, kept))
+    print(f"\n| tool | workers | seconds | docs/s | docs/s per core | MB/s per core | peak RSS MB | kept |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tool, w, secs, rss, kept in rows + dt_rows:
+        print(f"| {tool} | {w} | {secs:.1f} | {records / secs:.1f} | {records / secs / w:.1f} | "
+              f"{nbytes / 1e6 / secs / w:.2f} | {rss} | {kept} |")
+    for (_, w, s1, *_), (_, _, s2, *_) in zip(rows, dt_rows):
+        print(f"\nllmctl / datatrove documents/s with {w} worker(s): {s2 / s1:.1f}x")
+    print("\nllmctl funnel (last run):")
+    for r in funnel or []:
+        print(f"  {r['row']:<40} {r['docs']:>7}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
