@@ -123,7 +123,7 @@ class Tokenizer:
         except RuntimeError as e:
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
             raise UsageError(f"sentencepiece could not train a {vocab_size}-token vocabulary: {msg}") from None
-        return cls(writer.getvalue())
+        return cls(_drop_thread_count(writer.getvalue()))
 
     # ------------------------------------------------------------------ files
     @classmethod
@@ -251,6 +251,66 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, path={str(self.path) if self.path else None!r})"
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        value |= (b & 0x7F) << shift
+        pos += 1
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _put_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        out.append(b | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _fields(buf: bytes) -> Iterable[tuple[int, int, bytes]]:
+    """Top-level protobuf fields as (number, wire type, raw bytes of the whole field)."""
+    pos = 0
+    while pos < len(buf):
+        start = pos
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            pos += n
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+        yield key >> 3, wire, buf[start:pos]
+
+
+def _drop_thread_count(proto: bytes) -> bytes:
+    """The model with `trainer_spec.num_threads` removed, so the file does not depend on the core count.
+
+    sentencepiece's BPE output is the same for any thread count (checked by a test), but it
+    records the count in the model; dropping it (a protobuf field edit, ModelProto.trainer_spec
+    = field 2, TrainerSpec.num_threads = field 16) keeps the file byte-identical across machines.
+    """
+    out = bytearray()
+    for num, wire, raw in _fields(proto):
+        if num == 2 and wire == 2:
+            key_len = len(_put_varint((2 << 3) | 2))
+            _, body_start = _varint(raw, key_len)
+            body = b"".join(r for n, _, r in _fields(raw[body_start:]) if n != 16)
+            raw = _put_varint((2 << 3) | 2) + _put_varint(len(body)) + body
+        out += raw
+    return bytes(out)
 
 
 def training_chunks(text: str, max_chars: int = 4096) -> Iterable[str]:

@@ -14,14 +14,12 @@ import pyarrow as pa
 from llmctl.data.document import DOCUMENT_SCHEMA
 from llmctl.datasets import StageOutput
 
-TINYSTORIES = Path("/work/shared/data/tinystories/tinystories_valid_head.txt")
-LOCAL_TINYSTORIES = Path(__file__).parent / "data" / "tinystories_valid_head.txt"
+TINYSTORIES = Path(__file__).parent / "data" / "tinystories_valid_head_300k.txt"  # see tests/data/README.md
 
 
 def tinystories_docs(limit: int | None = None) -> list[str]:
     """Stories from the TinyStories validation head (blank-line separated)."""
-    path = LOCAL_TINYSTORIES if LOCAL_TINYSTORIES.is_file() else TINYSTORIES
-    docs = [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    docs = [d.strip() for d in TINYSTORIES.read_text(encoding="utf-8").split("\n\n") if d.strip()]
     return docs[:limit] if limit else docs
 
 
