@@ -8,3 +8,9 @@ without a traceback. `assert` is kept for internal invariants only.
 
 class UsageError(ValueError):
     """An input or option the user can fix; printed as a one-line error by the CLI."""
+
+
+class TaskFailed(RuntimeError):
+    """Some shards failed on every attempt; the others' output is complete and a re-run resumes.
+
+    Printed as one line by the CLI (exit code 1)."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
+from llmctl.errors import UsageError
 from llmctl.progress import StageProgress
 
 T = TypeVar("T")
@@ -65,13 +66,29 @@ def _call(fn: Callable[[T, Reporter], R], task: T) -> R:
         rep.flush()
 
 
+EXECUTORS = ("local", "ray")
+
+
 def run_tasks(
     fn: Callable[[T, Reporter], R],
     tasks: Sequence[T],
     workers: int = 1,
     progress: StageProgress | None = None,
+    executor: str = "local",
+    ray_address: str | None = "auto",
+    names: Sequence[str] | None = None,
 ) -> list[R]:
-    """Call `fn` on every task with up to `workers` processes; results in task order."""
+    """Call `fn` on every task with up to `workers` processes; results in task order.
+
+    `executor="ray"` runs the same calls as Ray tasks (llmctl.ray_executor): retried when a
+    worker dies, failures reported by task name (`names`).
+    """
+    if executor == "ray":
+        from llmctl.ray_executor import run_tasks_ray
+
+        return run_tasks_ray(fn, tasks, workers, progress, address=ray_address, names=names)
+    if executor != "local":
+        raise UsageError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     sink = progress.update if progress is not None else (lambda c: None)
     if workers <= 1 or len(tasks) <= 1:
         results = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from llmctl.cli.app import app
-from llmctl.errors import UsageError
+from llmctl.errors import TaskFailed, UsageError
 
 # Each import registers that module's commands on `app`.
 from llmctl.cli import align as _align  # noqa: E402,F401
@@ -27,6 +27,9 @@ def main() -> None:
     except UsageError as e:
         print(f"llmctl: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TaskFailed as e:
+        print(f"llmctl: failed: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("llmctl: interrupted (finished shards are kept; re-run the same command to resume)", file=sys.stderr)
         sys.exit(130)

@@ -1,0 +1,68 @@
+"""The Ray executor runs the same task functions as the local one: same results, retries when a
+worker process dies, failures reported by task name (a local Ray instance with 2 CPUs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from llmctl.errors import TaskFailed  # noqa: E402
+from llmctl.executor import run_tasks  # noqa: E402
+from llmctl.progress import StageProgress  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    from ray import cloudpickle
+
+    import test_ray_executor
+
+    cloudpickle.register_pickle_by_value(test_ray_executor)  # workers need not import this test module
+    yield
+    ray.shutdown()
+
+
+def square(task: int, report) -> int:
+    report(docs=1, bytes=task)
+    return task * task
+
+
+def die_once(task: tuple[int, str], report) -> int:
+    """Kill this worker process the first time task 1 runs: a crash mid-shard."""
+    n, marker = task
+    if n == 1 and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n * 10
+
+
+def always_die(task: int, report) -> int:
+    if task == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return task
+
+
+def test_results_in_order_with_progress():
+    with StageProgress("test", 100, enabled=False) as prog:
+        out = run_tasks(square, list(range(6)), workers=2, progress=prog, executor="ray", ray_address=None)
+    assert out == [i * i for i in range(6)]
+    assert prog.counts["docs"] == 6 and prog.counts["bytes"] == sum(range(6))
+    assert out == run_tasks(square, list(range(6)), workers=2)  # the local executor agrees
+
+
+def test_dead_worker_is_retried(tmp_path):
+    marker = str(tmp_path / "crashed-once")
+    out = run_tasks(die_once, [(i, marker) for i in range(4)], workers=2, executor="ray", ray_address=None)
+    assert out == [0, 10, 20, 30]
+    assert os.path.exists(marker)  # the first attempt did die
+
+
+def test_task_failing_every_attempt_is_named():
+    with pytest.raises(TaskFailed, match=r"1 of 4 shards failed after 3 attempts: part-00002.*re-run"):
+        run_tasks(always_die, list(range(4)), workers=2, executor="ray", ray_address=None,
+                  names=[f"part-{i:05d}" for i in range(4)])
