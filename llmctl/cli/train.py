@@ -1,1 +1,121 @@
 """Commands: llmctl pretrain, generate, export, plot (issue 5). Registered on the shared app by importing this module."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    tokens: Annotated[str, typer.Argument(help="Token dataset (from `llmctl tokenize encode`).")],
+    tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer directory the tokens were made with.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Run directory: metrics.jsonl, checkpoints/, _manifest.json.")],
+    preset: Annotated[Optional[str], typer.Option(help="Model size: tiny, 10m, 124m, 350m (default tiny).")] = None,
+    n_layer: Annotated[Optional[int], typer.Option(help="Override the preset's layer count.")] = None,
+    n_head: Annotated[Optional[int], typer.Option(help="Override the preset's attention heads.")] = None,
+    n_kv_head: Annotated[Optional[int], typer.Option(help="Key/value heads (< n_head: grouped-query attention).")] = None,
+    d_model: Annotated[Optional[int], typer.Option(help="Override the preset's model width.")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Tokens per training window (default 256).")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step over all ranks (default 8192).")] = None,
+    micro_batch: Annotated[Optional[int], typer.Option(help="Sequences per forward/backward per rank (default 8).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (default 1000).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 3e-4).")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Linear warmup steps (default 100).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="cosine | wsd | constant (default cosine).")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Gradient norm clip (default 1.0).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Validation loss every N steps (default 100).")] = None,
+    ckpt_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (default 500).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the init and of the data order.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda.")] = None,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Peak TFLOP/s per device, for MFU (known GPUs are automatic).")] = None,
+    stop_after: Annotated[Optional[int], typer.Option(help="Stop after N steps in this invocation (continue with --resume).")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    act_ckpt: Annotated[bool, typer.Option("--activation-checkpointing", help="Recompute block activations in backward.")] = False,
+    fsdp: Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard with FSDP2 instead of DDP.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run dir's latest checkpoint (fresh start if none).")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Pretrain a Llama-style decoder with next-token cross-entropy on packed token windows.
+
+    Runs alone or under `torchrun --nproc_per_node N -m llmctl pretrain ...` (DDP, or FSDP2 with --fsdp).
+    Writes RUN/metrics.jsonl, RUN/checkpoints/step_N (safetensors + config + tokenizer + resume state)
+    and RUN/_manifest.json when finished.
+    """
+    from llmctl import config as C
+    from llmctl.train import distributed as D
+    from llmctl.train.pretrain import PretrainConfig, pretrain
+
+    flags = {
+        "model.preset": preset, "model.n_layer": n_layer, "model.n_head": n_head, "model.n_kv_head": n_kv_head,
+        "model.d_model": d_model, "seq_len": seq_len, "batch_tokens": batch_tokens, "train.micro_batch": micro_batch,
+        "train.steps": steps, "train.lr": lr, "train.warmup_steps": warmup, "train.schedule": schedule,
+        "train.grad_clip": grad_clip, "train.eval_every": eval_every, "train.ckpt_every": ckpt_every,
+        "train.seed": seed, "train.dtype": dtype, "train.device": device, "train.peak_tflops": peak_tflops,
+        "train.stop_after": stop_after, "train.compile": compile_ or None,
+        "train.activation_checkpointing": act_ckpt or None, "train.fsdp": fsdp or None,
+    }
+    cfg = C.load(PretrainConfig, config, set_, flags)
+    try:
+        s = pretrain(tokens, tokenizer, output, cfg, resume=resume, overwrite=overwrite)
+    finally:
+        D.shutdown()
+    val = f", val loss {s['val_loss']:.4f}" if "val_loss" in s else ""
+    state = "finished" if s["finished"] else f"stopped at step {s['steps_done']} (continue with --resume)"
+    D.print0(f"{state}: loss {s.get('loss', float('nan')):.4f}{val}, {s.get('tokens', 0):,} tokens in {s['seconds']:.1f} s "
+             f"({s['tokens_per_s_avg']:,.0f} tok/s); checkpoint {s['checkpoint']}")
+
+
+@app.command("generate")
+def generate_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint or run directory.")],
+    prompt: Annotated[str, typer.Argument(help="Text to continue.")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most new tokens.")] = 100,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.8,
+    top_k: Annotated[Optional[int], typer.Option(min=1, help="Sample among the k most likely tokens.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed (same seed = same text).")] = 0,
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Independent samples.")] = 1,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", "-t", help="Tokenizer dir (default: the checkpoint's).")] = None,
+) -> None:
+    """Continue PROMPT with a trained model (temperature, top-k, top-p; KV cache)."""
+    from llmctl.generate import generate_text
+
+    for i in range(num_samples):
+        text = generate_text(checkpoint, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                             top_p=top_p, seed=seed + i, tokenizer_dir=tokenizer)
+        typer.echo(prompt + text)
+        if i + 1 < num_samples:
+            typer.echo("-" * 40)
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint or run directory.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Hugging Face model directory to write.")],
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write a Hugging Face LlamaForCausalLM directory (safetensors, config.json, tokenizer files)."""
+    from llmctl.export import export_hf
+
+    path = export_hf(checkpoint, output, overwrite=overwrite)
+    typer.echo(f"exported {path} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+
+
+@app.command("plot")
+def plot_cmd(
+    runs: Annotated[list[str], typer.Argument(help="Run directories (with metrics.jsonl).")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="PNG file (default RUN/loss.png).")] = None,
+    x: Annotated[str, typer.Option(help="x axis: step or tokens.")] = "step",
+) -> None:
+    """Render train and validation loss curves of one or more runs to a PNG."""
+    from llmctl.plot import plot_runs
+
+    path = plot_runs(runs, output, x=x)
+    typer.echo(f"wrote {path}")

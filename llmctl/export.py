@@ -1,0 +1,73 @@
+"""`llmctl export`: a checkpoint as a Hugging Face `LlamaForCausalLM` directory.
+
+llmctl's module names are Llama's, so the weights are renamed (prefix `model.`), not permuted:
+RoPE uses the same half-split layout, RMSNorm the same fp32 normalisation, so transformers'
+logits equal llmctl's within ~1e-6 in fp32 (the test checks 1e-4). Position interpolation is
+written as `rope_parameters = {"rope_type": "linear", "factor": rope_scale}`. The tokenizer
+directory already carries `tokenizer.model` + `tokenizer_config.json` for `AutoTokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from llmctl.checkpoint import load_checkpoint
+from llmctl.datasets import MANIFEST, atomic_write_json, now_iso
+from llmctl.errors import UsageError
+from llmctl.model import ModelConfig
+
+
+def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict:
+    rope = {"rope_theta": cfg.rope_base, "rope_type": "default"}
+    if cfg.rope_scale != 1.0:
+        rope = {"rope_theta": cfg.rope_base, "rope_type": "linear", "factor": cfg.rope_scale}
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
+        "hidden_act": "silu", "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_base, "rope_parameters": rope, "rope_scaling": None if cfg.rope_scale == 1.0 else
+        {"rope_type": "linear", "factor": cfg.rope_scale}, "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": cfg.init_std,
+        "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "use_cache": True, "dtype": "float32",
+    }
+
+
+def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write OUT/{model.safetensors, config.json, generation_config.json, tokenizer files}."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out}: exists and is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    model, cfg, tok_dir, manifest = load_checkpoint(checkpoint)
+    ids = {"bos": None, "eos": None, "pad": None}
+    if tok_dir is not None:
+        from llmctl.tokenizer import Tokenizer
+
+        tok = Tokenizer.load(tok_dir)
+        ids = {"bos": tok.bos_id, "eos": tok.eos_id, "pad": tok.pad_id}
+    state = {}
+    for k, v in model.state_dict().items():
+        if k == "lm_head.weight":
+            if not cfg.tie_embeddings:
+                state[k] = v.contiguous()
+        else:
+            state[f"model.{k}"] = v.contiguous()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, ids["bos"], ids["eos"], ids["pad"]), indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}, indent=2) + "\n")
+    if tok_dir is not None:
+        for f in Path(tok_dir).iterdir():
+            if f.is_file() and f.name != MANIFEST:
+                shutil.copy2(f, out / f.name)
+    atomic_write_json(out / MANIFEST, {"stage": "export", "format": "huggingface-llama", "created": now_iso(),
+                                       "inputs": [{"path": str(Path(checkpoint).resolve()),
+                                                   "step": manifest.get("step")}], "model": cfg.to_dict()})
+    return out

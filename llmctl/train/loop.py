@@ -1,0 +1,293 @@
+"""The training loop every trainer shares: pretrain, and SFT / reward / DPO on top of it.
+
+A trainer supplies three things and gets optimizer, schedule, accumulation, clipping, mixed
+precision, DDP/FSDP, logging, validation, checkpoints and exact resume for free:
+
+    loss_fn(model, batch) -> (loss, {"name": float or tensor, ...})   # loss: mean over the micro-batch
+    batches: iterator of this rank's micro-batches (dicts of tensors) with state_dict()/load_state_dict()
+    evaluate(model) -> {"val_loss": ..., ...}                          # optional, every eval_every steps
+
+Gradient accumulation: each optimizer step consumes `batch_size` sequences over all ranks, in
+`batch_size / (micro_batch * world)` micro-steps per rank; micro-batch losses are averaged, so
+1 rank x 4 micro-steps and 2 ranks x 2 give the same update up to float summation order (~1e-7).
+
+A resume restores weights (safetensors), optimizer moments and schedule step, the torch RNG and
+the data position, so on CPU the losses after a resume equal the uninterrupted run's exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+
+from llmctl.checkpoint import load_train_state, save_checkpoint
+from llmctl.config import runtime
+from llmctl.errors import UsageError
+from llmctl.model import ModelConfig
+from llmctl.train import distributed as D
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+# Dense bf16 peak FLOP/s per GPU, for MFU when --peak-tflops is not given.
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+class TrainingDiverged(UsageError):
+    """Loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32  # sequences per optimizer step, over all ranks
+    micro_batch: int = 8  # sequences per forward/backward on one rank
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | wsd | constant
+    decay_fraction: float = 0.2  # wsd: the last 20% of steps decay linearly
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 1337
+    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    eval_every: int = 100
+    ckpt_every: int = 500
+    keep_checkpoints: int = runtime(2)
+    log_every: int = runtime(10)
+    compile: bool = runtime(False)
+    activation_checkpointing: bool = runtime(False)
+    fsdp: bool = runtime(False)
+    device: str = runtime("auto")
+    peak_tflops: float | None = runtime(None)  # per device, for MFU
+    stop_after: int | None = runtime(None)  # stop after this many steps in this invocation (preemptible jobs)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            raise UsageError(f"unknown schedule {self.schedule!r}; choose cosine, wsd or constant")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"unknown dtype {self.dtype!r}; choose auto, fp32 or bf16")
+        if self.steps < 1 or self.batch_size < 1 or self.micro_batch < 1:
+            raise UsageError("steps, batch_size and micro_batch must be positive")
+
+    def grad_accum(self, world: int) -> int:
+        per_step = self.micro_batch * world
+        if self.batch_size % per_step:
+            raise UsageError(
+                f"batch of {self.batch_size} sequences is not a multiple of micro_batch {self.micro_batch} x {world} rank(s)"
+            )
+        return self.batch_size // per_step
+
+
+class Batches(Protocol):
+    def __next__(self) -> dict[str, torch.Tensor]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, Any]]]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine (or WSD's flat-then-linear) decay to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    lo = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":
+        decay_start = int(cfg.steps * (1 - cfg.decay_fraction))
+        if step < decay_start:
+            return cfg.lr
+        return cfg.lr + (lo - cfg.lr) * (step - decay_start + 1) / max(1, cfg.steps - decay_start)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matmul weights only (not on norms or embeddings, nor a tied lm head)."""
+    decay, no_decay = [], []
+    for name, p in D.unwrap(model).named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+
+
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
+    return None
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    d = run_dir / CHECKPOINTS
+    return sorted(p for p in d.glob("step_*") if p.is_dir()) if d.is_dir() else []
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _scalar(v: Any) -> float:
+    return float(v.detach().float().item()) if torch.is_tensor(v) else float(v)
+
+
+def _log_line(rec: dict[str, Any], steps: int) -> str:
+    parts = [f"step {rec['step']:>5}/{steps}", f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}",
+             f"gnorm {rec['grad_norm']:.3f}", f"{rec['tokens_per_s']:,.0f} tok/s"]
+    if rec.get("mfu") is not None:
+        parts.append(f"mfu {100 * rec['mfu']:.1f}%")
+    extra = [f"{k} {v:.4f}" for k, v in rec.items() if k.startswith(("val_", "m_"))]
+    return " | ".join(parts + extra)
+
+
+def train(
+    model: torch.nn.Module,
+    model_cfg: ModelConfig,
+    loss_fn: LossFn,
+    batches: Batches,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    tokenizer_dir: str | Path | None = None,
+    manifest: dict[str, Any] | None = None,
+    resume: bool = False,
+    flops_per_token: float | None = None,
+) -> dict[str, Any]:
+    """Train `model` in place; returns a summary (final loss, val metrics, tokens, seconds, checkpoint)."""
+    d = D.info()
+    run_dir = Path(run_dir)
+    accum = cfg.grad_accum(d.world)
+    model.to(d.device)
+    D.unwrap(model).activation_checkpointing = cfg.activation_checkpointing
+    wrapped = D.wrap(model, cfg.fsdp)
+    optim = build_optimizer(wrapped, cfg)
+    fwd = torch.compile(wrapped) if cfg.compile else wrapped
+    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and d.device.type == "cuda")
+    autocast = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    peak = peak_flops(cfg, d.device)
+
+    start = 0
+    found = checkpoints(run_dir) if resume else []
+    if found:
+        st = load_train_state(found[-1])
+        from safetensors.torch import load_file
+
+        weights = load_file(str(found[-1] / "model.safetensors"))
+        if model_cfg.tie_embeddings:
+            weights["lm_head.weight"] = weights["embed_tokens.weight"]
+        D.load_full_state(wrapped, optim, weights, st["optimizer"])
+        batches.load_state_dict(st["data"])
+        torch.set_rng_state(st["rng"])
+        start = int(st["step"])
+        D.print0(f"resumed from {found[-1]} at step {start}")
+    metrics_path = run_dir / METRICS
+    if d.master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if start and metrics_path.is_file():
+            kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
+        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+
+    def write_metrics(rec: dict[str, Any]) -> None:
+        if d.master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def save(step: int) -> Path:
+        weights = D.full_state_dict(wrapped)
+        optim_sd = D.full_optim_state(wrapped, optim)
+        path = run_dir / CHECKPOINTS / f"step_{step:07d}"
+        if d.master:
+            state = {"step": step, "optimizer": optim_sd, "data": batches.state_dict(), "rng": torch.get_rng_state()}
+            save_checkpoint(path, weights, model_cfg, tokenizer_dir, train_state=state,
+                            manifest={**(manifest or {}), "step": step})
+            for old in checkpoints(run_dir)[: -max(1, cfg.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+        D.barrier()
+        return path
+
+    def run_eval(step: int) -> dict[str, float]:
+        if evaluate is None:
+            return {}
+        wrapped.eval()
+        with torch.no_grad(), autocast():
+            out = {k: float(v) for k, v in evaluate(fwd).items()}
+        wrapped.train()
+        write_metrics({"step": step, **out})
+        return out
+
+    last_ckpt = found[-1] if found else None
+    summary: dict[str, Any] = {"start_step": start}
+    wrapped.train()
+    t_start, tokens_seen, t_last = time.time(), 0, time.time()
+    stop_at = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
+    step = start
+    for step in range(start, stop_at):
+        lr = lr_at(step, cfg)
+        for g in optim.param_groups:
+            g["lr"] = lr
+        loss_sum = torch.zeros((), device=d.device)
+        extra: dict[str, float] = {}
+        step_tokens = 0
+        for k in range(accum):
+            batch = _to(next(batches), d.device)
+            step_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
+            with D.grad_sync(wrapped, k == accum - 1), autocast():
+                loss, m = loss_fn(fwd, batch)
+                (loss / accum).backward()
+            loss_sum += loss.detach().float()
+            for name, v in m.items():
+                extra[name] = extra.get(name, 0.0) + _scalar(v) / accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        red = torch.tensor([loss_sum.item() / accum, step_tokens, *extra.values()], dtype=torch.float64)
+        D.all_reduce_sum(red)
+        loss_val, step_tokens = red[0].item() / d.world, int(red[1].item())
+        extra = {f"m_{k}": v / d.world for k, v in zip(extra, red[2:].tolist())}
+        gn = float(grad_norm)
+        if not (math.isfinite(loss_val) and math.isfinite(gn)):
+            where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was saved yet"
+            raise TrainingDiverged(
+                f"loss {loss_val} / grad norm {gn} at step {step + 1}: training stopped ({where}); "
+                "lower --lr, raise --warmup or --grad-clip, and --resume"
+            )
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        done = step + 1
+        now = time.time()
+        tokens_seen += step_tokens
+        tps = step_tokens / max(now - t_last, 1e-9)
+        t_last = now
+        rec = {"step": done, "loss": loss_val, "lr": lr, "grad_norm": gn, "tokens_per_s": tps,
+               "tokens": tokens_seen, "elapsed_s": round(now - t_start, 3), **extra}
+        if peak and flops_per_token:
+            rec["mfu"] = flops_per_token * tps / (peak * d.world)
+        write_metrics(rec)
+        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+            rec.update({f"val_{k.removeprefix('val_')}": v for k, v in run_eval(done).items()})
+        if done % cfg.log_every == 0 or done in (start + 1, stop_at):
+            D.print0(_log_line(rec, cfg.steps))
+        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop_at:
+            last_ckpt = save(done)
+        summary.update(rec)
+    seconds = time.time() - t_start
+    summary.update({"steps_done": stop_at, "finished": stop_at == cfg.steps, "seconds": round(seconds, 3),
+                    "checkpoint": str(last_ckpt) if last_ckpt else None,
+                    "tokens_per_s_avg": tokens_seen / max(seconds, 1e-9)})
+    return summary

@@ -1,0 +1,248 @@
+"""`llmctl pretrain`: next-token cross-entropy on packed windows of a token dataset.
+
+Packing: each epoch shuffles the training documents (seeded by seed and epoch), concatenates
+them (each already ends with EOS) and cuts the stream into windows of seq_len + 1 tokens with
+stride seq_len, so no token is dropped at document edges and none is padded (nanoGPT's scheme;
+it wastes nothing, where truncating TinyStories-length documents to one window each would
+drop about 35% of tokens at T=128). With `doc_mask` the model sees per-document positions and
+block-diagonal attention, so a window computes what its documents would alone.
+
+Data position: micro-batch g (counted over all ranks) holds windows g*B .. g*B+B-1; rank r takes
+micro-batches position + r, position + world + r, ... The state is that one integer, so a
+resume continues with the very next batch, and 1 rank or N ranks see the same global batches.
+
+Memory: the token ids of the training split are held in RAM as int32 (4 bytes/token: 1B tokens
+= 4 GB, plus one epoch's shuffled copy); past that, stream the shards instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from llmctl import __version__
+from llmctl.config import output_fields, to_dict
+from llmctl.datasets import MANIFEST, Dataset, atomic_write_json, now_iso
+from llmctl.errors import UsageError
+from llmctl.model import ModelConfig, Transformer, cross_entropy, preset_config
+from llmctl.train import distributed as D
+from llmctl.train.loop import CHECKPOINTS, TrainConfig, train
+
+RUN_STATE = "_run.json"
+
+
+@dataclass
+class ModelSpec:
+    """A preset plus optional overrides (None = the preset's value)."""
+
+    preset: str = "tiny"
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_kv_head: int | None = None
+    d_model: int | None = None
+    d_ff: int | None = None
+    rope_base: float | None = None
+    rope_scale: float | None = None
+    tie_embeddings: bool | None = None
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seq_len: int = 256
+    batch_tokens: int = 8192  # tokens per optimizer step over all ranks; sets train.batch_size
+    doc_mask: bool = True
+    val_tokens: int = 65536  # validation tokens (the first windows of the val split)
+
+
+def model_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
+    spec = {k: v for k, v in to_dict(cfg.model).items() if k != "preset"}
+    mc = preset_config(cfg.model.preset, vocab_size, **spec)
+    mc.max_seq_len = max(mc.max_seq_len, cfg.seq_len)
+    return mc
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_token_split(ds: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """All documents of one split: (flat int32 ids, offsets) in dataset order."""
+    flats, lengths = [], []
+    for batch in ds.iter_batches(["input_ids", "split"], batch_size=8192):
+        sel = batch.filter(pc.equal(batch.column("split"), split))
+        col = sel.column("input_ids")
+        if len(col) == 0:
+            continue
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        flats.append(col.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False))
+        lengths.append(pc.list_value_length(col).to_numpy(zero_copy_only=False))
+    if not flats:
+        return np.zeros(0, np.int32), np.zeros(1, np.int64)
+    lens = np.concatenate(lengths).astype(np.int64)
+    return np.concatenate(flats), np.concatenate([[0], np.cumsum(lens)])
+
+
+class PackedBatches:
+    """This rank's micro-batches of packed windows: {input_ids, targets, doc_ids} (B, T) int64."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray, seq_len: int, micro_batch: int, seed: int,
+                 eos_id: int, rank: int = 0, world: int = 1, shuffle: bool = True, doc_mask: bool = True):
+        self.flat, self.offsets = flat, offsets
+        self.T, self.B, self.seed, self.eos = seq_len, micro_batch, seed, eos_id
+        self.rank, self.world, self.shuffle, self.doc_mask = rank, world, shuffle, doc_mask
+        self.windows_per_epoch = (len(flat) - 1) // seq_len
+        if self.windows_per_epoch < 1:
+            raise UsageError(f"only {len(flat)} tokens: fewer than one window of seq_len {seq_len} + 1")
+        self.position = 0
+        self._epoch, self._stream = -1, flat
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "seed": self.seed, "seq_len": self.T, "micro_batch": self.B}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["seq_len"], state["micro_batch"]) != (self.T, self.B):
+            raise UsageError("resume needs the same seq_len and micro_batch as the saved run")
+        self.position = int(state["position"])
+
+    def _epoch_stream(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            n = len(self.offsets) - 1
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(n)
+                self._stream = np.concatenate([self.flat[self.offsets[i] : self.offsets[i + 1]] for i in order])
+            self._epoch = epoch
+        return self._stream
+
+    def window(self, w: int) -> np.ndarray:
+        epoch, i = divmod(w, self.windows_per_epoch)
+        return self._epoch_stream(epoch)[i * self.T : i * self.T + self.T + 1]
+
+    def micro_batch(self, g: int) -> dict[str, torch.Tensor]:
+        win = torch.from_numpy(np.stack([self.window(g * self.B + j) for j in range(self.B)]).astype(np.int64))
+        x = win[:, :-1]
+        out = {"input_ids": x, "targets": win[:, 1:].contiguous()}
+        if self.doc_mask:
+            is_eos = (x == self.eos).long()
+            out["doc_ids"] = is_eos.cumsum(1) - is_eos  # a document ends with (and includes) its EOS
+        return out
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = self.micro_batch(self.position + self.rank)
+        self.position += self.world
+        return batch
+
+
+def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    logits = model(batch["input_ids"], doc_ids=batch.get("doc_ids"))
+    return cross_entropy(logits, batch["targets"]), {}
+
+
+def make_evaluate(flat: np.ndarray, offsets: np.ndarray, cfg: PretrainConfig, eos_id: int):
+    """Validation loss over the first val_tokens of the val split (fixed windows, split over ranks)."""
+    val = PackedBatches(flat, offsets, cfg.seq_len, 1, cfg.train.seed, eos_id, shuffle=False, doc_mask=cfg.doc_mask)
+    n = max(1, min(val.windows_per_epoch, cfg.val_tokens // cfg.seq_len))
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        d = D.info()
+        mine = list(range(d.rank, n, d.world))
+        tot = torch.zeros(2, dtype=torch.float64)
+        for s in range(0, len(mine), cfg.train.micro_batch):
+            parts = [val.micro_batch(w) for w in mine[s : s + cfg.train.micro_batch]]
+            b = {k: torch.cat([p[k] for p in parts]).to(d.device) for k in parts[0]}
+            logits = model(b["input_ids"], doc_ids=b.get("doc_ids"))
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(), reduction="sum")
+            tot += torch.tensor([loss.item(), b["targets"].numel()], dtype=torch.float64)
+        D.all_reduce_sum(tot)
+        return {"val_loss": (tot[0] / tot[1]).item()}
+
+    return evaluate
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _prepare_run_dir(run_dir: Path, cfg: PretrainConfig, inputs: list[dict], resume: bool, overwrite: bool) -> None:
+    state = {"stage": "pretrain", "config": output_fields(cfg), "inputs": [i["fingerprint"] for i in inputs]}
+    has_run = (run_dir / RUN_STATE).is_file() or (run_dir / MANIFEST).is_file() or (run_dir / CHECKPOINTS).is_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: exists and is not a directory")
+    if has_run and overwrite:
+        import shutil
+
+        shutil.rmtree(run_dir)
+    elif has_run and not resume:
+        raise UsageError(f"{run_dir}: holds a training run; pass --resume to continue it or --overwrite to replace it")
+    elif has_run:
+        old = json.loads((run_dir / RUN_STATE).read_text()) if (run_dir / RUN_STATE).is_file() else {}
+        if old and old != state:
+            changed = [k for k in state["config"] if state["config"][k] != old.get("config", {}).get(k)]
+            raise UsageError(f"{run_dir}: cannot resume with a different config or input (changed: "
+                             f"{', '.join(changed) or 'inputs'}); use another run dir or --overwrite")
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir}: directory is not empty and holds no llmctl run; choose another path")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / MANIFEST).unlink(missing_ok=True)
+    atomic_write_json(run_dir / RUN_STATE, state)
+
+
+def pretrain(tokens: str | Path, tokenizer_dir: str | Path, run_dir: str | Path, cfg: PretrainConfig,
+             resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train a model from scratch on a token dataset; returns the run summary (also in _manifest.json)."""
+    from llmctl.tokenizer import Tokenizer
+
+    d = D.init(cfg.train.device)
+    run_dir = Path(run_dir)
+    tok = Tokenizer.load(tokenizer_dir)
+    ds = Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
+    if cfg.batch_tokens % cfg.seq_len:
+        raise UsageError(f"batch_tokens {cfg.batch_tokens} is not a multiple of seq_len {cfg.seq_len}")
+    cfg.train.batch_size = cfg.batch_tokens // cfg.seq_len
+    accum = cfg.train.grad_accum(d.world)
+    inputs = [ds.lineage(), tok.lineage()]
+    if d.master:
+        _prepare_run_dir(run_dir, cfg, inputs, resume, overwrite)
+    D.barrier()
+
+    flat, offsets = load_token_split(ds, "train")
+    if len(flat) and int(flat.max()) >= tok.vocab_size:
+        raise UsageError(f"{tokens}: token id {int(flat.max())} is outside the tokenizer's {tok.vocab_size} tokens "
+                         "(tokenized with another tokenizer?)")
+    batches = PackedBatches(flat, offsets, cfg.seq_len, cfg.train.micro_batch, cfg.train.seed, tok.eos_id,
+                            d.rank, d.world, doc_mask=cfg.doc_mask)
+    vflat, voffsets = load_token_split(ds, "val")
+    evaluate = make_evaluate(vflat, voffsets, cfg, tok.eos_id) if len(vflat) > cfg.seq_len else None
+    if evaluate is None:
+        D.print0("warning: no validation split (or shorter than one window): no validation loss")
+
+    mc = model_config(cfg, tok.vocab_size)
+    torch.manual_seed(cfg.train.seed)
+    model = Transformer(mc)  # built on CPU in fp32 so the init does not depend on the device
+    fpt = model.flops_per_token(cfg.seq_len)
+    D.print0(f"model: {model.num_params():,} parameters ({model.num_params(True):,} non-embedding), "
+             f"{fpt / 1e6:.2f} MFLOPs/token; {mc.n_layer} layers, d_model {mc.d_model}, {mc.n_head} heads "
+             f"({mc.n_kv_head} kv), vocab {mc.vocab_size}")
+    D.print0(f"data: {len(flat):,} train tokens in {len(offsets) - 1:,} docs, {len(vflat):,} val tokens; "
+             f"{cfg.batch_tokens:,} tokens/step = {d.world} rank(s) x {cfg.train.micro_batch} x {cfg.seq_len} "
+             f"x {accum} accumulation; {cfg.train.steps} steps = {cfg.train.steps * cfg.batch_tokens:,} tokens "
+             f"({cfg.train.steps * cfg.batch_tokens / max(1, len(flat)):.2f} epochs)")
+    manifest = {"stage": "pretrain", "config": to_dict(cfg), "inputs": inputs}
+    summary = train(model, mc, lm_loss, batches, cfg.train, run_dir, evaluate=evaluate, tokenizer_dir=tok.path,
+                    manifest=manifest, resume=resume, flops_per_token=fpt)
+    summary["params"] = model.num_params()
+    if d.master and summary["finished"]:
+        atomic_write_json(run_dir / MANIFEST, {**manifest, "llmctl_version": __version__, "finished": now_iso(),
+                                               "model": mc.to_dict(), "stats": summary})
+    D.barrier()
+    return summary

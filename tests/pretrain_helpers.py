@@ -1,0 +1,46 @@
+"""Test helper for the training tests: a throwaway tokenizer and a token dataset from real text.
+
+The tokenizer is trained in the test (hermetic, ~0.3 s) on TinyStories, and the token dataset is
+written through the real dataset contract with `StageOutput`, so these tests do not depend on
+`llmctl tokenize encode`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from llmctl.datasets import StageOutput
+from llmctl.tokenizer import Tokenizer
+
+_LOCAL = Path(__file__).parent / "data" / "tinystories_valid_head.txt"
+TINYSTORIES = _LOCAL if _LOCAL.is_file() else Path("/work/shared/data/tinystories/tinystories_valid_head.txt")
+TOKENS_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("split", pa.string())])
+
+
+def stories(limit: int | None = None) -> list[str]:
+    docs = [d.strip() for d in TINYSTORIES.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    return docs[:limit] if limit else docs
+
+
+def make_tokenizer(out: Path, vocab_size: int = 320, docs: int = 300) -> Tokenizer:
+    tok = Tokenizer.train(stories(docs), vocab_size)
+    tok.save(out)
+    return Tokenizer.load(out)
+
+
+class _Cfg:
+    __dataclass_fields__: dict = {}
+
+
+def write_tokens(out: Path, tok: Tokenizer, docs: int = 200, val_every: int = 10) -> Path:
+    """A finished 'tokens' dataset: every val_every-th story goes to the val split."""
+    so = StageOutput(out, "tokens", _Cfg(), inputs=[])
+    w = so.shard_writer("part-00000.parquet", TOKENS_SCHEMA)
+    for i, text in enumerate(stories(docs)):
+        w.write({"id": f"s{i}", "input_ids": tok.encode(text) + [tok.eos_id],
+                 "split": "val" if i % val_every == 0 else "train"})
+    so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
+    so.finalize(["part-00000"], TOKENS_SCHEMA)
+    return out
