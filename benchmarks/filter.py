@@ -55,10 +55,10 @@ print(json.dumps({"seconds": time.time() - t}))
 
 def ensure_datatrove() -> Path:
     py = VENV / "bin" / "python"
-    if not py.exists() or subprocess.run([py, "-c", "import datatrove, spacy, trafilatura"], capture_output=True).returncode:
+    if not py.exists() or subprocess.run([py, "-c", "import datatrove, spacy, trafilatura, lxml_html_clean"], capture_output=True).returncode:
         VENV.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-        subprocess.run([py, "-m", "pip", "install", "-q", f"datatrove[processing,io]=={DT_VERSION}", "spacy", "aiohttp"],
+        subprocess.run([py, "-m", "pip", "install", "-q", f"datatrove[processing,io]=={DT_VERSION}", "spacy", "aiohttp", "lxml_html_clean"],
                        check=True)
     # datatrove's C4BadWordsFilter downloads its list at run time: put the shipped list where it looks.
     code = r'''
