@@ -1,1 +1,50 @@
 """Commands: llmctl eval (issue 7). Registered on the shared app by importing this module."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="An llmctl checkpoint (or run dir) or a Hugging Face model directory.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Results dataset directory to write.")],
+    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="perplexity | mc | exact_match | degeneration | contamination (repeatable).")] = None,
+    ppl_data: Annotated[Optional[str], typer.Option("--ppl-data", help="perplexity: a token dataset (its val split) or a documents dataset.")] = None,
+    mc_data: Annotated[Optional[str], typer.Option("--mc-data", help="mc: MMLU-layout CSV, a directory of them, JSONL or Parquet (default: shared MMLU val).")] = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", help="mc: few-shot examples per question (default 0).")] = None,
+    choices: Annotated[Optional[str], typer.Option("--choices", help="mc: continuations are the letters (' A') or the choice texts (default letters).")] = None,
+    em_data: Annotated[Optional[str], typer.Option("--em-data", help="exact_match: GSM8K-layout JSONL (default: shared GSM8K test).")] = None,
+    prompts: Annotated[Optional[str], typer.Option("--prompts", help="degeneration: JSONL prompts or a documents dataset.")] = None,
+    train_data: Annotated[Optional[str], typer.Option("--train-data", help="contamination: the training dataset to search.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many items per task (mc: per subject file).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Sequences per forward pass (does not change results; default 8).")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer dir overriding the checkpoint's.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, mps (default cpu).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Evaluate a model on several tasks, loading it once; writes a results dataset and prints a table.
+
+    The results dataset has one row per (task, metric): value, stderr, n. Other task options go
+    through --set, e.g. --set perplexity.stride=128 --set degeneration.temperature=0.7.
+    """
+    from llmctl import config as C
+    from llmctl.cli.common import out
+    from llmctl.eval.runner import EvalConfig, markdown_table, run_eval
+
+    flags = {"tasks": task, "perplexity.data": ppl_data, "mc.data": mc_data, "mc.shots": shots,
+             "mc.choices": choices, "exact_match.data": em_data, "degeneration.prompts": prompts,
+             "contamination.train": train_data, "batch_size": batch_size, "tokenizer": tokenizer, "device": device}
+    if limit is not None:
+        flags.update({f"{t}.limit": limit for t in ("perplexity", "mc", "exact_match", "degeneration", "contamination")})
+    cfg = C.load(EvalConfig, config, set_, flags)
+    m = run_eval(model, output, cfg, overwrite=overwrite)
+    out.print(markdown_table(m["stats"]["results"]), markup=False, highlight=False)
+    t = m["timings"]
+    out.print(f"results -> {output} ({t.get('seconds', '?')} s)", markup=False, highlight=False)

@@ -1,0 +1,115 @@
+"""Generation tasks scored by exact match after an extraction rule (GSM8K by default).
+
+Data: JSONL with `question` and `answer` (GSM8K's layout: the reference number follows `####`).
+Prompt: `format=plain` writes "Question: {question}\\nAnswer:" (k shots from `fewshot_data` before
+it, each with its full reference answer, separated by blank lines); `format=chat` sends the
+question as one user turn through the tokenizer's chat template (llmctl's for a checkpoint,
+`apply_chat_template` for a Hugging Face dir). Decoding is greedy by default and stops at the
+tokenizer's stop ids, a blank line or "Question:" (plain format), or `max_new_tokens`.
+
+Extraction: the number after the last "####" in the output if there is one, else the last
+number in it (commas, "$" and a trailing "." removed); a prediction matches when it equals the
+reference as a number (so "18.00" == "18"). Metric `exact_match` with lm-eval's stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmctl.errors import UsageError
+from llmctl.eval.lm import LM
+from llmctl.eval.mc import mean_stderr
+
+TASK = "exact_match"
+_NUM = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+@dataclass
+class ExactMatchConfig:
+    data: str = "/work/shared/data/sft/gsm8k_test.jsonl"
+    limit: int = 0
+    shots: int = 0
+    fewshot_data: str = "/work/shared/data/sft/gsm8k_train.jsonl"
+    format: str = "plain"  # plain | chat
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    seed: int = 0
+
+
+def _to_number(s: str) -> float | None:
+    s = s.replace(",", "").replace("$", "").rstrip(".")
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def extract(text: str) -> float | None:
+    """The number after the last '####', else the last number in the text."""
+    if "####" in text:
+        m = _NUM.search(text.rsplit("####", 1)[1])
+        if m:
+            return _to_number(m.group())
+    found = _NUM.findall(text)
+    return _to_number(found[-1]) if found else None
+
+
+def read_jsonl(path: str | Path, limit: int = 0) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: no such JSONL file")
+    rows = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UsageError(f"{p}:{i + 1}: not a JSON object") from None
+        if limit and len(rows) >= limit:
+            break
+    return rows
+
+
+def prompt_ids(lm: LM, question: str, shots: list[dict[str, Any]], fmt: str) -> list[int]:
+    if fmt == "plain":
+        parts = [f"Question: {s['question']}\nAnswer: {s['answer']}" for s in shots]
+        return lm.codec.encode("\n\n".join(parts + [f"Question: {question}\nAnswer:"]))
+    if fmt == "chat":
+        if lm.codec.chat is None:
+            raise UsageError(f"{lm.name}: its tokenizer has no chat template; use exact_match.format=plain")
+        return lm.codec.chat([{"role": "user", "content": question}])
+    raise UsageError(f"exact_match.format must be plain or chat, got {fmt!r}")
+
+
+def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list]:
+    from llmctl.datasets import fingerprint_file
+
+    rows = read_jsonl(cfg.data, cfg.limit)
+    if not rows or any("question" not in r or "answer" not in r for r in rows):
+        raise UsageError(f"{cfg.data}: needs JSONL rows with question and answer")
+    shots = read_jsonl(cfg.fewshot_data, cfg.shots) if cfg.shots else []
+    stop_text = ("\n\n", "Question:") if cfg.format == "plain" else ()
+    if progress:
+        progress.start(TASK, len(rows))
+    hits, lengths = [], []
+    for i, r in enumerate(rows):
+        out = lm.generate(prompt_ids(lm, r["question"], shots, cfg.format), cfg.max_new_tokens,
+                          temperature=cfg.temperature, seed=cfg.seed + i, stop_text=stop_text)
+        text = lm.codec.decode(out)
+        for s in stop_text:
+            text = text.split(s)[0]
+        ref = extract(str(r["answer"]))
+        pred = extract(text)
+        hits.append(float(ref is not None and pred is not None and abs(pred - ref) < 1e-9))
+        lengths.append(float(len(out)))
+        if progress:
+            progress.advance(1, len(out))
+    n = len(rows)
+    lineage = [{"path": str(Path(cfg.data).resolve()), "stage": "file", "fingerprint": fingerprint_file(cfg.data)}]
+    return [{"task": TASK, "metric": "exact_match", "value": sum(hits) / n, "stderr": mean_stderr(hits), "n": n},
+            {"task": TASK, "metric": "mean_new_tokens", "value": sum(lengths) / n, "stderr": mean_stderr(lengths),
+             "n": n}], lineage

@@ -1,0 +1,279 @@
+"""The scoring interface every eval task uses, over an llmctl checkpoint or a Hugging Face model dir.
+
+`LM.loglikelihood(requests)` returns, for each (context ids, continuation ids), the summed
+log-probability of the continuation and whether it is the greedy continuation, exactly as
+lm-evaluation-harness's `loglikelihood` does (the input is context + continuation minus the last
+token, cut from the left to the context length). `LM.generate` continues a prompt token by token
+with a KV cache, greedy or sampled.
+
+Batch-size invariance: requests are sorted by length (longest first, ties by index) and padded
+on the right. A causal model never looks right, so padding cannot change a real position's
+logits mathematically; numerically, a matmul over a different number of rows may round
+differently in the last bit, so every forward runs on rows of one fixed padded length per
+request (`_bucket`: the request's length rounded up to a multiple of 64 tokens), and each row of a
+batch is computed exactly as it would be alone (checked in tests/test_eval_lm.py: batch 1 and 3
+give bit-identical values). The cost of the rounding: at most 63 padded positions per row,
+about 10% more compute on MMLU-length prompts (~300-600 tokens).
+
+Generation runs one prompt at a time (a KV cache per prompt, a `torch.Generator` seeded with
+`seed + item index`), so sampled outputs do not depend on the batch size either; it is the
+slow part of exact_match and degeneration on CPU, and the price of that guarantee.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmctl.errors import UsageError
+
+PAD_MULTIPLE = 64
+
+
+@dataclass
+class TextCodec:
+    """The tokenizer seen by eval: encode without BOS/EOS, decode without special tokens."""
+
+    encode: Callable[[str], list[int]]
+    decode: Callable[[Sequence[int]], str]
+    eos_id: int
+    stop_ids: tuple[int, ...]
+    fingerprint: str
+    bos_id: int | None = None
+    chat: Callable[[list[dict[str, str]]], list[int]] | None = None  # messages -> ids + generation prompt
+
+
+def _bucket(n: int) -> int:
+    return PAD_MULTIPLE * math.ceil(n / PAD_MULTIPLE)
+
+
+class LM:
+    """A causal LM behind one call: `logits(ids (B, T)) -> (B, T, V) fp32`, plus a KV-cached step."""
+
+    name: str
+    max_len: int
+    codec: TextCodec
+    device: torch.device
+
+    def logits(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
+        """Logits (V,) after the prompt and a cache state for `step`."""
+        raise NotImplementedError
+
+    def step(self, token: int, state: Any) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def lineage(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _width(self, n: int) -> int:
+        return min(_bucket(n), max(n, self.max_len))
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score(self, inputs: Sequence[list[int]], targets: Sequence[list[int]], batch_size: int,
+              on_batch: Callable[[int, int], None] | None = None) -> list[tuple[list[float], bool]]:
+        """Per request: log-probs of `targets` (the last len(targets) positions of `inputs`, shifted),
+        and whether every target is the argmax. `inputs[i]` already excludes the last target."""
+        order = sorted(range(len(inputs)), key=lambda i: (-len(inputs[i]), i))
+        out: list[Any] = [None] * len(inputs)
+        batches: list[list[int]] = []
+        for i in order:  # a batch holds rows of one padded width only, so a row's width never
+            if batches and len(batches[-1]) < batch_size and self._width(len(inputs[batches[-1][0]])) == self._width(len(inputs[i])):
+                batches[-1].append(i)  # depends on its neighbours
+            else:
+                batches.append([i])
+        for idx in batches:
+            width = self._width(len(inputs[idx[0]]))
+            ids = torch.zeros(len(idx), width, dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, : len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
+            logits = self.logits(ids.to(self.device), [len(inputs[i]) for i in idx])
+            logp = F.log_softmax(logits.float(), dim=-1)
+            for r, i in enumerate(idx):
+                n, k = len(inputs[i]), len(targets[i])
+                lp = logp[r, n - k : n]
+                tgt = torch.tensor(targets[i], dtype=torch.long, device=lp.device)
+                vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
+                greedy = bool((lp.argmax(-1) == tgt).all())
+                out[i] = (vals, greedy)
+            if on_batch:
+                on_batch(len(idx), sum(len(inputs[i]) for i in idx))
+        return out
+
+    def loglikelihood(self, requests: Sequence[tuple[list[int], list[int]]], batch_size: int,
+                      on_batch: Callable[[int, int], None] | None = None) -> list[tuple[float, bool]]:
+        """lm-eval's loglikelihood: sum log p(continuation | context), is_greedy."""
+        inputs, targets = [], []
+        for ctx, cont in requests:
+            if not cont:
+                raise UsageError("a continuation must have at least one token")
+            if not ctx:
+                ctx = [self.codec.eos_id]
+            whole = (ctx + cont)[-(self.max_len + 1):]
+            inputs.append(whole[:-1])
+            targets.append(cont)
+        return [(math.fsum(v), g) for v, g in self.score(inputs, targets, batch_size, on_batch)]
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int = 0, stop_ids: Sequence[int] | None = None,
+                 stop_text: Sequence[str] = ()) -> list[int]:
+        """New token ids after `prompt` (greedy when temperature == 0); stops at a stop id or string."""
+        stops = set(self.codec.stop_ids if stop_ids is None else stop_ids)
+        prompt = prompt[-max(1, self.max_len - max_new_tokens):]
+        gen = torch.Generator().manual_seed(seed)
+        logits, state = self.start(prompt)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            tok = sample(logits, temperature, top_k, top_p, gen)
+            if tok in stops:
+                break
+            out.append(tok)
+            if stop_text and any(s in self.codec.decode(out) for s in stop_text):
+                break
+            if len(prompt) + len(out) >= self.max_len:
+                break
+            logits, state = self.step(tok, state)
+        return out
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator) -> int:
+    """One token from (V,) logits: argmax at temperature 0, else top-k / nucleus sampling."""
+    logits = logits.float().cpu()
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sp, si = torch.sort(probs, descending=True)
+        keep = sp.cumsum(0) - sp < top_p  # smallest prefix with mass >= top_p
+        probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+
+# ----------------------------------------------------------------------------- llmctl checkpoints
+
+
+class LlmctlLM(LM):
+    def __init__(self, path: str | Path, device: str = "cpu", tokenizer_dir: str | Path | None = None):
+        from llmctl.checkpoint import load_checkpoint, resolve_checkpoint
+        from llmctl.datasets import fingerprint_file
+        from llmctl.tokenizer import Tokenizer
+
+        self.path = resolve_checkpoint(path)
+        self.model, self.cfg, tok_dir, _ = load_checkpoint(self.path, device=device, tokenizer_dir=tokenizer_dir)
+        if tok_dir is None:
+            raise UsageError(f"{path}: checkpoint has no tokenizer/ directory; pass --tokenizer")
+        tok = Tokenizer.load(tok_dir)
+        self.codec = TextCodec(tok.encode, tok.decode, tok.eos_id, tuple(tok.stop_ids), tok.fingerprint, tok.bos_id,
+                               lambda m: tok.apply_chat_template(m, add_generation_prompt=True))
+        self.max_len = self.cfg.max_seq_len
+        self.device = torch.device(device)
+        self.name = str(self.path)
+        self._fp = fingerprint_file(self.path / "model.safetensors")
+
+    def lineage(self) -> dict[str, Any]:
+        return {"path": str(self.path.resolve()), "stage": "checkpoint", "fingerprint": self._fp}
+
+    def logits(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        return self.model(ids)
+
+    def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:
+        from llmctl.model import KVCache
+
+        cache = KVCache(self.cfg, 1, self.max_len, device=self.device)
+        logits = self.model(torch.tensor([prompt], device=self.device), kv_cache=cache)
+        return logits[0, -1], cache
+
+    def step(self, token: int, state: Any) -> tuple[torch.Tensor, Any]:
+        logits = self.model(torch.tensor([[token]], device=self.device), kv_cache=state)
+        return logits[0, -1], state
+
+
+# ----------------------------------------------------------------------------- Hugging Face dirs
+
+
+class HFLM(LM):
+    """transformers AutoModelForCausalLM + AutoTokenizer from a local directory (offline)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", tokenizer_dir: str | Path | None = None):
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from llmctl.datasets import fingerprint_file
+
+        transformers.logging.set_verbosity_error()
+        self.path = Path(path)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32, local_files_only=True)
+            self.tok = AutoTokenizer.from_pretrained(tokenizer_dir or self.path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{path}: cannot load as a Hugging Face model ({str(e).splitlines()[0]})") from None
+        self.model.to(device).eval()
+        self.device = torch.device(device)
+        eos = self.tok.eos_token_id
+        if eos is None:
+            raise UsageError(f"{path}: tokenizer has no eos token")
+        self.codec = TextCodec(lambda t: self.tok.encode(t, add_special_tokens=False),
+                               lambda ids: self.tok.decode(list(ids), skip_special_tokens=True),
+                               eos, (eos,), "", self.tok.bos_token_id, self._chat if self.tok.chat_template else None)
+        mc = self.model.config
+        self.max_len = int(getattr(mc, "max_position_embeddings", None) or getattr(mc, "n_positions", 2048))
+        self.name = str(self.path)
+        w = sorted(self.path.glob("*.safetensors")) or sorted(self.path.glob("*.bin"))
+        self._fp = fingerprint_file(w[0]) if w else ""
+
+    def lineage(self) -> dict[str, Any]:
+        return {"path": str(self.path.resolve()), "stage": "hf-model", "fingerprint": self._fp}
+
+    def _chat(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def logits(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        # Right padding with a full mask: a causal model's real positions never see the pads, and a
+        # mask of all ones keeps transformers on the same (causal) kernel for every batch.
+        return self.model(input_ids=ids, use_cache=False).logits.float()
+
+    def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:
+        o = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
+        return o.logits[0, -1].float(), o.past_key_values
+
+    def step(self, token: int, state: Any) -> tuple[torch.Tensor, Any]:
+        o = self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=state, use_cache=True)
+        return o.logits[0, -1].float(), o.past_key_values
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    p = Path(path)
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") != "llmctl"
+    except json.JSONDecodeError:
+        return False
+
+
+def load_lm(path: str | Path, device: str = "cpu", tokenizer_dir: str | Path | None = None) -> LM:
+    """An llmctl checkpoint (or run dir) or a Hugging Face model directory."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such model directory")
+    if is_hf_dir(p):
+        return HFLM(p, device, tokenizer_dir)
+    return LlmctlLM(p, device, tokenizer_dir)

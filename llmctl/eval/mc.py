@@ -1,0 +1,192 @@
+"""Multiple-choice tasks scored by log-likelihood, as lm-evaluation-harness does (MMLU layout).
+
+Data: a headerless CSV `question,A,B,C,D,answer` (the MMLU layout as is), a directory of such
+CSVs (one subject per file, `abstract_algebra_val.csv` -> "abstract algebra"), or JSONL/Parquet
+with `question`, `A`..`D` (or a `choices` list) and `answer` (a letter or an index).
+
+Prompt (lm-eval's `mmlu` default task, `choices=letters`)::
+
+    The following are multiple choice questions (with answers) about {subject}.\\n\\n
+    [k shots: {question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer: {letter}\\n\\n]...
+    {question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer:
+
+and the continuations " A", " B", " C", " D". With `choices=text` the continuations are " " + the
+choice text instead (the cloze form; acc_norm matters there). Shots are the first k rows of the
+same subject in `fewshot_data` (default: the `dev/` directory beside an MMLU split directory).
+
+Tokenization is lm-eval's `_encode_pair`: trailing spaces of the context move to the
+continuation, then continuation ids = encode(context + continuation)[len(encode(context)):], so
+a tokenizer that merges across the boundary is handled identically. `acc` = argmax of the summed
+log-likelihood; `acc_norm` = argmax of log-likelihood / UTF-8 bytes of the choice text (lm-eval
+divides by characters: identical on ASCII choices, which is all of MMLU's letter form; ties go
+to the first choice in both). stderr = sample standard deviation / sqrt(n), as lm-eval reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmctl.errors import UsageError
+from llmctl.eval.lm import LM
+
+TASK = "mc"
+LETTERS = "ABCDEFGH"
+
+
+@dataclass
+class MCConfig:
+    data: str = "/work/shared/data/eval/mmlu/val"  # CSV, directory of CSVs, JSONL or Parquet
+    shots: int = 0
+    fewshot_data: str = ""  # default: <data>/../dev for an MMLU split directory
+    choices: str = "letters"  # letters | text
+    limit: int = 0  # items per file (0 = all)
+    subjects: list[str] = field(default_factory=list)  # restrict to these subjects (directory input)
+
+
+def _subject(path: Path) -> str:
+    stem = path.stem
+    for suffix in ("_val", "_test", "_dev", "_train"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem.replace("_", " ")
+
+
+def _normalize(row: dict[str, Any], where: str) -> dict[str, Any]:
+    if "choices" in row:
+        choices = [str(c) for c in row["choices"]]
+    else:
+        choices = [str(row[c]) for c in LETTERS if c in row and row[c] is not None]
+    ans = row.get("answer")
+    if isinstance(ans, str) and ans.strip().upper() in LETTERS[: len(choices)]:
+        label = LETTERS.index(ans.strip().upper())
+    elif isinstance(ans, int) or (isinstance(ans, str) and ans.strip().isdigit()):
+        label = int(ans)
+    else:
+        raise UsageError(f"{where}: answer {ans!r} is not a letter or an index")
+    if len(choices) < 2 or not 0 <= label < len(choices):
+        raise UsageError(f"{where}: needs >= 2 choices and an answer among them")
+    return {"question": str(row["question"]), "choices": choices, "label": label}
+
+
+def read_items(path: Path, limit: int = 0) -> list[dict[str, Any]]:
+    """Items of one file: question, choices, label."""
+    rows: list[dict[str, Any]] = []
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            for rec in csv.reader(f):
+                if len(rec) < 4:
+                    raise UsageError(f"{path}: expected question,A,B,C,D,answer rows, got {len(rec)} fields")
+                rows.append({"question": rec[0], "choices": rec[1:-1], "answer": rec[-1]})
+    elif path.suffix in (".jsonl", ".json"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    else:
+        raise UsageError(f"{path}: unsupported multiple-choice file (use .csv, .jsonl or .parquet)")
+    if limit:
+        rows = rows[:limit]
+    return [_normalize(r, f"{path}:{i + 1}") for i, r in enumerate(rows)]
+
+
+def data_files(cfg: MCConfig) -> list[Path]:
+    p = Path(cfg.data)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in (".csv", ".jsonl", ".parquet"))
+        if cfg.subjects:
+            want = {s.replace("_", " ") for s in cfg.subjects}
+            files = [f for f in files if _subject(f) in want]
+    elif p.is_file():
+        files = [p]
+    else:
+        raise UsageError(f"{p}: no such multiple-choice file or directory")
+    if not files:
+        raise UsageError(f"{p}: no .csv/.jsonl/.parquet files (subjects {cfg.subjects or 'all'})")
+    return files
+
+
+def fewshot_file(cfg: MCConfig, f: Path) -> Path | None:
+    if not cfg.shots:
+        return None
+    base = Path(cfg.fewshot_data) if cfg.fewshot_data else f.parent.parent / "dev"
+    if base.is_file():
+        return base
+    matches = [g for g in sorted(base.glob("*")) if _subject(g) == _subject(f)] if base.is_dir() else []
+    if not matches:
+        raise UsageError(f"no few-shot file for subject {_subject(f)!r} in {base} (set mc.fewshot_data)")
+    return matches[0]
+
+
+def doc_to_text(item: dict[str, Any]) -> str:
+    lines = [item["question"].strip()] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(item["choices"])]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def choice_strings(item: dict[str, Any], mode: str) -> list[str]:
+    if mode == "letters":
+        return list(LETTERS[: len(item["choices"])])
+    if mode == "text":
+        return list(item["choices"])
+    raise UsageError(f"mc.choices must be letters or text, got {mode!r}")
+
+
+def build_context(item: dict[str, Any], subject: str, shots: list[dict[str, Any]], mode: str) -> str:
+    parts = [doc_to_text(s) + " " + choice_strings(s, mode)[s["label"]] for s in shots] + [doc_to_text(item)]
+    return f"The following are multiple choice questions (with answers) about {subject}.\n\n" + "\n\n".join(parts)
+
+
+def encode_pair(lm: LM, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's HFLM._encode_pair."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = lm.codec.encode(context + continuation)
+    ctx = lm.codec.encode(context)
+    return ctx, whole[len(ctx):]
+
+
+def mean_stderr(xs: list[float]) -> float:
+    n = len(xs)
+    if n < 2:
+        return float("nan")
+    mu = sum(xs) / n
+    return math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1) / n)
+
+
+def run(lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list]:
+    from llmctl.datasets import fingerprint_file
+
+    items, requests, lineage = [], [], []
+    for f in data_files(cfg):
+        fs = fewshot_file(cfg, f)
+        shots = read_items(fs, cfg.shots) if fs else []
+        lineage.append({"path": str(f.resolve()), "stage": "file", "fingerprint": fingerprint_file(f)})
+        for item in read_items(f, cfg.limit):
+            ctx = build_context(item, _subject(f), shots, cfg.choices)
+            conts = choice_strings(item, cfg.choices)
+            item["first"] = len(requests)
+            item["bytes"] = [len(c.encode("utf-8")) for c in conts]
+            requests += [encode_pair(lm, ctx, " " + c) for c in conts]
+            items.append(item)
+    if progress:
+        progress.start(TASK, len(requests))
+    lls = [ll for ll, _ in lm.loglikelihood(requests, batch_size, progress.advance if progress else None)]
+    acc, acc_norm = [], []
+    for item in items:
+        ll = lls[item["first"]: item["first"] + len(item["bytes"])]
+        pred = max(range(len(ll)), key=lambda i: (ll[i], -i))
+        norm = [x / b for x, b in zip(ll, item["bytes"])]
+        pred_n = max(range(len(norm)), key=lambda i: (norm[i], -i))
+        acc.append(float(pred == item["label"]))
+        acc_norm.append(float(pred_n == item["label"]))
+    n = len(items)
+    rows = [{"task": TASK, "metric": m, "value": sum(v) / n, "stderr": mean_stderr(v), "n": n}
+            for m, v in (("acc", acc), ("acc_norm", acc_norm))]
+    return rows, lineage

@@ -1,0 +1,140 @@
+"""`llmctl eval`: load the model once, run each task, write the results dataset.
+
+The results are an llmctl dataset of stage "eval", one row per (task, metric): `value`,
+`stderr` (null where none is defined), `n` (what the metric averages over: items, tokens or
+bytes). Each task is one resumable task of the dataset contract, so an interrupted eval re-runs
+only the tasks it had not finished; `batch_size` and `device` are runtime fields (they do not
+change the numbers, see `llmctl.eval.lm`), so a re-run with another batch size resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from llmctl.config import runtime
+from llmctl.errors import UsageError
+from llmctl.eval import contamination, degeneration, exact_match, mc, perplexity
+
+TASKS = ("perplexity", "mc", "exact_match", "degeneration", "contamination")
+RESULT_SCHEMA = pa.schema([("task", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
+                           ("stderr", pa.float64()), ("n", pa.int64())])
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=lambda: ["perplexity"])
+    model: str = ""
+    tokenizer: str = ""  # override the checkpoint's tokenizer dir (vocab must match)
+    perplexity: perplexity.PerplexityConfig = field(default_factory=perplexity.PerplexityConfig)
+    mc: mc.MCConfig = field(default_factory=mc.MCConfig)
+    exact_match: exact_match.ExactMatchConfig = field(default_factory=exact_match.ExactMatchConfig)
+    degeneration: degeneration.DegenerationConfig = field(default_factory=degeneration.DegenerationConfig)
+    contamination: contamination.ContaminationConfig = field(default_factory=contamination.ContaminationConfig)
+    batch_size: int = runtime(8)
+    device: str = runtime("cpu")
+    progress: bool | None = runtime(None)
+
+
+class TaskProgress:
+    """One rich bar per task: requests done, requests/s and tokens/s."""
+
+    def __init__(self, enabled: bool | None = None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from llmctl.progress import console
+
+        self.enabled = console.is_terminal if enabled is None else enabled
+        self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("[cyan]{task.fields[rate]}"), TimeRemainingColumn(), console=console,
+                           disable=not self.enabled)
+        self._task = None
+        self._t0 = 0.0
+        self._tokens = 0
+
+    def __enter__(self) -> "TaskProgress":
+        self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._p.__exit__(*exc)
+
+    def start(self, name: str, total: int) -> None:
+        if self._task is not None:
+            self._p.update(self._task, visible=True)
+        self._task = self._p.add_task(name, total=total, rate="")
+        self._t0, self._tokens = time.time(), 0
+
+    def advance(self, n: int, tokens: int = 0) -> None:
+        self._tokens += tokens
+        dt = max(time.time() - self._t0, 1e-9)
+        task = self._p.tasks[-1]
+        rate = f"{(task.completed + n) / dt:,.1f}/s" + (f"  {self._tokens / dt:,.0f} tok/s" if self._tokens else "")
+        self._p.update(self._task, advance=n, rate=rate)
+
+
+def _runner(name: str):
+    return {"perplexity": perplexity.run, "mc": mc.run, "exact_match": exact_match.run,
+            "degeneration": degeneration.run, "contamination": contamination.run}[name]
+
+
+def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate `model` on `cfg.tasks`; returns the results manifest (rows in manifest['stats']['results'])."""
+    from llmctl.datasets import StageOutput
+    from llmctl.eval.lm import load_lm
+
+    unknown = [t for t in cfg.tasks if t not in TASKS]
+    if unknown or not cfg.tasks:
+        raise UsageError(f"unknown eval task {unknown[0] if unknown else '(none)'}; choose from {', '.join(TASKS)}")
+    if cfg.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    tasks = list(dict.fromkeys(cfg.tasks))
+    cfg.model = str(Path(model).resolve())
+    needs_model = [t for t in tasks if t != "contamination"]
+    lm = load_lm(model, cfg.device, cfg.tokenizer or None) if needs_model else None
+    inputs = [lm.lineage()] if lm else []
+    out = StageOutput(Path(output), "eval", cfg, inputs=inputs, overwrite=overwrite)
+    if out.complete:
+        return out.manifest
+    all_rows: list[dict[str, Any]] = []
+    extra_inputs: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
+    with TaskProgress(cfg.progress) as progress:
+        for name in tasks:
+            relpath = f"{name}.parquet"
+            if out.task_done(name):
+                rec = out.task_record(name)
+                rows, lineage, secs = rec["stats"]["rows"], rec["stats"]["inputs"], rec["seconds"]
+            else:
+                t0 = time.time()
+                rows, lineage = _runner(name)(lm, getattr(cfg, name), cfg.batch_size, progress)
+                secs = round(time.time() - t0, 3)
+                w = out.shard_writer(relpath, RESULT_SCHEMA)
+                for r in rows:
+                    w.write(_clean(r))
+                out.finish_task(name, {"data": [{"path": relpath, **w.close()}]},
+                                stats={"rows": [_clean(r) for r in rows], "inputs": lineage}, seconds=secs)
+            all_rows += [_clean(r) for r in rows]
+            extra_inputs += lineage
+            timings[f"{name}_seconds"] = secs
+    return out.finalize(tasks, RESULT_SCHEMA, stats={"results": all_rows, "task_inputs": extra_inputs}, timings=timings)
+
+
+def _clean(r: dict[str, Any]) -> dict[str, Any]:
+    import math
+
+    err = r.get("stderr")
+    err = None if err is None or (isinstance(err, float) and math.isnan(err)) else float(err)
+    return {"task": r["task"], "metric": r["metric"], "value": float(r["value"]), "stderr": err, "n": int(r["n"])}
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| task | metric | value | stderr | n |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        err = "" if r["stderr"] is None else f"{r['stderr']:.4f}"
+        lines.append(f"| {r['task']} | {r['metric']} | {r['value']:.4f} | {err} | {r['n']:,} |")
+    return "\n".join(lines)
