@@ -21,11 +21,30 @@ def filter_cmd(
     no_gopher: Annotated[bool, typer.Option("--no-gopher", help="Skip the Gopher quality and repetition rules.")] = False,
     no_pii: Annotated[bool, typer.Option("--no-pii", help="Skip the PII scrub.")] = False,
     no_rejected: Annotated[bool, typer.Option("--no-rejected", help="Do not write removed documents to OUT/rejected/.")] = False,
+    dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", help="All dedup steps on/off (default on).")] = None,
+    exact: Annotated[Optional[bool], typer.Option("--exact/--no-exact", help="Exact dedup of normalized text.")] = None,
+    c4_span: Annotated[Optional[bool], typer.Option("--c4-span/--no-c4-span", help="C4 three-sentence span dedup.")] = None,
+    minhash: Annotated[Optional[bool], typer.Option("--minhash/--no-minhash", help="MinHash near-dedup.")] = None,
+    minhash_threshold: Annotated[Optional[float], typer.Option(help="Jaccard threshold of MinHash dedup (default 0.8).")] = None,
+    num_perm: Annotated[Optional[int], typer.Option(help="MinHash permutations (default 128).")] = None,
+    bands: Annotated[Optional[int], typer.Option(help="LSH bands (with --rows; default: derived from the threshold).")] = None,
+    rows: Annotated[Optional[int], typer.Option(help="LSH rows per band (with --bands).")] = None,
+    dedup_scope: Annotated[Optional[str], typer.Option(help="self (within this run) or self+against (also against --against datasets).")] = None,
+    against: Annotated[Optional[list[str]], typer.Option(help="Earlier llmctl filter output whose documents count as earlier (repeatable).")] = None,
+    keep_work: Annotated[bool, typer.Option("--keep-work", help="Keep the dedup intermediates in OUT/_work.")] = False,
+    quality_model: Annotated[Optional[str], typer.Option(help="fastText model dir from `llmctl quality train`: fills quality_score.")] = None,
+    quality_threshold: Annotated[Optional[float], typer.Option(help="Keep documents with quality_score >= this (default 0.5).")] = None,
+    quality_sampling: Annotated[Optional[str], typer.Option(help="threshold or pareto (GPT-3: keep when Pareto(alpha) > 1 - score).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Pareto shape for --quality-sampling pareto (default 9).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the Pareto draws (per document id).")] = None,
     workers: WorkersOpt = None,
     overwrite: OverwriteOpt = False,
     print_config_: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML and exit.")] = False,
 ) -> None:
-    """Extract text from a crawl and keep the documents that pass C4, Gopher and PII steps.
+    """Extract text from a crawl, keep the documents that pass C4, Gopher, PII (and quality) steps, then dedup.
+
+    Dedup (exact, C4 three-sentence spans, MinHash) runs over all inputs after the per-shard
+    steps; removed duplicates go to OUT/rejected/ with the id of the document they duplicate.
 
     Writes OUT/part-*.parquet (kept documents), OUT/rejected/ (removed documents with the rule
     that removed them) and OUT/_manifest.json (config, inputs, funnel). Re-running the same
@@ -37,7 +56,14 @@ def filter_cmd(
     flags = {"steps": steps, "workers": workers, "c4.enabled": False if no_c4 else None,
              "gopher_quality.enabled": False if no_gopher else None,
              "gopher_repetition.enabled": False if no_gopher else None,
-             "pii.enabled": False if no_pii else None, "write_rejected": False if no_rejected else None}
+             "pii.enabled": False if no_pii else None, "write_rejected": False if no_rejected else None,
+             "dedup.exact": exact if exact is not None else dedup, "dedup.minhash": minhash if minhash is not None else dedup,
+             "dedup.c4_span": c4_span if c4_span is not None else dedup, "dedup.threshold": minhash_threshold,
+             "dedup.num_perm": num_perm, "dedup.bands": bands, "dedup.rows": rows,
+             "dedup.scope": dedup_scope or ("self+against" if against else None), "dedup.against": against or None,
+             "dedup.keep_work": True if keep_work else None, "quality.model": quality_model,
+             "quality.threshold": quality_threshold, "quality.sampling": quality_sampling, "quality.alpha": alpha,
+             "quality.seed": seed}
     cfg = C.load(FilterConfig, config, set_, flags)
     if print_config_:
         print_config(cfg)

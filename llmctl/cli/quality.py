@@ -1,1 +1,58 @@
-"""Commands: llmctl quality (issue 3). Registered on the shared app by importing this module."""
+"""Commands: llmctl quality train / predict (the fastText quality classifier, issue 3)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
+from llmctl.cli.common import out
+
+quality_app = typer.Typer(help="The fastText quality classifier (GPT-3 style: reference text vs raw crawl).",
+                          no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
+
+
+@quality_app.command("train")
+def train_cmd(
+    positive: Annotated[list[str], typer.Option("--positive", "-p", help="Dataset(s) of reference-quality text (label hq).")],
+    negative: Annotated[list[str], typer.Option("--negative", "-n", help="Dataset(s) of raw crawl text (label lq).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Model directory (model.bin + _manifest.json).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    holdout: Annotated[Optional[float], typer.Option(help="Held-out fraction of each side (default 0.2).")] = None,
+    epoch: Annotated[Optional[int], typer.Option(help="fastText epochs (default 25).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="fastText learning rate (default 0.5).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the split and of fastText.")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train a fastText classifier and print precision, recall and F1 on a seeded held-out split."""
+    from llmctl import config as C
+    from llmctl.data.quality import QualityTrainConfig, train_quality
+
+    cfg = C.load(QualityTrainConfig, config, set_, {"holdout": holdout, "epoch": epoch, "lr": lr, "seed": seed})
+    m = train_quality(positive, negative, output, cfg, overwrite=overwrite)
+    s = m["stats"]
+    h = s["heldout"]
+    out.print(f"trained on {s['train_docs']['hq']:,} hq + {s['train_docs']['lq']:,} lq documents "
+              f"({s['duplicates_dropped']:,} duplicates dropped), vocabulary {s['vocabulary']:,}")
+    out.print(f"held out {s['heldout_docs']['hq']:,} hq + {s['heldout_docs']['lq']:,} lq: precision {h['precision']:.3f} "
+              f"recall {h['recall']:.3f} F1 {h['f1']:.3f} accuracy {h['accuracy']:.3f}")
+    out.print(f"wrote {output}/model.bin and {output}/_manifest.json")
+
+
+@quality_app.command("predict")
+def predict_cmd(
+    model: Annotated[str, typer.Argument(help="Model directory from `llmctl quality train`.")],
+    texts: Annotated[list[str], typer.Argument(help="Texts to score, or '-' to read one document per line from stdin.")],
+) -> None:
+    """Print the quality score (probability of reference-quality text) of each text."""
+    import sys
+
+    from llmctl.data.quality import load_model, score_texts
+
+    if texts == ["-"]:
+        texts = [line.rstrip("\n") for line in sys.stdin]
+    for score, text in zip(score_texts(load_model(model), texts), texts):
+        out.print(f"{score:.4f}\t{text[:70]!r}", soft_wrap=True)

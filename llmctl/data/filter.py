@@ -9,12 +9,20 @@ resumes task by task (llmctl.datasets).
 Accounting, per task and in total: every record read is kept, rejected (with its reason) or
 unreadable (with its reason), so `read == kept + rejected + unreadable` in documents and bytes
 (bytes: UTF-8 text bytes for documents, raw bytes for unreadable records).
+
+With dedup on (the default), dedup needs a global view, so the per-shard steps (extraction, C4,
+Gopher, PII, the fastText quality score) write their kept documents to the intermediate dataset
+OUT/_work/docs instead, and llmctl.data.dedup_run then writes OUT/part-N from it (exact, C4-span
+and MinHash dedup; see docs/dedup.md). OUT/_work is removed once the manifest is written
+(`dedup.keep_work` keeps it). The quality step runs per shard, before dedup: scoring costs about
+as much per document as MinHash, and removing low-quality pages first shrinks what dedup holds.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +31,7 @@ from typing import Any
 
 from llmctl.config import runtime
 from llmctl.data.c4 import C4Config, C4Filter
+from llmctl.data.dedup import DedupConfig, validate as validate_dedup
 from llmctl.data.document import DOCUMENT_SCHEMA, REJECTED_SCHEMA, Document, to_row
 from llmctl.data.extract import ExtractConfig, Rejected, Unreadable, input_kind, parquet_columns, read_input
 from llmctl.data.gopher import (
@@ -32,12 +41,14 @@ from llmctl.data.gopher import (
     GopherRepetitionFilter,
 )
 from llmctl.data.pii import PIIConfig, PIIScrubber
+from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
+from llmctl.config import output_fields
 from llmctl.datasets import Dataset, StageOutput, fingerprint_file
 from llmctl.errors import UsageError
 from llmctl.executor import Reporter, default_workers, run_tasks
 from llmctl.progress import StageProgress
 
-STEP_NAMES = ("gopher_repetition", "gopher_quality", "c4", "pii")
+STEP_NAMES = ("gopher_repetition", "gopher_quality", "c4", "pii", "quality")
 
 
 @dataclass
@@ -50,6 +61,8 @@ class FilterConfig:
     gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
     c4: C4Config = field(default_factory=C4Config)
     pii: PIIConfig = field(default_factory=PIIConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)  # on when quality.model is set
+    dedup: DedupConfig = field(default_factory=DedupConfig)  # runs after the per-shard steps
     write_rejected: bool = True  # keep removed documents under rejected/ with their reason
     workers: int | None = runtime(None)  # worker processes; None = all cores
 
@@ -59,6 +72,7 @@ _STEP_CLASSES = {
     "gopher_quality": GopherQualityFilter,
     "c4": C4Filter,
     "pii": PIIScrubber,
+    "quality": QualityFilter,
 }
 
 
@@ -67,7 +81,8 @@ def build_steps(cfg: FilterConfig) -> list:
     if unknown:
         raise UsageError(f"unknown filter step {unknown[0]!r}; steps: {', '.join(_STEP_CLASSES)}")
     steps = []
-    for name in cfg.steps:
+    names = list(cfg.steps) + (["quality"] if cfg.quality.enabled and "quality" not in cfg.steps else [])
+    for name in names:
         step_cfg = getattr(cfg, name)
         if step_cfg.enabled:
             steps.append(_STEP_CLASSES[name](step_cfg))
@@ -237,6 +252,23 @@ def funnel(stats: dict[str, int], step_order: list[str]) -> list[dict[str, Any]]
     return rows
 
 
+def _run_per_shard(files: list[InputFile], out: StageOutput, cfg: FilterConfig, workers: int,
+                   progress: bool | None) -> list[str]:
+    tasks = [FilterTask(i, f, out, cfg) for i, f in enumerate(files)]
+    todo = [t for t in tasks if not out.task_done(t.name)]
+    total = sum(Path(t.input.path).stat().st_size for t in todo)
+    with StageProgress("filter", total, enabled=progress) as prog:
+        run_tasks(filter_task, todo, workers=workers, progress=prog)
+    return [t.name for t in tasks]
+
+
+@dataclass
+class _DocsKey:
+    """The config OUT/_work/docs depends on: everything but dedup."""
+
+    params: dict
+
+
 def run_filter(
     inputs: list[str],
     out: str | Path,
@@ -246,35 +278,60 @@ def run_filter(
 ) -> dict[str, Any]:
     """Run the filter stage; returns the output manifest (also when it was already complete)."""
     cfg = cfg or FilterConfig()
-    build_steps(cfg)  # validate step names before touching the output
+    build_steps(cfg)  # validate step names and load the quality model before touching the output
+    dedup_on = cfg.dedup.enabled
+    if dedup_on:
+        validate_dedup(cfg.dedup)
     files = resolve_inputs(inputs, cfg.extract)
     lineage: list[dict[str, Any]] = []
     for f in files:
         if f.lineage not in lineage:
             lineage.append(f.lineage)
-    stage = StageOutput(Path(out), "filter", cfg, lineage, overwrite=overwrite)
+    if cfg.quality.enabled:
+        lineage.append(model_lineage(cfg.quality.model))  # type: ignore[arg-type]
+    if dedup_on:
+        lineage += [Dataset.open(a, stage="filter", columns=["id", "text"]).lineage() for a in cfg.dedup.against]
+    out = Path(out)
+    stage = StageOutput(out, "filter", cfg, lineage, overwrite=overwrite)
     if stage.complete:
+        if not cfg.dedup.keep_work:
+            shutil.rmtree(out / "_work", ignore_errors=True)
         return stage.manifest
-    tasks = [FilterTask(i, f, stage, cfg) for i, f in enumerate(files)]
-    todo = [t for t in tasks if not stage.task_done(t.name)]
     workers = cfg.workers or default_workers()
-    total = sum(Path(t.input.path).stat().st_size for t in todo)
     started = time.time()
-    with StageProgress("filter", total, enabled=progress) as prog:
-        run_tasks(filter_task, todo, workers=workers, progress=prog)
+    extra: dict[str, Any] = {}
+    if not dedup_on:
+        names = _run_per_shard(files, stage, cfg, workers, progress)
+    else:
+        from llmctl.data.dedup_run import run_dedup
+
+        key = {k: v for k, v in output_fields(cfg).items() if k != "dedup"}
+        docs_st = StageOutput(out / "_work" / "docs", "filter.docs", _DocsKey(key), lineage, overwrite=True)
+        if not docs_st.complete:
+            names = _run_per_shard(files, docs_st, cfg, workers, progress)
+            docs_st.finalize(names, DOCUMENT_SCHEMA, stats={"tasks": {n: docs_st.task_record(n)["stats"] for n in names}})
+        docs = Dataset(docs_st.path, docs_st.manifest)  # type: ignore[arg-type]
+        extra = run_dedup(out, docs, [f.path for f in files], cfg, stage, workers, progress)
+        names = [f"part-{i:05d}" for i in range(len(files))]
     stats: Counter[str] = Counter()
-    for t in tasks:
-        stats.update(stage.task_record(t.name)["stats"])
+    for name in names:
+        stats.update(stage.task_record(name)["stats"])
     accounted = stats["kept.docs"] + sum(v for k, v in stats.items()
                                          if k.startswith(("rejected.", "unreadable.")) and k.endswith(".docs"))
     assert accounted == stats["read.docs"], "funnel does not add up"
     counters = {k: v for k, v in sorted(stats.items()) if not k.startswith(("read.", "kept.", "rejected.", "unreadable."))}
     summary = {
-        "funnel": funnel(dict(stats), cfg.steps),
+        "funnel": funnel(dict(stats), list(cfg.steps) + ["quality", "dedup"]),
         "counters": counters,
         "documents_read": stats["read.docs"],
         "documents_kept": stats["kept.docs"],
         "input_files": len(files),
     }
-    return stage.finalize([t.name for t in tasks], DOCUMENT_SCHEMA, stats=summary,
-                          timings={"run_seconds": round(time.time() - started, 3), "workers": workers})
+    if extra:
+        summary["dedup"] = {k: v for k, v in extra.items() if k != "timings"}
+    manifest = stage.finalize(names, DOCUMENT_SCHEMA, stats=summary,
+                              timings={"run_seconds": round(time.time() - started, 3), "workers": workers,
+                                       **extra.get("timings", {})})
+    if dedup_on and not cfg.dedup.keep_work:
+        shutil.rmtree(out / "_work", ignore_errors=True)
+    return manifest
