@@ -1,0 +1,113 @@
+"""DPO: the loss family against formulas, log 2 at policy == reference, cached reference, learning."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from align_helpers import synthetic_prefs, tiny_checkpoint, tokenizer, write_jsonl
+from llmctl.data.chat_data import encode_pair, to_messages
+from llmctl.errors import UsageError
+from llmctl.model import ModelConfig, Transformer
+from llmctl.train.dpo import DPOConfig, collate_dpo, make_dpo_loss, run_dpo
+from llmctl.train.dpo_loss import dpo_loss, sequence_logps
+
+PC = torch.tensor([-10.0, -20.5, -3.0], dtype=torch.float64)
+PR = torch.tensor([-12.0, -19.0, -3.5], dtype=torch.float64)
+RC = torch.tensor([-11.0, -20.0, -2.0], dtype=torch.float64)
+RR = torch.tensor([-11.5, -19.5, -4.0], dtype=torch.float64)
+
+
+def _ls(x: float) -> float:  # log sigmoid
+    return -math.log1p(math.exp(-x))
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_sigmoid_dpo_loss_and_rewards_equal_the_formula(beta):
+    losses, rc, rr = dpo_loss(PC, PR, RC, RR, beta=beta)
+    for i in range(3):
+        h = (PC[i] - RC[i]).item() - (PR[i] - RR[i]).item()
+        assert losses[i].item() == pytest.approx(-_ls(beta * h), abs=1e-12)
+        assert rc[i].item() == pytest.approx(beta * (PC[i] - RC[i]).item(), abs=1e-12)
+        assert rr[i].item() == pytest.approx(beta * (PR[i] - RR[i]).item(), abs=1e-12)
+
+
+def test_label_smoothing_robust_and_ipo_equal_their_formulas():
+    beta, e = 0.2, 0.1
+    cdpo, _, _ = dpo_loss(PC, PR, RC, RR, beta, "sigmoid", e)
+    robust, _, _ = dpo_loss(PC, PR, RC, RR, beta, "robust", e)
+    ipo, _, _ = dpo_loss(PC, PR, RC, RR, beta, "ipo")
+    for i in range(3):
+        h = (PC[i] - RC[i]).item() - (PR[i] - RR[i]).item()
+        assert cdpo[i].item() == pytest.approx(-(1 - e) * _ls(beta * h) - e * _ls(-beta * h), abs=1e-12)
+        assert robust[i].item() == pytest.approx((-(1 - e) * _ls(beta * h) + e * _ls(-beta * h)) / (1 - 2 * e), abs=1e-12)
+        assert ipo[i].item() == pytest.approx((h - 1 / (2 * beta)) ** 2, abs=1e-12)
+
+
+def _pairs(tok, n=4):
+    rows = synthetic_prefs(n, seed=3)
+    return [(encode_pair(tok, to_messages(r["prompt"]), r["chosen"], 128),
+             encode_pair(tok, to_messages(r["prompt"]), r["rejected"], 128)) for r in rows]
+
+
+def test_sequence_logps_sum_response_tokens_only():
+    tok = tokenizer()
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, d_model=32, max_seq_len=128)).eval()
+    pairs = _pairs(tok)
+    b = collate_dpo(pairs, tok.pad_id)
+    with torch.no_grad():
+        got = sequence_logps(model(b["input_ids"]), b["labels"])
+        seqs = [c for c, _ in pairs] + [r for _, r in pairs]
+        for i, e in enumerate(seqs):  # each sequence alone, no padding
+            logp = F.log_softmax(model(torch.tensor([e.ids]))[0].double(), -1)
+            want = sum(logp[t - 1, e.ids[t]].item() for t in range(1, len(e.ids)) if e.mask[t])
+            assert got[i].item() == pytest.approx(want, abs=1e-4)
+
+
+def test_first_step_with_policy_equal_to_reference_is_log2_with_zero_rewards():
+    tok = tokenizer()
+    torch.manual_seed(0)
+    policy = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, d_model=32, max_seq_len=128))
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    b = collate_dpo(_pairs(tok), tok.pad_id)
+    loss, m = make_dpo_loss(DPOConfig(beta=0.1), ref)(policy, b)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    assert m["rewards/chosen"].item() == pytest.approx(0, abs=1e-6)
+    assert m["rewards/rejected"].item() == pytest.approx(0, abs=1e-6)
+    assert m["rewards/margins"].item() == pytest.approx(0, abs=1e-6)
+    assert m["logps/chosen"].item() < 0
+    loss.backward()  # gradients reach the policy, not the reference
+    assert policy.embed_tokens.weight.grad is not None and ref.embed_tokens.weight.grad is None
+    # cached reference log-probs give the same loss as running the reference
+    with torch.no_grad():
+        ref_lp = sequence_logps(ref(b["input_ids"]), b["labels"])
+    loss2, _ = make_dpo_loss(DPOConfig(beta=0.1), None)(policy, {**b, "ref_logps": ref_lp})
+    assert loss2.item() == pytest.approx(loss.item(), abs=1e-7)
+
+
+def test_bad_options_are_usage_errors():
+    with pytest.raises(UsageError, match="loss_type"):
+        DPOConfig(loss_type="kto")
+    with pytest.raises(UsageError, match="label_smoothing"):
+        DPOConfig(label_smoothing=0.5)
+
+
+@pytest.mark.parametrize("cache_ref", [False, True])
+def test_dpo_raises_held_out_reward_accuracy(tmp_path, cache_ref):
+    ck = tiny_checkpoint(tmp_path / "ck")
+    data = write_jsonl(tmp_path / "prefs.jsonl", synthetic_prefs(160))
+    cfg = DPOConfig(beta=0.1, max_len=64, val_fraction=0.25, cache_ref=cache_ref)
+    cfg.train.steps, cfg.train.batch_size, cfg.train.micro_batch, cfg.train.lr = 15, 8, 8, 3e-3
+    cfg.train.warmup_steps, cfg.train.eval_every, cfg.train.log_every = 2, 15, 100
+    summary = run_dpo(data, ck, tmp_path / "dpo", cfg)
+    assert summary["val_rewards/accuracies"] >= 0.9, summary  # 0 at the start: rewards are exactly 0
+    assert summary["val_rewards/margins"] > 0
+    rec = [json.loads(ln) for ln in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert rec[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # first step: policy == reference
+    assert rec[0]["m_rewards/chosen"] == pytest.approx(0, abs=1e-6)
