@@ -149,20 +149,15 @@ class LM:
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator) -> int:
-    """One token from (V,) logits: argmax at temperature 0, else top-k / nucleus sampling."""
-    logits = logits.float().cpu()
+    """One token from (V,) logits: argmax at temperature 0, else `llmctl.generate`'s top-k / nucleus
+    filter and a draw from `gen` (so a checkpoint samples here what `llmctl generate` samples)."""
+    from llmctl.generate import filter_logits
+
+    logits = logits.float().cpu()[None]
     if temperature <= 0:
-        return int(logits.argmax())
-    logits = logits / temperature
-    if top_k and top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p < 1.0:
-        sp, si = torch.sort(probs, descending=True)
-        keep = sp.cumsum(0) - sp < top_p  # smallest prefix with mass >= top_p
-        probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+        return int(logits.argmax(-1))
+    probs = filter_logits(logits / temperature, top_k or None, top_p if top_p < 1.0 else None).softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=gen))
 
 
 # ----------------------------------------------------------------------------- llmctl checkpoints
@@ -217,6 +212,7 @@ class HFLM(LM):
         from llmctl.datasets import fingerprint_file
 
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
         self.path = Path(path)
         try:
             self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32, local_files_only=True)
