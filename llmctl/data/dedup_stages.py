@@ -29,7 +29,7 @@ output of two runs.
 from __future__ import annotations
 
 import math
-import os
+import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from llmctl.data import dedup as D
 from llmctl.data.document import DOCUMENT_SCHEMA, REJECTED_SCHEMA
-from llmctl.datasets import Dataset, StageOutput
+from llmctl.datasets import MANIFEST, RUN_STATE, Dataset, StageOutput
 from llmctl.executor import Reporter, run_tasks
 
 MAX_SPANS_PER_PASS = 16_000_000
@@ -64,8 +64,16 @@ class Shard:
     out_index: int | None  # output shard (None: an --against shard, never written)
 
 
+def work_output(path: Path, stage: str, params: dict, inputs: list[dict]) -> StageOutput:
+    """An intermediate under OUT/_work: reused when its key matches, else rebuilt from scratch
+    (also when a crash left it without its run record)."""
+    if path.is_dir() and not (path / MANIFEST).is_file() and not (path / RUN_STATE).is_file():
+        shutil.rmtree(path)
+    return StageOutput(path, stage, WorkKey(params), inputs, overwrite=True)
+
+
 def _stage(root: Path, name: str, params: dict, inputs: list[dict]) -> StageOutput:
-    return StageOutput(root / name, f"filter.{name}", WorkKey(params), inputs, overwrite=True)
+    return work_output(root / name, f"filter.{name}", params, inputs)
 
 
 def _owners(rank: int, rows: np.ndarray) -> np.ndarray:

@@ -262,13 +262,6 @@ def _run_per_shard(files: list[InputFile], out: StageOutput, cfg: FilterConfig, 
     return [t.name for t in tasks]
 
 
-@dataclass
-class _DocsKey:
-    """The config OUT/_work/docs depends on: everything but dedup."""
-
-    params: dict
-
-
 def run_filter(
     inputs: list[str],
     out: str | Path,
@@ -304,9 +297,10 @@ def run_filter(
         names = _run_per_shard(files, stage, cfg, workers, progress)
     else:
         from llmctl.data.dedup_run import run_dedup
+        from llmctl.data.dedup_stages import work_output
 
         key = {k: v for k, v in output_fields(cfg).items() if k != "dedup"}
-        docs_st = StageOutput(out / "_work" / "docs", "filter.docs", _DocsKey(key), lineage, overwrite=True)
+        docs_st = work_output(out / "_work" / "docs", "filter.docs", key, lineage)
         if not docs_st.complete:
             names = _run_per_shard(files, docs_st, cfg, workers, progress)
             docs_st.finalize(names, DOCUMENT_SCHEMA, stats={"tasks": {n: docs_st.task_record(n)["stats"] for n in names}})
