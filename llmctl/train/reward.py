@@ -200,3 +200,48 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardScorer:
 def score(rm: str | Path | RewardScorer, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
     scorer = rm if isinstance(rm, RewardScorer) else load_reward_model(rm)
     return scorer.score(prompts, responses)
+
+
+def score_dataset(rm_dir: str | Path, data: str | Path, out: str | Path, overwrite: bool = False,
+                  batch_size: int = 16) -> dict[str, Any]:
+    """Copy DATA with a `reward` column (prompt/response rows) or `reward_chosen`/`reward_rejected` (pairs)."""
+    import pyarrow as pa
+
+    from llmctl.checkpoint import WEIGHTS, resolve_checkpoint
+    from llmctl.datasets import StageOutput, fingerprint_file
+
+    rows, lineage = read_rows(data)
+    if not rows:
+        raise UsageError(f"{data}: no rows")
+    cols = set(rows[0])
+    if {"prompt", "response"} <= cols:
+        targets = {"reward": "response"}
+    elif {"prompt", "chosen", "rejected"} <= cols:
+        targets = {"reward_chosen": "chosen", "reward_rejected": "rejected"}
+    else:
+        raise UsageError(f"{data}: expected `prompt` + `response` (or + `chosen` + `rejected`); "
+                         f"found {', '.join(sorted(cols))}")
+    ck = resolve_checkpoint(rm_dir)
+    rm_lineage = {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(ck / WEIGHTS)}
+    so = StageOutput(out, "reward_score", _ScoreCfg(), inputs=[lineage, rm_lineage], overwrite=overwrite)
+    if so.complete:
+        return so.manifest
+    scorer = load_reward_model(ck)
+    table = pa.Table.from_pylist(rows)
+    stats: dict[str, Any] = {"rows": len(rows)}
+    for name, col in targets.items():
+        vals = scorer.score([r["prompt"] for r in rows], [r[col] for r in rows], batch_size)
+        table = table.append_column(name, pa.array(vals, pa.float32()))
+        stats[f"mean_{name}"] = sum(vals) / len(vals)
+    if len(targets) == 2:
+        stats["accuracy"] = sum(a > b for a, b in zip(table["reward_chosen"].to_pylist(),
+                                                      table["reward_rejected"].to_pylist())) / len(rows)
+    w = so.shard_writer("part-00000.parquet", table.schema)
+    w.write_table(table)
+    so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
+    return so.finalize(["part-00000"], table.schema, stats=stats)
+
+
+@dataclass
+class _ScoreCfg:
+    max_len: int = 0  # the reward model's max_seq_len
