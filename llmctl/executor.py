@@ -8,13 +8,14 @@ run; tasks already finished keep their output for a resume.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue as _queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
@@ -67,6 +68,24 @@ def _call(fn: Callable[[T, Reporter], R], task: T) -> R:
 
 
 EXECUTORS = ("local", "ray")
+_DEFAULT = {"executor": "local", "ray_address": "auto"}
+
+
+@contextlib.contextmanager
+def using(executor: str = "local", ray_address: str | None = "auto") -> Iterator[None]:
+    """Make `executor` the default of every `run_tasks` call inside the block.
+
+    A stage wraps its whole run in it, so each of its phases (filter, dedup signatures, bands,
+    final write; tokenize encode) runs on the executor the user chose, with no other change.
+    """
+    if executor not in EXECUTORS:
+        raise UsageError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    saved = dict(_DEFAULT)
+    _DEFAULT.update(executor=executor, ray_address=ray_address)
+    try:
+        yield
+    finally:
+        _DEFAULT.update(saved)
 
 
 def run_tasks(
@@ -74,8 +93,8 @@ def run_tasks(
     tasks: Sequence[T],
     workers: int = 1,
     progress: StageProgress | None = None,
-    executor: str = "local",
-    ray_address: str | None = "auto",
+    executor: str | None = None,
+    ray_address: str | None = None,
     names: Sequence[str] | None = None,
 ) -> list[R]:
     """Call `fn` on every task with up to `workers` processes; results in task order.
@@ -83,10 +102,14 @@ def run_tasks(
     `executor="ray"` runs the same calls as Ray tasks (llmctl.ray_executor): retried when a
     worker dies, failures reported by task name (`names`).
     """
+    executor = executor or _DEFAULT["executor"]
     if executor == "ray":
         from llmctl.ray_executor import run_tasks_ray
 
-        return run_tasks_ray(fn, tasks, workers, progress, address=ray_address, names=names)
+        address = ray_address if ray_address is not None else _DEFAULT["ray_address"]
+        if names is None:
+            names = [getattr(t, "name", f"task {i}") for i, t in enumerate(tasks)]
+        return run_tasks_ray(fn, tasks, workers, progress, address=address, names=names)
     if executor != "local":
         raise UsageError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     sink = progress.update if progress is not None else (lambda c: None)
