@@ -1,0 +1,312 @@
+"""Cross-check `llmctl eval` against lm-evaluation-harness and a plain transformers computation.
+
+    .venv/bin/python benchmarks/eval_parity.py [--subjects anatomy astronomy ...] [--limit 40] [--shots 0 5]
+
+In one run: trains a small model for a minute on TinyStories (so log-likelihoods are far from
+uniform and near-ties are rare), saves it as an llmctl checkpoint, exports it with
+`llmctl.export.export_hf`, then
+1. MMLU subset: `llmctl eval --task mc` on the llmctl checkpoint vs lm-eval 0.4.13
+   (`simple_evaluate(model="hf", ...)` on the exported directory, a local YAML task per subject
+   written here with llmctl's prompt: lm-eval's MMLU format, " A".." D" continuations, first-n
+   few-shot from dev/). acc and acc_norm must be identical; per-request log-likelihoods are
+   compared too (max |diff|).
+2. perplexity: llmctl eval (checkpoint) vs a plain transformers computation (LlamaForCausalLM on
+   the exported dir, same windows, fp64 cross-entropy): loss and bits per byte within 1e-4.
+3. lm-eval's `loglikelihood_rolling` bits per byte (BOS prefix, disjoint windows) vs llmctl eval
+   with `perplexity.prefix=bos, stride=context` on the same documents.
+
+lm-eval is installed by this script into benchmarks/.venvs/lmeval (a .pth file reuses the
+project's torch, so no second 800 MB wheel is fetched); run offline, see ../shared/PEERS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# benchmarks/tokenize.py would shadow the standard library's `tokenize` module: drop this folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / "benchmarks" / ".venvs" / "lmeval"
+WORK = ROOT / "benchmarks" / ".work" / "eval_parity"
+MMLU = Path("/work/shared/data/eval/mmlu")
+STORIES = Path("/work/shared/data/tinystories/tinystories_valid_head.txt")
+LM_EVAL_VERSION = "0.4.13"
+
+
+def ensure_lmeval() -> Path:
+    py = VENV / "bin" / "python"
+    if py.exists() and subprocess.run([py, "-c", "import lm_eval"], capture_output=True).returncode == 0:
+        return py
+    subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    site = subprocess.run([py, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    import site as _site
+
+    Path(site, "llmctl_base.pth").write_text(_site.getsitepackages()[0] + "\n")
+    subprocess.run([py, "-m", "pip", "install", "-q", f"lm-eval[hf]=={LM_EVAL_VERSION}"], check=True)
+    return py
+
+
+def stories(n: int, skip: int = 0) -> list[str]:
+    docs = [d.strip() for d in STORIES.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    return docs[skip: skip + n]
+
+
+def train_model(out: Path, steps: int, seed: int = 0) -> Path:
+    from llmctl.checkpoint import save_checkpoint
+    from llmctl.model import ModelConfig, Transformer, cross_entropy
+    from llmctl.tokenizer import Tokenizer, training_chunks
+
+    torch.manual_seed(seed)
+    train = stories(2000, skip=400)
+    tok = Tokenizer.train((c for d in train for c in training_chunks(d)), 1024)
+    tok.save(WORK / "tok")
+    ids = [i for d in train for i in tok.encode(d) + [tok.eos_id]]
+    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=4, d_model=128, max_seq_len=256)
+    model = Transformer(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    data = torch.tensor(ids)
+    t, b = 128, 16
+    t0 = time.time()
+    for step in range(steps):
+        starts = torch.randint(0, len(data) - t - 1, (b,))
+        x = torch.stack([data[s:s + t] for s in starts])
+        y = torch.stack([data[s + 1:s + t + 1] for s in starts])
+        loss = cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"  train step {step:4d} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+    return save_checkpoint(out, model.eval(), cfg, tokenizer_dir=WORK / "tok")
+
+
+TASK_YAML = """task: {name}
+dataset_path: csv
+dataset_kwargs:
+  data_files:
+    test: {test}
+    dev: {dev}
+  column_names: [question, A, B, C, D, answer]
+test_split: test
+fewshot_split: dev
+fewshot_config:
+  sampler: first_n
+output_type: multiple_choice
+description: "The following are multiple choice questions (with answers) about {subject}.\\n\\n"
+doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{A}}}}\\nB. {{{{B}}}}\\nC. {{{{C}}}}\\nD. {{{{D}}}}\\nAnswer:"
+doc_to_choice: ["A", "B", "C", "D"]
+doc_to_target: "{{{{['A', 'B', 'C', 'D'].index(answer.strip())}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+PPL_YAML = """task: parity_ppl
+dataset_path: text
+dataset_kwargs:
+  data_files:
+    test: {files}
+  sample_by: document
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: bits_per_byte
+    aggregation: bits_per_byte
+    higher_is_better: false
+"""
+
+DRIVER = r"""
+import json, sys
+import lm_eval
+from lm_eval.tasks import TaskManager
+a = json.loads(sys.argv[1])
+tm = TaskManager(include_path=a["tasks_dir"])
+out = {}
+for shots in a["shots"]:
+    r = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={a['model']},dtype=float32", tasks=a["tasks"],
+                                task_manager=tm, device="cpu", batch_size=8, num_fewshot=shots, log_samples=True)
+    out[str(shots)] = {"results": r["results"],
+                       "lls": {t: [[float(x[0]) for x in s["filtered_resps"]] for s in sorted(r["samples"][t], key=lambda s: s["doc_id"])] for t in a["tasks"]}}
+r = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={a['model']},dtype=float32", tasks=["parity_ppl"],
+                            task_manager=tm, device="cpu", batch_size=8)
+out["ppl"] = r["results"]["parity_ppl"]
+json.dump(out, open(a["out"], "w"))
+"""
+
+
+def run_lmeval(py: Path, hf_dir: Path, subjects: list[str], limit: int, shots: list[int], doc_files: list[Path]):
+    tasks_dir = WORK / "lmeval_tasks"
+    tasks_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for s in subjects:
+        src = MMLU / "val" / f"{s}_val.csv"
+        test = WORK / "mmlu_val" / f"{s}_val.csv"  # the same first `limit` rows llmctl reads
+        test.parent.mkdir(parents=True, exist_ok=True)
+        test.write_text("".join(src.read_text(encoding="utf-8").splitlines(keepends=True)[:limit]), encoding="utf-8")
+        name = f"parity_mmlu_{s}"
+        (tasks_dir / f"{name}.yaml").write_text(TASK_YAML.format(name=name, test=test, dev=MMLU / "dev" / f"{s}_dev.csv",
+                                                                  subject=s.replace("_", " ")))
+        names.append(name)
+    (tasks_dir / "parity_ppl.yaml").write_text(PPL_YAML.format(files=json.dumps([str(f) for f in doc_files])))
+    out = WORK / "lmeval_results.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_DATASETS_CACHE": str(WORK / "hf_datasets_cache")}
+    args = {"tasks_dir": str(tasks_dir), "tasks": names, "model": str(hf_dir), "shots": shots, "out": str(out)}
+    t0 = time.time()
+    subprocess.run([py, "-c", DRIVER, json.dumps(args)], check=True, env=env)
+    return json.loads(out.read_text()), time.time() - t0
+
+
+def plain_transformers_ppl(hf_dir: Path, texts: list[str], stride: int) -> tuple[float, float]:
+    """Loss and bits/byte with LlamaForCausalLM and fp64 cross-entropy, windows written out here."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    L = model.config.max_position_embeddings
+    nll, n_tok, n_bytes = 0.0, 0, 0
+    with torch.no_grad():
+        for text in texts:
+            seq = [tok.eos_token_id] + tok.encode(text, add_special_tokens=False)
+            n_bytes += len(text.encode("utf-8"))
+            done = 1  # seq[1:] are the targets
+            while done < len(seq):
+                end = min(len(seq), done + (L if done == 1 else stride))
+                start = max(0, end - 1 - L)
+                logits = model(torch.tensor([seq[start:end - 1]])).logits[0].double()
+                k = end - done
+                nll += torch.nn.functional.cross_entropy(logits[-k:], torch.tensor(seq[done:end]), reduction="sum").item()
+                n_tok += k
+                done = end
+    return nll / n_tok, nll / n_bytes / math.log(2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subjects", nargs="+", default=["anatomy", "astronomy", "high_school_geography", "marketing"])
+    ap.add_argument("--limit", type=int, default=40, help="questions per subject")
+    ap.add_argument("--shots", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--docs", type=int, default=40, help="TinyStories documents for perplexity")
+    ap.add_argument("--steps", type=int, default=300)
+    args = ap.parse_args()
+
+    from llmctl.data.document import DOCUMENT_SCHEMA
+    from llmctl.datasets import StageOutput
+    from llmctl.eval import mc as mc_task
+    from llmctl.eval.lm import load_lm
+    from llmctl.eval.runner import EvalConfig, run_eval
+    from llmctl.export import export_hf
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    py = ensure_lmeval()
+    print("training a small model ...", flush=True)
+    ck = train_model(WORK / "ckpt", args.steps)
+    hf = export_hf(ck, WORK / "hf", overwrite=True)
+
+    texts = [t * 3 for t in stories(args.docs)]  # ~3x longer than the 256-token context: windows matter
+    doc_dir = WORK / "docs_txt"
+    doc_dir.mkdir(exist_ok=True)
+    files = []
+    for i, t in enumerate(texts):
+        f = doc_dir / f"doc{i:03d}.txt"
+        f.write_text(t, encoding="utf-8")
+        files.append(f)
+
+    class _Cfg:
+        __dataclass_fields__: dict = {}
+
+    import shutil
+
+    shutil.rmtree(WORK / "docs", ignore_errors=True)
+    so = StageOutput(WORK / "docs", "filter", _Cfg(), inputs=[])
+    w = so.shard_writer("part-00000.parquet", DOCUMENT_SCHEMA)
+    for i, t in enumerate(texts):
+        w.write({**{f.name: None for f in DOCUMENT_SCHEMA}, "id": f"d{i}", "text": t, "source": "tinystories"})
+    so.finish_task("p", {"data": [{"path": "part-00000.parquet", **w.close()}]})
+    so.finalize(["p"], DOCUMENT_SCHEMA)
+
+    print("lm-evaluation-harness ...", flush=True)
+    lme, lme_secs = run_lmeval(py, hf, args.subjects, args.limit, args.shots, files)
+
+    print("llmctl eval ...", flush=True)
+    lm = load_lm(ck)
+    rows_out = []
+    t0 = time.time()
+    for shots in args.shots:
+        cfg = EvalConfig(tasks=["mc"], batch_size=8, progress=False)
+        cfg.mc.data, cfg.mc.subjects, cfg.mc.limit, cfg.mc.shots = str(MMLU / "val"), args.subjects, args.limit, shots
+        res = {r["metric"]: r["value"] for r in run_eval(ck, WORK / f"res_mc{shots}", cfg, overwrite=True)["stats"]["results"]}
+        # lm-eval's aggregate over subjects: the mean over all questions (equal limits -> equal weights)
+        lres = lme[str(shots)]["results"]
+        names = [f"parity_mmlu_{s}" for s in args.subjects]
+        l_acc = sum(lres[n]["acc,none"] for n in names) / len(names)
+        l_norm = sum(lres[n]["acc_norm,none"] for n in names) / len(names)
+        # per-request log-likelihoods, in lm-eval's order (doc by doc, choice by choice)
+        diffs = []
+        for s, n in zip(args.subjects, names):
+            f = MMLU / "val" / f"{s}_val.csv"
+            shots_items = mc_task.read_items(MMLU / "dev" / f"{s}_dev.csv", shots) if shots else []
+            reqs = []
+            for item in mc_task.read_items(f, args.limit):
+                ctx = mc_task.build_context(item, s.replace("_", " "), shots_items, "letters")
+                reqs += [mc_task.encode_pair(lm, ctx, " " + c) for c in "ABCD"]
+            ours = [ll for ll, _ in lm.loglikelihood(reqs, 8)]
+            theirs = [x for doc in lme[str(shots)]["lls"][n] for x in doc]
+            assert len(ours) == len(theirs), (len(ours), len(theirs))
+            diffs += [abs(a - b) for a, b in zip(ours, theirs)]
+        rows_out.append((f"mc {shots}-shot acc", res["acc"], l_acc))
+        rows_out.append((f"mc {shots}-shot acc_norm", res["acc_norm"], l_norm))
+        rows_out.append((f"mc {shots}-shot max |loglik diff|", max(diffs), 0.0))
+    ctx = lm.max_len
+    cfg = EvalConfig(tasks=["perplexity"], batch_size=8, progress=False)
+    cfg.perplexity.data = str(WORK / "docs")
+    ours = {r["metric"]: r["value"] for r in run_eval(ck, WORK / "res_ppl", cfg, overwrite=True)["stats"]["results"]}
+    cfg2 = EvalConfig(tasks=["perplexity"], batch_size=8, progress=False)
+    cfg2.perplexity.data, cfg2.perplexity.prefix, cfg2.perplexity.stride = str(WORK / "docs"), "bos", ctx
+    ours_rolling = {r["metric"]: r["value"] for r in run_eval(ck, WORK / "res_ppl_rolling", cfg2, overwrite=True)["stats"]["results"]}
+    llmctl_secs = time.time() - t0
+    loss_t, bpb_t = plain_transformers_ppl(hf, texts, ctx // 2)
+    rows_out.append(("perplexity loss (stride L/2)", ours["loss"], loss_t))
+    rows_out.append(("bits_per_byte (stride L/2)", ours["bits_per_byte"], bpb_t))
+    rows_out.append(("bits_per_byte (lm-eval rolling: BOS, stride L)", ours_rolling["bits_per_byte"],
+                     lme["ppl"]["bits_per_byte,none"]))
+
+    print(f"\nmodel: {ck} ({sum(p.numel() for p in lm.model.parameters()):,} params, context {ctx}); "
+          f"MMLU val subjects {args.subjects}, {args.limit} questions each; {len(texts)} documents")
+    print("| check | llmctl eval | reference | |diff| |")
+    print("|---|---:|---:|---:|")
+    ok = True
+    for name, a, b in rows_out:
+        d = abs(a - b)
+        if "acc" in name and "loglik" not in name:
+            ok &= d == 0
+        elif "loglik" in name:
+            ok &= a < 1e-4
+        else:
+            ok &= d < 1e-4
+        print(f"| {name} | {a:.6f} | {b:.6f} | {d:.2e} |")
+    print(f"\nlm-eval wall time {lme_secs:.1f} s (model load + both shot settings + rolling ppl), "
+          f"llmctl eval {llmctl_secs:.1f} s (same work plus a second mc scoring pass for the per-request diff)")
+    print("PARITY OK" if ok else "PARITY FAILED")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
