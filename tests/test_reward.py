@@ -73,3 +73,14 @@ def test_a_language_model_checkpoint_is_not_a_reward_model(tmp_path):
         load_reward_model(ck)
     with pytest.raises(UsageError, match="preference columns"):
         encode_prefs(tokenizer(), [{"prompt": "x", "response": "y"}], 64, 0.1, 0)
+
+
+def test_pair_truncation_keeps_the_same_prompt_for_chosen_and_rejected():
+    from llmctl.data.chat_data import encode_responses
+
+    tok = tokenizer()
+    ec, er = encode_responses(tok, to_messages("tell me a long story " * 30), ["ok", "no way " * 40], 64)
+    n_c, n_r = ec.mask.index(True), er.mask.index(True)
+    assert n_c == n_r >= 32 and ec.ids[:n_c] == er.ids[:n_r]  # prompt cut left to max(64 - longest, 32) tokens
+    assert len(ec.ids) <= 64 and len(er.ids) == 64 and ec.truncated and er.truncated
+    assert ec.ids[n_c:] == tok.encode("ok") + [tok.special_ids["<|end|>"]]

@@ -8,7 +8,8 @@ Everything is encoded with the one chat template (`llmctl.chat.encode_chat`).
 Truncation policy (one for SFT, reward and DPO), for a sequence longer than `max_len` tokens:
 the prompt part is cut from the LEFT (oldest turns go first) down to
 max(max_len - len(response), max_len // 2) tokens, then the response is cut from the RIGHT to
-fit. Cut examples are counted; an example left with no trained token is dropped and counted,
+fit. For a preference pair, len(response) is the longer of the two, so chosen and rejected keep
+the same prompt tokens. Cut examples are counted; an example left with no trained token is dropped and counted,
 and a dataset left with none is an error. On GSM8K with the 8k toy tokenizer nothing is cut at
 max_len=512; HH-RLHF harmless-base has ~3% of pairs over 512 tokens.
 
@@ -152,11 +153,26 @@ def encode_conversation(tok: Any, messages: list[dict[str, str]], max_len: int) 
 
 def encode_pair(tok: Any, prompt: list[dict[str, str]], response: str, max_len: int) -> Encoded:
     """Prompt + one assistant response; only the response (and its <|end|>) is marked."""
+    return encode_responses(tok, prompt, [response], max_len)[0]
+
+
+def encode_responses(tok: Any, prompt: list[dict[str, str]], responses: list[str], max_len: int) -> list[Encoded]:
+    """Prompt + each response, the prompt cut the same way for all (as the longest response needs),
+    so chosen and rejected of a pair are always compared on the same context."""
     from llmctl.chat import encode_chat
 
     p_ids, _ = encode_chat(tok, prompt, add_generation_prompt=True)
-    r_ids = tok.encode(response) + [tok.special_ids["<|end|>"]]
-    return fit(p_ids, [False] * len(p_ids), r_ids, [True] * len(r_ids), max_len)
+    end = tok.special_ids["<|end|>"]
+    rs = [tok.encode(r) + [end] for r in responses]
+    longest = max(len(r) for r in rs)
+    keep_p = len(p_ids) if len(p_ids) + longest <= max_len else min(len(p_ids), max(max_len - longest, max_len // 2))
+    cut = keep_p < len(p_ids)
+    p_ids = p_ids[len(p_ids) - keep_p:]
+    out = []
+    for r in rs:
+        keep_r = min(len(r), max_len - keep_p)
+        out.append(Encoded(p_ids + r[:keep_r], [False] * keep_p + [True] * keep_r, cut or keep_r < len(r)))
+    return out
 
 
 # ----------------------------------------------------------------------------- batching

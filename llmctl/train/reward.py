@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmctl.data.chat_data import Encoded, ItemBatches, encode_pair, pref_triples, read_rows, split_of, to_messages
+from llmctl.data.chat_data import Encoded, ItemBatches, encode_pair, encode_responses, pref_triples, read_rows, split_of, to_messages
 from llmctl.errors import UsageError
 from llmctl.model import ModelConfig, Transformer
 from llmctl.train import distributed as D
@@ -103,7 +103,7 @@ def encode_prefs(tok: Any, rows: list[dict[str, Any]], max_len: int, val_fractio
     out: dict[str, list] = {"train": [], "val": []}
     counts = {"pairs": len(triples), "truncated": 0, "dropped_no_trainable_token": 0}
     for r, (p, c, rj) in zip(rows, triples):
-        ec, er = encode_pair(tok, p, c, max_len), encode_pair(tok, p, rj, max_len)
+        ec, er = encode_responses(tok, p, [c, rj], max_len)
         counts["truncated"] += ec.truncated or er.truncated
         if not any(ec.mask[1:]) or not any(er.mask[1:]):
             counts["dropped_no_trainable_token"] += 1
