@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from llmctl.checkpoint import load_train_state, save_checkpoint
 from llmctl.config import runtime
@@ -236,56 +238,62 @@ def train(
     wrapped.train()
     t_start, tokens_seen, t_last = time.time(), 0, time.time()
     stop_at = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
-    step = start
-    for step in range(start, stop_at):
-        lr = lr_at(step, cfg)
-        for g in optim.param_groups:
-            g["lr"] = lr
-        loss_sum = torch.zeros((), device=d.device)
-        extra: dict[str, float] = {}
-        step_tokens = 0
-        for k in range(accum):
-            batch = _to(next(batches), d.device)
-            step_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
-            with D.grad_sync(wrapped, k == accum - 1), autocast():
-                loss, m = loss_fn(fwd, batch)
-                (loss / accum).backward()
-            loss_sum += loss.detach().float()
-            for name, v in m.items():
-                extra[name] = extra.get(name, 0.0) + _scalar(v) / accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        red = torch.tensor([loss_sum.item() / accum, step_tokens, *extra.values()], dtype=torch.float64)
-        D.all_reduce_sum(red)
-        loss_val, step_tokens = red[0].item() / d.world, int(red[1].item())
-        extra = {f"m_{k}": v / d.world for k, v in zip(extra, red[2:].tolist())}
-        gn = float(grad_norm)
-        if not (math.isfinite(loss_val) and math.isfinite(gn)):
-            where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was saved yet"
-            raise TrainingDiverged(
-                f"loss {loss_val} / grad norm {gn} at step {step + 1}: training stopped ({where}); "
-                "lower --lr, raise --warmup or --grad-clip, and --resume"
-            )
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-        done = step + 1
-        now = time.time()
-        tokens_seen += step_tokens
-        tps = step_tokens / max(now - t_last, 1e-9)
-        t_last = now
-        rec = {"step": done, "loss": loss_val, "lr": lr, "grad_norm": gn, "tokens_per_s": tps,
-               "tokens": tokens_seen, "elapsed_s": round(now - t_start, 3), **extra}
-        if peak and flops_per_token:
-            rec["mfu"] = flops_per_token * tps / (peak * d.world)
-        write_metrics(rec)
-        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-            rec.update({f"val_{k.removeprefix('val_')}": v for k, v in run_eval(done).items()})
-        if done % cfg.log_every == 0 or done in (start + 1, stop_at):
-            D.print0(_log_line(rec, cfg.steps))
-        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop_at:
-            last_ckpt = save(done)
-        summary.update(rec)
+    # a live bar on a terminal (rank 0); log lines every log_every steps everywhere
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
+                        disable=not (d.master and sys.stdout.isatty()))
+    bar = progress.add_task("", total=cfg.steps, completed=start)
+    with progress:
+        for step in range(start, stop_at):
+            lr = lr_at(step, cfg)
+            for g in optim.param_groups:
+                g["lr"] = lr
+            loss_sum = torch.zeros((), device=d.device)
+            extra: dict[str, float] = {}
+            step_tokens = 0
+            for k in range(accum):
+                batch = _to(next(batches), d.device)
+                step_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
+                with D.grad_sync(wrapped, k == accum - 1), autocast():
+                    loss, m = loss_fn(fwd, batch)
+                    (loss / accum).backward()
+                loss_sum += loss.detach().float()
+                for name, v in m.items():
+                    extra[name] = extra.get(name, 0.0) + _scalar(v) / accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            red = torch.tensor([loss_sum.item() / accum, step_tokens, *extra.values()], dtype=torch.float64)
+            D.all_reduce_sum(red)
+            loss_val, step_tokens = red[0].item() / d.world, int(red[1].item())
+            extra = {f"m_{k}": v / d.world for k, v in zip(extra, red[2:].tolist())}
+            gn = float(grad_norm)
+            if not (math.isfinite(loss_val) and math.isfinite(gn)):
+                where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was saved yet"
+                raise TrainingDiverged(
+                    f"loss {loss_val} / grad norm {gn} at step {step + 1}: training stopped ({where}); "
+                    "lower --lr, raise --warmup or --grad-clip, and --resume"
+                )
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            done = step + 1
+            now = time.time()
+            tokens_seen += step_tokens
+            tps = step_tokens / max(now - t_last, 1e-9)
+            rec = {"step": done, "loss": loss_val, "lr": lr, "grad_norm": gn, "tokens_per_s": tps,
+                   "tokens": tokens_seen, "elapsed_s": round(now - t_start, 3), **extra}
+            if peak and flops_per_token:
+                rec["mfu"] = flops_per_token * tps / (peak * d.world)
+            write_metrics(rec)
+            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                rec.update({f"val_{k.removeprefix('val_')}": v for k, v in run_eval(done).items()})
+            if done % cfg.log_every == 0 or done in (start + 1, stop_at):
+                D.print0(_log_line(rec, cfg.steps))
+            if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop_at:
+                last_ckpt = save(done)
+            summary.update(rec)
+            progress.update(bar, completed=done, description=f"loss {loss_val:.4f} | {tps:,.0f} tok/s")
+            t_last = time.time()  # tokens/s counts training only, not validation or checkpoint time
     seconds = time.time() - t_start
     summary.update({"steps_done": stop_at, "finished": stop_at == cfg.steps, "seconds": round(seconds, 3),
                     "checkpoint": str(last_ckpt) if last_ckpt else None,
