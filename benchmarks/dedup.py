@@ -125,9 +125,9 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return time.time() - t, ru.ru_maxrss / 1024
 
 
-def run_llmctl(paths: list[str], out: Path, workers: int) -> tuple[set[str], float, float]:
+def run_llmctl(paths: list[str], out: Path, workers: int, verify: str = "signature") -> tuple[set[str], float, float]:
     cmd = [sys.executable, "-m", "llmctl", "filter", *paths, "-o", str(out), "--overwrite", "-w", str(workers),
-           "--no-c4", "--no-gopher", "--no-pii", "--no-c4-span"]
+           "--no-c4", "--no-gopher", "--no-pii", "--no-c4-span", "--set", f"dedup.verify={verify}"]
     secs, mb = timed(cmd)
     import pyarrow.parquet as pq
 
@@ -143,16 +143,21 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupSignature, MinhashDedupBuckets,
     MinhashDedupCluster, MinhashDedupFilter)
-inp, work, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cfg = MinhashConfig()
-n = len([f for f in __import__("os").listdir(inp) if f.endswith(".jsonl")])
-def run(pipeline, tasks, name):
-    LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=f"{work}/logs/{name}").run()
-run([JsonlReader(inp), MinhashDedupSignature(output_folder=f"{work}/sigs", config=cfg)], n, "s1")
-run([MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=cfg)], cfg.num_buckets, "s2")
-run([MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove_ids", config=cfg)], 1, "s3")
-run([JsonlReader(inp), MinhashDedupFilter(input_folder=f"{work}/remove_ids",
-     exclusion_writer=JsonlWriter(f"{work}/removed", compression=None)), JsonlWriter(f"{work}/kept", compression=None)], n, "s4")
+def main():
+    inp, work, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    cfg = MinhashConfig()
+    n = len([f for f in __import__("os").listdir(inp) if f.endswith(".jsonl")])
+    def run(pipeline, tasks, name):
+        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=f"{work}/logs/{name}").run()
+    run([JsonlReader(inp), MinhashDedupSignature(output_folder=f"{work}/sigs", config=cfg)], n, "s1")
+    run([MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=cfg)], cfg.num_buckets, "s2")
+    run([MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove_ids", config=cfg)], 1, "s3")
+    run([JsonlReader(inp), MinhashDedupFilter(input_folder=f"{work}/remove_ids",
+         exclusion_writer=JsonlWriter(f"{work}/removed", compression=None)), JsonlWriter(f"{work}/kept", compression=None)], n, "s4")
+
+
+if __name__ == "__main__":  # datatrove's workers start with forkserver: the script is re-imported
+    main()
 '''
 
 
@@ -160,7 +165,7 @@ def ensure_datatrove() -> Path:
     py = VENV / "bin" / "python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "datatrove[processing,io]==0.10.1", "spacy", "aiohttp"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "datatrove[processing,io]==0.10.1", "spacy", "aiohttp", "lxml_html_clean"], check=True)
     return py
 
 
@@ -182,6 +187,7 @@ def main() -> None:
     ap.add_argument("--scales", default="1,4,16")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-datatrove", action="store_true")
+    ap.add_argument("--verify", default="signature", help="llmctl's candidate check: none, signature, jaccard")
     ap.add_argument("--work", default="/tmp/llmctl-bench-dedup")
     a = ap.parse_args()
     work = Path(a.work)
@@ -191,7 +197,7 @@ def main() -> None:
     for scale in [int(s) for s in a.scales.split(",")]:
         data = build(pages, scale, work / f"in-{scale}x")
         n = len(data["labels"])
-        removed, secs, mb = run_llmctl(data["paths"], work / f"out-{scale}x", a.workers)
+        removed, secs, mb = run_llmctl(data["paths"], work / f"out-{scale}x", a.workers, a.verify)
         s = score(data["labels"], removed)
         line = (f"{scale:>3}x {n:>6} docs | llmctl: {n / secs:7.1f} docs/s, peak {mb:6.0f} MB, recall {s['recall']:.3f}, "
                 f"precision {s['precision']:.3f}, distinct removed {s['distinct_removed_frac']:.2%}")

@@ -36,20 +36,26 @@ from datatrove.pipeline.extractors import Trafilatura
 from datatrove.pipeline.filters import C4QualityFilter, C4BadWordsFilter, GopherQualityFilter, GopherRepetitionFilter
 from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.pipeline.writers import ParquetWriter
-inp, out, workers, tasks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-pipe = [
-    WarcReader(inp, glob_pattern="*.warc.gz"),
-    Trafilatura(favour_precision=True, timeout=10.0),
-    GopherRepetitionFilter(),
-    GopherQualityFilter(),
-    C4QualityFilter(min_num_sentences=3, min_words_per_line=5, filter_no_terminal_punct=True),
-    C4BadWordsFilter(),
-    PIIFormatter(),
-    ParquetWriter(out + "/data"),
-]
-t = time.time()
-LocalPipelineExecutor(pipeline=pipe, tasks=tasks, workers=workers, logging_dir=out + "/logs", skip_completed=False).run()
-print(json.dumps({"seconds": time.time() - t}))
+def main():
+    inp, out, workers, tasks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    pipe = [
+        WarcReader(inp, glob_pattern="*.warc.gz"),
+        Trafilatura(favour_precision=True, timeout=10.0),
+        GopherRepetitionFilter(),
+        GopherQualityFilter(),
+        C4QualityFilter(min_num_sentences=3, min_words_per_line=5, filter_no_terminal_punct=True),
+        C4BadWordsFilter(),
+        PIIFormatter(),
+        ParquetWriter(out + "/data"),
+    ]
+    t = time.time()
+    LocalPipelineExecutor(pipeline=pipe, tasks=tasks, workers=workers, logging_dir=out + "/logs",
+                          skip_completed=False).run()
+    print(json.dumps({"seconds": time.time() - t}))
+
+
+if __name__ == "__main__":  # datatrove starts its workers with forkserver: the script is re-imported
+    main()
 '''
 
 

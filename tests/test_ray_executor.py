@@ -66,3 +66,22 @@ def test_task_failing_every_attempt_is_named():
     with pytest.raises(TaskFailed, match=r"1 of 4 shards failed after 3 attempts: part-00002.*re-run"):
         run_tasks(always_die, list(range(4)), workers=2, executor="ray", ray_address=None,
                   names=[f"part-{i:05d}" for i in range(4)])
+
+
+def test_filter_with_dedup_on_ray_equals_local(tmp_path):
+    import shutil
+
+    from llmctl.data.filter import FilterConfig, run_filter
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(2):  # two copies of a real crawl file: everything in the second is an exact duplicate
+        shutil.copy("examples/crawl/crawl-00000.warc.gz", d / f"crawl-{i}.warc.gz")
+    local = run_filter([str(d)], tmp_path / "local", FilterConfig(workers=2), progress=False)
+    on_ray = run_filter([str(d)], tmp_path / "ray", FilterConfig(workers=2, executor="ray", ray_address=None),
+                        progress=False)
+    assert on_ray["fingerprint"] == local["fingerprint"]
+    assert on_ray["stats"]["funnel"] == local["stats"]["funnel"]
+    assert any(r["row"] == "rejected.dedup.exact" and r["docs"] > 0 for r in local["stats"]["funnel"])
+    for s in local["shards"] + local["files"]["rejected"]:
+        assert (tmp_path / "local" / s["path"]).read_bytes() == (tmp_path / "ray" / s["path"]).read_bytes()

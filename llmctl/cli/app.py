@@ -30,6 +30,16 @@ WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: all cores).")
 ]
 
+ExecutorOpt = Annotated[
+    Optional[str],
+    typer.Option("--executor", help="Where shard tasks run: local (processes on this machine) or ray."),
+]
+RayAddressOpt = Annotated[
+    Optional[str],
+    typer.Option("--ray-address", help="Ray cluster with --executor ray: auto (default), ray://HOST:PORT; "
+                 "without a cluster a local Ray instance is started."),
+]
+
 
 def _version(value: bool) -> None:
     if value:

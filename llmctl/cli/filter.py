@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, WorkersOpt, app
+from llmctl.cli.app import ConfigOpt, ExecutorOpt, RayAddressOpt, OverwriteOpt, SetOpt, WorkersOpt, app
 from llmctl.cli.common import out, print_config, print_funnel
 
 
@@ -38,6 +38,8 @@ def filter_cmd(
     alpha: Annotated[Optional[float], typer.Option(help="Pareto shape for --quality-sampling pareto (default 9).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the Pareto draws (per document id).")] = None,
     workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     overwrite: OverwriteOpt = False,
     print_config_: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML and exit.")] = False,
 ) -> None:
@@ -53,7 +55,7 @@ def filter_cmd(
     from llmctl import config as C
     from llmctl.data.filter import FilterConfig, run_filter
 
-    flags = {"steps": steps, "workers": workers, "c4.enabled": False if no_c4 else None,
+    flags = {"steps": steps, "workers": workers, "executor": executor, "ray_address": ray_address, "c4.enabled": False if no_c4 else None,
              "gopher_quality.enabled": False if no_gopher else None,
              "gopher_repetition.enabled": False if no_gopher else None,
              "pii.enabled": False if no_pii else None, "write_rejected": False if no_rejected else None,

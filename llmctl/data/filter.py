@@ -45,7 +45,7 @@ from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
 from llmctl.config import output_fields
 from llmctl.datasets import Dataset, StageOutput, fingerprint_file
 from llmctl.errors import UsageError
-from llmctl.executor import Reporter, default_workers, run_tasks
+from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.progress import StageProgress
 
 STEP_NAMES = ("gopher_repetition", "gopher_quality", "c4", "pii", "quality")
@@ -65,6 +65,8 @@ class FilterConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)  # runs after the per-shard steps
     write_rejected: bool = True  # keep removed documents under rejected/ with their reason
     workers: int | None = runtime(None)  # worker processes; None = all cores
+    executor: str = runtime("local")  # local processes, or ray (llmctl.ray_executor)
+    ray_address: str = runtime("auto")  # with executor ray: auto, ray://host:port; no cluster = a local one
 
 
 _STEP_CLASSES = {
@@ -269,8 +271,23 @@ def run_filter(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Run the filter stage; returns the output manifest (also when it was already complete)."""
+    """Run the filter stage; returns the output manifest (also when it was already complete).
+
+    Every phase (per-shard steps, dedup signatures, bands, clustering, final write) runs its tasks
+    on the executor of `cfg.executor`: the same functions locally or on Ray, the same output.
+    """
     cfg = cfg or FilterConfig()
+    with using(cfg.executor, cfg.ray_address):
+        return _run_filter(inputs, out, cfg, overwrite, progress)
+
+
+def _run_filter(
+    inputs: list[str],
+    out: str | Path,
+    cfg: FilterConfig,
+    overwrite: bool,
+    progress: bool | None,
+) -> dict[str, Any]:
     build_steps(cfg)  # validate step names and load the quality model before touching the output
     dedup_on = cfg.dedup.enabled
     if dedup_on:
