@@ -125,7 +125,7 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return time.time() - t, ru.ru_maxrss / 1024
 
 
-def run_llmctl(paths: list[str], out: Path, workers: int, verify: str = "signature") -> tuple[set[str], float, float]:
+def run_llmctl(paths: list[str], out: Path, workers: int, verify: str = "jaccard") -> tuple[set[str], float, float]:
     cmd = [sys.executable, "-m", "llmctl", "filter", *paths, "-o", str(out), "--overwrite", "-w", str(workers),
            "--no-c4", "--no-gopher", "--no-pii", "--no-c4-span", "--set", f"dedup.verify={verify}"]
     secs, mb = timed(cmd)
@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument("--scales", default="1,4,16")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-datatrove", action="store_true")
-    ap.add_argument("--verify", default="signature", help="llmctl's candidate check: none, signature, jaccard")
+    ap.add_argument("--verify", default="jaccard", help="llmctl's candidate check: none, signature, jaccard")
     ap.add_argument("--work", default="/tmp/llmctl-bench-dedup")
     a = ap.parse_args()
     work = Path(a.work)
