@@ -52,6 +52,8 @@ SPECIAL_TOKENS = (BOS, EOS, PAD) + CHAT_TOKENS  # ids 1..7; 0 is <unk> (never pr
 _META = "\u2581"  # sentencepiece's whitespace marker
 _META_BYTES = tuple(f"<0x{b:02X}>" for b in _META.encode("utf-8"))
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Characters always in the vocabulary, however rare in the sample (else they fall back to bytes).
+REQUIRED_CHARS = "".join(chr(c) for c in range(0x21, 0x7F)) + "\n\t"  # space is "▁", always in
 
 
 def scrub_surrogates(text: str) -> str:
@@ -88,14 +90,15 @@ class Tokenizer:
         *,
         character_coverage: float = 0.9995,
         max_piece_length: int = 16,
+        split_digits: bool = True,
         num_threads: int = 1,
         max_sentence_bytes: int = 1 << 16,
     ) -> "Tokenizer":
         """Train a BPE model on `texts` (each a training "sentence"; see `training_chunks`)."""
-        min_vocab = 1 + len(SPECIAL_TOKENS) + 256 + 1
+        min_vocab = 1 + len(SPECIAL_TOKENS) + 256 + len(REQUIRED_CHARS)
         if vocab_size < min_vocab:
             raise UsageError(f"--vocab-size {vocab_size} is too small: needs at least {min_vocab} "
-                             f"({len(SPECIAL_TOKENS) + 1} special + 256 byte tokens + merges)")
+                             f"({len(SPECIAL_TOKENS) + 1} special, 256 byte and {len(REQUIRED_CHARS)} ASCII tokens)")
         writer = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -104,12 +107,13 @@ class Tokenizer:
                 model_type="bpe",
                 vocab_size=vocab_size,
                 byte_fallback=True,
-                split_digits=True,
+                split_digits=split_digits,
                 normalization_rule_name="identity",
                 remove_extra_whitespaces=False,
                 add_dummy_prefix=False,
                 allow_whitespace_only_pieces=True,
                 character_coverage=character_coverage,
+                required_chars=REQUIRED_CHARS,
                 max_sentencepiece_length=max_piece_length,
                 max_sentence_length=max_sentence_bytes,
                 input_sentence_size=0,
@@ -172,7 +176,10 @@ class Tokenizer:
     def describe(self) -> dict[str, Any]:
         return {"format": FORMAT, "model": MODEL_FILE, "model_sha256": self.fingerprint, "vocab_size": self.vocab_size,
                 "special_tokens": dict(self.special_ids), "unk_id": self.unk_id, "byte_fallback": True,
-                "split_digits": True, "normalization": "identity", "chat_template": "llmctl-v1"}
+                "split_digits": self._sp_split_digits(), "normalization": "identity", "chat_template": "llmctl-v1"}
+
+    def _sp_split_digits(self) -> bool:
+        return _trainer_flag(self._proto, 25)
 
     @property
     def fingerprint(self) -> str:
@@ -293,6 +300,17 @@ def _fields(buf: bytes) -> Iterable[tuple[int, int, bytes]]:
         else:
             raise ValueError(f"unexpected protobuf wire type {wire}")
         yield key >> 3, wire, buf[start:pos]
+
+
+def _trainer_flag(proto: bytes, field: int) -> bool:
+    """A boolean of the model's TrainerSpec (ModelProto field 2), read from the protobuf bytes."""
+    for num, wire, raw in _fields(proto):
+        if num == 2 and wire == 2:
+            _, start = _varint(raw, 1)
+            for n, w, r in _fields(raw[start:]):
+                if n == field and w == 0:
+                    return _varint(r, len(_put_varint((field << 3))))[0] != 0
+    return False
 
 
 def _drop_thread_count(proto: bytes) -> bytes:

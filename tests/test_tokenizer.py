@@ -181,3 +181,12 @@ def test_loads_as_hugging_face_tokenizer_with_same_ids(tok, tok_dir, cls_name):
     hf_ids = hf.apply_chat_template(msgs, tokenize=True, add_generation_prompt=False)
     hf_ids = hf_ids["input_ids"] if not isinstance(hf_ids, list) else hf_ids
     assert list(hf_ids) == tok.apply_chat_template(msgs)
+
+
+def test_split_digits_is_recorded_and_changes_numbers(tok):
+    assert tok.describe()["split_digits"] is True
+    assert [tok.id_to_piece(i) for i in tok.encode("2024")] == ["2", "0", "2", "4"]
+    texts = [f"In {1900 + i % 120} there were {i * 37} cats and 100 dogs." for i in range(3000)]
+    joined = Tokenizer.train(texts, 400, split_digits=False)
+    assert joined.describe()["split_digits"] is False
+    assert len(joined.encode("100 dogs")) < len(tok.encode("100 dogs"))
