@@ -13,7 +13,7 @@ from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="An llmctl checkpoint (or run dir) or a Hugging Face model directory.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Results dataset directory to write.")],
-    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="perplexity | mc | exact_match | degeneration | contamination (repeatable).")] = None,
+    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="perplexity | mc | exact_match | degeneration | contamination | prefs | winrate (repeatable).")] = None,
     ppl_data: Annotated[Optional[str], typer.Option("--ppl-data", help="perplexity: a token dataset (its val split) or a documents dataset.")] = None,
     mc_data: Annotated[Optional[str], typer.Option("--mc-data", help="mc: MMLU-layout CSV, a directory of them, JSONL or Parquet (default: shared MMLU val).")] = None,
     shots: Annotated[Optional[int], typer.Option("--shots", help="mc: few-shot examples per question (default 0).")] = None,
@@ -21,6 +21,8 @@ def eval_cmd(
     em_data: Annotated[Optional[str], typer.Option("--em-data", help="exact_match: GSM8K-layout JSONL (default: shared GSM8K test).")] = None,
     prompts: Annotated[Optional[str], typer.Option("--prompts", help="degeneration: JSONL prompts or a documents dataset.")] = None,
     train_data: Annotated[Optional[str], typer.Option("--train-data", help="contamination: the training dataset to search.")] = None,
+    reward_model: Annotated[Optional[str], typer.Option("--reward-model", help="prefs/winrate: reward model dir (prefs default: MODEL itself).")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="winrate: the model MODEL is compared with.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many items per task (mc: per subject file).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Sequences per forward pass (does not change results; default 8).")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer dir overriding the checkpoint's.")] = None,
@@ -40,9 +42,11 @@ def eval_cmd(
 
     flags = {"tasks": task, "perplexity.data": ppl_data, "mc.data": mc_data, "mc.shots": shots,
              "mc.choices": choices, "exact_match.data": em_data, "degeneration.prompts": prompts,
-             "contamination.train": train_data, "batch_size": batch_size, "tokenizer": tokenizer, "device": device}
+             "contamination.train": train_data, "prefs.reward_model": reward_model,
+             "winrate.reward_model": reward_model, "winrate.baseline": baseline, "batch_size": batch_size, "tokenizer": tokenizer, "device": device}
     if limit is not None:
-        flags.update({f"{t}.limit": limit for t in ("perplexity", "mc", "exact_match", "degeneration", "contamination")})
+        flags.update({f"{t}.limit": limit for t in ("perplexity", "mc", "exact_match", "degeneration", "contamination", "prefs",
+                                                 "winrate")})
     cfg = C.load(EvalConfig, config, set_, flags)
     m = run_eval(model, output, cfg, overwrite=overwrite)
     out.print(markdown_table(m["stats"]["results"]), markup=False, highlight=False)

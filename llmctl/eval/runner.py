@@ -18,9 +18,11 @@ import pyarrow as pa
 
 from llmctl.config import runtime
 from llmctl.errors import UsageError
-from llmctl.eval import contamination, degeneration, exact_match, mc, perplexity
+from llmctl.eval import contamination, degeneration, exact_match, mc, perplexity, prefs
+from llmctl.eval.prefs import PrefsConfig, WinrateConfig
 
-TASKS = ("perplexity", "mc", "exact_match", "degeneration", "contamination")
+TASKS = ("perplexity", "mc", "exact_match", "degeneration", "contamination", "prefs", "winrate")
+NO_LM_TASKS = ("contamination", "prefs")  # these never load MODEL as a language model
 RESULT_SCHEMA = pa.schema([("task", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
                            ("stderr", pa.float64()), ("n", pa.int64())])
 
@@ -35,6 +37,8 @@ class EvalConfig:
     exact_match: exact_match.ExactMatchConfig = field(default_factory=exact_match.ExactMatchConfig)
     degeneration: degeneration.DegenerationConfig = field(default_factory=degeneration.DegenerationConfig)
     contamination: contamination.ContaminationConfig = field(default_factory=contamination.ContaminationConfig)
+    prefs: PrefsConfig = field(default_factory=PrefsConfig)
+    winrate: WinrateConfig = field(default_factory=WinrateConfig)
     batch_size: int = runtime(8)
     device: str = runtime("cpu")
     progress: bool | None = runtime(None)
@@ -77,9 +81,14 @@ class TaskProgress:
         self._p.update(self._task, advance=n, rate=rate)
 
 
-def _runner(name: str):
-    return {"perplexity": perplexity.run, "mc": mc.run, "exact_match": exact_match.run,
-            "degeneration": degeneration.run, "contamination": contamination.run}[name]
+def _run_task(name: str, lm: Any, cfg: "EvalConfig", progress: TaskProgress) -> tuple[list, list]:
+    if name == "prefs":
+        return prefs.run_prefs(cfg.model, cfg.prefs, cfg.batch_size, progress, cfg.device)
+    if name == "winrate":
+        return prefs.run_winrate(lm, cfg.winrate, cfg.batch_size, progress, cfg.device)
+    run = {"perplexity": perplexity.run, "mc": mc.run, "exact_match": exact_match.run,
+           "degeneration": degeneration.run, "contamination": contamination.run}[name]
+    return run(lm, getattr(cfg, name), cfg.batch_size, progress)
 
 
 def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: bool = False) -> dict[str, Any]:
@@ -94,9 +103,16 @@ def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: 
         raise UsageError("--batch-size must be >= 1")
     tasks = list(dict.fromkeys(cfg.tasks))
     cfg.model = str(Path(model).resolve())
-    needs_model = [t for t in tasks if t != "contamination"]
+    needs_model = [t for t in tasks if t not in NO_LM_TASKS]
     lm = load_lm(model, cfg.device, cfg.tokenizer or None) if needs_model else None
     inputs = [lm.lineage()] if lm else []
+    if "prefs" in tasks and not inputs:
+        from llmctl.datasets import fingerprint_file
+
+        rm_dir = Path(cfg.prefs.reward_model or model)
+        w = rm_dir / "model.safetensors"
+        inputs = [{"path": str(rm_dir.resolve()), "stage": "reward-model",
+                   "fingerprint": fingerprint_file(w) if w.is_file() else ""}]
     out = StageOutput(Path(output), "eval", cfg, inputs=inputs, overwrite=overwrite)
     if out.complete:
         return out.manifest
@@ -111,7 +127,7 @@ def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: 
                 rows, lineage, secs = rec["stats"]["rows"], rec["stats"]["inputs"], rec["seconds"]
             else:
                 t0 = time.time()
-                rows, lineage = _runner(name)(lm, getattr(cfg, name), cfg.batch_size, progress)
+                rows, lineage = _run_task(name, lm, cfg, progress)
                 secs = round(time.time() - t0, 3)
                 w = out.shard_writer(relpath, RESULT_SCHEMA)
                 for r in rows:
