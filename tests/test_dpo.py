@@ -111,3 +111,22 @@ def test_dpo_raises_held_out_reward_accuracy(tmp_path, cache_ref):
     rec = [json.loads(ln) for ln in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert rec[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # first step: policy == reference
     assert rec[0]["m_rewards/chosen"] == pytest.approx(0, abs=1e-6)
+
+
+def test_dpo_resume_continues_exactly(tmp_path):
+    ck = tiny_checkpoint(tmp_path / "ck")
+    data = write_jsonl(tmp_path / "prefs.jsonl", synthetic_prefs(48))
+
+    def cfg(stop_after=None):
+        c = DPOConfig(max_len=64, val_fraction=0.0)
+        c.train.steps, c.train.batch_size, c.train.micro_batch, c.train.lr, c.train.warmup_steps = 4, 4, 2, 1e-3, 1
+        c.train.eval_every, c.train.ckpt_every, c.train.stop_after = 0, 2, stop_after
+        return c
+
+    run_dpo(data, ck, tmp_path / "full", cfg())
+    part = run_dpo(data, ck, tmp_path / "part", cfg(stop_after=2))
+    assert not part["finished"]
+    run_dpo(data, ck, tmp_path / "part", cfg(), resume=True)
+    losses = [[json.loads(ln)["loss"] for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+              for d in ("full", "part")]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]

@@ -4,15 +4,16 @@ Batch builder: examples (chat-template ids + a trained-token mask, see `llmctl.d
 are packed first-fit, in a seeded order, into windows of `max_len` tokens; each example keeps
 its own `doc_ids` value, so attention is block-diagonal and RoPE positions restart at 0 for
 every example: a packed window computes exactly what the examples alone would (tested to 1e-5).
-Packing GSM8K (mean ~190 tokens with the 8k toy tokenizer) into 512-token windows fills ~90% of
-the window instead of ~40% with padding to the longest example.
+Packing GSM8K train (mean 190 tokens with an 8192-token BPE trained on GSM8K + HH-RLHF) into
+512-token windows fills 94.8% of the window, against 62.8% when each batch of 8 is padded to its
+longest example and 37.1% when every example is padded to 512 (docs/align.md).
 
 Loss: the mean next-token NLL over target positions whose token is trained (an assistant reply
 and its <|end|>); prompt, role markers, padding and the first token of each example get none.
 A micro-batch with no trained token raises instead of returning a silent zero. Under gradient
 accumulation the loop averages the micro-batch means (each micro-batch weighs the same).
 
-`prepare_run_dir`, `load_start` and `finish_run` are the stage plumbing reward and DPO share.
+`prepare_run_dir`, `load_start` and `run_training` are the stage plumbing reward and DPO share.
 """
 
 from __future__ import annotations
