@@ -3,8 +3,9 @@
 Training reads a sample, not the corpus: `sample_bytes` of text drawn evenly across all input
 shards (each shard gets an equal share, a shard with less text gives its unused share to the
 others; inside a shard documents are taken in a seeded random order). sentencepiece holds the
-whole sample in memory, about 10x its size at peak, so 100 MB of text is the practical ceiling
-on a laptop; BPE merges learned from 100 MB differ little from those of 10 GB at a 32k vocabulary.
+whole sample in memory: the training process peaked at 353 MB for a 10 MB sample and a 32k
+vocabulary (interpreter and imports included), PEERS.md has 220 MB for 20 MB at 8k, so a few
+hundred MB of sample is the practical ceiling on a laptop.
 
 Encoding writes the token dataset of DESIGN.md: one row per document, `input_ids` ending with
 `<|eos|>`, and `split` = "val" for the documents whose id hashes (xxh64, seeded) below
@@ -59,7 +60,7 @@ class TokenizerTrainConfig:
     seed: int = 0
     character_coverage: float = 0.9995  # rarer characters are left to byte fallback
     max_piece_length: int = 16
-    split_digits: bool = True  # one token per digit (costs ~17% bytes/token on GSM8K, see docs/tokenize.md)
+    split_digits: bool = True  # one token per digit (49% more tokens on GSM8K, see docs/tokenize.md)
     workers: int | None = runtime(None)  # sentencepiece trainer threads; None = all cores
 
 
