@@ -15,7 +15,7 @@ from llmctl.model import ModelConfig, Transformer
 from llmctl.tokenizer import Tokenizer, training_chunks
 from tokenize_helpers import tinystories_docs, write_documents  # noqa: F401  (re-exported)
 
-VOCAB = 320
+VOCAB = 512
 
 
 @functools.lru_cache(maxsize=1)

@@ -183,9 +183,16 @@ def test_results_do_not_change_with_batch_size(tmp_path, docs_ds):
     for bs in (1, 3):
         cfg = EvalConfig(tasks=["perplexity", "mc"], batch_size=bs, progress=False)
         cfg.perplexity.data, cfg.perplexity.stride = str(docs_ds), 48
-        cfg.mc.subjects, cfg.mc.limit, cfg.mc.shots = ["anatomy", "astronomy"], 6, 1
+        cfg.mc.data = str(Path(__file__).parent / "data" / "mmlu" / "val")
+        cfg.mc.limit, cfg.mc.shots = 6, 1
         results.append(run_eval(ck, tmp_path / f"res{bs}", cfg)["stats"]["results"])
     assert results[0] == results[1]  # bit-identical floats, not approximately equal
+    # batch size is a runtime option: the finished results of batch 1 are reused, not refused
+    again = run_eval(ck, tmp_path / "res1", cfg)
+    assert again["stats"]["results"] == results[0] and cfg.batch_size == 3
+    cfg.mc.shots = 0
+    with pytest.raises(UsageError, match="different run"):
+        run_eval(ck, tmp_path / "res1", cfg)
 
 
 def test_bad_inputs_are_usage_errors(tmp_path):

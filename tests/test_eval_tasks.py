@@ -19,7 +19,7 @@ from llmctl.eval import contamination, degeneration, exact_match  # noqa: E402
 from llmctl.eval.lm import load_lm  # noqa: E402
 from llmctl.eval.runner import EvalConfig, run_eval  # noqa: E402
 
-MMLU_ANATOMY = Path("/work/shared/data/eval/mmlu/val/anatomy_val.csv")
+MMLU_ANATOMY = Path(__file__).parent / "data" / "mmlu" / "val" / "anatomy_val.csv"
 
 
 def test_contamination_count_is_exact_on_planted_overlaps(tmp_path):
@@ -86,11 +86,13 @@ def test_generation_tasks_run_and_are_deterministic(tmp_path):
     gsm = tmp_path / "gsm.jsonl"
     gsm.write_text("\n".join(json.dumps({"question": q, "answer": f"...\n#### {a}"})
                              for q, a in [("What is 2+3?", 5), ("What is 10-4?", 6), ("Half of 8?", 4)]) + "\n")
+    docs = write_documents(tmp_path / "docs", [tinystories_docs(6)])
     results = []
     for bs in (1, 3):
         cfg = EvalConfig(tasks=["exact_match", "degeneration"], batch_size=bs, progress=False)
         cfg.exact_match.data, cfg.exact_match.max_new_tokens = str(gsm), 12
         cfg.degeneration.limit, cfg.degeneration.max_new_tokens = 4, 24
+        cfg.degeneration.prompts, cfg.degeneration.prompt_words = str(docs), 8
         results.append(run_eval(ck, tmp_path / f"res{bs}", cfg)["stats"]["results"])
     assert results[0] == results[1]
     rows = {(r["task"], r["metric"]): r for r in results[0]}
@@ -137,4 +139,4 @@ def test_cli_writes_results_dataset_and_prints_table(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "llmctl", "eval", str(ck), "--task", "mc", "--mc-data", "/nope.csv",
                           "-o", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("/nope.csv: no such multiple-choice file or directory")
-    assert not (tmp_path / "x" / "_manifest.json").exists()
+    assert not (tmp_path / "x").exists()  # nothing half-written

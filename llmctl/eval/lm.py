@@ -224,9 +224,11 @@ class HFLM(LM):
         eos = self.tok.eos_token_id
         if eos is None:
             raise UsageError(f"{path}: tokenizer has no eos token")
+        vocab = self.tok.get_vocab()
+        stops = (eos, *(vocab[t] for t in ("<|end|>", "<|im_end|>", "<|eot_id|>") if t in vocab))  # end of a chat turn
         self.codec = TextCodec(lambda t: self.tok.encode(t, add_special_tokens=False),
                                lambda ids: self.tok.decode(list(ids), skip_special_tokens=True),
-                               eos, (eos,), "", self.tok.bos_token_id, self._chat if self.tok.chat_template else None)
+                               eos, stops, "", self.tok.bos_token_id, self._chat if self.tok.chat_template else None)
         mc = self.model.config
         self.max_len = int(getattr(mc, "max_position_embeddings", None) or getattr(mc, "n_positions", 2048))
         self.name = str(self.path)

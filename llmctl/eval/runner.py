@@ -113,9 +113,21 @@ def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: 
         w = rm_dir / "model.safetensors"
         inputs = [{"path": str(rm_dir.resolve()), "stage": "reward-model",
                    "fingerprint": fingerprint_file(w) if w.is_file() else ""}]
+    fresh = not Path(output).exists()
     out = StageOutput(Path(output), "eval", cfg, inputs=inputs, overwrite=overwrite)
     if out.complete:
         return out.manifest
+    try:
+        return _run_tasks(out, tasks, lm, cfg)
+    except UsageError:
+        if fresh and not any(out.task_done(t) for t in tasks):  # bad input before any result: leave nothing
+            import shutil
+
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def _run_tasks(out: Any, tasks: list[str], lm: Any, cfg: EvalConfig) -> dict[str, Any]:
     all_rows: list[dict[str, Any]] = []
     extra_inputs: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
