@@ -85,3 +85,18 @@ def test_filter_with_dedup_on_ray_equals_local(tmp_path):
     assert any(r["row"] == "rejected.dedup.exact" and r["docs"] > 0 for r in local["stats"]["funnel"])
     for s in local["shards"] + local["files"]["rejected"]:
         assert (tmp_path / "local" / s["path"]).read_bytes() == (tmp_path / "ray" / s["path"]).read_bytes()
+
+
+def test_tokenize_encode_on_ray_equals_local(tmp_path):
+    from llmctl.data.tokenize import EncodeConfig, TokenizerTrainConfig, run_encode, run_train
+    from tokenize_helpers import tinystories_docs, write_documents
+
+    docs = tinystories_docs(300)
+    write_documents(tmp_path / "docs", [docs[:100], docs[100:200], docs[200:]])
+    run_train([str(tmp_path / "docs")], tmp_path / "tok", TokenizerTrainConfig(vocab_size=600))
+    local = run_encode(tmp_path / "docs", tmp_path / "tok", tmp_path / "local", EncodeConfig(workers=2), progress=False)
+    on_ray = run_encode(tmp_path / "docs", tmp_path / "tok", tmp_path / "ray",
+                        EncodeConfig(workers=2, executor="ray", ray_address=None), progress=False)
+    assert on_ray["fingerprint"] == local["fingerprint"] and on_ray["stats"] == local["stats"]
+    for s in local["shards"]:
+        assert (tmp_path / "local" / s["path"]).read_bytes() == (tmp_path / "ray" / s["path"]).read_bytes()

@@ -1,4 +1,4 @@
-"""Commands: llmctl run (a whole pipeline from a YAML file)."""
+"""Commands: llmctl run (a whole pipeline from a YAML file) and llmctl report (one HTML page of a run)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,16 @@ def run_cmd(
                            echo=lambda m: out.print(escape(m), style="bold cyan", highlight=False))
     ran = [r for r in records if r["status"] == "ran"]
     out.print(f"pipeline done: {len(ran)} stage(s) ran, {len(records) - len(ran)} up to date; outputs in {output}")
+
+
+@app.command("report")
+def report_cmd(
+    root: Annotated[str, typer.Argument(help="Run root written by `llmctl run` (or any folder of stage outputs).")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Report folder (default ROOT/report).")] = None,
+) -> None:
+    """Write one HTML page with PNG charts: filter funnel, tokens per split, loss curves, DPO margins,
+    the eval table and the lineage from crawl files to the final checkpoint."""
+    from llmctl.report import build_report
+
+    index = build_report(root, output)
+    out.print(f"wrote {index}")

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, WorkersOpt, app
+from llmctl.cli.app import ConfigOpt, ExecutorOpt, OverwriteOpt, RayAddressOpt, SetOpt, WorkersOpt, app
 from llmctl.cli.common import human_bytes, out
 
 tokenize_app = typer.Typer(help="Train a BPE tokenizer on documents, encode documents to token shards, inspect it.",
@@ -53,6 +53,8 @@ def encode_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Encode documents to a token dataset: id, input_ids (ending with <|eos|>), split.
@@ -64,7 +66,8 @@ def encode_cmd(
     from llmctl import config as C
     from llmctl.data.tokenize import SPLITS, EncodeConfig, run_encode
 
-    cfg = C.load(EncodeConfig, config, set_, {"val_fraction": val_fraction, "seed": seed, "workers": workers})
+    cfg = C.load(EncodeConfig, config, set_, {"val_fraction": val_fraction, "seed": seed, "workers": workers,
+                                          "executor": executor, "ray_address": ray_address})
     m = run_encode(dataset, tokenizer, output, cfg, overwrite=overwrite)
     st = m["stats"]
     table = Table(title="tokens", title_justify="left")

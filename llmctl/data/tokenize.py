@@ -36,7 +36,7 @@ from llmctl.datasets import (MANIFEST, Dataset, StageOutput, atomic_write_json, 
                              sha256_text)
 from llmctl import __version__
 from llmctl.errors import UsageError
-from llmctl.executor import Reporter, default_workers, run_tasks
+from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.progress import StageProgress
 from llmctl.tokenizer import Tokenizer, training_chunks
 
@@ -177,6 +177,8 @@ class EncodeConfig:
     seed: int = 0  # seed of the split hash
     batch_rows: int = runtime(1024)  # documents encoded per sentencepiece call
     workers: int | None = runtime(None)  # worker processes; None = all cores
+    executor: str = runtime("local")  # local processes, or ray (llmctl.ray_executor)
+    ray_address: str = runtime("auto")
 
 
 def split_of(doc_id: str, val_fraction: float, seed: int = 0) -> str:
@@ -288,8 +290,17 @@ def _text_bytes(shard: str) -> int:
 
 def run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path, cfg: EncodeConfig | None = None,
                overwrite: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Encode a documents dataset into a token dataset; returns its manifest."""
+    """Encode a documents dataset into a token dataset; returns its manifest.
+
+    The shard tasks run on `cfg.executor` (local processes or Ray): same function, same output.
+    """
     cfg = cfg or EncodeConfig()
+    with using(cfg.executor, cfg.ray_address):
+        return _run_encode(dataset, tokenizer_dir, out, cfg, overwrite, progress)
+
+
+def _run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path, cfg: EncodeConfig,
+                overwrite: bool, progress: bool | None) -> dict[str, Any]:
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     ds = _open_inputs([str(dataset)])[0]

@@ -1,0 +1,67 @@
+"""Rebuild the bundled example data from ../shared/data (run from the repository root).
+
+Everything here is a small slice of real data nobody on the team wrote (sources and licenses in
+examples/README.md). Deterministic: the same slices every time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+EX = Path(__file__).resolve().parent
+
+
+def tinystories() -> None:
+    """TinyStories paragraphs grouped into ~1,500-character documents, as JSONL."""
+    paras = [p.strip() for p in (SHARED / "tinystories" / "tinystories_valid_head.txt").read_text().split("\n\n") if p.strip()]
+    docs, cur = [], []
+    for p in paras:
+        cur.append(p)
+        if sum(len(c) for c in cur) >= 1500:
+            docs.append("\n\n".join(cur))
+            cur = []
+    if cur:
+        docs.append("\n\n".join(cur))
+    (EX / "text").mkdir(exist_ok=True)
+    with gzip.open(EX / "text" / "tinystories.jsonl.gz", "wt", encoding="utf-8", compresslevel=9) as f:
+        f.write("".join(json.dumps({"id": f"tinystories-{i:05d}", "text": d, "source": "tinystories-valid"}) + "\n"
+                        for i, d in enumerate(docs)))
+
+
+def gsm8k(n_train: int = 1000, n_test: int = 50) -> None:
+    (EX / "sft").mkdir(exist_ok=True)
+    (EX / "eval").mkdir(exist_ok=True)
+    with open(SHARED / "sft" / "gsm8k_train.jsonl") as f, open(EX / "sft" / "gsm8k_train.jsonl", "w") as out:
+        for i, line in zip(range(n_train), f):
+            row = json.loads(line)
+            out.write(json.dumps({"prompt": row["question"], "response": row["answer"]}) + "\n")
+    with open(SHARED / "sft" / "gsm8k_test.jsonl") as f, open(EX / "eval" / "gsm8k_test.jsonl", "w") as out:
+        for i, line in zip(range(n_test), f):
+            out.write(line)
+
+
+def prefs(n: int = 600) -> None:
+    (EX / "prefs").mkdir(exist_ok=True)
+    with open(SHARED / "prefs" / "hh_rlhf_harmless_base_test.jsonl") as f, \
+            open(EX / "prefs" / "hh_rlhf_harmless_base.jsonl", "w") as out:
+        for i, line in zip(range(n), f):
+            out.write(line)
+
+
+def mmlu(subjects=("high_school_geography", "marketing", "world_religions")) -> None:
+    d = EX / "eval" / "mmlu"
+    d.mkdir(parents=True, exist_ok=True)
+    for s in subjects:
+        shutil.copy(SHARED / "eval" / "mmlu" / "dev" / f"{s}_dev.csv", d / f"{s}_dev.csv")
+        shutil.copy(SHARED / "eval" / "mmlu" / "val" / f"{s}_val.csv", d / f"{s}_val.csv")
+
+
+if __name__ == "__main__":
+    tinystories()
+    gsm8k()
+    prefs()
+    mmlu()
