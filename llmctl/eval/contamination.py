@@ -5,8 +5,9 @@ Text on both sides is lower-cased and split into word characters (`\\w+`), so pu
 case and whitespace differences do not hide an overlap. Every n-gram of every eval item goes in
 one in-memory set (MMLU val: 1,531 items, ~60k 13-grams, a few MB); the training dataset is then
 streamed through the dataset contract, one record batch at a time, each document's n-grams
-intersected with that set (a C-level `set(zip(...)) & keys`: ~1-2 M words/s on one core), so
-memory does not grow with the training set. An item shorter than n words cannot be checked: it
+intersected with that set (a C-level `set(zip(...)) & keys`), so memory does not grow with the
+training set: MMLU val against 7.8 MB of text (43,000 documents, 1.55 M words) takes 1.5 s, about
+1 M words/s on one core. An item shorter than n words cannot be checked: it
 is counted in `too_short` and left out of the share.
 
 Eval data: an MMLU-layout CSV or directory (question + choices), or JSONL (`fields`, default
