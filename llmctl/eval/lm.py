@@ -3,7 +3,8 @@
 `LM.loglikelihood(requests)` returns, for each (context ids, continuation ids), the summed
 log-probability of the continuation and whether it is the greedy continuation, exactly as
 lm-evaluation-harness's `loglikelihood` does (the input is context + continuation minus the last
-token, cut from the left to the context length). `LM.generate` continues a prompt token by token
+token, cut from the left to the context length; an empty context becomes <|eos|>, where lm-eval
+uses the tokenizer's BOS when it has one: llmctl models never see BOS). `LM.generate` continues a prompt token by token
 with a KV cache, greedy or sampled.
 
 Batch-size invariance: requests are sorted by length (longest first, ties by index) and padded
