@@ -131,7 +131,7 @@ def main() -> None:
     funnel = None
     for w in args.workers:
         out = work / f"llmctl-w{w}"
-        secs, rss, _ = timed(llmctl + ["filter", str(inp), "-o", str(out), "--workers", str(w)])
+        secs, rss, _ = timed(llmctl + ["filter", str(inp), "-o", str(out), "--workers", str(w), "--no-dedup"])
         m = json.loads((out / "_manifest.json").read_text())
         funnel = m["stats"]["funnel"]
         rows.append(("llmctl", w, secs, rss, m["num_rows"]))
