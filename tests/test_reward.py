@@ -60,6 +60,9 @@ def test_reward_model_beats_chance_on_held_out_pairs_and_scores(tmp_path):
     good = scorer.score([r["prompt"] for r in val_rows], [r["chosen"] for r in val_rows])
     bad = score(tmp_path / "rm", [r["prompt"] for r in val_rows], [r["rejected"] for r in val_rows])
     assert sum(g > b for g, b in zip(good, bad)) >= 7
+    mixed = [r["chosen"] if i % 2 else r["rejected"] + " and more words here" for i, r in enumerate(val_rows)]
+    batched = scorer.score([r["prompt"] for r in val_rows], mixed, batch_size=3)  # sorted by length inside
+    assert batched == pytest.approx([scorer.score([r["prompt"]], [m])[0] for r, m in zip(val_rows, mixed)], abs=1e-5)
     # held-out metrics recomputed from the saved model agree with what the run logged
     _, val, _ = encode_prefs(tok, rows, 64, 0.25, cfg.train.seed)
     with torch.no_grad():

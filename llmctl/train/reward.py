@@ -166,16 +166,20 @@ class RewardScorer:
         if len(prompts) != len(responses):
             raise UsageError(f"{len(prompts)} prompts but {len(responses)} responses")
         encs = [encode_pair(self.tok, to_messages(p), r, self.max_len) for p, r in zip(prompts, responses)]
+        order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))  # similar lengths: less padding
         out: list[float] = []
         for s in range(0, len(encs), batch_size):
-            chunk = encs[s:s + batch_size]
+            chunk = [encs[i] for i in order[s:s + batch_size]]
             t = max(len(e.ids) for e in chunk)
             ids = torch.full((len(chunk), t), self.tok.pad_id, dtype=torch.long)
             for i, e in enumerate(chunk):
                 ids[i, : len(e.ids)] = torch.tensor(e.ids)
             last = torch.tensor([len(e.ids) - 1 for e in chunk])
             out += self.model(ids.to(self.device), last_index=last.to(self.device)).tolist()
-        return out
+        result = [0.0] * len(encs)
+        for i, v in zip(order, out):
+            result[i] = v
+        return result
 
 
 def load_reward_model(path: str | Path, device: str = "cpu") -> RewardScorer:
