@@ -1,7 +1,7 @@
 """`llmctl plot`: train and validation loss curves of one or more runs, as a PNG (matplotlib, Agg).
 
 Training loss is noisy at small batches, so it is drawn faint with an exponential moving
-average (alpha 0.1, ~10-step memory) on top; validation points are drawn as markers.
+average (alpha 0.25, ~4-step memory) on top; validation points are drawn as markers.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     return [r for r in recs if "loss" in r], [r for r in recs if "val_loss" in r]
 
 
-def ema(values: list[float], alpha: float = 0.1) -> list[float]:
+def ema(values: list[float], alpha: float = 0.25) -> list[float]:
     out, m = [], None
     for v in values:
         m = v if m is None else alpha * v + (1 - alpha) * m

@@ -14,7 +14,7 @@ import pyarrow as pa
 from llmctl.datasets import StageOutput
 from llmctl.tokenizer import Tokenizer
 
-_LOCAL = Path(__file__).parent / "data" / "tinystories_valid_head.txt"
+_LOCAL = Path(__file__).parent / "data" / "tinystories_valid_head_300k.txt"  # see data/README.md
 TINYSTORIES = _LOCAL if _LOCAL.is_file() else Path("/work/shared/data/tinystories/tinystories_valid_head.txt")
 TOKENS_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("split", pa.string())])
 
@@ -24,7 +24,7 @@ def stories(limit: int | None = None) -> list[str]:
     return docs[:limit] if limit else docs
 
 
-def make_tokenizer(out: Path, vocab_size: int = 320, docs: int = 300) -> Tokenizer:
+def make_tokenizer(out: Path, vocab_size: int = 400, docs: int = 300) -> Tokenizer:
     tok = Tokenizer.train(stories(docs), vocab_size)
     tok.save(out)
     return Tokenizer.load(out)
@@ -36,11 +36,14 @@ class _Cfg:
 
 def write_tokens(out: Path, tok: Tokenizer, docs: int = 200, val_every: int = 10) -> Path:
     """A finished 'tokens' dataset: every val_every-th story goes to the val split."""
+    return write_token_rows(out, [tok.encode(text) + [tok.eos_id] for text in stories(docs)], val_every)
+
+
+def write_token_rows(out: Path, docs: list[list[int]], val_every: int = 10) -> Path:
     so = StageOutput(out, "tokens", _Cfg(), inputs=[])
     w = so.shard_writer("part-00000.parquet", TOKENS_SCHEMA)
-    for i, text in enumerate(stories(docs)):
-        w.write({"id": f"s{i}", "input_ids": tok.encode(text) + [tok.eos_id],
-                 "split": "val" if i % val_every == 0 else "train"})
+    for i, ids in enumerate(docs):
+        w.write({"id": f"s{i}", "input_ids": ids, "split": "val" if i % val_every == 0 else "train"})
     so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
     so.finalize(["part-00000"], TOKENS_SCHEMA)
     return out

@@ -15,7 +15,7 @@ from llmctl.errors import UsageError
 from llmctl.model import ModelConfig, Transformer, cross_entropy
 from llmctl.train.loop import TrainConfig, TrainingDiverged, build_optimizer, lr_at, train
 from llmctl.train.pretrain import PackedBatches, PretrainConfig, lm_loss, pretrain
-from pretrain_helpers import make_tokenizer, write_tokens
+from pretrain_helpers import make_tokenizer, write_token_rows, write_tokens
 
 
 @pytest.fixture(scope="module")
@@ -173,14 +173,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
 def test_vocab_mismatch_is_refused(data, tmp_path):
     root, _ = data
     pretrain(root / "tokens", root / "tok", tmp_path / "run", small_cfg(**{"train.steps": 1}))
-    other = make_tokenizer(tmp_path / "tok2", vocab_size=360)
-    with pytest.raises(UsageError, match="has 360 tokens but .* vocab_size 320"):
+    other = make_tokenizer(tmp_path / "tok2", vocab_size=440)
+    with pytest.raises(UsageError, match="has 440 tokens but .* vocab_size 400"):
         load_checkpoint(tmp_path / "run", tokenizer_dir=other.path)
-    from llmctl.tokenizer import Tokenizer
-
-    Tokenizer.train(["ab ba abba cab"] * 20, 270).save(tmp_path / "tok3")
-    with pytest.raises(UsageError, match="outside the tokenizer"):
-        pretrain(root / "tokens", tmp_path / "tok3", tmp_path / "run2", small_cfg())
+    write_token_rows(tmp_path / "bad_tokens", [[5, 6, 2] * 30, [7, 400, 2] * 30])  # 400 >= vocab 400
+    with pytest.raises(UsageError, match="token id 400 is outside the tokenizer's 400 tokens"):
+        pretrain(tmp_path / "bad_tokens", root / "tok", tmp_path / "run2", small_cfg())
 
 
 def test_cli_pretrain_generate_plot(data, tmp_path):
