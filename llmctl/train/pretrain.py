@@ -156,7 +156,9 @@ def make_evaluate(flat: np.ndarray, offsets: np.ndarray, cfg: PretrainConfig, eo
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         d = D.info()
-        mine = list(range(d.rank, n, d.world))
+        # every rank must run the same number of forwards (FSDP all-gathers inside each one)
+        total = max(d.world, n - n % d.world)
+        mine = list(range(d.rank, total, d.world))
         tot = torch.zeros(2, dtype=torch.float64)
         for s in range(0, len(mine), cfg.train.micro_batch):
             parts = [val.micro_batch(w) for w in mine[s : s + cfg.train.micro_batch]]
