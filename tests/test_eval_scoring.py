@@ -199,7 +199,7 @@ def test_bad_inputs_are_usage_errors(tmp_path):
     ck = tiny_checkpoint(tmp_path / "ck", tmp_path)
     with pytest.raises(UsageError, match="unknown eval task"):
         run_eval(ck, tmp_path / "r1", EvalConfig(tasks=["nope"]))
-    with pytest.raises(UsageError, match="needs a dataset"):
+    with pytest.raises(UsageError, match="task perplexity needs --ppl-data"):
         run_eval(ck, tmp_path / "r2", EvalConfig(tasks=["perplexity"], progress=False))
     with pytest.raises(UsageError, match="no such model"):
         run_eval(tmp_path / "missing", tmp_path / "r3", EvalConfig(tasks=["mc"]))

@@ -15,11 +15,13 @@ def eval_cmd(
     output: Annotated[str, typer.Option("--output", "-o", help="Results dataset directory to write.")],
     task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="perplexity | mc | exact_match | degeneration | contamination | prefs | winrate (repeatable).")] = None,
     ppl_data: Annotated[Optional[str], typer.Option("--ppl-data", help="perplexity: a token dataset (its val split) or a documents dataset.")] = None,
-    mc_data: Annotated[Optional[str], typer.Option("--mc-data", help="mc: MMLU-layout CSV, a directory of them, JSONL or Parquet (default: shared MMLU val).")] = None,
+    mc_data: Annotated[Optional[str], typer.Option("--mc-data", help="mc: MMLU-layout CSV, a directory of them, JSONL or Parquet (e.g. examples/eval/mmlu).")] = None,
     shots: Annotated[Optional[int], typer.Option("--shots", help="mc: few-shot examples per question (default 0).")] = None,
     choices: Annotated[Optional[str], typer.Option("--choices", help="mc: continuations are the letters (' A') or the choice texts (default letters).")] = None,
-    em_data: Annotated[Optional[str], typer.Option("--em-data", help="exact_match: GSM8K-layout JSONL (default: shared GSM8K test).")] = None,
-    prompts: Annotated[Optional[str], typer.Option("--prompts", help="degeneration: JSONL prompts or a documents dataset.")] = None,
+    em_data: Annotated[Optional[str], typer.Option("--em-data", help="exact_match: GSM8K-layout JSONL (e.g. examples/eval/gsm8k_test.jsonl).")] = None,
+    prompts: Annotated[Optional[str], typer.Option("--prompts", help="degeneration and winrate: JSONL prompts (or a documents dataset for degeneration).")] = None,
+    prefs_data: Annotated[Optional[str], typer.Option("--prefs-data", help="prefs: preference pairs (a `data import --format prefs` dataset or JSONL).")] = None,
+    items: Annotated[Optional[str], typer.Option("--items", help="contamination: the eval items to look for (MMLU CSV/dir or JSONL).")] = None,
     train_data: Annotated[Optional[str], typer.Option("--train-data", help="contamination: the training dataset to search.")] = None,
     reward_model: Annotated[Optional[str], typer.Option("--reward-model", help="prefs/winrate: reward model dir (prefs default: MODEL itself).")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="winrate: the model MODEL is compared with.")] = None,
@@ -42,6 +44,7 @@ def eval_cmd(
 
     flags = {"tasks": task, "perplexity.data": ppl_data, "mc.data": mc_data, "mc.shots": shots,
              "mc.choices": choices, "exact_match.data": em_data, "degeneration.prompts": prompts,
+             "winrate.prompts": prompts, "prefs.data": prefs_data, "contamination.data": items,
              "contamination.train": train_data, "prefs.reward_model": reward_model,
              "winrate.reward_model": reward_model, "winrate.baseline": baseline, "batch_size": batch_size, "tokenizer": tokenizer, "device": device}
     if limit is not None:

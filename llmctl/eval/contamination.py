@@ -32,7 +32,7 @@ _WORD = re.compile(r"\w+")
 @dataclass
 class ContaminationConfig:
     train: str = ""  # training dataset (text column, or input_ids + a tokenizer)
-    data: str = "/work/shared/data/eval/mmlu/val"  # eval items: MMLU CSV/dir or JSONL
+    data: str = ""  # eval items (--items): MMLU CSV/dir or JSONL
     fields: list[str] = field(default_factory=lambda: ["question"])  # JSONL fields that make an item's text
     n: int = 13
     limit: int = 0  # eval items (0 = all)

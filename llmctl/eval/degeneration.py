@@ -31,7 +31,7 @@ TASK = "degeneration"
 
 @dataclass
 class DegenerationConfig:
-    prompts: str = "/work/shared/data/sft/alpaca_eval_prompts.jsonl"  # JSONL file or a dataset with `text`
+    prompts: str = ""  # --prompts: JSONL file (e.g. AlpacaEval prompts) or a dataset with `text`
     limit: int = 50
     prompt_words: int = 32  # for documents: the prompt is this many leading words
     max_new_tokens: int = 128

@@ -30,10 +30,10 @@ _NUM = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 
 @dataclass
 class ExactMatchConfig:
-    data: str = "/work/shared/data/sft/gsm8k_test.jsonl"
+    data: str = ""  # --em-data: GSM8K-layout JSONL (question, answer)
     limit: int = 0
     shots: int = 0
-    fewshot_data: str = "/work/shared/data/sft/gsm8k_train.jsonl"
+    fewshot_data: str = ""  # with shots > 0: JSONL of solved examples (e.g. GSM8K train)
     format: str = "plain"  # plain | chat
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy

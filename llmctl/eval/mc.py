@@ -40,7 +40,7 @@ LETTERS = "ABCDEFGH"
 
 @dataclass
 class MCConfig:
-    data: str = "/work/shared/data/eval/mmlu/val"  # CSV, directory of CSVs, JSONL or Parquet
+    data: str = ""  # --mc-data: CSV, directory of CSVs, JSONL or Parquet
     shots: int = 0
     fewshot_data: str = ""  # default: <data>/../dev for an MMLU split directory
     choices: str = "letters"  # letters | text

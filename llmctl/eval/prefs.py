@@ -28,7 +28,7 @@ from llmctl.eval.mc import mean_stderr
 
 @dataclass
 class PrefsConfig:
-    data: str = "/work/shared/data/prefs/hh_rlhf_harmless_base_test.jsonl"
+    data: str = ""  # --prefs-data: prompt/chosen/rejected dataset or JSONL
     reward_model: str = ""  # default: the evaluated MODEL itself is the reward model
     split: str = "val"  # val | all
     val_fraction: float = 0.05
@@ -38,7 +38,7 @@ class PrefsConfig:
 
 @dataclass
 class WinrateConfig:
-    prompts: str = "/work/shared/data/sft/alpaca_eval_prompts.jsonl"
+    prompts: str = ""  # --prompts: JSONL prompts (e.g. AlpacaEval)
     baseline: str = ""  # the other model (llmctl checkpoint or Hugging Face dir)
     reward_model: str = ""
     limit: int = 50

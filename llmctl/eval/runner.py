@@ -81,6 +81,18 @@ class TaskProgress:
         self._p.update(self._task, advance=n, rate=rate)
 
 
+# The data each task reads, and the flag that gives it (no task falls back to a hidden default path).
+REQUIRED = {
+    "perplexity": [("perplexity.data", "--ppl-data")],
+    "mc": [("mc.data", "--mc-data")],
+    "exact_match": [("exact_match.data", "--em-data")],
+    "degeneration": [("degeneration.prompts", "--prompts")],
+    "contamination": [("contamination.train", "--train-data"), ("contamination.data", "--items")],
+    "prefs": [("prefs.data", "--prefs-data")],
+    "winrate": [("winrate.prompts", "--prompts"), ("winrate.baseline", "--baseline")],
+}
+
+
 def _run_task(name: str, lm: Any, cfg: "EvalConfig", progress: TaskProgress) -> tuple[list, list]:
     if name == "prefs":
         return prefs.run_prefs(cfg.model, cfg.prefs, cfg.batch_size, progress, cfg.device)
@@ -102,6 +114,13 @@ def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: 
     if cfg.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     tasks = list(dict.fromkeys(cfg.tasks))
+    for t in tasks:
+        for key, flag in REQUIRED.get(t, ()):
+            section, field_name = key.split(".")
+            if not getattr(getattr(cfg, section), field_name):
+                raise UsageError(f"task {t} needs {flag} (or --set {key}=...)")
+    if "exact_match" in tasks and cfg.exact_match.shots and not cfg.exact_match.fewshot_data:
+        raise UsageError("exact_match with shots > 0 needs --set exact_match.fewshot_data=FILE.jsonl")
     cfg.model = str(Path(model).resolve())
     needs_model = [t for t in tasks if t not in NO_LM_TASKS]
     lm = load_lm(model, cfg.device, cfg.tokenizer or None) if needs_model else None
