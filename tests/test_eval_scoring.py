@@ -201,8 +201,12 @@ def test_bad_inputs_are_usage_errors(tmp_path):
         run_eval(ck, tmp_path / "r1", EvalConfig(tasks=["nope"]))
     with pytest.raises(UsageError, match="task perplexity needs --ppl-data"):
         run_eval(ck, tmp_path / "r2", EvalConfig(tasks=["perplexity"], progress=False))
+    with pytest.raises(UsageError, match="task mc needs --mc-data"):
+        run_eval(ck, tmp_path / "r3", EvalConfig(tasks=["mc"]))
+    cfg = EvalConfig(tasks=["mc"], progress=False)
+    cfg.mc.data = str(tmp_path / "nothing.csv")
     with pytest.raises(UsageError, match="no such model"):
-        run_eval(tmp_path / "missing", tmp_path / "r3", EvalConfig(tasks=["mc"]))
+        run_eval(tmp_path / "missing", tmp_path / "r3", cfg)
     cfg = EvalConfig(tasks=["mc"], progress=False)
     cfg.mc.data = str(tmp_path / "nothing.csv")
     with pytest.raises(UsageError, match="no such multiple-choice"):
