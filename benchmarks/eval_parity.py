@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-# benchmarks/tokenize.py would shadow the standard library's `tokenize` module: drop this folder.
+# a script here named like a standard-library module would shadow it: drop this folder.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import torch  # noqa: E402

@@ -1,6 +1,6 @@
 """Benchmark `llmctl tokenize` against a Hugging Face `tokenizers` byte-level BPE, in the same run.
 
-    .venv/bin/python benchmarks/tokenize.py [--vocab-size 32768] [--sample-mb 100] [--workers 1 2]
+    .venv/bin/python benchmarks/tokenizer.py [--vocab-size 32768] [--sample-mb 100] [--workers 1 2]
 
 Data: all the text ../shared/data holds, as documents: the crawl (extracted and filtered by
 `llmctl filter` when that works, else skipped), TinyStories, GSM8K (question + answer), the
