@@ -20,14 +20,6 @@ per token on the held-out documents, per source.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file's name shadows the standard library's `tokenize` (which `inspect` and `linecache`
-# import) when Python puts benchmarks/ first on sys.path; take that entry out before anything else.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
 import argparse
 import gzip
 import json
@@ -37,7 +29,9 @@ import resource
 import shutil
 import queue
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
