@@ -27,9 +27,9 @@ def tinystories() -> None:
     if cur:
         docs.append("\n\n".join(cur))
     (EX / "text").mkdir(exist_ok=True)
-    with gzip.open(EX / "text" / "tinystories.jsonl.gz", "wt", encoding="utf-8", compresslevel=9) as f:
-        f.write("".join(json.dumps({"id": f"tinystories-{i:05d}", "text": d, "source": "tinystories-valid"}) + "\n"
-                        for i, d in enumerate(docs)))
+    body = "".join(json.dumps({"id": f"tinystories-{i:05d}", "text": d, "source": "tinystories-valid"}) + "\n"
+                   for i, d in enumerate(docs))
+    (EX / "text" / "tinystories.jsonl.gz").write_bytes(gzip.compress(body.encode("utf-8"), compresslevel=9, mtime=0))
 
 
 def gsm8k(n_train: int = 1000, n_test: int = 50) -> None:
@@ -41,6 +41,12 @@ def gsm8k(n_train: int = 1000, n_test: int = 50) -> None:
             out.write(json.dumps({"prompt": row["question"], "response": row["answer"]}) + "\n")
     with open(SHARED / "sft" / "gsm8k_test.jsonl") as f, open(EX / "eval" / "gsm8k_test.jsonl", "w") as out:
         for i, line in zip(range(n_test), f):
+            out.write(line)
+
+
+def alpaca_prompts(n: int = 40) -> None:
+    with open(SHARED / "sft" / "alpaca_eval_prompts.jsonl") as f, open(EX / "eval" / "alpaca_eval_prompts.jsonl", "w") as out:
+        for i, line in zip(range(n), f):
             out.write(line)
 
 
@@ -63,5 +69,6 @@ def mmlu(subjects=("high_school_geography", "marketing", "world_religions")) -> 
 if __name__ == "__main__":
     tinystories()
     gsm8k()
+    alpaca_prompts()
     prefs()
     mmlu()

@@ -13,7 +13,8 @@ written to ROOT/_configs/STAGE.yaml and passed as `--config`::
         run: tokenize train ${filter} -o ${out} --vocab-size 2000
 
 A stage is skipped when its output has a manifest and the stage's signature (its resolved
-command line, its config, and the fingerprints of the manifests it reads) equals the one recorded
+command line, its config, the manifests of the stages it reads and the fingerprints of the files
+outside ROOT its command line names) equals the one recorded
 when it last succeeded, so an edit to one stage's config re-runs that stage and the ones after
 it, and nothing else (a stale stage's old output is replaced: `--overwrite` is passed). The first
 failure stops the run, naming the stage.
@@ -32,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from llmctl.datasets import MANIFEST, atomic_write_json, canonical_json
+from llmctl.datasets import MANIFEST, atomic_write_json, canonical_json, fingerprint_file
 from llmctl.errors import UsageError
 
 _REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
@@ -100,12 +101,25 @@ def stage_args(stage: Stage, root: Path) -> list[str]:
     return args
 
 
+def _file_inputs(args: list[str], root: Path) -> dict[str, str]:
+    """Fingerprints of the files and folders outside ROOT a stage's command line names."""
+    out = {}
+    for a in args:
+        p = Path(a)
+        if not p.exists() or root.resolve() in p.resolve().parents or p.resolve() == root.resolve():
+            continue
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+        out[a] = hashlib.sha256("".join(f"{f}:{fingerprint_file(f)};" for f in files).encode()).hexdigest()
+    return out
+
+
 def _signature(stage: Stage, args: list[str], root: Path) -> str:
     parents = {}
     for ref in stage.refs:
         m = root / ref / MANIFEST
         parents[ref] = hashlib.sha256(m.read_bytes()).hexdigest() if m.is_file() else None
-    return hashlib.sha256(canonical_json({"args": args, "config": stage.config, "parents": parents}).encode()).hexdigest()
+    body = {"args": args, "config": stage.config, "parents": parents, "files": _file_inputs(args, root)}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
 def _state_path(root: Path, stage: Stage) -> Path:

@@ -66,3 +66,12 @@ def test_bad_pipeline_files(tmp_path):
         load_pipeline(f)
     with pytest.raises(UsageError, match="not found"):
         load_pipeline(tmp_path / "nope.yaml")
+
+
+def test_changed_input_file_reruns_the_stages_that_read_it(tmp_path):
+    f = setup(tmp_path)
+    root = tmp_path / "run"
+    run_pipeline(f, root, echo=lambda m: None)
+    write_warc_gz(tmp_path / "c.warc.gz", [response_record("https://e.org/new", html_page(GOOD_PARAGRAPHS * 3, "new"))])
+    assert statuses(run_pipeline(f, root, echo=lambda m: None)) == {"first": "ran", "second": "ran", "unrelated": "ran"}
+    assert Dataset.open(root / "first").manifest["stats"]["documents_read"] == 1
