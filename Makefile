@@ -1,4 +1,10 @@
 # llmctl: `make demo` and `make test` do all their own set-up on a fresh machine.
+#
+#   make demo                     the whole pipeline (pipelines/toy.yaml) on the bundled example data + report
+#   make test                     the test suite
+#   make eval                     one stage (and whatever it needs that is out of date); likewise
+#                                 make filter | tokenize | pretrain | sft | reward | dpo | report
+#   make eval PIPELINE=pipelines/small.yaml OUT=out/small    another pipeline, another run root
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,10 +14,11 @@ STAMP := $(VENV)/.llmctl-installed
 # a multi-GB CUDA build). Elsewhere, e.g.: make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_CPU ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
-OUT ?= out/demo
 PIPELINE ?= pipelines/toy.yaml
+OUT ?= out/demo
+RUN = $(LLMCTL) run $(PIPELINE) -o $(OUT)
 
-.PHONY: install demo test filter clean
+.PHONY: install demo test report clean filter tokenize pretrain sft reward dpo eval
 
 install: $(STAMP)
 
@@ -24,17 +31,48 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $(STAMP)
 
-# The whole pipeline on the bundled example corpus (examples/crawl: a slice of a real crawl).
+# The whole pipeline on the bundled example data (examples/: a real crawl file, TinyStories,
+# GSM8K, HH-RLHF and MMLU slices), then the HTML report. About a minute on 2 CPU cores.
 demo: install
-	$(LLMCTL) filter examples/crawl -o $(OUT)/filtered
+	$(RUN)
+	$(LLMCTL) report $(OUT)
 
 # The test suite. pytest's exit code 5 (no tests collected) fails this target like any other.
 test: install
 	$(PY) -m pytest -q
 
-filter: $(OUT)/filtered/_manifest.json
-$(OUT)/filtered/_manifest.json: install
-	$(LLMCTL) filter examples/crawl -o $(OUT)/filtered
+# One recipe per stage; each target is the stage's manifest, so `make eval` re-runs only what
+# is out of date (and `llmctl run` itself skips a stage whose config and inputs did not change).
+filter: $(OUT)/filter/_manifest.json
+tokenize: $(OUT)/tokens/_manifest.json
+pretrain: $(OUT)/pretrain/_manifest.json
+sft: $(OUT)/sft/_manifest.json
+reward: $(OUT)/reward/_manifest.json
+dpo: $(OUT)/dpo/_manifest.json
+eval: $(OUT)/eval/_manifest.json
+report: eval
+	$(LLMCTL) report $(OUT)
+
+$(OUT)/filter/_manifest.json: $(STAMP) $(PIPELINE)
+	$(RUN) --only filter && touch $@
+$(OUT)/tokenizer/_manifest.json: $(OUT)/filter/_manifest.json
+	$(RUN) --only tokenizer && touch $@
+$(OUT)/tokens/_manifest.json: $(OUT)/filter/_manifest.json $(OUT)/tokenizer/_manifest.json
+	$(RUN) --only tokens && touch $@
+$(OUT)/pretrain/_manifest.json: $(OUT)/tokens/_manifest.json
+	$(RUN) --only pretrain && touch $@
+$(OUT)/sft_data/_manifest.json: $(STAMP) $(PIPELINE)
+	$(RUN) --only sft_data && touch $@
+$(OUT)/sft/_manifest.json: $(OUT)/sft_data/_manifest.json $(OUT)/pretrain/_manifest.json
+	$(RUN) --only sft && touch $@
+$(OUT)/prefs/_manifest.json: $(STAMP) $(PIPELINE)
+	$(RUN) --only prefs && touch $@
+$(OUT)/reward/_manifest.json: $(OUT)/prefs/_manifest.json $(OUT)/sft/_manifest.json
+	$(RUN) --only reward && touch $@
+$(OUT)/dpo/_manifest.json: $(OUT)/prefs/_manifest.json $(OUT)/sft/_manifest.json
+	$(RUN) --only dpo && touch $@
+$(OUT)/eval/_manifest.json: $(OUT)/dpo/_manifest.json $(OUT)/reward/_manifest.json $(OUT)/tokens/_manifest.json
+	$(RUN) --only eval && touch $@
 
 clean:
 	rm -rf out .pytest_cache

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/tokenize.py would shadow the standard library's tokenize module
+# a script here named like a standard-library module would shadow it
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 ROOT = Path(__file__).resolve().parents[1]
