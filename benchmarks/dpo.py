@@ -137,7 +137,7 @@ def main() -> None:
     batches = [next(order) for _ in range(a.steps)]
     run_dpo(data, work / "ck", work / "run", cfg)
     ours = [json.loads(ln) for ln in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-    ours = [r for r in ours if "loss" in r and "m_rewards/chosen" in r]
+    ours = [r for r in ours if "loss" in r and "rewards/chosen" in r]
 
     # TRL, fed the same ids in the same order
     pinned = work / "trl_pairs.jsonl"
@@ -162,7 +162,7 @@ def main() -> None:
     worst_first, worst_all, worst_rel = 0.0, 0.0, 0.0  # loss/rewards: absolute; logps (sums of ~100s): relative
     for s, (o, h) in enumerate(zip(ours, trl["logs"]), 1):
         for name in METRICS:
-            mine = o["loss"] if name == "loss" else o[f"m_{name}"]
+            mine = o["loss"] if name == "loss" else o[name]
             diff = abs(mine - h[name])
             if name.startswith("logps/"):
                 worst_rel = max(worst_rel, diff / max(abs(h[name]), 1e-12))

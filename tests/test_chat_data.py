@@ -92,4 +92,4 @@ def test_cli_import_sft_reward_score_dpo(tmp_path):
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "dpo" / "_manifest.json").read_text())
     assert man["config"]["beta"] == 0.2 and man["config"]["loss_type"] == "ipo"
-    assert "m_rewards/accuracies" in json.loads((tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "rewards/accuracies" in json.loads((tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()[0])

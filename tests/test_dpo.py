@@ -110,7 +110,7 @@ def test_dpo_raises_held_out_reward_accuracy(tmp_path, cache_ref):
     assert summary["val_rewards/margins"] > 0
     rec = [json.loads(ln) for ln in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert rec[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # first step: policy == reference
-    assert rec[0]["m_rewards/chosen"] == pytest.approx(0, abs=1e-6)
+    assert rec[0]["rewards/chosen"] == pytest.approx(0, abs=1e-6)
 
 
 def test_dpo_resume_continues_exactly(tmp_path):

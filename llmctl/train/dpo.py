@@ -11,8 +11,8 @@ training (one forward per pair, the reference then freed), so a run of E epochs 
 reference passes and the reference's memory: the figure for a policy twice the size of a GPU's
 spare memory. The cache is deterministic and not stored: a resume recomputes it.
 
-Loss and metrics: `llmctl.train.dpo_loss` (sigmoid, robust, IPO; TRL's metric names). The loop
-prefixes step metrics with `m_` in metrics.jsonl (`m_rewards/accuracies`); held-out metrics are
+Loss and metrics: `llmctl.train.dpo_loss` (sigmoid, robust, IPO; TRL's metric names). Step
+metrics go to metrics.jsonl under those names (`rewards/accuracies`, ...); held-out metrics are
 `val_rewards/accuracies` etc.
 """
 

@@ -148,12 +148,17 @@ def _scalar(v: Any) -> float:
     return float(v.detach().float().item()) if torch.is_tensor(v) else float(v)
 
 
+# What the loop itself logs each step; a loss function's own metrics (TRL's names for DPO:
+# rewards/chosen, ...; accuracy and margin for the reward model) sit beside them, unprefixed.
+CORE_KEYS = frozenset({"step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed_s", "mfu"})
+
+
 def _log_line(rec: dict[str, Any], steps: int) -> str:
     parts = [f"step {rec['step']:>5}/{steps}", f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}",
              f"gnorm {rec['grad_norm']:.3f}", f"{rec['tokens_per_s']:,.0f} tok/s"]
     if rec.get("mfu") is not None:
         parts.append(f"mfu {100 * rec['mfu']:.1f}%")
-    extra = [f"{k} {v:.4f}" for k, v in rec.items() if k.startswith(("val_", "m_"))]
+    extra = [f"{k} {v:.4f}" for k, v in rec.items() if k not in CORE_KEYS and isinstance(v, (int, float))]
     return " | ".join(parts + extra)
 
 
@@ -266,7 +271,9 @@ def train(
             red = torch.tensor([loss_sum.item() / accum, step_tokens, *extra.values()], dtype=torch.float64)
             D.all_reduce_sum(red)
             loss_val, step_tokens = red[0].item() / d.world, int(red[1].item())
-            extra = {f"m_{k}": v / d.world for k, v in zip(extra, red[2:].tolist())}
+            extra = {k: v / d.world for k, v in zip(extra, red[2:].tolist())}
+            clash = set(extra) & CORE_KEYS
+            assert not clash, f"a loss function's metric shadows a loop metric: {clash}"
             gn = float(grad_norm)
             if not (math.isfinite(loss_val) and math.isfinite(gn)):
                 where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was saved yet"
