@@ -3,6 +3,8 @@ and the ones after it, the first failure stops the run naming the stage."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from llmctl.datasets import Dataset
@@ -75,3 +77,24 @@ def test_changed_input_file_reruns_the_stages_that_read_it(tmp_path):
     write_warc_gz(tmp_path / "c.warc.gz", [response_record("https://e.org/new", html_page(GOOD_PARAGRAPHS * 3, "new"))])
     assert statuses(run_pipeline(f, root, echo=lambda m: None)) == {"first": "ran", "second": "ran", "unrelated": "ran"}
     assert Dataset.open(root / "first").manifest["stats"]["documents_read"] == 1
+
+
+@pytest.mark.parametrize("path", sorted(Path("pipelines").glob("*.yaml")))
+def test_shipped_pipelines_parse_with_the_real_cli(path, tmp_path):
+    """Every stage of every shipped pipeline is a command line the CLI accepts (parsed, not run)."""
+    import typer
+
+    from llmctl.cli import app
+    from llmctl.pipeline import stage_args
+
+    if path.name == "filter.yaml":  # a stage config, not a pipeline (tests/test_config.py)
+        return
+    root_cmd = typer.main.get_command(app)
+    for stage in load_pipeline(path).stages:
+        args = stage_args(stage, tmp_path)
+        cmd, ctx_args, parent, name = root_cmd, list(args), None, "llmctl"
+        while hasattr(cmd, "resolve_command"):
+            ctx = cmd.make_context(cmd.name or "llmctl", list(ctx_args), parent=parent, resilient_parsing=True)
+            name, cmd, ctx_args = cmd.resolve_command(ctx, list(getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", [])) + ctx.args)
+            parent = ctx
+        cmd.make_context(name, list(ctx_args), parent=parent)  # raises on an unknown flag or a bad value
