@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import time
 from pathlib import Path

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from llmctl.model import Transformer, preset_config
-from llmctl.train.loop import TrainConfig, build_optimizer, train
+from llmctl.train.loop import TrainConfig, train
 from llmctl.train.pretrain import PackedBatches, lm_loss
 
 VOCAB, SEQ, BATCH = 8192, 256, 16

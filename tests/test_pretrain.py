@@ -12,7 +12,7 @@ from llmctl import config as C
 from llmctl.checkpoint import load_checkpoint, resolve_checkpoint
 from llmctl.cli import app
 from llmctl.errors import UsageError
-from llmctl.model import ModelConfig, Transformer, cross_entropy
+from llmctl.model import ModelConfig, Transformer
 from llmctl.train.loop import TrainConfig, TrainingDiverged, build_optimizer, lr_at, train
 from llmctl.train.pretrain import PackedBatches, PretrainConfig, lm_loss, pretrain
 from pretrain_helpers import make_tokenizer, write_token_rows, write_tokens

@@ -33,16 +33,14 @@ import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llmctl.data import dedup as D
-from llmctl.data.document import DOCUMENT_SCHEMA, REJECTED_SCHEMA
-from llmctl.datasets import MANIFEST, RUN_STATE, Dataset, StageOutput
-from llmctl.executor import Reporter, run_tasks
+from llmctl.datasets import MANIFEST, RUN_STATE, StageOutput
+from llmctl.executor import Reporter
 
 MAX_SPANS_PER_PASS = 16_000_000
 SPAN_SCHEMA = pa.schema([("hash", pa.uint64()), ("row", pa.uint32()), ("pos", pa.uint32())])

@@ -17,7 +17,6 @@ Memory: the token ids of the training split are held in RAM as int32 (4 bytes/to
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,14 @@ import pyarrow.compute as pc
 import torch
 
 from llmctl import __version__
-from llmctl.config import output_fields, to_dict
+from llmctl.config import to_dict
 from llmctl.datasets import MANIFEST, Dataset, atomic_write_json, now_iso
 from llmctl.errors import UsageError
 from llmctl.model import ModelConfig, Transformer, cross_entropy, preset_config
 from llmctl.train import distributed as D
-from llmctl.train.loop import CHECKPOINTS, TrainConfig, train
+from llmctl.train.loop import TrainConfig, train
+from llmctl.train.run_dir import prepare_run_dir
 
-RUN_STATE = "_run.json"
 
 
 @dataclass
@@ -175,30 +174,6 @@ def make_evaluate(flat: np.ndarray, offsets: np.ndarray, cfg: PretrainConfig, eo
 # ----------------------------------------------------------------------------- the stage
 
 
-def _prepare_run_dir(run_dir: Path, cfg: PretrainConfig, inputs: list[dict], resume: bool, overwrite: bool) -> None:
-    state = {"stage": "pretrain", "config": output_fields(cfg), "inputs": [i["fingerprint"] for i in inputs]}
-    has_run = (run_dir / RUN_STATE).is_file() or (run_dir / MANIFEST).is_file() or (run_dir / CHECKPOINTS).is_dir()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: exists and is not a directory")
-    if has_run and overwrite:
-        import shutil
-
-        shutil.rmtree(run_dir)
-    elif has_run and not resume:
-        raise UsageError(f"{run_dir}: holds a training run; pass --resume to continue it or --overwrite to replace it")
-    elif has_run:
-        old = json.loads((run_dir / RUN_STATE).read_text()) if (run_dir / RUN_STATE).is_file() else {}
-        if old and old != state:
-            changed = [k for k in state["config"] if state["config"][k] != old.get("config", {}).get(k)]
-            raise UsageError(f"{run_dir}: cannot resume with a different config or input (changed: "
-                             f"{', '.join(changed) or 'inputs'}); use another run dir or --overwrite")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
-        raise UsageError(f"{run_dir}: directory is not empty and holds no llmctl run; choose another path")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / MANIFEST).unlink(missing_ok=True)
-    atomic_write_json(run_dir / RUN_STATE, state)
-
-
 def pretrain(tokens: str | Path, tokenizer_dir: str | Path, run_dir: str | Path, cfg: PretrainConfig,
              resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train a model from scratch on a token dataset; returns the run summary (also in _manifest.json)."""
@@ -214,7 +189,7 @@ def pretrain(tokens: str | Path, tokenizer_dir: str | Path, run_dir: str | Path,
     accum = cfg.train.grad_accum(d.world)
     inputs = [ds.lineage(), tok.lineage()]
     if d.master:
-        _prepare_run_dir(run_dir, cfg, inputs, resume, overwrite)
+        prepare_run_dir(run_dir, "pretrain", cfg, inputs, resume, overwrite)
     D.barrier()
 
     flat, offsets = load_token_split(ds, "train")

@@ -13,13 +13,11 @@ and its <|end|>); prompt, role markers, padding and the first token of each exam
 A micro-batch with no trained token raises instead of returning a silent zero. Under gradient
 accumulation the loop averages the micro-batch means (each micro-batch weighs the same).
 
-`prepare_run_dir`, `load_start` and `run_training` are the stage plumbing reward and DPO share.
+`load_start` and `run_training` are the stage plumbing reward and DPO share (the run directory: llmctl.train.run_dir).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,12 +25,13 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from llmctl.config import output_fields, to_dict
+from llmctl.config import to_dict
 from llmctl.data.chat_data import Encoded, ItemBatches, encode_conversation, read_rows, sft_conversations, split_of
-from llmctl.datasets import MANIFEST, RUN_STATE, atomic_write_json, fingerprint_file, now_iso
+from llmctl.datasets import MANIFEST, atomic_write_json, fingerprint_file, now_iso
 from llmctl.errors import UsageError
 from llmctl.train import distributed as D
-from llmctl.train.loop import CHECKPOINTS, TrainConfig, train
+from llmctl.train.loop import TrainConfig, train
+from llmctl.train.run_dir import prepare_run_dir
 
 IGNORE = -100
 
@@ -145,28 +144,6 @@ def encode_sft(tok: Any, rows: list[dict[str, Any]], max_len: int, val_fraction:
 
 
 # ----------------------------------------------------------------------------- stage plumbing (shared)
-
-
-def prepare_run_dir(run_dir: Path, stage: str, cfg: Any, inputs: list[dict], resume: bool, overwrite: bool) -> None:
-    """Fresh, resumable (same config + inputs) or refused; `--overwrite` replaces."""
-    state = {"stage": stage, "config": output_fields(cfg), "inputs": [i["fingerprint"] for i in inputs]}
-    has_run = any((run_dir / n).exists() for n in (RUN_STATE, MANIFEST, CHECKPOINTS))
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: exists and is not a directory")
-    if has_run and overwrite:
-        shutil.rmtree(run_dir)
-    elif has_run and not resume:
-        raise UsageError(f"{run_dir}: holds a training run; pass --resume to continue it or --overwrite to replace it")
-    elif has_run:
-        old = json.loads((run_dir / RUN_STATE).read_text()) if (run_dir / RUN_STATE).is_file() else {}
-        if old and old != state:
-            raise UsageError(f"{run_dir}: cannot resume with a different config or input; use another run dir "
-                             "or --overwrite")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
-        raise UsageError(f"{run_dir}: directory is not empty and holds no llmctl run; choose another path")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / MANIFEST).unlink(missing_ok=True)
-    atomic_write_json(run_dir / RUN_STATE, state)
 
 
 def load_start(ckpt: str | Path) -> tuple[Any, Any, Any, dict[str, Any]]:

@@ -1,5 +1,5 @@
 """Build tests/data/quality_{hq,lq}.jsonl.gz from ../shared/data/crawl (see tests/data/README.md)."""
-import gzip, json, sys
+import gzip, json
 from pathlib import Path
 from llmctl.data.extract import ExtractConfig, read_input, make_id, Document
 CRAWL = Path("/work/shared/data/crawl")
