@@ -125,6 +125,9 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
 
 
 def run_llmctl(paths: list[str], out: Path, workers: int, verify: str = "jaccard") -> tuple[set[str], float, float]:
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # a finished output with the same config would be reused, not timed
     cmd = [sys.executable, "-m", "llmctl", "filter", *paths, "-o", str(out), "--overwrite", "-w", str(workers),
            "--no-c4", "--no-gopher", "--no-pii", "--no-c4-span", "--set", f"dedup.verify={verify}"]
     secs, mb = timed(cmd)
