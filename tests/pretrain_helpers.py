@@ -15,7 +15,7 @@ from llmctl.datasets import StageOutput
 from llmctl.tokenizer import Tokenizer
 
 _LOCAL = Path(__file__).parent / "data" / "tinystories_valid_head_300k.txt"  # see data/README.md
-TINYSTORIES = _LOCAL if _LOCAL.is_file() else Path("/work/shared/data/tinystories/tinystories_valid_head.txt")
+TINYSTORIES = _LOCAL
 TOKENS_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("split", pa.string())])
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -268,19 +267,15 @@ def test_badwords_fast_matcher_equals_tfds_regex():
 def test_badwords_fast_matcher_on_real_text():
     from pathlib import Path
 
-    path = Path("/work/shared/data/tinystories/tinystories_valid_head.txt")
-    if not path.exists():
-        pytest.skip("shared TinyStories sample not available")
+    path = Path(__file__).parent / "data" / "tinystories_valid_head_300k.txt"  # see data/README.md
     regex = badwords_regex(load_badwords())
     fast = BadWords(load_badwords())
     for para in path.read_text(encoding="utf-8").split("\n\n")[:2000]:
         assert (fast.find(para.lower()) is not None) == _regex_hit(regex, para)
 
 
-def test_c4_speed_on_a_long_page():
+def test_c4_on_a_long_page():
+    """A ~110k-word page runs through every rule (speed is measured by benchmarks/filter.py, not here)."""
     page = "\n".join((STORY * 3000)[:10000])  # ~ 110k words, 10k lines
-    start = time.perf_counter()
     reason, doc, _ = run(page)
-    elapsed = time.perf_counter() - start
     assert reason is None
-    assert elapsed < 1.0, elapsed

@@ -7,7 +7,6 @@ ROXY is a real story from TinyStories (Eldan & Li 2023), copied from
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 
 import pytest
@@ -281,16 +280,13 @@ def _long_page(n_words: int, seed: int = 0) -> str:
     return "\n\n".join(paras)
 
 
-def test_speed_on_50k_word_pages():
+def test_50k_word_pages():
+    """Long pages run through every rule (speed: benchmarks/filter.py, not a timed test)."""
     page = _long_page(50_000)
-    start = time.perf_counter()
     assert quality(page) is None
     assert repetition(page) is None
-    assert time.perf_counter() - start < 1.0
     # Worst case for the n-gram scans: a highly repeated page with every rule run to the end.
     page = " ".join([ROXY] * 230)  # ~ 50k words
     ones = {"dup_line_frac": 0, "dup_para_frac": 0, "dup_line_char_frac": 0, "dup_para_char_frac": 0}
-    start = time.perf_counter()
     assert repetition(page, **ones, top_n_grams=[[2, 1], [3, 1], [4, 1]],
                       dup_n_grams=[[n, 1.0] for n in range(5, 11)]) is None
-    assert time.perf_counter() - start < 1.0
