@@ -2,7 +2,7 @@
 llmctl filter (exact + MinHash) against datatrove's 4-stage MinHash on the same JSONL.
 
 Labelled set, built from ../shared/data/crawl: the extracted text of every original page (50+
-words, none within Jaccard 0.5 of another). Scale k copies it k times with every word suffixed by the copy number, so
+words, none within Jaccard 0.5 of another). Scale k copies it k times with every word suffixed by a letter code of the copy, so
 copies share no shingle and the corpus grows with realistic document sizes. Into each copy we
 plant 5% exact duplicates (case and whitespace changed), and near duplicates made by replacing
 random words, at true 5-gram Jaccard levels measured after the edit: 5% each above the 0.8
@@ -77,6 +77,15 @@ def near_copy(text: str, target: float, rng: random.Random, n: int = 5) -> tuple
     return out, j
 
 
+def _letters(k: int) -> str:
+    out = ""
+    while True:
+        k, r = divmod(k, 26)
+        out = "abcdefghijklmnopqrstuvwxyz"[r] + out
+        if k == 0:
+            return out
+
+
 def build(pages: list[str], scale: int, d: Path, seed: int = 0) -> dict:
     """JSONL shards (one per copy) + labels: id -> (kind, dup_of, jaccard)."""
     rng = random.Random(seed)
@@ -85,7 +94,8 @@ def build(pages: list[str], scale: int, d: Path, seed: int = 0) -> dict:
     for k in range(scale):
         docs = []
         for i, t in enumerate(pages):
-            text = t if k == 0 else " ".join(f"{w}{k}" for w in t.split(" "))
+            # a letter suffix: datatrove's normalization maps digits to 0, so "word1" and "word2" would be equal
+            text = t if k == 0 else " ".join(f"{w}q{_letters(k)}" for w in t.split(" "))
             docs.append({"id": f"c{k}-{i}", "text": text})
             labels[f"c{k}-{i}"] = ("original", None, 0.0)
         m = len(pages) // 20

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402  (a test dependency: .[test])
 
 from llmctl.errors import TaskFailed  # noqa: E402
 from llmctl.executor import run_tasks  # noqa: E402
