@@ -116,12 +116,25 @@ def build(pages: list[str], scale: int, d: Path, seed: int = 0) -> dict:
 
 
 def score(labels: dict, removed: set[str], threshold: float = 0.8) -> dict:
-    dup = [i for i, (kind, _, j) in labels.items() if kind == "exact" or (kind == "near" and j >= threshold)]
-    distinct = [i for i in labels if i not in set(dup)]
-    tp = sum(i in removed for i in dup)
-    fp = sum(i in removed for i in distinct)
-    return {"recall": round(tp / max(1, len(dup)), 4), "precision": round(tp / max(1, tp + fp), 4),
-            "distinct_removed_frac": round(fp / max(1, len(distinct)), 4), "duplicates": len(dup), "distinct": len(distinct)}
+    """Cluster-level scoring: which copy of a duplicate group a tool keeps is its own choice.
+
+    A group is an original plus its planted copies at Jaccard >= threshold; keeping exactly one of
+    its members is right. Removals within a group count towards recall up to |group| - 1; removing
+    every member, or any document that is in no group (the originals without copies and the copies
+    below the threshold), is a false removal.
+    """
+    groups: dict[str, list[str]] = {}
+    for i, (kind, dup_of, j) in labels.items():
+        if kind == "exact" or (kind == "near" and j >= threshold):
+            groups.setdefault(dup_of, [dup_of]).append(i)
+    in_group = {m for g in groups.values() for m in g}
+    wanted = sum(len(g) - 1 for g in groups.values())
+    tp = sum(min(sum(m in removed for m in g), len(g) - 1) for g in groups.values())
+    fp = sum(all(m in removed for m in g) for g in groups.values()) + sum(
+        i in removed for i in labels if i not in in_group)
+    distinct = len(groups) + sum(1 for i in labels if i not in in_group)
+    return {"recall": round(tp / max(1, wanted), 4), "precision": round(tp / max(1, tp + fp), 4),
+            "distinct_removed_frac": round(fp / max(1, distinct), 4), "duplicates": wanted, "distinct": distinct}
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
