@@ -39,7 +39,7 @@ demo: install
 
 # The test suite. pytest's exit code 5 (no tests collected) fails this target like any other.
 test: install
-	$(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
 # One recipe per stage; each target is the stage's manifest, so `make eval` re-runs only what
 # is out of date (and `llmctl run` itself skips a stage whose config and inputs did not change).
