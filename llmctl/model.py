@@ -269,10 +269,16 @@ class Transformer(nn.Module):
         doc_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         return_hidden: bool = False,
+        keep: torch.Tensor | None = None,
     ):
-        """Logits (B, T, vocab) in fp32; with `return_hidden=True`, (logits, hidden)."""
+        """Logits (B, T, vocab) in fp32; with `return_hidden=True`, (logits, hidden).
+
+        `keep` (a (B, T) bool mask) computes the lm head only where it is True and returns (N, vocab)
+        logits in row-major order: DPO needs log-probs of response tokens only, and on preference
+        data the prompt is most of each row, so this skips most of the head and its softmax.
+        """
         h = self.hidden_states(input_ids, positions, doc_ids, kv_cache)
-        logits = self.lm_head(h).float()
+        logits = self.lm_head(h if keep is None else h[keep]).float()
         return (logits, h) if return_hidden else logits
 
     # -- derived figures printed at start

@@ -15,7 +15,7 @@ from llmctl.data.chat_data import encode_pair, to_messages
 from llmctl.errors import UsageError
 from llmctl.model import ModelConfig, Transformer
 from llmctl.train.dpo import DPOConfig, collate_dpo, make_dpo_loss, run_dpo
-from llmctl.train.dpo_loss import dpo_loss, sequence_logps
+from llmctl.train.dpo_loss import dpo_loss, response_logps, sequence_logps
 
 PC = torch.tensor([-10.0, -20.5, -3.0], dtype=torch.float64)
 PR = torch.tensor([-12.0, -19.0, -3.5], dtype=torch.float64)
@@ -70,6 +70,24 @@ def test_sequence_logps_sum_response_tokens_only():
             assert got[i].item() == pytest.approx(want, abs=1e-4)
 
 
+@pytest.mark.parametrize("average", [False, True])
+def test_response_logps_equal_the_full_head_and_its_gradient(average):
+    """The lm head on labelled positions only gives the full computation's log-probs and gradients."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=16, max_seq_len=32))
+    ids = torch.randint(0, 64, (3, 12))
+    labels = torch.full_like(ids, -100)
+    labels[0, 5:9], labels[1, 2:11], labels[2, 7:8] = ids[0, 6:10], ids[1, 3:12], ids[2, 8:9]
+    full = sequence_logps(model(ids), labels, average=average)
+    full.sum().backward()
+    g_full = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    part = response_logps(model, ids, labels, average=average)
+    part.sum().backward()
+    assert torch.allclose(part, full, atol=1e-5)
+    assert torch.allclose(model.lm_head.weight.grad, g_full, atol=1e-5)
+
+
 def test_first_step_with_policy_equal_to_reference_is_log2_with_zero_rewards():
     tok = tokenizer()
     torch.manual_seed(0)
@@ -86,7 +104,7 @@ def test_first_step_with_policy_equal_to_reference_is_log2_with_zero_rewards():
     assert policy.embed_tokens.weight.grad is not None and ref.embed_tokens.weight.grad is None
     # cached reference log-probs give the same loss as running the reference
     with torch.no_grad():
-        ref_lp = sequence_logps(ref(b["input_ids"]), b["labels"])
+        ref_lp = response_logps(ref, b["input_ids"], b["labels"])
     loss2, _ = make_dpo_loss(DPOConfig(beta=0.1), None)(policy, {**b, "ref_logps": ref_lp})
     assert loss2.item() == pytest.approx(loss.item(), abs=1e-7)
 

@@ -28,7 +28,7 @@ import torch
 from llmctl.data.chat_data import Encoded, ItemBatches, read_rows
 from llmctl.errors import UsageError
 from llmctl.train import distributed as D
-from llmctl.train.dpo_loss import LOSS_TYPES, dpo_loss, dpo_metrics, sequence_logps
+from llmctl.train.dpo_loss import LOSS_TYPES, dpo_loss, dpo_metrics, response_logps
 from llmctl.train.loop import TrainConfig
 from llmctl.train.reward import collate_pairs, encode_prefs
 from llmctl.train.sft import IGNORE, load_start, run_training
@@ -75,13 +75,13 @@ def make_dpo_loss(cfg: DPOConfig, ref: torch.nn.Module | None):
     average = cfg.loss_type == "ipo"
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        logps = sequence_logps(model(batch["input_ids"]), batch["labels"], average=average)
+        logps = response_logps(model, batch["input_ids"], batch["labels"], average=average)
         if "ref_logps" in batch:
             ref_logps = batch["ref_logps"]
         else:
             assert ref is not None
             with torch.no_grad():
-                ref_logps = sequence_logps(ref(batch["input_ids"]), batch["labels"], average=average)
+                ref_logps = response_logps(ref, batch["input_ids"], batch["labels"], average=average)
         n = logps.shape[0] // 2
         losses, rc, rr = dpo_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], cfg.beta, cfg.loss_type,
                                   cfg.label_smoothing)
@@ -98,7 +98,7 @@ def reference_logps(ref: torch.nn.Module, pairs: list, micro_batch: int, pad_id:
     for s in range(0, len(pairs), micro_batch):
         b = collate_dpo(pairs[s:s + micro_batch], pad_id)
         with autocast():
-            lp = sequence_logps(ref(b["input_ids"].to(device)), b["labels"].to(device), average=average)
+            lp = response_logps(ref, b["input_ids"].to(device), b["labels"].to(device), average=average)
         n = lp.shape[0] // 2
         out.append(torch.stack([lp[:n], lp[n:]], dim=1).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 2)

@@ -31,6 +31,16 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     return total / mask.sum(-1).clamp(min=1) if average else total
 
 
+def response_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+                   average: bool = False) -> torch.Tensor:
+    """`sequence_logps(model(input_ids), labels)` with the lm head run on labelled positions only."""
+    mask = labels != ignore_index
+    logits = model(input_ids, keep=mask)  # (N, vocab): the labelled positions, row-major
+    logp = torch.gather(F.log_softmax(logits.float(), dim=-1), -1, labels[mask].unsqueeze(-1)).squeeze(-1)
+    total = torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add(0, mask.nonzero()[:, 0], logp)
+    return total / mask.sum(-1).clamp(min=1) if average else total
+
+
 def dpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
