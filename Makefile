@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The whole pipeline on the bundled example data (examples/: a real crawl file, TinyStories,
-# GSM8K, HH-RLHF and MMLU slices), then the HTML report. About a minute on 2 CPU cores.
+# GSM8K, HH-RLHF and MMLU slices), then the HTML report. About two minutes on 2 CPU cores.
 demo: install
 	$(RUN)
 	$(LLMCTL) report $(OUT)
