@@ -33,6 +33,7 @@ import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -103,6 +104,22 @@ class SigTask:
     @property
     def name(self) -> str:
         return f"sig-{self.g:05d}"
+
+
+def _write_per_output_shard(out: StageOutput, shards: list, per_out: dict[int, list[tuple]], schema: pa.Schema,
+                            prefix: str) -> list[dict[str, Any]]:
+    """One Parquet file of sorted decision rows (columns in `schema` order) per output shard."""
+    files = []
+    for sh in shards:
+        if sh.out_index is None:
+            continue
+        rows = sorted(per_out.get(sh.out_index, []))
+        table = pa.table({name: [r[k] for r in rows] for k, name in enumerate(schema.names)}, schema=schema)
+        name = f"{prefix}-{sh.out_index:05d}.parquet"
+        w = out.shard_writer(name, schema)
+        w.write_table(table)
+        files.append({"path": name, **w.close()})
+    return files
 
 
 def signature_task(t: SigTask, report: Reporter) -> dict[str, int]:
@@ -292,17 +309,7 @@ def cluster(shards: list[Shard], sig_paths: list[Path], pair_paths: list[Path], 
         if sh.out_index is not None:
             per_out[sh.out_index].append((int(O[i]) & 0xFFFFFFFF, names[int(reason[i])], ids[int(O[final_rep[i]])]))
             stats[f"removed.{names[int(reason[i])]}"] += 1
-    files = []
-    for sh in shards:
-        if sh.out_index is None:
-            continue
-        rows = sorted(per_out.get(sh.out_index, []))
-        table = pa.table({"row": [r[0] for r in rows], "reason": [r[1] for r in rows], "dup_of": [r[2] for r in rows]},
-                         schema=DECISION_SCHEMA)
-        name = f"dec-{sh.out_index:05d}.parquet"
-        w = out.shard_writer(name, DECISION_SCHEMA)
-        w.write_table(table)
-        files.append({"path": name, **w.close()})
+    files = _write_per_output_shard(out, shards, per_out, DECISION_SCHEMA, "dec")
     out.finish_task("clusters", {"data": files}, dict(stats))
     return dict(stats)
 
@@ -345,17 +352,7 @@ def span_dedup(shards: list[Shard], sig_out: Path, dec_out: Path, cfg: D.DedupCo
         sh = by_rank[o >> 32]
         if sh.out_index is not None:
             per_out[sh.out_index].append((o & 0xFFFFFFFF, pos, ids[f]))
-    files = []
-    for sh in shards:
-        if sh.out_index is None:
-            continue
-        rows = sorted(per_out.get(sh.out_index, []))
-        table = pa.table({"row": [r[0] for r in rows], "pos": [r[1] for r in rows], "dup_of": [r[2] for r in rows]},
-                         schema=DROP_SCHEMA)
-        name = f"drop-{sh.out_index:05d}.parquet"
-        w = out.shard_writer(name, DROP_SCHEMA)
-        w.write_table(table)
-        files.append({"path": name, **w.close()})
+    files = _write_per_output_shard(out, shards, per_out, DROP_SCHEMA, "drop")
     stats = {"spans": total, "passes": passes, "repeated_spans_dropped": len(do)}
     out.finish_task("spans", {"data": files}, stats)
     return stats
