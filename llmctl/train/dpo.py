@@ -133,9 +133,7 @@ def run_dpo(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: D
             overwrite: bool = False) -> dict[str, Any]:
     """DPO from a (usually SFT) checkpoint on preference pairs; returns the loop summary."""
     d = D.init(cfg.train.device)
-    model, mc, tok, ck_lineage = load_start(from_ckpt)
-    if cfg.max_len > mc.max_seq_len:
-        raise UsageError(f"max_len {cfg.max_len} exceeds the model's max_seq_len {mc.max_seq_len}")
+    model, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
     ref_src = cfg.ref or from_ckpt
     ref, ref_mc, _, ref_lineage = load_start(ref_src)
     if ref_mc.vocab_size != mc.vocab_size:

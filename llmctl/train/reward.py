@@ -132,9 +132,7 @@ def run_reward(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg
                resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train a reward model from a checkpoint on preference pairs; returns the loop summary."""
     d = D.init(cfg.train.device)
-    base, mc, tok, ck_lineage = load_start(from_ckpt)
-    if cfg.max_len > mc.max_seq_len:
-        raise UsageError(f"max_len {cfg.max_len} exceeds the model's max_seq_len {mc.max_seq_len}")
+    base, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
     torch.manual_seed(cfg.train.seed)
     model = RewardModel(mc)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)

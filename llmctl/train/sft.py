@@ -146,8 +146,9 @@ def encode_sft(tok: Any, rows: list[dict[str, Any]], max_len: int, val_fraction:
 # ----------------------------------------------------------------------------- stage plumbing (shared)
 
 
-def load_start(ckpt: str | Path) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """(model, model config, tokenizer, lineage) of the checkpoint training starts from."""
+def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(model, model config, tokenizer, lineage) of the checkpoint training starts from; `max_len`,
+    when given, must fit the model's context."""
     from llmctl.checkpoint import WEIGHTS, load_checkpoint, resolve_checkpoint
     from llmctl.tokenizer import Tokenizer
 
@@ -155,6 +156,8 @@ def load_start(ckpt: str | Path) -> tuple[Any, Any, Any, dict[str, Any]]:
     model, mc, tok_dir, man = load_checkpoint(path)
     if tok_dir is None:
         raise UsageError(f"{path}: checkpoint has no tokenizer/ directory")
+    if max_len is not None and max_len > mc.max_seq_len:
+        raise UsageError(f"max_len {max_len} exceeds the model's max_seq_len {mc.max_seq_len} (pass --max-len)")
     lineage = {"path": str(path.resolve()), "stage": man.get("stage", "checkpoint"),
                "fingerprint": fingerprint_file(path / WEIGHTS)}
     return model, mc, Tokenizer.load(tok_dir), lineage
@@ -187,9 +190,7 @@ def run_sft(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: S
             overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune a checkpoint on SFT data; returns the loop summary plus data counts."""
     d = D.init(cfg.train.device)
-    model, mc, tok, ck_lineage = load_start(from_ckpt)
-    if cfg.max_len > mc.max_seq_len:
-        raise UsageError(f"max_len {cfg.max_len} exceeds the model's max_seq_len {mc.max_seq_len}")
+    model, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
     rows, data_lineage = read_rows(data)
     tr, val, counts = encode_sft(tok, rows, cfg.max_len, cfg.val_fraction, cfg.train.seed, str(data))
     lengths = [len(e.ids) for e in tr]
