@@ -118,3 +118,13 @@ def test_sft_lowers_held_out_response_loss(tmp_path):
     assert man["stage"] == "sft" and len(man["inputs"]) == 2
     with pytest.raises(UsageError, match="holds a training run"):
         run_sft(data, ck, tmp_path / "run", cfg)
+
+
+def test_max_len_beyond_the_model_context_is_a_one_line_error(tmp_path):
+    ck = tiny_checkpoint(tmp_path / "ck", max_seq_len=64)
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "Say hi.", "response": "Hi there."}) + "\n")
+    cfg = SFTConfig(max_len=128)
+    with pytest.raises(UsageError, match="max_len 128 exceeds the model's max_seq_len 64"):
+        run_sft(data, ck, tmp_path / "run", cfg)
+    assert not (tmp_path / "run").exists()
