@@ -122,7 +122,7 @@ def _train_llmctl(docs: str, out: str, vocab: int, sample: int, workers: int, sp
     q.put({"train_s": m["timings"]["train_seconds"], "rss_mb": _rss_mb(), "sample": m["stats"]["sample"]})
 
 
-def _train_hf(texts_file: str, out: str, vocab: int, workers: int, q) -> None:
+def _train_hf(texts_file: str, out: str, vocab: int, workers: int, split_digits: bool, q) -> None:
     os.environ["RAYON_NUM_THREADS"] = str(workers)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -130,6 +130,9 @@ def _train_hf(texts_file: str, out: str, vocab: int, workers: int, q) -> None:
     t0 = time.perf_counter()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:  # the same one-digit-per-token rule as llmctl's default, before byte-level BPE
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -215,7 +218,9 @@ def main() -> None:
     sample, _ = sample_documents([Dataset.open(docs)], int(args.sample_mb * 1e6), seed=0)
     (WORK / "sample.json").write_text(json.dumps(sample), encoding="utf-8")
     hf_path = WORK / "hf_bytelevel_bpe.json"
-    ht = fresh(_train_hf, str(WORK / "sample.json"), str(hf_path), args.vocab_size, max(args.workers))
+    ht = fresh(_train_hf, str(WORK / "sample.json"), str(hf_path), args.vocab_size, max(args.workers), False)
+    hf_digits_path = WORK / "hf_bytelevel_bpe_split_digits.json"  # like for like with llmctl's split digits
+    fresh(_train_hf, str(WORK / "sample.json"), str(hf_digits_path), args.vocab_size, max(args.workers), True)
     print(f"\ntraining on {lt['sample']['bytes'] / 1e6:.1f} MB ({lt['sample']['documents']:,} documents), "
           f"vocab {args.vocab_size:,}, {max(args.workers)} threads")
     print(f"  {'':34s}{'seconds':>10s}{'peak RSS MB':>14s}")
@@ -245,19 +250,21 @@ def main() -> None:
 
     from llmctl.tokenizer import Tokenizer
 
-    ours, joined, peer = Tokenizer.load(tok_dir), Tokenizer.load(joined_dir), HF.from_file(str(hf_path))
-    print("\nbytes per token on held-out documents (higher is better)")
-    print(f"  {'source':14s}{'MB':>8s}{'llmctl':>10s}{'HF BPE':>10s}{'llmctl, digits not split':>26s}")
-    tb = tl = tp = tj = 0
+    ours, joined = Tokenizer.load(tok_dir), Tokenizer.load(joined_dir)
+    peer, peer_digits = HF.from_file(str(hf_path)), HF.from_file(str(hf_digits_path))
+    print("\nbytes per token on held-out documents (higher is better); digits split one per token in the first")
+    print("two columns, kept in runs (GPT-2 pre-tokenizer) in the last two")
+    print(f"  {'source':14s}{'MB':>8s}{'llmctl':>10s}{'HF BPE':>10s}{'llmctl':>10s}{'HF BPE':>10s}")
+    tb = tl = tpd = tj = tp = 0
     for name, texts in held.items():
         b = sum(len(t.encode()) for t in texts)
         nl = sum(map(len, ours.encode_batch(texts)))
         nj = sum(map(len, joined.encode_batch(texts)))
         np_ = sum(len(e.ids) for e in peer.encode_batch(texts, add_special_tokens=False))
-        tb, tl, tp, tj = tb + b, tl + nl, tp + np_, tj + nj
-        print(f"  {name:14s}{b / 1e6:>8.2f}{b / nl:>10.3f}{b / np_:>10.3f}{b / nj:>26.3f}")
-    print(f"  {'all':14s}{tb / 1e6:>8.2f}{tb / tl:>10.3f}{tb / tp:>10.3f}{tb / tj:>26.3f}")
-
+        npd = sum(len(e.ids) for e in peer_digits.encode_batch(texts, add_special_tokens=False))
+        tb, tl, tpd, tj, tp = tb + b, tl + nl, tpd + npd, tj + nj, tp + np_
+        print(f"  {name:14s}{b / 1e6:>8.2f}{b / nl:>10.3f}{b / npd:>10.3f}{b / nj:>10.3f}{b / np_:>10.3f}")
+    print(f"  {'all':14s}{tb / 1e6:>8.2f}{tb / tl:>10.3f}{tb / tpd:>10.3f}{tb / tj:>10.3f}{tb / tp:>10.3f}")
 
 if __name__ == "__main__":
     main()
