@@ -8,7 +8,8 @@ by `llmctl data import --format prefs`), a randomly initialised Llama-style mode
 in its own virtualenv (benchmarks/.venvs/trl, installed by this script; see ../shared/PEERS.md).
 Pinned so the two compute the same thing: TRL gets llmctl's token ids (prompt_ids / chosen_ids /
 rejected_ids, so no re-tokenization), the batches in llmctl's order (sequential sampler), constant
-lr with no warmup, AdamW(0.9, 0.999, eps 1e-8, no weight decay), grad clip 1.0, fp32 on CPU.
+lr with no warmup, AdamW(0.9, 0.999, eps 1e-8, no weight decay), grad clip 1.0, and the same precision
+(--dtype: fp32, or bf16 autocast; TRL's DPOConfig defaults to bf16=True even on CPU, so it is pinned).
 Prints per-step loss and TRL's metrics side by side, the largest difference (target: first step
 within 1e-4), and seconds per step after the first (throughput ratio; target llmctl >= TRL).
 """
@@ -62,7 +63,8 @@ cfg = DPOConfig(output_dir=job["out"], use_cpu=True, report_to=[], save_strategy
                 logging_steps=1, beta=job["beta"], learning_rate=job["lr"], lr_scheduler_type="constant",
                 warmup_steps=0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
                 max_grad_norm=1.0, per_device_train_batch_size=job["batch"], gradient_accumulation_steps=1,
-                max_length=None, seed=0, dataloader_num_workers=0, remove_unused_columns=False)
+                max_length=None, seed=0, dataloader_num_workers=0, remove_unused_columns=False,
+                bf16=job["bf16"])  # TRL's default is bf16=True, autocast even on CPU: pinned to llmctl's --dtype
 clock = Clock()
 trainer = Pinned(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[clock])
 t0 = time.perf_counter()
@@ -95,6 +97,8 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="both sides: fp32, or bf16 autocast (TRL's own default, even on CPU)")
     a = ap.parse_args()
 
     import torch
@@ -131,7 +135,7 @@ def main() -> None:
     cfg = DPOConfig(beta=a.beta, max_len=a.max_len, val_fraction=0.0)
     t = cfg.train
     t.steps, t.batch_size, t.micro_batch, t.lr, t.warmup_steps, t.schedule = a.steps, a.batch, a.batch, a.lr, 0, "constant"
-    t.beta2, t.weight_decay, t.grad_clip, t.eval_every, t.ckpt_every, t.dtype, t.device = 0.999, 0.0, 1.0, 0, 0, "fp32", "cpu"
+    t.beta2, t.weight_decay, t.grad_clip, t.eval_every, t.ckpt_every, t.dtype, t.device = 0.999, 0.0, 1.0, 0, 0, a.dtype, "cpu"
     t.log_every = 1
     order = ItemBatches(len(tr), a.batch, lambda idx: idx, t.seed)
     batches = [next(order) for _ in range(a.steps)]
@@ -148,7 +152,8 @@ def main() -> None:
                 n = next(k for k, m in enumerate(c.mask) if m)
                 f.write(json.dumps({"prompt_ids": c.ids[:n], "chosen_ids": c.ids[n:], "rejected_ids": r.ids[n:]}) + "\n")
     job = {"pairs": str(pinned), "model": str(work / "hf"), "out": str(work / "trl_out"), "result": str(work / "trl.json"),
-           "steps": a.steps, "batch": a.batch, "beta": a.beta, "lr": a.lr, "threads": a.threads}
+           "steps": a.steps, "batch": a.batch, "beta": a.beta, "lr": a.lr, "threads": a.threads,
+           "bf16": a.dtype == "bf16"}
     (work / "job.json").write_text(json.dumps(job))
     (work / "trl_run.py").write_text(TRL_SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
