@@ -80,10 +80,11 @@ def fingerprint_file(path: str | Path, sample: int = 1 << 20) -> str:
     Size plus the SHA-256 of the first and last MiB: a crawl file is not re-read in full just
     to record lineage, and a copied or touched file keeps its fingerprint.
     """
-    p = Path(path)
-    size = p.stat().st_size
+    from llmctl import fs  # local paths or fsspec URIs (filter reads remote inputs)
+
+    size = fs.size(path)
     h = hashlib.sha256(str(size).encode())
-    with open(p, "rb") as f:
+    with fs.open_binary(path) as f:
         h.update(f.read(sample))
         if size > 2 * sample:
             f.seek(size - sample)

@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pyarrow.parquet as pq
 import xxhash
@@ -29,6 +30,8 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
 from llmctl.data.document import Document
+from llmctl.fs import open_binary
+from llmctl.fs import size as file_size
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -92,7 +95,7 @@ def iter_gzip_members(path: str | Path, max_bytes: int, chunk: int = 1 << 20) ->
     (the file ends inside a member) or "too_large" (decompresses past `max_bytes`). Memory is
     bounded by one member's compressed bytes plus `max_bytes`.
     """
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         buf = bytearray()
         eof = False
         resyncing = False
@@ -247,23 +250,25 @@ def read_warc(path: str | Path, source: str, kind: str, cfg: ExtractConfig, repo
                 yield from _warc_records(data, source, kind, cfg, offset)
             offset += nbytes
         return
-    size = Path(path).stat().st_size
-    with open(path, "rb") as f:
-        yield from _warc_records(f.read(), source, kind, cfg, 0)  # plain WARC: small test files
+    with open_binary(path) as f:
+        data = f.read()  # plain WARC: small test files
+    yield from _warc_records(data, source, kind, cfg, 0)
     if report:
-        report(bytes=size)
+        report(bytes=len(data))
 
 
 # ----------------------------------------------------------------------------- JSONL / Parquet
 
 
-def _open_text(path: str | Path):
-    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+def _open_text(path: str | Path) -> tuple[IO[bytes], IO[bytes]]:
+    """(reader, underlying file): both are closed by the caller."""
+    raw = open_binary(path)
+    return (gzip.GzipFile(fileobj=raw, mode="rb") if str(path).endswith(".gz") else raw), raw
 
 
 def read_jsonl(path: str | Path, source: str, cfg: ExtractConfig, report=None) -> Iterator[Record]:
     limit = cfg.max_text_chars * 4 + 4096
-    f = _open_text(path)
+    f, handle = _open_text(path)
     lineno = 0
     try:
         while True:
@@ -302,6 +307,7 @@ def read_jsonl(path: str | Path, source: str, cfg: ExtractConfig, report=None) -
             yield from _row_doc(obj, text, source, f"line{lineno}", cfg)
     finally:
         f.close()
+        handle.close()
 
 
 def _row_doc(row: dict, text: str, source: str, locator: str, cfg: ExtractConfig) -> Iterator[Record]:
@@ -321,14 +327,15 @@ def _row_doc(row: dict, text: str, source: str, locator: str, cfg: ExtractConfig
 
 
 def parquet_columns(path: str | Path) -> list[str]:
-    return pq.read_schema(path).names
+    with open_binary(path) as f:
+        return pq.read_schema(f).names
 
 
 def read_parquet(path: str | Path, source: str, cfg: ExtractConfig, report=None) -> Iterator[Record]:
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(open_binary(path))
     names = pf.schema_arrow.names
     cols = [c for c in (cfg.text_field, cfg.id_field, cfg.url_field, "source", "date") if c in names]
-    size = Path(path).stat().st_size
+    nbytes = file_size(path)
     total = max(1, pf.metadata.num_rows)
     row_index = 0
     for batch in pf.iter_batches(batch_size=512, columns=cols):
@@ -340,7 +347,7 @@ def read_parquet(path: str | Path, source: str, cfg: ExtractConfig, report=None)
                 yield from _row_doc(row, text, source, f"row{row_index}", cfg)
             row_index += 1
         if report:
-            report(bytes=int(size * batch.num_rows / total))
+            report(bytes=int(nbytes * batch.num_rows / total))
 
 
 def read_input(path: str | Path, source: str, cfg: ExtractConfig, report=None) -> Iterator[Record]:

@@ -44,7 +44,9 @@ from llmctl.data.pii import PIIConfig, PIIScrubber
 from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
 from llmctl.config import output_fields
 from llmctl.datasets import Dataset, StageOutput, fingerprint_file
+from llmctl import fs
 from llmctl.errors import UsageError
+from llmctl.fs import is_uri
 from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.progress import StageProgress
 
@@ -111,6 +113,9 @@ def resolve_inputs(patterns: list[str], cfg: ExtractConfig) -> list[InputFile]:
         raise UsageError("no input given")
     found: list[InputFile] = []
     for pat in patterns:
+        if is_uri(pat):  # s3://, gs://, hdfs://, file://, ...: read through fsspec
+            found += _uri_inputs(pat)
+            continue
         matches = sorted(glob.glob(pat, recursive=True)) if glob.has_magic(pat) else [pat]
         if not matches:
             raise UsageError(f"{pat}: no input matches")
@@ -128,7 +133,7 @@ def resolve_inputs(patterns: list[str], cfg: ExtractConfig) -> list[InputFile]:
     seen: set[str] = set()
     unique = []
     for f in found:
-        key = os.path.realpath(f.path)
+        key = f.path if is_uri(f.path) else os.path.realpath(f.path)
         if key not in seen:
             seen.add(key)
             unique.append(f)
@@ -139,17 +144,46 @@ def resolve_inputs(patterns: list[str], cfg: ExtractConfig) -> list[InputFile]:
     return unique
 
 
-def _directory_files(d: Path) -> list[Path]:
-    """The input files of a directory: its files of the first kind present among WARC, WET, JSONL,
-    Parquet (so a crawl folder's own metadata .jsonl is not read as documents)."""
-    by_kind: dict[str, list[Path]] = {}
-    for f in sorted(d.rglob("*")):
-        if f.is_file() and input_kind(f) and not any(part.startswith(("_", ".")) for part in f.relative_to(d).parts):
-            by_kind.setdefault(input_kind(f), []).append(f)
+def _pick_inputs(files: list[tuple[str, str]], where: str) -> list[str]:
+    """Of a directory's (path, relative path) files, those of the first kind present among WARC, WET,
+    JSONL, Parquet (so a crawl folder's own metadata .jsonl is not read as documents); hidden and
+    `_`-prefixed entries are skipped."""
+    by_kind: dict[str, list[str]] = {}
+    for path, rel in sorted(files):
+        kind = input_kind(path)
+        if kind and not any(part.startswith(("_", ".")) for part in rel.split("/")):
+            by_kind.setdefault(kind, []).append(path)
     for kind in ("warc", "wet", "jsonl", "parquet"):
         if kind in by_kind:
             return by_kind[kind]
-    raise UsageError(f"{d}: directory has no WARC, WET, JSONL or Parquet files")
+    raise UsageError(f"{where}: directory has no WARC, WET, JSONL or Parquet files")
+
+
+def _directory_files(d: Path) -> list[Path]:
+    files = [(str(f), f.relative_to(d).as_posix()) for f in d.rglob("*") if f.is_file()]
+    return [Path(p) for p in _pick_inputs(files, str(d))]
+
+
+def _uri_inputs(pattern: str) -> list[InputFile]:
+    matches = fs.expand(pattern)
+    if not matches:
+        raise UsageError(f"{pattern}: no input matches")
+    out = []
+    for uri, is_dir in matches:
+        if is_dir:
+            base = uri.rstrip("/") + "/"
+            files = [(f, f[len(base):]) for f in fs.list_files(uri)]
+            out += [_uri_input(f) for f in _pick_inputs(files, uri)]
+        else:
+            out.append(_uri_input(uri))
+    return out
+
+
+def _uri_input(uri: str) -> InputFile:
+    kind = input_kind(uri)
+    if kind is None:
+        raise UsageError(f"{uri}: unsupported input (expected .warc[.gz], .wet[.gz], .jsonl[.gz] or .parquet)")
+    return InputFile(uri, kind, {"path": uri, "fingerprint": fingerprint_file(uri)})
 
 
 def _input_file(p: Path) -> InputFile:
@@ -258,7 +292,7 @@ def _run_per_shard(files: list[InputFile], out: StageOutput, cfg: FilterConfig, 
                    progress: bool | None) -> list[str]:
     tasks = [FilterTask(i, f, out, cfg) for i, f in enumerate(files)]
     todo = [t for t in tasks if not out.task_done(t.name)]
-    total = sum(Path(t.input.path).stat().st_size for t in todo)
+    total = sum(fs.size(t.input.path) for t in todo)
     with StageProgress("filter", total, enabled=progress) as prog:
         run_tasks(filter_task, todo, workers=workers, progress=prog)
     return [t.name for t in tasks]
