@@ -12,7 +12,7 @@ from llmctl.cli.common import out, print_config, print_funnel
 
 @app.command("filter")
 def filter_cmd(
-    inputs: Annotated[list[str], typer.Argument(help="WARC/WET/JSONL(.gz)/Parquet files, globs, directories or llmctl datasets.")],
+    inputs: Annotated[list[str], typer.Argument(help="WARC/WET/JSONL(.gz)/Parquet files, globs, directories, llmctl datasets, or fsspec URIs (s3://bucket/crawl/*.warc.gz).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output dataset directory.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
