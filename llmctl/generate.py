@@ -69,6 +69,13 @@ def generate(
     return out
 
 
+def prompt_ids(tok, prompt: str, chat: bool = False) -> list[int]:
+    """The ids generation starts from: plain text, or one user turn in the chat template."""
+    if chat:
+        return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return tok.encode(prompt) or [tok.eos_id]
+
+
 def generate_text(
     checkpoint: str | Path,
     prompt: str,
@@ -78,8 +85,13 @@ def generate_text(
     top_p: float | None = None,
     seed: int = 0,
     tokenizer_dir: str | Path | None = None,
+    chat: bool = False,
 ) -> str:
-    """Load a checkpoint and its tokenizer, continue `prompt`, return only the new text."""
+    """Load a checkpoint and its tokenizer, continue `prompt`, return only the new text.
+
+    With `chat=True` the prompt is one user turn in the chat template SFT, reward and DPO train on
+    (`Tokenizer.apply_chat_template`, ending with the assistant tag), and the reply stops at `<|end|>`.
+    """
     from llmctl.checkpoint import load_checkpoint
     from llmctl.errors import UsageError
     from llmctl.tokenizer import Tokenizer
@@ -89,6 +101,6 @@ def generate_text(
     if tok_dir is None:
         raise UsageError(f"{checkpoint}: has no tokenizer; pass --tokenizer")
     tok = Tokenizer.load(tok_dir)
-    ids = tok.encode(prompt) or [tok.eos_id]
+    ids = prompt_ids(tok, prompt, chat)
     new = generate(model, ids, max_tokens, temperature, top_k, top_p, seed, stop_ids=tok.stop_ids)
     return tok.decode(new)

@@ -59,3 +59,19 @@ def test_stops_at_a_stop_id_and_at_the_context_limit():
     out = generate(m, [1, 2, 3], 10, temperature=0, stop_ids=(stop,))
     assert out == greedy[: greedy.index(stop)]
     assert len(generate(m, [1] * 60, 50, temperature=0)) == 4  # max_seq_len 64
+
+
+def test_chat_prompt_is_one_user_turn_in_the_shared_template(tmp_path):
+    from llmctl.chat import encode_chat
+    from llmctl.generate import prompt_ids
+    from pretrain_helpers import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok")
+    ids = prompt_ids(tok, "How many legs do 3 cats have?", chat=True)
+    user, assistant = tok.special_ids["<|user|>"], tok.special_ids["<|assistant|>"]
+    assert ids[0] == user and ids[-1] == assistant  # ends where the model must answer
+    # the same ids SFT trains on for this user turn (the reply would follow the assistant tag)
+    sft_ids = encode_chat(tok, [{"role": "user", "content": "How many legs do 3 cats have?"},
+                                {"role": "assistant", "content": "12"}])[0]
+    assert sft_ids[: len(ids)] == ids
+    assert prompt_ids(tok, "How many legs do 3 cats have?") == tok.encode("How many legs do 3 cats have?")

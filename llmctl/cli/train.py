@@ -83,14 +83,15 @@ def generate_cmd(
     seed: Annotated[int, typer.Option(help="Sampling seed (same seed = same text).")] = 0,
     num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Independent samples.")] = 1,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", "-t", help="Tokenizer dir (default: the checkpoint's).")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="PROMPT is a user turn in the chat template; print the assistant's reply.")] = False,
 ) -> None:
-    """Continue PROMPT with a trained model (temperature, top-k, top-p; KV cache)."""
+    """Continue PROMPT with a trained model (temperature, top-k, top-p; KV cache), or answer it with --chat."""
     from llmctl.generate import generate_text
 
     for i in range(num_samples):
         text = generate_text(checkpoint, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                             top_p=top_p, seed=seed + i, tokenizer_dir=tokenizer)
-        typer.echo(prompt + text)
+                             top_p=top_p, seed=seed + i, tokenizer_dir=tokenizer, chat=chat)
+        typer.echo(text if chat else prompt + text)
         if i + 1 < num_samples:
             typer.echo("-" * 40)
 
