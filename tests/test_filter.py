@@ -136,3 +136,13 @@ def test_parquet_dataset_input_keeps_lineage(tmp_path):
     # already-filtered text passes the same rules again, ids are kept
     assert m["num_rows"] == first.num_rows
     assert Dataset.open(tmp_path / "second").read_shard(0).column("id").to_pylist() == first.read_shard(0).column("id").to_pylist()
+
+
+def test_cli_parser_errors_are_usage_messages_not_tracebacks(tmp_path):
+    for args, msg in [(["filter", str(CRAWL), "-o", str(tmp_path / "o"), "--no-such-flag"], "No such option"),
+                      (["filter", str(CRAWL), "-o", str(tmp_path / "o"), "--workers", "many"], "Invalid value"),
+                      (["filter"], "Missing argument")]:
+        r = subprocess.run(LLMCTL + args, capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert msg in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -36,15 +36,12 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # the parser's own errors: unknown option, bad value, missing argument
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # ClickException (Typer ships its own click)
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
-
 
 __all__ = ["app", "main"]
