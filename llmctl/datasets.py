@@ -18,8 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from llmctl import __version__
+from llmctl import __version__, fs
 from llmctl.config import output_fields, to_dict
 from llmctl.errors import UsageError
 
@@ -53,13 +50,7 @@ def sha256_text(text: str) -> str:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a file so that readers see either the old content or the new, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fs.write_text_atomic(fs.to_path(path), text)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -68,7 +59,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fs.open_binary(path) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -80,8 +71,6 @@ def fingerprint_file(path: str | Path, sample: int = 1 << 20) -> str:
     Size plus the SHA-256 of the first and last MiB: a crawl file is not re-read in full just
     to record lineage, and a copied or touched file keeps its fingerprint.
     """
-    from llmctl import fs  # local paths or fsspec URIs (filter reads remote inputs)
-
     size = fs.size(path)
     h = hashlib.sha256(str(size).encode())
     with fs.open_binary(path) as f:
@@ -103,12 +92,12 @@ def now_iso() -> str:
 class Dataset:
     """A finished stage output: shards listed by its manifest."""
 
-    path: Path
+    path: Path  # or a UPath (fsspec URI): see llmctl.fs
     manifest: dict[str, Any]
 
     @classmethod
     def is_dataset(cls, path: str | Path) -> bool:
-        return (Path(path) / MANIFEST).is_file()
+        return (fs.to_path(path) / MANIFEST).is_file()
 
     @classmethod
     def open(
@@ -118,7 +107,7 @@ class Dataset:
         columns: Sequence[str] = (),
     ) -> "Dataset":
         """Open a dataset directory; a one-line `UsageError` when it is not a usable one."""
-        p = Path(path)
+        p = fs.to_path(path)
         if not p.exists():
             raise UsageError(f"{p}: no such dataset directory")
         if not p.is_dir():
@@ -160,7 +149,7 @@ class Dataset:
     @property
     def schema(self) -> pa.Schema:
         if self.shards:
-            return pq.read_schema(self.shards[0])
+            return fs.read_schema(self.shards[0])
         return pa.schema([pa.field(f["name"], pa.type_for_alias(f["type"])) for f in self.manifest.get("schema", [])])
 
     @property
@@ -169,17 +158,17 @@ class Dataset:
 
     def lineage(self) -> dict[str, Any]:
         """How a later stage records this dataset as its input."""
-        return {"path": str(self.path.resolve()), "stage": self.stage, "fingerprint": self.fingerprint}
+        return {"path": fs.display(self.path), "stage": self.stage, "fingerprint": self.fingerprint}
 
     def read_shard(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
-        return pq.read_table(self.shards[index], columns=list(columns) if columns else None)
+        return fs.read_table(self.shards[index], columns=list(columns) if columns else None)
 
     def iter_batches(
         self, columns: Sequence[str] | None = None, batch_size: int = 1024, shards: Sequence[int] | None = None
     ) -> Iterator[pa.RecordBatch]:
         """Stream record batches shard by shard, in manifest order (memory: one batch)."""
         for i in shards if shards is not None else range(len(self.shards)):
-            pf = pq.ParquetFile(self.shards[i])
+            pf = fs.parquet_file(self.shards[i])
             yield from pf.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
 
     def iter_rows(self, columns: Sequence[str] | None = None, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
@@ -197,9 +186,9 @@ class ShardWriter:
         self.path = path
         self.schema = schema
         self.tmp = path.with_name(f".{path.name}.tmp")
-        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        fs.mkdirs(self.tmp.parent)
         self.row_group_rows = row_group_rows
-        self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self._writer = fs.parquet_writer(self.tmp, schema, compression="zstd")
         self._buffer: list[dict[str, Any]] = []
         self._buffered_bytes = 0
         self.rows = 0
@@ -227,14 +216,15 @@ class ShardWriter:
         """Finish the file, rename it into place, and return its record for the manifest."""
         self._flush()
         self._writer.close()
-        os.replace(self.tmp, self.path)
-        return {"rows": self.rows, "bytes": self.path.stat().st_size, "sha256": file_sha256(self.path)}
+        digest = file_sha256(self.tmp)
+        fs.replace(self.tmp, self.path)
+        return {"rows": self.rows, "bytes": fs.size(self.path), "sha256": digest}
 
     def abort(self) -> None:
         try:
             self._writer.close()
         finally:
-            self.tmp.unlink(missing_ok=True)
+            fs.unlink(self.tmp)
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -272,7 +262,7 @@ class StageOutput:
     _started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path)
+        self.path = fs.to_path(self.path)
         self._state = {
             "stage": self.stage,
             "config": output_fields(self.config),
@@ -303,18 +293,18 @@ class StageOutput:
                     f"{p}: holds output of a different run (changed: {', '.join(changed) or 'signature'}); "
                     "pass --overwrite to replace it, or choose another output path"
                 )
-            shutil.rmtree(p)
+            fs.rmtree(p)
             previous = None
         if previous is not None and mpath.is_file():
             self.manifest = previous
             return
-        (p / TASKS_DIR).mkdir(parents=True, exist_ok=True)
+        fs.mkdirs(p / TASKS_DIR)
         if not rpath.is_file():
             atomic_write_json(rpath, {"signature": self.signature, "config_output": self._state["config"],
                                       **{k: self._state[k] for k in ("stage", "inputs")}, "started": now_iso()})
         self.resumed_tasks = len(list((p / TASKS_DIR).glob("*.json")))
         for tmp in p.rglob(".*.tmp*"):  # leftovers of a killed run
-            tmp.unlink(missing_ok=True)
+            fs.unlink(tmp)
 
     @property
     def complete(self) -> bool:
@@ -372,7 +362,7 @@ class StageOutput:
         body["timings"] = {"finished": now_iso(), "seconds": round(time.time() - self._started, 3),
                            "resumed_tasks": self.resumed_tasks, **(timings or {})}
         atomic_write_json(self.path / MANIFEST, body)
-        (self.path / RUN_STATE).unlink(missing_ok=True)
-        shutil.rmtree(self.path / TASKS_DIR, ignore_errors=True)
+        fs.unlink(self.path / RUN_STATE)
+        fs.rmtree(self.path / TASKS_DIR)
         self.manifest = body
         return body

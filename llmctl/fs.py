@@ -1,52 +1,167 @@
-"""Input files anywhere fsspec reaches: local paths, or URIs such as s3://, gs://, hdfs://, http(s)://.
+"""Files anywhere fsspec reaches: local paths, or URIs such as s3://, gs://, hdfs://, file://, memory://.
 
-Only *reading* goes through here (`llmctl filter`'s inputs: WARC, WET, JSONL, Parquet); outputs are
-local directories, because the dataset contract relies on a local atomic rename. Remote protocols
-need their fsspec package installed (s3fs, gcsfs, ...); local paths never touch fsspec.
+The dataset contract (llmctl.datasets) reads and writes through here, so the filter's inputs, every
+dataset a stage reads, and the outputs of the data stages (filter with its dedup intermediates,
+tokenize encode) may live on a local disk or on any fsspec filesystem (remote protocols need their
+fsspec package installed: s3fs, gcsfs, ...). Training run directories stay local.
+
+- `to_path(p)`: a local path is a `pathlib.Path` (local paths never touch fsspec); a URI is a
+  `upath.UPath` (universal_pathlib), which has the same API (`/`, `exists`, `read_text`, `glob`, ...).
+- Parquet goes through `read_table`, `parquet_file`, `read_schema`, `parquet_writer`, which hand
+  pyarrow the fsspec filesystem of a URI.
+- The contract's two atomic steps (DESIGN.md) work on both: `replace(tmp, final)` is `os.replace`
+  locally and fsspec's move elsewhere (on an object store a move is a server-side copy then a delete:
+  the final object appears whole or not at all); `write_text_atomic` writes a temporary file and
+  moves it into place.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from llmctl.errors import UsageError
+
+AnyPath = Any  # pathlib.Path or upath.UPath
 
 
 def is_uri(path: str | Path) -> bool:
     return "://" in str(path)
 
 
-def _fs(uri: str):
+def is_local(path: AnyPath) -> bool:
+    return isinstance(path, Path) or (isinstance(path, str) and not is_uri(path))
+
+
+def to_path(path: str | AnyPath) -> AnyPath:
+    """`pathlib.Path` for a local path, `UPath` for a URI (a UPath is returned unchanged)."""
+    if isinstance(path, Path):
+        return path
+    if not isinstance(path, str):  # already a UPath
+        return path
+    if not is_uri(path):
+        return Path(path)
     try:
-        import fsspec
+        from upath import UPath
 
-        return fsspec.core.url_to_fs(uri)
+        p = UPath(path)
+        p.fs  # noqa: B018 - fail here, with a clear message, when the protocol's package is missing
+        return p
     except (ImportError, ValueError) as e:
-        raise UsageError(f"{uri}: cannot open this filesystem ({str(e).splitlines()[0]})") from None
+        raise UsageError(f"{path}: cannot open this filesystem ({str(e).splitlines()[0]})") from None
 
 
-def open_binary(path: str | Path) -> IO[bytes]:
+def display(path: AnyPath) -> str:
+    """How a path is shown and recorded: absolute for local paths, the URI otherwise."""
+    p = to_path(path)
+    return str(p.resolve()) if isinstance(p, Path) else str(p)
+
+
+def _fs(uri: str):
+    p = to_path(uri)
+    return p.fs, p.path
+
+
+def _fs_of(path: AnyPath) -> tuple[Any, str]:
+    """(pyarrow filesystem argument, path) for pyarrow: (None, local path) or (fsspec fs, path)."""
+    p = to_path(path)
+    if isinstance(p, Path):
+        return None, str(p)
+    return p.fs, p.path
+
+
+# ----------------------------------------------------------------------------- bytes and text
+
+
+def open_binary(path: str | AnyPath) -> IO[bytes]:
     """A binary file object for reading a local path or a URI."""
-    if not is_uri(path):
-        return open(path, "rb")
-    fs, p = _fs(str(path))
-    return fs.open(p, "rb")
+    p = to_path(path)
+    return open(p, "rb") if isinstance(p, Path) else p.open("rb")
 
 
-def size(path: str | Path) -> int:
-    if not is_uri(path):
-        return Path(path).stat().st_size
-    fs, p = _fs(str(path))
-    return int(fs.size(p))
+def size(path: str | AnyPath) -> int:
+    return int(to_path(path).stat().st_size)
 
 
-def exists(path: str | Path) -> bool:
-    if not is_uri(path):
-        return os.path.exists(path)
-    fs, p = _fs(str(path))
-    return bool(fs.exists(p))
+def exists(path: str | AnyPath) -> bool:
+    return to_path(path).exists()
+
+
+def write_text_atomic(path: AnyPath, text: str) -> None:
+    """Write a file so that readers see either the old content or the new, never a part."""
+    p = to_path(path)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    if isinstance(p, Path):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    else:
+        tmp.write_text(text, encoding="utf-8")
+    replace(tmp, p)
+
+
+def replace(tmp: AnyPath, final: AnyPath) -> None:
+    """Move a finished temporary file to its final name (atomic locally)."""
+    if isinstance(final, Path):
+        os.replace(tmp, final)
+        return
+    fs = final.fs
+    if fs.exists(final.path):
+        fs.rm(final.path)
+    fs.mv(tmp.path, final.path)
+
+
+def rmtree(path: AnyPath) -> None:
+    p = to_path(path)
+    if isinstance(p, Path):
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists():
+        p.fs.rm(p.path, recursive=True)
+
+
+def unlink(path: AnyPath) -> None:
+    p = to_path(path)
+    if isinstance(p, Path):
+        p.unlink(missing_ok=True)
+    elif p.exists():
+        p.fs.rm(p.path)
+
+
+def mkdirs(path: AnyPath) -> None:
+    to_path(path).mkdir(parents=True, exist_ok=True)
+
+
+# ----------------------------------------------------------------------------- Parquet
+
+
+def read_table(path: AnyPath, columns: Sequence[str] | None = None, filters: Any = None) -> pa.Table:
+    fs, p = _fs_of(path)
+    return pq.read_table(p, columns=list(columns) if columns is not None else None, filters=filters, filesystem=fs)
+
+
+def parquet_file(path: AnyPath) -> pq.ParquetFile:
+    fs, p = _fs_of(path)
+    if fs is None:
+        return pq.ParquetFile(p)
+    return pq.ParquetFile(p, filesystem=fs)
+
+
+def read_schema(path: AnyPath) -> pa.Schema:
+    return parquet_file(path).schema_arrow
+
+
+def parquet_writer(path: AnyPath, schema: pa.Schema, **kwargs: Any) -> pq.ParquetWriter:
+    fs, p = _fs_of(path)
+    return pq.ParquetWriter(p, schema, filesystem=fs, **kwargs)
+
+
+# ----------------------------------------------------------------------------- listing inputs
 
 
 def expand(pattern: str) -> list[tuple[str, bool]]:

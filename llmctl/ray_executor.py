@@ -11,7 +11,7 @@ resumes.
 Address: `auto` joins the cluster this machine belongs to (`ray start --head` / a Ray job),
 `ray://host:10001` a remote one; when there is no cluster to join, a local Ray instance with
 `workers` CPUs is started for the run. Every node must be able to import llmctl and see the
-input and output paths (a shared filesystem).
+input and output paths: a shared filesystem, or fsspec URIs such as s3:// (llmctl.fs).
 """
 
 from __future__ import annotations

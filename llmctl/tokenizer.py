@@ -39,6 +39,7 @@ from typing import Any
 
 import sentencepiece as spm
 
+from llmctl import fs
 from llmctl.datasets import atomic_write_json
 from llmctl.errors import UsageError
 
@@ -134,8 +135,8 @@ class Tokenizer:
     # ------------------------------------------------------------------ files
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
-        """Load a tokenizer directory; a one-line `UsageError` if it is not one."""
-        p = Path(path)
+        """Load a tokenizer directory (local or a URI); a one-line `UsageError` if it is not one."""
+        p = fs.to_path(path)
         if not p.is_dir():
             raise UsageError(f"{p}: no such tokenizer directory")
         model, desc = p / MODEL_FILE, p / DESCRIPTION_FILE
@@ -189,7 +190,7 @@ class Tokenizer:
 
     def lineage(self) -> dict[str, Any]:
         """How a stage that uses this tokenizer records it among its inputs."""
-        return {"path": str(self.path.resolve()) if self.path else None, "stage": "tokenizer",
+        return {"path": fs.display(self.path) if self.path else None, "stage": "tokenizer",
                 "fingerprint": self.fingerprint}
 
     # ------------------------------------------------------------------ encode / decode

@@ -1,5 +1,6 @@
 """The Ray executor runs the same task functions as the local one: same results, retries when a
-worker process dies, failures reported by task name (a local Ray instance with 2 CPUs)."""
+worker process dies, failures reported by task name (a local Ray instance with 2 CPUs). The Ray runs
+write their output to file:// URIs, through fsspec, as they would to an object store."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def test_filter_with_dedup_on_ray_equals_local(tmp_path):
     for i in range(2):  # two copies of a real crawl file: everything in the second is an exact duplicate
         shutil.copy("examples/crawl/crawl-00000.warc.gz", d / f"crawl-{i}.warc.gz")
     local = run_filter([str(d)], tmp_path / "local", FilterConfig(workers=2), progress=False)
-    on_ray = run_filter([str(d)], tmp_path / "ray", FilterConfig(workers=2, executor="ray", ray_address=None),
+    # Ray workers write through fsspec here (a file:// URI, as they would to s3:// on a cluster)
+    on_ray = run_filter([str(d)], f"file://{tmp_path}/ray", FilterConfig(workers=2, executor="ray", ray_address=None),
                         progress=False)
     assert on_ray["fingerprint"] == local["fingerprint"]
     assert on_ray["stats"]["funnel"] == local["stats"]["funnel"]
@@ -95,8 +97,9 @@ def test_tokenize_encode_on_ray_equals_local(tmp_path):
     write_documents(tmp_path / "docs", [docs[:100], docs[100:200], docs[200:]])
     run_train([str(tmp_path / "docs")], tmp_path / "tok", TokenizerTrainConfig(vocab_size=600))
     local = run_encode(tmp_path / "docs", tmp_path / "tok", tmp_path / "local", EncodeConfig(workers=2), progress=False)
-    on_ray = run_encode(tmp_path / "docs", tmp_path / "tok", tmp_path / "ray",
+    on_ray = run_encode(f"file://{tmp_path}/docs", tmp_path / "tok", f"file://{tmp_path}/ray",
                         EncodeConfig(workers=2, executor="ray", ray_address=None), progress=False)
-    assert on_ray["fingerprint"] == local["fingerprint"] and on_ray["stats"] == local["stats"]
+    assert on_ray["shards"] == local["shards"] and on_ray["stats"] == local["stats"]
+    assert on_ray["inputs"][0]["path"] == f"file://{tmp_path}/docs"
     for s in local["shards"]:
         assert (tmp_path / "local" / s["path"]).read_bytes() == (tmp_path / "ray" / s["path"]).read_bytes()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -170,7 +169,10 @@ def _uri_inputs(pattern: str) -> list[InputFile]:
         raise UsageError(f"{pattern}: no input matches")
     out = []
     for uri, is_dir in matches:
-        if is_dir:
+        if is_dir and Dataset.is_dataset(uri):  # an llmctl dataset on a URI: its shards, its lineage
+            ds = Dataset.open(uri)
+            out += [InputFile(str(s), "parquet", ds.lineage()) for s in ds.shards]
+        elif is_dir:
             base = uri.rstrip("/") + "/"
             files = [(f, f[len(base):]) for f in fs.list_files(uri)]
             out += [_uri_input(f) for f in _pick_inputs(files, uri)]
@@ -335,11 +337,11 @@ def _run_filter(
         lineage.append(model_lineage(cfg.quality.model))  # type: ignore[arg-type]
     if dedup_on:
         lineage += [Dataset.open(a, stage="filter", columns=["id", "text"]).lineage() for a in cfg.dedup.against]
-    out = Path(out)
+    out = fs.to_path(out)
     stage = StageOutput(out, "filter", cfg, lineage, overwrite=overwrite)
     if stage.complete:
         if not cfg.dedup.keep_work:
-            shutil.rmtree(out / "_work", ignore_errors=True)
+            fs.rmtree(out / "_work")
         return stage.manifest
     workers = cfg.workers or default_workers()
     started = time.time()
@@ -378,5 +380,5 @@ def _run_filter(
                               timings={"run_seconds": round(time.time() - started, 3), "workers": workers,
                                        **extra.get("timings", {})})
     if dedup_on and not cfg.dedup.keep_work:
-        shutil.rmtree(out / "_work", ignore_errors=True)
+        fs.rmtree(out / "_work")
     return manifest

@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xxhash
 
 from llmctl.config import output_fields, runtime, to_dict
 from llmctl.datasets import (MANIFEST, Dataset, StageOutput, atomic_write_json, canonical_json, now_iso,
                              sha256_text)
-from llmctl import __version__
+from llmctl import __version__, fs
 from llmctl.errors import UsageError
 from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.progress import StageProgress
@@ -216,7 +215,7 @@ def encode_task(task: EncodeTask, report: Reporter) -> dict[str, Any]:
     writer = task.out.shard_writer(f"{task.name}.parquet", TOKENS_SCHEMA)
     columns = ["id", "text"] if task.has_id else ["text"]
     try:
-        for batch in pq.ParquetFile(task.shard).iter_batches(batch_size=cfg.batch_rows, columns=columns):
+        for batch in fs.parquet_file(task.shard).iter_batches(batch_size=cfg.batch_rows, columns=columns):
             text_col = batch.column("text")
             keep = pc.is_valid(text_col)
             if not pc.all(keep).as_py():
@@ -280,7 +279,7 @@ def _summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _text_bytes(shard: str) -> int:
     """About the UTF-8 bytes of a shard's text column, from Parquet metadata (for the progress bar)."""
-    md = pq.ParquetFile(shard).metadata
+    md = fs.parquet_file(shard).metadata
     names = [md.schema.column(j).name for j in range(md.num_columns)]
     if "text" not in names:
         return 0
@@ -305,12 +304,12 @@ def _run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path,
         raise UsageError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     ds = _open_inputs([str(dataset)])[0]
     tok = Tokenizer.load(tokenizer_dir)
-    stage = StageOutput(Path(out), "tokens", cfg, [ds.lineage(), tok.lineage()], overwrite=overwrite)
+    stage = StageOutput(fs.to_path(out), "tokens", cfg, [ds.lineage(), tok.lineage()], overwrite=overwrite)
     if stage.complete:
         return stage.manifest
     workers = cfg.workers or default_workers()
     has_id = "id" in ds.column_names
-    all_tasks = [EncodeTask(i, str(p), str(Path(tokenizer_dir).resolve()), stage, cfg, 1, has_id)
+    all_tasks = [EncodeTask(i, str(p), fs.display(tokenizer_dir), stage, cfg, 1, has_id)
                  for i, p in enumerate(ds.shards)]
     todo = [t for t in all_tasks if not stage.task_done(t.name)]
     procs = max(1, min(workers, len(todo)))
