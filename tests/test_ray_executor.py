@@ -63,6 +63,50 @@ def test_dead_worker_is_retried(tmp_path):
     assert os.path.exists(marker)  # the first attempt did die
 
 
+def filter_shard_dying_once(task: tuple, report) -> dict:
+    """The real filter task; on its first attempt shard 1's worker is SIGKILLed mid-shard, after
+    some documents were written to its temporary file."""
+    from llmctl.data.filter import filter_task
+
+    ftask, marker = task
+    seen = [0]
+
+    def rep(**counts) -> None:
+        seen[0] += counts.get("docs", 0)
+        if ftask.index == 1 and seen[0] == 20 and not os.path.exists(marker):
+            Path(marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        report(**counts)
+
+    return filter_task(ftask, rep)
+
+
+def test_worker_killed_mid_filter_shard_gives_the_clean_output(tmp_path):
+    import shutil
+
+    from llmctl.data.document import DOCUMENT_SCHEMA
+    from llmctl.data.filter import FilterConfig, FilterTask, resolve_inputs, run_filter
+    from llmctl.datasets import StageOutput
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        shutil.copy("examples/crawl/crawl-00000.warc.gz", d / f"crawl-{i}.warc.gz")
+    cfg = FilterConfig(workers=2)
+    cfg.dedup.exact = cfg.dedup.minhash = cfg.dedup.c4_span = False  # the per-shard phase only
+    clean = run_filter([str(d)], tmp_path / "clean", cfg, progress=False)
+    files = resolve_inputs([str(d)], cfg.extract)
+    out = StageOutput(tmp_path / "killed", "filter", cfg, [f.lineage for f in files])
+    marker = str(tmp_path / "killed-once")
+    tasks = [FilterTask(i, f, out, cfg) for i, f in enumerate(files)]
+    run_tasks(filter_shard_dying_once, [(t, marker) for t in tasks], workers=2, executor="ray", ray_address=None)
+    assert os.path.exists(marker)  # shard 1's first attempt did die
+    names = [t.name for t in tasks]
+    killed = out.finalize(names, DOCUMENT_SCHEMA, stats=clean["stats"])
+    assert killed["shards"] == clean["shards"] and killed["files"] == clean["files"]
+    assert not list((tmp_path / "killed").rglob(".*.tmp*"))  # no leftover of the killed attempt
+
+
 def test_task_failing_every_attempt_is_named():
     with pytest.raises(TaskFailed, match=r"1 of 4 shards failed after 3 attempts: part-00002.*re-run"):
         run_tasks(always_die, list(range(4)), workers=2, executor="ray", ray_address=None,
