@@ -108,3 +108,14 @@ def test_bad_model_and_nan_give_one_line_errors(model, tmp_path):
     with pytest.raises(UsageError, match="diverged"):
         train_quality([str(tmp_path / "p")], [str(tmp_path / "n")], tmp_path / "m",
                       QualityTrainConfig(lr=10.0, epoch=50, dim=8, bucket=1000))
+
+
+def test_model_on_a_uri_scores_like_the_local_one(model, tmp_path):
+    """A model on a URI (s3:// on a cluster; file:// here, read through fsspec) is copied to a
+    local cache by content and gives the same scores and the same output shards."""
+    d = model["dir"]
+    inp = [str(d / "hq")]
+    local = run_filter(inp, tmp_path / "local", plain(model=str(d / "model")), progress=False)
+    remote = run_filter(inp, tmp_path / "uri", plain(model=f"file://{d}/model"), progress=False)
+    assert remote["shards"] == local["shards"] and local["num_rows"] > 0
+    assert remote["inputs"][-1] == {**local["inputs"][-1], "path": f"file://{d}/model/model.bin"}

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from llmctl import fs
 from llmctl.data.dedup import exact_hash, normalize_text
 from llmctl.data.document import Document
 from llmctl.datasets import MANIFEST, Dataset, atomic_write_json, file_sha256, now_iso
@@ -72,7 +73,8 @@ class QualityTrainConfig:
 
 
 def model_path(path: str | Path) -> Path:
-    p = Path(path)
+    """The model file of a `llmctl quality train` directory or a .bin file; local or a URI."""
+    p = fs.to_path(path)
     if p.is_dir():
         p = p / MODEL_FILE
     if not p.is_file():
@@ -82,26 +84,42 @@ def model_path(path: str | Path) -> Path:
 
 def model_lineage(path: str | Path) -> dict[str, Any]:
     p = model_path(path)
-    return {"path": str(p.resolve()), "stage": "quality", "fingerprint": file_sha256(p)}
+    return {"path": fs.display(p), "stage": "quality", "fingerprint": file_sha256(p)}
 
 
 _MODELS: dict[str, Any] = {}
 
 
+def _local_copy(p: Any) -> str:
+    """fastText loads local files only: a model on a URI is copied once per machine into a cache
+    keyed by its content (what Ray workers on other nodes do with `--quality-model s3://...`)."""
+    if fs.is_local(p):
+        return str(Path(p).resolve())
+    cache = Path(tempfile.gettempdir()) / "llmctl-models"
+    cache.mkdir(parents=True, exist_ok=True)
+    local = cache / f"{file_sha256(p)}.bin"
+    if not local.is_file():
+        tmp = cache / f".{local.name}.tmp-{os.getpid()}"
+        with fs.open_binary(p) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, local)
+    return str(local)
+
+
 def load_model(path: str | Path):
     """The fastText model at `path`, loaded once per process; a one-line UsageError if it is not one."""
-    p = str(model_path(path).resolve())
-    if p not in _MODELS:
+    key = fs.display(model_path(path))
+    if key not in _MODELS:
         import fasttext
 
         try:
-            model = fasttext.load_model(p)
+            model = fasttext.load_model(_local_copy(model_path(path)))
         except (ValueError, RuntimeError, MemoryError) as e:
             raise UsageError(f"{path}: not a fastText model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         if HQ not in model.get_labels():
             raise UsageError(f"{path}: fastText model has no {HQ} label (train it with `llmctl quality train`)")
-        _MODELS[p] = model
-    return _MODELS[p]
+        _MODELS[key] = model
+    return _MODELS[key]
 
 
 def score_texts(model, texts: list[str], max_chars: int = 20_000) -> np.ndarray:
