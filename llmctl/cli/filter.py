@@ -13,7 +13,7 @@ from llmctl.cli.common import out, print_config, print_funnel
 @app.command("filter")
 def filter_cmd(
     inputs: Annotated[list[str], typer.Argument(help="WARC/WET/JSONL(.gz)/Parquet files, globs, directories, llmctl datasets, or fsspec URIs (s3://bucket/crawl/*.warc.gz).")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Output dataset directory.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output dataset directory: a local path or an fsspec URI (s3://bucket/docs).")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
     steps: Annotated[Optional[str], typer.Option(help="Comma-separated steps in order (default: gopher_repetition,gopher_quality,c4,pii).")] = None,

@@ -45,9 +45,9 @@ def train_cmd(
 
 @tokenize_app.command("encode")
 def encode_cmd(
-    dataset: Annotated[str, typer.Argument(help="Documents dataset (any llmctl dataset with a text column).")],
+    dataset: Annotated[str, typer.Argument(help="Documents dataset (any llmctl dataset with a text column; a local path or an fsspec URI).")],
     tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer directory (from `tokenize train`).")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Output token dataset directory.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output token dataset directory: a local path or an fsspec URI.")],
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Share of documents in the val split, by id hash (default 0.01).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split hash.")] = None,
     config: ConfigOpt = None,
