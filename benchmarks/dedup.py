@@ -10,6 +10,7 @@ threshold (about 0.95, 0.9, 0.85) and 5% each below (about 0.7, 0.5), which shou
 
     python benchmarks/dedup.py                 # 1x, 4x, 16x, with datatrove
     python benchmarks/dedup.py --scales 1 --no-datatrove
+    python benchmarks/dedup.py --scales 16 --no-datatrove --partitions 16   # llmctl's shuffle in 16 partitions
 
 datatrove runs in its own virtualenv, benchmarks/.venvs/datatrove (created here, see
 ../shared/PEERS.md), as a subprocess on the same files, with its default 14 x 8 buckets.
@@ -147,12 +148,15 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return time.time() - t, ru.ru_maxrss / 1024
 
 
-def run_llmctl(paths: list[str], out: Path, workers: int, verify: str = "jaccard") -> tuple[set[str], float, float]:
+def run_llmctl(paths: list[str], out: Path, workers: int, verify: str = "jaccard",
+               partitions: int | None = None) -> tuple[set[str], float, float]:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)  # a finished output with the same config would be reused, not timed
     cmd = [sys.executable, "-m", "llmctl", "filter", *paths, "-o", str(out), "--overwrite", "-w", str(workers),
            "--no-c4", "--no-gopher", "--no-pii", "--no-c4-span", "--set", f"dedup.verify={verify}"]
+    if partitions is not None:
+        cmd += ["--set", f"dedup.partitions={partitions}"]
     secs, mb = timed(cmd)
     import pyarrow.parquet as pq
 
@@ -213,6 +217,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-datatrove", action="store_true")
     ap.add_argument("--verify", default="jaccard", help="llmctl's candidate check: none, signature, jaccard")
+    ap.add_argument("--partitions", type=int, default=None, help="llmctl's dedup.partitions (default: automatic)")
     ap.add_argument("--work", default="/tmp/llmctl-bench-dedup")
     a = ap.parse_args()
     work = Path(a.work)
@@ -222,7 +227,7 @@ def main() -> None:
     for scale in [int(s) for s in a.scales.split(",")]:
         data = build(pages, scale, work / f"in-{scale}x")
         n = len(data["labels"])
-        removed, secs, mb = run_llmctl(data["paths"], work / f"out-{scale}x", a.workers, a.verify)
+        removed, secs, mb = run_llmctl(data["paths"], work / f"out-{scale}x", a.workers, a.verify, a.partitions)
         s = score(data["labels"], removed)
         line = (f"{scale:>3}x {n:>6} docs | llmctl: {n / secs:7.1f} docs/s, peak {mb:6.0f} MB, recall {s['recall']:.3f}, "
                 f"precision {s['precision']:.3f}, distinct removed {s['distinct_removed_frac']:.2%}")

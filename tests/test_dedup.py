@@ -145,13 +145,13 @@ def test_rerun_after_crash_and_damaged_intermediates(corpus, tmp_path, monkeypat
     def crash(*a, **k):
         raise RuntimeError("killed during span dedup")
 
-    monkeypatch.setattr(dedup_run, "span_dedup", crash)
+    monkeypatch.setattr(dedup_run, "span_task", crash)
     with pytest.raises(RuntimeError, match="killed"):
         run_filter(corpus["paths"], out, cfg(), progress=False)
     monkeypatch.undo()
     work = out / "_work"
     assert (work / "clusters" / "_manifest.json").is_file()
-    shutil.rmtree(work / "bands")  # an intermediate lost
+    shutil.rmtree(work / "groups")  # an intermediate lost
     (work / "signatures" / "_manifest.json").unlink()  # one half-written (no manifest, no run record)
     (work / "signatures" / "_run.json").unlink(missing_ok=True)
     m = run_filter(corpus["paths"], out, cfg(workers=2), progress=False)

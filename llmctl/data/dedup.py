@@ -1,5 +1,6 @@
 """Deduplication, per document: normalization, exact hashes, MinHash signatures, LSH band keys,
-and the sentence spans of C4's span dedup. The global steps that use them are in dedup_stages.py.
+and the sentence spans of C4's span dedup. The global steps that use them are in dedup_stages.py
+and dedup_shuffle.py.
 
 - Normalized text (`normalize_text`): lowercase, punctuation (anything not a word character or
   whitespace) removed, whitespace runs collapsed to one space. "Hello,  World!" and "hello world"
@@ -45,6 +46,7 @@ _SPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*\s+")
 SCOPES = ("self", "self+against")
 VERIFY = ("none", "signature", "jaccard")
+MINHASH_CHUNK = 4096  # shingles hashed at once: datasketch holds 3 uint64 [chunk x num_perm] arrays (12 MB)
 
 
 @dataclass
@@ -64,6 +66,9 @@ class DedupConfig:
     span_sentences: int = 3
     span_min_sentences: int = 3  # a document left with fewer sentences is removed (dedup.c4_span)
     keep_work: bool = runtime(False)  # keep OUT/_work (intermediates) after the run
+    # key partitions of the dedup shuffle (dedup_stages.py); None: one per 100k documents. The
+    # output is byte-identical for any value, only the memory and the parallelism of tasks change
+    partitions: int | None = runtime(None)
 
     @property
     def enabled(self) -> bool:
@@ -82,6 +87,8 @@ def validate(cfg: DedupConfig) -> tuple[int, int]:
         raise UsageError(f"dedup.verify must be one of {', '.join(VERIFY)}, got {cfg.verify!r}")
     if not 0.0 < cfg.threshold < 1.0:
         raise UsageError(f"--minhash-threshold must be between 0 and 1, got {cfg.threshold}")
+    if cfg.partitions is not None and not 1 <= cfg.partitions <= 1 << 16:
+        raise UsageError(f"dedup.partitions must be between 1 and 65536, got {cfg.partitions}")
     if cfg.ngram < 1 or cfg.num_perm < 2 or cfg.span_sentences < 1:
         raise UsageError("dedup.ngram, dedup.num_perm and dedup.span_sentences must be positive")
     return lsh_params(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows)
@@ -131,8 +138,9 @@ def minhash(shingle_set: set[bytes], num_perm: int, seed: int) -> np.ndarray:
 
     perms, scheme = _permutations(num_perm, seed)
     m = MinHash(num_perm=num_perm, seed=seed, permutations=perms, scheme=scheme)
-    if shingle_set:
-        m.update_batch(sorted(shingle_set))
+    ordered = sorted(shingle_set)
+    for i in range(0, len(ordered), MINHASH_CHUNK):  # the same minimum, without a (shingles x num_perm) matrix
+        m.update_batch(ordered[i : i + MINHASH_CHUNK])
     return np.asarray(m.hashvalues, dtype=np.uint32)
 
 

@@ -2,7 +2,8 @@
 
 The per-shard steps have already written their kept documents to OUT/_work/docs (a dataset with
 its own manifest, whose stats hold each task's funnel counts). This module runs signatures ->
-bands -> clusters -> spans, each reused when its key matches, then one task per shard writes
+groups -> verify -> clusters -> spans, every step as tasks through `run_tasks` (local worker
+processes or Ray), each reused when its key matches, then one task per shard writes
 OUT/part-N (the kept documents, with repeated C4 spans cut out) and OUT/rejected/part-N (the
 per-shard rejections, then the dedup ones: reason `dedup.exact`, `dedup.minhash` or
 `dedup.c4_span`, detail = the id of the kept document it duplicates).
@@ -17,26 +18,31 @@ was made on): cutting sentences lowers `kept.bytes` and `read.bytes` by the byte
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from llmctl import fs
 from llmctl.data import dedup as D
+from llmctl.data.dedup_shuffle import (
+    GroupTask,
+    SpanTask,
+    VerifyTask,
+    group_task,
+    span_task,
+    verify_task,
+)
 from llmctl.data.dedup_stages import (
-    BandTask,
+    ClusterTask,
     Shard,
     SigTask,
     _stage,
-    band_task,
-    cluster,
+    cluster_task,
+    num_partitions,
     signature_task,
-    span_dedup,
 )
 from llmctl.data.document import DOCUMENT_SCHEMA, REJECTED_SCHEMA
 from llmctl.datasets import Dataset, StageOutput
@@ -49,78 +55,107 @@ _MARK = pa.schema([("row", pa.uint32())])
 def dedup_shards(docs: Dataset, input_paths: list[str], against: list[str]) -> list[Shard]:
     """The shards dedup reads, --against ones first, each with its rank in the stable order."""
     shards: list[Shard] = []
-    for a in sorted({os.path.realpath(p) for p in against}):
+    for a in sorted({fs.display(p) for p in against}):
         for s in Dataset.open(a, stage="filter", columns=["id", "text"]).shards:
             shards.append(Shard(str(s), len(shards), None))
     base = len(shards)
-    order = sorted(range(len(input_paths)), key=lambda i: (os.path.realpath(input_paths[i]), i))
+    order = sorted(range(len(input_paths)), key=lambda i: (fs.display(input_paths[i]), i))
     rank = {i: base + pos for pos, i in enumerate(order)}
     assert len(docs.shards) == len(input_paths)
     shards += [Shard(str(p), rank[i], i) for i, p in enumerate(docs.shards)]
     return shards
 
 
-def _run_stage(st: StageOutput, fn, tasks: list, workers: int, progress: bool | None, label: str, total: int) -> Dataset:
+def _run_stage(st: StageOutput, fn, tasks: list, workers: int, progress: bool | None, label: str) -> Dataset:
+    """Run the tasks of an intermediate that are not done yet, then write its manifest; the stats
+    of each task are kept under their task name."""
     if not st.complete:
         todo = [t for t in tasks if not st.task_done(t.name)]
-        with StageProgress(label, total, enabled=progress) as prog:
+        with StageProgress(label, 0, enabled=progress) as prog:
             run_tasks(fn, todo, workers=workers, progress=prog)
-        st.finalize([t.name for t in tasks], _MARK, stats={n: st.task_record(n)["stats"] for n in [t.name for t in tasks]})
+        names = [t.name for t in tasks]
+        st.finalize(names, _MARK, stats={n: st.task_record(n)["stats"] for n in names})
     return Dataset(st.path, st.manifest)
 
 
-def run_dedup(root: Path, docs: Dataset, input_paths: list[str], cfg: Any, stage: StageOutput,
+def _sum_stats(ds: Dataset) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for s in ds.manifest["stats"].values():
+        total.update(s)
+    return total
+
+
+def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage: StageOutput,
               workers: int, progress: bool | None) -> dict[str, Any]:
     """Run the dedup intermediates under root/_work, then the final per-shard write into `stage`."""
     dc: D.DedupConfig = cfg.dedup
     bands, rows = D.validate(dc)
     work = root / "_work"
     shards = dedup_shards(docs, input_paths, dc.against)
+    against = sorted({fs.display(p) for p in dc.against})
+    ds_against = [Dataset.open(a) for a in against]
+    parts = num_partitions(dc, docs.num_rows + sum(d.num_rows for d in ds_against))
     layout = [[s.rank, s.out_index] for s in shards]
-    inputs = [docs.lineage()] + [Dataset.open(a).lineage() for a in sorted({os.path.realpath(p) for p in dc.against})]
+    inputs = [docs.lineage()] + [d.lineage() for d in ds_against]
     timings: dict[str, float] = {}
+
+    def timed(name: str, t0: float) -> None:
+        timings[f"dedup_{name}_seconds"] = round(time.time() - t0, 3)
 
     t0 = time.time()
     sig_key = {"exact": dc.exact, "minhash": dc.minhash, "c4_span": dc.c4_span, "ngram": dc.ngram,
                "num_perm": dc.num_perm, "seed": dc.seed, "bands": bands, "rows": rows,
-               "span_sentences": dc.span_sentences, "layout": layout}
+               "span_sentences": dc.span_sentences, "layout": layout, "partitions": parts}
     sig_st = _stage(work, "signatures", sig_key, inputs)
-    sig = _run_stage(sig_st, signature_task, [SigTask(g, s, sig_st, dc, bands, rows) for g, s in enumerate(shards)],
-                     workers, progress, "dedup signatures", 0)
-    sig_paths = [sig.path / f"sig-{g:05d}.parquet" for g in range(len(shards))]
-    timings["dedup_signatures_seconds"] = round(time.time() - t0, 3)
+    sig = _run_stage(sig_st, signature_task, [SigTask(g, s, sig_st, dc, bands, rows, parts) for g, s in enumerate(shards)],
+                     workers, progress, "dedup signatures")
+    sig_paths = [str(sig.path / f"sig-{g:05d}.parquet") for g in range(len(shards))]
+    timed("signatures", t0)
 
     t0 = time.time()
-    pair_paths: list[Path] = []
-    band_lineage: list[dict] = []
-    if dc.minhash:
-        band_st = _stage(work, "bands", {"bands": bands, "layout": layout}, [sig.lineage()])
-        band_ds = _run_stage(band_st, band_task, [BandTask(b, shards, sig_paths, band_st) for b in range(bands)],
-                             workers, progress, "dedup bands", 0)
-        pair_paths = band_ds.shards
-        band_lineage = [band_ds.lineage()]
-    timings["dedup_bands_seconds"] = round(time.time() - t0, 3)
+    edge_paths: list[str] = []
+    pair_stats: dict[str, int] = {}
+    cl_inputs = [sig.lineage()]
+    if dc.exact or dc.minhash:
+        key_paths = [str(sig.path / f"keys-{g:05d}.parquet") for g in range(len(shards))]
+        gr_st = _stage(work, "groups", {"partitions": parts, "layout": layout}, [sig.lineage()])
+        gr = _run_stage(gr_st, group_task, [GroupTask(p, parts, shards, key_paths, gr_st) for p in range(parts)],
+                        workers, progress, "dedup groups")
+        timed("groups", t0)
+
+        t0 = time.time()
+        ve_key = {"minhash": dc.minhash, "verify": dc.verify, "threshold": dc.threshold, "ngram": dc.ngram,
+                  "partitions": parts, "layout": layout}
+        ve_st = _stage(work, "verify", ve_key, [gr.lineage(), sig.lineage()])
+        pair_paths = [str(p) for p in gr.shards]
+        ve = _run_stage(ve_st, verify_task, [VerifyTask(q, shards, pair_paths, sig_paths, dc, ve_st) for q in range(parts)],
+                        workers, progress, "dedup verify")
+        edge_paths = [str(p) for p in ve.shards]
+        if dc.minhash:
+            pair_stats = {k: v for k, v in _sum_stats(ve).items() if k.startswith("minhash.")}
+        cl_inputs = [ve.lineage()]
+        timed("verify", t0)
 
     t0 = time.time()
-    cl_key = {"exact": dc.exact, "minhash": dc.minhash, "verify": dc.verify, "threshold": dc.threshold,
-              "ngram": dc.ngram, "layout": layout}
-    cl_st = _stage(work, "clusters", cl_key, [sig.lineage(), *band_lineage])
+    cl_key = {"exact": dc.exact, "minhash": dc.minhash, "partitions": parts, "layout": layout}
+    cl_st = _stage(work, "clusters", cl_key, cl_inputs)
     if not cl_st.complete:
-        cluster(shards, sig_paths, pair_paths, dc, cl_st)
+        with StageProgress("dedup clusters", 0, enabled=progress) as prog:
+            run_tasks(cluster_task, [ClusterTask(shards, edge_paths, pair_stats, cl_st)], workers=1, progress=prog)
         cl_st.finalize(["clusters"], _MARK, stats=cl_st.task_record("clusters")["stats"])
     cl = Dataset(cl_st.path, cl_st.manifest)
-    timings["dedup_clusters_seconds"] = round(time.time() - t0, 3)
+    timed("clusters", t0)
 
     t0 = time.time()
     sp: Dataset | None = None
     if dc.c4_span:
-        sp_st = _stage(work, "spans", {"span_sentences": dc.span_sentences, "layout": layout},
+        dec_paths = {s.out_index: str(cl.path / f"dec-{s.out_index:05d}.parquet") for s in shards if s.out_index is not None}
+        span_paths = [str(sig.path / f"spans-{g:05d}.parquet") for g in range(len(shards))]
+        sp_st = _stage(work, "spans", {"span_sentences": dc.span_sentences, "partitions": parts, "layout": layout},
                        [sig.lineage(), cl.lineage()])
-        if not sp_st.complete:
-            span_dedup(shards, sig.path, cl.path, dc, sp_st)
-            sp_st.finalize(["spans"], _MARK, stats=sp_st.task_record("spans")["stats"])
-        sp = Dataset(sp_st.path, sp_st.manifest)
-    timings["dedup_spans_seconds"] = round(time.time() - t0, 3)
+        sp = _run_stage(sp_st, span_task, [SpanTask(p, shards, span_paths, dec_paths, sp_st) for p in range(parts)],
+                        workers, progress, "dedup spans")
+    timed("spans", t0)
 
     t0 = time.time()
     task_stats = docs.manifest["stats"]["tasks"]
@@ -130,14 +165,15 @@ def run_dedup(root: Path, docs: Dataset, input_paths: list[str], cfg: Any, stage
         rej = docs.path / "rejected" / f"{name}.parquet"
         tasks.append(FinalTask(
             i, str(p), str(rej) if rej.is_file() else None, str(cl.path / f"dec-{i:05d}.parquet"),
-            str(sp.path / f"drop-{i:05d}.parquet") if sp is not None else None, stage, task_stats[name],
+            [str(x) for x in sp.shards] if sp is not None else [], stage, task_stats[name],
             dc.span_sentences, dc.span_min_sentences, cfg.write_rejected))
     todo = [t for t in tasks if not stage.task_done(t.name)]
     with StageProgress("dedup write", 0, enabled=progress) as prog:
         run_tasks(final_task, todo, workers=workers, progress=prog)
-    timings["dedup_write_seconds"] = round(time.time() - t0, 3)
-    return {"timings": timings, "clusters": cl.manifest["stats"], "spans": sp.manifest["stats"] if sp else {},
-            "lsh": {"bands": bands, "rows": rows, "num_perm": dc.num_perm}}
+    timed("write", t0)
+    spans = dict(_sum_stats(sp)) if sp is not None else {}
+    return {"timings": timings, "clusters": cl.manifest["stats"], "spans": spans,
+            "lsh": {"bands": bands, "rows": rows, "num_perm": dc.num_perm}, "partitions": parts}
 
 
 # ----------------------------------------------------------------------------- the final write
@@ -149,7 +185,7 @@ class FinalTask:
     docs_path: str
     rejected_path: str | None
     dec_path: str
-    drop_path: str | None
+    drop_paths: list[str]  # the span tasks' drops files (each: one row group per output shard)
     out: StageOutput
     stats: dict[str, int]
     span_sentences: int
@@ -171,20 +207,20 @@ def _move(stats: Counter[str], nbytes: int, reason: str) -> None:
 def final_task(t: FinalTask, report: Reporter) -> dict[str, int]:
     started = time.time()
     stats: Counter[str] = Counter(t.stats)
-    dec = {r["row"]: (r["reason"], r["dup_of"]) for r in pq.read_table(t.dec_path).to_pylist()}
+    dec = {r["row"]: (r["reason"], r["dup_of"]) for r in fs.read_table(t.dec_path).to_pylist()}
     drops: dict[int, set[int]] = defaultdict(set)
     span_dup: dict[int, str] = {}
-    if t.drop_path:
-        for r in pq.read_table(t.drop_path).to_pylist():
-            drops[r["row"]].update(range(r["pos"], r["pos"] + t.span_sentences))
-            span_dup.setdefault(r["row"], r["dup_of"])
+    found = [fs.read_table(p, columns=["row", "pos", "dup_of"], filters=[("out", "=", t.index)]) for p in t.drop_paths]
+    for r in sorted((r["row"], r["pos"], r["dup_of"]) for f in found for r in f.to_pylist()):
+        drops[r[0]].update(range(r[1], r[1] + t.span_sentences))
+        span_dup.setdefault(r[0], r[2])  # the first span (by position) that the row repeats
     data_w = t.out.shard_writer(f"{t.name}.parquet", DOCUMENT_SCHEMA)
     rej_w = t.out.shard_writer(f"rejected/{t.name}.parquet", REJECTED_SCHEMA) if t.write_rejected else None
     try:
         if rej_w is not None and t.rejected_path:
-            rej_w.write_table(pq.read_table(t.rejected_path))
+            rej_w.write_table(fs.read_table(t.rejected_path))
         row = 0
-        for batch in pq.ParquetFile(t.docs_path).iter_batches(batch_size=512):
+        for batch in fs.parquet_file(t.docs_path).iter_batches(batch_size=512):
             for doc in batch.to_pylist():
                 nbytes = len(doc["text"].encode("utf-8"))
                 reason, detail = None, None
