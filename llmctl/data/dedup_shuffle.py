@@ -93,8 +93,8 @@ class VerifyTask:
 
 def _jaccards(lo: np.ndarray, hi: np.ndarray, shards: list[Shard], n: int) -> np.ndarray:
     """True shingle Jaccard of each pair. Holds the texts of the candidates (as Arrow UTF-8), not
-    their shingle sets (about 20x larger); pairs come sorted by `lo`, so its set is built once per
-    run of pairs, and a few recent sets are cached."""
+    their shingle sets (8x the texts as Python strings, benchmarks/dedup.py at 16x); pairs come
+    sorted by `lo`, so its set is built once per run of pairs, and a few recent sets are cached."""
     texts = ArrowValues(np.r_[lo, hi], {s.rank: s.path for s in shards}, "text")
     cache: OrderedDict[int, set[bytes]] = OrderedDict()
 

@@ -36,11 +36,12 @@ of them (tests/test_dedup_shuffle.py).
 
 Memory per task, for the documents of its partition: `groups` holds about 50 bytes per (document,
 band) (key, owner, band and the sort order), `spans` about 60 bytes per span, `verify` the texts
-of its candidate documents as Arrow UTF-8 (not their shingle sets, about 20x larger), `clusters`
-about 100 bytes per document in a duplicate group. The automatic P (one partition per 100k
-documents, at most 1024) keeps a task near 100 MB for groups and 300 MB for spans (at 50 spans
-per document). The cost of a larger P: each task reads the footer of every file of the step
-before (P files of up to P row groups), so a few hundred partitions is the useful range.
+of its candidate documents as Arrow UTF-8 (not their shingle sets, 8x larger than even Python
+strings of the texts in benchmarks/dedup.py at 16x), `clusters` about 100 bytes per document in
+a duplicate group. The automatic P (one partition per 100k documents, at most 1024) keeps a task
+near 100 MB for groups and 300 MB for spans (at 50 spans per document). The cost of a larger P:
+each task reads the footer of every file of the step before (P files of up to P row groups), so a
+few hundred partitions is the useful range.
 
 Every step writes into OUT/_work/<step>/ through `StageOutput`, keyed by its parameters (P
 included) and the fingerprints of the intermediates it reads: a re-run reuses an intermediate
