@@ -47,6 +47,34 @@ def _init_ray(address: str | None, workers: int):
     return ray
 
 
+class _Counts:
+    """Progress counts sent by tasks, drained by the driver."""
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, int]] = []
+
+    def add(self, counts: dict[str, int]) -> None:
+        self.pending.append(counts)
+
+    def drain(self) -> list[dict[str, int]]:
+        out, self.pending = self.pending, []
+        return out
+
+
+_ACTOR: dict[str, Any] = {}
+
+
+def _counts_actor(ray):
+    """One progress actor per Ray session, shared by the phases of a stage (starting an actor
+    costs a few hundred ms, and a filter run with dedup has seven phases)."""
+    ctx = ray.get_runtime_context()
+    job = f"{ctx.get_node_id()}/{ctx.get_job_id()}"  # a new ray.init is a new key, even on a restarted cluster
+    if job not in _ACTOR:
+        _ACTOR.clear()
+        _ACTOR[job] = ray.remote(num_cpus=0)(_Counts).remote()
+    return _ACTOR[job]
+
+
 def run_tasks_ray(
     fn: Callable[[T, Any], R],
     tasks: Sequence[T],
@@ -60,19 +88,8 @@ def run_tasks_ray(
     ray = _init_ray(address, workers)
     from llmctl.executor import Reporter
 
-    @ray.remote
-    class _Counts:
-        def __init__(self) -> None:
-            self.pending: list[dict[str, int]] = []
-
-        def add(self, counts: dict[str, int]) -> None:
-            self.pending.append(counts)
-
-        def drain(self) -> list[dict[str, int]]:
-            out, self.pending = self.pending, []
-            return out
-
-    counts = _Counts.remote()
+    counts = _counts_actor(ray)
+    ray.get(counts.drain.remote())  # nothing left over from an earlier phase
 
     def _call(task: T) -> R:
         rep = Reporter(lambda c: counts.add.remote(c), interval=0.5)
