@@ -64,8 +64,8 @@ def test_dead_worker_is_retried(tmp_path):
 
 
 def filter_shard_dying_once(task: tuple, report) -> dict:
-    """The real filter task; on its first attempt shard 1's worker is SIGKILLed mid-shard, after
-    some documents were written to its temporary file."""
+    """The real filter task; shard 1's worker is SIGKILLed mid-shard, after some documents were
+    written to its temporary file: on its first attempt, or on every one when marker is "always"."""
     from llmctl.data.filter import filter_task
 
     ftask, marker = task
@@ -73,7 +73,7 @@ def filter_shard_dying_once(task: tuple, report) -> dict:
 
     def rep(**counts) -> None:
         seen[0] += counts.get("docs", 0)
-        if ftask.index == 1 and seen[0] == 20 and not os.path.exists(marker):
+        if ftask.index == 1 and seen[0] == 20 and (marker == "always" or not os.path.exists(marker)):
             Path(marker).touch()
             os.kill(os.getpid(), signal.SIGKILL)
         report(**counts)
@@ -105,6 +105,20 @@ def test_worker_killed_mid_filter_shard_gives_the_clean_output(tmp_path):
     killed = out.finalize(names, DOCUMENT_SCHEMA, stats=clean["stats"])
     assert killed["shards"] == clean["shards"] and killed["files"] == clean["files"]
     assert not list((tmp_path / "killed").rglob(".*.tmp*"))  # no leftover of the killed attempt
+
+    # a shard whose worker dies on every attempt: named, the other shards' output stays, and a
+    # re-run (here without the fault) redoes only that shard and ends with the clean output
+    out = StageOutput(tmp_path / "failing", "filter", cfg, [f.lineage for f in files])
+    tasks = [FilterTask(i, f, out, cfg) for i, f in enumerate(files)]
+    with pytest.raises(TaskFailed, match=r"1 of 3 shards failed after 3 attempts: part-00001"):
+        run_tasks(filter_shard_dying_once, [(t, "always") for t in tasks], workers=2, executor="ray",
+                  ray_address=None, names=names)
+    again = StageOutput(tmp_path / "failing", "filter", cfg, [f.lineage for f in files])
+    assert again.resumed_tasks == 2 and not again.task_done("part-00001")
+    todo = [FilterTask(i, f, again, cfg) for i, f in enumerate(files) if not again.task_done(f"part-{i:05d}")]
+    run_tasks(filter_shard_dying_once, [(t, marker) for t in todo], workers=2, executor="ray", ray_address=None)
+    resumed = again.finalize(names, DOCUMENT_SCHEMA, stats=clean["stats"])
+    assert resumed["shards"] == clean["shards"] and resumed["files"] == clean["files"]
 
 
 def test_task_failing_every_attempt_is_named():
