@@ -210,3 +210,17 @@ def test_bad_partition_count(chain, tmp_path):
     with pytest.raises(UsageError, match="dedup.partitions"):
         run(chain["paths"], tmp_path / "bad", parts=0)
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_dedup_partitions_flag(chain, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmctl.cli import app
+
+    r = CliRunner().invoke(app, ["filter", *chain["paths"], "-o", str(tmp_path / "out"), "--no-c4", "--no-gopher",
+                                 "--dedup-partitions", "3", "--keep-work", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out" / "_work" / "groups").glob("pairs-*.parquet")) == [
+        "pairs-00000.parquet", "pairs-00001.parquet", "pairs-00002.parquet"]
+    r = CliRunner().invoke(app, ["filter", *chain["paths"], "-o", str(tmp_path / "bad"), "--dedup-partitions", "0"])
+    assert isinstance(r.exception, UsageError) and "dedup.partitions" in str(r.exception)  # main() prints it, exit 2

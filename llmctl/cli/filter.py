@@ -31,6 +31,7 @@ def filter_cmd(
     rows: Annotated[Optional[int], typer.Option(help="LSH rows per band (with --bands).")] = None,
     dedup_scope: Annotated[Optional[str], typer.Option(help="self (within this run) or self+against (also against --against datasets).")] = None,
     against: Annotated[Optional[list[str]], typer.Option(help="Earlier llmctl filter output whose documents count as earlier (repeatable).")] = None,
+    dedup_partitions: Annotated[Optional[int], typer.Option(help="Key partitions of the dedup shuffle: tasks per grouping/checking/span step (default: one per 100k documents). Output does not depend on it.")] = None,
     keep_work: Annotated[bool, typer.Option("--keep-work", help="Keep the dedup intermediates in OUT/_work.")] = False,
     quality_model: Annotated[Optional[str], typer.Option(help="fastText model dir from `llmctl quality train`: fills quality_score.")] = None,
     quality_threshold: Annotated[Optional[float], typer.Option(help="Keep documents with quality_score >= this (default 0.5).")] = None,
@@ -63,7 +64,7 @@ def filter_cmd(
              "dedup.c4_span": c4_span if c4_span is not None else dedup, "dedup.threshold": minhash_threshold,
              "dedup.num_perm": num_perm, "dedup.bands": bands, "dedup.rows": rows,
              "dedup.scope": dedup_scope or ("self+against" if against else None), "dedup.against": against or None,
-             "dedup.keep_work": True if keep_work else None, "quality.model": quality_model,
+             "dedup.keep_work": True if keep_work else None, "dedup.partitions": dedup_partitions, "quality.model": quality_model,
              "quality.threshold": quality_threshold, "quality.sampling": quality_sampling, "quality.alpha": alpha,
              "quality.seed": seed}
     cfg = C.load(FilterConfig, config, set_, flags)
