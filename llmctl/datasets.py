@@ -120,7 +120,7 @@ class Dataset:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UsageError(f"{mpath}: unreadable manifest ({e})") from None
-        ds = cls(p, manifest)
+        ds = cls(p.absolute() if fs.is_local(p) else p, manifest)  # tasks may run in another directory
         if stage is not None:
             wanted = (stage,) if isinstance(stage, str) else tuple(stage)
             if ds.stage not in wanted:
@@ -263,6 +263,8 @@ class StageOutput:
 
     def __post_init__(self) -> None:
         self.path = fs.to_path(self.path)
+        if fs.is_local(self.path):
+            self.path = self.path.absolute()  # tasks (Ray workers) may run in another directory
         self._state = {
             "stage": self.stage,
             "config": output_fields(self.config),

@@ -94,15 +94,19 @@ def exists(path: str | AnyPath) -> bool:
 
 def write_text_atomic(path: AnyPath, text: str) -> None:
     """Write a file so that readers see either the old content or the new, never a part."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: AnyPath, data: bytes) -> None:
     p = to_path(path)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     if isinstance(p, Path):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
     else:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
     replace(tmp, p)
 
 
@@ -135,6 +139,13 @@ def unlink(path: AnyPath) -> None:
 
 def mkdirs(path: AnyPath) -> None:
     to_path(path).mkdir(parents=True, exist_ok=True)
+
+
+def check_shared(path: AnyPath, workers: int, executor: str) -> None:
+    """A memory:// filesystem lives in one process: refuse it when tasks may run in others."""
+    p = to_path(path)
+    if not is_local(p) and getattr(p, "protocol", "") == "memory" and (workers > 1 or executor == "ray"):
+        raise UsageError(f"{path}: a memory:// filesystem lives in one process; use --workers 1 and the local executor")
 
 
 # ----------------------------------------------------------------------------- Parquet

@@ -22,26 +22,30 @@ class _RatesColumn(ProgressColumn):
         elapsed = max(task.elapsed or 0.0, 1e-9)
         f = task.fields
         parts = []
+        if f.get("tasks") and task.total:
+            parts.append(f"{f['tasks']:,}/{int(task.total):,} tasks")
         if f.get("docs"):
             parts.append(f"{f['docs']:,} docs {f['docs'] / elapsed:,.1f}/s")
-        if task.completed:
-            parts.append(f"{task.completed / 1e6 / elapsed:,.2f} MB/s")
+        if f.get("bytes"):
+            parts.append(f"{f['bytes'] / 1e6 / elapsed:,.2f} MB/s")
         if f.get("tokens"):
             parts.append(f"{f['tokens'] / elapsed:,.0f} tok/s")
         return Text("  ".join(parts), style="cyan")
 
 
 class StageProgress:
-    """One progress bar measured in input bytes, with document and token counters beside it."""
+    """One progress bar measured in `unit` (input bytes by default; documents; or finished tasks,
+    which a task reports with `report(tasks=1)`), with document and token counters beside it."""
 
-    def __init__(self, description: str, total_bytes: int | None, enabled: bool | None = None):
+    def __init__(self, description: str, total: int | None, enabled: bool | None = None, unit: str = "bytes"):
         self.enabled = console.is_terminal if enabled is None else enabled
-        self.counts: dict[str, int] = {"docs": 0, "bytes": 0, "tokens": 0}
+        self.unit = unit
+        self.counts: dict[str, int] = {"docs": 0, "bytes": 0, "tokens": 0, "tasks": 0}
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
             _RatesColumn(), TimeRemainingColumn(), console=console, disable=not self.enabled, transient=False,
         )
-        self._task = self._progress.add_task(description, total=total_bytes or None, docs=0, tokens=0)
+        self._task = self._progress.add_task(description, total=total or None, **self.counts)
         self.started = time.time()
 
     def __enter__(self) -> "StageProgress":
@@ -54,5 +58,16 @@ class StageProgress:
     def update(self, counts: dict[str, int]) -> None:
         for k, v in counts.items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
-        self._progress.update(self._task, completed=self.counts["bytes"], docs=self.counts["docs"],
-                              tokens=self.counts["tokens"])
+        self._progress.update(self._task, completed=self.counts[self.unit], **self.counts)
+
+
+def note(message: str, progress: bool | None = None) -> None:
+    """One line on stderr about what a stage is doing (not when the caller turned progress off)."""
+    if progress is not False:
+        console.print(message, markup=False, highlight=False)
+
+
+def note_resume(out: Any, total: int, progress: bool | None = None) -> None:
+    """Say so when a stage picks up the finished tasks of an interrupted run."""
+    if out.resumed_tasks:
+        note(f"resuming: {out.resumed_tasks} of {total} tasks finished by an earlier run are kept", progress)

@@ -135,3 +135,24 @@ def test_cli_encode_between_file_uris(tmp_path, tokenizer):
     t = pq.read_table(tmp_path / "tokens" / "part-00000.parquet")
     assert t.num_rows == Dataset.open(tmp_path / "docs").num_rows
     assert Dataset.open(f"file://{tmp_path}/tokens").manifest["inputs"][1]["path"] == f"file://{tmp_path}/tok"
+
+
+def test_tokenize_train_to_a_uri(tmp_path, mem_root, tokenizer):
+    """The tokenizer is built locally and uploaded file by file, manifest last; encode reads it
+    back from the URI."""
+    from tokenize_helpers import tinystories_docs, write_documents
+
+    from llmctl.data.tokenize import TokenizerTrainConfig, run_train
+    from llmctl.tokenizer import Tokenizer
+
+    docs = write_documents(tmp_path / "docs", [tinystories_docs(300)])
+    cfg = TokenizerTrainConfig(vocab_size=600, sample_bytes=150_000)
+    m = run_train([str(docs)], f"{mem_root}/tok", cfg)
+    assert m["fingerprint"] == Tokenizer.load(tokenizer).fingerprint  # what the same training gives locally
+    assert Tokenizer.load(f"{mem_root}/tok").fingerprint == m["fingerprint"]
+    assert run_train([str(docs)], f"{mem_root}/tok", cfg) == m  # done: nothing retrained
+    mem = fsspec.filesystem("memory")
+    assert sorted(p.rsplit("/", 1)[-1] for p in mem.find(f"{mem_root}/tok")) == sorted(
+        p.name for p in Path(tokenizer).iterdir())
+    with pytest.raises(UsageError, match="pass --overwrite"):
+        run_train([str(docs)], f"{mem_root}/tok", TokenizerTrainConfig(vocab_size=700, sample_bytes=150_000))

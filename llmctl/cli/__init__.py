@@ -24,7 +24,12 @@ from llmctl.cli import train as _train  # noqa: E402,F401
 def main() -> None:
     """Console-script entry point: a user error is one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        # without standalone mode, Typer *returns* the code of an Exit, and turns Ctrl-C into Exit(130)
+        if rv == 130:
+            raise KeyboardInterrupt
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+            sys.exit(rv)
     except UsageError as e:
         print(f"llmctl: error: {e}", file=sys.stderr)
         sys.exit(2)

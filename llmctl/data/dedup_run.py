@@ -19,6 +19,7 @@ was made on): cutting sentences lowers `kept.bytes` and `read.bytes` by the byte
 from __future__ import annotations
 
 import time
+from functools import partial
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -66,13 +67,23 @@ def dedup_shards(docs: Dataset, input_paths: list[str], against: list[str]) -> l
     return shards
 
 
-def _run_stage(st: StageOutput, fn, tasks: list, workers: int, progress: bool | None, label: str) -> Dataset:
+def _counting_tasks(fn, task, report: Reporter):
+    """`fn(task, report)`, then one finished task on the progress bar."""
+    result = fn(task, report)
+    report(tasks=1)
+    return result
+
+
+def _run_stage(st: StageOutput, fn, tasks: list, workers: int, progress: bool | None, label: str,
+               total_docs: int | None = None) -> Dataset:
     """Run the tasks of an intermediate that are not done yet, then write its manifest; the stats
-    of each task are kept under their task name."""
+    of each task are kept under their task name. The bar counts documents when `total_docs` is
+    given (the tasks report them), else finished tasks."""
     if not st.complete:
         todo = [t for t in tasks if not st.task_done(t.name)]
-        with StageProgress(label, 0, enabled=progress) as prog:
-            run_tasks(fn, todo, workers=workers, progress=prog)
+        unit, total = ("docs", total_docs) if total_docs is not None else ("tasks", len(todo))
+        with StageProgress(label, total, enabled=progress, unit=unit) as prog:
+            run_tasks(partial(_counting_tasks, fn), todo, workers=workers, progress=prog)
         names = [t.name for t in tasks]
         st.finalize(names, _MARK, stats={n: st.task_record(n)["stats"] for n in names})
     return Dataset(st.path, st.manifest)
@@ -108,7 +119,7 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
                "span_sentences": dc.span_sentences, "layout": layout, "partitions": parts}
     sig_st = _stage(work, "signatures", sig_key, inputs)
     sig = _run_stage(sig_st, signature_task, [SigTask(g, s, sig_st, dc, bands, rows, parts) for g, s in enumerate(shards)],
-                     workers, progress, "dedup signatures")
+                     workers, progress, "dedup signatures", total_docs=sum(ds.num_rows for ds in [docs, *ds_against]))
     sig_paths = [str(sig.path / f"sig-{g:05d}.parquet") for g in range(len(shards))]
     timed("signatures", t0)
 
@@ -140,8 +151,8 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
     cl_key = {"exact": dc.exact, "minhash": dc.minhash, "partitions": parts, "layout": layout}
     cl_st = _stage(work, "clusters", cl_key, cl_inputs)
     if not cl_st.complete:
-        with StageProgress("dedup clusters", 0, enabled=progress) as prog:
-            run_tasks(cluster_task, [ClusterTask(shards, edge_paths, pair_stats, cl_st)], workers=1, progress=prog)
+        with StageProgress("dedup clusters", 1, enabled=progress, unit="tasks") as prog:
+            run_tasks(partial(_counting_tasks, cluster_task), [ClusterTask(shards, edge_paths, pair_stats, cl_st)], workers=1, progress=prog)
         cl_st.finalize(["clusters"], _MARK, stats=cl_st.task_record("clusters")["stats"])
     cl = Dataset(cl_st.path, cl_st.manifest)
     timed("clusters", t0)
@@ -168,7 +179,7 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
             [str(x) for x in sp.shards] if sp is not None else [], stage, task_stats[name],
             dc.span_sentences, dc.span_min_sentences, cfg.write_rejected))
     todo = [t for t in tasks if not stage.task_done(t.name)]
-    with StageProgress("dedup write", 0, enabled=progress) as prog:
+    with StageProgress("dedup write", docs.num_rows, enabled=progress, unit="docs") as prog:
         run_tasks(final_task, todo, workers=workers, progress=prog)
     timed("write", t0)
     spans = dict(_sum_stats(sp)) if sp is not None else {}

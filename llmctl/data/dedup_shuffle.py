@@ -57,7 +57,7 @@ def group_task(t: GroupTask, report: Reporter) -> dict[str, int]:
         tbl = read_part(path, "part", t.part, ["band", "key", "row"])
         bands.append(tbl.column("band").to_numpy()), keys.append(tbl.column("key").to_numpy())
         owners.append(owners_of(sh.rank, tbl.column("row").to_numpy()))
-        report(docs=tbl.num_rows)
+        report(keys=tbl.num_rows)
     band = np.concatenate(bands) if bands else np.zeros(0, np.uint16)
     key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
     owner = np.concatenate(owners) if owners else np.zeros(0, np.uint64)
@@ -134,7 +134,7 @@ def verify_task(t: VerifyTask, report: Reporter) -> dict[str, int]:
         ok = sim >= cfg.threshold
         lo, hi = lo[ok], hi[ok]
     stats["minhash.verified_pairs"] = len(lo)
-    report(docs=len(a))
+    report(keys=len(a))
 
     # local union-find: each node of a checked pair -> the smallest node of its tree
     nodes = np.unique(np.r_[lo, hi])
@@ -193,7 +193,7 @@ def span_task(t: SpanTask, report: Reporter) -> dict[str, int]:
                 mask = ~np.isin(r, removed)
                 h, r, pos = h[mask], r[mask], pos[mask]
         H.append(h), O.append(owners_of(sh.rank, r)), P.append(pos)
-        report(docs=tbl.num_rows)
+        report(keys=tbl.num_rows)
     h = np.concatenate(H) if H else np.zeros(0, np.uint64)
     o = np.concatenate(O) if O else np.zeros(0, np.uint64)
     pos = np.concatenate(P) if P else np.zeros(0, np.uint32)

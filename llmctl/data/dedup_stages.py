@@ -363,5 +363,5 @@ def cluster_task(t: ClusterTask, report: Reporter) -> dict[str, int]:
     stats["cluster.nodes"] = len(nodes)
     files = write_per_output_shard(t.out, t.shards, per_out, DECISION_SCHEMA, "dec")
     t.out.finish_task(t.name, {"data": files}, dict(stats))
-    report(docs=len(nodes))
+    report(keys=len(nodes))
     return dict(stats)

@@ -24,7 +24,7 @@ import glob
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from llmctl import fs
 from llmctl.errors import UsageError
 from llmctl.fs import is_uri
 from llmctl.executor import Reporter, default_workers, run_tasks, using
-from llmctl.progress import StageProgress
+from llmctl.progress import StageProgress, note, note_resume
 
 STEP_NAMES = ("gopher_repetition", "gopher_quality", "c4", "pii", "quality")
 
@@ -97,9 +97,10 @@ def build_steps(cfg: FilterConfig) -> list:
 
 @dataclass
 class InputFile:
-    path: str
+    path: str  # what is read: an absolute local path or a URI (Ray workers run in another directory)
     kind: str
     lineage: dict[str, Any]
+    source: str = ""  # the documents' `source` column: the path as given on the command line
 
 
 def resolve_inputs(patterns: list[str], cfg: ExtractConfig) -> list[InputFile]:
@@ -194,7 +195,7 @@ def _input_file(p: Path) -> InputFile:
         raise UsageError(f"{p}: unsupported input (expected .warc[.gz], .wet[.gz], .jsonl[.gz] or .parquet)")
     if not os.access(p, os.R_OK):
         raise UsageError(f"{p}: not readable")
-    return InputFile(str(p), kind, {"path": str(p.resolve()), "fingerprint": fingerprint_file(p)})
+    return InputFile(os.path.abspath(p), kind, {"path": str(p.resolve()), "fingerprint": fingerprint_file(p)}, str(p))
 
 
 # ----------------------------------------------------------------------------- one task
@@ -211,6 +212,11 @@ class FilterTask:
     def name(self) -> str:
         return f"part-{self.index:05d}"
 
+    @property
+    def label(self) -> str:
+        """How a failure names this task: the shard and the input file it reads."""
+        return f"{self.name} ({self.input.source or self.input.path})"
+
 
 def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
     """Filter one input file into one output shard (+ its rejected shard); returns its stats."""
@@ -221,7 +227,7 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
     data_w = task.out.shard_writer(f"{task.name}.parquet", DOCUMENT_SCHEMA)
     rej_w = task.out.shard_writer(f"rejected/{task.name}.parquet", REJECTED_SCHEMA) if cfg.write_rejected else None
     try:
-        for rec in read_input(task.input.path, task.input.path, cfg.extract, report):
+        for rec in read_input(task.input.path, task.input.source or task.input.path, cfg.extract, report):
             report(docs=1)
             if isinstance(rec, Unreadable):
                 _count(stats, f"unreadable.{rec.reason}", rec.nbytes)
@@ -292,8 +298,11 @@ def funnel(stats: dict[str, int], step_order: list[str]) -> list[dict[str, Any]]
 
 def _run_per_shard(files: list[InputFile], out: StageOutput, cfg: FilterConfig, workers: int,
                    progress: bool | None) -> list[str]:
+    if cfg.quality.enabled and fs.is_local(cfg.quality.model):  # workers may run in another directory
+        cfg = replace(cfg, quality=replace(cfg.quality, model=os.path.abspath(cfg.quality.model)))  # type: ignore[arg-type]
     tasks = [FilterTask(i, f, out, cfg) for i, f in enumerate(files)]
     todo = [t for t in tasks if not out.task_done(t.name)]
+    note_resume(out, len(tasks), progress)
     total = sum(fs.size(t.input.path) for t in todo)
     with StageProgress("filter", total, enabled=progress) as prog:
         run_tasks(filter_task, todo, workers=workers, progress=prog)
@@ -319,7 +328,7 @@ def run_filter(
 
 def _run_filter(
     inputs: list[str],
-    out: str | Path,
+    output: str | Path,
     cfg: FilterConfig,
     overwrite: bool,
     progress: bool | None,
@@ -337,13 +346,15 @@ def _run_filter(
         lineage.append(model_lineage(cfg.quality.model))  # type: ignore[arg-type]
     if dedup_on:
         lineage += [Dataset.open(a, stage="filter", columns=["id", "text"]).lineage() for a in cfg.dedup.against]
-    out = fs.to_path(out)
+    out = fs.to_path(output)
+    workers = cfg.workers or default_workers()
+    fs.check_shared(out, workers, cfg.executor)
     stage = StageOutput(out, "filter", cfg, lineage, overwrite=overwrite)
     if stage.complete:
+        note(f"{output}: already complete (same config and inputs); nothing to do", progress)
         if not cfg.dedup.keep_work:
             fs.rmtree(out / "_work")
         return stage.manifest
-    workers = cfg.workers or default_workers()
     started = time.time()
     extra: dict[str, Any] = {}
     if not dedup_on:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from llmctl.datasets import (MANIFEST, Dataset, StageOutput, atomic_write_json, 
 from llmctl import __version__, fs
 from llmctl.errors import UsageError
 from llmctl.executor import Reporter, default_workers, run_tasks, using
-from llmctl.progress import StageProgress
+from llmctl.progress import StageProgress, note, note_resume
 from llmctl.tokenizer import Tokenizer, training_chunks
 
 TOKENS_SCHEMA = pa.schema([
@@ -121,7 +122,9 @@ def run_train(datasets: list[str] | str, out: str | Path, cfg: TokenizerTrainCon
     dss = _open_inputs(datasets)
     inputs = [ds.lineage() for ds in dss]
     signature = _train_signature(cfg, inputs)
-    out = Path(out)
+    out = fs.to_path(out)
+    if fs.is_local(out):
+        out = out.absolute()
     if out.exists():
         mpath = out / MANIFEST
         if not out.is_dir():
@@ -147,8 +150,11 @@ def run_train(datasets: list[str] | str, out: str | Path, cfg: TokenizerTrainCon
                           num_threads=cfg.workers or default_workers())
     trained = time.time()
     tokens = sum(len(ids) for ids in tok.encode_batch(texts, num_threads=cfg.workers or default_workers()))
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if fs.is_local(out):
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:  # a URI: built locally, then uploaded file by file, manifest last
+        tmp = Path(tempfile.mkdtemp(prefix="llmctl-tokenizer-"))
     tok.save(tmp)
     stats = {"sample": {**sample, "tokens": tokens, "bytes_per_token": round(sample["bytes"] / max(tokens, 1), 4)},
              "vocab_size": tok.vocab_size, "special_tokens": tok.special_ids}
@@ -160,8 +166,18 @@ def run_train(datasets: list[str] | str, out: str | Path, cfg: TokenizerTrainCon
                             "seconds": round(time.time() - started, 3)}}
     atomic_write_json(tmp / MANIFEST, manifest)
     if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        fs.rmtree(out)
+    if fs.is_local(out):
+        os.replace(tmp, out)
+        return manifest
+    try:
+        files = sorted(f for f in tmp.rglob("*") if f.is_file() and f.name != MANIFEST)
+        for f in files + [tmp / MANIFEST]:  # the manifest last: the completion marker
+            dst = out / f.relative_to(tmp).as_posix()
+            fs.mkdirs(dst.parent)
+            fs.write_bytes_atomic(dst, f.read_bytes())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
@@ -199,6 +215,11 @@ class EncodeTask:
     @property
     def name(self) -> str:
         return f"part-{self.index:05d}"
+
+    @property
+    def label(self) -> str:
+        """How a failure names this task: the shard and the documents shard it reads."""
+        return f"{self.name} ({self.shard})"
 
 
 def _empty_stats() -> dict[str, dict[str, int]]:
@@ -304,14 +325,17 @@ def _run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path,
         raise UsageError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     ds = _open_inputs([str(dataset)])[0]
     tok = Tokenizer.load(tokenizer_dir)
+    workers = cfg.workers or default_workers()
+    fs.check_shared(out, workers, cfg.executor)
     stage = StageOutput(fs.to_path(out), "tokens", cfg, [ds.lineage(), tok.lineage()], overwrite=overwrite)
     if stage.complete:
+        note(f"{out}: already complete (same config and inputs); nothing to do", progress)
         return stage.manifest
-    workers = cfg.workers or default_workers()
     has_id = "id" in ds.column_names
     all_tasks = [EncodeTask(i, str(p), fs.display(tokenizer_dir), stage, cfg, 1, has_id)
                  for i, p in enumerate(ds.shards)]
     todo = [t for t in all_tasks if not stage.task_done(t.name)]
+    note_resume(stage, len(all_tasks), progress)
     procs = max(1, min(workers, len(todo)))
     for t in todo:
         t.threads = max(1, workers // procs)
