@@ -22,7 +22,7 @@ class _RatesColumn(ProgressColumn):
         elapsed = max(task.elapsed or 0.0, 1e-9)
         f = task.fields
         parts = []
-        if f.get("tasks") and task.total:
+        if f.get("unit") == "tasks" and task.total:
             parts.append(f"{f['tasks']:,}/{int(task.total):,} tasks")
         if f.get("docs"):
             parts.append(f"{f['docs']:,} docs {f['docs'] / elapsed:,.1f}/s")
@@ -45,7 +45,7 @@ class StageProgress:
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
             _RatesColumn(), TimeRemainingColumn(), console=console, disable=not self.enabled, transient=False,
         )
-        self._task = self._progress.add_task(description, total=total or None, **self.counts)
+        self._task = self._progress.add_task(description, total=total or None, unit=unit, **self.counts)
         self.started = time.time()
 
     def __enter__(self) -> "StageProgress":
