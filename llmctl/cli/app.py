@@ -27,7 +27,7 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an output directory that holds a different run's output.")
 ]
 WorkersOpt = Annotated[
-    Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: all cores).")
+    Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: all cores). With --executor ray: the CPUs of a local Ray instance; on an existing cluster, Ray schedules on all its CPUs.")
 ]
 
 ExecutorOpt = Annotated[

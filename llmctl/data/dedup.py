@@ -88,7 +88,7 @@ def validate(cfg: DedupConfig) -> tuple[int, int]:
     if not 0.0 < cfg.threshold < 1.0:
         raise UsageError(f"--minhash-threshold must be between 0 and 1, got {cfg.threshold}")
     if cfg.partitions is not None and not 1 <= cfg.partitions <= 1 << 16:
-        raise UsageError(f"dedup.partitions must be between 1 and 65536, got {cfg.partitions}")
+        raise UsageError(f"--dedup-partitions (dedup.partitions) must be between 1 and 65536, got {cfg.partitions}")
     if cfg.ngram < 1 or cfg.num_perm < 2 or cfg.span_sentences < 1:
         raise UsageError("dedup.ngram, dedup.num_perm and dedup.span_sentences must be positive")
     return lsh_params(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows)
