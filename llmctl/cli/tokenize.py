@@ -17,13 +17,13 @@ app.add_typer(tokenize_app, name="tokenize")
 @tokenize_app.command("train")
 def train_cmd(
     datasets: Annotated[list[str], typer.Argument(help="Documents datasets (any llmctl dataset with a text column).")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Tokenizer directory to write.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Tokenizer directory to write: a local path or an fsspec URI.")],
     vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", "-v", help="Vocabulary size, special and byte tokens included (default 8192).")] = None,
     sample_bytes: Annotated[Optional[int], typer.Option("--sample-bytes", help="Bytes of text sampled evenly across shards (default 100 MB).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the sample.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    workers: WorkersOpt = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="sentencepiece trainer threads (default: all cores).")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a sentencepiece BPE tokenizer (byte fallback, split digits, chat special tokens).
