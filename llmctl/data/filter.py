@@ -322,7 +322,7 @@ def run_filter(
     on the executor of `cfg.executor`: the same functions locally or on Ray, the same output.
     """
     cfg = cfg or FilterConfig()
-    with using(cfg.executor, cfg.ray_address):
+    with using(cfg.executor, cfg.ray_address, workers=cfg.workers or default_workers()):
         return _run_filter(inputs, out, cfg, overwrite, progress)
 
 

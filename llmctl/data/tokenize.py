@@ -315,7 +315,7 @@ def run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path, 
     The shard tasks run on `cfg.executor` (local processes or Ray): same function, same output.
     """
     cfg = cfg or EncodeConfig()
-    with using(cfg.executor, cfg.ray_address):
+    with using(cfg.executor, cfg.ray_address, workers=cfg.workers or default_workers()):
         return _run_encode(dataset, tokenizer_dir, out, cfg, overwrite, progress)
 
 
