@@ -19,6 +19,7 @@ from llmctl.data.dedup_stages import (
     EXACT_BAND,
     ArrowValues,
     Shard,
+    component_roots,
     first_of_groups,
     owner_bucket,
     owners_of,
@@ -138,19 +139,7 @@ def verify_task(t: VerifyTask, report: Reporter) -> dict[str, int]:
 
     # local union-find: each node of a checked pair -> the smallest node of its tree
     nodes = np.unique(np.r_[lo, hi])
-    par = list(range(len(nodes)))
-
-    def find(x: int) -> int:
-        while par[x] != x:
-            par[x] = par[par[x]]
-            x = par[x]
-        return x
-
-    for x, y in zip(np.searchsorted(nodes, lo).tolist(), np.searchsorted(nodes, hi).tolist()):
-        rx, ry = find(x), find(y)
-        if rx != ry:
-            par[max(rx, ry)] = min(rx, ry)
-    root = np.array([find(i) for i in range(len(nodes))], dtype=np.int64)
+    root = component_roots(np.searchsorted(nodes, lo), np.searchsorted(nodes, hi), len(nodes))
     tree = root != np.arange(len(nodes))
     fa, fb = nodes[tree], nodes[root[tree]]
     table = pa.table([np.r_[ea, fa], np.r_[eb, fb], np.r_[np.ones(len(ea), bool), np.zeros(len(fa), bool)]],

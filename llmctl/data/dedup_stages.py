@@ -125,6 +125,25 @@ def owner_bucket(owners: np.ndarray, parts: int) -> np.ndarray:
     return key_part(z ^ (z >> np.uint64(31)), parts)
 
 
+def component_roots(ia: np.ndarray, ib: np.ndarray, n: int) -> np.ndarray:
+    """Union-find over the edges (ia[k], ib[k]) of nodes 0..n-1: each node's root, the smallest
+    node of its component (nodes are numbered in the stable order, so the root is the first
+    document)."""
+    par = list(range(n))
+
+    def find(x: int) -> int:
+        while par[x] != x:
+            par[x] = par[par[x]]
+            x = par[x]
+        return x
+
+    for x, y in zip(ia.tolist(), ib.tolist()):
+        rx, ry = find(x), find(y)
+        if rx != ry:
+            par[max(rx, ry)] = min(rx, ry)
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
 def first_of_groups(keys: list[np.ndarray], owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort by (keys..., owner); returns (order, the first owner of each element's key group)."""
     order = np.lexsort((owners, *reversed(keys)))
@@ -333,19 +352,7 @@ def cluster_task(t: ClusterTask, report: Reporter) -> dict[str, int]:
     is_exact = np.concatenate(X) if X else np.zeros(0, bool)
     nodes = np.unique(np.r_[a, b])  # dense index = position in the stable order
     ia, ib = np.searchsorted(nodes, a), np.searchsorted(nodes, b)
-    par = list(range(len(nodes)))
-
-    def find(x: int) -> int:
-        while par[x] != x:
-            par[x] = par[par[x]]
-            x = par[x]
-        return x
-
-    for x, y in zip(ia.tolist(), ib.tolist()):
-        rx, ry = find(x), find(y)
-        if rx != ry:
-            par[max(rx, ry)] = min(rx, ry)  # the root is the first document of its component
-    root = np.array([find(i) for i in range(len(nodes))], dtype=np.int64)
+    root = component_roots(ia, ib, len(nodes))
     exact_dup = np.zeros(len(nodes), bool)
     exact_dup[ia[is_exact]] = True  # an exact edge goes from a document to its first exact copy
     removed = np.flatnonzero(root != np.arange(len(nodes)))
