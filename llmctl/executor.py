@@ -124,7 +124,7 @@ _DEFAULT = {"executor": "local", "ray_address": "auto"}
 def using(executor: str = "local", ray_address: str | None = "auto", workers: int | None = None) -> Iterator[None]:
     """Make `executor` the default of every `run_tasks` call inside the block.
 
-    A stage wraps its whole run in it, so each of its phases (filter, dedup signatures, bands,
+    A stage wraps its whole run in it, so each of its phases (filter, the dedup shuffle's steps,
     final write; tokenize encode) runs on the executor the user chose, with no other change.
     With `executor="ray"` it connects to Ray on entry (llmctl.ray_executor.connect), so an
     unreachable cluster is a one-line UsageError before the stage writes anything; `workers`

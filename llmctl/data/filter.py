@@ -318,7 +318,7 @@ def run_filter(
 ) -> dict[str, Any]:
     """Run the filter stage; returns the output manifest (also when it was already complete).
 
-    Every phase (per-shard steps, dedup signatures, bands, clustering, final write) runs its tasks
+    Every phase (per-shard steps, dedup signatures, groups, verify, clusters, spans, final write) runs its tasks
     on the executor of `cfg.executor`: the same functions locally or on Ray, the same output.
     """
     cfg = cfg or FilterConfig()
