@@ -224,3 +224,26 @@ def test_cli_dedup_partitions_flag(chain, tmp_path):
         "pairs-00000.parquet", "pairs-00001.parquet", "pairs-00002.parquet"]
     r = CliRunner().invoke(app, ["filter", *chain["paths"], "-o", str(tmp_path / "bad"), "--dedup-partitions", "0"])
     assert isinstance(r.exception, UsageError) and "dedup.partitions" in str(r.exception)  # main() prints it, exit 2
+
+
+def test_progress_bars_reach_their_totals(chain, tmp_path, monkeypatch):
+    """Each dedup bar is measured in what its tasks report: documents for signatures and the final
+    write, finished tasks for the shuffle's steps (keys are not counted as documents)."""
+    from llmctl import progress as P
+
+    bars: list[P.StageProgress] = []
+
+    class Recorded(P.StageProgress):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            bars.append(self)
+
+    monkeypatch.setattr(dedup_run, "StageProgress", Recorded)
+    run(chain["paths"], tmp_path / "out", parts=3)
+    got = {b._progress.tasks[0].description: (b.unit, b._progress.tasks[0].total, b.counts[b.unit]) for b in bars}
+    docs = sum(1 for p in chain["paths"] for _ in open(p))
+    assert got["dedup signatures"] == ("docs", docs, docs)
+    assert got["dedup groups"] == got["dedup verify"] == got["dedup spans"] == ("tasks", 3, 3)
+    assert got["dedup clusters"] == ("tasks", 1, 1)
+    assert got["dedup write"][0] == "docs" and got["dedup write"][1] == got["dedup write"][2] > 0
+    assert all(b.counts["docs"] <= docs for b in bars)
