@@ -11,11 +11,14 @@ Layout of a checkpoint directory::
 Nothing is pickled: `train_state.pt` holds only tensors and plain types and is read back with
 `torch.load(weights_only=True)`, which refuses anything else. A checkpoint is written into a
 hidden temporary directory and renamed into place, so a run killed mid-save leaves the previous
-checkpoint intact.
+checkpoint intact (and the temporary directory is removed when the run starts again, see
+llmctl.train.run_dir); a write that fails (a full disk) is one line, `CheckpointWriteError`.
+Files get the mode of every other file llmctl writes: 0666 less the umask.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -23,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmctl import __version__
+from llmctl import __version__, fs
 from llmctl.datasets import MANIFEST, atomic_write_json, now_iso
 from llmctl.errors import UsageError
 from llmctl.model import ModelConfig, Transformer
@@ -67,21 +71,28 @@ def save_checkpoint(
     train_state: dict[str, Any] | None = None,
     manifest: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically; `model` may be a module or a full state dict."""
+    """Write a checkpoint directory atomically; `model` may be a module or a full state dict.
+
+    A failed write (a full disk, a quota) removes its temporary directory and is one line naming
+    the cause; a checkpoint already at `path`, and every other one, is left as it was."""
     path = Path(path)
     state = model.state_dict() if isinstance(model, torch.nn.Module) else model
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_weights_for_saving(state, model_cfg), str(tmp / WEIGHTS), metadata={"format": "pt"})
-    (tmp / CONFIG).write_text(json.dumps({"format": "llmctl", **model_cfg.to_dict()}, indent=2) + "\n")
-    if tokenizer_dir is not None:
-        shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
-    if train_state is not None:
-        torch.save(train_state, tmp / TRAIN_STATE)
-    body = {"stage": "checkpoint", "llmctl_version": __version__, "created": now_iso(), "model": model_cfg.to_dict(),
-            **(manifest or {})}
-    atomic_write_json(tmp / MANIFEST, body)
+    try:
+        tmp.mkdir(parents=True)
+        write_weights(_weights_for_saving(state, model_cfg), tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(json.dumps({"format": "llmctl", **model_cfg.to_dict()}, indent=2) + "\n")
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+        body = {"stage": "checkpoint", "llmctl_version": __version__, "created": now_iso(), "model": model_cfg.to_dict(),
+                **(manifest or {})}
+        atomic_write_json(tmp / MANIFEST, body)
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports ENOSPC as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(f"cannot write checkpoint {path} ({_write_error(e, path)})") from None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
@@ -91,6 +102,36 @@ def save_checkpoint(
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
     return path
+
+
+class CheckpointWriteError(UsageError):
+    """A checkpoint could not be written (disk full, quota, permissions); earlier checkpoints are intact."""
+
+
+def _write_error(e: BaseException, path: Path) -> str:
+    """The cause of a failed write in a few words: the OS error if there is one, else the free space."""
+    err = getattr(e, "errno", None)
+    text = str(e)
+    if err == errno.ENOSPC or "No space left" in text or "os error 28" in text or "StorageFull" in text:
+        return "no space left on the device"
+    if err == errno.EDQUOT or "quota" in text.lower():
+        return "disk quota exceeded"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+        if free < 64 << 20:
+            return f"only {free >> 20} MiB free on the device"
+    except OSError:
+        pass
+    return (text.strip().splitlines() or [type(e).__name__])[-1][:200]
+
+
+def write_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """safetensors' `save_file`, with the file mode every other file gets (0666 less the umask;
+    safetensors itself leaves 0600)."""
+    save_file(state, str(path), metadata={"format": "pt"})
+    os.chmod(path, fs.default_file_mode())
 
 
 def read_model_config(path: str | Path) -> ModelConfig:

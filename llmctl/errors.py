@@ -14,3 +14,16 @@ class TaskFailed(RuntimeError):
     """Some shards failed on every attempt; the others' output is complete and a re-run resumes.
 
     Printed as one line by the CLI (exit code 1)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what it left behind ("the last checkpoint is ...: re-run to resume from it").
+
+    Typer turns a KeyboardInterrupt into exit code 130 and drops the exception, so the latest
+    message is also kept on the class for the CLI's one line."""
+
+    last_message: str | None = None
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        Interrupted.last_message = message

@@ -186,3 +186,25 @@ def list_files(uri: str) -> list[str]:
     """Every file below a directory URI, sorted."""
     fs, p = _fs(uri)
     return sorted(fs.unstrip_protocol(x) for x in fs.find(p))
+
+
+# ----------------------------------------------------------------------------- file modes
+
+
+def umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def default_file_mode() -> int:
+    """The mode `open(..., "w")` gives a new file: 0666 less the umask (0644 with the usual 022)."""
+    return 0o666 & ~umask()

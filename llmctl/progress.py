@@ -64,7 +64,7 @@ class StageProgress:
 def note(message: str, progress: bool | None = None) -> None:
     """One line on stderr about what a stage is doing (not when the caller turned progress off)."""
     if progress is not False:
-        console.print(message, markup=False, highlight=False)
+        console.print(message, markup=False, highlight=False, soft_wrap=True)  # one line, also in a log
 
 
 def note_resume(out: Any, total: int, progress: bool | None = None) -> None:

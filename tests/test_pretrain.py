@@ -121,15 +121,16 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(data, tmp_path):
     straight = pretrain(root / "tokens", root / "tok", tmp_path / "a", small_cfg())
     part = pretrain(root / "tokens", root / "tok", tmp_path / "b", small_cfg(**{"train.stop_after": 3}))
     assert not part["finished"] and not (tmp_path / "b" / "_manifest.json").exists()
-    with pytest.raises(UsageError, match="--resume"):
-        pretrain(root / "tokens", root / "tok", tmp_path / "b", small_cfg())
     with pytest.raises(UsageError, match="different config"):
-        pretrain(root / "tokens", root / "tok", tmp_path / "b", small_cfg(**{"train.lr": 1e-3}), resume=True)
-    rest = pretrain(root / "tokens", root / "tok", tmp_path / "b", small_cfg(), resume=True)
+        pretrain(root / "tokens", root / "tok", tmp_path / "b", small_cfg(**{"train.lr": 1e-3}))
+    rest = pretrain(root / "tokens", root / "tok", tmp_path / "b", small_cfg())  # the same command resumes
     assert rest["start_step"] == 3 and rest["finished"]
     la, va = losses(tmp_path / "a")
     lb, vb = losses(tmp_path / "b")
     assert len(la) == len(lb) == 6 and la == lb and va == vb  # bit-exact on CPU
+    tokens = lambda run: [json.loads(ln)["tokens"] for ln in (run / "metrics.jsonl").read_text().splitlines()
+                          if "tokens" in json.loads(ln)]
+    assert tokens(tmp_path / "b") == tokens(tmp_path / "a") == [256 * k for k in range(1, 7)]  # no jump back
     ma, _, _, _ = load_checkpoint(tmp_path / "a")
     mb, _, _, _ = load_checkpoint(tmp_path / "b")
     assert all(torch.equal(p, q) for p, q in zip(ma.parameters(), mb.parameters()))

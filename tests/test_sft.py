@@ -116,8 +116,12 @@ def test_sft_lowers_held_out_response_loss(tmp_path):
     assert trained.cfg.vocab_size == tok.vocab_size
     man = json.loads((tmp_path / "run" / "_manifest.json").read_text())
     assert man["stage"] == "sft" and len(man["inputs"]) == 2
-    with pytest.raises(UsageError, match="holds a training run"):
-        run_sft(data, ck, tmp_path / "run", cfg)
+    before_rerun = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    again = run_sft(data, ck, tmp_path / "run", cfg)  # a finished run: reported complete, nothing rewritten
+    assert again["complete"] and again["val_loss"] == summary["val_loss"] and again["step"] == 12
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before_rerun
+    with pytest.raises(UsageError, match="different config"):
+        run_sft(data, ck, tmp_path / "run", SFTConfig(**{**vars(cfg), "max_len": 256}))
 
 
 def test_max_len_beyond_the_model_context_is_a_one_line_error(tmp_path):

@@ -6,10 +6,11 @@ functions in the stage modules, which tests and notebooks call directly.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from llmctl.cli.app import app
-from llmctl.errors import TaskFailed, UsageError
+from llmctl.errors import Interrupted, TaskFailed, UsageError
 
 # Each import registers that module's commands on `app`.
 from llmctl.cli import align as _align  # noqa: E402,F401
@@ -37,8 +38,15 @@ def main() -> None:
         print(f"llmctl: failed: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("llmctl: interrupted (finished shards are kept; re-run the same command to resume)", file=sys.stderr)
+        msg = Interrupted.last_message or "interrupted (finished shards are kept; re-run the same command to resume)"
+        print(f"llmctl: {msg}", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # the filesystem said no (permissions, a read-only mount, a full disk): one line
+        if os.environ.get("LLMCTL_TRACEBACK"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"llmctl: error: {where}{e.strerror or e} (LLMCTL_TRACEBACK=1 shows where)", file=sys.stderr)
+        sys.exit(2)
     except SystemExit:
         raise
     except Exception as e:  # the parser's own errors: unknown option, bad value, missing argument

@@ -25,8 +25,8 @@ CkptOpt = Annotated[Optional[int], typer.Option("--ckpt-every", help="Checkpoint
 SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of the data order and split.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="auto | cpu | cuda.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on GPU) | fp32 | bf16.")]
-StopOpt = Annotated[Optional[int], typer.Option("--stop-after", help="Stop after N steps in this invocation (continue with --resume).")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the run dir's latest checkpoint.")]
+StopOpt = Annotated[Optional[int], typer.Option("--stop-after", help="Stop after N steps in this invocation (re-run the same command to continue).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Accepted for old scripts: re-running the same command resumes from the latest checkpoint anyway.")]
 
 
 def _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, seed, device, dtype, stop_after,
@@ -39,7 +39,8 @@ def _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, s
 def _done(s: dict[str, Any], keys: tuple[str, ...]) -> None:
     from llmctl.train import distributed as D
 
-    state = "finished" if s["finished"] else f"stopped at step {s['steps_done']} (continue with --resume)"
+    state = ("already complete" if s.get("complete") else "finished" if s["finished"]
+             else f"stopped at step {s['steps_done']} (re-run the same command to continue)")
     vals = ", ".join(f"{k} {s[k]:.4f}" for k in keys if k in s)
     D.print0(f"{state}: loss {s.get('loss', float('nan')):.4f}{', ' + vals if vals else ''}; {s['seconds']:.1f} s; "
              f"checkpoint {s['checkpoint']}")

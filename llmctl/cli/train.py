@@ -33,11 +33,11 @@ def pretrain_cmd(
     dtype: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda.")] = None,
     peak_tflops: Annotated[Optional[float], typer.Option(help="Peak TFLOP/s per device, for MFU (known GPUs are automatic).")] = None,
-    stop_after: Annotated[Optional[int], typer.Option(help="Stop after N steps in this invocation (continue with --resume).")] = None,
+    stop_after: Annotated[Optional[int], typer.Option(help="Stop after N steps in this invocation (re-run the same command to continue).")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     act_ckpt: Annotated[bool, typer.Option("--activation-checkpointing", help="Recompute block activations in backward.")] = False,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard with FSDP2 instead of DDP.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run dir's latest checkpoint (fresh start if none).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Accepted for old scripts: re-running the same command resumes from the latest checkpoint anyway.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
@@ -67,7 +67,8 @@ def pretrain_cmd(
     finally:
         D.shutdown()
     val = f", val loss {s['val_loss']:.4f}" if "val_loss" in s else ""
-    state = "finished" if s["finished"] else f"stopped at step {s['steps_done']} (continue with --resume)"
+    state = ("already complete" if s.get("complete") else "finished" if s["finished"]
+             else f"stopped at step {s['steps_done']} (re-run the same command to continue)")
     D.print0(f"{state}: loss {s.get('loss', float('nan')):.4f}{val}, {s.get('tokens', 0):,} tokens in {s['seconds']:.1f} s "
              f"({s['tokens_per_s_avg']:,.0f} tok/s); checkpoint {s['checkpoint']}")
 

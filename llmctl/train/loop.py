@@ -12,13 +12,18 @@ Gradient accumulation: each optimizer step consumes `batch_size` sequences over 
 1 rank x 4 micro-steps and 2 ranks x 2 give the same update up to float summation order (~1e-7).
 
 A resume restores weights (safetensors), optimizer moments and schedule step, the torch RNG and
-the data position, so on CPU the losses after a resume equal the uninterrupted run's exactly.
+the data position, so on CPU the losses after a resume equal the uninterrupted run's exactly. A
+checkpoint also saves the run's summary so far (loss, val_loss, step, tokens, elapsed time): the
+counters in metrics.jsonl continue from it, and a run killed after its last checkpoint ends with
+the same manifest as one that was not. Nothing is written to the run directory before the first
+step is done (`begin`, see llmctl.train.run_dir).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -32,7 +37,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from llmctl.checkpoint import load_train_state, save_checkpoint
 from llmctl.config import runtime
-from llmctl.errors import UsageError
+from llmctl.datasets import atomic_write_text
+from llmctl.errors import Interrupted, UsageError
 from llmctl.model import ModelConfig
 from llmctl.train import distributed as D
 
@@ -174,8 +180,12 @@ def train(
     manifest: dict[str, Any] | None = None,
     resume: bool = False,
     flops_per_token: float | None = None,
+    begin: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Train `model` in place; returns a summary (final loss, val metrics, tokens, seconds, checkpoint)."""
+    """Train `model` in place; returns a summary (final loss, val metrics, tokens, seconds, checkpoint).
+
+    `resume`: continue from the run dir's latest checkpoint when it has one. `begin` is called on
+    rank 0 before the first write to the run dir, once the first step is done (default: create it)."""
     d = D.info()
     run_dir = Path(run_dir)
     accum = cfg.grad_accum(d.world)
@@ -188,7 +198,7 @@ def train(
     autocast = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
     peak = peak_flops(cfg, d.device)
 
-    start = 0
+    start, restored = 0, {}
     found = checkpoints(run_dir) if resume else []
     if found:
         st = load_train_state(found[-1])
@@ -201,30 +211,45 @@ def train(
         batches.load_state_dict(st["data"])
         torch.set_rng_state(st["rng"])
         start = int(st["step"])
+        restored = dict(st.get("summary") or {})
         D.print0(f"resumed from {found[-1]} at step {start}")
     metrics_path = run_dir / METRICS
-    if d.master:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    began = False
+
+    def ensure_begun() -> None:
+        """The first write: the run dir is created (or an old run replaced), metrics.jsonl cut to the resumed step."""
+        nonlocal began
+        if began:
+            return
+        began = True
+        if not d.master:
+            return
+        (begin or (lambda: run_dir.mkdir(parents=True, exist_ok=True)))()
         kept = []
         if start and metrics_path.is_file():
-            kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and _step_of(ln) <= start]
+        atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
 
     def write_metrics(rec: dict[str, Any]) -> None:
+        ensure_begun()
         if d.master:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
     def save(step: int) -> Path:
+        ensure_begun()
         weights = D.full_state_dict(wrapped)
         optim_sd = D.full_optim_state(wrapped, optim)
         path = run_dir / CHECKPOINTS / f"step_{step:07d}"
         if d.master:
-            state = {"step": step, "optimizer": optim_sd, "data": batches.state_dict(), "rng": torch.get_rng_state()}
+            state = {"step": step, "optimizer": optim_sd, "data": batches.state_dict(), "rng": torch.get_rng_state(),
+                     "summary": _plain(summary)}
             save_checkpoint(path, weights, model_cfg, tokenizer_dir, train_state=state,
                             manifest={**(manifest or {}), "step": step})
             for old in checkpoints(run_dir)[: -max(1, cfg.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
+                trash = old.with_name(f".{old.name}.del-{os.getpid()}")  # out of sight first: a kill
+                os.replace(old, trash)  # mid-delete leaves no half-deleted step_N (run_dir cleans .del)
+                shutil.rmtree(trash, ignore_errors=True)
         D.barrier()
         return path
 
@@ -239,70 +264,101 @@ def train(
         return out
 
     last_ckpt = found[-1] if found else None
-    summary: dict[str, Any] = {"start_step": start}
+    summary: dict[str, Any] = {**restored, "start_step": start}
     wrapped.train()
-    t_start, tokens_seen, t_last = time.time(), 0, time.time()
+    tokens_start = int(restored.get("tokens", 0))  # metrics continue from the checkpoint's counters
+    elapsed_start = float(restored.get("elapsed_s", 0.0))
+    t_start, tokens_seen, t_last = time.time(), tokens_start, time.time()
     stop_at = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
     # a live bar on a terminal (rank 0); log lines every log_every steps everywhere
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
                         disable=not (d.master and sys.stdout.isatty()))
     bar = progress.add_task("", total=cfg.steps, completed=start)
-    with progress:
-        for step in range(start, stop_at):
-            lr = lr_at(step, cfg)
-            for g in optim.param_groups:
-                g["lr"] = lr
-            loss_sum = torch.zeros((), device=d.device)
-            extra: dict[str, float] = {}
-            step_tokens = 0
-            for k in range(accum):
-                batch = _to(next(batches), d.device)
-                step_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
-                with D.grad_sync(wrapped, k == accum - 1), autocast():
-                    loss, m = loss_fn(fwd, batch)
-                    (loss / accum).backward()
-                loss_sum += loss.detach().float()
-                for name, v in m.items():
-                    extra[name] = extra.get(name, 0.0) + _scalar(v) / accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
-            red = torch.tensor([loss_sum.item() / accum, step_tokens, *extra.values()], dtype=torch.float64)
-            D.all_reduce_sum(red)
-            loss_val, step_tokens = red[0].item() / d.world, int(red[1].item())
-            extra = {k: v / d.world for k, v in zip(extra, red[2:].tolist())}
-            clash = set(extra) & CORE_KEYS
-            assert not clash, f"a loss function's metric shadows a loop metric: {clash}"
-            gn = float(grad_norm)
-            if not (math.isfinite(loss_val) and math.isfinite(gn)):
-                where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was saved yet"
-                raise TrainingDiverged(
-                    f"loss {loss_val} / grad norm {gn} at step {step + 1}: training stopped ({where}); "
-                    "lower --lr, raise --warmup or --grad-clip, and --resume"
-                )
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            done = step + 1
-            now = time.time()
-            tokens_seen += step_tokens
-            tps = step_tokens / max(now - t_last, 1e-9)
-            rec = {"step": done, "loss": loss_val, "lr": lr, "grad_norm": gn, "tokens_per_s": tps,
-                   "tokens": tokens_seen, "elapsed_s": round(now - t_start, 3), **extra}
-            if peak and flops_per_token:
-                rec["mfu"] = flops_per_token * tps / (peak * d.world)
-            write_metrics(rec)
-            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-                rec.update({f"val_{k.removeprefix('val_')}": v for k, v in run_eval(done).items()})
-            if done % cfg.log_every == 0 or done in (start + 1, stop_at):
-                D.print0(_log_line(rec, cfg.steps))
-            if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop_at:
-                last_ckpt = save(done)
-            summary.update(rec)
-            progress.update(bar, completed=done, description=f"loss {loss_val:.4f} | {tps:,.0f} tok/s")
-            t_last = time.time()  # tokens/s counts training only, not validation or checkpoint time
+    try:
+        with progress:
+            for step in range(start, stop_at):
+                lr = lr_at(step, cfg)
+                for g in optim.param_groups:
+                    g["lr"] = lr
+                loss_sum = torch.zeros((), device=d.device)
+                extra: dict[str, float] = {}
+                step_tokens = 0
+                for k in range(accum):
+                    batch = _to(next(batches), d.device)
+                    step_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
+                    with D.grad_sync(wrapped, k == accum - 1), autocast():
+                        loss, m = loss_fn(fwd, batch)
+                        (loss / accum).backward()
+                    loss_sum += loss.detach().float()
+                    for name, v in m.items():
+                        extra[name] = extra.get(name, 0.0) + _scalar(v) / accum
+                grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+                if hasattr(grad_norm, "full_tensor"):
+                    grad_norm = grad_norm.full_tensor()
+                red = torch.tensor([loss_sum.item() / accum, step_tokens, *extra.values()], dtype=torch.float64)
+                D.all_reduce_sum(red)
+                loss_val, step_tokens = red[0].item() / d.world, int(red[1].item())
+                extra = {k: v / d.world for k, v in zip(extra, red[2:].tolist())}
+                clash = set(extra) & CORE_KEYS
+                assert not clash, f"a loss function's metric shadows a loop metric: {clash}"
+                gn = float(grad_norm)
+                if not (math.isfinite(loss_val) and math.isfinite(gn)):
+                    where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was saved yet"
+                    raise TrainingDiverged(
+                        f"loss {loss_val} / grad norm {gn} at step {step + 1}: training stopped ({where}); "
+                        "lower --lr, raise --warmup or --grad-clip (a new config: use --overwrite or another run dir)"
+                    )
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+                done = step + 1
+                now = time.time()
+                tokens_seen += step_tokens
+                tps = step_tokens / max(now - t_last, 1e-9)
+                rec = {"step": done, "loss": loss_val, "lr": lr, "grad_norm": gn, "tokens_per_s": tps,
+                       "tokens": tokens_seen, "elapsed_s": round(elapsed_start + now - t_start, 3), **extra}
+                if peak and flops_per_token:
+                    rec["mfu"] = flops_per_token * tps / (peak * d.world)
+                write_metrics(rec)
+                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                    rec.update({f"val_{k.removeprefix('val_')}": v for k, v in run_eval(done).items()})
+                if done % cfg.log_every == 0 or done in (start + 1, stop_at):
+                    D.print0(_log_line(rec, cfg.steps))
+                summary.update(rec)
+                if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop_at:
+                    last_ckpt = save(done)
+                progress.update(bar, completed=done, description=f"loss {loss_val:.4f} | {tps:,.0f} tok/s")
+                t_last = time.time()  # tokens/s counts training only, not validation or checkpoint time
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupt_message(run_dir, began, start, cfg)) from None
     seconds = time.time() - t_start
-    summary.update({"steps_done": stop_at, "finished": stop_at == cfg.steps, "seconds": round(seconds, 3),
-                    "checkpoint": str(last_ckpt) if last_ckpt else None,
-                    "tokens_per_s_avg": tokens_seen / max(seconds, 1e-9)})
+    summary.update({"start_step": start, "steps_done": stop_at, "finished": stop_at == cfg.steps,
+                    "seconds": round(seconds, 3), "checkpoint": str(last_ckpt) if last_ckpt else None,
+                    "tokens_per_s_avg": (tokens_seen - tokens_start) / max(seconds, 1e-9)})
     return summary
+
+
+def _step_of(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", math.inf))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return math.inf  # a line cut by a kill: dropped with the steps after the checkpoint
+
+
+def _plain(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary's plain values, as a checkpoint stores them (torch.load(weights_only=True) reads them)."""
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def _interrupt_message(run_dir: Path, began: bool, start: int, cfg: TrainConfig) -> str:
+    """What Ctrl-C left behind, as it is on disk."""
+    if not began:
+        if start:
+            return f"interrupted before a step was done; {run_dir} is as it was: re-run the same command to resume from step {start}"
+        return f"interrupted before a step was done; nothing was written to {run_dir}"
+    found = checkpoints(run_dir)
+    if found:
+        return (f"interrupted; the last checkpoint is {found[-1]}: re-run the same command to resume from it "
+                "(later steps are trained again)")
+    return (f"interrupted before the first checkpoint (every {cfg.ckpt_every} steps); re-running the same command "
+            "starts the run again")

@@ -26,15 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from llmctl import __version__
 from llmctl.config import to_dict
-from llmctl.datasets import MANIFEST, Dataset, atomic_write_json, now_iso
+from llmctl.datasets import Dataset
 from llmctl.errors import UsageError
 from llmctl.model import ModelConfig, Transformer, cross_entropy, preset_config
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig, train
-from llmctl.train.run_dir import prepare_run_dir
-
+from llmctl.train.run_dir import training_run
 
 
 @dataclass
@@ -176,7 +174,10 @@ def make_evaluate(flat: np.ndarray, offsets: np.ndarray, cfg: PretrainConfig, eo
 
 def pretrain(tokens: str | Path, tokenizer_dir: str | Path, run_dir: str | Path, cfg: PretrainConfig,
              resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train a model from scratch on a token dataset; returns the run summary (also in _manifest.json)."""
+    """Train a model from scratch on a token dataset; returns the run summary (also in _manifest.json).
+
+    Re-running the same call continues the run from its latest checkpoint (`resume` is accepted
+    for the CLI's --resume and changes nothing); on a finished run it returns that run's summary."""
     from llmctl.tokenizer import Tokenizer
 
     d = D.init(cfg.train.device)
@@ -188,38 +189,33 @@ def pretrain(tokens: str | Path, tokenizer_dir: str | Path, run_dir: str | Path,
     cfg.train.batch_size = cfg.batch_tokens // cfg.seq_len
     accum = cfg.train.grad_accum(d.world)
     inputs = [ds.lineage(), tok.lineage()]
-    if d.master:
-        prepare_run_dir(run_dir, "pretrain", cfg, inputs, resume, overwrite)
-    D.barrier()
+    with training_run("pretrain", run_dir, cfg, inputs, overwrite) as run:
+        if run.complete:
+            return run.summary
+        flat, offsets = load_token_split(ds, "train")
+        if len(flat) and int(flat.max()) >= tok.vocab_size:
+            raise UsageError(f"{tokens}: token id {int(flat.max())} is outside the tokenizer's {tok.vocab_size} tokens "
+                             "(tokenized with another tokenizer?)")
+        batches = PackedBatches(flat, offsets, cfg.seq_len, cfg.train.micro_batch, cfg.train.seed, tok.eos_id,
+                                d.rank, d.world, doc_mask=cfg.doc_mask)
+        vflat, voffsets = load_token_split(ds, "val")
+        evaluate = make_evaluate(vflat, voffsets, cfg, tok.eos_id) if len(vflat) > cfg.seq_len else None
+        if evaluate is None:
+            D.print0("warning: no validation split (or shorter than one window): no validation loss")
 
-    flat, offsets = load_token_split(ds, "train")
-    if len(flat) and int(flat.max()) >= tok.vocab_size:
-        raise UsageError(f"{tokens}: token id {int(flat.max())} is outside the tokenizer's {tok.vocab_size} tokens "
-                         "(tokenized with another tokenizer?)")
-    batches = PackedBatches(flat, offsets, cfg.seq_len, cfg.train.micro_batch, cfg.train.seed, tok.eos_id,
-                            d.rank, d.world, doc_mask=cfg.doc_mask)
-    vflat, voffsets = load_token_split(ds, "val")
-    evaluate = make_evaluate(vflat, voffsets, cfg, tok.eos_id) if len(vflat) > cfg.seq_len else None
-    if evaluate is None:
-        D.print0("warning: no validation split (or shorter than one window): no validation loss")
-
-    mc = model_config(cfg, tok.vocab_size)
-    torch.manual_seed(cfg.train.seed)
-    model = Transformer(mc)  # built on CPU in fp32 so the init does not depend on the device
-    fpt = model.flops_per_token(cfg.seq_len)
-    D.print0(f"model: {model.num_params():,} parameters ({model.num_params(True):,} non-embedding), "
-             f"{fpt / 1e6:.2f} MFLOPs/token; {mc.n_layer} layers, d_model {mc.d_model}, {mc.n_head} heads "
-             f"({mc.n_kv_head} kv), vocab {mc.vocab_size}")
-    D.print0(f"data: {len(flat):,} train tokens in {len(offsets) - 1:,} docs, {len(vflat):,} val tokens; "
-             f"{cfg.batch_tokens:,} tokens/step = {d.world} rank(s) x {cfg.train.micro_batch} x {cfg.seq_len} "
-             f"x {accum} accumulation; {cfg.train.steps} steps = {cfg.train.steps * cfg.batch_tokens:,} tokens "
-             f"({cfg.train.steps * cfg.batch_tokens / max(1, len(flat)):.2f} epochs)")
-    manifest = {"stage": "pretrain", "config": to_dict(cfg), "inputs": inputs}
-    summary = train(model, mc, lm_loss, batches, cfg.train, run_dir, evaluate=evaluate, tokenizer_dir=tok.path,
-                    manifest=manifest, resume=resume, flops_per_token=fpt)
-    summary["params"] = model.num_params()
-    if d.master and summary["finished"]:
-        atomic_write_json(run_dir / MANIFEST, {**manifest, "llmctl_version": __version__, "finished": now_iso(),
-                                               "model": mc.to_dict(), "stats": summary})
-    D.barrier()
-    return summary
+        mc = model_config(cfg, tok.vocab_size)
+        torch.manual_seed(cfg.train.seed)
+        model = Transformer(mc)  # built on CPU in fp32 so the init does not depend on the device
+        fpt = model.flops_per_token(cfg.seq_len)
+        D.print0(f"model: {model.num_params():,} parameters ({model.num_params(True):,} non-embedding), "
+                 f"{fpt / 1e6:.2f} MFLOPs/token; {mc.n_layer} layers, d_model {mc.d_model}, {mc.n_head} heads "
+                 f"({mc.n_kv_head} kv), vocab {mc.vocab_size}")
+        D.print0(f"data: {len(flat):,} train tokens in {len(offsets) - 1:,} docs, {len(vflat):,} val tokens; "
+                 f"{cfg.batch_tokens:,} tokens/step = {d.world} rank(s) x {cfg.train.micro_batch} x {cfg.seq_len} "
+                 f"x {accum} accumulation; {cfg.train.steps} steps = {cfg.train.steps * cfg.batch_tokens:,} tokens "
+                 f"({cfg.train.steps * cfg.batch_tokens / max(1, len(flat)):.2f} epochs)")
+        manifest = {"stage": "pretrain", "config": to_dict(cfg), "inputs": inputs}
+        summary = train(model, mc, lm_loss, batches, cfg.train, run_dir, evaluate=evaluate, tokenizer_dir=tok.path,
+                        manifest=manifest, resume=run.resume, flops_per_token=fpt, begin=run.begin)
+        summary["params"] = model.num_params()
+        return run.finish(summary, manifest, mc.to_dict())

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 from llmctl.config import to_dict
 from llmctl.data.chat_data import Encoded, ItemBatches, encode_conversation, read_rows, sft_conversations, split_of
-from llmctl.datasets import MANIFEST, atomic_write_json, fingerprint_file, now_iso
+from llmctl.datasets import fingerprint_file
 from llmctl.errors import UsageError
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig, train
-from llmctl.train.run_dir import prepare_run_dir
+from llmctl.train.run_dir import training_run
 
 IGNORE = -100
 
@@ -167,20 +167,18 @@ def run_training(stage: str, model: torch.nn.Module, mc: Any, tok: Any, cfg: Any
                  inputs: list[dict], loss_fn: Callable, batches: Any, evaluate: Callable | None,
                  stats: dict[str, Any], resume: bool, overwrite: bool, extra: dict[str, Any] | None = None,
                  seq_len: int = 512) -> dict[str, Any]:
-    """Prepare the run dir, run the shared loop, write the run's _manifest.json; returns the summary."""
-    d = D.info()
-    run_dir = Path(run_dir)
-    if d.master:
-        prepare_run_dir(run_dir, stage, cfg, inputs, resume, overwrite)
-    D.barrier()
-    manifest = {"stage": stage, "config": to_dict(cfg), "inputs": inputs, "data": stats, **(extra or {})}
-    summary = train(model, mc, loss_fn, batches, cfg.train, run_dir, evaluate=evaluate, tokenizer_dir=tok.path,
-                    manifest=manifest, resume=resume, flops_per_token=model.flops_per_token(seq_len))
-    if d.master and summary["finished"]:
-        atomic_write_json(run_dir / MANIFEST, {**manifest, "finished": now_iso(), "model": mc.to_dict(),
-                                               "stats": summary})
-    D.barrier()
-    return summary
+    """Hold the run dir, run the shared loop, write the run's _manifest.json; returns the summary.
+
+    Re-running the same command resumes (`resume` is accepted and changes nothing); a finished run
+    returns its summary without training (see llmctl.train.run_dir)."""
+    with training_run(stage, run_dir, cfg, inputs, overwrite) as run:
+        if run.complete:
+            return run.summary
+        manifest = {"stage": stage, "config": to_dict(cfg), "inputs": inputs, "data": stats, **(extra or {})}
+        summary = train(model, mc, loss_fn, batches, cfg.train, run_dir, evaluate=evaluate, tokenizer_dir=tok.path,
+                        manifest=manifest, resume=run.resume, flops_per_token=model.flops_per_token(seq_len),
+                        begin=run.begin)
+        return run.finish(summary, manifest, mc.to_dict())
 
 
 # ----------------------------------------------------------------------------- the stage
