@@ -13,12 +13,11 @@ import json
 import shutil
 from pathlib import Path
 
-from safetensors.torch import save_file
-
-from llmctl.checkpoint import load_checkpoint
+from llmctl.checkpoint import load_checkpoint, write_weights
 from llmctl.datasets import MANIFEST, atomic_write_json, now_iso
 from llmctl.errors import UsageError
 from llmctl.model import ModelConfig
+from llmctl.lock import exclusive_output
 
 
 def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict:
@@ -37,6 +36,7 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: 
     }
 
 
+@exclusive_output("out", discard_unfinished=True)
 def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write OUT/{model.safetensors, config.json, generation_config.json, tokenizer files}."""
     out = Path(out)
@@ -59,7 +59,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) 
         else:
             state[f"model.{k}"] = v.contiguous()
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    write_weights(state, out / "model.safetensors")  # mode 0644 under the usual umask, like the other files
     (out / "config.json").write_text(json.dumps(hf_config(cfg, ids["bos"], ids["eos"], ids["pad"]), indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}, indent=2) + "\n")

@@ -35,8 +35,12 @@ import yaml
 
 from llmctl.datasets import MANIFEST, atomic_write_json, canonical_json, fingerprint_file
 from llmctl.errors import UsageError
+from llmctl.lock import exclusive_output
 
 _REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
+# A stage writes ROOT/NAME: a plain name, so that no stage escapes ROOT (`../x`, `/abs`) or takes
+# the run's own entries (`_configs`, `_pipeline`, hidden lock files).
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclass
@@ -69,12 +73,22 @@ def load_pipeline(path: str | Path) -> Pipeline:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UsageError(f"cannot parse pipeline {p}: {str(e).splitlines()[0]}") from None
-    if not isinstance(data.get("stages"), list) or not data["stages"]:
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
         raise UsageError(f"pipeline {p}: needs a non-empty 'stages' list")
     stages: list[Stage] = []
     for i, raw in enumerate(data["stages"]):
         if not isinstance(raw, dict) or "name" not in raw or "run" not in raw:
             raise UsageError(f"pipeline {p}: stage {i + 1} needs 'name' and 'run'")
+        name = raw["name"]
+        if not isinstance(name, str) or not _NAME.match(name) or name == "out":
+            raise UsageError(f"pipeline {p}: stage name {name!r} must be a letter then letters, digits, '_' or '-' "
+                             "(it names the stage's folder under the run root; 'out' is reserved)")
+        if any(s.name == name for s in stages):
+            raise UsageError(f"pipeline {p}: two stages are named {name!r}")
+        if not isinstance(raw["run"], str):
+            raise UsageError(f"pipeline {p}: stage {name!r}: 'run' must be a command line (a string)")
+        if raw.get("config") is not None and not isinstance(raw["config"], dict):
+            raise UsageError(f"pipeline {p}: stage {name!r}: 'config' must be a mapping")
         unknown = set(raw) - {"name", "run", "config", "description"}
         if unknown:
             raise UsageError(f"pipeline {p}: stage {raw['name']!r} has unknown key {sorted(unknown)[0]!r}")
@@ -130,9 +144,14 @@ def stage_is_current(stage: Stage, root: Path) -> bool:
     state = _state_path(root, stage)
     if not state.is_file() or not (root / stage.name / MANIFEST).is_file():
         return False
-    return json.loads(state.read_text())["signature"] == _signature(stage, stage_args(stage, root), root)
+    try:
+        recorded = json.loads(state.read_text())["signature"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return False  # a damaged record: the stage is run again
+    return recorded == _signature(stage, stage_args(stage, root), root)
 
 
+@exclusive_output("root")
 def run_pipeline(
     path: str | Path,
     root: str | Path,
@@ -170,13 +189,18 @@ def run_pipeline(
         echo(f"[{stage.name}] llmctl {shlex.join(args)}")
         started = time.time()
         try:
-            app(args, standalone_mode=False)
+            rv = app(args, standalone_mode=False)
         except SystemExit as e:
             if e.code not in (0, None):
                 raise UsageError(f"stage {stage.name!r} failed (exit code {e.code})") from None
         except Exception as e:  # noqa: BLE001 - every failure stops the run, naming the stage
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UsageError(f"stage {stage.name!r} failed: {msg}") from e
+        else:  # without standalone mode Typer returns an Exit's code, and 130 for a Ctrl-C it caught
+            if rv == 130:
+                raise KeyboardInterrupt
+            if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+                raise UsageError(f"stage {stage.name!r} failed (exit code {rv})")
         secs = round(time.time() - started, 2)
         state = _state_path(root, stage)
         state.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from llmctl.datasets import MANIFEST
 from llmctl.errors import UsageError
+from llmctl.lock import exclusive_output
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
@@ -129,6 +130,7 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
             + "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows) + "</table>")
 
 
+@exclusive_output(lambda a: a["output"] or Path(a["root"]) / "report", discard_unfinished=True)
 def build_report(root: str | Path, output: str | Path | None = None) -> Path:
     """Write ROOT/report/index.html (or OUTPUT/index.html) and its PNGs; return the HTML path."""
     root = Path(root)

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from llmctl.errors import UsageError
+from llmctl.lock import exclusive_output
 
 SFT_COLUMNS = "`prompt` + `response`, or `messages`"
 PREF_COLUMNS = "`prompt` + `chosen` + `rejected`"
@@ -47,9 +47,13 @@ PREF_SCHEMA = pa.schema([("id", pa.string()), ("prompt", MESSAGE_TYPE), ("chosen
 
 # ----------------------------------------------------------------------------- reading
 
-def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """All rows of a dataset dir / .parquet / .jsonl, and its lineage record."""
-    from llmctl.datasets import Dataset, fingerprint_file
+def read_rows(path: str | Path, skipped: dict[str, int] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All rows of a dataset dir / .parquet / .jsonl, and its lineage record.
+
+    A JSONL line that is not valid UTF-8 is a bad record: skipped and counted in `skipped`
+    ("invalid UTF-8"; without a `skipped` dict, a notice says how many). A line that is not JSON
+    is an error naming the line: the file is not the JSONL it claims to be."""
+    from llmctl.datasets import Dataset, fingerprint_file, read_parquet
 
     p = Path(path)
     if p.is_dir():
@@ -59,16 +63,27 @@ def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         raise UsageError(f"{p}: no such file or dataset directory")
     lineage = {"path": str(p.resolve()), "stage": "file", "fingerprint": fingerprint_file(p)}
     if p.suffix == ".parquet":
-        return pq.read_table(p).to_pylist(), lineage
+        return read_parquet(p).to_pylist(), lineage
     if p.suffix in (".jsonl", ".json"):
-        rows = []
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        rows, bad_utf8 = [], 0
+        with open(p, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad_utf8 += 1
+                    continue
                 if line.strip():
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as e:
                         raise UsageError(f"{p}:{n}: not a JSON line ({e.msg})") from None
+        if bad_utf8 and skipped is not None:
+            skipped["invalid UTF-8"] = skipped.get("invalid UTF-8", 0) + bad_utf8
+        elif bad_utf8:
+            from llmctl.progress import note
+
+            note(f"{p}: skipped {bad_utf8} line(s) that are not valid UTF-8")
         return rows, lineage
     raise UsageError(f"{p}: expected a dataset directory, a .parquet or a .jsonl file")
 
@@ -248,7 +263,7 @@ def hh_to_pref(chosen: str, rejected: str) -> tuple[dict[str, Any] | None, str]:
     if not c[-1]["content"] or not r[-1]["content"]:
         return None, "empty reply"
     if c[-1]["content"] == r[-1]["content"]:
-        return None, "identical replies"
+        return None, DEGENERATE
     return {"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": r[-1]["content"]}, ""
 
 
@@ -261,14 +276,22 @@ def _sft_row(r: dict[str, Any]) -> list[dict[str, str]] | None:
     return None
 
 
+DEGENERATE = "identical replies"  # chosen == rejected: no preference to learn (DPO loss log 2, gradient 0)
+
+
 def _pref_row(r: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     if "prompt" in r and "chosen" in r and "rejected" in r:
+        if not all(isinstance(r[k], str) for k in ("chosen", "rejected")):
+            return None, "chosen/rejected not text"
+        if r["chosen"].strip() == r["rejected"].strip():
+            return None, DEGENERATE
         return {"prompt": to_messages(r["prompt"]), "chosen": r["chosen"], "rejected": r["rejected"]}, ""
     if "chosen" in r and "rejected" in r:
         return hh_to_pref(r["chosen"], r["rejected"])
     return None, "missing prompt/chosen/rejected"
 
 
+@exclusive_output("out", discard_unfinished=True)
 def import_data(src: str | Path, out: str | Path, fmt: str, val_fraction: float = 0.05, seed: int = 0,
                 overwrite: bool = False) -> dict[str, Any]:
     """Convert a JSONL/Parquet file to an `sft` or `prefs` dataset (one shard) with a manifest."""
@@ -276,12 +299,12 @@ def import_data(src: str | Path, out: str | Path, fmt: str, val_fraction: float 
 
     if fmt not in ("sft", "prefs"):
         raise UsageError(f"unknown --format {fmt!r}; choose sft or prefs")
-    rows, lineage = read_rows(src)
+    skipped: dict[str, int] = {}
+    rows, lineage = read_rows(src, skipped)
     cfg = ImportConfig(format=fmt, val_fraction=val_fraction, seed=seed)
     so = StageOutput(out, fmt, cfg, inputs=[lineage], overwrite=overwrite)
     if so.complete:
         return so.manifest
-    skipped: dict[str, int] = {}
     kept: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
         if fmt == "sft":
@@ -297,12 +320,17 @@ def import_data(src: str | Path, out: str | Path, fmt: str, val_fraction: float 
         kept.append(row)
     if not kept:
         raise UsageError(f"{src}: no usable rows for --format {fmt} (skipped: {skipped})")
+    if skipped.get(DEGENERATE):
+        from llmctl.progress import note
+
+        note(f"{src}: dropped {skipped[DEGENERATE]} preference pair(s) whose chosen and rejected replies are "
+             "identical: they carry no preference (DPO loss log 2, zero gradient)")
     schema = SFT_SCHEMA if fmt == "sft" else PREF_SCHEMA
     w = so.shard_writer("part-00000.parquet", schema)
     for row in kept:
         w.write({c: row[c] for c in schema.names})
     so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
-    stats = {"read": len(rows), "kept": len(kept), "skipped": skipped,
+    stats = {"read": len(rows) + skipped.get("invalid UTF-8", 0), "kept": len(kept), "skipped": skipped,
              "val": sum(r["split"] == "val" for r in kept)}
     return so.finalize(["part-00000"], schema, stats=stats)
 

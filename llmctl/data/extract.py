@@ -186,6 +186,9 @@ def _html_text(body: bytes, charset: str | None, cfg: ExtractConfig) -> str | Un
 def _warc_records(data: bytes, source: str, kind: str, cfg: ExtractConfig, offset: int) -> Iterator[Record]:
     want = WarcRecordType.conversion if kind == "wet" else WarcRecordType.response
     for rec in ArchiveIterator(io.BytesIO(data), record_types=want, parse_http=(kind == "warc")):
+        if _record_is_truncated(data, rec.stream_pos):  # a plain .warc cut inside its last record
+            yield Unreadable("truncated_record", len(data) - rec.stream_pos)
+            continue
         rid = rec.record_id or f"{source}@{offset + rec.stream_pos}"
         url = rec.headers.get("WARC-Target-URI")
         date = rec.headers.get("WARC-Date")
@@ -222,12 +225,12 @@ def _warc_records(data: bytes, source: str, kind: str, cfg: ExtractConfig, offse
         yield doc if text.strip() else Rejected(doc, "extract.empty")
 
 
-def _record_is_truncated(data: bytes) -> bool:
-    """A member whose WARC block is shorter than its Content-Length header."""
-    head_end = data.find(b"\r\n\r\n")
+def _record_is_truncated(data: bytes, start: int = 0) -> bool:
+    """Does the WARC record at `start` end before its Content-Length says (the data is cut inside it)?"""
+    head_end = data.find(b"\r\n\r\n", start)
     if head_end < 0:
         return True
-    for line in data[:head_end].split(b"\r\n"):
+    for line in data[start:head_end].split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
             try:
                 return len(data) - head_end - 4 < int(line.split(b":", 1)[1])
@@ -327,8 +330,16 @@ def _row_doc(row: dict, text: str, source: str, locator: str, cfg: ExtractConfig
 
 
 def parquet_columns(path: str | Path) -> list[str]:
-    with open_binary(path) as f:
-        return pq.read_schema(f).names
+    """The columns of a Parquet input; a one-line `UsageError` when it is not Parquet (empty, garbage, cut)."""
+    import pyarrow as pa
+
+    from llmctl.errors import UsageError
+
+    try:
+        with open_binary(path) as f:
+            return pq.read_schema(f).names
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UsageError(f"{path}: not a readable Parquet file ({(str(e).strip().splitlines() or ['?'])[0]})") from None
 
 
 def read_parquet(path: str | Path, source: str, cfg: ExtractConfig, report=None) -> Iterator[Record]:

@@ -42,12 +42,13 @@ from llmctl.data.gopher import (
 from llmctl.data.pii import PIIConfig, PIIScrubber
 from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
 from llmctl.config import output_fields
-from llmctl.datasets import Dataset, StageOutput, fingerprint_file
+from llmctl.datasets import Dataset, StageOutput, fingerprint_file, verify_shard
 from llmctl import fs
 from llmctl.errors import UsageError
 from llmctl.fs import is_uri
 from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.progress import StageProgress, note, note_resume
+from llmctl.lock import exclusive_output
 
 STEP_NAMES = ("gopher_repetition", "gopher_quality", "c4", "pii", "quality")
 
@@ -101,6 +102,7 @@ class InputFile:
     kind: str
     lineage: dict[str, Any]
     source: str = ""  # the documents' `source` column: the path as given on the command line
+    sha256: str | None = None  # a shard of an llmctl dataset: its checksum, verified before it is read
 
 
 def resolve_inputs(patterns: list[str], cfg: ExtractConfig) -> list[InputFile]:
@@ -124,8 +126,7 @@ def resolve_inputs(patterns: list[str], cfg: ExtractConfig) -> list[InputFile]:
             if not p.exists():
                 raise UsageError(f"{p}: no such file or directory")
             if p.is_dir() and Dataset.is_dataset(p):
-                ds = Dataset.open(p)
-                found += [InputFile(str(s), "parquet", ds.lineage()) for s in ds.shards]
+                found += _dataset_inputs(Dataset.open(p))
             elif p.is_dir():
                 found += [_input_file(f) for f in _directory_files(p)]
             else:
@@ -171,8 +172,7 @@ def _uri_inputs(pattern: str) -> list[InputFile]:
     out = []
     for uri, is_dir in matches:
         if is_dir and Dataset.is_dataset(uri):  # an llmctl dataset on a URI: its shards, its lineage
-            ds = Dataset.open(uri)
-            out += [InputFile(str(s), "parquet", ds.lineage()) for s in ds.shards]
+            out += _dataset_inputs(Dataset.open(uri))
         elif is_dir:
             base = uri.rstrip("/") + "/"
             files = [(f, f[len(base):]) for f in fs.list_files(uri)]
@@ -180,6 +180,10 @@ def _uri_inputs(pattern: str) -> list[InputFile]:
         else:
             out.append(_uri_input(uri))
     return out
+
+
+def _dataset_inputs(ds: Dataset) -> list[InputFile]:
+    return [InputFile(str(s), "parquet", ds.lineage(), sha256=r.get("sha256")) for s, r in zip(ds.shards, ds.shard_records)]
 
 
 def _uri_input(uri: str) -> InputFile:
@@ -227,6 +231,7 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
     data_w = task.out.shard_writer(f"{task.name}.parquet", DOCUMENT_SCHEMA)
     rej_w = task.out.shard_writer(f"rejected/{task.name}.parquet", REJECTED_SCHEMA) if cfg.write_rejected else None
     try:
+        verify_shard(task.input.path, task.input.sha256)
         for rec in read_input(task.input.path, task.input.source or task.input.path, cfg.extract, report):
             report(docs=1)
             if isinstance(rec, Unreadable):
@@ -309,6 +314,7 @@ def _run_per_shard(files: list[InputFile], out: StageOutput, cfg: FilterConfig, 
     return [t.name for t in tasks]
 
 
+@exclusive_output("out", discard_unfinished=True)
 def run_filter(
     inputs: list[str],
     out: str | Path,

@@ -36,6 +36,7 @@ from llmctl.data.dedup import exact_hash, normalize_text
 from llmctl.data.document import Document
 from llmctl.datasets import MANIFEST, Dataset, atomic_write_json, file_sha256, now_iso
 from llmctl.errors import UsageError
+from llmctl.lock import exclusive_output
 
 MODEL_FILE = "model.bin"
 HQ, LQ = "__label__hq", "__label__lq"
@@ -180,6 +181,7 @@ def _prf(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
             "accuracy": round(float((truth == pred).mean()), 4)}
 
 
+@exclusive_output("out", discard_unfinished=True)
 def train_quality(positive: list[str], negative: list[str], out: str | Path, cfg: QualityTrainConfig | None = None,
                   overwrite: bool = False) -> dict[str, Any]:
     """Train the classifier into directory `out`; returns its manifest (with held-out figures)."""

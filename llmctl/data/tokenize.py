@@ -17,6 +17,7 @@ sentencepiece threads instead, so the throughput still scales.
 
 from __future__ import annotations
 
+import glob
 import itertools
 import os
 import shutil
@@ -33,12 +34,13 @@ import xxhash
 
 from llmctl.config import output_fields, runtime, to_dict
 from llmctl.datasets import (MANIFEST, Dataset, StageOutput, atomic_write_json, canonical_json, now_iso,
-                             sha256_text)
+                             open_parquet, read_state, sha256_text, verify_shard)
 from llmctl import __version__, fs
 from llmctl.errors import UsageError
 from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.progress import StageProgress, note, note_resume
 from llmctl.tokenizer import Tokenizer, training_chunks
+from llmctl.lock import exclusive_output
 
 TOKENS_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -109,6 +111,7 @@ def _train_signature(cfg: TokenizerTrainConfig, inputs: list[dict[str, Any]]) ->
                                        "inputs": [{k: i[k] for k in ("path", "fingerprint")} for i in inputs]}))
 
 
+@exclusive_output("out", discard_unfinished=True)
 def run_train(datasets: list[str] | str, out: str | Path, cfg: TokenizerTrainConfig | None = None,
               overwrite: bool = False) -> dict[str, Any]:
     """Train a tokenizer into directory `out`; returns its manifest (also if it was already trained).
@@ -129,11 +132,7 @@ def run_train(datasets: list[str] | str, out: str | Path, cfg: TokenizerTrainCon
         mpath = out / MANIFEST
         if not out.is_dir():
             raise UsageError(f"{out}: output path exists and is not a directory")
-        old = None
-        if mpath.is_file():
-            import json
-
-            old = json.loads(mpath.read_text(encoding="utf-8"))
+        old = read_state(mpath, overwrite) if mpath.is_file() else None
         if old is not None and old.get("signature") == signature:
             return old
         if any(out.iterdir()) and not overwrite:
@@ -151,8 +150,9 @@ def run_train(datasets: list[str] | str, out: str | Path, cfg: TokenizerTrainCon
     trained = time.time()
     tokens = sum(len(ids) for ids in tok.encode_batch(texts, num_threads=cfg.workers or default_workers()))
     if fs.is_local(out):
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):  # left by a killed run (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
     else:  # a URI: built locally, then uploaded file by file, manifest last
         tmp = Path(tempfile.mkdtemp(prefix="llmctl-tokenizer-"))
     tok.save(tmp)
@@ -211,6 +211,7 @@ class EncodeTask:
     cfg: EncodeConfig
     threads: int
     has_id: bool
+    sha256: str | None = None  # of the documents shard, verified before it is read
 
     @property
     def name(self) -> str:
@@ -236,7 +237,8 @@ def encode_task(task: EncodeTask, report: Reporter) -> dict[str, Any]:
     writer = task.out.shard_writer(f"{task.name}.parquet", TOKENS_SCHEMA)
     columns = ["id", "text"] if task.has_id else ["text"]
     try:
-        for batch in fs.parquet_file(task.shard).iter_batches(batch_size=cfg.batch_rows, columns=columns):
+        verify_shard(task.shard, task.sha256)
+        for batch in open_parquet(task.shard).iter_batches(batch_size=cfg.batch_rows, columns=columns):
             text_col = batch.column("text")
             keep = pc.is_valid(text_col)
             if not pc.all(keep).as_py():
@@ -300,7 +302,7 @@ def _summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _text_bytes(shard: str) -> int:
     """About the UTF-8 bytes of a shard's text column, from Parquet metadata (for the progress bar)."""
-    md = fs.parquet_file(shard).metadata
+    md = open_parquet(shard).metadata
     names = [md.schema.column(j).name for j in range(md.num_columns)]
     if "text" not in names:
         return 0
@@ -308,6 +310,7 @@ def _text_bytes(shard: str) -> int:
     return sum(md.row_group(r).column(j).total_uncompressed_size for r in range(md.num_row_groups))
 
 
+@exclusive_output("out", discard_unfinished=True)
 def run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path, cfg: EncodeConfig | None = None,
                overwrite: bool = False, progress: bool | None = None) -> dict[str, Any]:
     """Encode a documents dataset into a token dataset; returns its manifest.
@@ -332,8 +335,8 @@ def _run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path,
         note(f"{out}: already complete (same config and inputs); nothing to do", progress)
         return stage.manifest
     has_id = "id" in ds.column_names
-    all_tasks = [EncodeTask(i, str(p), fs.display(tokenizer_dir), stage, cfg, 1, has_id)
-                 for i, p in enumerate(ds.shards)]
+    all_tasks = [EncodeTask(i, str(p), fs.display(tokenizer_dir), stage, cfg, 1, has_id, r.get("sha256"))
+                 for i, (p, r) in enumerate(zip(ds.shards, ds.shard_records))]
     todo = [t for t in all_tasks if not stage.task_done(t.name)]
     note_resume(stage, len(all_tasks), progress)
     procs = max(1, min(workers, len(todo)))

@@ -20,6 +20,7 @@ from llmctl.config import runtime
 from llmctl.errors import UsageError
 from llmctl.eval import contamination, degeneration, exact_match, mc, perplexity, prefs
 from llmctl.eval.prefs import PrefsConfig, WinrateConfig
+from llmctl.lock import exclusive_output
 
 TASKS = ("perplexity", "mc", "exact_match", "degeneration", "contamination", "prefs", "winrate")
 NO_LM_TASKS = ("contamination", "prefs")  # these never load MODEL as a language model
@@ -103,6 +104,7 @@ def _run_task(name: str, lm: Any, cfg: "EvalConfig", progress: TaskProgress) -> 
     return run(lm, getattr(cfg, name), cfg.batch_size, progress)
 
 
+@exclusive_output("output", discard_unfinished=True)
 def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate `model` on `cfg.tasks`; returns the results manifest (rows in manifest['stats']['results'])."""
     from llmctl.datasets import StageOutput

@@ -32,6 +32,7 @@ from llmctl.model import ModelConfig, Transformer
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig
 from llmctl.train.sft import load_start, run_training
+from llmctl.lock import exclusive_output
 
 
 class RewardModel(Transformer):
@@ -204,6 +205,7 @@ def score(rm: str | Path | RewardScorer, prompts: Sequence[Any], responses: Sequ
     return scorer.score(prompts, responses)
 
 
+@exclusive_output("out", discard_unfinished=True)
 def score_dataset(rm_dir: str | Path, data: str | Path, out: str | Path, overwrite: bool = False,
                   batch_size: int = 16) -> dict[str, Any]:
     """Copy DATA with a `reward` column (prompt/response rows) or `reward_chosen`/`reward_rejected` (pairs)."""

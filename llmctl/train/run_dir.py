@@ -5,7 +5,8 @@ fingerprints of its inputs; RUN/_manifest.json, written when the last step is do
 completion marker. Re-running the same command continues the run from its latest checkpoint,
 as a data stage resumes its unfinished shards (`--resume` is accepted and means the same); on a
 finished run it reports the run complete and rewrites nothing; with a different config or input
-it refuses, naming what changed, unless `--overwrite`.
+it refuses, naming what changed, unless `--overwrite` (which, as for data stages, replaces
+another run's output and resumes or reports the same run's).
 
 Nothing is written before the first optimizer step is done (`RunPlan.begin`, called by the
 loop): a set-up error, or one in the first step (a foreign tokenizer, a bad preset, more
@@ -79,12 +80,12 @@ def prepare_run_dir(run_dir: Path, stage: str, cfg: Any, inputs: list[dict], ove
         if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
             raise UsageError(f"{run_dir}: directory is not empty and holds no llmctl run; choose another path")
         return RunPlan(run_dir, "fresh", state, replace=run_dir.is_dir() and any(run_dir.iterdir()))
-    if overwrite:
-        return RunPlan(run_dir, "fresh", state, replace=True)
-    recorded = read_state(run_dir / RUN_STATE) if (run_dir / RUN_STATE).is_file() else None
-    manifest = read_state(run_dir / MANIFEST) if (run_dir / MANIFEST).is_file() else None
-    if recorded is None:
+    recorded = read_state(run_dir / RUN_STATE, overwrite) if (run_dir / RUN_STATE).is_file() else None
+    manifest = read_state(run_dir / MANIFEST, overwrite) if (run_dir / MANIFEST).is_file() else None
+    if not recorded:
         recorded = (manifest or {}).get("run_state")
+    if overwrite and recorded != state:  # --overwrite replaces another run; the same run resumes, as data stages do
+        return RunPlan(run_dir, "fresh", state, replace=True)
     if recorded is None:
         raise UsageError(f"{run_dir}: holds a training run without its {RUN_STATE}; pass --overwrite to replace it")
     if recorded != state:
