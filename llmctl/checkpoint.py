@@ -92,7 +92,8 @@ def save_checkpoint(
         atomic_write_json(tmp / MANIFEST, body)
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports ENOSPC as a RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointWriteError(f"cannot write checkpoint {path} ({_write_error(e, path)})") from None
+        raise CheckpointWriteError(f"cannot write checkpoint {path} ({_write_error(e, path)}); the checkpoints "
+                                   "before it are intact: free some space and re-run the same command to resume") from None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)

@@ -84,7 +84,15 @@ def _alive(pid: int, start: str | None) -> bool:
 def holder_record() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _proc_start(os.getpid()),
             "started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]}
+            "command": _command()}
+
+
+def _command() -> str:
+    """The holder's command line as a user would type it (`python -m llmctl ...` shows as `llmctl ...`)."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    if prog in ("__main__.py", "llmctl"):
+        prog = "llmctl"
+    return " ".join([prog, *sys.argv[1:]])[:200]
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:

@@ -66,3 +66,18 @@ def test_filter_and_encode_on_s3(s3, tmp_path):
     ds = Dataset.open("s3://llmctl-test/tokens", stage="tokens")
     assert ds.manifest["inputs"][0]["path"] == "s3://llmctl-test/docs"
     assert ds.read_shard(0, ["input_ids"]).num_rows == local["num_rows"]
+
+
+def test_writer_lock_on_s3_is_an_exclusive_create(s3, capfd):
+    """S3's conditional put (If-None-Match: *, through s3fs "xb") makes the lock atomic on an object store."""
+    from llmctl.lock import OutputLock, OutputLocked
+
+    first = OutputLock("s3://llmctl-test/locked").acquire()
+    assert s3.exists("llmctl-test/.locked.lock")
+    with pytest.raises(OutputLocked, match=f"pid {os.getpid()} "):
+        OutputLock("s3://llmctl-test/locked").acquire()
+    first.release()
+    assert not s3.exists("llmctl-test/.locked.lock")
+    OutputLock("s3://llmctl-test/locked").acquire().release()
+    assert "advisory" not in capfd.readouterr().err  # not the check-then-write fallback
+    assert not s3.exists("llmctl-test/.docs.lock")  # the filter run above released its lock

@@ -1,0 +1,193 @@
+"""One writer per output: real runs started at once into one output, a lock left by a SIGKILL, a
+lock of another host, and the lock on fsspec URIs. (Issue 20 found two filter runs into one
+directory corrupting _work/docs, and two `pretrain --resume` interleaving metrics.jsonl.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmctl.datasets import Dataset
+from llmctl.lock import OutputLock, OutputLocked, lock_path, writer_lock
+
+CRAWL = Path("examples/crawl/crawl-00000.warc.gz").resolve()  # a real crawl file (../shared/data/crawl)
+LLMCTL = [sys.executable, "-m", "llmctl"]
+
+
+def crawl_copies(d: Path, n: int) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        shutil.copy(CRAWL, d / f"crawl-{i}.warc.gz")
+    return d
+
+
+def start_and_freeze(cmd: list[str], output: Path, timeout: float = 120) -> subprocess.Popen:
+    """Start a real run and stop it (SIGSTOP) as soon as it holds its output's lock."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock, deadline = lock_path(output), time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(lock.read_text())["pid"] == proc.pid:
+                os.kill(proc.pid, signal.SIGSTOP)
+                return proc
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError(f"{cmd} never held its lock: {proc.communicate()}")
+
+
+def refused(cmd: list[str], holder: int) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another llmctl run is writing this output" in lines[0] and f"pid {holder} " in lines[0]
+    return lines[0]
+
+
+def test_filter_runs_started_together_one_writes_the_other_stops(tmp_path):
+    crawl = crawl_copies(tmp_path / "in", 4)
+    cmd = LLMCTL + ["filter", str(crawl), "-o", str(tmp_path / "out"), "--workers", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.communicate()[1]) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    loser = next(err for rc, err in results if rc == 2)
+    winner = next(p.pid for p, (rc, _) in zip(procs, results) if rc == 0)
+    assert f"pid {winner} " in loser and len(loser.strip().splitlines()) == 1
+    ds = Dataset.open(tmp_path / "out")  # a manifest whose shards all match their checksums
+    for i in range(len(ds.shards)):
+        ds.verify(i)
+    assert ds.num_rows > 0 and not (tmp_path / "out" / "_work").exists()
+    assert not lock_path(tmp_path / "out").exists()  # released
+
+
+def test_encode_into_an_output_being_written_is_refused_and_touches_nothing(tmp_path):
+    from tokenize_helpers import tinystories_docs, write_documents
+
+    from llmctl.data.tokenize import TokenizerTrainConfig, run_train
+
+    docs = write_documents(tmp_path / "docs", [tinystories_docs(300)] * 3)
+    run_train([str(docs)], tmp_path / "tok", TokenizerTrainConfig(vocab_size=400, sample_bytes=200_000))
+    out = tmp_path / "tokens"
+    cmd = LLMCTL + ["tokenize", "encode", str(docs), "-t", str(tmp_path / "tok"), "-o", str(out), "--workers", "1"]
+    first = start_and_freeze(cmd, out)
+    try:
+        before = sorted(p.relative_to(tmp_path) for p in out.rglob("*")) if out.exists() else None
+        refused(cmd, first.pid)
+        assert (sorted(p.relative_to(tmp_path) for p in out.rglob("*")) if out.exists() else None) == before
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.communicate()[1]
+    ds = Dataset.open(out)
+    assert all(ds.verify(i) for i in range(len(ds.shards)))
+
+
+def test_second_pretrain_into_a_training_run_dir_is_refused(tmp_path):
+    from pretrain_helpers import make_tokenizer, write_tokens
+
+    tok = make_tokenizer(tmp_path / "tok")
+    write_tokens(tmp_path / "tokens", tok)
+    run = tmp_path / "run"
+    cmd = LLMCTL + ["pretrain", str(tmp_path / "tokens"), "-t", str(tmp_path / "tok"), "-o", str(run),
+                    "--d-model", "32", "--n-layer", "1", "--seq-len", "32", "--batch-tokens", "128",
+                    "--micro-batch", "4", "--steps", "8", "--eval-every", "4", "--ckpt-every", "4"]
+    first = start_and_freeze(cmd, run)
+    try:
+        refused(cmd, first.pid)
+        refused(cmd + ["--resume"], first.pid)  # issue 20: two `--resume` both trained, interleaving metrics
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.communicate()[1]
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(ln)]
+    assert steps == list(range(1, 9))
+
+
+def test_every_writing_command_takes_the_lock(tmp_path):
+    """Each stage that writes an output stops at once, naming this process, while it holds the output."""
+    from align_helpers import tiny_checkpoint
+    from tokenize_helpers import tinystories_docs, write_documents
+
+    docs = write_documents(tmp_path / "docs", [tinystories_docs(50)])
+    ck = tiny_checkpoint(tmp_path / "ck")
+    jsonl = tmp_path / "sft.jsonl"
+    jsonl.write_text(json.dumps({"prompt": "Hi?", "response": "Hello."}) + "\n")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(f"stages:\n  - name: docs\n    run: filter {CRAWL} -o ${{out}} --no-dedup\n")
+    root = tmp_path / "root"
+    (root / "docs").mkdir(parents=True)
+    shutil.copytree(docs, root / "docs", dirs_exist_ok=True)
+    cases = {
+        "import": (["data", "import", str(jsonl), "-o", "{out}", "--format", "sft"], tmp_path / "imported"),
+        "tokenize train": (["tokenize", "train", str(docs), "-o", "{out}", "-v", "300"], tmp_path / "tok"),
+        "export": (["export", str(ck), "-o", "{out}"], tmp_path / "hf"),
+        "eval": (["eval", str(ck), "-o", "{out}", "--task", "perplexity", "--ppl-data", str(docs)], tmp_path / "ev"),
+        "report": (["report", str(root)], root / "report"),
+        "run": (["run", str(pipe), "-o", "{out}"], root),
+    }
+    for name, (args, out) in cases.items():
+        with writer_lock(out):
+            refused(LLMCTL + [a.replace("{out}", str(out)) for a in args], os.getpid())
+        assert name == "run" or not out.exists(), name  # nothing touched
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    crawl = crawl_copies(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    cmd = LLMCTL + ["filter", str(crawl), "-o", str(out), "--workers", "1", "--no-dedup"]
+    first = start_and_freeze(cmd, out)
+    first.kill()  # SIGKILL: no clean-up runs; the lock file stays, naming a dead pid
+    first.wait()
+    assert json.loads(lock_path(out).read_text())["pid"] == first.pid
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"taking over the lock of a run that is gone (pid {first.pid} " in again.stderr
+    assert Dataset.open(out).num_rows > 0 and not lock_path(out).exists()
+
+
+def test_a_lock_of_another_host_is_respected(tmp_path):
+    out = tmp_path / "out"
+    lock_path(out).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "2026-01-01T00:00:00Z"}))
+    with pytest.raises(OutputLocked, match=r"locked by a run on another host \(pid 1 on elsewhere.*remove .*\.out\.lock"):
+        OutputLock(out).acquire()
+    assert not out.exists()
+
+
+def test_a_dead_pid_is_stale_but_a_live_one_is_not(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    rec = {"host": socket.gethostname(), "pid": dead.pid, "started": "2026-01-01T00:00:00Z"}
+    lock_path(out).write_text(json.dumps(rec))
+    with writer_lock(out) as lk:  # taken over
+        assert json.loads(lk.path.read_text())["pid"] == os.getpid()
+        with writer_lock(out):  # re-entrant in the process that holds it
+            pass
+        assert lk.path.exists()
+    assert not lock_path(out).exists()
+
+
+def test_lock_on_an_fsspec_uri_is_exclusive():
+    out = "memory://locks/out"
+    first = OutputLock(out).acquire()
+    with pytest.raises(OutputLocked, match=f"pid {os.getpid()} "):
+        OutputLock(out).acquire()  # a live holder on this host (here: ourselves)
+    first.release()
+    OutputLock(out).acquire().release()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = lock_path(out)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": "x"}))
+    taken = OutputLock(out).acquire()  # stale: taken over
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    taken.release()
+    assert not lock.exists()
