@@ -122,7 +122,7 @@ def _write_error(e: BaseException, path: Path) -> str:
     try:
         free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
         if free < 64 << 20:
-            return f"only {free >> 20} MiB free on the device"
+            return f"the device is full: {free >> 20} MiB free"
     except OSError:
         pass
     return (text.strip().splitlines() or [type(e).__name__])[-1][:200]

@@ -9,8 +9,11 @@ killed at any point and started again with the same command redoes only the unfi
 and ends with exactly the output of an uninterrupted run.
 
 Reading: `Dataset.open(path)` refuses a directory without a manifest, so a later stage never
-reads half-written output. `Dataset.lineage()` gives the input record a later stage stores as
-its parent.
+reads half-written output, and a manifest it cannot trust: shard paths must stay inside the
+dataset (no `..`, nothing absolute) and every shard must have the size the manifest records (a
+`stat` each). A shard's SHA-256 is verified when it is read (`Dataset.verify`, `verify_shard`;
+LLMCTL_VERIFY=0 skips it: ~15% of pretrain's token load, see docs/reliability.md).
+`Dataset.lineage()` gives the input record a later stage stores as its parent.
 """
 
 from __future__ import annotations
@@ -69,9 +72,10 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 def fingerprint_file(path: str | Path) -> str:
     """A content fingerprint of a raw input file (WARC, JSONL, weights, ...): size + SHA-256 of all of it.
 
-    Every byte counts, so an edit anywhere in a file is a new input and its output is rebuilt.
-    Hashing runs at ~0.7 GB/s on one core here, next to ~2 MB/s/core for filtering the same crawl
-    file (docs/reliability.md has the figures): whole-file hashing costs under 1% of a filter run.
+    Every byte counts, so an edit anywhere in a file is a new input (the first and last MiB alone
+    missed edits in between). Hashing runs at ~1 GB/s on one core here, filtering the same crawl
+    files at ~1.4 MB/s: the fingerprints cost 0.13% of a filter run (benchmarks/integrity.py,
+    docs/reliability.md).
     """
     size = fs.size(path)
     return f"size{size}-{file_sha256(path)}"

@@ -212,3 +212,29 @@ def test_pipeline_stage_names_cannot_leave_the_run_root(tmp_path, name):
         load_pipeline(p)
     one_line_error(["run", str(p), "-o", str(tmp_path / "root")], "stage name")
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "root").exists()
+
+
+def test_ctrl_c_inside_a_pipeline_stage_stops_the_pipeline(tmp_path):
+    import signal
+    import time
+
+    from llmctl.lock import lock_path
+
+    crawl = tmp_path / "in"
+    crawl.mkdir()
+    for i in range(4):
+        shutil.copy(CRAWL, crawl / f"c{i}.warc.gz")
+    p = tmp_path / "p.yaml"
+    p.write_text(f"stages:\n  - name: docs\n    run: filter {crawl} -o ${{out}} --no-dedup --workers 1\n"
+                 "  - name: tok\n    run: tokenize train ${docs} -o ${out} --vocab-size 400\n")
+    root = tmp_path / "root"
+    proc = subprocess.Popen(LLMCTL + ["run", str(p), "-o", str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((root / "docs" / "_tasks").glob("*.json")):
+        time.sleep(0.05)
+    assert lock_path(root / "docs").exists()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err  # Typer's 130 from the stage used to be ignored: `tok` ran next
+    assert not (root / "tok").exists() and not (root / "_pipeline" / "docs.json").exists()

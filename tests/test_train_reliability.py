@@ -77,6 +77,7 @@ def test_half_written_and_half_rotated_checkpoints_are_cleaned_and_the_run_resum
     (ck / ".step_0000006.tmp-4242" / "_manifest.json").unlink()
     shutil.copytree(ck / "step_0000002", ck / ".step_0000002.del-4242")  # killed inside a rotation's delete
     (ck / "step_0000002" / "train_state.pt").unlink()  # ... or by the old rotation: a half-deleted step dir
+    (ck / "step_0000004").rename(ck / ".step_0000004.old-4242")  # set aside by a replacement that never landed
     s = pretrain(data / "tokens", data / "tok", run, cfg())
     assert s["start_step"] == 4 and s["finished"]
     assert sorted(p.name for p in ck.iterdir()) == ["step_0000004", "step_0000006"]
