@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,16 @@ import pyarrow as pa
 from llmctl import __version__, fs
 from llmctl.config import output_fields, to_dict
 from llmctl.errors import UsageError
+from llmctl.integrity import (  # noqa: F401 - file_sha256 and fingerprint_file are imported from here too
+    file_sha256,
+    fingerprint_file,
+    first_line,
+    open_parquet,
+    read_manifest,
+    read_parquet,
+    read_state,
+    verify_shard,
+)
 
 MANIFEST = "_manifest.json"
 RUN_STATE = "_run.json"
@@ -61,100 +70,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with fs.open_binary(path) as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fingerprint_file(path: str | Path) -> str:
-    """A content fingerprint of a raw input file (WARC, JSONL, weights, ...): size + SHA-256 of all of it.
-
-    Every byte counts, so an edit anywhere in a file is a new input (the first and last MiB alone
-    missed edits in between). Hashing runs at ~1 GB/s on one core here, filtering the same crawl
-    files at ~1.4 MB/s: the fingerprints cost 0.13% of a filter run (benchmarks/integrity.py,
-    docs/reliability.md).
-    """
-    size = fs.size(path)
-    return f"size{size}-{file_sha256(path)}"
-
-
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def verify_checksums() -> bool:
-    """Shard checksums are verified on read unless LLMCTL_VERIFY=0 (see docs/reliability.md for the cost)."""
-    return os.environ.get("LLMCTL_VERIFY", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def verify_shard(path: Any, sha256: str | None) -> None:
-    """One-line `UsageError` when a shard's bytes do not hash to the SHA-256 its manifest records."""
-    if not sha256 or not verify_checksums():
-        return
-    try:
-        got = file_sha256(path)
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read shard ({e.strerror or _first_line(e)})") from None
-    if got != sha256:
-        raise UsageError(f"{path}: shard does not match the SHA-256 in its manifest (corrupt or changed after "
-                         "it was written); re-run the stage that made it")
-
-
-def open_parquet(path: Any) -> Any:
-    """`pyarrow.parquet.ParquetFile` of a file, or a one-line `UsageError` when it is not Parquet."""
-    try:
-        return fs.parquet_file(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise UsageError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
-
-
-def read_parquet(path: Any, columns: Sequence[str] | None = None) -> pa.Table:
-    try:
-        return fs.read_table(path, columns=columns)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise UsageError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
-
-
-def _safe_relpath(rel: Any, where: Any) -> str:
-    """A shard path from a manifest, confined to its dataset: relative, no `..`, no drive or scheme."""
-    if not isinstance(rel, str) or not rel:
-        raise UsageError(f"{where}: a shard path is not a string")
-    parts = rel.replace("\\", "/").split("/")
-    if rel.startswith(("/", "\\")) or "://" in rel or ":" in parts[0] or any(x in ("", ".", "..") for x in parts):
-        raise UsageError(f"{where}: shard path {rel!r} leaves the dataset directory; refusing to read it")
-    return rel
-
-
-def read_manifest(mpath: Any) -> dict[str, Any]:
-    """A dataset's `_manifest.json`, checked enough that a crafted or damaged one is a one-line error."""
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{mpath}: unreadable manifest ({e})") from None
-    bad = f"{mpath}: not an llmctl manifest"
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list):
-        raise UsageError(f"{bad} (expected an object with a list of shards)")
-    manifest.setdefault("shards", [])
-    for role, recs in [("shards", manifest["shards"]), *(manifest.get("files") or {}).items()]:
-        if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
-            raise UsageError(f"{bad} ({role}: expected a list of file records)")
-        for r in recs:
-            _safe_relpath(r.get("path"), mpath)
-            if not isinstance(r.get("rows", 0), int) or not isinstance(r.get("bytes", 0), int):
-                raise UsageError(f"{bad} ({r['path']}: rows and bytes must be integers)")
-    if not isinstance(manifest.get("schema", []), list) or not all(isinstance(f, dict) and "name" in f for f in manifest.get("schema", [])):
-        raise UsageError(f"{bad} (schema: expected a list of {{name, type}})")
-    return manifest
 
 
 @dataclass
@@ -199,12 +119,14 @@ class Dataset:
 
     def check_shards(self) -> None:
         """Every shard the manifest lists is present with the size it records (stat only, no read):
-        a truncated or missing shard is a one-line error before a stage writes anything."""
+        a truncated or missing shard is a one-line error before a stage writes anything (on a URI:
+        one listing, not a request per shard)."""
+        listed = None if fs.is_local(self.path) else fs.sizes_below(self.path)
         for rec in self.manifest["shards"]:
             shard = self.path / rec["path"]
             try:
-                n = fs.size(shard)
-            except (FileNotFoundError, OSError):
+                n = fs.size(shard) if listed is None else listed[fs.key_of(shard.fs, shard)]
+            except (KeyError, OSError):
                 raise UsageError(f"{shard}: shard listed in {self.path / MANIFEST} is missing") from None
             if "bytes" in rec and n != int(rec["bytes"]):
                 raise UsageError(f"{shard}: {n} bytes where the manifest records {rec['bytes']} "
@@ -263,7 +185,7 @@ class Dataset:
             try:
                 yield from pf.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
             except (pa.ArrowInvalid, OSError) as e:
-                raise UsageError(f"{self.shards[i]}: unreadable Parquet ({_first_line(e)})") from None
+                raise UsageError(f"{self.shards[i]}: unreadable Parquet ({first_line(e)})") from None
 
     def iter_rows(self, columns: Sequence[str] | None = None, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
         for batch in self.iter_batches(columns, batch_size):
@@ -319,21 +241,6 @@ class ShardWriter:
             self._writer.close()
         finally:
             fs.unlink(self.tmp)
-
-
-def read_state(path: Any, overwrite: bool = False) -> dict[str, Any]:
-    """An output's own `_manifest.json` or `_run.json` as a dict; a damaged one is a one-line error
-    (or, with `overwrite`, an empty record: the output is replaced)."""
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(state, dict):
-            return state
-        problem = "not a JSON object"
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        problem = _first_line(e) if path.stat().st_size else "empty file"
-    if overwrite:
-        return {}
-    raise UsageError(f"{path}: damaged ({problem}); pass --overwrite to replace this output, or choose another path")
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -182,6 +182,17 @@ def expand(pattern: str) -> list[tuple[str, bool]]:
     return [(fs.unstrip_protocol(x), bool(fs.isdir(x))) for x in paths]
 
 
+def sizes_below(path: AnyPath) -> dict[str, int]:
+    """{path: size} of every file below a directory URI, from one listing (keys as `key_of` gives them)."""
+    p = to_path(path)
+    return {key_of(p.fs, k): int(v.get("size") or 0) for k, v in p.fs.find(p.path, detail=True).items()}
+
+
+def key_of(store: Any, path: Any) -> str:
+    """A path on an fsspec filesystem as that filesystem names it (no protocol)."""
+    return store._strip_protocol(str(path)).rstrip("/")
+
+
 def list_files(uri: str) -> list[str]:
     """Every file below a directory URI, sorted."""
     fs, p = _fs(uri)

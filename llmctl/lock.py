@@ -35,6 +35,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,11 @@ class OutputLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 rec = _parse(os.pread(fd, 4096, 0))
+                for _ in range(50):  # the holder writes its record just after it locks: give it a moment
+                    if rec is not None:
+                        break
+                    time.sleep(0.02)
+                    rec = _parse(os.pread(fd, 4096, 0))
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise self._locked(rec) from None

@@ -17,7 +17,8 @@ import pytest
 
 from llmctl.data.chat_data import import_data
 from llmctl.data.filter import FilterConfig, run_filter
-from llmctl.datasets import MANIFEST, RUN_STATE, Dataset, fingerprint_file, verify_shard
+from llmctl.datasets import MANIFEST, RUN_STATE, Dataset, fingerprint_file
+from llmctl.integrity import verify_shard
 from llmctl.errors import UsageError
 from llmctl.pipeline import load_pipeline
 from tokenize_helpers import tinystories_docs, write_documents

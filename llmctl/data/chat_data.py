@@ -53,7 +53,8 @@ def read_rows(path: str | Path, skipped: dict[str, int] | None = None) -> tuple[
     A JSONL line that is not valid UTF-8 is a bad record: skipped and counted in `skipped`
     ("invalid UTF-8"; without a `skipped` dict, a notice says how many). A line that is not JSON
     is an error naming the line: the file is not the JSONL it claims to be."""
-    from llmctl.datasets import Dataset, fingerprint_file, read_parquet
+    from llmctl.datasets import Dataset, fingerprint_file
+    from llmctl.integrity import read_parquet
 
     p = Path(path)
     if p.is_dir():

@@ -42,7 +42,8 @@ from llmctl.data.gopher import (
 from llmctl.data.pii import PIIConfig, PIIScrubber
 from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
 from llmctl.config import output_fields
-from llmctl.datasets import Dataset, StageOutput, fingerprint_file, verify_shard
+from llmctl.datasets import Dataset, StageOutput, fingerprint_file
+from llmctl.integrity import verify_shard
 from llmctl import fs
 from llmctl.errors import UsageError
 from llmctl.fs import is_uri

@@ -34,7 +34,8 @@ import xxhash
 
 from llmctl.config import output_fields, runtime, to_dict
 from llmctl.datasets import (MANIFEST, Dataset, StageOutput, atomic_write_json, canonical_json, now_iso,
-                             open_parquet, read_state, sha256_text, verify_shard)
+                             sha256_text)
+from llmctl.integrity import open_parquet, read_state, verify_shard
 from llmctl import __version__, fs
 from llmctl.errors import UsageError
 from llmctl.executor import Reporter, default_workers, run_tasks, using

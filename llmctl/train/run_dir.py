@@ -33,7 +33,8 @@ from typing import Any
 from llmctl import __version__
 from llmctl.checkpoint import TRAIN_STATE, WEIGHTS
 from llmctl.config import output_fields
-from llmctl.datasets import MANIFEST, RUN_STATE, atomic_write_json, now_iso, read_state
+from llmctl.datasets import MANIFEST, RUN_STATE, atomic_write_json, now_iso
+from llmctl.integrity import read_state
 from llmctl.errors import UsageError
 from llmctl.lock import writer_lock
 from llmctl.progress import note
