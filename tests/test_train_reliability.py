@@ -212,3 +212,13 @@ def test_files_written_by_a_run_and_an_export_get_one_mode_from_the_umask(data, 
     assert set(modes.values()) == {oct(0o640)}, modes
     assert load_checkpoint(tmp_path / "run")[1].n_layer == 1 and load_train_state(
         tmp_path / "run" / "checkpoints" / "step_0000002")["step"] == 2
+
+
+def test_damaged_run_state_is_one_line_and_overwrite_replaces_it(data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "_run.json").write_text("")  # an empty _run.json (a crash of the filesystem, a stray edit)
+    with pytest.raises(UsageError, match=r"_run.json: damaged \(empty file\); pass --overwrite"):
+        pretrain(data / "tokens", data / "tok", run, cfg(**{"train.steps": 2}))
+    assert (run / "_run.json").read_text() == ""
+    assert pretrain(data / "tokens", data / "tok", run, cfg(**{"train.steps": 2}), overwrite=True)["finished"]
