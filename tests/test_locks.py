@@ -1,6 +1,7 @@
 """One writer per output: real runs started at once into one output, a lock left by a SIGKILL, a
 lock of another host, and the lock on fsspec URIs. (Issue 20 found two filter runs into one
-directory corrupting _work/docs, and two `pretrain --resume` interleaving metrics.jsonl.)"""
+directory corrupting _work/docs, and two `pretrain --resume` interleaving metrics.jsonl: that one
+is in test_train_reliability.py, with Ctrl-C.)"""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from llmctl.datasets import Dataset
 from llmctl.lock import OutputLock, OutputLocked, lock_path, writer_lock
+from run_helpers import refused, start_and_freeze
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz").resolve()  # a real crawl file (../shared/data/crawl)
 LLMCTL = [sys.executable, "-m", "llmctl"]
@@ -28,30 +29,6 @@ def crawl_copies(d: Path, n: int) -> Path:
     for i in range(n):
         shutil.copy(CRAWL, d / f"crawl-{i}.warc.gz")
     return d
-
-
-def start_and_freeze(cmd: list[str], output: Path, timeout: float = 120) -> subprocess.Popen:
-    """Start a real run and stop it (SIGSTOP) as soon as it holds its output's lock."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock, deadline = lock_path(output), time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if json.loads(lock.read_text())["pid"] == proc.pid:
-                os.kill(proc.pid, signal.SIGSTOP)
-                return proc
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.01)
-    proc.kill()
-    raise AssertionError(f"{cmd} never held its lock: {proc.communicate()}")
-
-
-def refused(cmd: list[str], holder: int) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "another llmctl run is writing this output" in lines[0] and f"pid {holder} " in lines[0]
-    return lines[0]
 
 
 def test_filter_runs_started_together_one_writes_the_other_stops(tmp_path):
@@ -93,27 +70,6 @@ def test_encode_into_an_output_being_written_is_refused_and_touches_nothing(tmp_
     assert first.wait(timeout=300) == 0, first.communicate()[1]
     ds = Dataset.open(out)
     assert all(ds.verify(i) for i in range(len(ds.shards)))
-
-
-def test_second_pretrain_into_a_training_run_dir_is_refused(tmp_path):
-    from pretrain_helpers import make_tokenizer, write_tokens
-
-    tok = make_tokenizer(tmp_path / "tok")
-    write_tokens(tmp_path / "tokens", tok)
-    run = tmp_path / "run"
-    cmd = LLMCTL + ["pretrain", str(tmp_path / "tokens"), "-t", str(tmp_path / "tok"), "-o", str(run),
-                    "--d-model", "32", "--n-layer", "1", "--seq-len", "32", "--batch-tokens", "128",
-                    "--micro-batch", "4", "--steps", "8", "--eval-every", "4", "--ckpt-every", "4"]
-    first = start_and_freeze(cmd, run)
-    try:
-        refused(cmd, first.pid)
-        refused(cmd + ["--resume"], first.pid)  # issue 20: two `--resume` both trained, interleaving metrics
-    finally:
-        os.kill(first.pid, signal.SIGCONT)
-    assert first.wait(timeout=300) == 0, first.communicate()[1]
-    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(ln)]
-    assert steps == list(range(1, 9))
 
 
 def test_every_writing_command_takes_the_lock(tmp_path):

@@ -126,16 +126,22 @@ def test_sft_batch_below_micro_batch_leaves_nothing(tmp_path):
     assert run_sft(data, ck, tmp_path / "run", c)["finished"]
 
 
+@pytest.fixture(scope="module")
+def probe(data, tmp_path_factory) -> Path:
+    """One checkpoint of the size these tests write (step 2 of a 2-step run)."""
+    run = tmp_path_factory.mktemp("probe") / "run"
+    pretrain(data / "tokens", data / "tok", run, cfg(**{"train.steps": 2}))
+    return run / "checkpoints" / "step_0000002"
+
+
 def _checkpoint_bytes(step_dir: Path) -> int:
     return sum(-(-p.stat().st_size // 4096) * 4096 for p in step_dir.rglob("*") if p.is_file())
 
 
-def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous_one(data, tmp_path):
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous_one(data, probe, tmp_path):
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
         pytest.skip("needs a user namespace (unshare -rm) to mount a small tmpfs; see the RLIMIT test below")
-    probe = tmp_path / "probe"
-    pretrain(data / "tokens", data / "tok", probe, cfg(**{"train.steps": 2}))
-    size_kb = (_checkpoint_bytes(probe / "checkpoints" / "step_0000002") * 3 // 2 + 64 * 1024) // 1024
+    size_kb = (_checkpoint_bytes(probe) * 3 // 2 + 64 * 1024) // 1024
     run = tmp_path / "run"
     run.mkdir()
     train_cmd = " ".join(LLMCTL + ["pretrain", str(data / "tokens"), "-t", str(data / "tok"), "-o", str(run),
@@ -155,11 +161,9 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previou
     assert found["names"] == ["step_0000002"] and found["step"] == 2  # the previous checkpoint, whole; no .tmp
 
 
-def test_a_failed_checkpoint_write_leaves_no_temporary_directory(data, tmp_path):
+def test_a_failed_checkpoint_write_leaves_no_temporary_directory(data, probe, tmp_path):
     """RLIMIT_FSIZE makes every write past the limit fail (EFBIG), as a full disk does, without a mount."""
-    probe = tmp_path / "probe"
-    pretrain(data / "tokens", data / "tok", probe, cfg(**{"train.steps": 2}))
-    st = probe / "checkpoints" / "step_0000002"
+    st = probe
     limit = (st / "model.safetensors").stat().st_size + 4096  # the weights fit, the optimizer state does not
     assert (st / "train_state.pt").stat().st_size > limit
 
@@ -176,11 +180,18 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_directory(data, tmp_path)
     assert os.listdir(run / "checkpoints") == []  # no .step_N.tmp-PID left behind
 
 
-def test_ctrl_c_says_what_is_on_disk_and_the_same_command_resumes(data, tmp_path):
+def test_a_second_run_is_refused_ctrl_c_says_what_is_on_disk_and_the_same_command_resumes(data, tmp_path):
+    from run_helpers import refused, start_and_freeze
+
     run = tmp_path / "run"
     cmd = LLMCTL + ["pretrain", str(data / "tokens"), "-t", str(data / "tok"), "-o", str(run), "--steps", "400",
                     "--ckpt-every", "5", "--eval-every", "1000", *FLAGS]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_and_freeze(cmd, run)
+    try:
+        refused(cmd, proc.pid)
+        refused(cmd + ["--resume"], proc.pid)  # issue 20: two `--resume` both trained, interleaving metrics.jsonl
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
     deadline = time.time() + 120
     while time.time() < deadline and not list((run / "checkpoints").glob("step_*")):
         time.sleep(0.05)
@@ -190,6 +201,8 @@ def test_ctrl_c_says_what_is_on_disk_and_the_same_command_resumes(data, tmp_path
     last = sorted((run / "checkpoints").glob("step_*"))[-1]
     assert f"the last checkpoint is {last}: re-run the same command to resume from it" in err
     assert "finished shards" not in err
+    steps = [r["step"] for r in metrics(run) if "loss" in r]
+    assert steps == list(range(1, len(steps) + 1))  # one writer: no step twice
     again = subprocess.run(cmd + ["--stop-after", "1"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"resumed from {last} at step {int(last.name[5:])}" in again.stdout

@@ -1,0 +1,37 @@
+"""Test helper: start a real llmctl run and freeze it while it holds its output's lock; run a second
+one and check that it is refused with one line naming the first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from llmctl.lock import lock_path
+
+
+def start_and_freeze(cmd: list[str], output: Path, timeout: float = 120) -> subprocess.Popen:
+    """Start a real run and stop it (SIGSTOP) as soon as it holds its output's lock."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock, deadline = lock_path(output), time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(lock.read_text())["pid"] == proc.pid:
+                os.kill(proc.pid, signal.SIGSTOP)
+                return proc
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError(f"{cmd} never held its lock: {proc.communicate()}")
+
+
+def refused(cmd: list[str], holder: int) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another llmctl run is writing this output" in lines[0] and f"pid {holder} " in lines[0]
+    return lines[0]
