@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-out = Console()
+from llmctl.progress import make_console
+
+out = make_console()
 
 
 def human_bytes(n: float) -> str:
@@ -28,6 +29,30 @@ def print_funnel(rows: list[dict[str, Any]], title: str = "filter funnel") -> No
     for r in rows:
         style = "bold" if r["row"] in ("read", "kept") else None
         table.add_row(r["row"], f"{r['docs']:,}", f"{100 * r['docs'] / read:.1f}%", human_bytes(r["bytes"]), style=style)
+    out.print(table)
+
+
+COUNT_SUFFIXES = ("items", "documents", "docs", "pairs", "rows")  # eval metrics that count things
+
+
+def format_value(metric: str, value: float | None) -> str:
+    """An eval value as the table shows it: counts as integers (`train_documents 529`), the rest to
+    4 decimals."""
+    if value is None:
+        return ""
+    if metric.endswith(COUNT_SUFFIXES) and float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:.4f}"
+
+
+def print_results(rows: list[dict[str, Any]], title: str = "eval") -> None:
+    """The eval results (one row per task and metric) as a rich table, like every stage's summary."""
+    table = Table(title=title, title_justify="left")
+    for col, just in (("task", "left"), ("metric", "left"), ("value", "right"), ("stderr", "right"), ("n", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rows:
+        err = "" if r.get("stderr") is None else f"{r['stderr']:.4f}"
+        table.add_row(r["task"], r["metric"], format_value(r["metric"], r["value"]), err, f"{r['n']:,}")
     out.print(table)
 
 

@@ -39,8 +39,8 @@ def eval_cmd(
     through --set, e.g. --set perplexity.stride=128 --set degeneration.temperature=0.7.
     """
     from llmctl import config as C
-    from llmctl.cli.common import out
-    from llmctl.eval.runner import EvalConfig, markdown_table, run_eval
+    from llmctl.cli.common import out, print_results
+    from llmctl.eval.runner import EvalConfig, run_eval
 
     flags = {"tasks": task, "perplexity.data": ppl_data, "mc.data": mc_data, "mc.shots": shots,
              "mc.choices": choices, "exact_match.data": em_data, "degeneration.prompts": prompts,
@@ -52,6 +52,6 @@ def eval_cmd(
                                                  "winrate")})
     cfg = C.load(EvalConfig, config, set_, flags)
     m = run_eval(model, output, cfg, overwrite=overwrite)
-    out.print(markdown_table(m["stats"]["results"]), markup=False, highlight=False)
+    print_results(m["stats"]["results"])
     t = m["timings"]
     out.print(f"results -> {output} ({t.get('seconds', '?')} s)", markup=False, highlight=False)
