@@ -20,7 +20,7 @@ def filter_cmd(
     no_c4: Annotated[bool, typer.Option("--no-c4", help="Skip the C4 rules.")] = False,
     no_gopher: Annotated[bool, typer.Option("--no-gopher", help="Skip the Gopher quality and repetition rules.")] = False,
     no_pii: Annotated[bool, typer.Option("--no-pii", help="Skip the PII scrub.")] = False,
-    no_rejected: Annotated[bool, typer.Option("--no-rejected", help="Do not write removed documents to OUT/rejected/.")] = False,
+    no_rejected: Annotated[bool, typer.Option("--no-rejected", help="Do not keep removed documents (in OUT.rejected).")] = False,
     dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", rich_help_panel="Dedup", help="All dedup steps on or off (default: on).")] = None,
     exact: Annotated[Optional[bool], typer.Option("--exact/--no-exact", rich_help_panel="Dedup", help="Exact dedup of normalized text.")] = None,
     c4_span: Annotated[Optional[bool], typer.Option("--c4-span/--no-c4-span", rich_help_panel="Dedup", help="C4 three-sentence span dedup.")] = None,
@@ -47,11 +47,12 @@ def filter_cmd(
     """Extract text from a crawl, keep the documents that pass C4, Gopher, PII (and quality) steps, then dedup.
 
     Dedup (exact, C4 three-sentence spans, MinHash) runs over all inputs after the per-shard
-    steps; removed duplicates go to OUT/rejected/ with the id of the document they duplicate.
+    steps.
 
-    Writes OUT/part-*.parquet (kept documents), OUT/rejected/ (removed documents with the rule
-    that removed them) and OUT/_manifest.json (config, inputs, funnel). Re-running the same
-    command resumes an interrupted run.
+    Writes OUT/part-*.parquet (the kept documents: pandas, pyarrow, duckdb or datasets pointed at
+    OUT read those only) and OUT/_manifest.json (config, inputs, funnel); removed documents go to
+    the dataset OUT.rejected beside it, each with the rule that removed it (a duplicate: with the
+    id of the document it repeats). Re-running the same command resumes an interrupted run.
     """
     from llmctl import config as C
     from llmctl.data.filter import FilterConfig, run_filter
