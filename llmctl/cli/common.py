@@ -1,4 +1,4 @@
-"""Helpers the command modules share: printing tables and manifests."""
+"""Helpers the command modules share: printing tables and configs."""
 
 from __future__ import annotations
 
@@ -6,17 +6,10 @@ from typing import Any
 
 from rich.table import Table
 
+from llmctl.formatting import format_value, human_bytes
 from llmctl.progress import make_console
 
 out = make_console()
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def print_funnel(rows: list[dict[str, Any]], title: str = "filter funnel") -> None:
@@ -30,19 +23,6 @@ def print_funnel(rows: list[dict[str, Any]], title: str = "filter funnel") -> No
         style = "bold" if r["row"] in ("read", "kept") else None
         table.add_row(r["row"], f"{r['docs']:,}", f"{100 * r['docs'] / read:.1f}%", human_bytes(r["bytes"]), style=style)
     out.print(table)
-
-
-COUNT_SUFFIXES = ("items", "documents", "docs", "pairs", "rows")  # eval metrics that count things
-
-
-def format_value(metric: str, value: float | None) -> str:
-    """An eval value as the table shows it: counts as integers (`train_documents 529`), the rest to
-    4 decimals."""
-    if value is None:
-        return ""
-    if metric.endswith(COUNT_SUFFIXES) and float(value).is_integer():
-        return f"{int(value):,}"
-    return f"{value:.4f}"
 
 
 def print_results(rows: list[dict[str, Any]], title: str = "eval") -> None:
