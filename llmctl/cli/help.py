@@ -31,7 +31,10 @@ ORDER = ("filter", "quality", "tokenize", "pretrain", "generate", "sft", "reward
 
 _METAVAR = {int: "N", float: "X", str: "TEXT"}
 _NAMED = {"--output": "PATH", "--config": "FILE", "--set": "KEY=VALUE", "--tokenizer": "DIR", "--from": "CKPT",
-          "--ref": "CKPT", "--baseline": "MODEL", "--reward-model": "RM"}
+          "--ref": "CKPT", "--baseline": "MODEL", "--reward-model": "RM", "--quality-model": "DIR", "--against": "DIR",
+          "--positive": "DIR", "--negative": "DIR", "--task": "TASK", "--ppl-data": "PATH", "--mc-data": "PATH",
+          "--em-data": "PATH", "--prompts": "PATH", "--prefs-data": "PATH", "--items": "PATH", "--train-data": "PATH",
+          "--only": "STAGE", "--until": "STAGE", "--format": "FORMAT"}
 _DEFAULT_NOTE = re.compile(r"\s*\(default:?\s+([^()]*(?:\([^()]*\)[^()]*)*)\)")
 
 
