@@ -16,7 +16,9 @@ run` logged it: step lines at up to five evaluation steps, everything else whole
 llmctl command run now, `${stage}` being that stage's output), or `# CMD` (a command shown, not
 run). Paths under ROOT are shown under `out/demo`. `--check` compares with timings and rates
 masked (they change from run to run; the numbers that a seed fixes must not), which is also what
-tests/test_toy_pipeline.py does for the parts a shortened run reproduces.
+tests/test_toy_pipeline.py does for the parts a shortened run reproduces. Training numbers are
+fixed by the seed for a given torch build, CPU capability and thread count (the timings block
+names them): another kind of CPU sums in another order and differs from the 3rd decimal on.
 """
 
 from __future__ import annotations
@@ -100,12 +102,23 @@ def render_item(item: str, root: Path, commands: dict[str, str], shown: str) -> 
     return "$ " + wrap(commands[item]) + "\n" + "\n".join(keep_lines(show(log.read_text())))
 
 
+def environment() -> str:
+    """What training numbers depend on beyond the seed: CPU kernels differ by capability (AVX2,
+    AVX512) and floating-point sums by thread count (measured: step 50's loss 7.1725 with 2
+    threads, 7.1682 with 1)."""
+    import torch
+
+    return (f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads")
+
+
 def timings(root: Path) -> str:
     states = [json.loads(p.read_text()) for p in sorted((root / "_pipeline").glob("*.json"))]
     states.sort(key=lambda s: (root / "_pipeline" / f"{s['stage']}.json").stat().st_mtime)
     rows = [f"{s['stage']:<10} {s['seconds']:>7.1f} s   load average {s.get('load_average_1min', '?')}" for s in states]
     total = sum(s["seconds"] for s in states)
-    return "\n".join(rows + [f"{'total':<10} {total:>7.1f} s   (2 CPU cores; load average = runnable processes, 1 min)"])
+    return "\n".join(rows + [f"{'total':<10} {total:>7.1f} s   (load average: runnable processes over the last minute)",
+                             f"on {environment()}"])
 
 
 def render(readme: str, root: Path, pipeline: Path, shown: str = SHOWN_ROOT) -> str:
@@ -119,8 +132,14 @@ def render(readme: str, root: Path, pipeline: Path, shown: str = SHOWN_ROOT) -> 
 
 
 def masked(text: str) -> str:
+    """`text` without what changes from run to run: the timings block, seconds and rates."""
     text = MARKER.sub(lambda m: m.group(0) if "timings" not in m.group(1) else "<timings>\n", text)
     return VOLATILE.sub("#", text)
+
+
+def recorded_environment(readme: str) -> str | None:
+    m = re.search(r"^on (torch .*)$", readme, re.M)
+    return m.group(1) if m else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from llmctl.datasets import MANIFEST, Dataset
 from llmctl.pipeline import load_pipeline, run_pipeline
 from llmctl.report import build_report
@@ -160,4 +162,9 @@ def test_examples_readme_first_pretraining_evaluation_reproduces(toy_run, tmp_pa
     ef = figures_script()
     fifty = [ln for ln in ef.masked(buf.getvalue()).splitlines() if ln.startswith("step    50/")]
     quoted = [ln for ln in ef.masked(blocks_by_item()["pretrain"]).splitlines() if ln.startswith("step    50/")]
-    assert len(fifty) == 2 and quoted == fifty  # train and val line
+    assert len(fifty) == 2 and len(quoted) == 2  # train and val line
+    if ef.recorded_environment(EXAMPLES_README.read_text()) == ef.environment():
+        assert quoted == fifty  # the same torch, CPU kernels and thread count: the same digits
+    else:  # other kernels sum in another order (2 vs 1 thread: 7.1725 vs 7.1682 at step 50)
+        nums = [[float(x) for x in re.findall(r"(?:loss|val_loss) (\d+\.\d+)", ln)] for ln in (*quoted, *fifty)]
+        assert nums[0] == pytest.approx(nums[2], rel=0.01) and nums[1] == pytest.approx(nums[3], rel=0.01)

@@ -27,7 +27,7 @@ def filter_cmd(
     minhash: Annotated[Optional[bool], typer.Option("--minhash/--no-minhash", rich_help_panel="Dedup", help="MinHash near-dedup.")] = None,
     minhash_threshold: Annotated[Optional[float], typer.Option(rich_help_panel="Dedup", help="Jaccard threshold of MinHash dedup (default 0.8).")] = None,
     num_perm: Annotated[Optional[int], typer.Option(rich_help_panel="Dedup", help="MinHash permutations (default 128).")] = None,
-    bands: Annotated[Optional[int], typer.Option(rich_help_panel="Dedup", help="LSH bands (with --rows; default: derived from the threshold).")] = None,
+    bands: Annotated[Optional[int], typer.Option(rich_help_panel="Dedup", help="LSH bands, with --rows (default: derived from the threshold).")] = None,
     rows: Annotated[Optional[int], typer.Option(rich_help_panel="Dedup", help="LSH rows per band (with --bands).")] = None,
     dedup_scope: Annotated[Optional[str], typer.Option(rich_help_panel="Dedup", help="self (within this run) or self+against (also against --against datasets).")] = None,
     against: Annotated[Optional[list[str]], typer.Option(rich_help_panel="Dedup", help="Earlier llmctl filter output whose documents count as earlier (repeatable).")] = None,

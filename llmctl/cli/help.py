@@ -93,22 +93,22 @@ def _config_defaults(cmd: Any) -> dict[str, Any]:
     C.load = capture
     try:
         fn(**{p.name: _Probe(p.name) for p in cmd.params if p.name})
+        return {}
     except _Captured as got:
-        C.load = real
-        cfg = real(got.cls)
-        found: dict[str, Any] = {}
-        for key, value in got.flags.items():
-            if isinstance(value, _Probe) and value.name not in found:
-                node: Any = cfg
-                for part in key.split("."):
-                    node = getattr(node, part, None)
-                found[value.name] = node
-        return found
+        captured = got
     except Exception:  # noqa: BLE001 - help must render even if a command cannot be probed
         return {}
     finally:
         C.load = real
-    return {}
+    cfg = real(captured.cls)
+    found: dict[str, Any] = {}
+    for key, value in captured.flags.items():
+        if isinstance(value, _Probe) and value.name not in found:
+            node: Any = cfg
+            for part in key.split("."):
+                node = getattr(node, part, None)
+            found[value.name] = node
+    return found
 
 
 def _polish_param(p: Any, cmd: Any) -> None:
