@@ -55,7 +55,7 @@ def run_kind(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
 def loss_label(kind: str, config: dict[str, Any] | None = None) -> str:
     """The y-axis label of a run's loss chart: what that stage minimizes."""
     if kind == "reward":
-        return "Bradley-Terry loss  -log σ(r_chosen - r_rejected)"
+        return "Bradley-Terry loss\n-log σ(r_chosen - r_rejected)"
     if kind == "dpo":
         loss_type = (config or {}).get("loss_type", "sigmoid")
         return f"DPO loss ({loss_type}), beta {(config or {}).get('beta', '?')}"
@@ -130,9 +130,9 @@ def prefs_figure(run: str | Path) -> Any | None:
     val = [r for r in recs if f"val_{margin}" in r]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 2))
     steps = [r["step"] for r in train]
-    for ax, key, label in ((top, margin, "reward margin" + (" β·(log-ratio chosen - rejected)" if kind == "dpo"
-                                                             else " r_chosen - r_rejected")),
-                           (bottom, acc, "accuracy (chosen > rejected)")):
+    for ax, key, label in ((top, margin, "reward margin\n" + ("β·(log-ratio chosen - rejected)" if kind == "dpo"
+                                                              else "r_chosen - r_rejected")),
+                           (bottom, acc, "accuracy\n(chosen > rejected)")):
         vals = [r[key] for r in train if key in r]
         ax.plot(steps[: len(vals)], vals, color="C0", alpha=0.25, lw=1)
         ax.plot(steps[: len(vals)], ema(vals), color="C0", lw=1.5, label="train (EMA)")
