@@ -96,10 +96,13 @@ def render_item(item: str, root: Path, commands: dict[str, str], shown: str) -> 
         if r.returncode != 0:
             raise SystemExit(f"llmctl {cmd} failed: {r.stderr.strip()}")
         return "$ " + wrap(shown_cmd) + "\n" + "\n".join(keep_lines(show(r.stdout)))
-    log = root / "_pipeline" / f"{item}.log"
-    if item not in commands or not log.is_file():
-        raise SystemExit(f"{item}: not a stage of the pipeline, or {log} is missing (run the pipeline first)")
-    return "$ " + wrap(commands[item]) + "\n" + "\n".join(keep_lines(show(log.read_text())))
+    if item not in commands:
+        raise SystemExit(f"{item}: not a stage of {sorted(commands)}")
+    log, done = root / "_pipeline" / f"{item}.log", root / "_pipeline" / f"{item}.json"
+    lines = keep_lines(show(log.read_text())) if log.is_file() else []
+    if not done.is_file():  # a run stopped before this stage finished: say so rather than show a part as a result
+        lines.append(f"[{item} did not finish in the run these figures come from: `make examples-readme` writes them]")
+    return "$ " + wrap(commands[item]) + "\n" + "\n".join(lines)
 
 
 def environment() -> str:
@@ -113,6 +116,7 @@ def environment() -> str:
 
 
 def timings(root: Path) -> str:
+    """Seconds per finished stage with the load average when it ended, and the environment."""
     states = [json.loads(p.read_text()) for p in sorted((root / "_pipeline").glob("*.json"))]
     states.sort(key=lambda s: (root / "_pipeline" / f"{s['stage']}.json").stat().st_mtime)
     rows = [f"{s['stage']:<10} {s['seconds']:>7.1f} s   load average {s.get('load_average_1min', '?')}" for s in states]
