@@ -5,6 +5,7 @@
 #   make eval                     one stage (and whatever it needs that is out of date); likewise
 #                                 make filter | tokenize | pretrain | sft | reward | dpo | report
 #   make eval PIPELINE=pipelines/small.yaml OUT=out/small    another pipeline, another run root
+#   make examples-readme          a fresh demo run, then examples/README.md's figures rewritten from it
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,7 +19,7 @@ PIPELINE ?= pipelines/toy.yaml
 OUT ?= out/demo
 RUN = $(LLMCTL) run $(PIPELINE) -o $(OUT)
 
-.PHONY: install demo test report clean filter tokenize pretrain sft reward dpo eval
+.PHONY: install demo test report clean filter tokenize pretrain sft reward dpo eval examples-readme
 
 install: $(STAMP)
 
@@ -32,10 +33,16 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The whole pipeline on the bundled example data (examples/: a real crawl file, TinyStories,
-# GSM8K, HH-RLHF and MMLU slices), then the HTML report. About two minutes on 2 CPU cores.
+# GSM8K, HH-RLHF and MMLU slices), then the HTML report. A few minutes on 2 CPU cores (README.md).
 demo: install
 	$(RUN)
 	$(LLMCTL) report $(OUT)
+
+# Every stage of the demo run again (--force), then examples/README.md's figure blocks rewritten
+# from what it printed (scripts/examples_figures.py; tests/test_toy_pipeline.py checks them).
+examples-readme: install
+	$(RUN) --force
+	$(PY) scripts/examples_figures.py $(OUT)
 
 # The test suite. pytest's exit code 5 (no tests collected) fails this target like any other.
 test: install

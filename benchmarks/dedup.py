@@ -160,7 +160,7 @@ def run_llmctl(paths: list[str], out: Path, workers: int, verify: str = "jaccard
     secs, mb = timed(cmd)
     import pyarrow.parquet as pq
 
-    removed = {r["id"] for f in (out / "rejected").glob("*.parquet") for r in pq.read_table(f, columns=["id", "reason"]).to_pylist()
+    removed = {r["id"] for f in Path(f"{out}.rejected").glob("*.parquet") for r in pq.read_table(f, columns=["id", "reason"]).to_pylist()
                if r["reason"].startswith("dedup.")}
     return removed, secs, mb
 

@@ -100,10 +100,24 @@ def error_line(e: BaseException, tb_text: str | None = None) -> str:
     where = re.findall(r'File "([^"]+)", line (\d+)', tb_text or "")
     if where:
         path, lineno = where[-1]
-        parts = path.replace(os.sep, "/").split("/")
-        short = "/".join(parts[parts.index("llmctl"):]) if "llmctl" in parts[:-1] else "/".join(parts[-2:])
-        line += f" (at {short}:{lineno})"
+        line += f" (at {short_path(path)}:{lineno})"
     return line[:500]
+
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding llmctl/
+
+
+def short_path(path: str) -> str:
+    """A source file as an error names it: `llmctl/data/filter.py` for llmctl's own modules
+    (wherever the checkout or the install lives, whatever its folder is called), relative to the
+    working directory for other files under it, else its last two components."""
+    full = os.path.abspath(path)
+    for base, first in ((_PACKAGE_ROOT, "llmctl"), (os.getcwd(), None)):
+        rel = os.path.relpath(full, base) if os.path.splitdrive(full)[0] == os.path.splitdrive(base)[0] else os.pardir
+        parts = rel.split(os.sep)
+        if parts[0] != os.pardir and (first is None or parts[0] == first):
+            return "/".join(parts)
+    return "/".join(full.replace(os.sep, "/").split("/")[-2:])
 
 
 def _traceback_hint() -> str:

@@ -17,15 +17,20 @@ command line, its config, the manifests of the stages it reads and the fingerpri
 outside ROOT its command line names) equals the one recorded
 when it last succeeded, so an edit to one stage's config re-runs that stage and the ones after
 it, and nothing else (a stale stage's old output is replaced: `--overwrite` is passed). The first
-failure stops the run, naming the stage.
+failure stops the run, naming the stage. What a stage prints is also kept in
+ROOT/_pipeline/STAGE.log (scripts/examples_figures.py builds examples/README.md's figures from them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import os
 import re
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +156,29 @@ def stage_is_current(stage: Stage, root: Path) -> bool:
     return recorded == _signature(stage, stage_args(stage, root), root)
 
 
+class _Tee(io.TextIOBase):
+    """sys.stdout that also writes to a stage's log file (a terminal stays a terminal to rich)."""
+
+    def __init__(self, out: Any, log: Any) -> None:
+        self._out, self._log = out, log
+
+    def write(self, s: str) -> int:
+        self._out.write(s)
+        self._log.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        self._out.flush()
+        self._log.flush()
+
+    def isatty(self) -> bool:
+        return self._out.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._out, "encoding", "utf-8")
+
+
 @exclusive_output("root")
 def run_pipeline(
     path: str | Path,
@@ -188,8 +216,11 @@ def run_pipeline(
             args = args + ["--overwrite"]  # stale: its config or inputs changed since it ran
         echo(f"[{stage.name}] llmctl {shlex.join(args)}")
         started = time.time()
+        log = _state_path(root, stage).with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
         try:
-            rv = app(args, standalone_mode=False)
+            with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(_Tee(sys.stdout, f)):
+                rv = app(args, standalone_mode=False)
         except SystemExit as e:
             if e.code not in (0, None):
                 raise UsageError(f"stage {stage.name!r} failed (exit code {e.code})") from None
@@ -204,7 +235,8 @@ def run_pipeline(
         secs = round(time.time() - started, 2)
         state = _state_path(root, stage)
         state.parent.mkdir(parents=True, exist_ok=True)
+        load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         atomic_write_json(state, {"stage": stage.name, "args": args, "signature": signature,
-                                  "seconds": secs})
+                                  "seconds": secs, "load_average_1min": load})
         records.append({"stage": stage.name, "status": "ran", "seconds": secs})
     return records

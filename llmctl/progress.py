@@ -7,6 +7,7 @@ stage prints its summary table at the end instead.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -14,7 +15,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-console = Console(stderr=True)
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console that reads well where it ends up: on a terminal, wrapped to its width; in a
+    pipe or a file (make, CI logs) no line is wrapped (an echoed command stays one line) and tables
+    take their natural width, unless COLUMNS says otherwise."""
+    c = Console(stderr=stderr)
+    if c.is_terminal or os.environ.get("COLUMNS"):
+        return c
+    return Console(stderr=stderr, soft_wrap=True, width=1000)
+
+
+console = make_console(stderr=True)
 
 
 class _RatesColumn(ProgressColumn):

@@ -76,7 +76,7 @@ def kept_ids(out: Path) -> set[str]:
 
 
 def rejected(out: Path) -> dict[str, tuple[str, str]]:
-    rows = [r for f in sorted((out / "rejected").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    rows = [r for f in sorted(Path(f"{out}.rejected").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     return {r["id"]: (r["reason"], r["detail"]) for r in rows}
 
 

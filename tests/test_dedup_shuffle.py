@@ -67,8 +67,8 @@ def run(paths: list[str], out: Path | str, parts: int | None, workers: int = 1, 
 
 
 def output_bytes(out: Path) -> dict[str, bytes]:
-    files = sorted(out.glob("part-*.parquet")) + sorted((out / "rejected").glob("*.parquet"))
-    return {str(f.relative_to(out)): f.read_bytes() for f in files}
+    files = sorted(out.glob("part-*.parquet")) + sorted(out.parent.glob(f"{out.name}.rejected/*.parquet"))
+    return {str(f.relative_to(out.parent)).replace(out.name, "OUT", 1): f.read_bytes() for f in files}
 
 
 def test_clusters_across_partitions(chain, tmp_path):
@@ -189,7 +189,7 @@ def test_shuffle_on_uris(chain, tmp_path):
     mem = fsspec.filesystem("memory")
     try:
         run(chain["paths"], f"{root}/out", parts=3)
-        assert {k: mem.cat(f"{root}/out/{k}") for k in local} == local
+        assert {k: mem.cat(f"{root}/{k.replace('OUT', 'out', 1)}") for k in local} == local
         assert not mem.exists(f"{root}/out/_work")
     finally:
         mem.rm(root.removeprefix("memory://"), recursive=True)

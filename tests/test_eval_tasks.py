@@ -133,7 +133,12 @@ def test_cli_writes_results_dataset_and_prints_table(tmp_path):
     res = CliRunner().invoke(app, ["eval", str(ck), "--task", "perplexity", "--task", "mc", "--ppl-data", str(docs),
                                    "--mc-data", str(MMLU_ANATOMY), "--limit", "5", "-b", "2", "-o", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
-    assert "| perplexity | bits_per_byte |" in res.output and "| mc | acc |" in res.output
+    rows = [[c.strip() for c in ln.replace("┃", "│").split("│")[1:-1]] for ln in res.output.splitlines()
+            if ln.replace("┃", "│").count("│") == 6]
+    assert ["task", "metric", "value", "stderr", "n"] == rows[0], res.output  # a rich table, as every stage prints
+    by = {(r[0], r[1]): r for r in rows[1:]}
+    assert ("perplexity", "bits_per_byte") in by and ("mc", "acc") in by
+    assert by[("perplexity", "documents")][2] == "5"  # a count, not 5.0000
     ds = Dataset.open(tmp_path / "r", stage="eval", columns=["task", "metric", "value", "stderr", "n"])
     assert ds.num_rows == 6
     bad = subprocess.run([sys.executable, "-m", "llmctl", "eval", str(ck), "--task", "mc", "--mc-data", "/nope.csv",

@@ -119,3 +119,22 @@ def test_error_line():
         line = error_line(e)
     assert line.startswith("KeyError: 'col' (at tests/test_executor.py:")
     assert error_line(RuntimeError()) == "RuntimeError"
+
+
+def test_error_line_names_llmctl_files_whatever_the_checkout_folder_is_called(tmp_path, monkeypatch):
+    # a clone in a folder named llmctl (what `git clone .../llmctl` makes): /x/llmctl/llmctl/...
+    from llmctl import executor
+
+    clone = tmp_path / "llmctl"
+    (clone / "tests").mkdir(parents=True)
+    monkeypatch.setattr(executor, "_PACKAGE_ROOT", str(clone))
+    monkeypatch.chdir(clone)
+
+    def at(path: str) -> str:
+        return executor.error_line(ValueError("bad"), f'  File "{path}", line 7, in f\n')
+
+    assert at(str(clone / "llmctl" / "data" / "filter.py")) == "ValueError: bad (at llmctl/data/filter.py:7)"
+    assert at(str(clone / "tests" / "test_x.py")) == "ValueError: bad (at tests/test_x.py:7)"
+    assert at("/usr/lib/python3/json/decoder.py") == "ValueError: bad (at json/decoder.py:7)"
+    monkeypatch.chdir(tmp_path)  # run from elsewhere: llmctl's own files keep their package path
+    assert at(str(clone / "llmctl" / "cli" / "app.py")) == "ValueError: bad (at llmctl/cli/app.py:7)"

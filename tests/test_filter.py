@@ -48,8 +48,8 @@ def test_funnel_adds_up_on_a_real_crawl(tmp_path):
     assert any(k.startswith("rejected.c4.") for k in rows) and any(k.startswith("rejected.gopher") for k in rows)
     ds = Dataset.open(tmp_path / "out", stage="filter", columns=["text", "id", "pii_email"])
     assert ds.num_rows == kept["docs"]
-    # every rejected document is in rejected/ with its reason, and the counts match the funnel
-    rej = pq.read_table(tmp_path / "out" / "rejected" / "part-00000.parquet")
+    # every rejected document is in the dataset OUT.rejected with its reason, and the counts match the funnel
+    rej = pq.read_table(tmp_path / "out.rejected" / "part-00000.parquet")
     by_reason = Counter(rej.column("reason").to_pylist())
     for row, r in rows.items():
         if row.startswith("rejected."):
@@ -65,8 +65,10 @@ def test_output_identical_for_any_worker_count(tmp_path):
     m1 = run_filter(inputs, tmp_path / "w1", cfg(workers=1), progress=False)
     m2 = run_filter(inputs, tmp_path / "w2", cfg(workers=2), progress=False)
     assert m1["fingerprint"] == m2["fingerprint"]
-    for s in m1["shards"] + m1["files"]["rejected"]:
+    for s in m1["shards"]:
         assert (tmp_path / "w1" / s["path"]).read_bytes() == (tmp_path / "w2" / s["path"]).read_bytes()
+    for s in m1["files"]["rejected"]:
+        assert (tmp_path / "w1.rejected" / s["path"]).read_bytes() == (tmp_path / "w2.rejected" / s["path"]).read_bytes()
 
 
 def test_rerun_is_noop_and_config_change_refuses(tmp_path):
@@ -105,6 +107,9 @@ def test_killed_run_resumes_to_identical_output(tmp_path):
     assert resumed["fingerprint"] == clean["fingerprint"]
     assert resumed["stats"]["funnel"] == clean["stats"]["funnel"]
     assert not list(out.rglob(".*.tmp*")) and not (out / "_tasks").exists()
+    rej, clean_rej = (json.loads(Path(f"{p}.rejected/{MANIFEST}").read_text()) for p in (out, tmp_path / "clean"))
+    assert rej["fingerprint"] == clean_rej["fingerprint"] and rej["num_rows"] > 0  # removed documents resumed too
+    assert not list(Path(f"{out}.rejected").glob(".*.tmp*"))
 
 
 def test_cli_prints_funnel_and_bad_inputs_fail_cleanly(tmp_path):

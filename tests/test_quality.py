@@ -68,7 +68,7 @@ def test_filter_scores_and_keeps_by_threshold_and_pareto(model, tmp_path):
     m = run_filter(inp, tmp_path / "thr", plain(model=mdir, threshold=0.5), progress=False)
     kept = Dataset.open(tmp_path / "thr").read_shard(0).to_pylist() + Dataset.open(tmp_path / "thr").read_shard(1).to_pylist()
     assert kept and all(r["quality_score"] >= 0.5 for r in kept)
-    rej = pq.read_table(tmp_path / "thr" / "rejected" / "part-00001.parquet").to_pylist()
+    rej = pq.read_table(tmp_path / "thr.rejected" / "part-00001.parquet").to_pylist()
     assert rej and all(r["reason"] == "quality.low_score" and r["quality_score"] < 0.5 for r in rej)
     hq_kept = Dataset.open(tmp_path / "thr").shards[0]
     assert pq.read_metadata(hq_kept).num_rows > 0.8 * Dataset.open(d / "hq").num_rows

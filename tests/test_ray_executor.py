@@ -326,8 +326,10 @@ def test_filter_with_dedup_on_ray_equals_local(tmp_path):
     assert on_ray["fingerprint"] == local["fingerprint"]
     assert on_ray["stats"]["funnel"] == local["stats"]["funnel"]
     assert any(r["row"] == "rejected.dedup.exact" and r["docs"] > 0 for r in local["stats"]["funnel"])
-    for s in local["shards"] + local["files"]["rejected"]:
+    for s in local["shards"]:
         assert (tmp_path / "local" / s["path"]).read_bytes() == (tmp_path / "ray" / s["path"]).read_bytes()
+    for s in local["files"]["rejected"]:
+        assert (tmp_path / "local.rejected" / s["path"]).read_bytes() == (tmp_path / "ray.rejected" / s["path"]).read_bytes()
 
 
 def test_tokenize_encode_on_ray_equals_local(tmp_path):

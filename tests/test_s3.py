@@ -51,8 +51,10 @@ def test_filter_and_encode_on_s3(s3, tmp_path):
     remote = run_filter([str(CRAWL)], "s3://llmctl-test/docs", cfg, progress=False)
     assert remote["shards"] == local["shards"] and remote["files"] == local["files"] and local["num_rows"] > 0
     assert sorted(s3.find("llmctl-test/docs")) == [
-        "llmctl-test/docs/_manifest.json", "llmctl-test/docs/part-00000.parquet",
-        "llmctl-test/docs/rejected/part-00000.parquet"]  # no _work, _tasks, _run.json or temporary left
+        "llmctl-test/docs/_manifest.json", "llmctl-test/docs/part-00000.parquet"]  # no _work, _tasks, _run.json or temporary left
+    # removed documents are in the dataset beside it
+    assert sorted(s3.find("llmctl-test/docs.rejected")) == [
+        "llmctl-test/docs.rejected/_manifest.json", "llmctl-test/docs.rejected/part-00000.parquet"]
     assert s3.cat("llmctl-test/docs/part-00000.parquet") == (tmp_path / "docs" / "part-00000.parquet").read_bytes()
     with pytest.raises(UsageError, match="different run"):
         run_filter([str(CRAWL)], "s3://llmctl-test/docs", FilterConfig(workers=1, steps=["c4"]), progress=False)

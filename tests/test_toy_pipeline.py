@@ -1,13 +1,22 @@
-"""CI smoke run: the shipped toy pipeline end to end, with fewer steps, checked the way a user would.
+"""CI smoke run: the shipped toy pipeline end to end, with fewer steps (tests/conftest.py `toy_run`),
+checked the way a user would, and checked against the figures examples/README.md quotes.
 
-The stages and their flags are pipelines/toy.yaml's own; only step counts and eval-every are
-scaled down so the run takes well under a minute on 2 cores.
+examples/README.md's figure blocks are written by scripts/examples_figures.py from a full run
+(`make examples-readme`). This file checks what a shortened run can check: each block's commands
+are pipelines/toy.yaml's (a changed pipeline fails here until the figures are regenerated); every
+figure that does not depend on step counts (funnel, tokenizer, tokens, data imports, the training
+stages' data lines) equals this run's, timings masked; and the first pretraining evaluation
+(step 50 of 400) is re-run with `--stop-after 50`, which follows the full run's schedule exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -16,25 +25,15 @@ from llmctl.datasets import MANIFEST, Dataset
 from llmctl.pipeline import load_pipeline, run_pipeline
 from llmctl.report import build_report
 
-TOY = Path("pipelines/toy.yaml")
-SHORT = {"pretrain": (60, 20), "sft": (20, 10), "reward": (10, 5), "dpo": (10, 5)}  # (steps, eval_every)
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES_README = REPO / "examples" / "README.md"
 
 
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    text = TOY.read_text()
-    for name, (steps, every) in SHORT.items():
-        line = re.search(rf"run: {name} .*", text).group(0)
-        short = re.sub(r"--steps \d+", f"--steps {steps}", line)
-        short = re.sub(r"--eval-every \d+", f"--eval-every {every}", short)
-        short = re.sub(r"--ckpt-every \d+", f"--ckpt-every {steps}", short)
-        text = text.replace(line, short)
-    tmp = tmp_path_factory.mktemp("toy")
-    pipe = tmp / "toy.yaml"
-    pipe.write_text(text)
-    root = tmp / "run"
-    records = run_pipeline(pipe, root, echo=lambda m: None)
-    return pipe, root, records
+def figures_script():
+    spec = importlib.util.spec_from_file_location("examples_figures", REPO / "scripts" / "examples_figures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_every_stage_ran_and_left_a_manifest(toy_run):
@@ -43,6 +42,7 @@ def test_every_stage_ran_and_left_a_manifest(toy_run):
     assert [r["stage"] for r in records] == names and all(r["status"] == "ran" for r in records)
     for name in names:
         assert (root / name / MANIFEST).is_file(), name
+        assert (root / "_pipeline" / f"{name}.log").stat().st_size > 0, name  # what it printed, kept
     # a second run has nothing to do
     again = run_pipeline(pipe, root, echo=lambda m: None)
     assert all(r["status"] == "skipped" for r in again)
@@ -84,5 +84,87 @@ def test_report_renders_every_section(toy_run):
     page = index.read_text()
     for section in ("Lineage", "Filter funnel", "Tokens", "Training", "reward margins", "Evaluation"):
         assert section in page, section
-    for img in re.findall(r"src='([^']+)'", page):
-        assert (index.parent / img).stat().st_size > 1000, img
+    for src in re.findall(r'src="([^"]+)"', page):
+        assert (index.parent / src).stat().st_size > 1000, src
+    assert "filter.rejected" not in page.split("<h2>Lineage")[1].split("</table>")[0]  # shown with filter, not a stage
+
+
+# ----------------------------------------------------------------------------- examples/README.md
+
+
+def readme_items() -> list[str]:
+    ef = figures_script()
+    return [i.strip() for m in ef.MARKER.finditer(EXAMPLES_README.read_text()) for i in m.group(1).split(";")]
+
+
+def blocks_by_item() -> dict[str, str]:
+    """{item: its part of the README's block} (parts are separated by blank lines before `$ `)."""
+    ef = figures_script()
+    out = {}
+    for m in ef.MARKER.finditer(EXAMPLES_README.read_text()):
+        items = [i.strip() for i in m.group(1).split(";")]
+        parts = re.split(r"\n\n(?=\$ )", m.group(2).rstrip("\n"))
+        out.update(zip(items, parts))
+    return out
+
+
+def shown_command(part: str) -> list[str]:
+    """The command a block part shows (`$ llmctl ...` with its continuation lines), as arguments."""
+    lines = []
+    for ln in part.splitlines():
+        lines.append(ln.removesuffix("\\"))
+        if not ln.endswith("\\"):
+            break
+    return shlex.split(" ".join(lines).removeprefix("$ "))
+
+
+def test_examples_readme_shows_every_stage_with_the_pipelines_command():
+    ef = figures_script()
+    commands = ef.stage_commands(REPO / "pipelines" / "toy.yaml")
+    assert [i for i in readme_items() if i in commands] == list(commands), \
+        "examples/README.md lists each stage of pipelines/toy.yaml, in order"
+    for name, part in blocks_by_item().items():
+        if name in commands:
+            assert shown_command(part) == shlex.split(commands[name]), (
+                f"examples/README.md shows another command for {name} than pipelines/toy.yaml: "
+                "regenerate its figures (make examples-readme)")
+
+
+def test_examples_readme_figures_that_a_short_run_reproduces(toy_run):
+    """Everything before training results is independent of the step counts: it must be what this
+    run printed (timings masked)."""
+    ef = figures_script()
+    _, root, _ = toy_run
+    commands = ef.stage_commands(REPO / "pipelines" / "toy.yaml")
+    readme = blocks_by_item()
+    steps = re.compile(r"\d[\d,]* steps = [\d,]+ tokens \([\d.]+ epochs\)")
+    for name in ("filter", "tokenizer", "tokens", "sft_data", "prefs", "pretrain", "sft", "reward", "dpo"):
+        got = ef.render_item(name, root, commands, ef.SHOWN_ROOT)
+        if name in ("pretrain", "sft", "reward", "dpo"):  # their data lines; losses depend on the step count
+            def setup(text: str) -> list[str]:
+                return [steps.sub("#", ln) for ln in text.splitlines()[1:]
+                        if not ln.startswith(("step ", "finished", "$", "    --", "["))]  # "[...]": a stage not finished
+            assert setup(ef.masked(readme[name])) == setup(ef.masked(got)), name
+        else:
+            assert ef.masked(readme[name]).split("\n", 1)[1] == ef.masked(got).split("\n", 1)[1], name
+
+
+def test_examples_readme_first_pretraining_evaluation_reproduces(toy_run, tmp_path):
+    """The full run's step-50 lines, from a run of the same command stopped after 50 steps."""
+    from llmctl.cli import app
+
+    _, root, _ = toy_run
+    stage = next(s for s in load_pipeline(REPO / "pipelines" / "toy.yaml").stages if s.name == "pretrain")
+    args = re.sub(r"\$\{(\w+)\}", lambda m: str(tmp_path / "p" if m.group(1) == "out" else root / m.group(1)), stage.run)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        app([*args.split(), "--stop-after", "50"], standalone_mode=False)
+    ef = figures_script()
+    fifty = [ln for ln in ef.masked(buf.getvalue()).splitlines() if ln.startswith("step    50/")]
+    quoted = [ln for ln in ef.masked(blocks_by_item()["pretrain"]).splitlines() if ln.startswith("step    50/")]
+    assert len(fifty) == 2 and len(quoted) == 2  # train and val line
+    if ef.recorded_environment(EXAMPLES_README.read_text()) == ef.environment():
+        assert quoted == fifty  # the same torch, CPU kernels and thread count: the same digits
+    else:  # other kernels sum in another order (2 vs 1 thread: 7.1725 vs 7.1682 at step 50)
+        nums = [[float(x) for x in re.findall(r"(?:loss|val_loss) (\d+\.\d+)", ln)] for ln in (*quoted, *fifty)]
+        assert nums[0] == pytest.approx(nums[2], rel=0.01) and nums[1] == pytest.approx(nums[3], rel=0.01)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
 
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
+from llmctl.cli.help import LlmctlGroup
 
 # Options every alignment trainer shares (None = not given: the config file or default decides).
 DataArg = Annotated[str, typer.Argument(help="Dataset dir, .parquet or .jsonl file.")]
@@ -76,16 +76,21 @@ def sft_cmd(
 
 # `llmctl reward PREFS ...` trains; `llmctl reward score RM DATA` scores. The group sends anything
 # that is not a subcommand name to `train`.
-class _DefaultTrain(TyperGroup):
+class _DefaultTrain(LlmctlGroup):
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["train", *args]
         return super().parse_args(ctx, args)
 
+    def format_usage(self, ctx, formatter):  # both forms, the default one first
+        formatter.write_usage(ctx.command_path, "PREFS --from CKPT -o RUN [OPTIONS]   (= reward train ...)")
+        formatter.write_usage(ctx.command_path, "score RM DATA -o OUT [OPTIONS]", prefix="   or: ")
+
 
 reward_app = typer.Typer(cls=_DefaultTrain, no_args_is_help=True,
-                         help="Train a reward model on preference pairs (`llmctl reward PREFS --from CKPT -o RUN`), "
-                              "or score data with one (`llmctl reward score RM DATA -o OUT`).")
+                         help="Train a reward model on preference pairs, or score data with one. "
+                              "`llmctl reward PREFS ...` is `llmctl reward train PREFS ...`; its options: "
+                              "`llmctl reward train --help`.")
 app.add_typer(reward_app, name="reward")
 
 
@@ -167,7 +172,7 @@ def dpo_cmd(
     _done(s, ("val_loss", "val_rewards/accuracies", "val_rewards/margins"))
 
 
-data_app = typer.Typer(help="Bring outside data into llmctl datasets.", no_args_is_help=True)
+data_app = typer.Typer(cls=LlmctlGroup, help="Bring outside data into llmctl datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 

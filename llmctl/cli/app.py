@@ -6,8 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmctl.cli.help import LlmctlGroup
+
 app = typer.Typer(
     name="llmctl",
+    cls=LlmctlGroup,
     help="From a raw web crawl to an evaluated, aligned language model. "
     "Every stage reads and writes Parquet datasets with a _manifest.json (lineage, config, stats).",
     no_args_is_help=True,
@@ -27,17 +30,18 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an output directory that holds a different run's output.")
 ]
 WorkersOpt = Annotated[
-    Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: all cores). With --executor ray: the CPUs of a local Ray instance; on an existing cluster, Ray schedules on all its CPUs.")
+    Optional[int], typer.Option("--workers", "-w", min=1, rich_help_panel="Execution", help="Worker processes (default: all cores). With --executor ray: the CPUs of a local Ray instance; on an existing cluster, Ray schedules on all its CPUs.")
 ]
 
 ExecutorOpt = Annotated[
     Optional[str],
-    typer.Option("--executor", help="Where shard tasks run: local (processes on this machine) or ray."),
+    typer.Option("--executor", rich_help_panel="Execution", help="Where shard tasks run: local (processes on this machine) or ray."),
 ]
 RayAddressOpt = Annotated[
     Optional[str],
-    typer.Option("--ray-address", help="Ray cluster with --executor ray: auto (default), ray://HOST:PORT; "
-                 "without a cluster a local Ray instance is started."),
+    typer.Option("--ray-address", rich_help_panel="Execution",
+                 help="Ray cluster with --executor ray: auto (this machine's cluster, else a local Ray instance), "
+                      "HOST:6379 or ray://HOST:10001."),
 ]
 
 

@@ -1,21 +1,15 @@
-"""Helpers the command modules share: printing tables and manifests."""
+"""Helpers the command modules share: printing tables and configs."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-out = Console()
+from llmctl.formatting import format_value, human_bytes
+from llmctl.progress import make_console
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return str(n)
+out = make_console()
 
 
 def print_funnel(rows: list[dict[str, Any]], title: str = "filter funnel") -> None:
@@ -28,6 +22,17 @@ def print_funnel(rows: list[dict[str, Any]], title: str = "filter funnel") -> No
     for r in rows:
         style = "bold" if r["row"] in ("read", "kept") else None
         table.add_row(r["row"], f"{r['docs']:,}", f"{100 * r['docs'] / read:.1f}%", human_bytes(r["bytes"]), style=style)
+    out.print(table)
+
+
+def print_results(rows: list[dict[str, Any]], title: str = "eval") -> None:
+    """The eval results (one row per task and metric) as a rich table, like every stage's summary."""
+    table = Table(title=title, title_justify="left")
+    for col, just in (("task", "left"), ("metric", "left"), ("value", "right"), ("stderr", "right"), ("n", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rows:
+        err = "" if r.get("stderr") is None else f"{r['stderr']:.4f}"
+        table.add_row(r["task"], r["metric"], format_value(r["metric"], r["value"]), err, f"{r['n']:,}")
     out.print(table)
 
 

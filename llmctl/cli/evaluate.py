@@ -23,10 +23,10 @@ def eval_cmd(
     prefs_data: Annotated[Optional[str], typer.Option("--prefs-data", help="prefs: preference pairs (a `data import --format prefs` dataset or JSONL).")] = None,
     items: Annotated[Optional[str], typer.Option("--items", help="contamination: the eval items to look for (MMLU CSV/dir or JSONL).")] = None,
     train_data: Annotated[Optional[str], typer.Option("--train-data", help="contamination: the training dataset to search.")] = None,
-    reward_model: Annotated[Optional[str], typer.Option("--reward-model", help="prefs/winrate: reward model dir (prefs default: MODEL itself).")] = None,
+    reward_model: Annotated[Optional[str], typer.Option("--reward-model", help="prefs/winrate: reward model dir (for prefs, MODEL itself when not given).")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="winrate: the model MODEL is compared with.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many items per task (mc: per subject file).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Sequences per forward pass (does not change results; default 8).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many items per task, 0 for all (mc: per subject file).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Sequences per forward pass; does not change the results.")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer dir overriding the checkpoint's.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, mps (default cpu).")] = None,
     config: ConfigOpt = None,
@@ -39,8 +39,8 @@ def eval_cmd(
     through --set, e.g. --set perplexity.stride=128 --set degeneration.temperature=0.7.
     """
     from llmctl import config as C
-    from llmctl.cli.common import out
-    from llmctl.eval.runner import EvalConfig, markdown_table, run_eval
+    from llmctl.cli.common import out, print_results
+    from llmctl.eval.runner import EvalConfig, run_eval
 
     flags = {"tasks": task, "perplexity.data": ppl_data, "mc.data": mc_data, "mc.shots": shots,
              "mc.choices": choices, "exact_match.data": em_data, "degeneration.prompts": prompts,
@@ -52,6 +52,6 @@ def eval_cmd(
                                                  "winrate")})
     cfg = C.load(EvalConfig, config, set_, flags)
     m = run_eval(model, output, cfg, overwrite=overwrite)
-    out.print(markdown_table(m["stats"]["results"]), markup=False, highlight=False)
+    print_results(m["stats"]["results"])
     t = m["timings"]
     out.print(f"results -> {output} ({t.get('seconds', '?')} s)", markup=False, highlight=False)

@@ -16,28 +16,28 @@ def filter_cmd(
     output: Annotated[str, typer.Option("--output", "-o", help="Output dataset directory: a local path or an fsspec URI (s3://bucket/docs).")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    steps: Annotated[Optional[str], typer.Option(help="Comma-separated steps in order (default: gopher_repetition,gopher_quality,c4,pii).")] = None,
+    steps: Annotated[Optional[str], typer.Option(help="Comma-separated steps, in the order they run; quality runs only with --quality-model.")] = None,
     no_c4: Annotated[bool, typer.Option("--no-c4", help="Skip the C4 rules.")] = False,
     no_gopher: Annotated[bool, typer.Option("--no-gopher", help="Skip the Gopher quality and repetition rules.")] = False,
     no_pii: Annotated[bool, typer.Option("--no-pii", help="Skip the PII scrub.")] = False,
-    no_rejected: Annotated[bool, typer.Option("--no-rejected", help="Do not write removed documents to OUT/rejected/.")] = False,
-    dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", help="All dedup steps on/off (default on).")] = None,
-    exact: Annotated[Optional[bool], typer.Option("--exact/--no-exact", help="Exact dedup of normalized text.")] = None,
-    c4_span: Annotated[Optional[bool], typer.Option("--c4-span/--no-c4-span", help="C4 three-sentence span dedup.")] = None,
-    minhash: Annotated[Optional[bool], typer.Option("--minhash/--no-minhash", help="MinHash near-dedup.")] = None,
-    minhash_threshold: Annotated[Optional[float], typer.Option(help="Jaccard threshold of MinHash dedup (default 0.8).")] = None,
-    num_perm: Annotated[Optional[int], typer.Option(help="MinHash permutations (default 128).")] = None,
-    bands: Annotated[Optional[int], typer.Option(help="LSH bands (with --rows; default: derived from the threshold).")] = None,
-    rows: Annotated[Optional[int], typer.Option(help="LSH rows per band (with --bands).")] = None,
-    dedup_scope: Annotated[Optional[str], typer.Option(help="self (within this run) or self+against (also against --against datasets).")] = None,
-    against: Annotated[Optional[list[str]], typer.Option(help="Earlier llmctl filter output whose documents count as earlier (repeatable).")] = None,
-    dedup_partitions: Annotated[Optional[int], typer.Option(help="Key partitions of the dedup shuffle: tasks per grouping/checking/span step (default: one per 100k documents). Output does not depend on it.")] = None,
-    keep_work: Annotated[bool, typer.Option("--keep-work", help="Keep the dedup intermediates in OUT/_work.")] = False,
-    quality_model: Annotated[Optional[str], typer.Option(help="fastText model dir from `llmctl quality train`: fills quality_score.")] = None,
-    quality_threshold: Annotated[Optional[float], typer.Option(help="Keep documents with quality_score >= this (default 0.5).")] = None,
-    quality_sampling: Annotated[Optional[str], typer.Option(help="threshold or pareto (GPT-3: keep when Pareto(alpha) > 1 - score).")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="Pareto shape for --quality-sampling pareto (default 9).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the Pareto draws (per document id).")] = None,
+    no_rejected: Annotated[bool, typer.Option("--no-rejected", help="Do not keep removed documents (in OUT.rejected).")] = False,
+    dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", rich_help_panel="Dedup", help="All dedup steps on or off (default: on).")] = None,
+    exact: Annotated[Optional[bool], typer.Option("--exact/--no-exact", rich_help_panel="Dedup", help="Exact dedup of normalized text.")] = None,
+    c4_span: Annotated[Optional[bool], typer.Option("--c4-span/--no-c4-span", rich_help_panel="Dedup", help="C4 three-sentence span dedup.")] = None,
+    minhash: Annotated[Optional[bool], typer.Option("--minhash/--no-minhash", rich_help_panel="Dedup", help="MinHash near-dedup.")] = None,
+    minhash_threshold: Annotated[Optional[float], typer.Option(rich_help_panel="Dedup", help="Jaccard threshold of MinHash dedup (default 0.8).")] = None,
+    num_perm: Annotated[Optional[int], typer.Option(rich_help_panel="Dedup", help="MinHash permutations (default 128).")] = None,
+    bands: Annotated[Optional[int], typer.Option(rich_help_panel="Dedup", help="LSH bands, with --rows (default: derived from the threshold).")] = None,
+    rows: Annotated[Optional[int], typer.Option(rich_help_panel="Dedup", help="LSH rows per band (with --bands).")] = None,
+    dedup_scope: Annotated[Optional[str], typer.Option(rich_help_panel="Dedup", help="self (within this run) or self+against (also against --against datasets).")] = None,
+    against: Annotated[Optional[list[str]], typer.Option(rich_help_panel="Dedup", help="Earlier llmctl filter output whose documents count as earlier (repeatable).")] = None,
+    dedup_partitions: Annotated[Optional[int], typer.Option(rich_help_panel="Dedup", help="Key partitions of the dedup shuffle: tasks per grouping/checking/span step (default: one per 100k documents). Output does not depend on it.")] = None,
+    keep_work: Annotated[bool, typer.Option("--keep-work", rich_help_panel="Dedup", help="Keep the dedup intermediates in OUT/_work.")] = False,
+    quality_model: Annotated[Optional[str], typer.Option(rich_help_panel="Quality classifier", help="fastText model dir from `llmctl quality train`: fills quality_score.")] = None,
+    quality_threshold: Annotated[Optional[float], typer.Option(rich_help_panel="Quality classifier", help="Keep documents with quality_score >= this (default 0.5).")] = None,
+    quality_sampling: Annotated[Optional[str], typer.Option(rich_help_panel="Quality classifier", help="threshold or pareto (GPT-3: keep when Pareto(alpha) > 1 - score).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(rich_help_panel="Quality classifier", help="Pareto shape for --quality-sampling pareto (default 9).")] = None,
+    seed: Annotated[Optional[int], typer.Option(rich_help_panel="Quality classifier", help="Seed of the Pareto draws (per document id).")] = None,
     workers: WorkersOpt = None,
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
@@ -47,11 +47,12 @@ def filter_cmd(
     """Extract text from a crawl, keep the documents that pass C4, Gopher, PII (and quality) steps, then dedup.
 
     Dedup (exact, C4 three-sentence spans, MinHash) runs over all inputs after the per-shard
-    steps; removed duplicates go to OUT/rejected/ with the id of the document they duplicate.
+    steps.
 
-    Writes OUT/part-*.parquet (kept documents), OUT/rejected/ (removed documents with the rule
-    that removed them) and OUT/_manifest.json (config, inputs, funnel). Re-running the same
-    command resumes an interrupted run.
+    Writes OUT/part-*.parquet (the kept documents: pandas, pyarrow, duckdb or datasets pointed at
+    OUT read those only) and OUT/_manifest.json (config, inputs, funnel); removed documents go to
+    the dataset OUT.rejected beside it, each with the rule that removed it (a duplicate: with the
+    id of the document it repeats). Re-running the same command resumes an interrupted run.
     """
     from llmctl import config as C
     from llmctl.data.filter import FilterConfig, run_filter

@@ -8,8 +8,9 @@ import typer
 
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
 from llmctl.cli.common import out
+from llmctl.cli.help import LlmctlGroup
 
-quality_app = typer.Typer(help="The fastText quality classifier (GPT-3 style: reference text vs raw crawl).",
+quality_app = typer.Typer(cls=LlmctlGroup, help="The fastText quality classifier (GPT-3 style: reference text vs raw crawl).",
                           no_args_is_help=True)
 app.add_typer(quality_app, name="quality")
 

@@ -8,8 +8,9 @@ import typer
 
 from llmctl.cli.app import ConfigOpt, ExecutorOpt, OverwriteOpt, RayAddressOpt, SetOpt, WorkersOpt, app
 from llmctl.cli.common import human_bytes, out
+from llmctl.cli.help import LlmctlGroup
 
-tokenize_app = typer.Typer(help="Train a BPE tokenizer on documents, encode documents to token shards, inspect it.",
+tokenize_app = typer.Typer(cls=LlmctlGroup, help="Train a BPE tokenizer on documents, encode documents to token shards, inspect it.",
                            no_args_is_help=True)
 app.add_typer(tokenize_app, name="tokenize")
 

@@ -4,7 +4,7 @@ The per-shard steps have already written their kept documents to OUT/_work/docs 
 its own manifest, whose stats hold each task's funnel counts). This module runs signatures ->
 groups -> verify -> clusters -> spans, every step as tasks through `run_tasks` (local worker
 processes or Ray), each reused when its key matches, then one task per shard writes
-OUT/part-N (the kept documents, with repeated C4 spans cut out) and OUT/rejected/part-N (the
+OUT/part-N (the kept documents, with repeated C4 spans cut out) and OUT.rejected/part-N (the
 per-shard rejections, then the dedup ones: reason `dedup.exact`, `dedup.minhash` or
 `dedup.c4_span`, detail = the id of the kept document it duplicates).
 
@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from llmctl import fs
 from llmctl.data import dedup as D
+from llmctl.data import rejected as R
 from llmctl.data.dedup_shuffle import (
     GroupTask,
     SpanTask,
@@ -45,7 +46,7 @@ from llmctl.data.dedup_stages import (
     num_partitions,
     signature_task,
 )
-from llmctl.data.document import DOCUMENT_SCHEMA, REJECTED_SCHEMA
+from llmctl.data.document import DOCUMENT_SCHEMA
 from llmctl.datasets import Dataset, StageOutput
 from llmctl.executor import Reporter, run_tasks
 from llmctl.progress import StageProgress
@@ -173,7 +174,7 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
     tasks = []
     for i, p in enumerate(docs.shards):
         name = f"part-{i:05d}"
-        rej = docs.path / "rejected" / f"{name}.parquet"
+        rej = R.shard_path(docs.path, name)
         tasks.append(FinalTask(
             i, str(p), str(rej) if rej.is_file() else None, str(cl.path / f"dec-{i:05d}.parquet"),
             [str(x) for x in sp.shards] if sp is not None else [], stage, task_stats[name],
@@ -226,7 +227,7 @@ def final_task(t: FinalTask, report: Reporter) -> dict[str, int]:
         drops[r[0]].update(range(r[1], r[1] + t.span_sentences))
         span_dup.setdefault(r[0], r[2])  # the first span (by position) that the row repeats
     data_w = t.out.shard_writer(f"{t.name}.parquet", DOCUMENT_SCHEMA)
-    rej_w = t.out.shard_writer(f"rejected/{t.name}.parquet", REJECTED_SCHEMA) if t.write_rejected else None
+    rej_w = R.shard_writer(t.out.path, t.name) if t.write_rejected else None
     try:
         if rej_w is not None and t.rejected_path:
             rej_w.write_table(fs.read_table(t.rejected_path))
@@ -259,7 +260,7 @@ def final_task(t: FinalTask, report: Reporter) -> dict[str, int]:
             report(docs=batch.num_rows)
         files = {"data": [{"path": f"{t.name}.parquet", **data_w.close()}]}
         if rej_w is not None:
-            files["rejected"] = [{"path": f"rejected/{t.name}.parquet", **rej_w.close()}]
+            files["rejected"] = [{"path": f"{t.name}.parquet", **rej_w.close()}]  # in OUT.rejected
     except BaseException:
         data_w.abort()
         if rej_w is not None:

@@ -2,7 +2,8 @@
 
 One task per input file (or input shard): read its records, run the configured steps on each
 document in order, write the kept documents to `part-NNNNN.parquet` and the removed ones, with
-the rule that removed them, to `rejected/part-NNNNN.parquet`. Output shard N depends only on
+the rule that removed them, to `OUT.rejected/part-NNNNN.parquet` (a dataset beside OUT, see
+llmctl.data.rejected, so that readers of OUT see kept documents only). Output shard N depends only on
 input file N and the config, so the output is the same for any worker count, and a killed run
 resumes task by task (llmctl.datasets).
 
@@ -29,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.config import runtime
+from llmctl.data import rejected as R
 from llmctl.data.c4 import C4Config, C4Filter
 from llmctl.data.dedup import DedupConfig, validate as validate_dedup
-from llmctl.data.document import DOCUMENT_SCHEMA, REJECTED_SCHEMA, Document, to_row
+from llmctl.data.document import DOCUMENT_SCHEMA, Document, to_row
 from llmctl.data.extract import ExtractConfig, Rejected, Unreadable, input_kind, parquet_columns, read_input
 from llmctl.data.gopher import (
     GopherQualityConfig,
@@ -66,7 +68,7 @@ class FilterConfig:
     pii: PIIConfig = field(default_factory=PIIConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)  # on when quality.model is set
     dedup: DedupConfig = field(default_factory=DedupConfig)  # runs after the per-shard steps
-    write_rejected: bool = True  # keep removed documents under rejected/ with their reason
+    write_rejected: bool = True  # keep removed documents, with their reason, in the dataset OUT.rejected
     workers: int | None = runtime(None)  # worker processes; None = all cores
     executor: str = runtime("local")  # local processes, or ray (llmctl.ray_executor)
     ray_address: str = runtime("auto")  # with executor ray: auto, ray://host:port; no cluster = a local one
@@ -230,7 +232,7 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
     steps = build_steps(cfg)
     stats: Counter[str] = Counter()
     data_w = task.out.shard_writer(f"{task.name}.parquet", DOCUMENT_SCHEMA)
-    rej_w = task.out.shard_writer(f"rejected/{task.name}.parquet", REJECTED_SCHEMA) if cfg.write_rejected else None
+    rej_w = R.shard_writer(task.out.path, task.name) if cfg.write_rejected else None
     try:
         verify_shard(task.input.path, task.input.sha256)
         for rec in read_input(task.input.path, task.input.source or task.input.path, cfg.extract, report):
@@ -249,7 +251,7 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
                 _reject(stats, rej_w, rec, reason, None)
         files = {"data": [{"path": f"{task.name}.parquet", **data_w.close()}]}
         if rej_w is not None:
-            files["rejected"] = [{"path": f"rejected/{task.name}.parquet", **rej_w.close()}]
+            files["rejected"] = [{"path": f"{task.name}.parquet", **rej_w.close()}]  # in OUT.rejected
     except BaseException:
         data_w.abort()
         if rej_w is not None:
@@ -356,12 +358,14 @@ def _run_filter(
     out = fs.to_path(output)
     workers = cfg.workers or default_workers()
     fs.check_shared(out, workers, cfg.executor)
+    R.check(out)
     stage = StageOutput(out, "filter", cfg, lineage, overwrite=overwrite)
     if stage.complete:
         note(f"{output}: already complete (same config and inputs); nothing to do", progress)
         if not cfg.dedup.keep_work:
             fs.rmtree(out / "_work")
         return stage.manifest
+    rejected = R.open_output(out, cfg, lineage, stage)
     started = time.time()
     extra: dict[str, Any] = {}
     if not dedup_on:
@@ -394,6 +398,9 @@ def _run_filter(
     }
     if extra:
         summary["dedup"] = {k: v for k, v in extra.items() if k != "timings"}
+    rej = R.finalize(rejected, stage, names, out)
+    if rej is not None:
+        summary["rejected"] = {"dataset": R.rejected_dir(out).name, "documents": rej["num_rows"]}
     manifest = stage.finalize(names, DOCUMENT_SCHEMA, stats=summary,
                               timings={"run_seconds": round(time.time() - started, 3), "workers": workers,
                                        **extra.get("timings", {})})

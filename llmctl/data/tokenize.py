@@ -240,6 +240,7 @@ def encode_task(task: EncodeTask, report: Reporter) -> dict[str, Any]:
     try:
         verify_shard(task.shard, task.sha256)
         for batch in open_parquet(task.shard).iter_batches(batch_size=cfg.batch_rows, columns=columns):
+            rows_read = batch.num_rows
             text_col = batch.column("text")
             keep = pc.is_valid(text_col)
             if not pc.all(keep).as_py():
@@ -269,7 +270,7 @@ def encode_task(task: EncodeTask, report: Reporter) -> dict[str, Any]:
                 st["documents"] += 1
                 st["tokens"] += n_tok
                 st["bytes"] += n_b
-            report(docs=len(texts), bytes=int(nbytes.sum()), tokens=int(offsets[-1]))
+            report(docs=rows_read, bytes=int(nbytes.sum()), tokens=int(offsets[-1]))  # null texts count as done
         rec = writer.close()
     except BaseException:
         writer.abort()
@@ -299,16 +300,6 @@ def _summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     out["bytes"] = sum(total[s]["bytes"] for s in SPLITS)
     out["skipped_null_text"] = skipped
     return out
-
-
-def _text_bytes(shard: str) -> int:
-    """About the UTF-8 bytes of a shard's text column, from Parquet metadata (for the progress bar)."""
-    md = open_parquet(shard).metadata
-    names = [md.schema.column(j).name for j in range(md.num_columns)]
-    if "text" not in names:
-        return 0
-    j = names.index("text")
-    return sum(md.row_group(r).column(j).total_uncompressed_size for r in range(md.num_row_groups))
 
 
 @exclusive_output("out", discard_unfinished=True)
@@ -343,9 +334,9 @@ def _run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path,
     procs = max(1, min(workers, len(todo)))
     for t in todo:
         t.threads = max(1, workers // procs)
-    total = sum(_text_bytes(t.shard) for t in todo)
+    total = sum(fs.parquet_file(t.shard).metadata.num_rows for t in todo)  # exact, so the bar ends at 100%
     started = time.time()
-    with StageProgress("tokenize", total or None, enabled=progress) as prog:
+    with StageProgress("tokenize", total or None, enabled=progress, unit="docs") as prog:
         run_tasks(encode_task, todo, workers=procs, progress=prog)
     summary = _summarize([stage.task_record(t.name)["stats"] for t in all_tasks])
     summary["tokenizer"] = {"vocab_size": tok.vocab_size, "eos_id": tok.eos_id}

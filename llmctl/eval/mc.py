@@ -95,10 +95,35 @@ def read_items(path: Path, limit: int = 0) -> list[dict[str, Any]]:
     return [_normalize(r, f"{path}:{i + 1}") for i, r in enumerate(rows)]
 
 
+SPLITS = ("dev", "val", "test")  # MMLU's: dev = the few-shot pool, val and test = scored items
+_FILES = (".csv", ".jsonl", ".parquet")
+
+
+def _split(path: Path) -> str | None:
+    """The MMLU split of `abstract_algebra_val.csv` (val) or of a file in a `val/` folder."""
+    for s in SPLITS:
+        if path.stem.endswith(f"_{s}"):
+            return s
+    return path.parent.name if path.parent.name in SPLITS else None
+
+
 def data_files(cfg: MCConfig) -> list[Path]:
+    """The files whose questions are scored. MMLU layouts: the hendrycks root (`dev/ val/ test/`:
+    test's files, else val's), one split folder (`val/`), or a flat folder of `SUBJECT_dev.csv`,
+    `SUBJECT_val.csv`, `SUBJECT_test.csv` (per subject its test file, else its val file); dev files
+    are the few-shot pool (`fewshot_file`), never scored from a folder. A file is scored as given."""
     p = Path(cfg.data)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in (".csv", ".jsonl", ".parquet"))
+        for split in ("test", "val"):  # the hendrycks root
+            if (p / split).is_dir() and (p / "dev").is_dir():
+                p = p / split
+                break
+        chosen: dict[str, Path] = {}
+        for f in sorted(f for f in p.iterdir() if f.suffix in _FILES and _split(f) != "dev"):
+            key = _subject(f) if _split(f) else f.name  # a flat folder with val and test of a subject: test
+            if key not in chosen or _split(f) == "test":
+                chosen[key] = f
+        files = sorted(chosen.values())
         if cfg.subjects:
             want = {s.replace("_", " ") for s in cfg.subjects}
             files = [f for f in files if _subject(f) in want]
@@ -107,20 +132,30 @@ def data_files(cfg: MCConfig) -> list[Path]:
     else:
         raise UsageError(f"{p}: no such multiple-choice file or directory")
     if not files:
-        raise UsageError(f"{p}: no .csv/.jsonl/.parquet files (subjects {cfg.subjects or 'all'})")
+        raise UsageError(f"{p}: no .csv/.jsonl/.parquet files to score (subjects {cfg.subjects or 'all'}; "
+                         "*_dev files are the few-shot pool)")
     return files
 
 
 def fewshot_file(cfg: MCConfig, f: Path) -> Path | None:
+    """The few-shot pool of `f`'s subject: `mc.fewshot_data` (a file, or a folder searched by
+    subject), else MMLU's dev file beside it (flat layout) or in `../dev/` (split folders)."""
     if not cfg.shots:
         return None
-    base = Path(cfg.fewshot_data) if cfg.fewshot_data else f.parent.parent / "dev"
-    if base.is_file():
-        return base
-    matches = [g for g in sorted(base.glob("*")) if _subject(g) == _subject(f)] if base.is_dir() else []
-    if not matches:
-        raise UsageError(f"no few-shot file for subject {_subject(f)!r} in {base} (set mc.fewshot_data)")
-    return matches[0]
+    if cfg.fewshot_data:
+        bases = [Path(cfg.fewshot_data)]
+    else:
+        bases = [f.parent, f.parent.parent / "dev"]
+    for base in bases:
+        if base.is_file():
+            return base
+        if base.is_dir():
+            matches = [g for g in sorted(base.iterdir()) if g.suffix in _FILES and _subject(g) == _subject(f)
+                       and g != f and (_split(g) == "dev" or base != f.parent)]
+            if matches:
+                return matches[0]
+    raise UsageError(f"no few-shot (dev) file for subject {_subject(f)!r} beside {f} or in "
+                     f"{f.parent.parent / 'dev'} (set --set mc.fewshot_data=PATH)")
 
 
 def doc_to_text(item: dict[str, Any]) -> str:

@@ -159,13 +159,23 @@ def _scalar(v: Any) -> float:
 CORE_KEYS = frozenset({"step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed_s", "mfu"})
 
 
+# The step line shows a loss function's metrics by these short names; every metric (TRL's six
+# rewards/* and logps/* for DPO, response_tokens for SFT, ...) is in metrics.jsonl.
+LINE_METRICS = {"rewards/accuracies": "acc", "rewards/margins": "margin", "accuracy": "acc", "margin": "margin"}
+
+
 def _log_line(rec: dict[str, Any], steps: int) -> str:
-    parts = [f"step {rec['step']:>5}/{steps}", f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}",
-             f"gnorm {rec['grad_norm']:.3f}", f"{rec['tokens_per_s']:,.0f} tok/s"]
+    """One compact line per logged step; at an eval step a second line with the held-out metrics."""
+    head = f"step {rec['step']:>5}/{steps}"
+    parts = [head, f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}", f"gnorm {rec['grad_norm']:.3f}",
+             f"{rec['tokens_per_s']:,.0f} tok/s"]
     if rec.get("mfu") is not None:
         parts.append(f"mfu {100 * rec['mfu']:.1f}%")
-    extra = [f"{k} {v:.4f}" for k, v in rec.items() if k not in CORE_KEYS and isinstance(v, (int, float))]
-    return " | ".join(parts + extra)
+    parts += [f"{short} {rec[k]:.4f}" for k, short in LINE_METRICS.items() if isinstance(rec.get(k), (int, float))]
+    val = [f"val_loss {rec['val_loss']:.4f}"] if "val_loss" in rec else []
+    val += [f"val_{short} {rec['val_' + k]:.4f}" for k, short in LINE_METRICS.items()
+            if isinstance(rec.get("val_" + k), (int, float))]
+    return " | ".join(parts) + ("\n" + " | ".join([head, *val]) if val else "")
 
 
 def train(

@@ -157,7 +157,8 @@ def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, 
     if tok_dir is None:
         raise UsageError(f"{path}: checkpoint has no tokenizer/ directory")
     if max_len is not None and max_len > mc.max_seq_len:
-        raise UsageError(f"max_len {max_len} exceeds the model's max_seq_len {mc.max_seq_len} (pass --max-len)")
+        raise UsageError(f"max_len {max_len} exceeds the model's max_seq_len {mc.max_seq_len} ({path}): "
+                         f"pass --max-len {mc.max_seq_len} or less")
     lineage = {"path": str(path.resolve()), "stage": man.get("stage", "checkpoint"),
                "fingerprint": fingerprint_file(path / WEIGHTS)}
     return model, mc, Tokenizer.load(tok_dir), lineage
