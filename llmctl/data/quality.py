@@ -20,8 +20,11 @@ probability (2 - s)^-alpha: with alpha = 9, 0.2% at s = 0, 2.6% at 0.5, 42% at 0
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -181,6 +184,27 @@ def _prf(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
             "accuracy": round(float((truth == pred).mean()), 4)}
 
 
+# fastText (0.9.x, also fasttext-numpy2) initialises only the first tenth of its input matrix when
+# trained with one thread (DenseMatrix::uniform fills `thread` of ten blocks); the rest is whatever
+# the allocator hands back. A fresh process gets zeroed pages from mmap, so the model is the same on
+# every run; in a long-lived process (a notebook, `llmctl run`, the test suite) stale heap memory
+# there made training diverge ("Encountered NaN") or give another model. So it trains in a process
+# of its own (~0.3 s), which writes the model file.
+_TRAIN_SNIPPET = "import json, sys, fasttext; a = json.loads(sys.argv[1]); fasttext.train_supervised(**a['params']).save_model(a['out'])"
+
+
+def train_fasttext(train_file: str, model_path: str, **params: Any) -> None:
+    """fasttext.train_supervised(input=train_file, **params) in a fresh process; the model goes to model_path."""
+    arg = json.dumps({"params": {"input": train_file, **params}, "out": model_path})
+    r = subprocess.run([sys.executable, "-c", _TRAIN_SNIPPET, arg], capture_output=True, text=True)
+    if r.returncode != 0 or not os.path.isfile(model_path):
+        err = (r.stderr.strip().splitlines() or ["exit code %d" % r.returncode])[-1]
+        if "NaN" in err:
+            raise UsageError("fastText training diverged (Encountered NaN): the training text is too small or "
+                             "too repetitive; give more distinct documents or a lower --lr")
+        raise UsageError(f"fastText training failed: {err}")
+
+
 @exclusive_output("out", discard_unfinished=True)
 def train_quality(positive: list[str], negative: list[str], out: str | Path, cfg: QualityTrainConfig | None = None,
                   overwrite: bool = False) -> dict[str, Any]:
@@ -227,16 +251,10 @@ def train_quality(positive: list[str], negative: list[str], out: str | Path, cfg
         with open(train_file, "w", encoding="utf-8") as f:
             for label, text in train:
                 f.write(f"{label} {text}\n")
-        try:
-            model = fasttext.train_supervised(input=train_file, epoch=cfg.epoch, lr=cfg.lr, wordNgrams=cfg.word_ngrams,
-                                              dim=cfg.dim, bucket=cfg.bucket, minCount=cfg.min_count, thread=1, seed=cfg.seed, verbose=0)
-        except (RuntimeError, ValueError) as e:
-            if "NaN" in str(e):
-                raise UsageError("fastText training diverged (Encountered NaN): the training text is too small or "
-                                 "too repetitive; give more distinct documents or a lower --lr") from None
-            raise UsageError(f"fastText training failed: {str(e).splitlines()[0]}") from None
         tmp_model = os.path.join(tmp, MODEL_FILE)
-        model.save_model(tmp_model)
+        train_fasttext(train_file, tmp_model, epoch=cfg.epoch, lr=cfg.lr, wordNgrams=cfg.word_ngrams, dim=cfg.dim,
+                       bucket=cfg.bucket, minCount=cfg.min_count, thread=1, seed=cfg.seed, verbose=0)
+        model = fasttext.load_model(tmp_model)
         os.replace(tmp_model, out / MODEL_FILE)
     truth = np.array([label == HQ for label, _ in held])
     scores = score_texts(model, [t for _, t in held], cfg.max_chars)
