@@ -64,8 +64,10 @@ def test_training_is_reproducible(model, tmp_path):
 def test_training_in_a_long_lived_process_gives_the_same_model(model, tmp_path):
     """fastText leaves 9/10 of its input matrix uninitialised with one thread; freed heap memory there
     made in-process training diverge or differ (seen in the suite and in `llmctl run`)."""
-    big = [np.random.default_rng(i).random(100_000) for i in range(100)]  # ~80 MB, then freed: stale heap
-    del big
+    big = np.empty(3_000_000)  # a 24 MB mmapped block freed: glibc raises its mmap threshold to 24 MB,
+    del big                     # so fastText's ~15 MB matrix will come from the heap ...
+    junk = [np.full(125_000, np.nan) for _ in range(30)]  # ... which now holds NaNs
+    del junk
     d = model["dir"]
     m = train_quality([str(d / "hq")], [str(d / "lq")], tmp_path / "again", QualityTrainConfig())
     assert m["model"]["sha256"] == model["manifest"]["model"]["sha256"]
