@@ -7,7 +7,8 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
+from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
+from llmctl.cli.common import print_config
 
 # Options every alignment trainer shares (None = not given: the config file or default decides).
 DataArg = Annotated[str, typer.Argument(help="Dataset dir, .parquet or .jsonl file.")]
@@ -53,6 +54,7 @@ def sft_cmd(
     warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
+    print_config_: PrintConfigOpt = False,
 ) -> None:
     """Supervised fine-tuning on prompt/response (or messages) data; loss on assistant tokens only.
 
@@ -66,6 +68,8 @@ def sft_cmd(
     cfg = C.load(SFTConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every,
                                                  seed, device, dtype, stop_after, max_len=max_len,
                                                  val_fraction=val_fraction, pack=False if no_pack else None))
+    if print_config_:
+        return print_config(cfg)
     try:
         s = run_sft(data, from_, output, cfg, resume=resume, overwrite=overwrite)
     finally:
@@ -95,6 +99,7 @@ def reward_train_cmd(
     warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
+    print_config_: PrintConfigOpt = False,
 ) -> None:
     """Train a reward model (scalar head at the last token) with the Bradley-Terry loss on prompt/chosen/rejected.
 
@@ -107,6 +112,8 @@ def reward_train_cmd(
     cfg = C.load(RewardConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every,
                                                     ckpt_every, seed, device, dtype, stop_after, max_len=max_len,
                                                     val_fraction=val_fraction))
+    if print_config_:
+        return print_config(cfg)
     try:
         s = run_reward(data, from_, output, cfg, resume=resume, overwrite=overwrite)
     finally:
@@ -144,6 +151,7 @@ def dpo_cmd(
     warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
+    print_config_: PrintConfigOpt = False,
 ) -> None:
     """Direct preference optimization against a frozen reference on prompt/chosen/rejected pairs.
 
@@ -159,6 +167,8 @@ def dpo_cmd(
                                                  label_smoothing=label_smoothing, ref=ref,
                                                  cache_ref=cache_ref or None, max_len=max_len,
                                                  val_fraction=val_fraction))
+    if print_config_:
+        return print_config(cfg)
     try:
         s = run_dpo(data, from_, output, cfg, resume=resume, overwrite=overwrite)
     finally:
