@@ -175,6 +175,7 @@ class LlmctlLM(LM):
         if tok_dir is None:
             raise UsageError(f"{path}: checkpoint has no tokenizer/ directory; pass --tokenizer")
         tok = Tokenizer.load(tok_dir)
+        self.tokenizer = tok
         self.codec = TextCodec(tok.encode, tok.decode, tok.eos_id, tuple(tok.stop_ids), tok.fingerprint, tok.bos_id,
                                lambda m: tok.apply_chat_template(m, add_generation_prompt=True))
         self.max_len = self.cfg.max_seq_len
