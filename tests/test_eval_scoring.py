@@ -278,3 +278,25 @@ def test_bad_inputs_are_usage_errors(tmp_path):
     cfg.mc.data = str(tmp_path / "nothing.csv")
     with pytest.raises(UsageError, match="no such multiple-choice"):
         run_eval(ck, tmp_path / "r4", cfg)
+
+
+def test_mc_folder_with_dev_beside_val_scores_val_with_dev_shots(tmp_path):
+    """examples/eval/mmlu's layout: SUBJECT_dev.csv next to SUBJECT_val.csv; dev gives shots, is not scored."""
+    d = tmp_path / "mmlu"
+    d.mkdir()
+    _write_mc(d / "toy_dev.csv", [["Dev question?", "a", "b", "c", "d", "A"], ["Dev two?", "a", "b", "c", "d", "B"]])
+    _write_mc(d / "toy_val.csv", [["Val one?", "w", "x", "y", "z", "C"], ["Val two?", "w", "x", "y", "z", "D"],
+                                  ["Val three?", "w", "x", "y", "z", "A"]])
+    cfg = mc.MCConfig(data=str(d), shots=1)
+    files = mc.data_files(cfg)
+    assert [f.name for f in files] == ["toy_val.csv"]
+    assert mc.fewshot_file(cfg, files[0]).name == "toy_dev.csv"
+    ck = tiny_checkpoint(tmp_path / "ck", tmp_path)
+    ecfg = EvalConfig(tasks=["mc"], batch_size=2, progress=False)
+    ecfg.mc.data, ecfg.mc.shots = str(d), 1
+    run_eval(ck, tmp_path / "res", ecfg)
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(tmp_path / "res" / "_samples" / "mc").to_pylist()
+    assert [r["question"] for r in items] == ["Val one?", "Val two?", "Val three?"]
+    assert all("Dev question?\nA. a" in r["context"] and "Dev two?" not in r["context"] for r in items)

@@ -12,7 +12,8 @@ Prompt (lm-eval's `mmlu` default task, `choices=letters`)::
 
 and the continuations " A", " B", " C", " D". With `choices=text` the continuations are " " + the
 choice text instead (the cloze form; acc_norm matters there). Shots are the first k rows of the
-same subject in `fewshot_data` (default: the `dev/` directory beside an MMLU split directory).
+same subject in `fewshot_data` (default: the `dev/` directory beside an MMLU split directory, or
+the `SUBJECT_dev` file in the same folder; such dev files are never scored as questions).
 
 Tokenization is lm-eval's `_encode_pair`: trailing spaces of the context move to the
 continuation, then continuation ids = encode(context + continuation)[len(encode(context)):], so
@@ -108,6 +109,8 @@ def data_files(cfg: MCConfig) -> list[Path]:
     p = Path(cfg.data)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix in (".csv", ".jsonl", ".parquet"))
+        if any(not f.stem.endswith("_dev") for f in files):  # dev files beside val/test ones are for shots only
+            files = [f for f in files if not f.stem.endswith("_dev")]
         if cfg.subjects:
             want = {s.replace("_", " ") for s in cfg.subjects}
             files = [f for f in files if _subject(f) in want]
@@ -124,9 +127,13 @@ def fewshot_file(cfg: MCConfig, f: Path) -> Path | None:
     if not cfg.shots:
         return None
     base = Path(cfg.fewshot_data) if cfg.fewshot_data else f.parent.parent / "dev"
+    if not cfg.fewshot_data and not base.is_dir():
+        base = f.parent  # a folder with SUBJECT_dev.csv beside SUBJECT_val.csv (examples/eval/mmlu)
     if base.is_file():
         return base
-    matches = [g for g in sorted(base.glob("*")) if _subject(g) == _subject(f)] if base.is_dir() else []
+    matches = [g for g in sorted(base.glob("*")) if _subject(g) == _subject(f) and g != f] if base.is_dir() else []
+    if base == f.parent:
+        matches = [g for g in matches if g.stem.endswith("_dev")]
     if not matches:
         raise UsageError(f"no few-shot file for subject {_subject(f)!r} in {base} (set mc.fewshot_data)")
     return matches[0]
