@@ -75,3 +75,19 @@ def test_pretrain_print_config_resolves_the_batch():
     """batch_tokens / seq_len is the batch the loop uses: --print-config shows it."""
     out = printed(STAGES["pretrain"][0] + ["--seq-len", "128", "--batch-tokens", "2048"])
     assert out["train.batch_size"] == 16 and out["seq_len"] == 128
+
+
+def test_warmup_not_shorter_than_the_run_is_a_warning(tmp_path, capsys):
+    from align_helpers import synthetic_prefs, tiny_checkpoint, write_jsonl
+    from llmctl.train.dpo import run_dpo
+
+    ck = tiny_checkpoint(tmp_path / "ck")
+    data = write_jsonl(tmp_path / "p.jsonl", synthetic_prefs(16))
+    cfg = load(DPOConfig, sets=["train.steps=2", "train.warmup_steps=5", "train.batch_size=4", "train.eval_every=0",
+                                "max_len=64", "val_fraction=0"])
+    run_dpo(data, ck, tmp_path / "run", cfg)
+    out = capsys.readouterr().out
+    assert "warning: warmup (5 steps) is not shorter than the run (2 steps)" in out
+    cfg.train.warmup_steps = 1
+    run_dpo(data, ck, tmp_path / "run2", cfg)
+    assert "warning: warmup" not in capsys.readouterr().out
