@@ -1,8 +1,10 @@
 """Does the toy pipeline's reward model and DPO learn preferences that hold on pairs they never saw?
 
     .venv/bin/python benchmarks/prefs_learning.py [--slices all len2x] [--work benchmarks/.work/prefs_learning]
+                                                  [--sft RUN/sft]
 
-1. Runs pipelines/toy.yaml up to its `sft` stage (`llmctl run --until sft`; reused when up to date).
+1. Runs pipelines/toy.yaml up to its `sft` stage (`llmctl run --until sft`; reused when up to date),
+   or takes `--sft`, the sft stage of a toy run made before.
 2. For each slice of ../shared/data/prefs (HH-RLHF harmless-base test, 2,303 usable pairs):
      all    every pair;
      len2x  pairs whose replies differ in length by 2x or more (in characters): 1,240 pairs, the
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slices", nargs="+", default=["all", "len2x"], choices=["all", "len2x"])
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "prefs_learning")
+    ap.add_argument("--sft", type=Path, help="a toy run's sft stage (default: run the toy pipeline up to it)")
     args = ap.parse_args()
 
     from llmctl.datasets import Dataset
@@ -109,19 +111,21 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     stages = {s.name: s.run for s in load_pipeline(TOY).stages}
-    toy = args.work / "toy"
-    t0 = time.time()
-    r = subprocess.run(LLMCTL + ["run", str(TOY), "-o", str(toy), "--until", "sft"], cwd=ROOT, capture_output=True,
-                       text=True)
-    if r.returncode:
-        sys.exit(r.stderr[-2000:])
-    print(f"toy pipeline up to sft: {time.time() - t0:.0f} s", flush=True)
+    sft = args.sft
+    if sft is None:
+        sft = args.work / "toy" / "sft"
+        t0 = time.time()
+        r = subprocess.run(LLMCTL + ["run", str(TOY), "-o", str(sft.parent), "--until", "sft"], cwd=ROOT,
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(r.stderr[-2000:])
+        print(f"toy pipeline up to sft: {time.time() - t0:.0f} s", flush=True)
     rows = []
     for name in args.slices:
         d = args.work / name
         d.mkdir(exist_ok=True)
         src = write_slice(name, d / "pairs.jsonl")
-        subs = {"out": "", "sft": str(toy / "sft")}
+        subs = {"out": "", "sft": str(sft)}
         imp = stage_cmd(stages, "prefs", {**subs, "out": str(d / "prefs")})
         imp[2] = str(src)  # data import SRC -o ...: this slice instead of examples/prefs
         secs = {"prefs": run(imp + ["--overwrite"])}

@@ -141,10 +141,13 @@ def test_cli_writes_results_dataset_and_prints_table(tmp_path):
     ck = tiny_checkpoint(tmp_path / "ck", tmp_path)
     docs = write_documents(tmp_path / "docs", [tinystories_docs(6)])
     res = CliRunner().invoke(app, ["eval", str(ck), "--task", "perplexity", "--task", "mc", "--ppl-data", str(docs),
-                                   "--mc-data", str(MMLU_ANATOMY), "--limit", "5", "-b", "2", "-o", str(tmp_path / "r")])
+                                   "--mc-data", str(MMLU_ANATOMY), "--limit", "5", "--set", "perplexity.limit=3", "-b",
+                                   "2", "-o", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert "| perplexity | bits_per_byte |" in res.output and "| mc | acc |" in res.output
     ds = Dataset.open(tmp_path / "r", stage="eval", columns=["task", "metric", "value", "stderr", "n"])
+    n = {(r["task"], r["metric"]): r["n"] for r in ds.iter_rows()}
+    assert n[("mc", "acc")] == 5 and n[("perplexity", "documents")] == 3  # --set TASK.limit beats --limit
     assert ds.num_rows == 8  # perplexity: loss, perplexity, bits_per_byte, byte_perplexity, word_perplexity, documents; mc: 2
     bad = subprocess.run([sys.executable, "-m", "llmctl", "eval", str(ck), "--task", "mc", "--mc-data", "/nope.csv",
                           "-o", str(tmp_path / "x")], capture_output=True, text=True)

@@ -78,9 +78,10 @@ def response_logps(lm: Any, tok: Any, pairs: list, max_len: int, batch_size: int
     return list(zip(vals[0::2], vals[1::2]))
 
 
-def implicit_metrics(model_path: str | Path, pairs: list, reference: str, batch_size: int,
-                     device: str = "cpu") -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(result rows, per-pair values, lineage of the policy and reference) for `pairs`."""
+def implicit_metrics(model_path: str | Path, pairs: list, reference: str, batch_size: int, device: str = "cpu",
+                     policy: Any = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(result rows, per-pair values, lineage of the policy and reference) for `pairs`; `policy` is
+    MODEL already loaded as an `LlmctlLM` (the runner's), else it is loaded here."""
     from llmctl.eval.lm import LlmctlLM
     from llmctl.eval.mc import mean_stderr
 
@@ -95,7 +96,7 @@ def implicit_metrics(model_path: str | Path, pairs: list, reference: str, batch_
         ref_path = _checked_reference(ref_rec)
     else:
         ref_path = None
-    policy = LlmctlLM(model_path, device)
+    policy = policy if isinstance(policy, LlmctlLM) else LlmctlLM(model_path, device)
     tok = policy.tokenizer
     max_len = min(max_len or policy.max_len, policy.max_len)
     pol = response_logps(policy, tok, pairs, max_len, batch_size)

@@ -125,8 +125,8 @@ SAMPLES_SCHEMA = pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("
                            + [(c, pa.float64()) for c in PAIR_COLUMNS])
 
 
-def run_prefs(model_path: str, cfg: PrefsConfig, batch_size: int, progress: Any = None,
-              device: str = "cpu") -> tuple[list[dict[str, Any]], list, Any]:
+def run_prefs(model_path: str, cfg: PrefsConfig, batch_size: int, progress: Any = None, device: str = "cpu",
+              lm: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
     from llmctl.eval.implicit import implicit_metrics
     from llmctl.eval.lm import is_hf_dir
     from llmctl.eval.runner import Samples
@@ -162,7 +162,7 @@ def run_prefs(model_path: str, cfg: PrefsConfig, batch_size: int, progress: Any 
         for d, a, b in zip(per_pair, rc, rr):
             d.update(reward_chosen=a, reward_rejected=b)
     if lm_metrics:
-        more, values, lin = implicit_metrics(model_path, pairs, cfg.reference, batch_size, device)
+        more, values, lin = implicit_metrics(model_path, pairs, cfg.reference, batch_size, device, policy=lm)
         rows += more
         lineages += lin
         for d, v in zip(per_pair, values):

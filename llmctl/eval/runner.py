@@ -113,7 +113,7 @@ REQUIRED = {
 
 def _run_task(name: str, lm: Any, cfg: "EvalConfig", progress: TaskProgress) -> tuple[list, list]:
     if name == "prefs":
-        return prefs.run_prefs(cfg.model, cfg.prefs, cfg.batch_size, progress, cfg.device)
+        return prefs.run_prefs(cfg.model, cfg.prefs, cfg.batch_size, progress, cfg.device, lm=lm)
     if name == "winrate":
         return prefs.run_winrate(lm, cfg.winrate, cfg.batch_size, progress, cfg.device)
     run = {"perplexity": perplexity.run, "mc": mc.run, "exact_match": exact_match.run,
