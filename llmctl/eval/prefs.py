@@ -2,8 +2,9 @@
 
 `prefs` on preference pairs reports what the models given can say:
 - with a reward model (MODEL itself, or `--reward-model`): `accuracy`, the share of pairs where
-  r(prompt, chosen) > r(prompt, rejected) (a tie counts as wrong, as in `llmctl reward`'s own
-  held-out metric), and `mean_margin`;
+  r(prompt, chosen) > r(prompt, rejected) (a tie counts as wrong), and `mean_margin`, with each
+  pair encoded as `llmctl reward` trains on it (one prompt cut for both replies, the run's
+  max_len), so on the pairs it held out this is its own `val_accuracy`;
 - when MODEL is a language model (an llmctl checkpoint, not a reward model): its
   `likelihood_accuracy`, and for a DPO model (against the reference its run recorded, or
   `prefs.reference`) `implicit_accuracy`, `implicit_margin` and the reference's
@@ -151,9 +152,8 @@ def run_prefs(model_path: str, cfg: PrefsConfig, batch_size: int, progress: Any 
         rm = _rm(rm_path, device)
         if rm_path != model_path:
             lineages.append(model_lineage(rm_path, "reward-model"))
-        prompts = [p for p, _, _ in pairs]
-        rc = rm.score(prompts, [c for _, c, _ in pairs], batch_size)
-        rr = rm.score(prompts, [r for _, _, r in pairs], batch_size)
+        rc, rr = rm.score_pairs([p for p, _, _ in pairs], [c for _, c, _ in pairs], [r for _, _, r in pairs],
+                                batch_size)
         acc = [float(a > b) for a, b in zip(rc, rr)]
         margin = [a - b for a, b in zip(rc, rr)]
         rows += [{"task": "prefs", "metric": "accuracy", "value": sum(acc) / n, "stderr": mean_stderr(acc), "n": n},
