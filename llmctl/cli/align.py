@@ -17,8 +17,10 @@ OutOpt = Annotated[str, typer.Option("--output", "-o", help="Run directory: metr
 MaxLenOpt = Annotated[Optional[int], typer.Option("--max-len", help="Most tokens per example (longer: prompt cut left, response right; counted).")]
 ValOpt = Annotated[Optional[float], typer.Option("--val-fraction", help="Held-out share when the data has no split column.")]
 StepsOpt = Annotated[Optional[int], typer.Option(help="Optimizer steps.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per step over all ranks: sft: packed --max-len windows (each holds several examples; with --no-pack one example each), as TRL's batch size with packing; reward, dpo: pairs.")]
-MicroOpt = Annotated[Optional[int], typer.Option("--micro-batch", help="Sequences (sft: packed windows) or pairs per forward per rank.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Pairs per step over all ranks (a forward sees chosen and rejected: 2 rows a pair).")]
+MicroOpt = Annotated[Optional[int], typer.Option("--micro-batch", help="Pairs per forward per rank.")]
+SftBatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Packed --max-len windows per step over all ranks, as TRL's batch size with packing (a window holds one or more examples; the run prints how many on average); with --no-pack, examples.")]
+SftMicroOpt = Annotated[Optional[int], typer.Option("--micro-batch", help="Packed windows (with --no-pack: examples) per forward per rank.")]
 LrOpt = Annotated[Optional[float], typer.Option(help="Peak learning rate.")]
 WarmupOpt = Annotated[Optional[int], typer.Option("--warmup", help="Linear warmup steps.")]
 EvalOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Held-out metrics every N steps.")]
@@ -50,7 +52,7 @@ def _done(s: dict[str, Any], keys: tuple[str, ...]) -> None:
 def sft_cmd(
     data: DataArg, from_: FromOpt, output: OutOpt, max_len: MaxLenOpt = None, val_fraction: ValOpt = None,
     no_pack: Annotated[bool, typer.Option("--no-pack", help="One example per row, right-padded, instead of packing.")] = False,
-    steps: StepsOpt = None, batch_size: BatchOpt = None, micro_batch: MicroOpt = None, lr: LrOpt = None,
+    steps: StepsOpt = None, batch_size: SftBatchOpt = None, micro_batch: SftMicroOpt = None, lr: LrOpt = None,
     warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
