@@ -54,8 +54,12 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Convert a YAML/TOML/flag value to the annotated type, with a clear error."""
+def _coerce(value: Any, hint: Any, where: str, base: Any = None) -> Any:
+    """Convert a YAML/TOML/flag value to the annotated type, with a clear error.
+
+    A mapping for a nested section is applied on top of `base`, the section's default in its
+    parent (a stage's own `train` defaults, say), not on top of the section class's defaults.
+    """
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
@@ -63,12 +67,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise UsageError(f"config {where}: expected a mapping, got {value!r}")
-        return from_dict(hint, value, prefix=where + ".")
+        return from_dict(hint, value, prefix=where + ".", base=base if isinstance(base, hint) else None)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where) if len(inner) == 1 else value
+        return _coerce(value, inner[0], where, base) if len(inner) == 1 else value
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -97,17 +101,34 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build a dataclass from a (possibly partial, possibly nested) dict; unknown keys are errors."""
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
+    """Build a dataclass from a (possibly partial, possibly nested) dict; unknown keys are errors.
+
+    Keys not in `data` keep their value in `base` when given, else the class default; a nested
+    section given in part starts from its default in `cls` (`SFTConfig.train`, not `TrainConfig()`).
+    """
     hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise UsageError(
             f"unknown config option {prefix}{unknown[0]}; valid options: "
-            + ", ".join(prefix + n for n in sorted(names))
+            + ", ".join(prefix + n for n in sorted(fields))
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            nested = dataclasses.is_dataclass(hints[name])
+            default = (getattr(base, name) if base is not None else _field_default(f)) if nested else None
+            kwargs[name] = _coerce(data[name], hints[name], prefix + name, default)
+        elif base is not None:
+            kwargs[name] = getattr(base, name)
     return cls(**kwargs)
 
 

@@ -3,8 +3,15 @@
 llmctl's module names are Llama's, so the weights are renamed (prefix `model.`), not permuted:
 RoPE uses the same half-split layout, RMSNorm the same fp32 normalisation, so transformers'
 logits equal llmctl's within ~1e-6 in fp32 (the test checks 1e-4). Position interpolation is
-written as `rope_parameters = {"rope_type": "linear", "factor": rope_scale}`. The tokenizer
-directory already carries `tokenizer.model` + `tokenizer_config.json` for `AutoTokenizer`.
+written as `rope_parameters = {"rope_type": "linear", "factor": rope_scale}`.
+
+Tokenizer: besides the checkpoint's tokenizer files (`tokenizer.model` for sentencepiece users),
+the export writes `tokenizer.json` (`llmctl.hf_tokenizer`: the same ids as llmctl's tokenizer,
+read by `tokenizers` alone, so a plain `transformers` install without protobuf or sentencepiece
+loads it) and a `tokenizer_config.json` that names `PreTrainedTokenizerFast`, so transformers
+reads that file instead of converting the sentencepiece model. With `split_special_tokens`
+(the default) "<|user|>" typed in text stays text, as in llmctl; chat templates then need
+`tokenizer_kwargs={"split_special_tokens": False}` (see `llmctl.hf_tokenizer`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from llmctl.checkpoint import load_checkpoint, write_weights
-from llmctl.datasets import MANIFEST, atomic_write_json, now_iso
+from llmctl.datasets import MANIFEST, atomic_write_json, atomic_write_text, now_iso
 from llmctl.errors import UsageError
 from llmctl.model import ModelConfig
 from llmctl.lock import exclusive_output
@@ -36,8 +43,20 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: 
     }
 
 
+def hf_tokenizer_config(max_len: int, split_special_tokens: bool = True) -> dict:
+    """transformers' tokenizer_config.json for the export's tokenizer.json."""
+    from llmctl.chat import CHAT_TEMPLATE_JINJA
+    from llmctl.tokenizer import BOS, CHAT_TOKENS, EOS, PAD, UNK
+
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
+            "unk_token": UNK, "additional_special_tokens": list(CHAT_TOKENS), "add_bos_token": False,
+            "add_eos_token": False, "clean_up_tokenization_spaces": False, "model_max_length": max_len,
+            "split_special_tokens": split_special_tokens, "chat_template": CHAT_TEMPLATE_JINJA}
+
+
 @exclusive_output("out", discard_unfinished=True)
-def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False,
+              split_special_tokens: bool = True) -> Path:
     """Write OUT/{model.safetensors, config.json, generation_config.json, tokenizer files}."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -46,6 +65,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) 
         shutil.rmtree(out)
     model, cfg, tok_dir, manifest = load_checkpoint(checkpoint)
     ids = {"bos": None, "eos": None, "pad": None}
+    tok = None
     if tok_dir is not None:
         from llmctl.tokenizer import Tokenizer
 
@@ -63,10 +83,14 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) 
     (out / "config.json").write_text(json.dumps(hf_config(cfg, ids["bos"], ids["eos"], ids["pad"]), indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}, indent=2) + "\n")
-    if tok_dir is not None:
+    if tok is not None:
+        from llmctl.hf_tokenizer import tokenizer_json
+
         for f in Path(tok_dir).iterdir():
             if f.is_file() and f.name != MANIFEST:
                 shutil.copy2(f, out / f.name)
+        atomic_write_text(out / "tokenizer.json", json.dumps(tokenizer_json(tok), ensure_ascii=False))
+        atomic_write_json(out / "tokenizer_config.json", hf_tokenizer_config(cfg.max_seq_len, split_special_tokens))
     atomic_write_json(out / MANIFEST, {"stage": "export", "format": "huggingface-llama", "created": now_iso(),
                                        "inputs": [{"path": str(Path(checkpoint).resolve()),
                                                    "step": manifest.get("step")}], "model": cfg.to_dict()})

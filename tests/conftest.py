@@ -1,7 +1,7 @@
 """Fixtures several test modules share.
 
 `toy_run`: the shipped toy pipeline (pipelines/toy.yaml) end to end, once per session, with its
-stages and flags as shipped except the step counts (`SHORT`), so it takes well under a minute on
+stages and flags as shipped except the step counts (`SHORT`; reward and dpo score their 310 held-out pairs once), so it takes well under a minute on
 2 cores. tests/test_toy_pipeline.py checks it the way a user would; tests/test_readme_commands.py
 runs the READMEs' commands against it.
 """
@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = REPO / "pipelines" / "toy.yaml"
-SHORT = {"pretrain": (60, 20), "sft": (20, 10), "reward": (10, 5), "dpo": (10, 5)}  # (steps, eval_every)
+SHORT = {"pretrain": (60, 20), "sft": (20, 10), "reward": (10, 10), "dpo": (10, 10)}  # (steps, eval_every)
 
 
 def shortened(text: str) -> str:
@@ -27,6 +27,7 @@ def shortened(text: str) -> str:
         short = re.sub(r"--eval-every \d+", f"--eval-every {every}", short)
         short = re.sub(r"--ckpt-every \d+", f"--ckpt-every {steps}", short)
         text = text.replace(line, short)
+    text = text.replace(" --set prefs.limit=0", "")  # eval: --limit for prefs too
     return re.sub(r"(eval .*?)--limit \d+", r"\1--limit 5", text, flags=re.S)  # every task, on fewer items
 
 

@@ -148,3 +148,52 @@ def test_dpo_resume_continues_exactly(tmp_path):
     losses = [[json.loads(ln)["loss"] for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
               for d in ("full", "part")]
     assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+def test_eval_prefs_on_a_dpo_model_reports_implicit_reward_against_its_reference(tmp_path):
+    """`--task prefs` on a DPO run: implicit-reward accuracy and margin against the reference the run
+    recorded, on the pairs it held out, equal to a pair-by-pair computation; the reference scores 0.5."""
+    from llmctl.checkpoint import load_checkpoint, resolve_checkpoint
+    from llmctl.data.chat_data import split_of
+    from llmctl.eval.runner import EvalConfig, run_eval
+
+    ck = tiny_checkpoint(tmp_path / "ck")
+    rows = synthetic_prefs(120)
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    cfg = DPOConfig(beta=0.2, max_len=64, val_fraction=0.25)
+    cfg.train.steps, cfg.train.batch_size, cfg.train.micro_batch, cfg.train.lr = 12, 8, 8, 3e-3
+    cfg.train.warmup_steps, cfg.train.eval_every, cfg.train.log_every = 2, 12, 100
+    summary = run_dpo(data, ck, tmp_path / "dpo", cfg)
+    ecfg = EvalConfig(tasks=["prefs"], batch_size=3, progress=False)
+    ecfg.prefs.data = str(data)
+    got = {r["metric"]: r for r in run_eval(tmp_path / "dpo", tmp_path / "res", ecfg)["stats"]["results"]}
+
+    tok = tokenizer()
+    policy = load_checkpoint(resolve_checkpoint(tmp_path / "dpo"))[0]
+    ref = load_checkpoint(ck)[0]
+
+    def logp(model, prompt, reply):  # one sequence alone, no padding
+        e = encode_pair(tok, to_messages(prompt), reply, 64)
+        with torch.no_grad():
+            lp = F.log_softmax(model(torch.tensor([e.ids]))[0].double(), -1)
+        return sum(lp[t - 1, e.ids[t]].item() for t in range(1, len(e.ids)) if e.mask[t])
+
+    held = [r for r in rows if split_of(r, (to_messages(r["prompt"]), r["chosen"], r["rejected"]), 0.25, 1337) == "val"]
+    h = [(logp(policy, r["prompt"], r["chosen"]) - logp(ref, r["prompt"], r["chosen"]))
+         - (logp(policy, r["prompt"], r["rejected"]) - logp(ref, r["prompt"], r["rejected"])) for r in held]
+    assert got["implicit_accuracy"]["n"] == len(held) == summary["data"]["val"]
+    assert got["implicit_accuracy"]["value"] == pytest.approx(sum(x > 0 for x in h) / len(h))
+    assert got["implicit_margin"]["value"] == pytest.approx(0.2 * sum(h) / len(h), abs=1e-4)
+    assert got["implicit_margin"]["value"] == pytest.approx(summary["val_rewards/margins"], abs=1e-4)
+    assert got["implicit_accuracy"]["value"] >= 0.9
+    for m in ("likelihood_accuracy", "reference_likelihood_accuracy"):
+        assert 0 <= got[m]["value"] <= 1
+
+    ecfg.prefs.reference = str(tmp_path / "dpo")  # the model against itself: every implicit reward is 0
+    same = {r["metric"]: r for r in run_eval(tmp_path / "dpo", tmp_path / "res2", ecfg)["stats"]["results"]}
+    assert same["implicit_accuracy"]["value"] == 0.5 and same["implicit_margin"]["value"] == 0.0
+
+    tiny_checkpoint(ck, seed=5)  # the recorded reference changed under the run: refused
+    ecfg.prefs.reference = ""
+    with pytest.raises(UsageError, match="has changed since"):
+        run_eval(tmp_path / "dpo", tmp_path / "res3", ecfg)

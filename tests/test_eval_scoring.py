@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -109,9 +110,56 @@ def test_sliding_window_matches_direct_computation(tmp_path):
     assert len(expected) == len(ids)
     write_documents(tmp_path / "docs", [[tok.decode(ids)]])
     cfg = EvalConfig(tasks=["perplexity"], batch_size=3, progress=False)
-    cfg.perplexity.data, cfg.perplexity.stride = str(tmp_path / "docs"), 5
+    cfg.perplexity.data, cfg.perplexity.stride, cfg.perplexity.prefix = str(tmp_path / "docs"), 5, "eos"
     rows = {r["metric"]: r for r in run_eval(ck, tmp_path / "res", cfg)["stats"]["results"]}
     assert rows["loss"]["value"] == pytest.approx(-sum(expected) / len(expected), rel=1e-5)
+
+
+def lm_eval_rolling_windows(tokens, prefix, max_len):
+    """lm-eval 0.4's get_rolling_token_windows(context_len=1) + make_disjoint_window, written out."""
+    out = []
+    first = min(max_len, len(tokens))
+    out.append(([prefix] + tokens[:first - 1], tokens[:first]))
+    done = first
+    while done < len(tokens):
+        k = min(len(tokens) - done, max_len)
+        end = done + k
+        out.append((tokens[end - max_len - 1:end - 1], tokens[end - k:end]))
+        done += k
+    return [(a[:len(a) - (len(b) - 1)], b) for a, b in out]  # make_disjoint_window
+
+
+def test_default_perplexity_is_lm_eval_loglikelihood_rolling(tmp_path):
+    """BOS prefix and disjoint windows: per document, the summed log-likelihood lm-eval's
+    loglikelihood_rolling computes (each (context, continuation) scored as its loglikelihood does)."""
+    import pyarrow.parquet as pq
+
+    ck = tiny_checkpoint(tmp_path / "ck", tmp_path, max_seq_len=16)
+    lm = load_lm(ck)
+    tok = tokenizer()
+    texts = [" ".join(tinystories_docs(3))[:300], tinystories_docs(5)[4][:40], "Hi."]
+    want, words = [], []
+    with torch.no_grad():
+        for t in texts:
+            total = 0.0
+            for ctx, cont in lm_eval_rolling_windows(tok.encode(t), tok.bos_id, 16):
+                inp = (ctx + cont)[-(16 + 1):][:-1]  # lm-eval's _loglikelihood_tokens input
+                lp = F.log_softmax(lm.model(torch.tensor([inp])).double()[0], -1)
+                total += sum(float(lp[len(inp) - len(cont) + j, c]) for j, c in enumerate(cont))
+            want.append(total)
+            words.append(len(re.split(r"\s+", t)))
+    write_documents(tmp_path / "docs", [texts])
+    cfg = EvalConfig(tasks=["perplexity"], batch_size=2, progress=False)
+    cfg.perplexity.data = str(tmp_path / "docs")
+    rows = {r["metric"]: r for r in run_eval(ck, tmp_path / "res", cfg)["stats"]["results"]}
+    n_bytes = sum(len(t.encode()) for t in texts)
+    assert rows["bits_per_byte"]["value"] == pytest.approx(-sum(want) / n_bytes / math.log(2), rel=1e-6)
+    assert rows["byte_perplexity"]["value"] == pytest.approx(math.exp(-sum(want) / n_bytes), rel=1e-6)
+    assert rows["word_perplexity"]["value"] == pytest.approx(math.exp(-sum(want) / sum(words)), rel=1e-6)
+    items = pq.read_table(tmp_path / "res" / "_samples" / "perplexity" / "part-00000.parquet").to_pylist()
+    assert [r["text"] for r in items] == texts
+    assert [r["loglikelihood"] for r in items] == pytest.approx(want, rel=1e-6)
+    assert items[0]["windows"] > 1 and items[2]["windows"] == 1
 
 
 def test_encode_pair_moves_trailing_space_like_lm_eval(tmp_path):
@@ -153,8 +201,13 @@ def test_mc_picks_highest_loglikelihood_choice(tmp_path):
     assert tok.vocab_size == VOCAB
 
 
-def test_mc_text_choices_acc_and_acc_norm_follow_loglikelihoods(tmp_path):
-    """Full-text choices: acc = argmax of the summed log-likelihood, acc_norm = argmax per byte."""
+@pytest.mark.parametrize("norm", ["chars", "bytes"])
+def test_mc_text_choices_acc_and_acc_norm_follow_loglikelihoods(tmp_path, norm):
+    """Full-text choices: acc = argmax of the summed log-likelihood, acc_norm = argmax per character
+    (lm-eval; default) or per UTF-8 byte; non-ASCII choices (formal logic's symbols) tell them apart.
+    The per-item output holds each request's log-likelihoods, the picks and the gold answer."""
+    import pyarrow.parquet as pq
+
     torch.manual_seed(3)
     logits = torch.randn(VOCAB) * 3
     ck = unigram_checkpoint(tmp_path / "ck", tmp_path, logits)
@@ -162,19 +215,33 @@ def test_mc_text_choices_acc_and_acc_norm_follow_loglikelihoods(tmp_path):
     logp = torch.log_softmax(effective(logits), 0)
     items = [["Which animal?", "a cat", "the very big dog", "bird", "an old slow turtle", "A"],
              ["Which colour?", "deep red", "b", "light green sky", "the sun", "C"],
-             ["Which?", "zz", "a b c d e f", "q", "mm", "D"]]
+             ["Which?", "zz", "a b c d e f", "q", "mm", "D"],
+             ["Which formula?", "∀x (Px ⊃ Qx)", "p", "¬p ∨ q", "(p • q) ≡ r", "C"],
+             ["Translate.", "∼(A ≡ B)", "A ∨ B", "A ⊃ (B • C)", "B", "A"],
+             ["Symbols?", "≡≡ ∨", "ab cd", "∀∀∀", "x y z w", "B"]]
     data = _write_mc(tmp_path / "toy_test.csv", items)
-    acc = acc_norm = 0
+    picks = {"chars": [], "bytes": []}
+    lls_all = []
     for item in mc.read_items(data):
         ctx = mc.build_context(item, "toy", [], "text")
         lls = [sum(float(logp[t]) for t in mc.encode_pair(lm, ctx, " " + c)[1]) for c in item["choices"]]
-        norm = [ll / len(c.encode()) for ll, c in zip(lls, item["choices"])]
-        acc += max(range(4), key=lambda i: lls[i]) == item["label"]
-        acc_norm += max(range(4), key=lambda i: norm[i]) == item["label"]
+        lls_all.append(lls)
+        picks["chars"].append(max(range(4), key=lambda i: (lls[i] / len(item["choices"][i]), -i)))
+        picks["bytes"].append(max(range(4), key=lambda i: (lls[i] / len(item["choices"][i].encode()), -i)))
+    assert picks["chars"] != picks["bytes"]  # the data tells the two normalisations apart
+    gold = [item["label"] for item in mc.read_items(data)]
+    acc = sum(max(range(4), key=lambda i: ll[i]) == g for ll, g in zip(lls_all, gold))
+    acc_norm = sum(p == g for p, g in zip(picks[norm], gold))
     cfg = EvalConfig(tasks=["mc"], batch_size=1, progress=False)
     cfg.mc.data, cfg.mc.choices = str(data), "text"
+    if norm == "bytes":
+        cfg.mc.norm = "bytes"
     rows = {r["metric"]: r["value"] for r in run_eval(ck, tmp_path / "res", cfg)["stats"]["results"]}
-    assert rows == pytest.approx({"acc": acc / 3, "acc_norm": acc_norm / 3})
+    assert rows == pytest.approx({"acc": acc / 6, "acc_norm": acc_norm / 6})
+    samples = pq.read_table(tmp_path / "res" / "_samples" / "mc" / "part-00000.parquet").to_pylist()
+    assert [r["gold"] for r in samples] == gold and [r["pred_norm"] for r in samples] == picks[norm]
+    assert [r["loglikelihoods"] for r in samples] == [pytest.approx(ll, abs=1e-4) for ll in lls_all]
+    assert samples[3]["continuations"][0] == " ∀x (Px ⊃ Qx)" and samples[3]["context"].endswith("Answer:")
 
 
 def test_results_do_not_change_with_batch_size(tmp_path, docs_ds):
@@ -211,3 +278,25 @@ def test_bad_inputs_are_usage_errors(tmp_path):
     cfg.mc.data = str(tmp_path / "nothing.csv")
     with pytest.raises(UsageError, match="no such multiple-choice"):
         run_eval(ck, tmp_path / "r4", cfg)
+
+
+def test_mc_folder_with_dev_beside_val_scores_val_with_dev_shots(tmp_path):
+    """examples/eval/mmlu's layout: SUBJECT_dev.csv next to SUBJECT_val.csv; dev gives shots, is not scored."""
+    d = tmp_path / "mmlu"
+    d.mkdir()
+    _write_mc(d / "toy_dev.csv", [["Dev question?", "a", "b", "c", "d", "A"], ["Dev two?", "a", "b", "c", "d", "B"]])
+    _write_mc(d / "toy_val.csv", [["Val one?", "w", "x", "y", "z", "C"], ["Val two?", "w", "x", "y", "z", "D"],
+                                  ["Val three?", "w", "x", "y", "z", "A"]])
+    cfg = mc.MCConfig(data=str(d), shots=1)
+    files = mc.data_files(cfg)
+    assert [f.name for f in files] == ["toy_val.csv"]
+    assert mc.fewshot_file(cfg, files[0]).name == "toy_dev.csv"
+    ck = tiny_checkpoint(tmp_path / "ck", tmp_path)
+    ecfg = EvalConfig(tasks=["mc"], batch_size=2, progress=False)
+    ecfg.mc.data, ecfg.mc.shots = str(d), 1
+    run_eval(ck, tmp_path / "res", ecfg)
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(tmp_path / "res" / "_samples" / "mc").to_pylist()
+    assert [r["question"] for r in items] == ["Val one?", "Val two?", "Val three?"]
+    assert all("Dev question?\nA. a" in r["context"] and "Dev two?" not in r["context"] for r in items)

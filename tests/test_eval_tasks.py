@@ -97,6 +97,16 @@ def test_generation_tasks_run_and_are_deterministic(tmp_path):
     assert results[0] == results[1]
     rows = {(r["task"], r["metric"]): r for r in results[0]}
     assert rows[("exact_match", "exact_match")]["n"] == 3
+    # per-item output: a dataset of its own, beside (not inside) the results table
+    items = Dataset.open(tmp_path / "res1" / "_samples" / "exact_match", stage="eval_samples")
+    recs = list(items.iter_rows())
+    assert [r["reference"] for r in recs] == [5.0, 6.0, 4.0]
+    assert all(r["prompt"].startswith("Question: ") and r["exact_match"] in (0.0, 1.0) for r in recs)
+    assert sum(r["exact_match"] for r in recs) / 3 == rows[("exact_match", "exact_match")]["value"]
+    assert sum(r["new_tokens"] for r in recs) / 3 == rows[("exact_match", "mean_new_tokens")]["value"]
+    import pyarrow.dataset as pads
+
+    assert pads.dataset(tmp_path / "res1").to_table().num_rows == len(results[0])  # readers skip _samples/
     assert 0 <= rows[("degeneration", "distinct_1")]["value"] <= 1
     assert rows[("degeneration", "mean_words")]["value"] > 0
 
@@ -131,7 +141,8 @@ def test_cli_writes_results_dataset_and_prints_table(tmp_path):
     ck = tiny_checkpoint(tmp_path / "ck", tmp_path)
     docs = write_documents(tmp_path / "docs", [tinystories_docs(6)])
     res = CliRunner().invoke(app, ["eval", str(ck), "--task", "perplexity", "--task", "mc", "--ppl-data", str(docs),
-                                   "--mc-data", str(MMLU_ANATOMY), "--limit", "5", "-b", "2", "-o", str(tmp_path / "r")])
+                                   "--mc-data", str(MMLU_ANATOMY), "--limit", "5", "--set", "perplexity.limit=3", "-b",
+                                   "2", "-o", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     rows = [[c.strip() for c in ln.replace("┃", "│").split("│")[1:-1]] for ln in res.output.splitlines()
             if ln.replace("┃", "│").count("│") == 6]
@@ -140,7 +151,9 @@ def test_cli_writes_results_dataset_and_prints_table(tmp_path):
     assert ("perplexity", "bits_per_byte") in by and ("mc", "acc") in by
     assert by[("perplexity", "documents")][2] == "5"  # a count, not 5.0000
     ds = Dataset.open(tmp_path / "r", stage="eval", columns=["task", "metric", "value", "stderr", "n"])
-    assert ds.num_rows == 6
+    n = {(r["task"], r["metric"]): r["n"] for r in ds.iter_rows()}
+    assert n[("mc", "acc")] == 5 and n[("perplexity", "documents")] == 3  # --set TASK.limit beats --limit
+    assert ds.num_rows == 8  # perplexity: loss, perplexity, bits_per_byte, byte_perplexity, word_perplexity, documents; mc: 2
     bad = subprocess.run([sys.executable, "-m", "llmctl", "eval", str(ck), "--task", "mc", "--mc-data", "/nope.csv",
                           "-o", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("/nope.csv: no such multiple-choice file or directory")

@@ -87,3 +87,32 @@ def test_pair_truncation_keeps_the_same_prompt_for_chosen_and_rejected():
     assert n_c == n_r >= 32 and ec.ids[:n_c] == er.ids[:n_r]  # prompt cut left to max(64 - longest, 32) tokens
     assert len(ec.ids) <= 64 and len(er.ids) == 64 and ec.truncated and er.truncated
     assert ec.ids[n_c:] == tok.encode("ok") + [tok.special_ids["<|end|>"]]
+
+
+def test_eval_prefs_scores_pairs_as_the_run_validated_them(tmp_path):
+    """Long prompts are cut once for both replies (as training does), so `llmctl eval --task prefs` on the
+    held-out pairs reproduces the run's own val_accuracy; scoring each reply alone would cut differently."""
+    from llmctl.eval.runner import EvalConfig, run_eval
+
+    ck = tiny_checkpoint(tmp_path / "ck")
+    rows = [{**r, "prompt": "please " * (8 + i % 5) + r["prompt"], "rejected": r["rejected"] + " very" * (i % 4)}
+            for i, r in enumerate(synthetic_prefs(120))]
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    cfg = RewardConfig(max_len=40, val_fraction=0.25)
+    cfg.train.steps, cfg.train.batch_size, cfg.train.micro_batch, cfg.train.lr = 6, 8, 8, 3e-3
+    cfg.train.warmup_steps, cfg.train.eval_every, cfg.train.log_every = 1, 6, 100
+    summary = run_reward(data, ck, tmp_path / "rm", cfg)
+    assert summary["data"]["truncated"] > 20
+    ecfg = EvalConfig(tasks=["prefs"], batch_size=5, progress=False)
+    ecfg.prefs.data = str(data)
+    got = {r["metric"]: r for r in run_eval(tmp_path / "rm", tmp_path / "res", ecfg)["stats"]["results"]}
+    assert got["accuracy"]["n"] == summary["data"]["val"]
+    assert got["accuracy"]["value"] == pytest.approx(summary["val_accuracy"], abs=1e-9)
+    assert got["mean_margin"]["value"] == pytest.approx(summary["val_margin"], abs=1e-5)
+    scorer = load_reward_model(tmp_path / "rm")
+    assert scorer.max_len == 40  # the run's max_len, not the model's context
+    key = lambda r: (to_messages(r["prompt"]), r["chosen"], r["rejected"])  # noqa: E731
+    val = [r for r in rows if split_of(r, key(r), 0.25, cfg.train.seed) == "val"]
+    alone = scorer.score([r["prompt"] for r in val], [r["chosen"] for r in val])
+    paired, _ = scorer.score_pairs([r["prompt"] for r in val], [r["chosen"] for r in val], [r["rejected"] for r in val])
+    assert any(abs(a - b) > 1e-4 for a, b in zip(alone, paired))  # the prompt cut differs for these pairs

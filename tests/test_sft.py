@@ -111,6 +111,9 @@ def test_sft_lowers_held_out_response_loss(tmp_path):
     summary = run_sft(data, ck, tmp_path / "run", cfg)
     assert summary["finished"] and summary["data"]["val"] == len(val)
     assert summary["val_loss"] < before - 0.5, (before, summary["val_loss"])
+    # --batch-size counts packed windows (as TRL with packing): a step of 4 windows holds more examples
+    d = summary["data"]
+    assert d["examples_per_step"] == pytest.approx(4 * d["train"] / d["windows"], abs=0.01) and d["windows"] < d["train"]
     # the run writes a checkpoint generate/eval/export can load, and a run manifest with lineage
     trained = load_checkpoint(tmp_path / "run")[0]
     assert trained.cfg.vocab_size == tok.vocab_size

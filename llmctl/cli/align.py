@@ -6,7 +6,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
+from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
+from llmctl.cli.common import print_config
 from llmctl.cli.help import LlmctlGroup
 
 # Options every alignment trainer shares (None = not given: the config file or default decides).
@@ -16,8 +17,10 @@ OutOpt = Annotated[str, typer.Option("--output", "-o", help="Run directory: metr
 MaxLenOpt = Annotated[Optional[int], typer.Option("--max-len", help="Most tokens per example (longer: prompt cut left, response right; counted).")]
 ValOpt = Annotated[Optional[float], typer.Option("--val-fraction", help="Held-out share when the data has no split column.")]
 StepsOpt = Annotated[Optional[int], typer.Option(help="Optimizer steps.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Examples (sft) or pairs (reward, dpo) per step over all ranks.")]
-MicroOpt = Annotated[Optional[int], typer.Option("--micro-batch", help="Examples or pairs per forward per rank.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Pairs per step over all ranks (a forward sees chosen and rejected: 2 rows a pair).")]
+MicroOpt = Annotated[Optional[int], typer.Option("--micro-batch", help="Pairs per forward per rank.")]
+SftBatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Packed --max-len windows per step over all ranks, as TRL's batch size with packing (a window holds one or more examples; the run prints how many on average); with --no-pack, examples.")]
+SftMicroOpt = Annotated[Optional[int], typer.Option("--micro-batch", help="Packed windows (with --no-pack: examples) per forward per rank.")]
 LrOpt = Annotated[Optional[float], typer.Option(help="Peak learning rate.")]
 WarmupOpt = Annotated[Optional[int], typer.Option("--warmup", help="Linear warmup steps.")]
 EvalOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Held-out metrics every N steps.")]
@@ -50,10 +53,11 @@ def _done(s: dict[str, Any], keys: tuple[str, ...]) -> None:
 def sft_cmd(
     data: DataArg, from_: FromOpt, output: OutOpt, max_len: MaxLenOpt = None, val_fraction: ValOpt = None,
     no_pack: Annotated[bool, typer.Option("--no-pack", help="One example per row, right-padded, instead of packing.")] = False,
-    steps: StepsOpt = None, batch_size: BatchOpt = None, micro_batch: MicroOpt = None, lr: LrOpt = None,
+    steps: StepsOpt = None, batch_size: SftBatchOpt = None, micro_batch: SftMicroOpt = None, lr: LrOpt = None,
     warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
+    print_config_: PrintConfigOpt = False,
 ) -> None:
     """Supervised fine-tuning on prompt/response (or messages) data; loss on assistant tokens only.
 
@@ -67,6 +71,8 @@ def sft_cmd(
     cfg = C.load(SFTConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every,
                                                  seed, device, dtype, stop_after, max_len=max_len,
                                                  val_fraction=val_fraction, pack=False if no_pack else None))
+    if print_config_:
+        return print_config(cfg)
     try:
         s = run_sft(data, from_, output, cfg, resume=resume, overwrite=overwrite)
     finally:
@@ -101,6 +107,7 @@ def reward_train_cmd(
     warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
+    print_config_: PrintConfigOpt = False,
 ) -> None:
     """Train a reward model (scalar head at the last token) with the Bradley-Terry loss on prompt/chosen/rejected.
 
@@ -113,6 +120,8 @@ def reward_train_cmd(
     cfg = C.load(RewardConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every,
                                                     ckpt_every, seed, device, dtype, stop_after, max_len=max_len,
                                                     val_fraction=val_fraction))
+    if print_config_:
+        return print_config(cfg)
     try:
         s = run_reward(data, from_, output, cfg, resume=resume, overwrite=overwrite)
     finally:
@@ -150,6 +159,7 @@ def dpo_cmd(
     warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
+    print_config_: PrintConfigOpt = False,
 ) -> None:
     """Direct preference optimization against a frozen reference on prompt/chosen/rejected pairs.
 
@@ -165,6 +175,8 @@ def dpo_cmd(
                                                  label_smoothing=label_smoothing, ref=ref,
                                                  cache_ref=cache_ref or None, max_len=max_len,
                                                  val_fraction=val_fraction))
+    if print_config_:
+        return print_config(cfg)
     try:
         s = run_dpo(data, from_, output, cfg, resume=resume, overwrite=overwrite)
     finally:

@@ -25,8 +25,8 @@ def eval_cmd(
     train_data: Annotated[Optional[str], typer.Option("--train-data", help="contamination: the training dataset to search.")] = None,
     reward_model: Annotated[Optional[str], typer.Option("--reward-model", help="prefs/winrate: reward model dir (for prefs, MODEL itself when not given).")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="winrate: the model MODEL is compared with.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many items per task, 0 for all (mc: per subject file).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Sequences per forward pass; does not change the results.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many items per task (mc: per subject file); a --set TASK.limit=N overrides it for that task.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Sequences per forward pass (does not change results; default 8).")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer dir overriding the checkpoint's.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, mps (default cpu).")] = None,
     config: ConfigOpt = None,
@@ -47,9 +47,10 @@ def eval_cmd(
              "winrate.prompts": prompts, "prefs.data": prefs_data, "contamination.data": items,
              "contamination.train": train_data, "prefs.reward_model": reward_model,
              "winrate.reward_model": reward_model, "winrate.baseline": baseline, "batch_size": batch_size, "tokenizer": tokenizer, "device": device}
-    if limit is not None:
-        flags.update({f"{t}.limit": limit for t in ("perplexity", "mc", "exact_match", "degeneration", "contamination", "prefs",
-                                                 "winrate")})
+    if limit is not None:  # every task's limit, except one a --set names (--limit 20 --set prefs.limit=0)
+        named = C.parse_set(set_)
+        flags.update({f"{t}.limit": limit for t in ("perplexity", "mc", "exact_match", "degeneration", "contamination",
+                                                    "prefs", "winrate") if "limit" not in named.get(t, {})})
     cfg = C.load(EvalConfig, config, set_, flags)
     m = run_eval(model, output, cfg, overwrite=overwrite)
     print_results(m["stats"]["results"])

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
+from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
 
 
 @app.command("pretrain")
@@ -41,6 +41,7 @@ def pretrain_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
+    print_config_: PrintConfigOpt = False,
 ) -> None:
     """Pretrain a Llama-style decoder with next-token cross-entropy on packed token windows.
 
@@ -62,6 +63,10 @@ def pretrain_cmd(
         "train.activation_checkpointing": act_ckpt or None, "train.fsdp": fsdp or None,
     }
     cfg = C.load(PretrainConfig, config, set_, flags)
+    if print_config_:
+        from llmctl.cli.common import print_config
+
+        return print_config(cfg)
     try:
         s = pretrain(tokens, tokenizer, output, cfg, resume=resume, overwrite=overwrite)
     finally:
@@ -102,11 +107,15 @@ def export_cmd(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint or run directory.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Hugging Face model directory to write.")],
     overwrite: OverwriteOpt = False,
+    split_special_tokens: Annotated[bool, typer.Option(
+        "--split-special-tokens/--no-split-special-tokens",
+        help="Special-token strings typed in text ('<|user|>') stay text, as in llmctl (transformers' "
+             "split_special_tokens); --no-split-special-tokens: they become special ids, the usual Hugging Face behaviour.")] = True,
 ) -> None:
-    """Write a Hugging Face LlamaForCausalLM directory (safetensors, config.json, tokenizer files)."""
+    """Write a Hugging Face LlamaForCausalLM directory (safetensors, config.json, tokenizer.json + tokenizer files)."""
     from llmctl.export import export_hf
 
-    path = export_hf(checkpoint, output, overwrite=overwrite)
+    path = export_hf(checkpoint, output, overwrite=overwrite, split_special_tokens=split_special_tokens)
     typer.echo(f"exported {path} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 
 

@@ -10,6 +10,9 @@ tokenizer's stop ids, a blank line or "Question:" (plain format), or `max_new_to
 Extraction: the number after the last "####" in the output if there is one, else the last
 number in it (commas, "$" and a trailing "." removed); a prediction matches when it equals the
 reference as a number (so "18.00" == "18"). Metric `exact_match` with lm-eval's stderr.
+
+Per-item output (RESULTS/_samples/exact_match): per problem the prompt as text, the generated
+output (cut at the stop strings), the extracted prediction, the reference and the match.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from llmctl.errors import UsageError
 from llmctl.eval.lm import LM
@@ -85,8 +90,14 @@ def prompt_ids(lm: LM, question: str, shots: list[dict[str, Any]], fmt: str) -> 
     raise UsageError(f"exact_match.format must be plain or chat, got {fmt!r}")
 
 
-def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list]:
+SAMPLES_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("prompt", pa.string()),
+                            ("output", pa.string()), ("prediction", pa.float64()), ("reference", pa.float64()),
+                            ("exact_match", pa.float64()), ("new_tokens", pa.int64())])
+
+
+def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
     from llmctl.datasets import fingerprint_file
+    from llmctl.eval.runner import Samples
 
     rows = read_jsonl(cfg.data, cfg.limit)
     if not rows or any("question" not in r or "answer" not in r for r in rows):
@@ -95,10 +106,11 @@ def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) ->
     stop_text = ("\n\n", "Question:") if cfg.format == "plain" else ()
     if progress:
         progress.start(TASK, len(rows))
-    hits, lengths = [], []
+    hits, lengths, samples = [], [], []
     for i, r in enumerate(rows):
-        out = lm.generate(prompt_ids(lm, r["question"], shots, cfg.format), cfg.max_new_tokens,
-                          temperature=cfg.temperature, seed=cfg.seed + i, stop_text=stop_text)
+        prompt = prompt_ids(lm, r["question"], shots, cfg.format)
+        out = lm.generate(prompt, cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + i,
+                          stop_text=stop_text)
         text = lm.codec.decode(out)
         for s in stop_text:
             text = text.split(s)[0]
@@ -106,10 +118,13 @@ def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) ->
         pred = extract(text)
         hits.append(float(ref is not None and pred is not None and abs(pred - ref) < 1e-9))
         lengths.append(float(len(out)))
+        samples.append({"id": str(r.get("id", i)), "question": r["question"], "prompt": lm.codec.decode(prompt),
+                        "output": text, "prediction": pred, "reference": ref, "exact_match": hits[-1],
+                        "new_tokens": len(out)})
         if progress:
             progress.advance(1, len(out))
     n = len(rows)
     lineage = [{"path": str(Path(cfg.data).resolve()), "stage": "file", "fingerprint": fingerprint_file(cfg.data)}]
     return [{"task": TASK, "metric": "exact_match", "value": sum(hits) / n, "stderr": mean_stderr(hits), "n": n},
             {"task": TASK, "metric": "mean_new_tokens", "value": sum(lengths) / n, "stderr": mean_stderr(lengths),
-             "n": n}], lineage
+             "n": n}], lineage, Samples(SAMPLES_SCHEMA, samples)

@@ -175,6 +175,7 @@ class LlmctlLM(LM):
         if tok_dir is None:
             raise UsageError(f"{path}: checkpoint has no tokenizer/ directory; pass --tokenizer")
         tok = Tokenizer.load(tok_dir)
+        self.tokenizer = tok
         self.codec = TextCodec(tok.encode, tok.decode, tok.eos_id, tuple(tok.stop_ids), tok.fingerprint, tok.bos_id,
                                lambda m: tok.apply_chat_template(m, add_generation_prompt=True))
         self.max_len = self.cfg.max_seq_len
@@ -240,7 +241,20 @@ class HFLM(LM):
         return {"path": str(self.path.resolve()), "stage": "hf-model", "fingerprint": self._fp}
 
     def _chat(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        # The template writes its markers as text, so they must be parsed as special tokens even when the
+        # tokenizer keeps special-token strings typed in text as text (split_special_tokens, as an llmctl
+        # export does); sanitize_control_tokens (transformers >= 5) keeps markers typed in messages as text.
+        tok = self.tok
+        split = getattr(tok, "split_special_tokens", False)
+        tok.split_special_tokens = False
+        try:
+            try:
+                ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              sanitize_control_tokens=True)
+            except (ValueError, NotImplementedError):  # a tokenizer that cannot sanitize
+                ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        finally:
+            tok.split_special_tokens = split
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
     def logits(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:

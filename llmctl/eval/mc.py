@@ -12,14 +12,21 @@ Prompt (lm-eval's `mmlu` default task, `choices=letters`)::
 
 and the continuations " A", " B", " C", " D". With `choices=text` the continuations are " " + the
 choice text instead (the cloze form; acc_norm matters there). Shots are the first k rows of the
-same subject in `fewshot_data` (default: the `dev/` directory beside an MMLU split directory).
+same subject in `fewshot_data` (default: the `dev/` directory beside an MMLU split directory, or
+the `SUBJECT_dev` file in the same folder; such dev files are never scored as questions).
 
 Tokenization is lm-eval's `_encode_pair`: trailing spaces of the context move to the
 continuation, then continuation ids = encode(context + continuation)[len(encode(context)):], so
 a tokenizer that merges across the boundary is handled identically. `acc` = argmax of the summed
-log-likelihood; `acc_norm` = argmax of log-likelihood / UTF-8 bytes of the choice text (lm-eval
-divides by characters: identical on ASCII choices, which is all of MMLU's letter form; ties go
-to the first choice in both). stderr = sample standard deviation / sqrt(n), as lm-eval reports.
+log-likelihood; `acc_norm` = argmax of log-likelihood / length of the choice text in characters,
+as lm-eval (`norm=bytes`: UTF-8 bytes instead; the two differ only on non-ASCII choices, such
+as MMLU formal_logic's text choices with ∨ ⊃ ≡ • ∀: see docs/eval.md). Ties go to the first choice, as numpy's argmax. stderr = sample
+standard deviation / sqrt(n), as lm-eval reports.
+
+Per-item output (`samples`, written by the runner to RESULTS/_samples/mc): per question its
+subject, the context and continuation strings, each continuation's log-likelihood, greedy flag
+and length, the picks (`pred`, `pred_norm`) and the gold index, so a result can be compared
+with lm-eval's `--log_samples` item by item.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from llmctl.errors import UsageError
 from llmctl.eval.lm import LM
@@ -46,6 +55,7 @@ class MCConfig:
     choices: str = "letters"  # letters | text
     limit: int = 0  # items per file (0 = all)
     subjects: list[str] = field(default_factory=list)  # restrict to these subjects (directory input)
+    norm: str = "chars"  # acc_norm divides by the choice's length in: chars (lm-eval) | bytes (UTF-8)
 
 
 def _subject(path: Path) -> str:
@@ -195,33 +205,60 @@ def mean_stderr(xs: list[float]) -> float:
     return math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1) / n)
 
 
-def run(lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list]:
-    from llmctl.datasets import fingerprint_file
+SAMPLES_SCHEMA = pa.schema([
+    ("id", pa.string()), ("subject", pa.string()), ("question", pa.string()), ("context", pa.string()),
+    ("continuations", pa.list_(pa.string())), ("loglikelihoods", pa.list_(pa.float64())),
+    ("is_greedy", pa.list_(pa.bool_())), ("lengths", pa.list_(pa.int64())), ("pred", pa.int64()),
+    ("pred_norm", pa.int64()), ("gold", pa.int64()), ("acc", pa.float64()), ("acc_norm", pa.float64()),
+])
 
+
+def choice_length(text: str, norm: str) -> int:
+    if norm == "chars":
+        return len(text)
+    if norm == "bytes":
+        return len(text.encode("utf-8"))
+    raise UsageError(f"mc.norm must be chars or bytes, got {norm!r}")
+
+
+def argmax(xs: list[float]) -> int:
+    """Index of the largest value; the first on a tie (numpy's argmax, as lm-eval)."""
+    return max(range(len(xs)), key=lambda i: (xs[i], -i))
+
+
+def run(lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
+    from llmctl.datasets import fingerprint_file
+    from llmctl.eval.runner import Samples
+
+    choice_length("", cfg.norm)
     items, requests, lineage = [], [], []
     for f in data_files(cfg):
         fs = fewshot_file(cfg, f)
         shots = read_items(fs, cfg.shots) if fs else []
         lineage.append({"path": str(f.resolve()), "stage": "file", "fingerprint": fingerprint_file(f)})
-        for item in read_items(f, cfg.limit):
+        for k, item in enumerate(read_items(f, cfg.limit)):
             ctx = build_context(item, _subject(f), shots, cfg.choices)
             conts = choice_strings(item, cfg.choices)
-            item["first"] = len(requests)
-            item["bytes"] = [len(c.encode("utf-8")) for c in conts]
+            item.update(id=f"{f.stem}:{k}", subject=_subject(f), context=ctx, continuations=[" " + c for c in conts],
+                        first=len(requests), lengths=[choice_length(c, cfg.norm) for c in conts])
             requests += [encode_pair(lm, ctx, " " + c) for c in conts]
             items.append(item)
     if progress:
         progress.start(TASK, len(requests))
-    lls = [ll for ll, _ in lm.loglikelihood(requests, batch_size, progress.advance if progress else None)]
-    acc, acc_norm = [], []
+    scored = lm.loglikelihood(requests, batch_size, progress.advance if progress else None)
+    acc, acc_norm, samples = [], [], []
     for item in items:
-        ll = lls[item["first"]: item["first"] + len(item["bytes"])]
-        pred = max(range(len(ll)), key=lambda i: (ll[i], -i))
-        norm = [x / b for x, b in zip(ll, item["bytes"])]
-        pred_n = max(range(len(norm)), key=lambda i: (norm[i], -i))
+        part = scored[item["first"]: item["first"] + len(item["lengths"])]
+        ll = [x for x, _ in part]
+        pred = argmax(ll)
+        pred_n = argmax([x / max(1, n) for x, n in zip(ll, item["lengths"])])
         acc.append(float(pred == item["label"]))
         acc_norm.append(float(pred_n == item["label"]))
+        samples.append({"id": item["id"], "subject": item["subject"], "question": item["question"],
+                        "context": item["context"], "continuations": item["continuations"], "loglikelihoods": ll,
+                        "is_greedy": [g for _, g in part], "lengths": item["lengths"], "pred": pred,
+                        "pred_norm": pred_n, "gold": item["label"], "acc": acc[-1], "acc_norm": acc_norm[-1]})
     n = len(items)
     rows = [{"task": TASK, "metric": m, "value": sum(v) / n, "stderr": mean_stderr(v), "n": n}
             for m, v in (("acc", acc), ("acc_norm", acc_norm))]
-    return rows, lineage
+    return rows, lineage, Samples(SAMPLES_SCHEMA, samples)

@@ -5,6 +5,13 @@ The results are an llmctl dataset of stage "eval", one row per (task, metric): `
 bytes). Each task is one resumable task of the dataset contract, so an interrupted eval re-runs
 only the tasks it had not finished; `batch_size` and `device` are runtime fields (they do not
 change the numbers, see `llmctl.eval.lm`), so a re-run with another batch size resumes.
+
+Per-item output (lm-eval's `--log_samples`): `mc`, `exact_match`, `perplexity` and `prefs` also
+write RESULTS/_samples/TASK, a dataset of its own (Parquet shard + `_manifest.json`, stage
+`eval_samples`, the eval's inputs as lineage) with one row per question, problem, document or
+pair: the request, its log-likelihoods or output, the pick and the gold answer. The leading `_`
+keeps it out of readers of the results: pyarrow, pandas and duckdb skip `_`-prefixed paths, so
+`pd.read_parquet(RESULTS)` is the results table and `pd.read_parquet(RESULTS/_samples/mc)` the items.
 """
 
 from __future__ import annotations
@@ -21,6 +28,17 @@ from llmctl.errors import UsageError
 from llmctl.eval import contamination, degeneration, exact_match, mc, perplexity, prefs
 from llmctl.eval.prefs import PrefsConfig, WinrateConfig
 from llmctl.lock import exclusive_output
+
+SAMPLES_DIR = "_samples"
+
+
+@dataclass
+class Samples:
+    """A task's per-item rows and their schema."""
+
+    schema: pa.Schema
+    rows: list[dict[str, Any]]
+
 
 TASKS = ("perplexity", "mc", "exact_match", "degeneration", "contamination", "prefs", "winrate")
 NO_LM_TASKS = ("contamination", "prefs")  # these never load MODEL as a language model
@@ -96,7 +114,7 @@ REQUIRED = {
 
 def _run_task(name: str, lm: Any, cfg: "EvalConfig", progress: TaskProgress) -> tuple[list, list]:
     if name == "prefs":
-        return prefs.run_prefs(cfg.model, cfg.prefs, cfg.batch_size, progress, cfg.device)
+        return prefs.run_prefs(cfg.model, cfg.prefs, cfg.batch_size, progress, cfg.device, lm=lm)
     if name == "winrate":
         return prefs.run_winrate(lm, cfg.winrate, cfg.batch_size, progress, cfg.device)
     run = {"perplexity": perplexity.run, "mc": mc.run, "exact_match": exact_match.run,
@@ -128,12 +146,7 @@ def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: 
     lm = load_lm(model, cfg.device, cfg.tokenizer or None) if needs_model else None
     inputs = [lm.lineage()] if lm else []
     if "prefs" in tasks and not inputs:
-        from llmctl.datasets import fingerprint_file
-
-        rm_dir = Path(cfg.prefs.reward_model or model)
-        w = rm_dir / "model.safetensors"
-        inputs = [{"path": str(rm_dir.resolve()), "stage": "reward-model",
-                   "fingerprint": fingerprint_file(w) if w.is_file() else ""}]
+        inputs = [model_lineage(model)]
     fresh = not Path(output).exists()
     out = StageOutput(Path(output), "eval", cfg, inputs=inputs, overwrite=overwrite)
     if out.complete:
@@ -148,6 +161,17 @@ def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: 
         raise
 
 
+def model_lineage(path: str | Path, stage: str = "model") -> dict[str, Any]:
+    """Path and weights fingerprint of a model directory (an llmctl run dir: its latest checkpoint)."""
+    from llmctl.checkpoint import resolve_checkpoint
+    from llmctl.datasets import fingerprint_file
+    from llmctl.eval.lm import is_hf_dir
+
+    p = Path(path) if is_hf_dir(path) else resolve_checkpoint(path)
+    w = sorted(p.glob("*.safetensors"))
+    return {"path": str(p.resolve()), "stage": stage, "fingerprint": fingerprint_file(w[0]) if w else ""}
+
+
 def _run_tasks(out: Any, tasks: list[str], lm: Any, cfg: EvalConfig) -> dict[str, Any]:
     all_rows: list[dict[str, Any]] = []
     extra_inputs: list[dict[str, Any]] = []
@@ -160,17 +184,36 @@ def _run_tasks(out: Any, tasks: list[str], lm: Any, cfg: EvalConfig) -> dict[str
                 rows, lineage, secs = rec["stats"]["rows"], rec["stats"]["inputs"], rec["seconds"]
             else:
                 t0 = time.time()
-                rows, lineage = _run_task(name, lm, cfg, progress)
+                rows, lineage, *samples = _run_task(name, lm, cfg, progress)
                 secs = round(time.time() - t0, 3)
+                files: dict[str, list] = {}
+                if samples:
+                    write_samples(out, name, samples[0], lineage, cfg)
+                    files["samples"] = [{"path": f"{SAMPLES_DIR}/{name}", "task": name, "rows": len(samples[0].rows)}]
                 w = out.shard_writer(relpath, RESULT_SCHEMA)
                 for r in rows:
                     w.write(_clean(r))
-                out.finish_task(name, {"data": [{"path": relpath, **w.close()}]},
+                out.finish_task(name, {"data": [{"path": relpath, **w.close()}], **files},
                                 stats={"rows": [_clean(r) for r in rows], "inputs": lineage}, seconds=secs)
             all_rows += [_clean(r) for r in rows]
             extra_inputs += lineage
             timings[f"{name}_seconds"] = secs
     return out.finalize(tasks, RESULT_SCHEMA, stats={"results": all_rows, "task_inputs": extra_inputs}, timings=timings)
+
+
+def write_samples(out: Any, task: str, samples: Samples, lineage: list, cfg: EvalConfig) -> Path:
+    """RESULTS/_samples/TASK as a dataset of its own (shard, then manifest)."""
+    from llmctl.datasets import StageOutput
+
+    so = StageOutput(out.path / SAMPLES_DIR / task, "eval_samples", getattr(cfg, task), inputs=out.inputs + lineage,
+                     overwrite=True)
+    if not so.complete:
+        w = so.shard_writer("part-00000.parquet", samples.schema)
+        for r in samples.rows:
+            w.write(r)
+        so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
+        so.finalize(["part-00000"], samples.schema, stats={"task": task, "items": len(samples.rows)})
+    return so.path
 
 
 def _clean(r: dict[str, Any]) -> dict[str, Any]:

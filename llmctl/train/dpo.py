@@ -164,6 +164,8 @@ def run_dpo(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: D
              f"{counts['dropped_no_trainable_token']} dropped; beta {cfg.beta}, loss {cfg.loss_type}, "
              f"reference {'cached' if cfg.cache_ref else 'live'} from {ref_src}")
     inputs = [data_lineage, ck_lineage] + ([ref_lineage] if cfg.ref else [])
+    # the reference is recorded (path + weights fingerprint) so `llmctl eval --task prefs` can score the
+    # model's implicit reward against it
     summary = run_training("dpo", model, mc, tok, cfg, run_dir, inputs, loss_fn, batches, evaluate, counts, resume,
-                           overwrite, seq_len=cfg.max_len)
+                           overwrite, extra={"reference": ref_lineage}, seq_len=cfg.max_len)
     return {**summary, "data": counts}

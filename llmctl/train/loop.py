@@ -199,6 +199,9 @@ def train(
     d = D.info()
     run_dir = Path(run_dir)
     accum = cfg.grad_accum(d.world)
+    if cfg.warmup_steps >= cfg.steps:
+        D.print0(f"warning: warmup ({cfg.warmup_steps} steps) is not shorter than the run ({cfg.steps} steps): "
+                 f"the learning rate never reaches --lr {cfg.lr:g} (peak {lr_at(cfg.steps - 1, cfg):.3g}); lower --warmup")
     model.to(d.device)
     D.unwrap(model).activation_checkpointing = cfg.activation_checkpointing
     wrapped = D.wrap(model, cfg.fsdp)

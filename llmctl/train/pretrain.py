@@ -59,6 +59,10 @@ class PretrainConfig:
     doc_mask: bool = True
     val_tokens: int = 65536  # validation tokens (the first windows of the val split)
 
+    def __post_init__(self) -> None:
+        if self.seq_len > 0 and self.batch_tokens % self.seq_len == 0:  # else pretrain() says what is wrong
+            self.train.batch_size = self.batch_tokens // self.seq_len
+
 
 def model_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
     spec = {k: v for k, v in to_dict(cfg.model).items() if k != "preset"}

@@ -18,6 +18,7 @@ For eval (issue 7): `load_reward_model(dir)` -> `RewardScorer`; `.score(prompts,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -164,7 +165,20 @@ class RewardScorer:
         """Reward of each (prompt, response); a prompt is a string (one user turn) or a list of messages."""
         if len(prompts) != len(responses):
             raise UsageError(f"{len(prompts)} prompts but {len(responses)} responses")
-        encs = [encode_pair(self.tok, to_messages(p), r, self.max_len) for p, r in zip(prompts, responses)]
+        return self._score([encode_pair(self.tok, to_messages(p), r, self.max_len) for p, r in zip(prompts, responses)],
+                           batch_size)
+
+    @torch.no_grad()
+    def score_pairs(self, prompts: Sequence[Any], chosen: Sequence[str], rejected: Sequence[str],
+                    batch_size: int = 16) -> tuple[list[float], list[float]]:
+        """Rewards of each pair's two replies, encoded as `llmctl reward` trains and validates on them (one
+        prompt cut for both, at the run's max_len), so a held-out accuracy equals the run's own `val_accuracy`."""
+        encs = [e for p, c, r in zip(prompts, chosen, rejected)
+                for e in encode_responses(self.tok, to_messages(p), [c, r], self.max_len)]
+        vals = self._score(encs, batch_size)
+        return vals[0::2], vals[1::2]
+
+    def _score(self, encs: list[Encoded], batch_size: int) -> list[float]:
         order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))  # similar lengths: less padding
         out: list[float] = []
         for s in range(0, len(encs), batch_size):
@@ -197,7 +211,9 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardScorer:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     model = RewardModel(mc)
     model.load_state_dict(state)
-    return RewardScorer(model, Tokenizer.load(p / TOKENIZER_DIR), device=device)
+    man = p / "_manifest.json"
+    max_len = json.loads(man.read_text()).get("config", {}).get("max_len") if man.is_file() else None
+    return RewardScorer(model, Tokenizer.load(p / TOKENIZER_DIR), max_len=max_len, device=device)
 
 
 def score(rm: str | Path | RewardScorer, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
@@ -233,8 +249,13 @@ def score_dataset(rm_dir: str | Path, data: str | Path, out: str | Path, overwri
     scorer = load_reward_model(ck)
     table = pa.Table.from_pylist(rows)
     stats: dict[str, Any] = {"rows": len(rows)}
-    for name, col in targets.items():
-        vals = scorer.score([r["prompt"] for r in rows], [r[col] for r in rows], batch_size)
+    prompts = [r["prompt"] for r in rows]
+    if len(targets) == 2:  # pairs: scored as the reward stage trains on them
+        got = dict(zip(targets, scorer.score_pairs(prompts, [r["chosen"] for r in rows], [r["rejected"] for r in rows],
+                                                   batch_size)))
+    else:
+        got = {"reward": scorer.score(prompts, [r["response"] for r in rows], batch_size)}
+    for name, vals in got.items():
         table = table.append_column(name, pa.array(vals, pa.float32()))
         stats[f"mean_{name}"] = sum(vals) / len(vals)
     if len(targets) == 2:

@@ -1,7 +1,9 @@
 """`llmctl sft`: supervised fine-tuning with the loss on assistant tokens only, on the shared loop.
 
 Batch builder: examples (chat-template ids + a trained-token mask, see `llmctl.data.chat_data`)
-are packed first-fit, in a seeded order, into windows of `max_len` tokens; each example keeps
+are packed first-fit, in a seeded order, into windows of `max_len` tokens (`batch_size` and
+`micro_batch` count these windows, as TRL's batch sizes count packed sequences; the run prints
+how many examples a step holds on average, `examples_per_step` in the manifest); each example keeps
 its own `doc_ids` value, so attention is block-diagonal and RoPE positions restart at 0 for
 every example: a packed window computes exactly what the examples alone would (tested to 1e-5).
 Packing GSM8K train (mean 190 tokens with an 8192-token BPE trained on GSM8K + HH-RLHF) into
@@ -203,9 +205,12 @@ def run_sft(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: S
     trained = sum(sum(e.mask[1:]) for e in tr)
     counts.update(windows=len(windows), train_tokens=sum(lengths), trained_tokens=trained,
                   fill=round(sum(lengths) / (len(windows) * cfg.max_len), 3))
+    per_step = cfg.train.batch_size * len(tr) / len(windows)
+    counts["examples_per_step"] = round(per_step, 2)
     D.print0(f"sft: {counts['train']:,} train / {counts['val']:,} val examples; {counts['truncated']} truncated, "
              f"{counts['dropped_no_trainable_token']} dropped (no trainable token); {len(windows):,} windows of "
-             f"{cfg.max_len} ({100 * counts['fill']:.0f}% full), {trained:,} of {sum(lengths):,} tokens trained")
+             f"{cfg.max_len} ({100 * counts['fill']:.0f}% full), {trained:,} of {sum(lengths):,} tokens trained; "
+             f"a step of {cfg.train.batch_size} {'windows' if cfg.pack else 'examples'} holds ~{per_step:.1f} examples")
     if evaluate is None:
         D.print0("warning: no held-out examples: no validation loss")
     summary = run_training("sft", model, mc, tok, cfg, run_dir, [data_lineage, ck_lineage], sft_loss, batches,
