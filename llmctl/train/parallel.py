@@ -24,6 +24,7 @@ shapes is checked by `check_divisible` before any process builds the model.
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from typing import Iterable
 
@@ -76,6 +77,9 @@ def apply_tp(model: torch.nn.Module, tp_mesh, loss_parallel: bool) -> None:
         parallelize_module,
     )
 
+    # Gathering a 2-D (FSDP x TP) parameter for a checkpoint takes two all-gathers, which torch warns
+    # about on every rank at every checkpoint; the checkpoint is exact (tests/test_tp.py), so quiet it.
+    logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     tied = model.lm_head.weight is model.embed_tokens.weight
     parallelize_module(model, tp_mesh, {
         "embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
