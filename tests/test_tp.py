@@ -151,3 +151,12 @@ def test_layout_errors():
     with pytest.raises(UsageError, match="does not divide the 4 processes"):
         P.check_layout(4, 3)
     P.check_layout(4, 2)
+
+
+def test_gpu_throughput_script_dry_run():
+    """scripts/gpu_throughput.sh (the GPU figures' command) runs its plumbing on CPU with --dry-run."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["bash", os.path.join(repo, "scripts", "gpu_throughput.sh"), "--dry-run"], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PY": sys.executable})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 process:" in r.stdout and "tok/s" in r.stdout
