@@ -92,7 +92,10 @@ def apply_tp(model: torch.nn.Module, tp_mesh, loss_parallel: bool) -> None:
     model.norm.register_forward_hook(lambda mod, args, out: out.redistribute(placements=[Replicate()]).to_local())
     if tied:  # parallelize_module distributed the two modules' (shared) weight separately: tie them again
         model.lm_head.weight = model.embed_tokens.weight
-    for block in model.layers:
+    for i, block in enumerate(model.layers):
+        if not all(isinstance(getattr(block.mlp, n, None), torch.nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")):
+            raise UsageError(f"--tp: layer {i}'s MLP is not a dense SwiGLU ({type(block.mlp).__name__}); "
+                             "tensor parallelism splits dense MLPs only")
         parallelize_module(block, tp_mesh, {
             "input_layernorm": SequenceParallel(),
             "self_attn": PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
