@@ -92,6 +92,7 @@ def test_tp2_equals_one_process_and_exports_the_same_model(single):
     assert losses(root / "tp2") == pytest.approx(ref, rel=REL)
     stats = json.loads((root / "tp2" / "_manifest.json").read_text())["stats"]
     assert (stats["layout_world"], stats["layout_dp"], stats["layout_tp"]) == (2, 1, 2)
+    assert stats["tokens"] == 5 * 256  # tokens (and so tokens/s) count each token of the mesh's batch once
     assert json.loads((root / "tp2" / "checkpoints" / "step_0000005" / "_manifest.json").read_text())["layout"]["tp"] == 2
     ids = torch.arange(3, 60).unsqueeze(0)
     ours = hf_logits(root / "tp2", root / "hf_tp2", ids)
@@ -106,7 +107,7 @@ def test_2x2_equals_one_process_and_resumes_at_dp4_and_at_one_process(single):
     assert "2 rank(s) of tp 2 x 2 x 32 x 2 accumulation" in r.stdout
     assert losses(root / "tp22") == pytest.approx(ref, rel=REL)
     stats = json.loads((root / "tp22" / "_manifest.json").read_text())["stats"]
-    assert (stats["layout_dp"], stats["layout_tp"], stats["layout_fsdp"]) == (2, 2, True)
+    assert (stats["layout_dp"], stats["layout_tp"], stats["layout_fsdp"]) == (2, 2, True) and stats["tokens"] == 5 * 256
     # killed after the step-2 checkpoint written at 2 x 2; resumed at tp=1 x dp=4 (DDP) ...
     cut_after(root / "tp22", 2, root / "dp4")
     r = torchrun(root, "dp4", 4)
