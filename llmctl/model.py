@@ -150,9 +150,10 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None):
         b, t, _ = x.shape
         hd, nh, nkv = self.cfg.head_dim, self.cfg.n_head, self.cfg.n_kv_head
-        q = self.q_proj(x).view(b, t, nh, hd).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, nkv, hd).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, nkv, hd).transpose(1, 2)
+        # -1 heads: under tensor parallelism each rank holds n_head/tp query and n_kv_head/tp kv heads
+        q = self.q_proj(x).view(b, t, -1, hd).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, -1, hd).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, -1, hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
@@ -163,7 +164,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, nh * hd))
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
 class MLP(nn.Module):

@@ -29,14 +29,15 @@ SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of the data order and
 DeviceOpt = Annotated[Optional[str], typer.Option(help="auto | cpu | cuda.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on GPU) | fp32 | bf16.")]
 StopOpt = Annotated[Optional[int], typer.Option("--stop-after", help="Stop after N steps in this invocation (re-run the same command to continue).")]
+TpOpt = Annotated[Optional[int], typer.Option("--tp", help="Under torchrun: tensor-parallel degree N (a world/N data x N tensor mesh, FSDP2 over data).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Accepted for old scripts: re-running the same command resumes from the latest checkpoint anyway.")]
 
 
 def _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, seed, device, dtype, stop_after,
-           **extra: Any) -> dict[str, Any]:
+           tp=None, **extra: Any) -> dict[str, Any]:
     return {"train.steps": steps, "train.batch_size": batch_size, "train.micro_batch": micro_batch, "train.lr": lr,
             "train.warmup_steps": warmup, "train.eval_every": eval_every, "train.ckpt_every": ckpt_every,
-            "train.seed": seed, "train.device": device, "train.dtype": dtype, "train.stop_after": stop_after, **extra}
+            "train.seed": seed, "train.device": device, "train.dtype": dtype, "train.stop_after": stop_after, "train.tp": tp, **extra}
 
 
 def _done(s: dict[str, Any], keys: tuple[str, ...]) -> None:
@@ -55,7 +56,7 @@ def sft_cmd(
     no_pack: Annotated[bool, typer.Option("--no-pack", help="One example per row, right-padded, instead of packing.")] = False,
     steps: StepsOpt = None, batch_size: SftBatchOpt = None, micro_batch: SftMicroOpt = None, lr: LrOpt = None,
     warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None, seed: SeedOpt = None,
-    device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, resume: ResumeOpt = False,
+    device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, tp: TpOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
     print_config_: PrintConfigOpt = False,
 ) -> None:
@@ -69,7 +70,7 @@ def sft_cmd(
     from llmctl.train.sft import SFTConfig, run_sft
 
     cfg = C.load(SFTConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every,
-                                                 seed, device, dtype, stop_after, max_len=max_len,
+                                                 seed, device, dtype, stop_after, tp=tp, max_len=max_len,
                                                  val_fraction=val_fraction, pack=False if no_pack else None))
     if print_config_:
         return print_config(cfg)
@@ -105,7 +106,7 @@ def reward_train_cmd(
     data: DataArg, from_: FromOpt, output: OutOpt, max_len: MaxLenOpt = None, val_fraction: ValOpt = None,
     steps: StepsOpt = None, batch_size: BatchOpt = None, micro_batch: MicroOpt = None, lr: LrOpt = None,
     warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None, seed: SeedOpt = None,
-    device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, resume: ResumeOpt = False,
+    device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, tp: TpOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
     print_config_: PrintConfigOpt = False,
 ) -> None:
@@ -118,7 +119,7 @@ def reward_train_cmd(
     from llmctl.train.reward import RewardConfig, run_reward
 
     cfg = C.load(RewardConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every,
-                                                    ckpt_every, seed, device, dtype, stop_after, max_len=max_len,
+                                                    ckpt_every, seed, device, dtype, stop_after, tp=tp, max_len=max_len,
                                                     val_fraction=val_fraction))
     if print_config_:
         return print_config(cfg)
@@ -157,7 +158,7 @@ def dpo_cmd(
     max_len: MaxLenOpt = None, val_fraction: ValOpt = None,
     steps: StepsOpt = None, batch_size: BatchOpt = None, micro_batch: MicroOpt = None, lr: LrOpt = None,
     warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None, seed: SeedOpt = None,
-    device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, resume: ResumeOpt = False,
+    device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None, tp: TpOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
     print_config_: PrintConfigOpt = False,
 ) -> None:
@@ -171,7 +172,7 @@ def dpo_cmd(
     from llmctl.train.dpo import DPOConfig, run_dpo
 
     cfg = C.load(DPOConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every,
-                                                 seed, device, dtype, stop_after, beta=beta, loss_type=loss_type,
+                                                 seed, device, dtype, stop_after, tp=tp, beta=beta, loss_type=loss_type,
                                                  label_smoothing=label_smoothing, ref=ref,
                                                  cache_ref=cache_ref or None, max_len=max_len,
                                                  val_fraction=val_fraction))

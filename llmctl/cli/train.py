@@ -37,6 +37,7 @@ def pretrain_cmd(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     act_ckpt: Annotated[bool, typer.Option("--activation-checkpointing", help="Recompute block activations in backward.")] = False,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard with FSDP2 instead of DDP.")] = False,
+    tp: Annotated[Optional[int], typer.Option("--tp", help="Under torchrun: tensor-parallel degree N; ranks form a (world/N data x N tensor) mesh, FSDP2 over data (default 1).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Accepted for old scripts: re-running the same command resumes from the latest checkpoint anyway.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -45,7 +46,8 @@ def pretrain_cmd(
 ) -> None:
     """Pretrain a Llama-style decoder with next-token cross-entropy on packed token windows.
 
-    Runs alone or under `torchrun --nproc_per_node N -m llmctl pretrain ...` (DDP, or FSDP2 with --fsdp).
+    Runs alone or under `torchrun --nproc_per_node N -m llmctl pretrain ...` (DDP, or FSDP2 with --fsdp;
+    --tp 2 for tensor parallelism in groups of 2 ranks, with FSDP2 across the groups).
     Writes RUN/metrics.jsonl, RUN/checkpoints/step_N (safetensors + config + tokenizer + resume state)
     and RUN/_manifest.json when finished.
     """
@@ -61,6 +63,7 @@ def pretrain_cmd(
         "train.seed": seed, "train.dtype": dtype, "train.device": device, "train.peak_tflops": peak_tflops,
         "train.stop_after": stop_after, "train.compile": compile_ or None,
         "train.activation_checkpointing": act_ckpt or None, "train.fsdp": fsdp or None,
+        "train.tp": tp,
     }
     cfg = C.load(PretrainConfig, config, set_, flags)
     if print_config_:

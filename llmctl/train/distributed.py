@@ -8,6 +8,11 @@ DDP keeps a full model copy per rank and all-reduces gradients; FSDP2 (`fully_sh
 per block plus the root) shards parameters, gradients and optimizer state, so each rank holds
 ~1/N of the 16 bytes/param of fp32 Adam training (350M params: 5.6 GB whole, 2.8 GB per rank
 on 2 ranks), at the cost of all-gathering each block's weights in forward and backward.
+
+With `--tp N` the ranks form a (dp = world/N, tp = N) DeviceMesh: tensor parallelism inside each
+group of N consecutive ranks (llmctl.train.parallel), FSDP2 over the dp dimension. Data is then
+sharded over dp only (`dp_rank`, `dp`): the N ranks of a tensor-parallel group see the same batch,
+and the sums the loop reports (`all_reduce_sum`) run over dp, so each token is counted once.
 """
 
 from __future__ import annotations
@@ -26,17 +31,32 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    tp: int = 1  # tensor-parallel degree; the mesh is (dp, tp)
+    mesh: object = None  # the 2-D DeviceMesh when tp > 1
 
     @property
     def master(self) -> bool:
         return self.rank == 0
 
+    @property
+    def dp(self) -> int:
+        """Data-parallel ranks: the number of distinct data shards."""
+        return self.world // self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp
+
+    def layout(self) -> dict:
+        """What the manifest records: processes, data x tensor degrees."""
+        return {"world": self.world, "dp": self.dp, "tp": self.tp}
+
 
 _DIST = Dist()
 
 
-def init(device: str = "auto") -> Dist:
-    """Initialise the process group when launched by torchrun; pick the device."""
+def init(device: str = "auto", tp: int = 1) -> Dist:
+    """Initialise the process group when launched by torchrun; pick the device; with tp > 1, the mesh."""
     global _DIST
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -48,7 +68,11 @@ def init(device: str = "auto") -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    _DIST = Dist(rank, world, local, dev)
+    from llmctl.train import parallel as P
+
+    P.check_layout(world, tp)
+    mesh = P.build_mesh(dev.type, world, tp) if tp > 1 else None
+    _DIST = Dist(rank, world, local, dev, tp, mesh)
     return _DIST
 
 
@@ -68,9 +92,16 @@ def barrier() -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if _DIST.world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    """Sum over the data-parallel ranks (every rank of a tensor-parallel group holds the same value)."""
+    if _DIST.dp > 1:
+        group = _DIST.mesh["dp"].get_group() if _DIST.mesh is not None else None
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
+
+
+def plain(t):
+    """A DTensor (a loss under tensor parallelism) as the whole plain tensor; anything else unchanged."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def broadcast_object(obj):
@@ -89,17 +120,29 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, fsdp: bool) -> torch.nn.Module:
-    """DDP (default) or FSDP2 over all ranks; the model itself unchanged when world == 1."""
+def wrap(model: torch.nn.Module, fsdp: bool, loss_parallel: bool = False) -> torch.nn.Module:
+    """DDP (default) or FSDP2 over all ranks; the model itself unchanged when world == 1.
+
+    With tp > 1: tensor parallelism over the mesh's tp dimension first (`loss_parallel`: the lm
+    head's logits stay vocabulary-sharded), then FSDP2 over dp when dp > 1 (DDP does not compose
+    with DTensor parameters; torchtitan shards the data dimension with FSDP2 too)."""
     d = _DIST
     if d.world == 1:
         return model
+    mesh = None
+    if d.tp > 1:
+        from llmctl.train import parallel as P
+
+        P.apply_tp(model, d.mesh["tp"], loss_parallel)
+        if d.dp == 1:
+            return model
+        fsdp, mesh = True, d.mesh["dp"]
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
         for block in model.layers:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -117,7 +160,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 @contextmanager
 def grad_sync(model: torch.nn.Module, enabled: bool):
     """Skip the gradient all-reduce on the micro-steps before the last one of an accumulation."""
-    if _DIST.world == 1 or enabled:
+    if _DIST.dp == 1 or enabled:  # tensor parallelism alone has no gradient all-reduce to skip
         yield
         return
     if hasattr(model, "no_sync"):  # DDP

@@ -109,7 +109,7 @@ def make_dpo_evaluate(pairs: list, cfg: DPOConfig, pad_id: int, loss_fn, ref_cac
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         d = D.info()
-        idx = list(range(d.rank, len(pairs), d.world))
+        idx = list(range(d.dp_rank, len(pairs), d.dp))
         tot = torch.zeros(2 + len(METRIC_NAMES), dtype=torch.float64)
         mb = cfg.train.micro_batch
         for s in range(0, len(idx), mb):
@@ -132,7 +132,7 @@ def make_dpo_evaluate(pairs: list, cfg: DPOConfig, pad_id: int, loss_fn, ref_cac
 def run_dpo(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: DPOConfig, resume: bool = False,
             overwrite: bool = False) -> dict[str, Any]:
     """DPO from a (usually SFT) checkpoint on preference pairs; returns the loop summary."""
-    d = D.init(cfg.train.device)
+    d = D.init(cfg.train.device, cfg.train.tp)
     model, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
     ref_src = cfg.ref or from_ckpt
     ref, ref_mc, _, ref_lineage = load_start(ref_src)
@@ -157,7 +157,7 @@ def run_dpo(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: D
             b["ref_logps"] = tr_cache[idx].T.reshape(-1)  # [chosen..., rejected...]
         return b
 
-    batches = ItemBatches(len(tr), cfg.train.micro_batch, make, cfg.train.seed, d.rank, d.world)
+    batches = ItemBatches(len(tr), cfg.train.micro_batch, make, cfg.train.seed, d.dp_rank, d.dp)
     loss_fn = make_dpo_loss(cfg, ref)
     evaluate = make_dpo_evaluate(val, cfg, tok.pad_id, loss_fn, val_cache) if val else None
     D.print0(f"dpo: {counts['train']:,} train / {counts['val']:,} val pairs; {counts['truncated']} truncated, "

@@ -41,6 +41,7 @@ from llmctl.datasets import atomic_write_text
 from llmctl.errors import Interrupted, UsageError
 from llmctl.model import ModelConfig
 from llmctl.train import distributed as D
+from llmctl.train import parallel as P
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -75,6 +76,7 @@ class TrainConfig:
     compile: bool = runtime(False)
     activation_checkpointing: bool = runtime(False)
     fsdp: bool = runtime(False)
+    tp: int = runtime(1)  # tensor-parallel degree under torchrun (llmctl.train.parallel); dp = world / tp
     device: str = runtime("auto")
     peak_tflops: float | None = runtime(None)  # per device, for MFU
     stop_after: int | None = runtime(None)  # stop after this many steps in this invocation (preemptible jobs)
@@ -191,20 +193,25 @@ def train(
     resume: bool = False,
     flops_per_token: float | None = None,
     begin: Callable[[], None] | None = None,
+    loss_parallel: bool = False,
 ) -> dict[str, Any]:
     """Train `model` in place; returns a summary (final loss, val metrics, tokens, seconds, checkpoint).
 
     `resume`: continue from the run dir's latest checkpoint when it has one. `begin` is called on
-    rank 0 before the first write to the run dir, once the first step is done (default: create it)."""
+    rank 0 before the first write to the run dir, once the first step is done (default: create it).
+    `loss_parallel`: under tensor parallelism the logits stay vocabulary-sharded DTensors and
+    `loss_fn` and `evaluate` run under torch's loss_parallel() (their cross-entropy must be the only
+    use of the logits, as in pretrain)."""
     d = D.info()
     run_dir = Path(run_dir)
-    accum = cfg.grad_accum(d.world)
+    accum = cfg.grad_accum(d.dp)
     if cfg.warmup_steps >= cfg.steps:
         D.print0(f"warning: warmup ({cfg.warmup_steps} steps) is not shorter than the run ({cfg.steps} steps): "
                  f"the learning rate never reaches --lr {cfg.lr:g} (peak {lr_at(cfg.steps - 1, cfg):.3g}); lower --warmup")
     model.to(d.device)
     D.unwrap(model).activation_checkpointing = cfg.activation_checkpointing
-    wrapped = D.wrap(model, cfg.fsdp)
+    wrapped = D.wrap(model, cfg.fsdp, loss_parallel)
+    vocab_sharded = lambda: P.loss_context(loss_parallel and d.tp > 1)  # noqa: E731
     optim = build_optimizer(wrapped, cfg)
     fwd = torch.compile(wrapped) if cfg.compile else wrapped
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and d.device.type == "cuda")
@@ -258,7 +265,7 @@ def train(
             state = {"step": step, "optimizer": optim_sd, "data": batches.state_dict(), "rng": torch.get_rng_state(),
                      "summary": _plain(summary)}
             save_checkpoint(path, weights, model_cfg, tokenizer_dir, train_state=state,
-                            manifest={**(manifest or {}), "step": step})
+                            manifest={**(manifest or {}), "step": step, "layout": layout})
             for old in checkpoints(run_dir)[: -max(1, cfg.keep_checkpoints)]:
                 trash = old.with_name(f".{old.name}.del-{os.getpid()}")  # out of sight first: a kill
                 os.replace(old, trash)  # mid-delete leaves no half-deleted step_N (run_dir cleans .del)
@@ -270,14 +277,15 @@ def train(
         if evaluate is None:
             return {}
         wrapped.eval()
-        with torch.no_grad(), autocast():
-            out = {k: float(v) for k, v in evaluate(fwd).items()}
+        with torch.no_grad(), autocast(), vocab_sharded():
+            out = {k: float(D.plain(v)) for k, v in evaluate(fwd).items()}
         wrapped.train()
         write_metrics({"step": step, **out})
         return out
 
     last_ckpt = found[-1] if found else None
-    summary: dict[str, Any] = {**restored, "start_step": start}
+    layout = {**d.layout(), "fsdp": bool(cfg.fsdp or (d.tp > 1 and d.dp > 1))}
+    summary: dict[str, Any] = {**restored, "start_step": start, **{f"layout_{k}": v for k, v in layout.items()}}
     wrapped.train()
     tokens_start = int(restored.get("tokens", 0))  # metrics continue from the checkpoint's counters
     elapsed_start = float(restored.get("elapsed_s", 0.0))
@@ -300,19 +308,22 @@ def train(
                 for k in range(accum):
                     batch = _to(next(batches), d.device)
                     step_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
-                    with D.grad_sync(wrapped, k == accum - 1), autocast():
+                    with D.grad_sync(wrapped, k == accum - 1), autocast(), vocab_sharded():
                         loss, m = loss_fn(fwd, batch)
                         (loss / accum).backward()
-                    loss_sum += loss.detach().float()
+                    loss_sum += D.plain(loss.detach()).float()
                     for name, v in m.items():
-                        extra[name] = extra.get(name, 0.0) + _scalar(v) / accum
-                grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+                        extra[name] = extra.get(name, 0.0) + _scalar(D.plain(v)) / accum
+                if d.tp > 1:  # parameters on the 2-D mesh and plain ones (a reward head) together
+                    grad_norm = P.clip_grad_norm(wrapped.parameters(), cfg.grad_clip)
+                else:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
                 if hasattr(grad_norm, "full_tensor"):
                     grad_norm = grad_norm.full_tensor()
                 red = torch.tensor([loss_sum.item() / accum, step_tokens, *extra.values()], dtype=torch.float64)
                 D.all_reduce_sum(red)
-                loss_val, step_tokens = red[0].item() / d.world, int(red[1].item())
-                extra = {k: v / d.world for k, v in zip(extra, red[2:].tolist())}
+                loss_val, step_tokens = red[0].item() / d.dp, int(red[1].item())
+                extra = {k: v / d.dp for k, v in zip(extra, red[2:].tolist())}
                 clash = set(extra) & CORE_KEYS
                 assert not clash, f"a loss function's metric shadows a loop metric: {clash}"
                 gn = float(grad_norm)
@@ -327,11 +338,11 @@ def train(
                 done = step + 1
                 now = time.time()
                 tokens_seen += step_tokens
-                tps = step_tokens / max(now - t_last, 1e-9)
+                tps = step_tokens / max(now - t_last, 1e-9)  # the whole mesh: each token counted once
                 rec = {"step": done, "loss": loss_val, "lr": lr, "grad_norm": gn, "tokens_per_s": tps,
                        "tokens": tokens_seen, "elapsed_s": round(elapsed_start + now - t_start, 3), **extra}
                 if peak and flops_per_token:
-                    rec["mfu"] = flops_per_token * tps / (peak * d.world)
+                    rec["mfu"] = flops_per_token * tps / (peak * d.world)  # over every device of the mesh
                 write_metrics(rec)
                 if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
                     rec.update({f"val_{k.removeprefix('val_')}": v for k, v in run_eval(done).items()})

@@ -32,6 +32,7 @@ from llmctl.errors import UsageError
 from llmctl.model import ModelConfig, Transformer, cross_entropy, preset_config
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig, train
+from llmctl.train.parallel import check_divisible
 from llmctl.train.run_dir import training_run
 
 
@@ -158,15 +159,16 @@ def make_evaluate(flat: np.ndarray, offsets: np.ndarray, cfg: PretrainConfig, eo
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         d = D.info()
         # every rank must run the same number of forwards (FSDP all-gathers inside each one)
-        total = max(d.world, n - n % d.world)
-        mine = list(range(d.rank, total, d.world))
+        # (over data-parallel ranks: the ranks of a tensor-parallel group share their windows)
+        total = max(d.dp, n - n % d.dp)
+        mine = list(range(d.dp_rank, total, d.dp))
         tot = torch.zeros(2, dtype=torch.float64)
         for s in range(0, len(mine), cfg.train.micro_batch):
             parts = [val.micro_batch(w) for w in mine[s : s + cfg.train.micro_batch]]
             b = {k: torch.cat([p[k] for p in parts]).to(d.device) for k in parts[0]}
             logits = model(b["input_ids"], doc_ids=b.get("doc_ids"))
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(), reduction="sum")
-            tot += torch.tensor([loss.item(), b["targets"].numel()], dtype=torch.float64)
+            tot += torch.tensor([D.plain(loss).item(), b["targets"].numel()], dtype=torch.float64)
         D.all_reduce_sum(tot)
         return {"val_loss": (tot[0] / tot[1]).item()}
 
@@ -184,14 +186,15 @@ def pretrain(tokens: str | Path, tokenizer_dir: str | Path, run_dir: str | Path,
     for the CLI's --resume and changes nothing); on a finished run it returns that run's summary."""
     from llmctl.tokenizer import Tokenizer
 
-    d = D.init(cfg.train.device)
+    d = D.init(cfg.train.device, cfg.train.tp)
     run_dir = Path(run_dir)
     tok = Tokenizer.load(tokenizer_dir)
+    check_divisible(model_config(cfg, tok.vocab_size), d.tp)  # before any rank builds the model
     ds = Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
     if cfg.batch_tokens % cfg.seq_len:
         raise UsageError(f"batch_tokens {cfg.batch_tokens} is not a multiple of seq_len {cfg.seq_len}")
     cfg.train.batch_size = cfg.batch_tokens // cfg.seq_len
-    accum = cfg.train.grad_accum(d.world)
+    accum = cfg.train.grad_accum(d.dp)
     inputs = [ds.lineage(), tok.lineage()]
     with training_run("pretrain", run_dir, cfg, inputs, overwrite) as run:
         if run.complete:
@@ -201,7 +204,7 @@ def pretrain(tokens: str | Path, tokenizer_dir: str | Path, run_dir: str | Path,
             raise UsageError(f"{tokens}: token id {int(flat.max())} is outside the tokenizer's {tok.vocab_size} tokens "
                              "(tokenized with another tokenizer?)")
         batches = PackedBatches(flat, offsets, cfg.seq_len, cfg.train.micro_batch, cfg.train.seed, tok.eos_id,
-                                d.rank, d.world, doc_mask=cfg.doc_mask)
+                                d.dp_rank, d.dp, doc_mask=cfg.doc_mask)
         vflat, voffsets = load_token_split(ds, "val")
         evaluate = make_evaluate(vflat, voffsets, cfg, tok.eos_id) if len(vflat) > cfg.seq_len else None
         if evaluate is None:
@@ -215,11 +218,11 @@ def pretrain(tokens: str | Path, tokenizer_dir: str | Path, run_dir: str | Path,
                  f"{fpt / 1e6:.2f} MFLOPs/token; {mc.n_layer} layers, d_model {mc.d_model}, {mc.n_head} heads "
                  f"({mc.n_kv_head} kv), vocab {mc.vocab_size}")
         D.print0(f"data: {len(flat):,} train tokens in {len(offsets) - 1:,} docs, {len(vflat):,} val tokens; "
-                 f"{cfg.batch_tokens:,} tokens/step = {d.world} rank(s) x {cfg.train.micro_batch} x {cfg.seq_len} "
+                 f"{cfg.batch_tokens:,} tokens/step = {d.dp} rank(s){f' of tp {d.tp}' if d.tp > 1 else ''} x {cfg.train.micro_batch} x {cfg.seq_len} "
                  f"x {accum} accumulation; {cfg.train.steps} steps = {cfg.train.steps * cfg.batch_tokens:,} tokens "
                  f"({cfg.train.steps * cfg.batch_tokens / max(1, len(flat)):.2f} epochs)")
         manifest = {"stage": "pretrain", "config": to_dict(cfg), "inputs": inputs}
         summary = train(model, mc, lm_loss, batches, cfg.train, run_dir, evaluate=evaluate, tokenizer_dir=tok.path,
-                        manifest=manifest, resume=run.resume, flops_per_token=fpt, begin=run.begin)
+                        manifest=manifest, resume=run.resume, flops_per_token=fpt, begin=run.begin, loss_parallel=True)
         summary["params"] = model.num_params()
         return run.finish(summary, manifest, mc.to_dict())

@@ -82,7 +82,7 @@ def rm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
 def make_rm_evaluate(pairs: list[tuple[Encoded, Encoded]], micro_batch: int, pad_id: int):
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         d = D.info()
-        mine = pairs[d.rank::d.world]
+        mine = pairs[d.dp_rank::d.dp]
         tot = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, margin sum, n
         for s in range(0, len(mine), micro_batch):
             b = {k: v.to(d.device) for k, v in collate_pairs(mine[s:s + micro_batch], pad_id).items()}
@@ -133,7 +133,7 @@ class RewardConfig:
 def run_reward(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: RewardConfig,
                resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train a reward model from a checkpoint on preference pairs; returns the loop summary."""
-    d = D.init(cfg.train.device)
+    d = D.init(cfg.train.device, cfg.train.tp)
     base, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
     torch.manual_seed(cfg.train.seed)
     model = RewardModel(mc)
@@ -143,7 +143,7 @@ def run_reward(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg
     tr, val, counts = encode_prefs(tok, rows, cfg.max_len, cfg.val_fraction, cfg.train.seed, str(data))
     # batch_size and micro_batch count pairs (as TRL's batch sizes do): a forward sees 2 x micro_batch rows.
     batches = ItemBatches(len(tr), cfg.train.micro_batch,
-                          lambda idx: collate_pairs([tr[i] for i in idx], tok.pad_id), cfg.train.seed, d.rank, d.world)
+                          lambda idx: collate_pairs([tr[i] for i in idx], tok.pad_id), cfg.train.seed, d.dp_rank, d.dp)
     evaluate = make_rm_evaluate(val, cfg.train.micro_batch, tok.pad_id) if val else None
     D.print0(f"reward: {counts['train']:,} train / {counts['val']:,} val pairs; {counts['truncated']} truncated, "
              f"{counts['dropped_no_trainable_token']} dropped")

@@ -111,7 +111,7 @@ def make_sft_evaluate(examples: list[Encoded], max_len: int, micro_batch: int, p
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         d = D.info()
-        mine = windows[d.rank::d.world]
+        mine = windows[d.dp_rank::d.dp]
         tot = torch.zeros(2, dtype=torch.float64)
         for s in range(0, len(mine), micro_batch):
             b = {k: v.to(d.device) for k, v in collate_windows(examples, mine[s:s + micro_batch], pad_id).items()}
@@ -151,10 +151,12 @@ def encode_sft(tok: Any, rows: list[dict[str, Any]], max_len: int, val_fraction:
 def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
     """(model, model config, tokenizer, lineage) of the checkpoint training starts from; `max_len`,
     when given, must fit the model's context."""
-    from llmctl.checkpoint import WEIGHTS, load_checkpoint, resolve_checkpoint
+    from llmctl.checkpoint import WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint
     from llmctl.tokenizer import Tokenizer
+    from llmctl.train.parallel import check_divisible
 
     path = resolve_checkpoint(ckpt)
+    check_divisible(read_model_config(path), D.info().tp)  # --tp: before the model is built
     model, mc, tok_dir, man = load_checkpoint(path)
     if tok_dir is None:
         raise UsageError(f"{path}: checkpoint has no tokenizer/ directory")
@@ -190,7 +192,7 @@ def run_training(stage: str, model: torch.nn.Module, mc: Any, tok: Any, cfg: Any
 def run_sft(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: SFTConfig, resume: bool = False,
             overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune a checkpoint on SFT data; returns the loop summary plus data counts."""
-    d = D.init(cfg.train.device)
+    d = D.init(cfg.train.device, cfg.train.tp)
     model, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
     rows, data_lineage = read_rows(data)
     tr, val, counts = encode_sft(tok, rows, cfg.max_len, cfg.val_fraction, cfg.train.seed, str(data))
@@ -200,7 +202,7 @@ def run_sft(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: S
     windows = pack(lengths, cfg.max_len, order) if cfg.pack else [[i] for i in order]
     batches = ItemBatches(len(windows), cfg.train.micro_batch,
                           lambda idx: collate_windows(tr, [windows[i] for i in idx], tok.pad_id),
-                          cfg.train.seed, d.rank, d.world)
+                          cfg.train.seed, d.dp_rank, d.dp)
     evaluate = make_sft_evaluate(val, cfg.max_len, cfg.train.micro_batch, tok.pad_id) if val else None
     trained = sum(sum(e.mask[1:]) for e in tr)
     counts.update(windows=len(windows), train_tokens=sum(lengths), trained_tokens=trained,
