@@ -44,6 +44,7 @@ class Generated:
 
     tokens: list[list[int]]
     ended: list[bool]
+    stops: list[int | None]  # the stop id each row ended at (None: it hit the limit)
     new_tokens: int = 0
     seconds: float = 0.0
 
@@ -116,6 +117,7 @@ def generate_batch(
         logits = model(ids, kv_cache=cache)[:, -1]
     out: list[list[int]] = [[] for _ in range(b)]
     ended, done = [False] * b, [False] * b
+    stopped: list[int | None] = [None] * b
     stops = set(int(s) for s in stop_ids)
     for t in range(steps):
         nxt = _draw(logits.float(), temperature, top_k, top_p, gen)
@@ -124,6 +126,7 @@ def generate_batch(
                 continue
             if tok in stops:
                 done[i] = ended[i] = True
+                stopped[i] = tok
                 continue
             out[i].append(tok)
             done[i] = len(out[i]) >= limit[i]
@@ -146,7 +149,7 @@ def generate_batch(
             logits = model(nxt, positions=pos, kv_cache=cache, attn_mask=valid[:, None, None, :width + t + 1])[:, -1]
         else:
             logits = model(nxt, kv_cache=cache)[:, -1]
-    return Generated(out, ended, sum(len(o) for o in out), time.perf_counter() - t0)
+    return Generated(out, ended, stopped, sum(len(o) for o in out), time.perf_counter() - t0)
 
 
 @torch.no_grad()
