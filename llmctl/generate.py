@@ -13,7 +13,7 @@ mask, per-row RoPE positions; see its docstring).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,7 @@ def generate_batch(
     stop_ids: Sequence[int] = (),
     pad_id: int = 0,
     use_cache: bool = True,
+    stop_fn: Callable[[list[int]], bool] | None = None,
 ) -> Generated:
     """Continue every prompt of a batch at once (the one engine of generate, eval and rl).
 
@@ -87,7 +88,8 @@ def generate_batch(
     rounding (a greedy batch gives the tokens of one-at-a-time generation: tests/test_generate_batch.py).
     A batch without padding takes the causal kernel with no mask, exactly as a single prompt does.
     A row stops at a stop id (not returned) or after max_new_tokens, or when it fills the model's
-    context; finished rows ride along until every row is done."""
+    context, or when `stop_fn(row's new ids)` says so after a token (that token is kept: eval's stop
+    strings); finished rows ride along until every row is done."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt token per row")
     model.eval()
@@ -129,7 +131,7 @@ def generate_batch(
                 stopped[i] = tok
                 continue
             out[i].append(tok)
-            done[i] = len(out[i]) >= limit[i]
+            done[i] = len(out[i]) >= limit[i] or (stop_fn is not None and stop_fn(out[i]))
         if all(done) or t == steps - 1:
             break
         nxt = nxt.masked_fill(torch.tensor(done, device=device), pad_id)[:, None]

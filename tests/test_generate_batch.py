@@ -52,3 +52,21 @@ def test_stop_ids_end_a_row_and_are_reported():
     for row, full, ended in zip(got.tokens, greedy, got.ended):
         assert row == (full[: full.index(stop)] if stop in full else full)
         assert ended == (stop in full)
+
+
+def test_eval_generation_does_not_depend_on_the_batch_size(tmp_path):
+    """eval's LM.generate_many (exact_match, degeneration, winrate): batch 1 and 4 give what LM.generate
+    gives one prompt at a time, greedy and sampled (one seed per prompt), with stop strings too."""
+    from align_helpers import tiny_checkpoint
+    from llmctl.eval.lm import LlmctlLM
+
+    lm = LlmctlLM(tiny_checkpoint(tmp_path / "ck", seed=3, max_seq_len=64))
+    with torch.no_grad():
+        for p in lm.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # peakier than init, so sampled rows differ
+    prompts = [lm.codec.encode(t) for t in ("Question: 2 + 3?", "A", "Natalia sold clips to 48 of her friends", "7")]
+    seeds = [10, 11, 12, 13]
+    for kw in (dict(temperature=0.0), dict(temperature=1.0, top_k=30), dict(temperature=1.0, stop_text=("e",))):
+        alone = [lm.generate(p, 12, seed=s, **kw) for p, s in zip(prompts, seeds)]
+        for bs in (1, 4):
+            assert lm.generate_many(prompts, 12, seeds=seeds, batch_size=bs, **kw) == alone, (kw, bs)
