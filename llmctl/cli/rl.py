@@ -26,6 +26,7 @@ def rl_cmd(
     rollout_prompts: Annotated[Optional[int], typer.Option("--rollout-prompts", help="Prompts per rollout over all ranks (default 8).", rich_help_panel=_RL)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Optimisation passes over each rollout (default: GRPO 1, PPO 4).", rich_help_panel=_RL)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Longest completion (default 64).", rich_help_panel=_RL)] = None,
+    max_prompt_len: Annotated[Optional[int], typer.Option("--max-prompt-len", help="Prompts longer than this keep their last N tokens (default 256; prompt + completion must fit the model's context).", rich_help_panel=_RL)] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature of rollouts (default 1.0).", rich_help_panel=_RL)] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample among the k likeliest tokens (0 = off).", rich_help_panel=_RL)] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass (1 = off).", rich_help_panel=_RL)] = None,
@@ -55,7 +56,7 @@ def rl_cmd(
 
     extra = dict(algo=algo, reward=reward or None, reward_weights=reward_weight or None, reward_model=reward_model,
                  num_generations=num_generations, rollout_prompts=rollout_prompts, epochs=epochs,
-                 max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, beta=beta,
+                 max_new_tokens=max_new_tokens, max_prompt_len=max_prompt_len, temperature=temperature, top_k=top_k, top_p=top_p, beta=beta,
                  target_kl=target_kl, loss_type=loss_type, scale_rewards=False if no_scale_rewards else None,
                  val_fraction=val_fraction)
     cfg = C.load(RLConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every,
