@@ -39,3 +39,15 @@ def config(algo: str = "grpo", steps: int = 4, **kw) -> RLConfig:
     if algo == "ppo":
         base.update(rollout_prompts=8)
     return RLConfig(**{**base, **kw}, train=TrainConfig(**train))
+
+
+def record_prompts(prompts, completions, **_):
+    """digit_share, and each rank's prompts appended to $RL_PROMPT_LOG.RANK (the DDP test reads them)."""
+    import json
+    import os
+
+    path = os.environ.get("RL_PROMPT_LOG")
+    if path:
+        with open(f"{path}.{os.environ.get('RANK', '0')}", "a") as f:
+            f.write(json.dumps(list(prompts)) + "\n")
+    return digit_share(prompts, completions)
