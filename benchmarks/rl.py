@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/rl.py grpo [--sft-steps 300] [--rl-steps 60] [--threads 2]
     .venv/bin/python benchmarks/rl.py ppo --sft RUN/sft --reward-model RUN/reward [--steps 40]
+    .venv/bin/python benchmarks/rl.py gen [--batch 16] [--new-tokens 64] [--checkpoint CKPT]
 
 grpo: generates "What is A plus B?" -> "#### A+B" problems (A, B < 20; 80 of the 400 held out by a
 seeded shuffle, as a `split` column), trains a BPE tokenizer and a random 2-layer model, SFTs it
@@ -14,6 +15,10 @@ ppo: llmctl rl --algo ppo from an SFT run against a reward model (e.g. the toy p
 out/toy/sft and out/toy/reward) on HH-RLHF prompts (the prefs' prompts); prints the mean
 reward-model score of greedy answers to held-out prompts (val_reward) before and during PPO,
 and the KL to the SFT model per completion (objective/kl) against --target-kl.
+
+gen: generation tokens/s of the shared engine (llmctl.generate.generate_batch: left-padded batch,
+KV cache) against transformers `generate` on the same model exported with `llmctl export`, the same
+left-padded prompts, greedy, exactly --new-tokens each. Floor: llmctl >= transformers.
 """
 
 from __future__ import annotations
@@ -144,6 +149,72 @@ def ppo(args: argparse.Namespace) -> None:
           f"{'PASS' if ok else 'FAIL'}; work dir {tmp}")
 
 
+def gen(args: argparse.Namespace) -> None:
+    """Generation tokens/s: llmctl's engine vs transformers `generate` on the same exported model and batch."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmctl.checkpoint import load_checkpoint, save_checkpoint
+    from llmctl.export import export_hf
+    from llmctl.generate import generate_batch
+    from llmctl.model import ModelConfig, Transformer
+    from llmctl.tokenizer import Tokenizer
+
+    torch.set_num_threads(args.threads)
+    tmp = Path(args.work or tempfile.mkdtemp(prefix="rl-bench-gen-"))
+    ck = args.checkpoint
+    if ck is None:
+        tok = Tokenizer.train([f"What is {a} plus {b}? #### {a + b}" for a in range(20) for b in range(20)] * 3,
+                              vocab_size=380)
+        tok.save(tmp / "tok")
+        mc = ModelConfig(vocab_size=tok.vocab_size, n_layer=args.layers, n_head=4, d_model=args.d_model,
+                         max_seq_len=256)
+        torch.manual_seed(0)
+        save_checkpoint(tmp / "ck", Transformer(mc), mc, tok.path)
+        ck = tmp / "ck"
+    model, mc, _, _ = load_checkpoint(ck)
+    export_hf(ck, tmp / "hf", overwrite=True)
+    hf = AutoModelForCausalLM.from_pretrained(tmp / "hf", dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    lens = torch.randint(8, 24, (args.batch,), generator=g).tolist()
+    prompts = [torch.randint(10, mc.vocab_size, (n,), generator=g).tolist() for n in lens]
+    width = max(lens)
+    ids = torch.zeros(args.batch, width, dtype=torch.long)
+    att = torch.zeros(args.batch, width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        att[i, width - len(p):] = 1
+
+    def ours() -> int:
+        return generate_batch(model, prompts, args.new_tokens, temperature=0.0, stop_ids=()).new_tokens
+
+    @torch.no_grad()
+    def theirs() -> int:
+        out = hf.generate(input_ids=ids, attention_mask=att, max_new_tokens=args.new_tokens,
+                          min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+        return (out.shape[1] - width) * args.batch
+
+    rates = {}
+    for name, fn in (("llmctl generate_batch", ours), ("transformers generate", theirs)):
+        fn()  # warm-up
+        best = float("inf")
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            n = fn()
+            best = min(best, time.perf_counter() - t)
+        rates[name] = n / best
+        print(f"{name:>24}: {n} tokens in {best:.3f} s = {n / best:,.0f} tokens/s (best of {args.repeats})")
+    a, b = rates["llmctl generate_batch"], rates["transformers generate"]
+    same = [r[-args.new_tokens:] for r in generate_batch(model, prompts, args.new_tokens, temperature=0.0,
+                                                           stop_ids=()).tokens]
+    with torch.no_grad():
+        hf_out = hf.generate(input_ids=ids, attention_mask=att, max_new_tokens=args.new_tokens,
+                             min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+    agree = sum(x == y for x, y in zip(same, hf_out[:, width:].tolist()))
+    print(f"ratio llmctl / transformers: {a / b:.2f}x (floor 1.0) -> {'PASS' if a >= b else 'FAIL'}; "
+          f"greedy outputs identical for {agree}/{args.batch} rows")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -163,11 +234,18 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--target-kl", type=float, default=1.0)
-    for s in (g, p):
+    q = sub.add_parser("gen")
+    q.add_argument("--checkpoint", default=None, help="llmctl checkpoint (default: a random model of --layers/--d-model)")
+    q.add_argument("--batch", type=int, default=16)
+    q.add_argument("--new-tokens", type=int, default=64)
+    q.add_argument("--repeats", type=int, default=3)
+    q.add_argument("--layers", type=int, default=4)
+    q.add_argument("--d-model", type=int, default=128)
+    for s in (g, p, q):
         s.add_argument("--threads", type=int, default=2)
         s.add_argument("--work", default=None)
     args = ap.parse_args()
-    (grpo if args.cmd == "grpo" else ppo)(args)
+    {"grpo": grpo, "ppo": ppo, "gen": gen}[args.cmd](args)
 
 
 if __name__ == "__main__":
