@@ -7,7 +7,7 @@ default 1 each; the total is the weighted sum, as TRL's `reward_weights`):
   exact_match   1 when the completion's final number equals the reference's, else 0; the
                 extraction is `llmctl eval --task exact_match`'s (`llmctl.eval.exact_match.extract`:
                 the number after the last '####', else the last number); the reference is the
-                prompt row's `answer` (GSM8K layout) or `reference` column
+                prompt row's `answer` (GSM8K layout), `reference` or `response` (SFT data) column
   format        1 when the completion ends with '#### <number>' (GSM8K's answer line), else 0
   MODULE:FUNC   a Python function, TRL's signature: f(prompts, completions, **columns) -> list of
                 floats (None = no reward from it for that item, counted as 0); `columns` are the
@@ -32,10 +32,11 @@ _FORMAT = re.compile(r"####\s*-?\$?\d[\d,]*(?:\.\d+)?\s*$")
 
 
 def exact_match_reward(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any] | None = None,
-                       reference: Sequence[Any] | None = None, **_: Any) -> list[float]:
-    refs = answer if answer is not None else reference
+                       reference: Sequence[Any] | None = None, response: Sequence[Any] | None = None,
+                       **_: Any) -> list[float]:
+    refs = next((c for c in (answer, reference, response) if c is not None), None)
     if refs is None:
-        raise UsageError("reward exact_match needs an `answer` (or `reference`) column in the prompts")
+        raise UsageError("reward exact_match needs an `answer` (or `reference`, or SFT's `response`) column in the prompts")
     out = []
     for c, r in zip(completions, refs):
         want, got = extract(str(r)), extract(c)

@@ -48,6 +48,8 @@ def prompt_messages(row: dict[str, Any], where: str, index: int) -> list[dict[st
         msgs = to_messages(row["messages"])
         return msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else msgs  # the reply is what RL samples
     text = row.get("prompt") if row.get("prompt") is not None else row.get("question")
+    if isinstance(text, (list, tuple)) and text:  # a conversation (a prefs dataset's prompt)
+        return to_messages(text)
     if not isinstance(text, str) or not text:
         raise UsageError(f"{where}: row {index} has an empty prompt")
     return to_messages(text)
