@@ -96,6 +96,10 @@ def test_tiny_grpo_run_raises_the_held_out_reward(tmp_path):
     from llmctl.checkpoint import load_checkpoint
 
     load_checkpoint(tmp_path / "run")  # an ordinary LM checkpoint
+    from llmctl.report import build_report
+
+    page = build_report(tmp_path, tmp_path / "report").read_text()  # tmp_path as a run root: ck and run its stages
+    assert "reward and KL" in page and "completions at step 16" in page and (tmp_path / "report" / "run_rl.png").is_file()
 
 
 @pytest.mark.parametrize("algo", ["ppo"])
