@@ -1,6 +1,6 @@
 """llmctl rl learns: GRPO on two-number addition, PPO against the HH-RLHF reward model.
 
-    .venv/bin/python benchmarks/rl.py grpo [--sft-steps 300] [--rl-steps 60] [--threads 2]
+    .venv/bin/python benchmarks/rl.py grpo [--sft-steps 250] [--rl-steps 40] [--threads 2] [--sft WORK/sft]
     .venv/bin/python benchmarks/rl.py ppo --sft RUN/sft --reward-model RUN/reward [--steps 40]
     .venv/bin/python benchmarks/rl.py gen [--batch 16] [--new-tokens 64] [--checkpoint CKPT]
 
@@ -81,10 +81,12 @@ def grpo(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     save_checkpoint(tmp / "init", Transformer(mc), mc, tok.path)
     t0 = time.time()
+    sft_dir = Path(args.sft) if args.sft else tmp / "sft"
     sft_cfg = SFTConfig(max_len=64, train=TrainConfig(steps=args.sft_steps, batch_size=16, micro_batch=16, lr=3e-3,
                                                       warmup_steps=20, eval_every=args.sft_steps,
                                                       ckpt_every=args.sft_steps, weight_decay=0.0))
-    run_sft(data, tmp / "init", tmp / "sft", sft_cfg)
+    if not args.sft:
+        run_sft(data, tmp / "init", sft_dir, sft_cfg)
     t_sft = time.time() - t0
     cfg = RLConfig(algo="grpo", reward=["exact_match"], num_generations=8, rollout_prompts=8, max_new_tokens=8,
                    temperature=1.0, beta=args.beta, val_limit=80,
@@ -92,7 +94,7 @@ def grpo(args: argparse.Namespace) -> None:
                                      schedule="constant", eval_every=args.eval_every, ckpt_every=args.rl_steps,
                                      weight_decay=0.0))
     t1 = time.time()
-    s = run_rl(data, tmp / "sft", tmp / "rl", cfg)
+    s = run_rl(data, sft_dir, tmp / "rl", cfg, overwrite=True)
     t_rl = time.time() - t1
     start = s["data"]["val_reward_start"]
     val = curve(tmp / "rl", "val_reward")
@@ -219,10 +221,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("grpo")
-    g.add_argument("--sft-steps", type=int, default=300)
-    g.add_argument("--rl-steps", type=int, default=60)
+    g.add_argument("--sft-steps", type=int, default=250)
+    g.add_argument("--rl-steps", type=int, default=40)
     g.add_argument("--eval-every", type=int, default=10)
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--sft", default=None, help="reuse this SFT run (from an earlier --work) instead of training one")
     g.add_argument("--beta", type=float, default=0.0)
     g.add_argument("--layers", type=int, default=2)
     g.add_argument("--d-model", type=int, default=64)
