@@ -176,6 +176,7 @@ def load_checkpoint(
         tok = None
     model = Transformer(cfg)
     state = load_file(str(path / WEIGHTS))
+    state.pop("value_head.weight", None)  # `llmctl rl --algo ppo`'s value head: not part of the language model
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)

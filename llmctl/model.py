@@ -234,8 +234,12 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The final-norm hidden state (B, T, d_model): what the lm head (or a reward head) reads."""
+        """The final-norm hidden state (B, T, d_model): what the lm head (or a reward head) reads.
+
+        `attn_mask` (B, 1, T, keys) bool, True = may attend, replaces the causal mask: batched
+        generation of left-padded prompts (llmctl.generate) passes one that hides the padding."""
         b, t = input_ids.shape
         mask = None
         if doc_ids is not None:
@@ -252,6 +256,8 @@ class Transformer(nn.Module):
         if kv_cache is not None and kv_cache.pos > 0 and t > 1:  # a chunk after a cached prefix
             past = kv_cache.pos
             mask = torch.ones(t, past + t, dtype=torch.bool, device=input_ids.device).tril(diagonal=past)
+        if attn_mask is not None:
+            mask = attn_mask
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scale)
         x = self.embed_tokens(input_ids)
         for block in self.layers:
@@ -271,6 +277,7 @@ class Transformer(nn.Module):
         kv_cache: KVCache | None = None,
         return_hidden: bool = False,
         keep: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ):
         """Logits (B, T, vocab) in fp32; with `return_hidden=True`, (logits, hidden).
 
@@ -278,7 +285,7 @@ class Transformer(nn.Module):
         logits in row-major order: DPO needs log-probs of response tokens only, and on preference
         data the prompt is most of each row, so this skips most of the head and its softmax.
         """
-        h = self.hidden_states(input_ids, positions, doc_ids, kv_cache)
+        h = self.hidden_states(input_ids, positions, doc_ids, kv_cache, attn_mask)
         logits = self.lm_head(h if keep is None else h[keep]).float()
         return (logits, h) if return_hidden else logits
 

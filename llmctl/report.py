@@ -166,6 +166,9 @@ def build_report(root: str | Path, output: str | Path | None = None) -> Path:
             if fig is not None:
                 png = plot.save(fig, out / f"{name}_margins.png")
                 parts.append(f"<h3>{esc(name)}: reward margins and accuracy</h3>{img(png.name, name + ' margins')}")
+            from llmctl.report_rl import section as rl_section
+
+            parts.append(rl_section(name, d, out, esc, img, _table))
 
     for name, d, man in stages:
         if man.get("stage") == "eval" and man.get("shards"):

@@ -9,6 +9,7 @@ code paths run on a smaller scale:
 
     pretrain   --steps 3 --seq-len 64 --batch-tokens 512 --eval-every 0 --ckpt-every 3   (0: no validation pass)
     sft, reward, dpo   --steps 2 --batch-size 4 --micro-batch 4 --eval-every 0 --max-len 256
+    rl         --steps 2 --rollout-prompts 4 --epochs 1 --batch-size 4 --micro-batch 4 --eval-every 0 --max-new-tokens 8
     eval       --limit 2 --set exact_match.max_new_tokens=16 --set winrate.max_new_tokens=16
     generate   --max-tokens 8
 
@@ -38,6 +39,7 @@ SMALL = {
     "sft": "--steps 2 --batch-size 4 --micro-batch 4 --eval-every 0 --max-len 256",
     "reward": "--steps 2 --batch-size 4 --micro-batch 4 --eval-every 0 --max-len 256",
     "dpo": "--steps 2 --batch-size 4 --micro-batch 4 --eval-every 0 --max-len 256",
+    "rl": "--steps 2 --rollout-prompts 4 --epochs 1 --batch-size 4 --micro-batch 4 --eval-every 0 --max-new-tokens 8",
     "eval": "--limit 2 --set exact_match.max_new_tokens=16 --set winrate.max_new_tokens=16",
     "generate": "--max-tokens 8",
 }

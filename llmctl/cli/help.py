@@ -24,7 +24,7 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 
 # Pipeline order: data, tokens, pretraining and its tools, post-training, evaluation and export,
 # then whole runs. Commands not named here follow in registration order.
-ORDER = ("filter", "quality", "tokenize", "pretrain", "generate", "sft", "reward", "dpo", "eval", "export",
+ORDER = ("filter", "quality", "tokenize", "pretrain", "generate", "sft", "reward", "dpo", "rl", "eval", "export",
          "plot", "data", "run", "report",
          # sub-commands
          "train", "encode", "inspect", "predict", "score", "import")

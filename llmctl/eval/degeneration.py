@@ -98,13 +98,10 @@ def run(lm: LM, cfg: DegenerationConfig, batch_size: int, progress: Any = None) 
         raise UsageError(f"{cfg.prompts}: no prompts")
     if progress:
         progress.start(TASK, len(prompts))
-    conts: list[list[str]] = []
-    for i, p in enumerate(prompts):
-        ids = lm.generate(lm.codec.encode(p), cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                          top_p=cfg.top_p, seed=cfg.seed + i)
-        conts.append(lm.codec.decode(ids).split())
-        if progress:
-            progress.advance(1, len(ids))
+    outs = lm.generate_many([lm.codec.encode(p) for p in prompts], cfg.max_new_tokens, temperature=cfg.temperature,
+                            top_k=cfg.top_k, top_p=cfg.top_p, seeds=[cfg.seed + i for i in range(len(prompts))],
+                            batch_size=batch_size, on_batch=(lambda n, t: progress.advance(n, t)) if progress else None)
+    conts: list[list[str]] = [lm.codec.decode(ids).split() for ids in outs]
     n = len(conts)
     reps = [repetition_rate(w, cfg.ngram) for w in conts]
     lens = [float(len(w)) for w in conts]

@@ -107,10 +107,11 @@ def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) ->
     if progress:
         progress.start(TASK, len(rows))
     hits, lengths, samples = [], [], []
-    for i, r in enumerate(rows):
-        prompt = prompt_ids(lm, r["question"], shots, cfg.format)
-        out = lm.generate(prompt, cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + i,
-                          stop_text=stop_text)
+    prompts = [prompt_ids(lm, r["question"], shots, cfg.format) for r in rows]
+    outs = lm.generate_many(prompts, cfg.max_new_tokens, temperature=cfg.temperature,
+                            seeds=[cfg.seed + i for i in range(len(rows))], stop_text=stop_text, batch_size=batch_size,
+                            on_batch=(lambda n, t: progress.advance(n, t)) if progress else None)
+    for i, (r, prompt, out) in enumerate(zip(rows, prompts, outs)):
         text = lm.codec.decode(out)
         for s in stop_text:
             text = text.split(s)[0]
@@ -121,8 +122,6 @@ def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) ->
         samples.append({"id": str(r.get("id", i)), "question": r["question"], "prompt": lm.codec.decode(prompt),
                         "output": text, "prediction": pred, "reference": ref, "exact_match": hits[-1],
                         "new_tokens": len(out)})
-        if progress:
-            progress.advance(1, len(out))
     n = len(rows)
     lineage = [{"path": str(Path(cfg.data).resolve()), "stage": "file", "fingerprint": fingerprint_file(cfg.data)}]
     return [{"task": TASK, "metric": "exact_match", "value": sum(hits) / n, "stderr": mean_stderr(hits), "n": n},

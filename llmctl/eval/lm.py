@@ -16,9 +16,13 @@ batch is computed exactly as it would be alone (checked in tests/test_eval_lm.py
 give bit-identical values). The cost of the rounding: at most 63 padded positions per row
 (~32 on average, under 10% of a 0-shot MMLU prompt of ~100-600 tokens, less for 5-shot).
 
-Generation runs one prompt at a time (a KV cache per prompt, a `torch.Generator` seeded with
-`seed + item index`), so sampled outputs do not depend on the batch size either; it is the
-slow part of exact_match and degeneration on CPU, and the price of that guarantee.
+Generation (`generate_many`) runs llmctl checkpoints in batches of `batch_size` prompts through
+the shared engine (`llmctl.generate.generate_batch`: left padding, a padding-aware mask, per-row
+RoPE positions) with one `torch.Generator` per prompt seeded with `seed + item index`, so a
+prompt gets the tokens it gets alone, whatever the batch size (greedy and sampled, checked in
+tests/test_generate_batch.py; padded rows differ from a lone row only in float rounding, which
+could flip an exact tie between two logits and nothing else). Hugging Face models generate one
+prompt at a time.
 """
 
 from __future__ import annotations
@@ -148,6 +152,20 @@ class LM:
             logits, state = self.step(tok, state)
         return out
 
+    def generate_many(self, prompts: Sequence[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                      top_k: int = 0, top_p: float = 1.0, seeds: Sequence[int] | None = None,
+                      stop_ids: Sequence[int] | None = None, stop_text: Sequence[str] = (), batch_size: int = 1,
+                      on_batch: Callable[[int, int], None] | None = None) -> list[list[int]]:
+        """`generate` for each prompt (prompt i sampled with seeds[i]); a backend may batch them
+        (llmctl checkpoints do, with the shared engine), giving the same tokens as one at a time."""
+        seeds = list(seeds) if seeds is not None else [0] * len(prompts)
+        out = []
+        for p, sd in zip(prompts, seeds):
+            out.append(self.generate(p, max_new_tokens, temperature, top_k, top_p, sd, stop_ids, stop_text))
+            if on_batch:
+                on_batch(1, len(out[-1]))
+        return out
+
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator) -> int:
     """One token from (V,) logits: argmax at temperature 0, else `llmctl.generate`'s top-k / nucleus
@@ -199,6 +217,31 @@ class LlmctlLM(LM):
     def step(self, token: int, state: Any) -> tuple[torch.Tensor, Any]:
         logits = self.model(torch.tensor([[token]], device=self.device), kv_cache=state)
         return logits[0, -1], state
+
+    @torch.no_grad()
+    def generate_many(self, prompts: Sequence[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                      top_k: int = 0, top_p: float = 1.0, seeds: Sequence[int] | None = None,
+                      stop_ids: Sequence[int] | None = None, stop_text: Sequence[str] = (), batch_size: int = 1,
+                      on_batch: Callable[[int, int], None] | None = None) -> list[list[int]]:
+        """Batches of `batch_size` prompts through `llmctl.generate.generate_batch`, one generator per
+        prompt (seeds[i]), so a prompt's tokens do not depend on the batch it is in."""
+        from llmctl.generate import generate_batch
+
+        seeds = list(seeds) if seeds is not None else [0] * len(prompts)
+        stops = tuple(self.codec.stop_ids if stop_ids is None else stop_ids)
+        stop_fn = (lambda ids: any(s in self.codec.decode(ids) for s in stop_text)) if stop_text else None
+        cut = [p[-max(1, self.max_len - max_new_tokens):] for p in prompts]
+        out: list[list[int]] = []
+        for s in range(0, len(cut), max(1, batch_size)):
+            chunk = cut[s:s + max(1, batch_size)]
+            gens = [torch.Generator(device=self.device).manual_seed(sd) for sd in seeds[s:s + len(chunk)]]
+            g = generate_batch(self.model, chunk, max_new_tokens, temperature, top_k or None,
+                               top_p if top_p < 1.0 else None, generator=gens, stop_ids=stops,
+                               pad_id=self.tokenizer.pad_id, stop_fn=stop_fn)
+            out += g.tokens
+            if on_batch:
+                on_batch(len(chunk), g.new_tokens)
+        return out
 
 
 # ----------------------------------------------------------------------------- Hugging Face dirs

@@ -191,17 +191,13 @@ def read_prompts(path: str, limit: int) -> tuple[list[str], dict[str, Any]]:
     return out, {"path": str(p.resolve()), "stage": "file", "fingerprint": fingerprint_file(p)}
 
 
-def respond(lm: Any, prompts: list[str], cfg: WinrateConfig, progress: Any) -> list[str]:
+def respond(lm: Any, prompts: list[str], cfg: WinrateConfig, progress: Any, batch_size: int = 1) -> list[str]:
     if lm.codec.chat is None:
         raise UsageError(f"{lm.name}: its tokenizer has no chat template; winrate needs chat models")
-    out = []
-    for i, p in enumerate(prompts):
-        ids = lm.generate(lm.codec.chat([{"role": "user", "content": p}]), cfg.max_new_tokens,
-                          temperature=cfg.temperature, seed=cfg.seed + i)
-        out.append(lm.codec.decode(ids).strip())
-        if progress:
-            progress.advance(1, len(ids))
-    return out
+    outs = lm.generate_many([lm.codec.chat([{"role": "user", "content": p}]) for p in prompts], cfg.max_new_tokens,
+                            temperature=cfg.temperature, seeds=[cfg.seed + i for i in range(len(prompts))],
+                            batch_size=batch_size, on_batch=(lambda n, t: progress.advance(n, t)) if progress else None)
+    return [lm.codec.decode(ids).strip() for ids in outs]
 
 
 def run_winrate(lm: Any, cfg: WinrateConfig, batch_size: int, progress: Any = None,
@@ -215,7 +211,7 @@ def run_winrate(lm: Any, cfg: WinrateConfig, batch_size: int, progress: Any = No
     base = load_lm(cfg.baseline, device)
     if progress:
         progress.start("winrate", 2 * len(prompts))
-    ours, theirs = respond(lm, prompts, cfg, progress), respond(base, prompts, cfg, progress)
+    ours, theirs = respond(lm, prompts, cfg, progress, batch_size), respond(base, prompts, cfg, progress, batch_size)
     ra, rb = rm.score(prompts, ours, batch_size), rm.score(prompts, theirs, batch_size)
     wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(ra, rb)]
     la, lb = [float(len(r.split())) for r in ours], [float(len(r.split())) for r in theirs]
