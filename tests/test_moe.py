@@ -23,6 +23,15 @@ from llmctl.train.pretrain import PretrainConfig, pretrain
 from pretrain_helpers import make_tokenizer, stories, write_tokens
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls run several times faster on one thread on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def np_aux(logits: np.ndarray, k: int) -> tuple[float, float]:
     """Switch/Mixtral balance loss and ST-MoE z-loss, written out by hand."""
     n, e = logits.shape
@@ -175,17 +184,12 @@ def test_balancing_loss_keeps_real_token_routing_balanced(tmp_path):
              "train.ckpt_every": 0, "train.lr": 1e-3, "train.warmup_steps": 2, "train.log_every": 1000,
              "model.preset": "moe-tiny", "model.n_layer": 1, "model.d_model": 32, "model.moe_d_ff": 32,
              "model.moe_z_coef": 0.0}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is several times faster on a shared machine
-    try:
-        out = {}
-        for lb in (0.0, 0.01):
-            pretrain(tmp_path / "tokens", tmp_path / "tok", tmp_path / f"lb{lb}",
-                     C.load(PretrainConfig, None, None, {**flags, "model.moe_lb_coef": lb}))
-            recs = [json.loads(ln) for ln in (tmp_path / f"lb{lb}" / "metrics.jsonl").read_text().splitlines()]
-            out[lb] = [r["moe_imbalance"] for r in recs]
-    finally:
-        torch.set_num_threads(threads)
+    out = {}
+    for lb in (0.0, 0.01):
+        pretrain(tmp_path / "tokens", tmp_path / "tok", tmp_path / f"lb{lb}",
+                 C.load(PretrainConfig, None, None, {**flags, "model.moe_lb_coef": lb}))
+        recs = [json.loads(ln) for ln in (tmp_path / f"lb{lb}" / "metrics.jsonl").read_text().splitlines()]
+        out[lb] = [r["moe_imbalance"] for r in recs]
     assert out[0.0][0] < 2.0 and min(out[0.0][-20:]) > 3.5, out[0.0]  # starts balanced, collapses
     assert max(out[0.01][-20:]) < 2.0, out[0.01]
 
