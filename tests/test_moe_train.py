@@ -62,7 +62,7 @@ def assert_same(a, b):
     assert va == pytest.approx(vb, rel=1e-5)
 
 
-def test_moe_metrics_every_step(single):
+def test_moe_metrics_every_step(single, tmp_path):
     recs, val = records(single / "single")
     assert recs[-1]["loss"] < recs[0]["loss"] and val[-1] < val[0]  # it learns, on held-out tokens too
     for r in recs:
@@ -71,6 +71,17 @@ def test_moe_metrics_every_step(single):
         assert r["moe_aux_loss"] == pytest.approx(0.01 * r["moe_lb_loss"] + 0.001 * r["moe_z_loss"], rel=1e-4)
         layer_imb = [max(r[f"moe_load/L{i}/e{e}"] for e in range(8)) * 8 for i in (0, 1)]
         assert r["moe_imbalance"] == pytest.approx(max(layer_imb))
+    # the report charts each layer's expert load over training; a dense run gets no such chart
+    from llmctl.report import build_report
+    from llmctl.report_moe import expert_loads, moe_figure
+
+    loads = expert_loads(recs)
+    assert sorted(loads) == [0, 1] and len(loads[0]) == 8 and len(loads[0][0]) == 4
+    assert [sum(e[s] for e in loads[1]) for s in range(4)] == pytest.approx([1.0] * 4)
+    html = build_report(single, tmp_path / "report").read_text()  # root: tokens + the run
+    assert "single: expert load" in html and (tmp_path / "report" / "single_experts.png").stat().st_size > 1000
+    fig = moe_figure(single / "single")
+    assert len(fig.axes) == 3  # two MoE layers + the imbalance panel
 
 
 def test_moe_ddp_and_fsdp_two_processes_equal_one_and_resume_is_exact(single):
