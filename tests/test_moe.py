@@ -223,3 +223,23 @@ def test_export_logits_and_greedy_text_match_transformers(tmp_path, tok, shape, 
         theirs = hf.generate(torch.tensor([ids[:10]]), max_new_tokens=20, do_sample=False, eos_token_id=None,
                              pad_token_id=tok.pad_id)[0, 10:].tolist()
     assert len(ours) == 20 and tok.decode(ours) == tok.decode(theirs)
+
+
+def test_a_failing_grouped_mm_falls_back_to_the_loop(monkeypatch):
+    import llmctl.moe as moe_mod
+
+    torch.manual_seed(0)
+    m = MoE(ModelConfig(vocab_size=10, d_model=16, n_experts=4, moe_d_ff=8)).eval()
+    x = torch.randn(10, 16)
+    m.experts.impl = "loop"
+    expected = m(x)
+
+    def broken(*a, **k):
+        raise RuntimeError("grouped_mm: unsupported on this device")
+
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", broken)
+    monkeypatch.setattr(moe_mod, "_grouped_failed", False)
+    m.experts.impl = "auto"
+    with pytest.warns(UserWarning, match="per-expert loop"):
+        assert torch.equal(m(x), expected)
+    assert moe_mod._grouped_failed and torch.equal(m(x), expected)  # no second attempt, no second warning
