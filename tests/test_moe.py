@@ -20,16 +20,8 @@ from llmctl.generate import generate
 from llmctl.model import ModelConfig, Transformer, preset_config
 from llmctl.moe import MoE, load_balancing_loss, router_losses, z_loss
 from llmctl.train.pretrain import PretrainConfig, pretrain
+from moe_helpers import one_thread  # noqa: F401  (autouse fixture)
 from pretrain_helpers import make_tokenizer, stories, write_tokens
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls run several times faster on one thread on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def np_aux(logits: np.ndarray, k: int) -> tuple[float, float]:

@@ -12,6 +12,7 @@ import torch
 
 from llmctl import config as C
 from llmctl.train.pretrain import PretrainConfig, pretrain
+from moe_helpers import one_thread  # noqa: F401  (autouse fixture)
 from pretrain_helpers import make_tokenizer, write_tokens
 
 ARGS = ["--preset", "moe-tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "2", "--steps", "4",
@@ -34,15 +35,6 @@ def torchrun(root, out, *extra):
 def records(run):
     recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     return [r for r in recs if "loss" in r], [r["val_loss"] for r in recs if "val_loss" in r]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """As each torchrun rank (OMP_NUM_THREADS=1): tiny matmuls run several times faster so on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
