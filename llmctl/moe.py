@@ -12,8 +12,8 @@ and scattered back with `index_add_`. `moe_impl`: "grouped" runs all experts in 
 `torch.nn.functional.grouped_mm` per projection (torch >= 2.10: CUDA sm80+, and a CPU kernel),
 "loop" one matmul per expert, "auto" (the default) grouped where torch has it, else the loop. A
 grouped call that fails (an unsupported dtype, shape or device) falls back to the loop for the rest
-of the process, with a warning. On CPU grouped_mm was ~1.3-1.6x faster than the loop for a
-moe-10m forward+backward here (benchmarks/moe.py prints both).
+of the process, with a warning. On CPU grouped_mm took 0.37 s against the loop's 0.44 s for one
+moe-10m MoE layer's forward+backward over 2,048 tokens (1 thread, load 6.5; docs/moe.md).
 
 Capacity: dropless by default (`moe_capacity_factor` 0). With a factor c, an expert takes at most
 ceil(c x tokens x k / n_experts) assignments, earlier tokens first (Switch); the rest are dropped
