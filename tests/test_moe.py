@@ -235,3 +235,23 @@ def test_a_failing_grouped_mm_falls_back_to_the_loop(monkeypatch):
     with pytest.warns(UserWarning, match="per-expert loop"):
         assert torch.equal(m(x), expected)
     assert moe_mod._grouped_failed and torch.equal(m(x), expected)  # no second attempt, no second warning
+
+
+def test_activation_checkpointing_gives_the_same_aux_loss_and_gradients():
+    from llmctl.model import cross_entropy
+    from llmctl.moe import discard_records
+
+    torch.manual_seed(0)
+    m = Transformer(preset_config("moe-tiny", 300)).train()
+    x = torch.randint(0, 300, (2, 32))
+    out = []
+    for ac in (False, True):
+        m.activation_checkpointing = ac
+        m.zero_grad()
+        discard_records(m)  # as the loop does before each forward: a recompute's records never count
+        y = m(x)
+        aux, _ = router_losses(m)
+        (cross_entropy(y, x) + aux).backward()
+        out.append((aux.item(), [p.grad.clone() for p in m.parameters()]))
+    assert out[0][0] == out[1][0]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out[0][1], out[1][1]))
