@@ -1,4 +1,5 @@
-"""`llmctl export`: a checkpoint as a Hugging Face `LlamaForCausalLM` directory.
+"""`llmctl export`: a checkpoint as a Hugging Face `LlamaForCausalLM` directory (an MoE one as
+`MixtralForCausalLM` or `Qwen2MoeForCausalLM`, see llmctl.export_moe).
 
 llmctl's module names are Llama's, so the weights are renamed (prefix `model.`), not permuted:
 RoPE uses the same half-split layout, RMSNorm the same fp32 normalisation, so transformers'
@@ -23,6 +24,7 @@ from pathlib import Path
 from llmctl.checkpoint import load_checkpoint, write_weights
 from llmctl.datasets import MANIFEST, atomic_write_json, atomic_write_text, now_iso
 from llmctl.errors import UsageError
+from llmctl.export_moe import moe_hf_config, moe_hf_state
 from llmctl.model import ModelConfig
 from llmctl.lock import exclusive_output
 
@@ -78,9 +80,12 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False,
                 state[k] = v.contiguous()
         else:
             state[f"model.{k}"] = v.contiguous()
+    hf_cfg = hf_config(cfg, ids["bos"], ids["eos"], ids["pad"])
+    if cfg.n_experts:
+        hf_cfg, state = moe_hf_config(cfg, hf_cfg), moe_hf_state(cfg, state)
     out.mkdir(parents=True, exist_ok=True)
     write_weights(state, out / "model.safetensors")  # mode 0644 under the usual umask, like the other files
-    (out / "config.json").write_text(json.dumps(hf_config(cfg, ids["bos"], ids["eos"], ids["pad"]), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}, indent=2) + "\n")
     if tok is not None:
@@ -91,7 +96,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False,
                 shutil.copy2(f, out / f.name)
         atomic_write_text(out / "tokenizer.json", json.dumps(tokenizer_json(tok), ensure_ascii=False))
         atomic_write_json(out / "tokenizer_config.json", hf_tokenizer_config(cfg.max_seq_len, split_special_tokens))
-    atomic_write_json(out / MANIFEST, {"stage": "export", "format": "huggingface-llama", "created": now_iso(),
+    atomic_write_json(out / MANIFEST, {"stage": "export", "format": f"huggingface-{hf_cfg['model_type']}", "created": now_iso(),
                                        "inputs": [{"path": str(Path(checkpoint).resolve()),
                                                    "step": manifest.get("step")}], "model": cfg.to_dict()})
     return out

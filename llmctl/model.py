@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from llmctl.errors import UsageError
+from llmctl.moe import MoE, inactive_params, is_moe_layer
+from llmctl.moe import check_config as check_moe_config
 
 
 @dataclass
@@ -43,18 +45,33 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # Mixture-of-Experts (llmctl.moe); n_experts 0 = a dense model
+    n_experts: int = 0  # routed experts per MoE layer
+    moe_top_k: int = 2  # experts per token
+    n_shared_experts: int = 0  # always-on experts (one gated SwiGLU of n x moe_d_ff, as Qwen2-MoE)
+    moe_d_ff: int | None = None  # width of one expert; None = d_ff
+    moe_every: int = 1  # layer i is MoE when (i + 1) % moe_every == 0; the others are dense
+    moe_norm_topk: bool = True  # renormalise the k routing weights to sum to 1 (Mixtral)
+    moe_lb_coef: float = 0.01  # load-balancing loss coefficient (Switch/Mixtral)
+    moe_z_coef: float = 0.001  # router z-loss coefficient (ST-MoE)
+    moe_capacity_factor: float = 0.0  # 0 = dropless; else tokens over capacity are dropped (and counted)
+    moe_jitter: float = 0.0  # multiplicative router-input noise in training (Switch)
+    moe_impl: str = "auto"  # auto | loop | grouped (torch grouped_mm)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.d_ff is None:
             self.d_ff = 16 * math.ceil(8 * self.d_model / 3 / 16)
+        if self.moe_d_ff is None:
+            self.moe_d_ff = self.d_ff
         if self.d_model % self.n_head:
             raise UsageError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
             raise UsageError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
         if (self.d_model // self.n_head) % 2:
             raise UsageError(f"head dim {self.d_model // self.n_head} must be even for RoPE")
+        check_moe_config(self)
 
     @property
     def head_dim(self) -> int:
@@ -76,6 +93,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "10m": dict(n_layer=6, n_head=5, d_model=320, d_ff=864, max_seq_len=512),
     "124m": dict(n_layer=12, n_head=12, d_model=768, d_ff=2048, max_seq_len=1024),
     "350m": dict(n_layer=24, n_head=16, d_model=1024, d_ff=2816, max_seq_len=1024),
+    # Mixture-of-Experts (docs/moe.md): 8 experts top-2 of half the dense width = the dense preset's
+    # active parameters (+ the router); moe-10m ~25M params, ~10M active at an 8k vocab. olmoe: OLMoE-1B-7B's shape
+    # (64 experts top-8, ~7B params, ~1.3B active at a 50k vocab), for GPUs.
+    "moe-tiny": dict(n_layer=2, n_head=4, d_model=64, max_seq_len=256, n_experts=8, moe_top_k=2, moe_d_ff=88),
+    "moe-10m": dict(n_layer=6, n_head=5, d_model=320, d_ff=864, max_seq_len=512, n_experts=8, moe_top_k=2,
+                    moe_d_ff=432),
+    "olmoe": dict(n_layer=16, n_head=16, d_model=2048, d_ff=1024, max_seq_len=4096, n_experts=64, moe_top_k=8,
+                  moe_d_ff=1024, tie_embeddings=False, moe_lb_coef=0.01, moe_z_coef=0.001),
 }
 
 
@@ -184,7 +209,7 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.self_attn = Attention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MoE(cfg) if is_moe_layer(cfg, layer) else MLP(cfg)
 
     def forward(self, x, cos, sin, mask, kv_cache=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
@@ -223,7 +248,7 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.ndim == 1:
                 nn.init.ones_(p)
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            elif name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")):
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer))
             else:
                 nn.init.normal_(p, 0.0, std)
@@ -297,9 +322,10 @@ class Transformer(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward)."""
+        """Training FLOPs per token (forward + backward); an MoE counts its active parameters only."""
         c = self.cfg
         n = self.num_params(non_embedding=True) + (0 if not c.tie_embeddings else c.vocab_size * c.d_model)
+        n -= inactive_params(c)
         return 6 * n + 12 * c.n_layer * c.d_model * seq_len
 
 

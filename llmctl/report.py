@@ -125,6 +125,7 @@ def _results(d: Path, man: dict[str, Any]) -> str:
 def build_report(root: str | Path, output: str | Path | None = None) -> Path:
     """Write ROOT/report/index.html (or OUTPUT/index.html) and its PNGs; return the HTML path."""
     from llmctl import plot, report_charts as charts
+    from llmctl.report_moe import moe_section
 
     root = Path(root)
     if not root.is_dir():
@@ -166,6 +167,7 @@ def build_report(root: str | Path, output: str | Path | None = None) -> Path:
             if fig is not None:
                 png = plot.save(fig, out / f"{name}_margins.png")
                 parts.append(f"<h3>{esc(name)}: reward margins and accuracy</h3>{img(png.name, name + ' margins')}")
+            parts.append(moe_section(name, d, out))  # MoE runs: expert load over training
             from llmctl.report_rl import section as rl_section
 
             parts.append(rl_section(name, d, out, esc, img, _table))

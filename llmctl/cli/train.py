@@ -14,7 +14,7 @@ def pretrain_cmd(
     tokens: Annotated[str, typer.Argument(help="Token dataset (from `llmctl tokenize encode`).")],
     tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer directory the tokens were made with.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Run directory: metrics.jsonl, checkpoints/, _manifest.json.")],
-    preset: Annotated[Optional[str], typer.Option(help="Model size: tiny, 10m, 124m, 350m (default tiny).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Model size: tiny, 10m, 124m, 350m; Mixture-of-Experts: moe-tiny, moe-10m, olmoe, or --set model.n_experts=8 etc., see docs/moe.md (default tiny).")] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Override the preset's layer count.")] = None,
     n_head: Annotated[Optional[int], typer.Option(help="Override the preset's attention heads.")] = None,
     n_kv_head: Annotated[Optional[int], typer.Option(help="Key/value heads (< n_head: grouped-query attention).")] = None,

@@ -40,6 +40,7 @@ from llmctl.config import runtime
 from llmctl.datasets import atomic_write_text
 from llmctl.errors import Interrupted, UsageError
 from llmctl.model import ModelConfig
+from llmctl.moe import add_imbalance, discard_records, router_losses
 from llmctl.train import distributed as D
 from llmctl.train import parallel as P
 
@@ -163,7 +164,8 @@ CORE_KEYS = frozenset({"step", "loss", "lr", "grad_norm", "tokens_per_s", "token
 
 # The step line shows a loss function's metrics by these short names; every metric (TRL's six
 # rewards/* and logps/* for DPO, response_tokens for SFT, ...) is in metrics.jsonl.
-LINE_METRICS = {"rewards/accuracies": "acc", "rewards/margins": "margin", "accuracy": "acc", "margin": "margin"}
+LINE_METRICS = {"rewards/accuracies": "acc", "rewards/margins": "margin", "accuracy": "acc", "margin": "margin",
+                "moe_lb_loss": "lb", "moe_z_loss": "z", "moe_imbalance": "imbalance"}
 
 
 def _log_line(rec: dict[str, Any], steps: int) -> str:
@@ -309,8 +311,11 @@ def train(
                     batch = _to(next(batches), d.device)
                     step_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
                     with D.grad_sync(wrapped, k == accum - 1), autocast(), vocab_sharded():
+                        discard_records(wrapped)
                         loss, m = loss_fn(fwd, batch)
-                        (loss / accum).backward()
+                        aux, moe_metrics = router_losses(wrapped)  # an MoE's router losses; (None, {}) if dense
+                        m = {**m, **moe_metrics}
+                        ((loss if aux is None else loss + aux) / accum).backward()
                     loss_sum += D.plain(loss.detach()).float()
                     for name, v in m.items():
                         extra[name] = extra.get(name, 0.0) + _scalar(D.plain(v)) / accum
@@ -323,7 +328,7 @@ def train(
                 red = torch.tensor([loss_sum.item() / accum, step_tokens, *extra.values()], dtype=torch.float64)
                 D.all_reduce_sum(red)
                 loss_val, step_tokens = red[0].item() / d.dp, int(red[1].item())
-                extra = {k: v / d.dp for k, v in zip(extra, red[2:].tolist())}
+                extra = add_imbalance({k: v / d.dp for k, v in zip(extra, red[2:].tolist())})
                 clash = set(extra) & CORE_KEYS
                 assert not clash, f"a loss function's metric shadows a loop metric: {clash}"
                 gn = float(grad_norm)

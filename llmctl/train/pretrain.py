@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from llmctl.config import to_dict
+from llmctl.config import runtime, to_dict
 from llmctl.datasets import Dataset
 from llmctl.errors import UsageError
 from llmctl.model import ModelConfig, Transformer, cross_entropy, preset_config
+from llmctl.moe import inactive_params
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig, train
 from llmctl.train.parallel import check_divisible
@@ -49,6 +50,18 @@ class ModelSpec:
     rope_base: float | None = None
     rope_scale: float | None = None
     tie_embeddings: bool | None = None
+    # Mixture-of-Experts (llmctl.moe, docs/moe.md): --preset moe-tiny / moe-10m / olmoe, or these
+    n_experts: int | None = None
+    moe_top_k: int | None = None
+    n_shared_experts: int | None = None
+    moe_d_ff: int | None = None
+    moe_every: int | None = None
+    moe_norm_topk: bool | None = None
+    moe_lb_coef: float | None = None
+    moe_z_coef: float | None = None
+    moe_capacity_factor: float | None = None
+    moe_jitter: float | None = None
+    moe_impl: str | None = runtime(None)
 
 
 @dataclass
@@ -217,6 +230,11 @@ def pretrain(tokens: str | Path, tokenizer_dir: str | Path, run_dir: str | Path,
         D.print0(f"model: {model.num_params():,} parameters ({model.num_params(True):,} non-embedding), "
                  f"{fpt / 1e6:.2f} MFLOPs/token; {mc.n_layer} layers, d_model {mc.d_model}, {mc.n_head} heads "
                  f"({mc.n_kv_head} kv), vocab {mc.vocab_size}")
+        if mc.n_experts:
+            D.print0(f"moe: {mc.n_experts} experts top-{mc.moe_top_k} of width {mc.moe_d_ff}, {mc.n_shared_experts} shared, "
+                     f"every {mc.moe_every} layer(s); {model.num_params() - inactive_params(mc):,} active parameters; "
+                     f"aux: lb {mc.moe_lb_coef:g}, z {mc.moe_z_coef:g}; "
+                     + (f"capacity factor {mc.moe_capacity_factor:g}" if mc.moe_capacity_factor else "dropless"))
         D.print0(f"data: {len(flat):,} train tokens in {len(offsets) - 1:,} docs, {len(vflat):,} val tokens; "
                  f"{cfg.batch_tokens:,} tokens/step = {d.dp} rank(s){f' of tp {d.tp}' if d.tp > 1 else ''} x {cfg.train.micro_batch} x {cfg.seq_len} "
                  f"x {accum} accumulation; {cfg.train.steps} steps = {cfg.train.steps * cfg.batch_tokens:,} tokens "
