@@ -206,6 +206,7 @@ class Plan:
     shard: dict[str, np.ndarray]
     row: dict[str, np.ndarray]
     length: dict[str, np.ndarray]
+    index: dict[str, np.ndarray]  # position of the document in its source's split (dataset order)
     table: list[dict[str, Any]]
     budget: int
     fingerprint: str
@@ -312,7 +313,7 @@ def make_plan(cfg: MixConfig, sources: list[Source], notice=None) -> Plan:
                       "available_tokens": s.tokens, "available_documents": s.docs,
                       "val_documents": len(s.length["val"]), "val_tokens": int(s.length["val"].sum()),
                       "lineage": s.ds.lineage()})
-    out: dict[str, dict[str, np.ndarray]] = {"src": {}, "shard": {}, "row": {}, "length": {}}
+    out: dict[str, dict[str, np.ndarray]] = {"src": {}, "shard": {}, "row": {}, "length": {}, "index": {}}
     for split in ("train", "val"):
         seq = seqs if split == "train" else [np.arange(len(s.length["val"])) for s in sources]
         src, pos = _interleave([s.length[split][q] for s, q in zip(sources, seq)])
@@ -320,7 +321,7 @@ def make_plan(cfg: MixConfig, sources: list[Source], notice=None) -> Plan:
         for i, q in enumerate(seq):
             m = src == i
             idx[m] = q[pos[m]]
-        out["src"][split] = src
+        out["src"][split], out["index"][split] = src, idx
         for k in ("shard", "row", "length"):
             col = np.zeros(len(src), np.int64)
             for i, s in enumerate(sources):
@@ -337,4 +338,4 @@ def make_plan(cfg: MixConfig, sources: list[Source], notice=None) -> Plan:
     fp = sha256_text(canonical_json({"seed": cfg.seed, "table": [{k: r[k] for k in ("name", "target_tokens")}
                                                                   for r in table],
                                      "inputs": [r["lineage"]["fingerprint"] for r in table]}))
-    return Plan(sources, out["src"], out["shard"], out["row"], out["length"], table, budget, fp)
+    return Plan(sources, out["src"], out["shard"], out["row"], out["length"], out["index"], table, budget, fp)
