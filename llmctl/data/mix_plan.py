@@ -16,9 +16,9 @@ Rules (what OLMo's and NeMo Curator's blending users expect):
 - a weighted source that would need more than `max_epochs` passes is an error (default 1: no
   repetition without permission); fixed-epoch sources are their own permission;
 - pass k over a source is its own seeded permutation of the documents (never the same document
-  twice in a row across a pass boundary); a fractional last pass is a prefix of its permutation,
-  cut at the document that brings the source closest to its target, so a source lands within one
-  document of its target tokens;
+  twice in a row across a pass boundary); a fractional last pass takes its permutation's prefix
+  under the remaining tokens, then the next documents in that order that still fit (`_fill`), so a
+  source lands within a few tokens of its target even with documents of thousands of tokens;
 - sources are interleaved by progress: each document sits at the fraction of its source's tokens
   reached at its middle, so any prefix of the stream holds the sources in proportion;
 - validation: every source's `val` documents exactly once (no up- or down-sampling, so a
@@ -219,6 +219,30 @@ def _key(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
 
 
+def _fill(perm: np.ndarray, lengths: np.ndarray, rem: int, rounds: int = 64) -> np.ndarray:
+    """The documents of a fractional pass: the permutation's prefix that stays under `rem` tokens, then
+    (in permutation order) the next documents that still fit, and one last document if ending past
+    `rem` is closer than stopping short. With long documents (crawl pages of thousands of tokens) a
+    plain prefix could miss a small source's share by a document; this lands within a few tokens."""
+    cum = np.cumsum(lengths[perm])
+    j = int(np.searchsorted(cum, rem, side="right"))  # perm[:j] is under (or at) rem
+    take, left = [perm[:j]], rem - (int(cum[j - 1]) if j else 0)
+    rest = perm[j:]
+    for _ in range(rounds):
+        if left <= 0 or not len(rest):
+            break
+        fits = np.flatnonzero(lengths[rest] <= left)
+        if not len(fits):
+            over = int(np.argmin(lengths[rest]))
+            if lengths[rest[over]] - left < left:  # overshooting is closer than stopping short
+                take.append(rest[over : over + 1])
+            break
+        take.append(rest[fits[0] : fits[0] + 1])
+        left -= int(lengths[rest[fits[0]]])
+        rest = rest[fits[0] + 1 :]
+    return np.concatenate(take)
+
+
 def source_sequence(lengths: np.ndarray, target: int, seed: int, name: str) -> tuple[np.ndarray, int]:
     """Document indices (train-local) of one source for `target` tokens: seeded passes, closest cut."""
     n, total = len(lengths), int(lengths.sum())
@@ -228,12 +252,8 @@ def source_sequence(lengths: np.ndarray, target: int, seed: int, name: str) -> t
         perm = np.random.default_rng([seed, _key(name), k]).permutation(n)
         if n > 1 and perm[0] == last:  # never the same document twice in a row
             perm[[0, 1]] = perm[[1, 0]]
-        if k == full:  # the fractional last pass: the prefix closest to the remaining tokens
-            cum = np.cumsum(lengths[perm])
-            j = int(np.searchsorted(cum, rem))
-            if j > 0 and (j == n or rem - cum[j - 1] <= cum[j] - rem):
-                j -= 1
-            perm = perm[: j + 1]
+        if k == full:
+            perm = _fill(perm, lengths, rem)
         seq.append(perm)
         last = int(perm[-1])
     out = np.concatenate(seq) if seq else np.zeros(0, np.int64)
