@@ -130,10 +130,10 @@ def test_deterministic_and_worker_count_invariant(srcs, tmp_path):
 
 
 def test_killed_mix_resumes_to_the_same_bytes(srcs, tmp_path):
-    c = cfg(srcs, shard_tokens=5_000)
+    c = cfg(srcs, shard_tokens=20_000)
     clean = run_mix(c, tmp_path / "clean", progress=False)
     out = tmp_path / "killed"
-    cmd = LLMCTL + ["mix", "-o", str(out), "--tokens", "400k", "--max-epochs", "5", "--shard-tokens", "5000", "-w", "1"]
+    cmd = LLMCTL + ["mix", "-o", str(out), "--tokens", "400k", "--max-epochs", "5", "--shard-tokens", "20000", "-w", "1"]
     cmd += [f"--source={n}={srcs[n]}:{w}" for n, w in (("web", 0.2), ("stories", 0.5), ("math", 0.3))]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -210,7 +210,7 @@ def test_streamed_mix_trains_on_the_materialized_order_and_resumes(srcs, tmp_pat
                                              "model.n_head": 2, "model.n_kv_head": 2, "seq_len": 32,
                                              "batch_tokens": 128, "train.micro_batch": 4, "train.steps": 4,
                                              "train.warmup_steps": 1, "train.eval_every": 4, "train.ckpt_every": 2,
-                                             "train.device": "cpu", **kw})
+                                             "train.device": "cpu", "val_tokens": 1024, **kw})
 
     plain = pretrain(tmp_path / "mixed", srcs["tok"], tmp_path / "run_plain", pcfg())
     first = pretrain(None, srcs["tok"], tmp_path / "run_mix", pcfg(**{"train.stop_after": 2}), mix=mix_file)

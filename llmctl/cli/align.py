@@ -206,4 +206,5 @@ def data_import_cmd(
                     doc_options={"text_field": text_field, "separator": separator})
     st = m["stats"]
     skipped = ", ".join(f"{v} {k}" for k, v in st["skipped"].items()) or "none"
-    typer.echo(f"imported {st['kept']:,} of {st['read']:,} rows ({st['val']:,} val); skipped: {skipped} -> {output}")
+    what = "documents" if format_ == "docs" else f"rows ({st['val']:,} val)"
+    typer.echo(f"imported {st['kept']:,} of {st['read']:,} {what}; skipped: {skipped} -> {output}")
