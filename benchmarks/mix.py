@@ -13,7 +13,7 @@ Printed, per size (each `llmctl mix` in a fresh process, so its peak RSS is its 
 then pretrain tokens/s on the materialized mix and with `--mix` (streamed from the sources),
 alternated in rounds, as a ratio (median step tokens/s after the first steps; setup seconds too).
 
-    .venv/bin/python benchmarks/mix.py [--tokens 10M --small 5M] [--workers 2] [--steps 30] [--rounds 2]
+    .venv/bin/python benchmarks/mix.py [--tokens 10M --small 5M] [--workers 2] [--steps 15] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -95,18 +95,18 @@ def materialize(work: Path, spec: Path, workers: int) -> dict:
 
 
 def pretrain(args_in: list[str], run: Path, tok: Path, steps: int) -> tuple[float, float]:
-    """(median tokens/s of the steps after the first 5, seconds before the first step)."""
+    """(median tokens/s of the steps after the first 3, seconds before the first step)."""
     import shutil
 
     shutil.rmtree(run, ignore_errors=True)
     t = time.time()
-    sh(LLMCTL + ["pretrain", *args_in, "-t", str(tok), "-o", str(run), "--preset", "tiny", "--d-model", "128",
-                 "--n-layer", "4", "--seq-len", "128", "--batch-tokens", "2048", "--steps", str(steps),
+    sh(LLMCTL + ["pretrain", *args_in, "-t", str(tok), "-o", str(run), "--preset", "tiny", "--d-model", "64",
+                 "--n-layer", "2", "--seq-len", "64", "--batch-tokens", "512", "--steps", str(steps), "--warmup", "2",
                  "--eval-every", str(10 * steps), "--ckpt-every", str(10 * steps), "--device", "cpu"])
     total = time.time() - t
     recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     recs = [r for r in recs if "tokens_per_s" in r]
-    return statistics.median(r["tokens_per_s"] for r in recs[5:]), total - recs[-1]["elapsed_s"]
+    return statistics.median(r["tokens_per_s"] for r in recs[3:]), total - recs[-1]["elapsed_s"]
 
 
 def main() -> None:
@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--tokens", default="10M")
     ap.add_argument("--small", default="5M")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", default="/tmp/llmctl-bench-mix")
     a = ap.parse_args()
