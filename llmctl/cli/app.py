@@ -30,7 +30,7 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an output directory that holds a different run's output.")
 ]
 PrintConfigOpt = Annotated[
-    bool, typer.Option("--print-config", help="Print the resolved config (defaults, --config, --set and flags) as YAML and exit.")
+    bool, typer.Option("--print-config", help="Print the resolved config as YAML and exit: the defaults, overridden by --config, --set and flags.")
 ]
 WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", "-w", min=1, rich_help_panel="Execution", help="Worker processes (default: all cores). With --executor ray: the CPUs of a local Ray instance; on an existing cluster, Ray schedules on all its CPUs.")

@@ -41,9 +41,9 @@ def mix_cmd(
     overwrite: OverwriteOpt = False,
     print_config_: PrintConfigOpt = False,
 ) -> None:
-    """Mix token datasets by sampling proportion or epochs into one token dataset that pretrain reads unchanged.
+    """Mix token datasets by sampling proportion or epochs into one token dataset.
 
-    The table comes from --source flags or a mix file (--config mix.yaml: sources: {NAME: {path, weight | epochs}},
+    The table comes from --source flags or a mix file (--config mix.yaml: a `sources` table of NAME: path + weight or epochs, then
     tokens, temperature, max_epochs, seed); `pretrain --mix mix.yaml` streams the same mixture without a copy.
     Upsampled sources repeat whole documents, one shuffled pass after another; downsampled ones take a
     seeded subset; every source's val split is carried once. The manifest and this table give per source
