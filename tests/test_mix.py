@@ -243,3 +243,17 @@ def test_report_shows_the_mixture(srcs, tmp_path):
     assert "Data mixture (mix)" in page and "realized" in page and (index.parent / "mix_mix.png").is_file()
     for name in ("web", "stories", "math"):
         assert f"<td>{name}</td>" in page
+
+
+def test_shipped_mix_pipeline_runs_until_the_mix(tmp_path):
+    """pipelines/mix.yaml as shipped, up to its mix stage (pretrain is the toy pipeline's business)."""
+    import contextlib
+
+    from llmctl.pipeline import run_pipeline
+
+    with contextlib.chdir(REPO):  # the pipeline's paths (examples/...) are relative to the repository
+        records = run_pipeline(REPO / "pipelines" / "mix.yaml", tmp_path / "run", until="mix", echo=lambda m: None)
+    assert [r["stage"] for r in records][-1] == "mix" and all(r["status"] == "ran" for r in records)
+    table = {r["name"]: r for r in Dataset.open(tmp_path / "run" / "mix").manifest["stats"]["mix"]["sources"]}
+    assert table["math"]["tokens"] == 2 * table["math"]["available_tokens"] and table["stories"]["epochs"] == 1.0
+    assert abs(table["web"]["tokens"] / (table["web"]["tokens"] + table["stories"]["tokens"]) - 0.4) < 0.005
