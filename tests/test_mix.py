@@ -5,11 +5,8 @@ the last two brought in by `data import --format docs` (examples/, see examples/
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from llmctl.data.mix_plan import MixConfig
 from llmctl.data.tokenize import EncodeConfig, TokenizerTrainConfig, run_encode, run_train
 from llmctl.datasets import MANIFEST, Dataset
 from llmctl.errors import UsageError
+from run_helpers import kill_after_first_task
 
 REPO = Path(__file__).resolve().parent.parent
 LLMCTL = [sys.executable, "-m", "llmctl"]
@@ -62,14 +60,12 @@ def cfg(srcs, **kw) -> MixConfig:
 
 
 def train_rows(path) -> list[tuple[str, str, int]]:
-    t = Dataset.open(path).read_shard(0).slice(0, 0)
     ds = Dataset.open(path)
     rows = []
     for b in ds.iter_batches(["id", "source", "split", "input_ids"]):
         lens = pc.list_value_length(b.column("input_ids")).to_pylist()
         rows += [(s, i, n) for s, i, sp, n in zip(b.column("source").to_pylist(), b.column("id").to_pylist(),
                                                   b.column("split").to_pylist(), lens) if sp == "train"]
-    del t
     return rows
 
 
@@ -135,13 +131,7 @@ def test_killed_mix_resumes_to_the_same_bytes(srcs, tmp_path):
     out = tmp_path / "killed"
     cmd = LLMCTL + ["mix", "-o", str(out), "--tokens", "400k", "--max-epochs", "5", "--shard-tokens", "20000", "-w", "1"]
     cmd += [f"--source={n}={srcs[n]}:{w}" for n, w in (("web", 0.2), ("stories", 0.5), ("math", 0.3))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("_tasks/*.json")):
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / MANIFEST).exists(), "the run finished before it could be killed"
+    kill_after_first_task(cmd, out)
     with pytest.raises(UsageError, match="not finished"):
         Dataset.open(out)
     r = subprocess.run(cmd, capture_output=True, text=True)

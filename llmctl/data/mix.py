@@ -31,6 +31,7 @@ from llmctl import fs
 from llmctl.data.mix_plan import MixConfig, Plan, make_plan, open_sources
 from llmctl.data.tokenize import TOKENS_SCHEMA
 from llmctl.datasets import StageOutput
+from llmctl.errors import UsageError
 from llmctl.executor import Reporter, default_workers, run_tasks
 from llmctl.integrity import open_parquet, verify_shard
 from llmctl.lock import exclusive_output
@@ -119,8 +120,6 @@ def summary(plan: Plan) -> dict[str, Any]:
 def run_mix(cfg: MixConfig, out: str | Path, overwrite: bool = False, progress: bool | None = None) -> dict[str, Any]:
     """Materialize the mixture `cfg` into the token dataset `out`; returns its manifest."""
     if cfg.shard_tokens < 1:
-        from llmctl.errors import UsageError
-
         raise UsageError(f"--shard-tokens must be positive, got {cfg.shard_tokens}")
     notices: list[str] = []
     sources = open_sources(cfg, notices.append)
