@@ -147,6 +147,10 @@ def build_report(root: str | Path, output: str | Path | None = None) -> Path:
                      f'<code>{esc(rej["dataset"])}</code> beside <code>{esc(name)}</code> '
                      f'({rej["documents"]:,} documents).</p>') if isinstance(rej, dict) else ""
             parts.append(f"<h2>Filter funnel ({esc(name)})</h2>{img(png.name, 'filter funnel')}{where}")
+        elif kind == "tokens" and isinstance(st.get("mix"), dict):
+            from llmctl.report_mix import mix_section
+
+            parts.append(mix_section(name, st, out))
         elif kind == "tokens" and isinstance(st.get("train"), dict):
             png = plot.save(charts.tokens_figure(st), out / f"{name}_tokens.png", dpi=110)
             tab = _table(["split", "documents", "tokens", "bytes", "bytes/token"],

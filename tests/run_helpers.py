@@ -35,3 +35,16 @@ def refused(cmd: list[str], holder: int) -> str:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "another llmctl run is writing this output" in lines[0] and f"pid {holder} " in lines[0]
     return lines[0]
+
+
+def kill_after_first_task(cmd: list[str], output: Path, timeout: float = 120) -> None:
+    """Start a real run and SIGKILL it as soon as its first task record is written; it must not have finished."""
+    from llmctl.datasets import MANIFEST
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not list(output.glob("_tasks/*.json")):
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (output / MANIFEST).exists(), "the run finished before it could be killed"

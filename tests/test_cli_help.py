@@ -13,7 +13,7 @@ from llmctl.cli import app
 from llmctl.cli.help import ORDER, unwrap
 
 COMMANDS = [["filter"], ["quality", "train"], ["quality", "predict"], ["tokenize", "train"], ["tokenize", "encode"],
-            ["tokenize", "inspect"], ["pretrain"], ["generate"], ["sft"], ["reward"], ["reward", "train"],
+            ["tokenize", "inspect"], ["mix"], ["pretrain"], ["generate"], ["sft"], ["reward"], ["reward", "train"],
             ["reward", "score"], ["dpo"], ["eval"], ["export"], ["plot"], ["data", "import"], ["run"], ["report"]]
 
 
@@ -31,7 +31,7 @@ def rows(text: str) -> list[str]:
 def test_commands_are_listed_in_pipeline_order():
     listed = [ln.split()[0] for ln in rows(help_text([])) if ln and not ln.startswith("-") and ln[0] != " "]
     listed = [c for c in listed if c in ORDER]
-    assert listed == ["filter", "quality", "tokenize", "pretrain", "generate", "sft", "reward", "dpo", "rl", "eval",
+    assert listed == ["filter", "quality", "tokenize", "mix", "pretrain", "generate", "sft", "reward", "dpo", "rl", "eval",
                       "export", "plot", "data", "run", "report"]
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import pytest
 from llmctl.data.filter import FilterConfig, run_filter
 from llmctl.datasets import MANIFEST, Dataset
 from llmctl.errors import UsageError
+from run_helpers import kill_after_first_task
 from warc_utils import GOOD_PARAGRAPHS, html_page, response_record, write_warc_gz
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz")  # a real crawl file (../shared/data/crawl)
@@ -91,13 +89,7 @@ def test_killed_run_resumes_to_identical_output(tmp_path):
     clean = run_filter(inputs, tmp_path / "clean", clean_cfg, progress=False)
     out = tmp_path / "killed"
     cmd = LLMCTL + ["filter", *inputs, "-o", str(out), "--workers", "1", "--no-dedup"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(out.glob("_tasks/*.json")):
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / MANIFEST).exists(), "the run finished before it could be killed"
+    kill_after_first_task(cmd, out)
     with pytest.raises(UsageError, match="not finished"):
         Dataset.open(out)
     r = subprocess.run(cmd, capture_output=True, text=True)

@@ -191,17 +191,21 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("import")
 def data_import_cmd(
-    src: Annotated[str, typer.Argument(help="A .jsonl or .parquet file.")],
+    src: Annotated[str, typer.Argument(help="A .jsonl or .parquet file (--format docs: also .txt, .gz, or a directory of them).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output dataset directory.")],
-    format_: Annotated[str, typer.Option("--format", "-f", help="sft (prompt/response, question/answer, instruction/output, messages) | prefs (prompt/chosen/rejected, or HH-RLHF dialogues).")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="sft (prompt/response, question/answer, instruction/output, messages) | prefs (prompt/chosen/rejected, or HH-RLHF dialogues) | docs (documents for tokenize/mix: books, code, wiki dumps).")],
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of rows in the val split, by content hash.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of the split hash.")] = 0,
+    text_field: Annotated[str, typer.Option("--text-field", help="docs: the text field/column (auto: text, else content); a comma list joins fields with a blank line.")] = "auto",
+    separator: Annotated[str, typer.Option("--separator", help="docs, .txt files: auto (split on <|endoftext|> when present, else one document per file) | blank-line | any literal string.")] = "auto",
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Convert a JSONL/Parquet file into an `sft` or `prefs` dataset with a manifest (lineage starts here)."""
+    """Convert a JSONL/Parquet file into an `sft`, `prefs` or `docs` dataset with a manifest (lineage starts here)."""
     from llmctl.data.chat_data import import_data
 
-    m = import_data(src, output, format_, val_fraction=val_fraction, seed=seed, overwrite=overwrite)
+    m = import_data(src, output, format_, val_fraction=val_fraction, seed=seed, overwrite=overwrite,
+                    doc_options={"text_field": text_field, "separator": separator})
     st = m["stats"]
     skipped = ", ".join(f"{v} {k}" for k, v in st["skipped"].items()) or "none"
-    typer.echo(f"imported {st['kept']:,} of {st['read']:,} rows ({st['val']:,} val); skipped: {skipped} -> {output}")
+    what = "documents" if format_ == "docs" else f"rows ({st['val']:,} val)"
+    typer.echo(f"imported {st['kept']:,} of {st['read']:,} {what}; skipped: {skipped} -> {output}")

@@ -24,7 +24,7 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 
 # Pipeline order: data, tokens, pretraining and its tools, post-training, evaluation and export,
 # then whole runs. Commands not named here follow in registration order.
-ORDER = ("filter", "quality", "tokenize", "pretrain", "generate", "sft", "reward", "dpo", "rl", "eval", "export",
+ORDER = ("filter", "quality", "tokenize", "mix", "pretrain", "generate", "sft", "reward", "dpo", "rl", "eval", "export",
          "plot", "data", "run", "report",
          # sub-commands
          "train", "encode", "inspect", "predict", "score", "import")
@@ -34,7 +34,7 @@ _NAMED = {"--output": "PATH", "--config": "FILE", "--set": "KEY=VALUE", "--token
           "--ref": "CKPT", "--baseline": "MODEL", "--reward-model": "RM", "--quality-model": "DIR", "--against": "DIR",
           "--positive": "DIR", "--negative": "DIR", "--task": "TASK", "--ppl-data": "PATH", "--mc-data": "PATH",
           "--em-data": "PATH", "--prompts": "PATH", "--prefs-data": "PATH", "--items": "PATH", "--train-data": "PATH",
-          "--only": "STAGE", "--until": "STAGE", "--format": "FORMAT"}
+          "--only": "STAGE", "--source": "NAME=PATH[:W]", "--weight": "NAME=W", "--mix": "FILE", "--until": "STAGE", "--format": "FORMAT"}
 _DEFAULT_NOTE = re.compile(r"\s*\(default:?\s+([^()]*(?:\([^()]*\)[^()]*)*)\)")
 
 

@@ -11,9 +11,10 @@ from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
 
 @app.command("pretrain")
 def pretrain_cmd(
-    tokens: Annotated[str, typer.Argument(help="Token dataset (from `llmctl tokenize encode`).")],
     tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer directory the tokens were made with.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Run directory: metrics.jsonl, checkpoints/, _manifest.json.")],
+    tokens: Annotated[Optional[str], typer.Argument(help="Token dataset (from `llmctl tokenize encode` or `llmctl mix`); omit with --mix.")] = None,
+    mix: Annotated[Optional[str], typer.Option("--mix", help="A mix file (as `llmctl mix --config` reads): train on that mixture streamed from its sources, no copy.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Model size: tiny, 10m, 124m, 350m; Mixture-of-Experts: moe-tiny, moe-10m, olmoe, or --set model.n_experts=8 etc., see docs/moe.md (default tiny).")] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Override the preset's layer count.")] = None,
     n_head: Annotated[Optional[int], typer.Option(help="Override the preset's attention heads.")] = None,
@@ -71,7 +72,7 @@ def pretrain_cmd(
 
         return print_config(cfg)
     try:
-        s = pretrain(tokens, tokenizer, output, cfg, resume=resume, overwrite=overwrite)
+        s = pretrain(tokens, tokenizer, output, cfg, resume=resume, overwrite=overwrite, mix=mix)
     finally:
         D.shutdown()
     val = f", val loss {s['val_loss']:.4f}" if "val_loss" in s else ""

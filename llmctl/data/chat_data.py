@@ -294,12 +294,17 @@ def _pref_row(r: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
 
 @exclusive_output("out", discard_unfinished=True)
 def import_data(src: str | Path, out: str | Path, fmt: str, val_fraction: float = 0.05, seed: int = 0,
-                overwrite: bool = False) -> dict[str, Any]:
-    """Convert a JSONL/Parquet file to an `sft` or `prefs` dataset (one shard) with a manifest."""
+                overwrite: bool = False, doc_options: dict[str, str] | None = None) -> dict[str, Any]:
+    """Convert a JSONL/Parquet file to an `sft` or `prefs` dataset (one shard) with a manifest
+    (`docs`: text/JSONL/Parquet files as a documents dataset, llmctl.data.doc_import)."""
     from llmctl.datasets import StageOutput
 
+    if fmt == "docs":
+        from llmctl.data.doc_import import import_docs
+
+        return import_docs(src, out, overwrite=overwrite, **(doc_options or {}))
     if fmt not in ("sft", "prefs"):
-        raise UsageError(f"unknown --format {fmt!r}; choose sft or prefs")
+        raise UsageError(f"unknown --format {fmt!r}; choose sft, prefs or docs")
     skipped: dict[str, int] = {}
     rows, lineage = read_rows(src, skipped)
     cfg = ImportConfig(format=fmt, val_fraction=val_fraction, seed=seed)

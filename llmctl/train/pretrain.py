@@ -191,34 +191,47 @@ def make_evaluate(flat: np.ndarray, offsets: np.ndarray, cfg: PretrainConfig, eo
 # ----------------------------------------------------------------------------- the stage
 
 
-def pretrain(tokens: str | Path, tokenizer_dir: str | Path, run_dir: str | Path, cfg: PretrainConfig,
-             resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def _mix_source(mix: str | Path, tok: Any) -> Any:
+    from llmctl.train.mix_batches import StreamedMix
+
+    m = StreamedMix(mix)
+    if m.tokenizer.get("fingerprint") != tok.fingerprint:
+        raise UsageError(f"--mix {mix}: its sources were tokenized with {m.tokenizer.get('path')}, not this --tokenizer")
+    return m
+
+
+def pretrain(tokens: str | Path | None, tokenizer_dir: str | Path, run_dir: str | Path, cfg: PretrainConfig,
+             resume: bool = False, overwrite: bool = False, mix: str | Path | None = None) -> dict[str, Any]:
     """Train a model from scratch on a token dataset; returns the run summary (also in _manifest.json).
 
     Re-running the same call continues the run from its latest checkpoint (`resume` is accepted
-    for the CLI's --resume and changes nothing); on a finished run it returns that run's summary."""
+    for the CLI's --resume and changes nothing); on a finished run it returns that run's summary.
+    `mix`: a mix file instead of `tokens`, streamed from its sources (llmctl.train.mix_batches)."""
     from llmctl.tokenizer import Tokenizer
 
     d = D.init(cfg.train.device, cfg.train.tp)
     run_dir = Path(run_dir)
     tok = Tokenizer.load(tokenizer_dir)
+    if (tokens is None) == (mix is None):
+        raise UsageError("give a token dataset or --mix FILE (one of the two)")
     check_divisible(model_config(cfg, tok.vocab_size), d.tp)  # before any rank builds the model
-    ds = Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
+    source = _mix_source(mix, tok) if mix is not None else Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
     if cfg.batch_tokens % cfg.seq_len:
         raise UsageError(f"batch_tokens {cfg.batch_tokens} is not a multiple of seq_len {cfg.seq_len}")
     cfg.train.batch_size = cfg.batch_tokens // cfg.seq_len
     accum = cfg.train.grad_accum(d.dp)
-    inputs = [ds.lineage(), tok.lineage()]
+    inputs = [*(source.lineage() if mix is not None else [source.lineage()]), tok.lineage()]
     with training_run("pretrain", run_dir, cfg, inputs, overwrite) as run:
         if run.complete:
             return run.summary
-        flat, offsets = load_token_split(ds, "train")
+        split = source.split if mix is not None else (lambda name: load_token_split(source, name))
+        flat, offsets = split("train")
         if len(flat) and int(flat.max()) >= tok.vocab_size:
-            raise UsageError(f"{tokens}: token id {int(flat.max())} is outside the tokenizer's {tok.vocab_size} tokens "
+            raise UsageError(f"{tokens or mix}: token id {int(flat.max())} is outside the tokenizer's {tok.vocab_size} tokens "
                              "(tokenized with another tokenizer?)")
         batches = PackedBatches(flat, offsets, cfg.seq_len, cfg.train.micro_batch, cfg.train.seed, tok.eos_id,
                                 d.dp_rank, d.dp, doc_mask=cfg.doc_mask)
-        vflat, voffsets = load_token_split(ds, "val")
+        vflat, voffsets = split("val")
         evaluate = make_evaluate(vflat, voffsets, cfg, tok.eos_id) if len(vflat) > cfg.seq_len else None
         if evaluate is None:
             D.print0("warning: no validation split (or shorter than one window): no validation loss")
