@@ -30,6 +30,9 @@ LADDER = ((1, 16), (1, 24), (1, 32), (1, 40), (1, 48), (1, 64), (2, 64), (2, 80)
           (16, 1024), (20, 1280), (24, 1536), (24, 2048))
 
 
+FEW_STEPS = 25  # a point needs this many steps: whole steps then miss its budget by at most 2%
+
+
 @dataclass(frozen=True)
 class Shape:
     n_layer: int
@@ -102,16 +105,15 @@ def model_config(shape: Shape, vocab_size: int, seq_len: int):
 
 
 def shape_flops(shape: Shape, vocab_size: int, seq_len: int) -> tuple[int, float]:
-    """(N, F) of a shape: matmul parameters and training FLOPs per token, from the model itself."""
-    import torch
-
-    from llmctl.model import Transformer
-
-    with torch.device("meta"):
-        model = Transformer(model_config(shape, vocab_size, seq_len))
-    fpt = float(model.flops_per_token(seq_len))
-    attention = 12 * shape.n_layer * shape.d_model * seq_len
-    return round((fpt - attention) / 6), fpt
+    """(N, F) of a shape: matmul parameters and training FLOPs per token, counted as
+    `Transformer.flops_per_token` counts them (6 per parameter outside the input embedding, the
+    tied lm head included, plus attention), from the shape alone: building the model of a large
+    shape, even on the meta device, takes seconds (tests/test_sweep_grid.py holds the two equal)."""
+    mc = model_config(shape, vocab_size, seq_len)
+    d, kv = mc.d_model, mc.n_kv_head * mc.head_dim
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * mc.d_ff + 2 * d  # q, o; k, v; SwiGLU; two RMSNorms
+    n = mc.n_layer * per_layer + d + vocab_size * d  # final norm; the lm head (tied to the embedding)
+    return n, float(6 * n + 12 * mc.n_layer * d * seq_len)
 
 
 def candidate_shapes(cfg: GridConfig, vocab_size: int) -> list[tuple[Shape, int, float]]:
@@ -131,9 +133,10 @@ def point_at(shape: Shape, params: int, fpt: float, budget: float, cfg: GridConf
     while steps < cfg.min_steps and bt // 2 >= cfg.seq_len and (bt // 2) % cfg.seq_len == 0:
         bt //= 2
         steps = round(budget / fpt / bt)
-    if steps < 1:
-        raise UsageError(f"budget {budget:.3g} FLOPs is less than one step of {shape.name} "
-                         f"({fpt * bt:.3g} FLOPs); raise the budget or choose smaller --sizes")
+    if steps < FEW_STEPS:  # rounding to whole steps would miss the budget by more than 2%
+        raise UsageError(f"budget {budget:.3g} FLOPs gives {shape.name} only {steps} step(s) of one {cfg.seq_len}-token "
+                         f"window ({fpt * bt:.3g} FLOPs each; at least {FEW_STEPS} keep it within 2%): raise the budget, "
+                         "lower --seq-len or choose smaller --sizes")
     return Point(name=f"C{budget:.3g}-{shape.name}".replace("+", ""), budget=budget, n_layer=shape.n_layer,
                  d_model=shape.d_model, n_head=shape.n_head, params=params, flops_per_token=fpt, batch_tokens=bt,
                  steps=steps, tokens=steps * bt, flops=fpt * steps * bt)
@@ -147,9 +150,10 @@ def budget_points(budget: float, cfg: GridConfig, shapes: list[tuple[Shape, int,
     else:
         k = max(1, cfg.points)
         targets = [centre * cfg.lo * (cfg.hi / cfg.lo) ** (i / max(1, k - 1)) for i in range(k)]
+        fits = [s for s in shapes if budget / s[2] / cfg.seq_len >= FEW_STEPS] or shapes[:1]
         chosen = []
         for t in targets:
-            best = min(shapes, key=lambda s: abs(math.log(s[1] / t)))
+            best = min(fits, key=lambda s: abs(math.log(s[1] / t)))
             if best not in chosen:
                 chosen.append(best)
     return [point_at(s, n, f, budget, cfg) for s, n, f in chosen]

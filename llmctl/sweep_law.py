@@ -85,7 +85,9 @@ def fit_law(params: Any, tokens: Any, losses: Any, starts: int = 16, extra_start
 
 
 def law_loss(p: dict[str, float], params: float, tokens: float) -> float:
-    return p["E"] + p["A"] / params ** p["alpha"] + p["B"] / tokens ** p["beta"]
+    """E + A / N^alpha + B / D^beta (inf, not an OverflowError, for a wild bootstrap fit)."""
+    with np.errstate(over="ignore"):
+        return float(p["E"] + p["A"] * np.exp(-p["alpha"] * np.log(params)) + p["B"] * np.exp(-p["beta"] * np.log(tokens)))
 
 
 def law_allocation(p: dict[str, float]) -> dict[str, float]:
