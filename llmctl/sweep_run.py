@@ -51,6 +51,7 @@ class SweepConfig(GridConfig):
     seed: int = 1337
     val_tokens: int = 32768
     checkpoints: int = 4  # per point: a killed point loses at most a quarter of its steps
+    threads: int | None = runtime(None)  # torch threads per point (default: torch's own; cores / workers with --workers)
     device: str = runtime("cpu")
     dtype: str = runtime("auto")
 
@@ -72,6 +73,20 @@ def pretrain_config(p: Point, cfg: SweepConfig) -> dict[str, Any]:
 
 def run_point(task: dict[str, Any], report: Any = None) -> dict[str, Any]:
     """Train (or resume, or find complete) one point; returns its table row. Runs in a worker too."""
+    log = Path(task["log"])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    s = _pretrain_subprocess(task, log) if task.get("subprocess") else _pretrain_here(task, log)
+    if "val_loss" not in s:
+        raise UsageError(f"{task['run']}: no validation loss (the token dataset has no val split; "
+                         "tokenize with --val-fraction > 0)")
+    p = task["point"]
+    return {**{k: p[k] for k in TABLE_SCHEMA.names if k in p}, "point": p["name"], "val_loss": float(s["val_loss"]),
+            "train_loss": float(s.get("loss", "nan")), "seconds": float(s.get("elapsed_s", time.time() - t)),
+            "complete": bool(s.get("complete"))}
+
+
+def _pretrain_here(task: dict[str, Any], log: Path) -> dict[str, Any]:
     import torch
 
     from llmctl.train import distributed as D
@@ -79,31 +94,43 @@ def run_point(task: dict[str, Any], report: Any = None) -> dict[str, Any]:
 
     if task.get("threads"):
         torch.set_num_threads(task["threads"])
-    p = task["point"]
-    cfg = from_dict(PretrainConfig, task["pretrain"])
-    log = Path(task["log"])
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t = time.time()
     with open(log, "a") as f, contextlib.redirect_stdout(f):
         try:
-            s = pretrain(task["tokens"], task["tokenizer"], task["run"], cfg)
+            return pretrain(task["tokens"], task["tokenizer"], task["run"], from_dict(PretrainConfig, task["pretrain"]))
         finally:
             D.shutdown()
-    if "val_loss" not in s:
-        raise UsageError(f"{task['run']}: no validation loss (the token dataset has no val split; "
-                         "tokenize with --val-fraction > 0)")
-    return {"point": p["name"], "budget": p["budget"], "flops": p["flops"], "n_layer": p["n_layer"],
-            "d_model": p["d_model"], "n_head": p["n_head"], "params": p["params"],
-            "flops_per_token": p["flops_per_token"], "tokens": p["tokens"], "steps": p["steps"],
-            "batch_tokens": p["batch_tokens"], "val_loss": float(s["val_loss"]), "train_loss": float(s.get("loss", "nan")),
-            "seconds": float(s.get("elapsed_s", time.time() - t)), "complete": bool(s.get("complete"))}
 
 
-def point_task(p: Point, cfg: SweepConfig, tokens: str, tokenizer: str, root: Path, where: str = "points",
-               threads: int | None = None) -> dict[str, Any]:
-    return {"name": p.name, "point": p.to_dict(), "pretrain": pretrain_config(p, cfg), "tokens": str(tokens),
-            "tokenizer": str(tokenizer), "run": str(root / where / p.name), "log": str(root / "logs" / f"{p.name}.log"),
-            "threads": threads}
+def _pretrain_subprocess(task: dict[str, Any], log: Path) -> dict[str, Any]:
+    """`llmctl pretrain TOKENS -t TOK -o RUN --config logs/NAME.yaml` in a fresh process (what --workers N runs:
+    a process forked from one that already ran torch may hang in OpenMP)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    conf = log.with_suffix(".yaml")
+    conf.write_text(yaml.safe_dump(task["pretrain"], sort_keys=False))
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(task["threads"])} if task.get("threads") else {})}
+    cmd = [sys.executable, "-m", "llmctl", "pretrain", task["tokens"], "-t", task["tokenizer"], "-o", task["run"],
+           "--config", str(conf)]
+    with open(log, "a") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if rc:
+        last = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
+        raise UsageError(f"point {task['name']}: pretrain exited with {rc}: {last[0] if last else ''} (log: {log})")
+    import json
+
+    man = json.loads((Path(task["run"]) / "_manifest.json").read_text())
+    return man["stats"]
+
+
+def point_task(p: Point, cfg: SweepConfig, tokens: str | Path, tokenizer: str | Path, root: Path, where: str = "points",
+               threads: int | None = None, subprocess: bool = False) -> dict[str, Any]:
+    return {"name": p.name, "point": p.to_dict(), "pretrain": pretrain_config(p, cfg),
+            "tokens": str(Path(tokens).absolute()), "tokenizer": str(Path(tokenizer).absolute()),
+            "run": str(root / where / p.name), "log": str(root / "logs" / f"{p.name}.log"), "threads": threads,
+            "subprocess": subprocess}
 
 
 def vocab_of(tokenizer: str | Path) -> int:
@@ -116,7 +143,7 @@ def vocab_of(tokenizer: str | Path) -> int:
 def sweep(tokens: str | Path, tokenizer: str | Path, output: str | Path, cfg: SweepConfig, workers: int = 1,
           echo: Any = print) -> dict[str, Any]:
     """Plan the grid, train every point (resuming what a killed sweep left) and write SWEEP/table."""
-    from llmctl.executor import run_tasks
+    from llmctl.executor import _DEFAULT, run_tasks
     from llmctl.tokenizer import Tokenizer
 
     root = Path(output).absolute()
@@ -129,8 +156,9 @@ def sweep(tokens: str | Path, tokenizer: str | Path, output: str | Path, cfg: Sw
     atomic_write_json(root / PLAN, {"config": to_dict(cfg), "tokens": str(Path(tokens).absolute()),
                                     "tokenizer": str(Path(tokenizer).absolute()), "vocab_size": tok.vocab_size,
                                     "points": [p.to_dict() for p in points]})
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    tasks = [point_task(p, cfg, tokens, tokenizer, root, threads=threads) for p in points]
+    threads = cfg.threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
+    local = _DEFAULT["executor"] == "local"  # Ray tasks run in fresh worker processes already
+    tasks = [point_task(p, cfg, tokens, tokenizer, root, threads=threads, subprocess=workers > 1 and local) for p in points]
     echo(f"sweep: {len(points)} points over {len(cfg.budgets)} budgets "
          f"({sum(p.flops for p in points):.3g} FLOPs in all), {workers} at a time")
     rows = []
