@@ -3,7 +3,7 @@
 TinyStories (the 0.8 MB head in /work/shared/data/tinystories, 4,300 paragraphs) is tokenized with
 llmctl's BPE (512 tokens; every 20th paragraph held out), then the same three commands a user runs:
 
-    llmctl sweep TOKENS -t TOK -o SWEEP --budgets 3e9,1e10,3e10 --sizes 1x16,1x24,1x32,1x40,1x64 --threads 1
+    llmctl sweep TOKENS -t TOK -o SWEEP --budgets 3e9,1e10,3e10 --sizes 1x16,1x24,1x32,1x48,1x64 --lr 1e-2 --batch-tokens 512 --threads 1
     llmctl sweep fit SWEEP            # predicts the best shape and its loss at 9e10 (3x the largest)
     llmctl sweep check SWEEP          # trains it: predicted vs actual validation loss
 
@@ -73,10 +73,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/tmp/llmctl-sweep-bench")
     ap.add_argument("--budgets", default="3e9,1e10,3e10")
-    ap.add_argument("--sizes", default="1x16,1x24,1x32,1x40,1x64", help="shapes at every budget ('' = the ladder)")
+    ap.add_argument("--sizes", default="1x16,1x24,1x32,1x48,1x64", help="shapes at every budget ('' = the ladder)")
     ap.add_argument("--points", default="6", help="with --sizes '': ladder shapes per budget")
     ap.add_argument("--tokens-per-param", default="10", help="with --sizes '': where the ladder's grid is centred")
     ap.add_argument("--vocab", type=int, default=512)
+    ap.add_argument("--lr", default="1e-2", help="peak learning rate of every point (models of 10k-100k parameters)")
+    ap.add_argument("--batch-tokens", default="512", help="tokens per step (4 windows of 128): these budgets are a few hundred steps")
     ap.add_argument("--workers", default="1")
     ap.add_argument("--threads", default="1", help="torch threads per point (1: these models are too small to gain from more)")
     a = ap.parse_args()
@@ -87,7 +89,7 @@ def main() -> None:
     sweep = work / "sweep"
     grid = ["--sizes", a.sizes] if a.sizes else ["--points", a.points, "--tokens-per-param", a.tokens_per_param]
     t_sweep = llmctl("sweep", str(tokens), "-t", str(tok), "-o", str(sweep), "--budgets", a.budgets, *grid,
-                     "--workers", a.workers, "--threads", a.threads)
+                     "--lr", a.lr, "--batch-tokens", a.batch_tokens, "--workers", a.workers, "--threads", a.threads)
     t_fit = llmctl("sweep", "fit", str(sweep))
     t_check = llmctl("sweep", "check", str(sweep))
     fit, check = json.loads((sweep / "fit.json").read_text()), json.loads((sweep / "check.json").read_text())

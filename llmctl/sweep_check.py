@@ -27,7 +27,7 @@ def check_sweep(root: str | Path) -> dict[str, Any]:
     cfg = from_dict(SweepConfig, plan["config"])
     pred = fit["prediction"]
     point = Point(**pred["point"])
-    row = run_point(point_task(point, cfg, plan["tokens"], plan["tokenizer"], root, where="check"))
+    row = run_point(point_task(point, cfg, plan["tokens"], plan["tokenizer"], root, where="check", threads=cfg.threads))
     actual = row["val_loss"]
     out = {"budget": pred["budget"], "point": point.to_dict(), "predicted": pred["loss"], "predicted_ci": pred["loss_ci"],
            "predicted_approach2": pred["loss_approach2"], "actual": actual,

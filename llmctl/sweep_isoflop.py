@@ -67,8 +67,12 @@ def fit_isoflop(rows: list[dict[str, Any]], check: bool = True) -> dict[str, Any
                        np.array([r["val_loss"] for r in g], float))
         if f is None:
             if check:
+                best = min(g, key=lambda r: r["val_loss"])["params"]
+                where = ("its largest size has the lowest loss: add larger sizes" if best == max(r["params"] for r in g)
+                         else "its smallest size has the lowest loss: add smaller sizes" if best == min(r["params"] for r in g)
+                         else "the losses are too noisy for a curve: add sizes or raise the budgets")
                 raise UsageError(f"budget {c:.3g}: the losses of its sizes have no minimum in log N (a parabola opening "
-                                 "downwards or flat): the sizes do not bracket the optimum; widen the grid (--lo, --hi)")
+                                 f"downwards or flat); {where} (--sizes, or --lo/--hi with the ladder)")
             return None
         per.append({"budget": c, **f})
     if len(per) < 2:

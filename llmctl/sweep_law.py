@@ -59,11 +59,8 @@ def objective(theta: np.ndarray, logn: np.ndarray, logd: np.ndarray, logl: np.nd
 
 def params_of(theta: np.ndarray) -> dict[str, float]:
     a, b, e, alpha, beta = (float(v) for v in theta)
-    return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": alpha, "beta": beta}
-
-
-def theta_of(p: dict[str, float]) -> np.ndarray:
-    return np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
+    with np.errstate(over="ignore"):  # a wild bootstrap fit: inf, reported as such
+        return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": alpha, "beta": beta}
 
 
 def fit_law(params: Any, tokens: Any, losses: Any, starts: int = 16, extra_starts: list[np.ndarray] | None = None,
@@ -86,7 +83,7 @@ def fit_law(params: Any, tokens: Any, losses: Any, starts: int = 16, extra_start
 
 def law_loss(p: dict[str, float], params: float, tokens: float) -> float:
     """E + A / N^alpha + B / D^beta (inf, not an OverflowError, for a wild bootstrap fit)."""
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         return float(p["E"] + p["A"] * np.exp(-p["alpha"] * np.log(params)) + p["B"] * np.exp(-p["beta"] * np.log(tokens)))
 
 
