@@ -3,15 +3,15 @@
 TinyStories (the 0.8 MB head in /work/shared/data/tinystories, 4,300 paragraphs) is tokenized with
 llmctl's BPE (512 tokens; every 20th paragraph held out), then the same three commands a user runs:
 
-    llmctl sweep TOKENS -t TOK -o SWEEP --budgets 3e9,1e10,3e10 --sizes 1x16,1x24,1x32,1x48,1x64 --lr 1e-2 --batch-tokens 512 --threads 1
-    llmctl sweep fit SWEEP            # predicts the best shape and its loss at 9e10 (3x the largest)
+    llmctl sweep TOKENS -t TOK -o SWEEP --budgets 1e10,3e10,1e11 --sizes 1x8,1x12,1x16,1x24,1x32 --lr 1e-2 --batch-tokens 512 --threads 1 --workers 2
+    llmctl sweep fit SWEEP            # predicts the best shape and its loss at 3e11 (3x the largest)
     llmctl sweep check SWEEP          # trains it: predicted vs actual validation loss
 
 It prints the wall time of each step, the fitted exponents beside Chinchilla's, and the prediction's
 error (target: within 3%). Everything is resumable: re-running the script continues where a killed
 run stopped (WORKDIR keeps the tokens, the sweep and the check).
 
-    .venv/bin/python benchmarks/sweep.py [--workdir /tmp/llmctl-sweep-bench] [--budgets 3e9,1e10,3e10] [--sizes ...]
+    .venv/bin/python benchmarks/sweep.py [--workdir /tmp/llmctl-sweep-bench] [--budgets 1e10,3e10,1e11] [--sizes ...]
 """
 
 from __future__ import annotations
@@ -72,14 +72,14 @@ def load() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/tmp/llmctl-sweep-bench")
-    ap.add_argument("--budgets", default="3e9,1e10,3e10")
-    ap.add_argument("--sizes", default="1x16,1x24,1x32,1x48,1x64", help="shapes at every budget ('' = the ladder)")
+    ap.add_argument("--budgets", default="1e10,3e10,1e11")
+    ap.add_argument("--sizes", default="1x8,1x12,1x16,1x24,1x32", help="shapes at every budget ('' = the ladder)")
     ap.add_argument("--points", default="6", help="with --sizes '': ladder shapes per budget")
     ap.add_argument("--tokens-per-param", default="10", help="with --sizes '': where the ladder's grid is centred")
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--lr", default="1e-2", help="peak learning rate of every point (models of 10k-100k parameters)")
     ap.add_argument("--batch-tokens", default="512", help="tokens per step (4 windows of 128): these budgets are a few hundred steps")
-    ap.add_argument("--workers", default="1")
+    ap.add_argument("--workers", default="2")
     ap.add_argument("--threads", default="1", help="torch threads per point (1: these models are too small to gain from more)")
     a = ap.parse_args()
     work = Path(a.workdir)

@@ -22,6 +22,21 @@ def _plt():
     return plt
 
 
+def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str | None = None, logy: bool = False) -> Any:
+    """Log x (and optionally y), labels, legend, grid: the style the three charts share."""
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
 def isoflop_figure(rows: list[dict[str, Any]], fit: dict[str, Any]) -> Any:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -32,14 +47,8 @@ def isoflop_figure(rows: list[dict[str, Any]], fit: dict[str, Any]) -> Any:
         x = np.linspace(np.log10(n.min()) - 0.15, np.log10(n.max()) + 0.15, 100)
         ax.plot(10**x, np.polyval(b["coef"], x), color=col, alpha=0.7)
         ax.plot([b["n_opt"]], [b["l_opt"]], marker="*", color=col, markersize=12, markeredgecolor="k")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters N (matmul parameters)")
-    ax.set_ylabel("final validation loss (nats/token)")
-    ax.set_title("IsoFLOP curves (points: runs; lines: parabolas in log N; stars: minima)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "parameters N (matmul parameters)", "final validation loss (nats/token)",
+                   "IsoFLOP curves (points: runs; lines: parabolas in log N; stars: minima)")
 
 
 def frontier_figure(fit: dict[str, Any]) -> Any:
@@ -56,15 +65,8 @@ def frontier_figure(fit: dict[str, Any]) -> Any:
                label="predicted shape (N)")
     ax.scatter([p["budget"]], [p["point"]["tokens"]], marker="*", s=160, color="#dd8452", edgecolor="k",
                label="its tokens (D)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("compute C (training FLOPs)")
-    ax.set_ylabel("parameters / tokens")
-    ax.set_title("compute-optimal frontier (approach 2)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "compute C (training FLOPs)", "parameters / tokens", "compute-optimal frontier (approach 2)",
+                   logy=True)
 
 
 def tokens_per_param_figure(fit: dict[str, Any]) -> Any:
@@ -74,14 +76,7 @@ def tokens_per_param_figure(fit: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.plot(cs, [b["d_opt"] / b["n_opt"] for b in a2["budgets"]], marker="o", label="this sweep (D_opt / N_opt)")
     ax.axhline(fit["chinchilla"]["tokens_per_param"], color="#999999", linestyle="--", label="Chinchilla (~20)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("compute C (training FLOPs)")
-    ax.set_ylabel("tokens per parameter")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "compute C (training FLOPs)", "tokens per parameter", logy=True)
 
 
 def plot_fit(rows: list[dict[str, Any]], fit: dict[str, Any], out: Path) -> dict[str, str]:

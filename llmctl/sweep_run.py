@@ -94,7 +94,7 @@ def _pretrain_here(task: dict[str, Any], log: Path) -> dict[str, Any]:
 
     if task.get("threads"):
         torch.set_num_threads(task["threads"])
-    with open(log, "a") as f, contextlib.redirect_stdout(f):
+    with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         try:
             return pretrain(task["tokens"], task["tokenizer"], task["run"], from_dict(PretrainConfig, task["pretrain"]))
         finally:
