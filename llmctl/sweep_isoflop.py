@@ -52,7 +52,8 @@ def fit_budget(params: np.ndarray, tokens: np.ndarray, losses: np.ndarray) -> di
 
 def power_law(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(exponent, coefficient) of y = k c^e, least squares in log10."""
-    e, k = np.polyfit(np.log10(c), np.log10(y), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a bootstrap resample's minimum can be 0 or negative: nan
+        e, k = np.polyfit(np.log10(c), np.log10(y), 1)
     return float(e), float(10**k)
 
 
