@@ -131,7 +131,10 @@ def build_report(root: str | Path, output: str | Path | None = None) -> Path:
     if not root.is_dir():
         raise UsageError(f"{root}: no such run directory")
     stages = _stage_dirs(root)
-    if not stages:
+    from llmctl.report_sweep import sweep_dirs, sweep_section
+
+    sweeps = sweep_dirs(root)
+    if not stages and not sweeps:
         raise UsageError(f"{root}: holds no finished stage (no */{MANIFEST})")
     out = Path(output) if output else root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +182,9 @@ def build_report(root: str | Path, output: str | Path | None = None) -> Path:
     for name, d, man in stages:
         if man.get("stage") == "eval" and man.get("shards"):
             parts.append(f"<h2>Evaluation ({esc(name)})</h2>{_results(d, man)}")
+
+    for d in sweeps:
+        parts.append(sweep_section(d, out, esc, img, _table))
 
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>llmctl report: {esc(root.name)}</title>'
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")

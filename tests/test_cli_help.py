@@ -14,7 +14,8 @@ from llmctl.cli.help import ORDER, unwrap
 
 COMMANDS = [["filter"], ["quality", "train"], ["quality", "predict"], ["tokenize", "train"], ["tokenize", "encode"],
             ["tokenize", "inspect"], ["mix"], ["pretrain"], ["generate"], ["sft"], ["reward"], ["reward", "train"],
-            ["reward", "score"], ["dpo"], ["eval"], ["export"], ["plot"], ["data", "import"], ["run"], ["report"]]
+            ["reward", "score"], ["dpo"], ["rl"], ["eval"], ["export"], ["plot"], ["sweep", "run"], ["sweep", "fit"],
+            ["sweep", "check"], ["data", "import"], ["run"], ["report"]]
 
 
 def help_text(args: list[str], columns: int = 100) -> str:
@@ -32,7 +33,7 @@ def test_commands_are_listed_in_pipeline_order():
     listed = [ln.split()[0] for ln in rows(help_text([])) if ln and not ln.startswith("-") and ln[0] != " "]
     listed = [c for c in listed if c in ORDER]
     assert listed == ["filter", "quality", "tokenize", "mix", "pretrain", "generate", "sft", "reward", "dpo", "rl", "eval",
-                      "export", "plot", "data", "run", "report"]
+                      "export", "plot", "sweep", "data", "run", "report"]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)

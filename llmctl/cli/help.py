@@ -25,9 +25,9 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 # Pipeline order: data, tokens, pretraining and its tools, post-training, evaluation and export,
 # then whole runs. Commands not named here follow in registration order.
 ORDER = ("filter", "quality", "tokenize", "mix", "pretrain", "generate", "sft", "reward", "dpo", "rl", "eval", "export",
-         "plot", "data", "run", "report",
+         "plot", "sweep", "data", "run", "report",
          # sub-commands
-         "train", "encode", "inspect", "predict", "score", "import")
+         "train", "encode", "inspect", "predict", "score", "import", "fit", "check")
 
 _METAVAR = {int: "N", float: "X", str: "TEXT"}
 _NAMED = {"--output": "PATH", "--config": "FILE", "--set": "KEY=VALUE", "--tokenizer": "DIR", "--from": "CKPT",
