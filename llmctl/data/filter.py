@@ -34,7 +34,7 @@ from llmctl.data import rejected as R
 from llmctl.data.c4 import C4Config, C4Filter
 from llmctl.data.dedup import DedupConfig, validate as validate_dedup
 from llmctl.data.document import DOCUMENT_SCHEMA, Document, to_row
-from llmctl.data.extract import ExtractConfig, Rejected, Unreadable, input_kind, parquet_columns, read_input
+from llmctl.data.extract import ENCODING_KEY, ExtractConfig, Rejected, Unreadable, input_kind, parquet_columns, read_input
 from llmctl.data.gopher import (
     GopherQualityConfig,
     GopherQualityFilter,
@@ -241,8 +241,10 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
                 _count(stats, f"unreadable.{rec.reason}", rec.nbytes)
                 continue
             if isinstance(rec, Rejected):
+                _count_encoding(stats, rec.doc)
                 _reject(stats, rej_w, rec.doc, rec.reason, rec.detail)
                 continue
+            _count_encoding(stats, rec)
             reason = _run_steps(steps, rec, stats)
             if reason is None:
                 _count(stats, "kept", len(rec.text.encode("utf-8")))
@@ -260,6 +262,12 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
     record = dict(stats)
     task.out.finish_task(task.name, files, record, seconds=round(time.time() - started, 3))
     return record
+
+
+def _count_encoding(stats: Counter[str], doc: Document) -> None:
+    how = doc.meta.pop(ENCODING_KEY, None)  # WARC pages only: how their charset was decided
+    if how is not None:
+        stats[f"extract.encoding.{how}"] += 1
 
 
 def _run_steps(steps: list, doc: Document, stats: Counter[str]) -> str | None:
