@@ -33,7 +33,7 @@ from llmctl.config import runtime
 from llmctl.data import rejected as R
 from llmctl.data.c4 import C4Config, C4Filter
 from llmctl.data.dedup import DedupConfig, validate as validate_dedup
-from llmctl.data.document import DOCUMENT_SCHEMA, Document, to_row
+from llmctl.data.document import DETAIL_KEY, DOCUMENT_SCHEMA, Document, to_row
 from llmctl.data.extract import ENCODING_KEY, ExtractConfig, Rejected, Unreadable, input_kind, parquet_columns, read_input
 from llmctl.data.gopher import (
     GopherQualityConfig,
@@ -41,7 +41,9 @@ from llmctl.data.gopher import (
     GopherRepetitionConfig,
     GopherRepetitionFilter,
 )
+from llmctl.data.langid import LangIdConfig, LangIdFilter
 from llmctl.data.pii import PIIConfig, PIIScrubber
+from llmctl.data.toxicity import ToxicityConfig, ToxicityFilter
 from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
 from llmctl.config import output_fields
 from llmctl.datasets import Dataset, StageOutput, fingerprint_file
@@ -53,7 +55,7 @@ from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.progress import StageProgress, note, note_resume
 from llmctl.lock import exclusive_output
 
-STEP_NAMES = ("gopher_repetition", "gopher_quality", "c4", "pii", "quality")
+STEP_NAMES = ("langid", "gopher_repetition", "gopher_quality", "c4", "pii", "toxicity", "quality")
 
 
 @dataclass
@@ -62,10 +64,12 @@ class FilterConfig:
 
     steps: list[str] = field(default_factory=lambda: list(STEP_NAMES))  # order in which steps run
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    langid: LangIdConfig = field(default_factory=LangIdConfig)  # lid.176; default: keep English
     gopher_repetition: GopherRepetitionConfig = field(default_factory=GopherRepetitionConfig)
     gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
     c4: C4Config = field(default_factory=C4Config)
     pii: PIIConfig = field(default_factory=PIIConfig)
+    toxicity: ToxicityConfig = field(default_factory=ToxicityConfig)  # off unless toxicity.enabled
     quality: QualityConfig = field(default_factory=QualityConfig)  # on when quality.model is set
     dedup: DedupConfig = field(default_factory=DedupConfig)  # runs after the per-shard steps
     write_rejected: bool = True  # keep removed documents, with their reason, in the dataset OUT.rejected
@@ -75,10 +79,12 @@ class FilterConfig:
 
 
 _STEP_CLASSES = {
+    "langid": LangIdFilter,
     "gopher_repetition": GopherRepetitionFilter,
     "gopher_quality": GopherQualityFilter,
     "c4": C4Filter,
     "pii": PIIScrubber,
+    "toxicity": ToxicityFilter,
     "quality": QualityFilter,
 }
 
@@ -250,7 +256,7 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
                 _count(stats, "kept", len(rec.text.encode("utf-8")))
                 data_w.write(to_row(rec))
             else:
-                _reject(stats, rej_w, rec, reason, None)
+                _reject(stats, rej_w, rec, reason, rec.meta.pop(DETAIL_KEY, None))
         files = {"data": [{"path": f"{task.name}.parquet", **data_w.close()}]}
         if rej_w is not None:
             files["rejected"] = [{"path": f"{task.name}.parquet", **rej_w.close()}]  # in OUT.rejected
