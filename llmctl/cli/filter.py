@@ -43,6 +43,7 @@ def filter_cmd(
     keep_work: Annotated[bool, typer.Option("--keep-work", rich_help_panel="Dedup", help="Keep the dedup intermediates in OUT/_work.")] = False,
     quality_model: Annotated[Optional[str], typer.Option(rich_help_panel="Quality classifier", help="fastText model dir from `llmctl quality train`: fills quality_score.")] = None,
     quality_threshold: Annotated[Optional[float], typer.Option(rich_help_panel="Quality classifier", help="Keep documents with quality_score >= this (default 0.5).")] = None,
+    quality_keep: Annotated[Optional[str], typer.Option(rich_help_panel="Quality classifier", help="above: keep scores >= threshold (quality); below: keep scores < it (a toxic/nsfw classifier).")] = None,
     quality_sampling: Annotated[Optional[str], typer.Option(rich_help_panel="Quality classifier", help="threshold or pareto (GPT-3: keep when Pareto(alpha) > 1 - score).")] = None,
     alpha: Annotated[Optional[float], typer.Option(rich_help_panel="Quality classifier", help="Pareto shape for --quality-sampling pareto (default 9).")] = None,
     seed: Annotated[Optional[int], typer.Option(rich_help_panel="Quality classifier", help="Seed of the Pareto draws (per document id).")] = None,
@@ -80,7 +81,7 @@ def filter_cmd(
              "dedup.num_perm": num_perm, "dedup.bands": bands, "dedup.rows": rows,
              "dedup.scope": dedup_scope or ("self+against" if against else None), "dedup.against": against or None,
              "dedup.keep_work": True if keep_work else None, "dedup.partitions": dedup_partitions, "quality.model": quality_model,
-             "quality.threshold": quality_threshold, "quality.sampling": quality_sampling, "quality.alpha": alpha,
+             "quality.threshold": quality_threshold, "quality.sampling": quality_sampling, "quality.keep": quality_keep, "quality.alpha": alpha,
              "quality.seed": seed}
     cfg = C.load(FilterConfig, config, set_, flags)
     if print_config_:
