@@ -59,6 +59,7 @@ def test_c4_and_gopher_rules():
 
 def test_language():
     assert api.language(STORIES[0])[0] == "en" and api.language(STORIES[0])[1] > 0.9
+    assert api.language(STORIES[0].upper()) == pytest.approx(api.language(STORIES[0].lower()))  # capitals lowercased
     lang, score = api.language("Der Hund läuft schnell über die Straße und bellt den Briefträger laut an.")
     assert lang == "de" and score > 0.8
 
