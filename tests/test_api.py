@@ -101,3 +101,10 @@ def test_custom_label_classifier_from_txt_and_jsonl(tmp_path):
     funnel = {r["row"]: r["docs"] for r in out["stats"]["funnel"]}
     assert funnel["rejected.quality.high_score"] == 1 and funnel["kept"] == 1
     assert np.isclose(api.quality_score([held_story], tmp_path / "story")[0], s[0])
+
+
+def test_readme_python_example_runs():
+    """README.md's llmctl.api block, run as written (its asserts are its claims)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```python\nfrom llmctl import api\n", 1)[1].split("```", 1)[0]
+    exec("from llmctl import api\n" + block, {})
