@@ -90,7 +90,7 @@ PHONE_INTL_RE = re.compile(
 
 
 # A bare 10-digit North American number (NANP: area code and exchange start with 2-9), not part of
-# a longer digit run, a decimal, a date or an id ("order 5551234567-A" stays: glued to "-A").
+# a longer digit run, a decimal, a date or an id ("order 2125551234-A" stays: glued to "-A").
 PHONE_BARE_RE = re.compile(r"(?<![\w+./-])[2-9]\d{2}[2-9]\d{6}(?!\w|[.,/-]\w)")
 
 
