@@ -77,3 +77,16 @@ def test_bad_thresholds_are_one_line_errors(tmp_path):
     with pytest.raises(UsageError, match="langid-threshold"):
         run_filter([str(PAGES)], tmp_path / "x", c, progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_toxicity_fast_path_equals_scikit_learn():
+    """The step evaluates the calibrated SVM as one sparse product: the same numbers as predict_proba,
+    on the hand-labelled sample of benchmarks/toxicity_sample.py (real HH-RLHF turns, stories, pages)."""
+    import numpy as np
+
+    from llmctl.data.toxicity import toxicity_scores
+
+    sample = Path(__file__).parent.parent / "benchmarks" / "data" / "toxicity_sample.jsonl"
+    texts = [json.loads(line)["text"] for line in sample.open(encoding="utf-8")]
+    fast, slow = toxicity_scores(texts), toxicity_scores(texts, exact_sklearn=True)
+    assert np.allclose(fast, slow, atol=1e-6) and (fast >= 0.8).sum() == 27
