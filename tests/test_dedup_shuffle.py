@@ -61,6 +61,7 @@ def run(paths: list[str], out: Path | str, parts: int | None, workers: int = 1, 
     c = cfg(workers=workers)
     c.executor, c.ray_address = executor, None
     c.dedup.partitions = parts
+    c.toxicity.enabled = kw.pop("toxicity", False)
     for k, v in kw.items():
         setattr(c.dedup, k, v)
     return run_filter(paths, out, c, progress=False)
@@ -196,11 +197,15 @@ def test_shuffle_on_uris(chain, tmp_path):
 
 
 def test_shuffle_on_ray_equals_local(chain, tmp_path):
-    """Every step of the shuffle as Ray tasks (a local Ray instance, 2 workers, 5 partitions)."""
+    """Every step of the shuffle as Ray tasks (a local Ray instance, 2 workers, 5 partitions), with
+    the langid and toxicity steps and line dedup on too (the boilerplate line of K1 and K2 is in 2
+    documents: more than line_max_docs=1)."""
     ray = pytest.importorskip("ray")
-    run(chain["paths"], tmp_path / "local", parts=1)
+    extra = {"toxicity": True, "line": True, "line_max_docs": 1}
+    local = run(chain["paths"], tmp_path / "local", parts=1, **extra)
+    assert local["stats"]["counters"]["dedup.line.docs_edited"] >= 1 and local["stats"]["counters"]["toxicity.scored"] == 10
     try:
-        run(chain["paths"], tmp_path / "ray", parts=5, workers=2, executor="ray")
+        run(chain["paths"], tmp_path / "ray", parts=5, workers=2, executor="ray", **extra)
     finally:
         ray.shutdown()
     assert output_bytes(tmp_path / "ray") == output_bytes(tmp_path / "local")

@@ -29,6 +29,7 @@ F1_FLOOR = 0.85
 def plain(**kw) -> FilterConfig:
     c = FilterConfig(workers=kw.pop("workers", 1))
     c.c4.enabled = c.gopher_quality.enabled = c.gopher_repetition.enabled = c.pii.enabled = False
+    c.langid.enabled = False  # the pages are in 25 languages (debian-handbook); langid has its own tests
     c.dedup.exact = c.dedup.minhash = c.dedup.c4_span = False
     for k, v in kw.items():
         setattr(c.quality, k, v)

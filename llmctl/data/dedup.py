@@ -24,6 +24,9 @@ and dedup_shuffle.py.
   threshold, so about a quarter of true pairs at 0.80-0.85 fall just under it (benchmarks/dedup.py
   at 1x: recall 0.925 with `signature`, 0.989 with `jaccard`, at the same speed); `none` keeps
   every LSH candidate (datatrove's behaviour).
+- Lines (Dolma's and CCNet's paragraph dedup): a text is cut on "\n"; each line's key is the hash
+  of its normalized text (lines that normalize to nothing, e.g. "---", have none). A line counts
+  once per document however often it repeats there.
 - C4 spans: a text is cut into lines and each line into sentences (a sentence ends at `.!?`,
   with closing quotes or brackets, followed by whitespace, as in llmctl.data.c4); a span is
   `span_sentences` (3) consecutive sentences of a document, hashed over their normalized text.
@@ -53,6 +56,10 @@ MINHASH_CHUNK = 4096  # shingles hashed at once: datasketch holds 3 uint64 [chun
 class DedupConfig:
     exact: bool = True  # exact duplicates of the normalized text (reason dedup.exact)
     c4_span: bool = True  # C4's repeated three-sentence spans (reason dedup.c4_span)
+    # Dolma/CCNet line dedup: a normalized line found in more than line_max_docs documents is cut
+    # from all of them but the first (a document left too short: reason dedup.line)
+    line: bool = False
+    line_max_docs: int = 10
     minhash: bool = True  # MinHash near duplicates (reason dedup.minhash)
     scope: str = "self"  # self: within this run; self+against: also against the `against` datasets
     against: list[str] = field(default_factory=list)  # earlier llmctl filter outputs (count as earlier)
@@ -72,7 +79,7 @@ class DedupConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.exact or self.c4_span or self.minhash
+        return self.exact or self.c4_span or self.minhash or self.line
 
 
 def validate(cfg: DedupConfig) -> tuple[int, int]:
@@ -89,6 +96,8 @@ def validate(cfg: DedupConfig) -> tuple[int, int]:
         raise UsageError(f"--minhash-threshold must be between 0 and 1, got {cfg.threshold}")
     if cfg.partitions is not None and not 1 <= cfg.partitions <= 1 << 16:
         raise UsageError(f"--dedup-partitions (dedup.partitions) must be between 1 and 65536, got {cfg.partitions}")
+    if cfg.line_max_docs < 1:
+        raise UsageError(f"--line-max-docs must be at least 1, got {cfg.line_max_docs}")
     if cfg.ngram < 1 or cfg.num_perm < 2 or cfg.span_sentences < 1:
         raise UsageError("dedup.ngram, dedup.num_perm and dedup.span_sentences must be positive")
     return lsh_params(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows)
@@ -178,15 +187,35 @@ def span_hashes(sents: list[tuple[int, str]], k: int) -> list[int]:
             for j in range(len(norms) - k + 1)]
 
 
-def drop_sentences(text: str, drop: set[int]) -> tuple[str, int]:
-    """`text` without the sentences whose index is in `drop`; returns (text, sentences left).
+def drop_sentences(text: str, drop: set[int], lines: set[int] = frozenset()) -> tuple[str, int]:
+    """`text` without the sentences whose index is in `drop` and those on a line in `lines`;
+    returns (text, sentences left).
 
     Lines keep their order; a line left empty is removed; kept sentences of a line are joined as
     they were (each keeps its own trailing whitespace)."""
     sents = sentences(text)
-    lines: dict[int, list[str]] = {}
+    by_line: dict[int, list[str]] = {}
     for j, (ln, s) in enumerate(sents):
-        if j not in drop:
-            lines.setdefault(ln, []).append(s)
-    kept = ["".join(parts).strip() for _, parts in sorted(lines.items())]
-    return "\n".join(k for k in kept if k), sum(len(p) for p in lines.values())
+        if j not in drop and ln not in lines:
+            by_line.setdefault(ln, []).append(s)
+    kept = ["".join(parts).strip() for _, parts in sorted(by_line.items())]
+    return "\n".join(k for k in kept if k), sum(len(p) for p in by_line.values())
+
+
+# ----------------------------------------------------------------------------- lines
+
+
+def line_hashes(text: str) -> list[tuple[int, int]]:
+    """(line number, hash of the normalized line) of each line of `text` that has words; a line
+    repeated inside the document is listed at each of its positions."""
+    out = []
+    for ln, line in enumerate(text.split("\n")):
+        norm = normalize_text(line)
+        if norm:
+            out.append((ln, xxhash.xxh3_64_intdigest(norm.encode("utf-8"), seed=7)))
+    return out
+
+
+def drop_lines(text: str, drop: set[int]) -> str:
+    """`text` without the lines whose number is in `drop` (the rest unchanged)."""
+    return "\n".join(line for ln, line in enumerate(text.split("\n")) if ln not in drop).strip("\n")

@@ -31,9 +31,11 @@ from llmctl.data import dedup as D
 from llmctl.data import rejected as R
 from llmctl.data.dedup_shuffle import (
     GroupTask,
+    LineTask,
     SpanTask,
     VerifyTask,
     group_task,
+    line_task,
     span_task,
     verify_task,
 )
@@ -115,7 +117,7 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
         timings[f"dedup_{name}_seconds"] = round(time.time() - t0, 3)
 
     t0 = time.time()
-    sig_key = {"exact": dc.exact, "minhash": dc.minhash, "c4_span": dc.c4_span, "ngram": dc.ngram,
+    sig_key = {"exact": dc.exact, "minhash": dc.minhash, "c4_span": dc.c4_span, "line": dc.line, "ngram": dc.ngram,
                "num_perm": dc.num_perm, "seed": dc.seed, "bands": bands, "rows": rows,
                "span_sentences": dc.span_sentences, "layout": layout, "partitions": parts}
     sig_st = _stage(work, "signatures", sig_key, inputs)
@@ -160,14 +162,24 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
 
     t0 = time.time()
     sp: Dataset | None = None
+    dec_paths = {s.out_index: str(cl.path / f"dec-{s.out_index:05d}.parquet") for s in shards if s.out_index is not None}
     if dc.c4_span:
-        dec_paths = {s.out_index: str(cl.path / f"dec-{s.out_index:05d}.parquet") for s in shards if s.out_index is not None}
         span_paths = [str(sig.path / f"spans-{g:05d}.parquet") for g in range(len(shards))]
         sp_st = _stage(work, "spans", {"span_sentences": dc.span_sentences, "partitions": parts, "layout": layout},
                        [sig.lineage(), cl.lineage()])
         sp = _run_stage(sp_st, span_task, [SpanTask(p, shards, span_paths, dec_paths, sp_st) for p in range(parts)],
                         workers, progress, "dedup spans")
     timed("spans", t0)
+
+    t0 = time.time()
+    lp: Dataset | None = None
+    if dc.line:
+        line_paths = [str(sig.path / f"lines-{g:05d}.parquet") for g in range(len(shards))]
+        ln_st = _stage(work, "lines", {"line_max_docs": dc.line_max_docs, "partitions": parts, "layout": layout},
+                       [sig.lineage(), cl.lineage()])
+        lp = _run_stage(ln_st, line_task, [LineTask(p, shards, line_paths, dec_paths, dc.line_max_docs, ln_st)
+                                           for p in range(parts)], workers, progress, "dedup lines")
+        timed("lines", t0)
 
     t0 = time.time()
     task_stats = docs.manifest["stats"]["tasks"]
@@ -178,13 +190,15 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
         tasks.append(FinalTask(
             i, str(p), str(rej) if rej.is_file() else None, str(cl.path / f"dec-{i:05d}.parquet"),
             [str(x) for x in sp.shards] if sp is not None else [], stage, task_stats[name],
-            dc.span_sentences, dc.span_min_sentences, cfg.write_rejected))
+            dc.span_sentences, dc.span_min_sentences, cfg.write_rejected,
+            [str(x) for x in lp.shards] if lp is not None else [], _min_words(cfg)))
     todo = [t for t in tasks if not stage.task_done(t.name)]
     with StageProgress("dedup write", docs.num_rows, enabled=progress, unit="docs") as prog:
         run_tasks(final_task, todo, workers=workers, progress=prog)
     timed("write", t0)
     spans = dict(_sum_stats(sp)) if sp is not None else {}
-    return {"timings": timings, "clusters": cl.manifest["stats"], "spans": spans,
+    lines = {"lines": dict(_sum_stats(lp))} if lp is not None else {}
+    return {"timings": timings, "clusters": cl.manifest["stats"], "spans": spans, **lines,
             "lsh": {"bands": bands, "rows": rows, "num_perm": dc.num_perm}, "partitions": parts}
 
 
@@ -203,10 +217,29 @@ class FinalTask:
     span_sentences: int
     span_min_sentences: int
     write_rejected: bool
+    line_drop_paths: list[str]  # the line tasks' drops files (pos = line number)
+    min_words: int  # the length rule a document cut by line dedup must still pass (Gopher's minimum)
 
     @property
     def name(self) -> str:
         return f"part-{self.index:05d}"
+
+
+def _min_words(cfg: Any) -> int:
+    """Gopher's minimum word count when that rule runs in this filter, else 0."""
+    gq = cfg.gopher_quality
+    return gq.min_doc_words if gq.enabled and "gopher_quality" in cfg.steps else 0
+
+
+def _drops(paths: list[str], index: int, width: int) -> tuple[dict[int, set[int]], dict[int, str]]:
+    """row -> positions to drop (each drop covers `width` positions), row -> id of the first copy."""
+    drops: dict[int, set[int]] = defaultdict(set)
+    dup: dict[int, str] = {}
+    found = [fs.read_table(p, columns=["row", "pos", "dup_of"], filters=[("out", "=", index)]) for p in paths]
+    for r in sorted((r["row"], r["pos"], r["dup_of"]) for f in found for r in f.to_pylist()):
+        drops[r[0]].update(range(r[1], r[1] + width))
+        dup.setdefault(r[0], r[2])  # the first item (by position) that the row repeats
+    return drops, dup
 
 
 def _move(stats: Counter[str], nbytes: int, reason: str) -> None:
@@ -220,12 +253,8 @@ def final_task(t: FinalTask, report: Reporter) -> dict[str, int]:
     started = time.time()
     stats: Counter[str] = Counter(t.stats)
     dec = {r["row"]: (r["reason"], r["dup_of"]) for r in fs.read_table(t.dec_path).to_pylist()}
-    drops: dict[int, set[int]] = defaultdict(set)
-    span_dup: dict[int, str] = {}
-    found = [fs.read_table(p, columns=["row", "pos", "dup_of"], filters=[("out", "=", t.index)]) for p in t.drop_paths]
-    for r in sorted((r["row"], r["pos"], r["dup_of"]) for f in found for r in f.to_pylist()):
-        drops[r[0]].update(range(r[1], r[1] + t.span_sentences))
-        span_dup.setdefault(r[0], r[2])  # the first span (by position) that the row repeats
+    drops, span_dup = _drops(t.drop_paths, t.index, t.span_sentences)
+    line_drops, line_dup = _drops(t.line_drop_paths, t.index, 1)
     data_w = t.out.shard_writer(f"{t.name}.parquet", DOCUMENT_SCHEMA)
     rej_w = R.shard_writer(t.out.path, t.name) if t.write_rejected else None
     try:
@@ -238,6 +267,9 @@ def final_task(t: FinalTask, report: Reporter) -> dict[str, int]:
                 reason, detail = None, None
                 if row in dec:
                     reason, detail = f"dedup.{dec[row][0]}", dec[row][1]
+                elif row in line_drops:
+                    reason, detail = _cut_lines(doc, drops.get(row, set()), line_drops[row], t, stats)
+                    detail = detail or (line_dup[row] if reason == "dedup.line" else span_dup.get(row))
                 elif row in drops:
                     text, left = D.drop_sentences(doc["text"], drops[row])
                     if left < t.span_min_sentences or not text.strip():
@@ -269,3 +301,29 @@ def final_task(t: FinalTask, report: Reporter) -> dict[str, int]:
     record = {k: v for k, v in stats.items() if v}
     t.out.finish_task(t.name, files, record, seconds=round(time.time() - started, 3))
     return record
+
+
+def _cut_lines(doc: dict, span_drop: set[int], lines: set[int], t: FinalTask, stats: Counter[str]) -> tuple[str | None, str | None]:
+    """Cut boilerplate lines (and repeated spans) out of `doc`; (reason, detail) when it is left
+    too short for the length rules, else (None, None) with doc["text"] edited and the bytes counted."""
+    from llmctl.data.gopher import word_count
+
+    text = doc["text"]
+    if span_drop:
+        new, left = D.drop_sentences(text, span_drop, lines)
+        if left < t.span_min_sentences:
+            return "dedup.c4_span", None
+    else:
+        new = D.drop_lines(text, lines)
+    if not new.strip() or word_count(new) < t.min_words:
+        return "dedup.line", None
+    cut = len(text.encode("utf-8")) - len(new.encode("utf-8"))
+    stats["kept.bytes"] -= cut
+    stats["read.bytes"] -= cut
+    stats["dedup.line.bytes_cut"] += cut
+    stats["dedup.line.lines_cut"] += len(lines)
+    stats["dedup.line.docs_edited"] += 1
+    if span_drop:
+        stats["dedup.c4_span.docs_edited"] += 1
+    doc["text"] = new
+    return None, None

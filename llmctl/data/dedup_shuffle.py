@@ -1,4 +1,4 @@
-"""The shuffled steps of dedup (see dedup_stages.py for the whole plan): groups, verify, spans.
+"""The shuffled steps of dedup (see dedup_stages.py for the whole plan): groups, verify, spans, lines.
 
 Each task reads one partition of every shard's (or every previous task's) file through a filter
 on its partition column; the files hold one row group per partition value, so Parquet prunes the
@@ -166,8 +166,9 @@ class SpanTask:
         return f"drops-{self.part:05d}"
 
 
-def span_task(t: SpanTask, report: Reporter) -> dict[str, int]:
-    """First occurrence of each repeated span of this hash partition wins; later ones are listed."""
+def _surviving(t, report: Reporter) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(hash, owner, pos) of this partition's items (spans or lines) of the documents that survive
+    the clusters step, sorted by (hash, owner, pos); and the number of items read."""
     from llmctl import fs
 
     H, O, P = [], [], []
@@ -187,17 +188,60 @@ def span_task(t: SpanTask, report: Reporter) -> dict[str, int]:
     o = np.concatenate(O) if O else np.zeros(0, np.uint64)
     pos = np.concatenate(P) if P else np.zeros(0, np.uint32)
     order = np.lexsort((pos, o, h))
-    hs, os_, ps = h[order], o[order], pos[order]
-    is_first = np.r_[True, hs[1:] != hs[:-1]] if len(hs) else np.zeros(0, bool)
-    first = os_[np.flatnonzero(is_first)][np.cumsum(is_first) - 1]
-    later = ~is_first
-    do, dp, df = os_[later], ps[later], first[later]
+    return h[order], o[order], pos[order], total
+
+
+def _write_drops(t, do: np.ndarray, dp: np.ndarray, df: np.ndarray) -> dict:
+    """Write the dropped items (owner, pos, owner of the first copy) per output shard."""
     ids = values_of(df, {s.rank: s.path for s in t.shards}, "id")
     out_of = {s.rank: s.out_index for s in t.shards}
     rows = sorted((out_of[o >> 32], o & 0xFFFFFFFF, p, ids[f]) for o, p, f in zip(do.tolist(), dp.tolist(), df.tolist())
                   if out_of[o >> 32] is not None)
     table = pa.table({n: [r[k] for r in rows] for k, n in enumerate(DROP_SCHEMA.names)}, schema=DROP_SCHEMA)
-    files = {"data": [write_partitioned(t.out, f"{t.name}.parquet", table, "out")]}
-    stats = {"spans": total, "repeated_spans_dropped": len(do)}
+    return {"data": [write_partitioned(t.out, f"{t.name}.parquet", table, "out")]}
+
+
+def span_task(t: SpanTask, report: Reporter) -> dict[str, int]:
+    """First occurrence of each repeated span of this hash partition wins; later ones are listed."""
+    hs, os_, ps, total = _surviving(t, report)
+    is_first = np.r_[True, hs[1:] != hs[:-1]] if len(hs) else np.zeros(0, bool)
+    first = os_[np.flatnonzero(is_first)][np.cumsum(is_first) - 1]
+    later = ~is_first
+    files = _write_drops(t, os_[later], ps[later], first[later])
+    stats = {"spans": total, "repeated_spans_dropped": int(later.sum())}
+    t.out.finish_task(t.name, files, stats)
+    return stats
+
+
+# ----------------------------------------------------------------------------- 6. lines
+
+
+@dataclass
+class LineTask:
+    part: int
+    shards: list[Shard]
+    span_paths: list[str]  # lines-G of every shard, in the order of `shards`
+    dec_paths: dict[int, str]
+    max_docs: int  # a line in more documents than this is cut from all but the first
+    out: StageOutput
+
+    @property
+    def name(self) -> str:
+        return f"lines-{self.part:05d}"
+
+
+def line_task(t: LineTask, report: Reporter) -> dict[str, int]:
+    """Lines of this hash partition found in more than `max_docs` documents: every occurrence
+    outside the first document (in the stable order) is listed."""
+    hs, os_, ps, total = _surviving(t, report)
+    n = len(hs)
+    new_hash = np.r_[True, hs[1:] != hs[:-1]] if n else np.zeros(0, bool)
+    new_doc = new_hash | (np.r_[True, os_[1:] != os_[:-1]] if n else np.zeros(0, bool))
+    group = np.cumsum(new_hash) - 1
+    docs_per_hash = np.bincount(group, weights=new_doc, minlength=int(new_hash.sum())) if n else np.zeros(0)
+    first = os_[np.flatnonzero(new_hash)][group] if n else np.zeros(0, np.uint64)
+    drop = (docs_per_hash[group] > t.max_docs) & (os_ != first) if n else np.zeros(0, bool)
+    files = _write_drops(t, os_[drop], ps[drop], first[drop])
+    stats = {"lines": total, "boilerplate_lines": int((docs_per_hash > t.max_docs).sum()), "line_occurrences_dropped": int(drop.sum())}
     t.out.finish_task(t.name, files, stats)
     return stats

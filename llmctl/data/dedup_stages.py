@@ -275,7 +275,7 @@ class SigTask:
 
 def signature_task(t: SigTask, report: Reporter) -> dict[str, int]:
     cfg = t.cfg
-    exact, sigs, keys, spans = [], [], [], []
+    exact, sigs, keys, spans, lines = [], [], [], [], []
     row = 0
     for batch in fs.parquet_file(t.shard.path).iter_batches(batch_size=256, columns=["text"]):
         for text in batch.column("text").to_pylist():
@@ -288,6 +288,8 @@ def signature_task(t: SigTask, report: Reporter) -> dict[str, int]:
             if cfg.c4_span:
                 for pos, h in enumerate(D.span_hashes(D.sentences(text), cfg.span_sentences)):
                     spans.append((h, row, pos))
+            if cfg.line:
+                lines += [(h, row, ln) for ln, h in D.line_hashes(text)]
             row += 1
         report(docs=batch.num_rows)
     rows = np.arange(row, dtype=np.uint32)
@@ -316,15 +318,23 @@ def signature_task(t: SigTask, report: Reporter) -> dict[str, int]:
     ktable = pa.table([kp[order], kb[order], kk[order], kr[order]], schema=KEY_SCHEMA)
     files["keys"] = [write_partitioned(t.out, f"keys-{t.g:05d}.parquet", ktable, "part")]
 
-    sp = np.array(spans, dtype=np.uint64).reshape(-1, 3)
-    sh, sr, spos = sp[:, 0], sp[:, 1].astype(np.uint32), sp[:, 2].astype(np.uint32)
-    spart = key_part(sh, t.parts)
-    order = np.lexsort((spos, sr, sh, spart))
-    stable = pa.table([spart[order], sh[order], sr[order], spos[order]], schema=SPAN_SCHEMA)
+    stable = _hash_table(spans, t.parts)
     files["spans"] = [write_partitioned(t.out, f"spans-{t.g:05d}.parquet", stable, "part")]
     stats = {"docs": row, "spans": len(spans)}
+    if cfg.line:
+        files["lines"] = [write_partitioned(t.out, f"lines-{t.g:05d}.parquet", _hash_table(lines, t.parts), "part")]
+        stats["lines"] = len(lines)
     t.out.finish_task(t.name, files, stats)
     return stats
+
+
+def _hash_table(items: list[tuple[int, int, int]], parts: int) -> pa.Table:
+    """(hash, row, pos) items as a SPAN_SCHEMA table: partitioned by hash range, sorted."""
+    sp = np.array(items, dtype=np.uint64).reshape(-1, 3)
+    h, r, pos = sp[:, 0], sp[:, 1].astype(np.uint32), sp[:, 2].astype(np.uint32)
+    part = key_part(h, parts)
+    order = np.lexsort((pos, r, h, part))
+    return pa.table([part[order], h[order], r[order], pos[order]], schema=SPAN_SCHEMA)
 
 
 # ----------------------------------------------------------------------------- 4. clusters

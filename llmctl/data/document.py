@@ -46,8 +46,12 @@ DOCUMENT_SCHEMA = pa.schema(
         pa.field("pii_phone", pa.int32()),
         pa.field("pii_ip", pa.int32()),
         pa.field("quality_score", pa.float32()),
+        pa.field("language", pa.string()),
+        pa.field("language_score", pa.float32()),
+        pa.field("toxicity_score", pa.float32()),
     ]
 )
+DETAIL_KEY = "_detail"  # Document.meta key a step may set with the detail of its drop ("de 0.97")
 META_COLUMNS = [f.name for f in DOCUMENT_SCHEMA if f.name not in ("id", "text", "url", "source", "date")]
 
 # Removed documents: the same columns plus the rule that removed them and a detail

@@ -8,8 +8,8 @@ Gzipped WARC files are read one gzip member at a time (the WARC standard and Com
 compress each record as its own member) with zlib, and each member is parsed by fastwarc.
 That is what lets a corrupt member be skipped: the reader resynchronises on the next gzip
 header, where fastwarc's own gzip stream stops the whole file at the first bad byte. HTML is
-decoded with resiliparse's encoding detection and its main content extracted with
-resiliparse (about 30x faster than Trafilatura here, see PEERS.md).
+decoded in the page's own charset (HTTP header, BOM, <meta>, else resiliparse's detection: see
+llmctl.data.encoding) and its main content extracted with resiliparse (about 30x faster than Trafilatura here, see PEERS.md).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 import xxhash
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from resiliparse.extract.html2text import extract_plain_text
-from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
 from llmctl.data.document import Document
+from llmctl.data.encoding import bom_encoding, decode_html
 from llmctl.fs import open_binary
 from llmctl.fs import size as file_size
 
@@ -172,15 +172,18 @@ def iter_gzip_members(path: str | Path, max_bytes: int, chunk: int = 1 << 20) ->
 # ----------------------------------------------------------------------------- WARC / WET
 
 
-def _html_text(body: bytes, charset: str | None, cfg: ExtractConfig) -> str | Unreadable:
-    if b"\x00" in body[:4096]:
+ENCODING_KEY = "_encoding"  # Document.meta key: how the page's encoding was decided (llmctl.data.encoding)
+
+
+def html_to_text(body: bytes, charset: str | None, cfg: ExtractConfig) -> tuple[str, str] | Unreadable:
+    """(main text, how its encoding was decided) of an HTML payload, or why it is unreadable."""
+    if b"\x00" in body[:4096] and not (bom_encoding(body) or "").startswith(("utf-16", "utf-32")):
         return Unreadable("binary_payload", len(body))
-    encoding = charset or detect_encoding(body)
-    html = bytes_to_str(body, encoding, errors="replace")
+    html, _, how = decode_html(body, charset)
     if html.count("\ufffd") > max(8, len(html) // 200):
         return Unreadable("invalid_encoding", len(body))
     return extract_plain_text(html, main_content=cfg.main_content, list_bullets=cfg.list_bullets,
-                              alt_texts=False, preserve_formatting=True)
+                              alt_texts=False, preserve_formatting=True), how
 
 
 def _warc_records(data: bytes, source: str, kind: str, cfg: ExtractConfig, offset: int) -> Iterator[Record]:
@@ -209,7 +212,9 @@ def _warc_records(data: bytes, source: str, kind: str, cfg: ExtractConfig, offse
             if ctype and not ctype.startswith(HTML_TYPES):
                 yield Unreadable("non_html", len(body))
                 continue
-            text = _html_text(body, rec.http_charset, cfg)
+            text = html_to_text(body, rec.http_charset, cfg)
+            if not isinstance(text, Unreadable):
+                text, doc.meta[ENCODING_KEY] = text
         else:
             try:
                 text = body.decode("utf-8")

@@ -33,15 +33,17 @@ from llmctl.config import runtime
 from llmctl.data import rejected as R
 from llmctl.data.c4 import C4Config, C4Filter
 from llmctl.data.dedup import DedupConfig, validate as validate_dedup
-from llmctl.data.document import DOCUMENT_SCHEMA, Document, to_row
-from llmctl.data.extract import ExtractConfig, Rejected, Unreadable, input_kind, parquet_columns, read_input
+from llmctl.data.document import DETAIL_KEY, DOCUMENT_SCHEMA, Document, to_row
+from llmctl.data.extract import ENCODING_KEY, ExtractConfig, Rejected, Unreadable, input_kind, parquet_columns, read_input
 from llmctl.data.gopher import (
     GopherQualityConfig,
     GopherQualityFilter,
     GopherRepetitionConfig,
     GopherRepetitionFilter,
 )
+from llmctl.data.langid import LangIdConfig, LangIdFilter
 from llmctl.data.pii import PIIConfig, PIIScrubber
+from llmctl.data.toxicity import ToxicityConfig, ToxicityFilter
 from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
 from llmctl.config import output_fields
 from llmctl.datasets import Dataset, StageOutput, fingerprint_file
@@ -53,7 +55,7 @@ from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.progress import StageProgress, note, note_resume
 from llmctl.lock import exclusive_output
 
-STEP_NAMES = ("gopher_repetition", "gopher_quality", "c4", "pii", "quality")
+STEP_NAMES = ("langid", "gopher_repetition", "gopher_quality", "c4", "pii", "toxicity", "quality")
 
 
 @dataclass
@@ -62,10 +64,12 @@ class FilterConfig:
 
     steps: list[str] = field(default_factory=lambda: list(STEP_NAMES))  # order in which steps run
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    langid: LangIdConfig = field(default_factory=LangIdConfig)  # lid.176; default: keep English
     gopher_repetition: GopherRepetitionConfig = field(default_factory=GopherRepetitionConfig)
     gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
     c4: C4Config = field(default_factory=C4Config)
     pii: PIIConfig = field(default_factory=PIIConfig)
+    toxicity: ToxicityConfig = field(default_factory=ToxicityConfig)  # off unless toxicity.enabled
     quality: QualityConfig = field(default_factory=QualityConfig)  # on when quality.model is set
     dedup: DedupConfig = field(default_factory=DedupConfig)  # runs after the per-shard steps
     write_rejected: bool = True  # keep removed documents, with their reason, in the dataset OUT.rejected
@@ -75,10 +79,12 @@ class FilterConfig:
 
 
 _STEP_CLASSES = {
+    "langid": LangIdFilter,
     "gopher_repetition": GopherRepetitionFilter,
     "gopher_quality": GopherQualityFilter,
     "c4": C4Filter,
     "pii": PIIScrubber,
+    "toxicity": ToxicityFilter,
     "quality": QualityFilter,
 }
 
@@ -241,14 +247,16 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
                 _count(stats, f"unreadable.{rec.reason}", rec.nbytes)
                 continue
             if isinstance(rec, Rejected):
+                _count_encoding(stats, rec.doc)
                 _reject(stats, rej_w, rec.doc, rec.reason, rec.detail)
                 continue
+            _count_encoding(stats, rec)
             reason = _run_steps(steps, rec, stats)
             if reason is None:
                 _count(stats, "kept", len(rec.text.encode("utf-8")))
                 data_w.write(to_row(rec))
             else:
-                _reject(stats, rej_w, rec, reason, None)
+                _reject(stats, rej_w, rec, reason, rec.meta.pop(DETAIL_KEY, None))
         files = {"data": [{"path": f"{task.name}.parquet", **data_w.close()}]}
         if rej_w is not None:
             files["rejected"] = [{"path": f"{task.name}.parquet", **rej_w.close()}]  # in OUT.rejected
@@ -260,6 +268,12 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
     record = dict(stats)
     task.out.finish_task(task.name, files, record, seconds=round(time.time() - started, 3))
     return record
+
+
+def _count_encoding(stats: Counter[str], doc: Document) -> None:
+    how = doc.meta.pop(ENCODING_KEY, None)  # WARC pages only: how their charset was decided
+    if how is not None:
+        stats[f"extract.encoding.{how}"] += 1
 
 
 def _run_steps(steps: list, doc: Document, stats: Counter[str]) -> str | None:

