@@ -246,4 +246,4 @@ def test_shipped_mix_pipeline_runs_until_the_mix(tmp_path):
     assert [r["stage"] for r in records][-1] == "mix" and all(r["status"] == "ran" for r in records)
     table = {r["name"]: r for r in Dataset.open(tmp_path / "run" / "mix").manifest["stats"]["mix"]["sources"]}
     assert table["math"]["tokens"] == 2 * table["math"]["available_tokens"] and table["stories"]["epochs"] == 1.0
-    assert abs(table["web"]["tokens"] / (table["web"]["tokens"] + table["stories"]["tokens"]) - 0.4) < 0.005
+    assert abs(table["web"]["tokens"] / (table["web"]["tokens"] + table["stories"]["tokens"]) - 0.3) < 0.005  # the shipped weights web 0.3, stories 0.7
