@@ -48,3 +48,24 @@ def kill_after_first_task(cmd: list[str], output: Path, timeout: float = 120) ->
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (output / MANIFEST).exists(), "the run finished before it could be killed"
+
+
+def kill_and_resume(cmd: list[str], output: Path) -> tuple[dict, subprocess.CompletedProcess]:
+    """SIGKILL a real run after its first task, check the output refuses to open as unfinished,
+    re-run the same command; returns (the resumed manifest, the re-run's result). The re-run must
+    have resumed at least one finished task."""
+    import json
+
+    import pytest
+
+    from llmctl.datasets import MANIFEST, Dataset
+    from llmctl.errors import UsageError
+
+    kill_after_first_task(cmd, output)
+    with pytest.raises(UsageError, match="not finished"):
+        Dataset.open(output)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    resumed = json.loads((output / MANIFEST).read_text())
+    assert resumed["timings"]["resumed_tasks"] >= 1
+    return resumed, r

@@ -66,3 +66,16 @@ def test_no_document_is_a_one_line_error(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no document to import" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_large_text_file_without_separator_is_one_document_with_a_notice(tmp_path, capsys):
+    story = "Once upon a time there was a cat. It liked milk.\n\n" * 3000  # 150k characters, blank lines
+    (tmp_path / "big.txt").write_text(story)
+    (tmp_path / "small.txt").write_text("A short note.\n\nAnother line.")
+    import_data(tmp_path / "big.txt", tmp_path / "one", "docs")
+    err = capsys.readouterr().err
+    assert Dataset.open(tmp_path / "one").num_rows == 1 and "--separator blank-line" in err
+    import_data(tmp_path / "small.txt", tmp_path / "small", "docs")  # small: no notice
+    import_data(tmp_path / "big.txt", tmp_path / "split", "docs", doc_options={"separator": "blank-line"})  # split: no notice
+    assert capsys.readouterr().err == ""
+    assert Dataset.open(tmp_path / "split").num_rows == 3000

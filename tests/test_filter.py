@@ -16,7 +16,7 @@ import pytest
 from llmctl.data.filter import FilterConfig, run_filter
 from llmctl.datasets import MANIFEST, Dataset
 from llmctl.errors import UsageError
-from run_helpers import kill_after_first_task
+from run_helpers import kill_and_resume
 from warc_utils import GOOD_PARAGRAPHS, html_page, response_record, write_warc_gz
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz")  # a real crawl file (../shared/data/crawl)
@@ -89,13 +89,7 @@ def test_killed_run_resumes_to_identical_output(tmp_path):
     clean = run_filter(inputs, tmp_path / "clean", clean_cfg, progress=False)
     out = tmp_path / "killed"
     cmd = LLMCTL + ["filter", *inputs, "-o", str(out), "--workers", "1", "--no-dedup"]
-    kill_after_first_task(cmd, out)
-    with pytest.raises(UsageError, match="not finished"):
-        Dataset.open(out)
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    resumed = json.loads((out / MANIFEST).read_text())
-    assert resumed["timings"]["resumed_tasks"] >= 1
+    resumed, r = kill_and_resume(cmd, out)
     assert resumed["fingerprint"] == clean["fingerprint"]
     assert resumed["stats"]["funnel"] == clean["stats"]["funnel"]
     assert not list(out.rglob(".*.tmp*")) and not (out / "_tasks").exists()

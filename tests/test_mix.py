@@ -20,9 +20,9 @@ from llmctl.data.filter import FilterConfig, run_filter
 from llmctl.data.mix import run_mix
 from llmctl.data.mix_plan import MixConfig
 from llmctl.data.tokenize import EncodeConfig, TokenizerTrainConfig, run_encode, run_train
-from llmctl.datasets import MANIFEST, Dataset
+from llmctl.datasets import Dataset
 from llmctl.errors import UsageError
-from run_helpers import kill_after_first_task
+from run_helpers import kill_and_resume
 
 REPO = Path(__file__).resolve().parent.parent
 LLMCTL = [sys.executable, "-m", "llmctl"]
@@ -131,13 +131,7 @@ def test_killed_mix_resumes_to_the_same_bytes(srcs, tmp_path):
     out = tmp_path / "killed"
     cmd = LLMCTL + ["mix", "-o", str(out), "--tokens", "400k", "--max-epochs", "5", "--shard-tokens", "20000", "-w", "1"]
     cmd += [f"--source={n}={srcs[n]}:{w}" for n, w in (("web", 0.2), ("stories", 0.5), ("math", 0.3))]
-    kill_after_first_task(cmd, out)
-    with pytest.raises(UsageError, match="not finished"):
-        Dataset.open(out)
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    resumed = json.loads((out / MANIFEST).read_text())
-    assert resumed["timings"]["resumed_tasks"] >= 1
+    resumed, r = kill_and_resume(cmd, out)
     assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in clean["shards"]]
     assert resumed["fingerprint"] == clean["fingerprint"]
     assert "mixture" in r.stdout and "realized" in r.stdout  # the table the CLI prints
@@ -202,7 +196,7 @@ def test_streamed_mix_trains_on_the_materialized_order_and_resumes(srcs, tmp_pat
                                              "train.warmup_steps": 1, "train.eval_every": 4, "train.ckpt_every": 2,
                                              "train.device": "cpu", "val_tokens": 1024, **kw})
 
-    plain = pretrain(tmp_path / "mixed", srcs["tok"], tmp_path / "run_plain", pcfg())
+    pretrain(tmp_path / "mixed", srcs["tok"], tmp_path / "run_plain", pcfg())  # the materialized mix
     first = pretrain(None, srcs["tok"], tmp_path / "run_mix", pcfg(**{"train.stop_after": 2}), mix=mix_file)
     assert not first["finished"]
     ckpt = sorted((tmp_path / "run_mix" / "checkpoints").glob("step_*"))[-1]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,24 @@ def _rows(path: Path, cfg: DocImportConfig, skipped: dict[str, int]) -> Iterator
                 yield row.get("id"), _text_of(row, cfg.text_field)
 
 
+WHOLE_FILE_NOTICE_CHARS = 100_000
+
+
+def _warn_whole_files(docs: list[tuple[str, str, str]], cfg: DocImportConfig) -> None:
+    """A large text file with no `<|endoftext|>` becomes one document under `--separator auto`:
+    say so, since a corpus of stories or paragraphs is usually meant to be split."""
+    if cfg.separator != "auto":
+        return
+    per_file: dict[str, list[str]] = {}
+    for _, text, name in docs:
+        per_file.setdefault(name, []).append(text)
+    for name, texts in per_file.items():
+        if (len(texts) == 1 and name.endswith((".txt", ".txt.gz")) and len(texts[0]) > WHOLE_FILE_NOTICE_CHARS
+                and re.search(r"\n\s*\n", texts[0])):
+            print(f"notice: {name}: no {EOT} in {len(texts[0]):,} characters, imported as one document; "
+                  "--separator blank-line splits it at blank lines", file=sys.stderr)
+
+
 @exclusive_output("out", discard_unfinished=True)
 def import_docs(src: str | Path, out: str | Path, text_field: str = "auto", separator: str = "auto",
                 overwrite: bool = False) -> dict[str, Any]:
@@ -153,6 +172,7 @@ def import_docs(src: str | Path, out: str | Path, text_field: str = "auto", sepa
             docs.append((doc_id, text, f.name))
     if not docs:
         raise UsageError(f"{src}: no document to import (skipped: {skipped or 'nothing read'})")
+    _warn_whole_files(docs, cfg)
     so = StageOutput(out, "documents", cfg, inputs=inputs, overwrite=overwrite)
     if so.complete:
         return so.manifest
