@@ -67,12 +67,13 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False,
         shutil.rmtree(out)
     model, cfg, tok_dir, manifest = load_checkpoint(checkpoint)
     ids = {"bos": None, "eos": None, "pad": None}
-    tok = None
+    tok, stops = None, None
     if tok_dir is not None:
         from llmctl.tokenizer import Tokenizer
 
         tok = Tokenizer.load(tok_dir)
         ids = {"bos": tok.bos_id, "eos": tok.eos_id, "pad": tok.pad_id}
+        stops = [tok.eos_id] + [i for i in tok.stop_ids if i != tok.eos_id]  # `generate` ends a chat turn as llmctl does
     state = {}
     for k, v in model.state_dict().items():
         if k == "lm_head.weight":
@@ -87,7 +88,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False,
     write_weights(state, out / "model.safetensors")  # mode 0644 under the usual umask, like the other files
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}, indent=2) + "\n")
+        {"bos_token_id": ids["bos"], "eos_token_id": stops or ids["eos"], "pad_token_id": ids["pad"]}, indent=2) + "\n")
     if tok is not None:
         from llmctl.hf_tokenizer import tokenizer_json
 

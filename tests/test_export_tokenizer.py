@@ -66,6 +66,10 @@ def test_literal_meta_and_typed_special_tokens_are_text(exported):
     assert ids == tok.encode("hi <|user|> there") and tok.special_ids["<|user|>"] not in ids
     assert (at.eos_token_id, at.pad_token_id, at.bos_token_id) == (tok.eos_id, tok.pad_id, tok.bos_id)
     assert at.convert_tokens_to_ids("<|end|>") == tok.special_ids["<|end|>"]
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig.from_pretrained(hf)  # `generate` stops at the end of a chat turn, as llmctl does
+    assert gen.eos_token_id[0] == tok.eos_id and set(gen.eos_token_id) == set(tok.stop_ids)
 
 
 def test_chat_template_gives_llmctl_chat_ids(exported):

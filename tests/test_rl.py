@@ -102,6 +102,43 @@ def test_tiny_grpo_run_raises_the_held_out_reward(tmp_path):
     assert "reward and KL" in page and "completions at step 16" in page and (tmp_path / "report" / "run_rl.png").is_file()
 
 
+def test_instruction_prompts_and_a_notice_when_no_group_has_a_signal(tmp_path, capsys):
+    from align_helpers import tiny_checkpoint
+
+    ck = tiny_checkpoint(tmp_path / "ck", max_seq_len=128)
+    rows = [{"instruction": f"Name a number after {i}.", "output": str(i + 1)} for i in range(20)]  # AlpacaEval's columns
+    prompts = write_jsonl(tmp_path / "alpaca.jsonl", rows)
+    notice = "every advantage is 0"
+    run_rl(prompts, ck, tmp_path / "flat", H.config("grpo", steps=8, reward=["rl_helpers:constant"]))
+    assert capsys.readouterr().out.count(notice) == 1  # 4 rollouts without a signal: said once
+    samples = [json.loads(ln) for ln in (tmp_path / "flat" / "samples.jsonl").read_text().splitlines()]
+    assert {r["prompt"] for r in samples} <= {r["instruction"] for r in rows}
+    run_rl(prompts, ck, tmp_path / "varied", H.config("grpo", steps=8))  # digit_share differs within groups
+    assert notice not in capsys.readouterr().out
+
+
+def test_sampled_held_out_answers_repeat_at_every_evaluation(tmp_path):
+    from llmctl.train.rl import held_out_reward
+    from llmctl.train.rl_rewards import Rewards
+    from llmctl.train.rl_rollout import load_prompts
+    from llmctl.train.sft import load_start
+
+    ck, prompts = H.setup(tmp_path)
+    D.init("cpu")
+    model, _, tok, _ = load_start(ck)
+    cfg = H.config("grpo", val_temperature=1.0, val_samples=3)
+    _, val, _, _ = load_prompts(prompts, tok, cfg.max_prompt_len, cfg.val_fraction, cfg.train.seed)
+    rewards = Rewards(cfg.reward)
+    a, sa = held_out_reward(model, val, tok, rewards, cfg)
+    b, sb = held_out_reward(model, val, tok, rewards, cfg)
+    assert a == b and sa == sb and len(sa) == 3 * len(val)  # the same seed each time: evaluations compare
+    assert len({s["completion"] for s in sa[:3]}) > 1  # three samples of the first prompt
+    _, greedy = held_out_reward(model, val, tok, rewards, H.config("grpo"))
+    assert len(greedy) == len(val)
+    with pytest.raises(UsageError, match="val_samples"):
+        H.config("grpo", val_samples=0)
+
+
 @pytest.mark.parametrize("algo", ["ppo"])
 def test_resume_mid_rollout_continues_exactly(tmp_path, algo):
     ck, prompts = H.setup(tmp_path)

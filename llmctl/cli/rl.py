@@ -11,7 +11,7 @@ from llmctl.cli.align import (CkptOpt, DeviceOpt, DtypeOpt, EvalOpt, FromOpt, Lr
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
 from llmctl.cli.common import print_config
 
-PromptsArg = Annotated[str, typer.Argument(help="Prompts: dataset dir, .parquet or .jsonl with a `prompt` (or `messages`, or GSM8K's `question`) column; other columns (e.g. `answer`) go to the reward functions.")]
+PromptsArg = Annotated[str, typer.Argument(help="Prompts: dataset dir, .parquet or .jsonl with a `prompt` (or `messages`, GSM8K's `question`, AlpacaEval's `instruction`) column; other columns (e.g. `answer`) go to the reward functions.")]
 _RL = "RL"
 
 

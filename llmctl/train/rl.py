@@ -11,7 +11,8 @@ GRPO; 1 for PPO); it must split into whole optimizer steps of `batch_size` compl
 rank's share into micro-batches of `micro_batch`. Steps per rollout = epochs x rollout / batch_size.
 
 Held-out: every eval_every steps the policy answers up to `val_limit` held-out prompts greedily
-(temperature 0, the same engine); `val_reward` is their mean total reward (per reward:
+(temperature 0, the same engine; or `val_temperature` > 0: `val_samples` sampled answers a prompt,
+from the same seed at every evaluation); `val_reward` is their mean total reward (per reward:
 `val_rewards/NAME`). The manifest also records `val_reward_start`, the same measure for the
 starting checkpoint, so a run shows what it learned. Sampled rollout completions and the
 held-out answers with their rewards go to RUN/samples.jsonl at each evaluation.
@@ -69,6 +70,8 @@ class RLConfig:
     scale_rewards: bool = True  # GRPO: divide by the group's std (Dr. GRPO: false)
     val_fraction: float = 0.05
     val_limit: int = 32
+    val_temperature: float = 0.0  # held-out answers: 0 = greedy; > 0 samples val_samples answers a prompt (same seed each time)
+    val_samples: int = 1
     log_samples: int = 4  # rollout completions written to samples.jsonl at each evaluation
     train: TrainConfig = field(default_factory=_rl_train)
 
@@ -86,6 +89,8 @@ class RLConfig:
             raise UsageError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1 or k3")
         if self.loss_type not in ("grpo", "bnpo", "dr_grpo"):
             raise UsageError(f"unknown loss_type {self.loss_type!r}; choose grpo, bnpo or dr_grpo")
+        if self.val_temperature < 0 or self.val_samples < 1:
+            raise UsageError("val_temperature must be >= 0 and val_samples >= 1")
         if self.max_new_tokens < 1 or self.epochs < 1 or self.rollout_prompts < 1:
             raise UsageError("max_new_tokens, epochs and rollout_prompts must be positive")
         if self.beta < 0 or (self.target_kl is not None and self.target_kl <= 0):
@@ -117,19 +122,23 @@ def _val_prompt(p: Prompt) -> Any:
 @torch.no_grad()
 def held_out_reward(model: torch.nn.Module, prompts: list[Prompt], tok: Any, rewards: Rewards, cfg: RLConfig,
                     batch: int = 32) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Greedy answers to this rank's share of `prompts`: summed rewards (all-reduced) -> means, and samples."""
+    """This rank's share of `prompts` answered greedily (or, with val_temperature > 0, val_samples
+    sampled answers each, from the same seed at every evaluation): summed rewards (all-reduced) -> means,
+    and samples."""
     d = D.info()
-    mine = prompts[d.rank::d.world]
+    mine = [p for p in prompts[d.rank::d.world] for _ in range(cfg.val_samples if cfg.val_temperature > 0 else 1)]
     names = rewards.names
     tot = torch.zeros(3 + len(names), dtype=torch.float64)
     samples = []
+    gen = torch.Generator(device=d.device).manual_seed(cfg.train.seed + 2000 + d.rank)
     for s in range(0, len(mine), batch):
         chunk = mine[s:s + batch]
-        out = generate_batch(model, [p.ids for p in chunk], cfg.max_new_tokens, temperature=0.0,
+        out = generate_batch(model, [p.ids for p in chunk], cfg.max_new_tokens, temperature=cfg.val_temperature,
+                             top_k=cfg.top_k or None, top_p=cfg.top_p if cfg.top_p < 1 else None, generator=gen,
                              stop_ids=tok.stop_ids, pad_id=tok.pad_id)
         texts = [tok.decode(t) for t in out.tokens]
         total, per = rewards([_val_prompt(p) for p in chunk], texts, [p.row for p in chunk], [p.index for p in chunk])
-        tot += torch.tensor([sum(total), len(chunk), sum(map(len, out.tokens))] + [sum(per[n]) for n in names],
+        tot += torch.tensor([sum(total), len(chunk), sum(len(t) + (s is not None) for t, s in zip(out.tokens, out.stops))] + [sum(per[n]) for n in names],
                             dtype=torch.float64)
         samples += [{"prompt": p.messages[-1]["content"], "completion": t, "reward": r, "prompt_index": p.index}
                     for p, t, r in zip(chunk, texts, total)]

@@ -73,7 +73,8 @@ class GRPO:
         out["adv"] = R.group_advantages(scores, cfg.num_generations, scale=cfg.scale_rewards)
         grp = scores.view(-1, cfg.num_generations)
         std = grp.std(dim=1)
-        stats = {"reward": scores.mean().item(), "reward_std": std.mean().item(),
+        stats = {"reward": scores.mean().item(), "reward_std": scores.std().item(),  # TRL's: over the whole rollout
+                 "reward_group_std": std.mean().item(),  # the mean of the groups' stds (what the advantages divide by)
                  "frac_reward_zero_std": (std == 0).float().mean().item()}
         return out, stats
 

@@ -43,11 +43,14 @@ class Prompt:
     row: dict[str, Any]
 
 
+PROMPT_COLUMNS = ("prompt", "question", "instruction")  # the first one a row has is its prompt
+
+
 def prompt_messages(row: dict[str, Any], where: str, index: int) -> list[dict[str, str]]:
     if "messages" in row and row["messages"]:
         msgs = to_messages(row["messages"])
         return msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else msgs  # the reply is what RL samples
-    text = row.get("prompt") if row.get("prompt") is not None else row.get("question")
+    text = next((row[k] for k in PROMPT_COLUMNS if row.get(k) is not None), None)
     if isinstance(text, (list, tuple)) and text:  # a conversation (a prefs dataset's prompt)
         return to_messages(text)
     if not isinstance(text, str) or not text:
@@ -62,8 +65,9 @@ def load_prompts(path: str | Path, tok: Any, max_prompt_len: int, val_fraction: 
     if not rows:
         raise UsageError(f"{path}: no prompts")
     cols = set(rows[0])
-    if not cols & {"prompt", "messages", "question"}:
-        raise UsageError(f"{path}: rl needs a `prompt` (or `messages`, or GSM8K's `question`) column; "
+    if not cols & {"messages", *PROMPT_COLUMNS}:
+        raise UsageError(f"{path}: rl needs a `prompt` (or `messages`, GSM8K's `question`, AlpacaEval's "
+                         "`instruction`) column; "
                          f"found {', '.join(sorted(cols)) or 'none'}")
     out: dict[str, list[Prompt]] = {"train": [], "val": []}
     truncated = 0
@@ -138,6 +142,9 @@ class PromptStream:
         self.epoch, self.pos = int(st["epoch"]), int(st["pos"])
 
 
+FLAT_ROLLOUTS = 3  # rollouts in a row with no reward signal before rl says so
+
+
 class RolloutBatches:
     """The loop's `batches` for an on-policy trainer (see the module docstring).
 
@@ -157,6 +164,7 @@ class RolloutBatches:
         self.cursor, self.rollouts, self.served = 0, 0, 0
         self.samples: list[dict[str, Any]] = []
         self.gen_tokens_per_s = 0.0
+        self.flat, self.flat_warned = 0, False  # rollouts in a row whose every group had equal rewards (GRPO)
 
     # -- the loop's interface
     def __next__(self) -> dict[str, torch.Tensor]:
@@ -209,19 +217,35 @@ class RolloutBatches:
         ro = {k: v.to(self.device) for k, v in ro.items()}
         tensors, stats = self.algo.prepare(self.model, ro, plan[: n // self.mb])
         self.model.train(was_training)
-        lengths = [len(c) for c in out.tokens]
+        lengths = [len(c) for c in comps]  # with the stop token, as TRL counts
         stats.update({f"rewards/{k}/mean": sum(v) / len(v) for k, v in per.items()})
         stats.update({"completions/mean_length": sum(lengths) / n, "completions/max_length": float(max(lengths)),
                       "completions/min_length": float(min(lengths)),
                       "completions/clipped_ratio": 1 - sum(out.ended) / n,
                       "gen_tokens_per_s": out.tokens_per_s})
         self.gen_tokens_per_s = out.tokens_per_s
+        self._check_signal(stats)
         self.rollout = {**ro, **tensors, **{k: torch.tensor(float(v), device=self.device) for k, v in stats.items()}}
         self.plan, self.cursor = plan, 0
         self.rollouts += 1
         self.samples = [{"prompt": items[i].messages[-1]["content"], "completion": texts[i], "reward": total[i],
                          **{k: v[i] for k, v in per.items()}, "prompt_index": items[i].index}
                         for i in range(min(len(items), cfg.log_samples))]
+
+
+    def _check_signal(self, stats: dict[str, float]) -> None:
+        """One notice when GRPO has learned nothing from FLAT_ROLLOUTS rollouts in a row (every advantage 0)."""
+        if self.g < 2 or stats.get("frac_reward_zero_std", 0.0) < 1.0:
+            self.flat = 0
+            return
+        self.flat += 1
+        if self.flat == FLAT_ROLLOUTS and not self.flat_warned:
+            self.flat_warned = True
+            D.print0(f"rl: notice: in {FLAT_ROLLOUTS} rollouts in a row, each prompt's {self.g} completions got the same "
+                     f"reward (mean {stats['reward']:.3g}), so every advantage is 0 and the policy is not changing. "
+                     "Look at the completions in samples.jsonl: a reward that never fires needs a model that sometimes "
+                     "succeeds (SFT on the task first, raise --temperature or --num-generations); one that always "
+                     "fires has nothing left to teach")
 
 
 def write_samples(run_dir: Path, step: int, kind: str, samples: list[dict[str, Any]]) -> None:
