@@ -8,7 +8,9 @@ llmctl's BPE (512 tokens; every 20th paragraph held out), then the same three co
     llmctl sweep check SWEEP          # trains it: predicted vs actual validation loss
 
 It prints the wall time of each step, the fitted exponents beside Chinchilla's, and the prediction's
-error (target: within 3%). Everything is resumable: re-running the script continues where a killed
+error (target: within 3%). Then, as a diagnostic outside the sweep and its fit, it trains each shape
+of --every-shape at the check's budget and prints approach 3's prediction for each against its
+trained loss (which shapes the law predicts at 3x, and which it does not). Everything is resumable: re-running the script continues where a killed
 run stopped (WORKDIR keeps the tokens, the sweep and the check).
 
     .venv/bin/python benchmarks/sweep.py [--workdir /tmp/llmctl-sweep-bench] [--budgets 1e10,3e10,1e11] [--sizes ...]
@@ -80,6 +82,8 @@ def main() -> None:
     ap.add_argument("--lr", default="1e-2", help="peak learning rate of every point (models of 10k-100k parameters)")
     ap.add_argument("--batch-tokens", default="512", help="tokens per step (4 windows of 128): these budgets are a few hundred steps")
     ap.add_argument("--workers", default="2")
+    ap.add_argument("--every-shape", default="1x8,1x12,1x16,1x24,1x32,1x48",
+                    help="also train these shapes at the check's budget, each against the law ('' = skip)")
     ap.add_argument("--threads", default="1", help="torch threads per point (1: these models are too small to gain from more)")
     a = ap.parse_args()
     work = Path(a.workdir)
@@ -112,6 +116,22 @@ def main() -> None:
     print(f"check at C {check['budget']:.3g} ({p['n_layer']}x{p['d_model']}, N {p['params']:,}, D {p['tokens']:,}): "
           f"predicted {check['predicted']:.4f}, actual {check['actual']:.4f}, error {100 * err:+.2f}% "
           f"({'within' if abs(err) <= 0.03 else 'NOT within'} 3%); approach 2's L_opt {check['predicted_approach2']:.4f}")
+    if a.every_shape:
+        # every shape at the check's budget too, each against the law fitted on the sweep (not part of the fit)
+        grid3 = work / "sweep_3x"
+        t_3x = llmctl("sweep", str(tokens), "-t", str(tok), "-o", str(grid3), "--budgets", f"{check['budget']:g}",
+                      "--sizes", a.every_shape, "--lr", a.lr, "--batch-tokens", a.batch_tokens, "--workers", a.workers,
+                      "--threads", a.threads)
+        from llmctl.sweep_law import law_loss
+
+        print(f"every shape at C {check['budget']:.3g} ({t_3x:.0f} s), approach 3's law from the sweep against the trained loss:")
+        for r in sorted(read_table(grid3), key=lambda r: r["params"]):
+            pr = law_loss(a3, r["params"], r["tokens"])
+            e = pr / r["val_loss"] - 1
+            print(f"  {r['n_layer']}x{r['d_model']:<3} N {r['params']:>7,} D {r['tokens']:>10,}: predicted {pr:.4f}, "
+                  f"trained {r['val_loss']:.4f}, error {100 * e:+.2f}%" + ("  <- the check's shape" if r["d_model"] ==
+                  p["d_model"] and r["n_layer"] == p["n_layer"] else ""))
+    print(f"sweep + fit + check: {t_sweep + t_fit + t_check:.0f} s wall")
     print(f"load average at end: {load()}")
 
 

@@ -85,16 +85,24 @@ def fit_isoflop(rows: list[dict[str, Any]], check: bool = True) -> dict[str, Any
     return {"budgets": per, "a": a, "k_a": ka, "b": b, "k_b": kb, "loss_exponent": g, "k_loss": kl}
 
 
+def _at(k: float, budget: float, exponent: float) -> float:
+    """k x budget^exponent; inf (not an OverflowError) for a wild bootstrap resample's exponent."""
+    try:
+        return k * budget ** exponent
+    except OverflowError:
+        return math.inf
+
+
 def n_opt_at(fit: dict[str, Any], budget: float) -> float:
-    return fit["k_a"] * budget ** fit["a"]
+    return _at(fit["k_a"], budget, fit["a"])
 
 
 def d_opt_at(fit: dict[str, Any], budget: float) -> float:
-    return fit["k_b"] * budget ** fit["b"]
+    return _at(fit["k_b"], budget, fit["b"])
 
 
 def l_opt_at(fit: dict[str, Any], budget: float) -> float:
-    return fit["k_loss"] * budget ** fit["loss_exponent"]
+    return _at(fit["k_loss"], budget, fit["loss_exponent"])
 
 
 def percentile_ci(values: list[float], level: float = 0.95) -> list[float] | None:

@@ -43,6 +43,15 @@ def test_approach2_recovers_the_laws_exponents(p):
     assert ci["a"][0] <= fit["a"] <= ci["a"][1] and ci["a"][1] - ci["a"][0] < 0.1
 
 
+def test_a_wild_bootstrap_exponent_is_infinite_not_an_error():
+    from llmctl.sweep_isoflop import d_opt_at, l_opt_at, n_opt_at
+
+    wild = {"k_a": 1.0, "a": 400.0, "k_b": 1.0, "b": 1.0, "k_loss": 1.0, "loss_exponent": 0.5}
+    assert n_opt_at(wild, 3e11) == float("inf")  # 3e11 ** 400 overflows a float (seen on a real CPU sweep)
+    assert d_opt_at(wild, 3e11) == 3e11 and l_opt_at(wild, 4.0) == 2.0
+    assert bootstrap_isoflop([], 5, 0, 3e11)["resamples_used"] == 0
+
+
 def test_no_minimum_is_a_usage_error():
     rows = [{"budget": c, "params": n, "tokens": c / (6 * n), "val_loss": 3 - 0.1 * np.log10(n)}  # falls with N only
             for c in (1e18, 1e19) for n in (1e7, 1e8, 1e9)]
