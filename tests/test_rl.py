@@ -102,6 +102,34 @@ def test_tiny_grpo_run_raises_the_held_out_reward(tmp_path):
     assert "reward and KL" in page and "completions at step 16" in page and (tmp_path / "report" / "run_rl.png").is_file()
 
 
+def test_completion_lengths_count_the_stop_token(tmp_path, monkeypatch):
+    import llmctl.train.rl_rollout as RR
+    from llmctl.train.rl_algos import GRPO
+    from llmctl.train.rl_rewards import Rewards
+    from llmctl.train.sft import load_start
+
+    real = RR.generate_batch
+
+    def first_row_stops(*a, **kw):  # a random tiny model rarely ends: make row 0 end after 2 tokens
+        out = real(*a, **kw)
+        out.tokens[0], out.stops[0], out.ended[0] = out.tokens[0][:2], kw["stop_ids"][0], True
+        return out
+
+    monkeypatch.setattr(RR, "generate_batch", first_row_stops)
+    ck, prompts = H.setup(tmp_path)
+    cfg = H.config("grpo", beta=0.0)  # no reference model needed
+    D.init("cpu")
+    model, _, tok, _ = load_start(ck)
+    tr, _, _, _ = RR.load_prompts(prompts, tok, cfg.max_prompt_len, cfg.val_fraction, cfg.train.seed)
+    batches = RR.RolloutBatches(model.train(), tr, tok, cfg, GRPO(cfg, None), Rewards(cfg.reward), accum=2)
+    next(batches)
+    ro = batches.rollout
+    assert ro["cmask"][0].sum().item() == 3  # 2 tokens + the stop token, which is trained
+    lengths = ro["cmask"].sum(1).float()  # as TRL counts: the stop token included
+    assert ro["completions/mean_length"].item() == pytest.approx(lengths.mean().item())
+    assert ro["completions/min_length"].item() == 3.0
+
+
 def test_instruction_prompts_and_a_notice_when_no_group_has_a_signal(tmp_path, capsys):
     from align_helpers import tiny_checkpoint
 

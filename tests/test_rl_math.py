@@ -142,3 +142,19 @@ def test_adaptive_kl_controller_moves_toward_the_target():
     fixed = R.AdaptiveKL(0.1, target=None)
     fixed.update(100.0, 10)
     assert fixed.value == 0.1
+
+
+def test_grpo_rollout_metrics_use_trls_formulas():
+    """reward_std is the std over the whole rollout (TRL's), reward_group_std the mean of the groups' stds."""
+    import statistics
+    from types import SimpleNamespace
+
+    from llmctl.train.rl_algos import GRPO
+
+    scores = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]  # two prompts x G 4: one with a signal, one without
+    cfg = SimpleNamespace(epochs=1, beta=0.0, num_generations=4, scale_rewards=True)
+    _, st = GRPO(cfg, None).prepare(None, {"scores": torch.tensor(scores)}, [])
+    assert st["reward"] == pytest.approx(statistics.mean(scores))
+    assert st["reward_std"] == pytest.approx(statistics.stdev(scores))  # 0.518, not the groups' 0.25
+    assert st["reward_group_std"] == pytest.approx((statistics.stdev(scores[:4]) + 0.0) / 2)
+    assert st["frac_reward_zero_std"] == 0.5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -40,6 +40,23 @@ def _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, s
             "train.seed": seed, "train.device": device, "train.dtype": dtype, "train.stop_after": stop_after, "train.tp": tp, **extra}
 
 
+def _train(cls: type, config: Any, set_: Any, flags: dict[str, Any], print_config_: bool,
+           run: Callable[[Any], dict[str, Any]], keys: tuple[str, ...]) -> None:
+    """What every trainer command does: resolve its config (defaults, --config, --set, flags), print it
+    with --print-config, else run it (the process group shut down either way) and print the summary."""
+    from llmctl import config as C
+    from llmctl.train import distributed as D
+
+    cfg = C.load(cls, config, set_, flags)
+    if print_config_:
+        return print_config(cfg)
+    try:
+        s = run(cfg)
+    finally:
+        D.shutdown()
+    _done(s, keys)
+
+
 def _done(s: dict[str, Any], keys: tuple[str, ...]) -> None:
     from llmctl.train import distributed as D
 
@@ -65,20 +82,13 @@ def sft_cmd(
     Examples are packed into --max-len windows with block-diagonal attention; a held-out split gives val_loss.
     Runs alone or under torchrun; writes RUN/checkpoints/step_N that generate, eval and export take.
     """
-    from llmctl import config as C
-    from llmctl.train import distributed as D
     from llmctl.train.sft import SFTConfig, run_sft
 
-    cfg = C.load(SFTConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every,
-                                                 seed, device, dtype, stop_after, tp=tp, max_len=max_len,
-                                                 val_fraction=val_fraction, pack=False if no_pack else None))
-    if print_config_:
-        return print_config(cfg)
-    try:
-        s = run_sft(data, from_, output, cfg, resume=resume, overwrite=overwrite)
-    finally:
-        D.shutdown()
-    _done(s, ("val_loss",))
+    _train(SFTConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, seed,
+                                           device, dtype, stop_after, tp=tp, max_len=max_len,
+                                           val_fraction=val_fraction, pack=False if no_pack else None),
+           print_config_, lambda cfg: run_sft(data, from_, output, cfg, resume=resume, overwrite=overwrite),
+           ("val_loss",))
 
 
 # `llmctl reward PREFS ...` trains; `llmctl reward score RM DATA` scores. The group sends anything
@@ -114,20 +124,13 @@ def reward_train_cmd(
 
     Logs held-out pairwise accuracy and margin (val_accuracy, val_margin in metrics.jsonl and the manifest).
     """
-    from llmctl import config as C
-    from llmctl.train import distributed as D
     from llmctl.train.reward import RewardConfig, run_reward
 
-    cfg = C.load(RewardConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every,
-                                                    ckpt_every, seed, device, dtype, stop_after, tp=tp, max_len=max_len,
-                                                    val_fraction=val_fraction))
-    if print_config_:
-        return print_config(cfg)
-    try:
-        s = run_reward(data, from_, output, cfg, resume=resume, overwrite=overwrite)
-    finally:
-        D.shutdown()
-    _done(s, ("val_loss", "val_accuracy", "val_margin"))
+    _train(RewardConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, seed,
+                                              device, dtype, stop_after, tp=tp, max_len=max_len,
+                                              val_fraction=val_fraction),
+           print_config_, lambda cfg: run_reward(data, from_, output, cfg, resume=resume, overwrite=overwrite),
+           ("val_loss", "val_accuracy", "val_margin"))
 
 
 @reward_app.command("score")
@@ -167,22 +170,14 @@ def dpo_cmd(
     Logs TRL's metrics: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
     logps/rejected (m_* per step, val_* on the held-out pairs).
     """
-    from llmctl import config as C
-    from llmctl.train import distributed as D
     from llmctl.train.dpo import DPOConfig, run_dpo
 
-    cfg = C.load(DPOConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every,
-                                                 seed, device, dtype, stop_after, tp=tp, beta=beta, loss_type=loss_type,
-                                                 label_smoothing=label_smoothing, ref=ref,
-                                                 cache_ref=cache_ref or None, max_len=max_len,
-                                                 val_fraction=val_fraction))
-    if print_config_:
-        return print_config(cfg)
-    try:
-        s = run_dpo(data, from_, output, cfg, resume=resume, overwrite=overwrite)
-    finally:
-        D.shutdown()
-    _done(s, ("val_loss", "val_rewards/accuracies", "val_rewards/margins"))
+    _train(DPOConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, seed,
+                                           device, dtype, stop_after, tp=tp, beta=beta, loss_type=loss_type,
+                                           label_smoothing=label_smoothing, ref=ref, cache_ref=cache_ref or None,
+                                           max_len=max_len, val_fraction=val_fraction),
+           print_config_, lambda cfg: run_dpo(data, from_, output, cfg, resume=resume, overwrite=overwrite),
+           ("val_loss", "val_rewards/accuracies", "val_rewards/margins"))
 
 
 data_app = typer.Typer(cls=LlmctlGroup, help="Bring outside data into llmctl datasets.", no_args_is_help=True)

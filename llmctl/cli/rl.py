@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from llmctl.cli.align import (CkptOpt, DeviceOpt, DtypeOpt, EvalOpt, FromOpt, LrOpt, OutOpt, ResumeOpt, SeedOpt,
-                              StepsOpt, StopOpt, ValOpt, WarmupOpt, _done, _flags)
+                              StepsOpt, StopOpt, ValOpt, WarmupOpt, _flags, _train)
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
-from llmctl.cli.common import print_config
 
 PromptsArg = Annotated[str, typer.Argument(help="Prompts: dataset dir, .parquet or .jsonl with a `prompt` (or `messages`, GSM8K's `question`, AlpacaEval's `instruction`) column; other columns (e.g. `answer`) go to the reward functions.")]
 _RL = "RL"
@@ -48,10 +47,9 @@ def rl_cmd(
     Each rollout samples completions with the policy (batched, KV cache), scores them, then trains --epochs
     passes of mini-batches; the KL to --from is penalised. metrics.jsonl uses TRL's names (reward, reward_std,
     kl, clip_ratio; objective/kl, objective/scores, policy/approxkl, policy/clipfrac, val/...); val_reward is the
-    greedy held-out reward, and RUN/samples.jsonl holds sampled completions with their rewards.
+    mean reward of greedy answers to held-out prompts (sampled ones with --set val_temperature=T --set
+    val_samples=K), and RUN/samples.jsonl holds sampled completions with their rewards.
     """
-    from llmctl import config as C
-    from llmctl.train import distributed as D
     from llmctl.train.rl import RLConfig, run_rl
 
     extra = dict(algo=algo, reward=reward or None, reward_weights=reward_weight or None, reward_model=reward_model,
@@ -59,12 +57,7 @@ def rl_cmd(
                  max_new_tokens=max_new_tokens, max_prompt_len=max_prompt_len, temperature=temperature, top_k=top_k, top_p=top_p, beta=beta,
                  target_kl=target_kl, loss_type=loss_type, scale_rewards=False if no_scale_rewards else None,
                  val_fraction=val_fraction)
-    cfg = C.load(RLConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every,
-                                                seed, device, dtype, stop_after, **extra))
-    if print_config_:
-        return print_config(cfg)
-    try:
-        s = run_rl(prompts, from_, output, cfg, resume=resume, overwrite=overwrite)
-    finally:
-        D.shutdown()
-    _done(s, ("val_reward",))
+    _train(RLConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, seed,
+                                          device, dtype, stop_after, **extra),
+           print_config_, lambda cfg: run_rl(prompts, from_, output, cfg, resume=resume, overwrite=overwrite),
+           ("val_reward",))

@@ -138,8 +138,8 @@ def held_out_reward(model: torch.nn.Module, prompts: list[Prompt], tok: Any, rew
                              stop_ids=tok.stop_ids, pad_id=tok.pad_id)
         texts = [tok.decode(t) for t in out.tokens]
         total, per = rewards([_val_prompt(p) for p in chunk], texts, [p.row for p in chunk], [p.index for p in chunk])
-        tot += torch.tensor([sum(total), len(chunk), sum(len(t) + (s is not None) for t, s in zip(out.tokens, out.stops))] + [sum(per[n]) for n in names],
-                            dtype=torch.float64)
+        length = sum(len(t) + (stop is not None) for t, stop in zip(out.tokens, out.stops))  # stop token counted
+        tot += torch.tensor([sum(total), len(chunk), length] + [sum(per[n]) for n in names], dtype=torch.float64)
         samples += [{"prompt": p.messages[-1]["content"], "completion": t, "reward": r, "prompt_index": p.index}
                     for p, t, r in zip(chunk, texts, total)]
     D.all_reduce_sum(tot)

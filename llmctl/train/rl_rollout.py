@@ -232,7 +232,6 @@ class RolloutBatches:
                          **{k: v[i] for k, v in per.items()}, "prompt_index": items[i].index}
                         for i in range(min(len(items), cfg.log_samples))]
 
-
     def _check_signal(self, stats: dict[str, float]) -> None:
         """One notice when GRPO has learned nothing from FLAT_ROLLOUTS rollouts in a row (every advantage 0)."""
         if self.g < 2 or stats.get("frac_reward_zero_std", 0.0) < 1.0:
@@ -243,9 +242,9 @@ class RolloutBatches:
             self.flat_warned = True
             D.print0(f"rl: notice: in {FLAT_ROLLOUTS} rollouts in a row, each prompt's {self.g} completions got the same "
                      f"reward (mean {stats['reward']:.3g}), so every advantage is 0 and the policy is not changing. "
-                     "Look at the completions in samples.jsonl: a reward that never fires needs a model that sometimes "
-                     "succeeds (SFT on the task first, raise --temperature or --num-generations); one that always "
-                     "fires has nothing left to teach")
+                     "Look at the completions (samples.jsonl, written at each evaluation): a reward that never "
+                     "fires needs a model that sometimes succeeds (SFT on the task first, raise --temperature or "
+                     "--num-generations); one that always fires has nothing left to teach")
 
 
 def write_samples(run_dir: Path, step: int, kind: str, samples: list[dict[str, Any]]) -> None:
