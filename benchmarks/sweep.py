@@ -3,17 +3,19 @@
 TinyStories (the 0.8 MB head in /work/shared/data/tinystories, 4,300 paragraphs) is tokenized with
 llmctl's BPE (512 tokens; every 20th paragraph held out), then the same three commands a user runs:
 
-    llmctl sweep TOKENS -t TOK -o SWEEP --budgets 1e10,3e10,1e11 --sizes 1x8,1x12,1x16,1x24,1x32 --lr 1e-2 --batch-tokens 512 --threads 1 --workers 2
-    llmctl sweep fit SWEEP            # predicts the best shape and its loss at 3e11 (3x the largest)
+    llmctl sweep TOKENS -t TOK -o SWEEP --budgets 1e11,3e11,1e12 --sizes 1x16,1x24,1x32,1x48,1x64,1x96 \
+        --lr 1e-2 --batch-tokens 512 --untie-embeddings --seed 1337 --threads 1 --workers 2
+    llmctl sweep fit SWEEP            # predicts the best shape and its loss at 3e12 (3x the largest)
     llmctl sweep check SWEEP          # trains it: predicted vs actual validation loss
 
 It prints the wall time of each step, the fitted exponents beside Chinchilla's, and the prediction's
-error (target: within 3%). Then, as a diagnostic outside the sweep and its fit, it trains each shape
-of --every-shape at the check's budget and prints approach 3's prediction for each against its
-trained loss (which shapes the law predicts at 3x, and which it does not). Everything is resumable: re-running the script continues where a killed
-run stopped (WORKDIR keeps the tokens, the sweep and the check).
+error (target: within 3%). With --every-shape, as a diagnostic outside the sweep and its fit, it also
+trains those shapes at the check's budget and prints approach 3's prediction for each against its
+trained loss (is the predicted shape the best one, and where does the law hold). Everything is
+resumable: re-running the script continues where a killed run stopped (WORKDIR keeps the tokens, the
+sweep and the check).
 
-    .venv/bin/python benchmarks/sweep.py [--workdir /tmp/llmctl-sweep-bench] [--budgets 1e10,3e10,1e11] [--sizes ...]
+    .venv/bin/python benchmarks/sweep.py [--workdir /tmp/llmctl-sweep-bench] [--seed 1] [--every-shape 1x48,1x64,1x96,1x128]
 """
 
 from __future__ import annotations
@@ -74,15 +76,18 @@ def load() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/tmp/llmctl-sweep-bench")
-    ap.add_argument("--budgets", default="1e10,3e10,1e11")
-    ap.add_argument("--sizes", default="1x8,1x12,1x16,1x24,1x32", help="shapes at every budget ('' = the ladder)")
+    ap.add_argument("--budgets", default="1e11,3e11,1e12")
+    ap.add_argument("--sizes", default="1x16,1x24,1x32,1x48,1x64,1x96", help="shapes at every budget ('' = the ladder)")
     ap.add_argument("--points", default="6", help="with --sizes '': ladder shapes per budget")
     ap.add_argument("--tokens-per-param", default="10", help="with --sizes '': where the ladder's grid is centred")
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--lr", default="1e-2", help="peak learning rate of every point (models of 10k-100k parameters)")
-    ap.add_argument("--batch-tokens", default="512", help="tokens per step (4 windows of 128): these budgets are a few hundred steps")
+    ap.add_argument("--batch-tokens", default="512", help="tokens per step (4 windows of 128): 250-20,000 steps a point")
+    ap.add_argument("--embeddings", choices=["tied", "untied"], default="untied",
+                    help="untied: a separate input embedding (same N and F); tied ones start slowly, by seed, at these widths")
+    ap.add_argument("--seed", default="1337", help="seed of every point (init and data order) and of the check")
     ap.add_argument("--workers", default="2")
-    ap.add_argument("--every-shape", default="1x8,1x12,1x16,1x24,1x32,1x48",
+    ap.add_argument("--every-shape", default="",
                     help="also train these shapes at the check's budget, each against the law ('' = skip)")
     ap.add_argument("--threads", default="1", help="torch threads per point (1: these models are too small to gain from more)")
     a = ap.parse_args()
@@ -91,9 +96,10 @@ def main() -> None:
     print(f"load average at start: {load()} ({os.cpu_count()} cores)")
     tok, tokens = prepare(work, a.vocab)
     sweep = work / "sweep"
+    emb = ["--untie-embeddings" if a.embeddings == "untied" else "--tie-embeddings", "--seed", a.seed]
     grid = ["--sizes", a.sizes] if a.sizes else ["--points", a.points, "--tokens-per-param", a.tokens_per_param]
     t_sweep = llmctl("sweep", str(tokens), "-t", str(tok), "-o", str(sweep), "--budgets", a.budgets, *grid,
-                     "--lr", a.lr, "--batch-tokens", a.batch_tokens, "--workers", a.workers, "--threads", a.threads)
+                     "--lr", a.lr, "--batch-tokens", a.batch_tokens, "--workers", a.workers, "--threads", a.threads, *emb)
     t_fit = llmctl("sweep", "fit", str(sweep))
     t_check = llmctl("sweep", "check", str(sweep))
     fit, check = json.loads((sweep / "fit.json").read_text()), json.loads((sweep / "check.json").read_text())
@@ -121,7 +127,7 @@ def main() -> None:
         grid3 = work / "sweep_3x"
         t_3x = llmctl("sweep", str(tokens), "-t", str(tok), "-o", str(grid3), "--budgets", f"{check['budget']:g}",
                       "--sizes", a.every_shape, "--lr", a.lr, "--batch-tokens", a.batch_tokens, "--workers", a.workers,
-                      "--threads", a.threads)
+                      "--threads", a.threads, *emb)
         from llmctl.sweep_law import law_loss
 
         print(f"every shape at C {check['budget']:.3g} ({t_3x:.0f} s), approach 3's law from the sweep against the trained loss:")

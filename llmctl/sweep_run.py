@@ -49,6 +49,7 @@ class SweepConfig(GridConfig):
     min_lr_ratio: float = 0.1  # cosine to 10%, over each point's own length (as Chinchilla)
     micro_batch: int = 16
     seed: int = 1337
+    tie_embeddings: bool = True  # False: a separate input embedding (N, F and the FLOPs do not change: it is a lookup)
     val_tokens: int = 32768
     checkpoints: int = 4  # per point: a killed point loses at most a quarter of its steps
     threads: int | None = runtime(None)  # torch threads per point (default: torch's own; cores / workers with --workers)
@@ -61,7 +62,8 @@ def pretrain_config(p: Point, cfg: SweepConfig) -> dict[str, Any]:
     batch = p.batch_tokens // cfg.seq_len
     micro = max(m for m in range(1, min(cfg.micro_batch, batch) + 1) if batch % m == 0)
     return {
-        "model": {"preset": "tiny", "n_layer": p.n_layer, "n_head": p.n_head, "d_model": p.d_model},
+        "model": {"preset": "tiny", "n_layer": p.n_layer, "n_head": p.n_head, "d_model": p.d_model,
+                  "tie_embeddings": cfg.tie_embeddings},
         "seq_len": cfg.seq_len, "batch_tokens": p.batch_tokens, "val_tokens": cfg.val_tokens,
         "train": {"steps": p.steps, "lr": cfg.lr, "min_lr_ratio": cfg.min_lr_ratio,
                   "warmup_steps": max(1, round(cfg.warmup_fraction * p.steps)), "schedule": "cosine",

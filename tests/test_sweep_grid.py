@@ -71,6 +71,20 @@ def test_points_sit_at_their_budget_within_2_percent(budgets, sizes):
                 assert 0.15 * centre < ns[0] < 0.5 * centre and 2 * centre < ns[-1] < 5 * centre
 
 
+def test_untied_points_train_untied_models_with_the_same_n_and_f():
+    """--untie-embeddings: pretrain builds a separate input embedding; N and F stay the tied shape's (a lookup)."""
+    sizes = ["1x16", "1x48", "2x64"]
+    tied, untied = (plan_grid(SweepConfig(budgets=[1e11], sizes=sizes, tie_embeddings=t), 512) for t in (True, False))
+    assert [p.to_dict() for p in tied] == [p.to_dict() for p in untied]
+    for p in untied:
+        pc = from_dict(PretrainConfig, pretrain_config(p, SweepConfig(tie_embeddings=False)))
+        model = Transformer(pretrain_model_config(pc, 512))
+        assert model.lm_head.weight is not model.embed_tokens.weight
+        assert model.flops_per_token(pc.seq_len) == p.flops_per_token
+        assert model.num_params(non_embedding=True) == p.params  # N: every parameter but the input embedding
+        assert model.num_params() == p.params + 512 * p.d_model
+
+
 def test_bad_sizes_and_budgets_are_usage_errors():
     with pytest.raises(UsageError, match="LAYERSxWIDTH"):
         parse_sizes(["2-64"])

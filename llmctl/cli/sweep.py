@@ -55,6 +55,7 @@ def run_cmd(
     batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step; halved for points with fewer than min_steps steps (default 2048).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of every point (default 3e-3).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of every point's init and data order.")] = None,
+    tie_embeddings: Annotated[Optional[bool], typer.Option("--tie-embeddings/--untie-embeddings", help="Tie the input embedding to the lm head (what the sweep and pretrain do unless told) or give it its own: untied trains faster at CPU-sweep widths (docs/sweep.md). N and F are the same either way (the input embedding is a lookup).")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, rich_help_panel="Execution", help="Points trained at once (processes, or Ray tasks with --executor ray).")] = 1,
     threads: Annotated[Optional[int], typer.Option(min=1, rich_help_panel="Execution", help="Torch threads per point (default: torch's choice; cores / workers with --workers). Tiny models on a busy machine: 1.")] = None,
     executor: ExecutorOpt = None,
@@ -76,7 +77,7 @@ def run_cmd(
 
     flags = {"budgets": _floats(budgets, "--budgets"), "sizes": sizes.split(",") if sizes else None, "points": points,
              "tokens_per_param": tokens_per_param, "lo": lo, "hi": hi, "seq_len": seq_len, "batch_tokens": batch_tokens,
-             "lr": lr, "seed": seed, "threads": threads}
+             "lr": lr, "seed": seed, "tie_embeddings": tie_embeddings, "threads": threads}
     cfg = C.load(SweepConfig, config, set_, flags)
     if print_config_:
         from llmctl.cli.common import print_config
