@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from llmctl.config import from_dict, runtime, to_dict
+from llmctl.config import from_dict, output_fields, runtime, to_dict
 from llmctl.datasets import Dataset, StageOutput, atomic_write_json
 from llmctl.errors import UsageError
 from llmctl.lock import exclusive_output
@@ -78,7 +78,9 @@ def run_point(task: dict[str, Any], report: Any = None) -> dict[str, Any]:
     log = Path(task["log"])
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.time()
-    s = _pretrain_subprocess(task, log) if task.get("subprocess") else _pretrain_here(task, log)
+    s = _finished(task)
+    if s is None:
+        s = _pretrain_subprocess(task, log) if task.get("subprocess") else _pretrain_here(task, log)
     if "val_loss" not in s:
         raise UsageError(f"{task['run']}: no validation loss (the token dataset has no val split; "
                          "tokenize with --val-fraction > 0)")
@@ -86,6 +88,24 @@ def run_point(task: dict[str, Any], report: Any = None) -> dict[str, Any]:
     return {**{k: p[k] for k in TABLE_SCHEMA.names if k in p}, "point": p["name"], "val_loss": float(s["val_loss"]),
             "train_loss": float(s.get("loss", "nan")), "seconds": float(s.get("elapsed_s", time.time() - t)),
             "complete": bool(s.get("complete"))}
+
+
+def _finished(task: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary of a point whose run finished with this config and inputs, read from its manifest (what
+    pretrain itself would report as complete, without starting a process); None for any other run dir."""
+    from llmctl.train.pretrain import PretrainConfig
+    from llmctl.train.run_dir import MANIFEST, prepare_run_dir
+
+    run = Path(task["run"])
+    if not task.get("inputs") or not (run / MANIFEST).is_file():
+        return None
+    cfg = from_dict(PretrainConfig, task["pretrain"])
+    cfg.train.batch_size = cfg.batch_tokens // cfg.seq_len  # as pretrain sets it before it reads the run dir
+    try:
+        plan = prepare_run_dir(run, "pretrain", cfg, task["inputs"], overwrite=False)
+    except UsageError:  # another config: pretrain says so in full
+        return None
+    return {**plan.manifest.get("stats", {}), "complete": True} if plan.status == "complete" else None
 
 
 def _pretrain_here(task: dict[str, Any], log: Path) -> dict[str, Any]:
@@ -128,11 +148,13 @@ def _pretrain_subprocess(task: dict[str, Any], log: Path) -> dict[str, Any]:
 
 
 def point_task(p: Point, cfg: SweepConfig, tokens: str | Path, tokenizer: str | Path, root: Path, where: str = "points",
-               threads: int | None = None, subprocess: bool = False) -> dict[str, Any]:
+               threads: int | None = None, subprocess: bool = False, inputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One point as a plain dict (for a worker process or a Ray task); `inputs`, the lineage of the tokens and the
+    tokenizer, lets a finished point be reported from its manifest without starting pretrain."""
     return {"name": p.name, "point": p.to_dict(), "pretrain": pretrain_config(p, cfg),
             "tokens": str(Path(tokens).absolute()), "tokenizer": str(Path(tokenizer).absolute()),
             "run": str(root / where / p.name), "log": str(root / "logs" / f"{p.name}.log"), "threads": threads,
-            "subprocess": subprocess}
+            "subprocess": subprocess, "inputs": inputs}
 
 
 def vocab_of(tokenizer: str | Path) -> int:
@@ -149,18 +171,23 @@ def sweep(tokens: str | Path, tokenizer: str | Path, output: str | Path, cfg: Sw
     from llmctl.tokenizer import Tokenizer
 
     root = Path(output).absolute()
+    tokens, tokenizer = Path(tokens).absolute(), Path(tokenizer).absolute()  # the paths each point's pretrain records
     tok = Tokenizer.load(tokenizer)
     ds = Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
     points = plan_grid(cfg, tok.vocab_size)
     if root.exists() and any(root.iterdir()) and not (root / PLAN).is_file():
         raise UsageError(f"{root}: directory is not empty and holds no sweep; choose another path")
+    if (root / PLAN).is_file():
+        check_same_training(root, cfg)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / PLAN, {"config": to_dict(cfg), "tokens": str(Path(tokens).absolute()),
                                     "tokenizer": str(Path(tokenizer).absolute()), "vocab_size": tok.vocab_size,
                                     "points": [p.to_dict() for p in points]})
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
     local = _DEFAULT["executor"] == "local"  # Ray tasks run in fresh worker processes already
-    tasks = [point_task(p, cfg, tokens, tokenizer, root, threads=threads, subprocess=workers > 1 and local) for p in points]
+    inputs = [ds.lineage(), tok.lineage()]
+    tasks = [point_task(p, cfg, tokens, tokenizer, root, threads=threads, subprocess=workers > 1 and local, inputs=inputs)
+             for p in points]
     echo(f"sweep: {len(points)} points over {len(cfg.budgets)} budgets "
          f"({sum(p.flops for p in points):.3g} FLOPs in all), {workers} at a time")
     rows = []
@@ -172,8 +199,25 @@ def sweep(tokens: str | Path, tokenizer: str | Path, output: str | Path, cfg: Sw
         rows = run_tasks(run_point, tasks, workers=workers, names=[t["name"] for t in tasks])
         for i, r in enumerate(rows):
             _echo_row(echo, i, len(tasks), r)
-    write_table(root, cfg, rows, [ds.lineage(), tok.lineage()])
+    write_table(root, cfg, rows, inputs)
     return {"points": rows, "table": str(root / TABLE)}
+
+
+GRID_ONLY = ("budgets", "points", "tokens_per_param", "lo", "hi", "sizes")  # a re-run may extend the grid
+
+
+def check_same_training(root: Path, cfg: SweepConfig) -> None:
+    """A re-run may add budgets or sizes, but must train points as the sweep did (its fit and check read
+    the recorded config): otherwise a one-line error naming what changed, before anything is written."""
+    import json
+
+    old = output_fields(from_dict(SweepConfig, json.loads((root / PLAN).read_text())["config"]))
+    new = output_fields(cfg)
+    changed = [k for k in new if k not in GRID_ONLY and new[k] != old.get(k)]
+    if changed:
+        was = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed[:4])
+        raise UsageError(f"{root}: holds a sweep whose points train differently ({was}); re-run it with its own "
+                         "settings (more budgets or sizes are fine), or choose another directory")
 
 
 def _echo_row(echo: Any, i: int, n: int, r: dict[str, Any]) -> None:

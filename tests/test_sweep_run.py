@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from llmctl.datasets import Dataset
+from llmctl.errors import UsageError
 from llmctl.sweep_run import SweepConfig, read_table, sweep
 from pretrain_helpers import make_tokenizer, write_tokens
 
@@ -60,10 +61,33 @@ def test_sweep_trains_every_point_and_writes_the_table(reference):
     assert sum("val loss" in ln for ln in lines) == 6
 
 
-def test_finished_sweep_skips_its_points(reference, data):
+def test_finished_sweep_skips_its_points(reference, data, monkeypatch):
     root, _ = reference
+    import llmctl.sweep_run as sr
+
+    def no_pretrain(*a, **k):
+        raise AssertionError("a finished point started pretrain")
+
+    # finished points are read from their manifests: no pretrain (nor, with --workers, a process) per point
+    monkeypatch.setattr(sr, "_pretrain_here", no_pretrain)
+    monkeypatch.setattr(sr, "_pretrain_subprocess", no_pretrain)
     lines: list[str] = []
     sweep(*reversed(data), root, config(), echo=lines.append)
+    assert sum("already complete" in ln for ln in lines) == 6
+
+
+def test_rerun_that_trains_differently_is_refused_before_it_writes(reference, data):
+    root, _ = reference
+    plan = (root / "_sweep.json").read_text()
+    changed = config()
+    changed.lr = 1e-2
+    with pytest.raises(UsageError, match=r"train differently \(lr 0.003 -> 0.01\)"):
+        sweep(*reversed(data), root, changed, echo=lambda m: None)
+    assert (root / "_sweep.json").read_text() == plan
+    threads = config()
+    threads.threads = 2  # how points run is not how they train: the same sweep
+    lines: list[str] = []
+    sweep(*reversed(data), root, threads, echo=lines.append)
     assert sum("already complete" in ln for ln in lines) == 6
 
 
