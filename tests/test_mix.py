@@ -154,6 +154,26 @@ def test_weight_zero_drops_and_weights_are_normalized(srcs, tmp_path):
     assert not any(str(srcs["math"]) in i["path"] for i in m["inputs"])
 
 
+def test_a_share_whole_documents_cannot_meet_is_a_notice(srcs):
+    from llmctl.data.mix_plan import make_plan, open_sources
+
+    shortest = int(open_sources(cfg(srcs, sources={"web": 1.0}))[0].length["train"].min())
+    notices: list[str] = []
+    # web's target is a third of its shortest page: whole pages cannot come near it
+    c = cfg(srcs, sources={"web": shortest / 3 / 100_000, "stories": 1 - shortest / 3 / 100_000}, tokens="100k")
+    plan = make_plan(c, open_sources(c, notices.append), notices.append)
+    web = plan.table[0]
+    assert abs(web["tokens"] - web["target_tokens"]) > 0.05 * web["target_tokens"]
+    assert [n for n in notices if " gets " in n] == [
+        f"source 'web' gets {web['tokens']:,} tokens for a target of {web['target_tokens']:,} ({web['proportion']:.1%} "
+        f"of the mixture, not {web['target_proportion']:.1%}): its documents are whole and up to "
+        f"{max(plan.sources[0].length['train']):,} tokens long; raise --tokens or split them"]
+    notices.clear()
+    c = cfg(srcs)  # 400k tokens: every source lands within a few tokens of its share, no notice
+    make_plan(c, open_sources(c, notices.append), notices.append)
+    assert not [n for n in notices if " gets " in n]
+
+
 def test_bad_mixtures_are_one_line_errors_with_nothing_written(srcs, tmp_path):
     base = [f"--source=web={srcs['web']}:0.3", f"--source=stories={srcs['stories']}:0.7"]
     cases = [

@@ -255,7 +255,7 @@ def source_sequence(lengths: np.ndarray, target: int, seed: int, name: str) -> t
         if k == full:
             perm = _fill(perm, lengths, rem)
         seq.append(perm)
-        last = int(perm[-1])
+        last = int(perm[-1]) if len(perm) else last  # a target under half the shortest document: none
     out = np.concatenate(seq) if seq else np.zeros(0, np.int64)
     return out, full + (1 if rem else 0)
 
@@ -321,6 +321,9 @@ def targets(cfg: MixConfig, sources: list[Source], notice=None) -> tuple[list[in
     return tokens, total, [t / total for t in tokens]
 
 
+SHARE_SLACK = 0.05  # a source more than 5% off its target tokens (whole documents too long for the budget): a notice
+
+
 def make_plan(cfg: MixConfig, sources: list[Source], notice=None) -> Plan:
     tgt, budget, prop = targets(cfg, sources, notice)
     seqs = []
@@ -349,12 +352,16 @@ def make_plan(cfg: MixConfig, sources: list[Source], notice=None) -> Plan:
                 col[m] = getattr(s, k)[split][idx[m]]
             out[k][split] = col
     total = int(out["length"]["train"].sum())
-    for i, r in enumerate(table):
+    for i, (s, r) in enumerate(zip(sources, table)):
         m = out["src"]["train"] == i
         r["tokens"] = int(out["length"]["train"][m].sum())
         r["proportion"] = r["tokens"] / total
         r["documents"] = int(m.sum())
         r["epochs"] = r["tokens"] / r["available_tokens"]
+        if notice and abs(r["tokens"] - r["target_tokens"]) > SHARE_SLACK * r["target_tokens"]:
+            notice(f"source {s.name!r} gets {r['tokens']:,} tokens for a target of {r['target_tokens']:,} "
+                   f"({r['proportion']:.1%} of the mixture, not {r['target_proportion']:.1%}): its documents are whole "
+                   f"and up to {int(s.length['train'].max(initial=0)):,} tokens long; raise --tokens or split them")
     fp = sha256_text(canonical_json({"seed": cfg.seed, "table": [{k: r[k] for k in ("name", "target_tokens")}
                                                                   for r in table],
                                      "inputs": [r["lineage"]["fingerprint"] for r in table]}))

@@ -222,11 +222,3 @@ def _clean(r: dict[str, Any]) -> dict[str, Any]:
     err = r.get("stderr")
     err = None if err is None or (isinstance(err, float) and math.isnan(err)) else float(err)
     return {"task": r["task"], "metric": r["metric"], "value": float(r["value"]), "stderr": err, "n": int(r["n"])}
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| task | metric | value | stderr | n |", "|---|---|---:|---:|---:|"]
-    for r in rows:
-        err = "" if r["stderr"] is None else f"{r['stderr']:.4f}"
-        lines.append(f"| {r['task']} | {r['metric']} | {r['value']:.4f} | {err} | {r['n']:,} |")
-    return "\n".join(lines)
