@@ -18,7 +18,8 @@ Rules (what OLMo's and NeMo Curator's blending users expect):
 - pass k over a source is its own seeded permutation of the documents (never the same document
   twice in a row across a pass boundary); a fractional last pass takes its permutation's prefix
   under the remaining tokens, then the next documents in that order that still fit (`_fill`), so a
-  source lands within a few tokens of its target even with documents of thousands of tokens;
+  source lands within a few tokens of its target even with documents of thousands of tokens; when
+  whole documents cannot come within 5% of it (a small target, long documents), a notice says so;
 - sources are interleaved by progress: each document sits at the fraction of its source's tokens
   reached at its middle, so any prefix of the stream holds the sources in proportion;
 - validation: every source's `val` documents exactly once (no up- or down-sampling, so a
