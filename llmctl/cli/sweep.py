@@ -70,6 +70,11 @@ def run_cmd(
     Each point is an ordinary `llmctl pretrain` run in SWEEP/points/NAME; re-running the same
     command skips finished points and resumes a killed one from its checkpoint. The final
     validation losses go to SWEEP/table (a Parquet dataset), which `llmctl sweep fit` reads.
+    A re-run may add budgets or sizes; one that would train points differently is refused.
+
+    On 2 CPU cores, what predicted TinyStories' 3x budget within 3% (benchmarks/sweep.py, docs/sweep.md):
+    --budgets 1e11,3e11,1e12 --sizes 1x16,1x24,1x32,1x48,1x64,1x96 --lr 1e-2 --batch-tokens 512
+    --untie-embeddings --threads 1 --workers 2 (about 6 minutes).
     """
     from llmctl import config as C
     from llmctl.executor import using
