@@ -66,14 +66,14 @@ class Point:
 
 @dataclass
 class GridConfig:
-    budgets: list[float] = field(default_factory=lambda: [1e10, 3e10, 1e11])
+    budgets: list[float] = field(default_factory=lambda: [1e11, 3e11, 1e12])  # CPU-sized: ~4 min on 2 cores with the ladder
     points: int = 5  # shapes per budget
     tokens_per_param: float = 20.0  # where the grid is centred (Chinchilla's rule)
     lo: float = 0.3  # the grid spans lo..hi x the expected optimum N
     hi: float = 3.0
     sizes: list[str] = field(default_factory=list)  # explicit shapes "LxD" (n_layer x d_model); empty = the ladder
     seq_len: int = 128
-    batch_tokens: int = 2048
+    batch_tokens: int = 512  # small models learn per step, not per token: 4 windows of 128 a step
     min_steps: int = 50
 
 
@@ -162,7 +162,7 @@ def budget_points(budget: float, cfg: GridConfig, shapes: list[tuple[Shape, int,
 def plan_grid(cfg: GridConfig, vocab_size: int) -> list[Point]:
     """Every point of the sweep, by budget then size."""
     if not cfg.budgets:
-        raise UsageError("--budgets: give at least one compute budget in FLOPs, e.g. 1e10,3e10,1e11")
+        raise UsageError("--budgets: give at least one compute budget in FLOPs, e.g. 1e11,3e11,1e12")
     if any(not (b > 0 and math.isfinite(b)) for b in cfg.budgets):
         raise UsageError(f"--budgets: every budget must be a positive number of FLOPs, got {cfg.budgets}")
     if cfg.batch_tokens % cfg.seq_len:

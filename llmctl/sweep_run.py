@@ -44,12 +44,14 @@ TABLE_SCHEMA = pa.schema([
 class SweepConfig(GridConfig):
     """The grid plus how each point trains (every point the same way but for its steps)."""
 
-    lr: float = 3e-3
+    lr: float = 1e-2  # what the CPU-sized defaults need (models of 10k-300k parameters); lower it for larger ones
     warmup_fraction: float = 0.05  # of each point's steps
     min_lr_ratio: float = 0.1  # cosine to 10%, over each point's own length (as Chinchilla)
     micro_batch: int = 16
     seed: int = 1337
-    tie_embeddings: bool = True  # False: a separate input embedding (N, F and the FLOPs do not change: it is a lookup)
+    # untied (unlike pretrain's default): tied, widths under ~100 learn slowly and by seed (docs/sweep.md);
+    # N, F and the FLOPs are the same either way (the input embedding is a lookup)
+    tie_embeddings: bool = False
     val_tokens: int = 32768
     checkpoints: int = 4  # per point: a killed point loses at most a quarter of its steps
     threads: int | None = runtime(None)  # torch threads per point (default: torch's own; cores / workers with --workers)

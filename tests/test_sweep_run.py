@@ -80,8 +80,8 @@ def test_rerun_that_trains_differently_is_refused_before_it_writes(reference, da
     root, _ = reference
     plan = (root / "_sweep.json").read_text()
     changed = config()
-    changed.lr = 1e-2
-    with pytest.raises(UsageError, match=r"train differently \(lr 0.003 -> 0.01\)"):
+    changed.lr = 3e-2
+    with pytest.raises(UsageError, match=r"train differently \(lr 0.01 -> 0.03\)"):
         sweep(*reversed(data), root, changed, echo=lambda m: None)
     assert (root / "_sweep.json").read_text() == plan
     threads = config()

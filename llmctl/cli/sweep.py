@@ -25,7 +25,7 @@ sweep_app = typer.Typer(
     cls=SweepGroup, no_args_is_help=True,
     help="Scaling-law sweeps: an IsoFLOP grid of pretrain runs, Chinchilla fits (approaches 2 and 3), "
          "a predicted compute-optimal shape for a larger budget, and a run that checks it.\n\n"
-         "\b\nllmctl sweep TOKENS -t TOK -o runs/sweep --budgets 1e10,3e10,1e11   (same as `sweep run`)\n"
+         "\b\nllmctl sweep TOKENS -t TOK -o runs/sweep --budgets 1e11,3e11,1e12   (same as `sweep run`)\n"
          "llmctl sweep fit runs/sweep          # fit.json, plots/, the prediction\n"
          "llmctl sweep check runs/sweep        # train the predicted shape, predicted vs actual loss")
 app.add_typer(sweep_app, name="sweep")
@@ -37,7 +37,7 @@ def _floats(text: str | None, what: str) -> list[float] | None:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"{what}: expected comma-separated numbers such as 1e10,3e10,1e11, got {text!r}") from None
+        raise UsageError(f"{what}: expected comma-separated numbers such as 1e11,3e11,1e12, got {text!r}") from None
 
 
 @sweep_app.command("run")
@@ -45,17 +45,17 @@ def run_cmd(
     tokens: Annotated[str, typer.Argument(help="Token dataset (from `llmctl tokenize encode`, with a val split).")],
     tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer directory the tokens were made with.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Sweep directory: points/, logs/, table/, _sweep.json.")],
-    budgets: Annotated[Optional[str], typer.Option(help="Compute budgets C in training FLOPs, comma-separated (default 1e10,3e10,1e11).")] = None,
+    budgets: Annotated[Optional[str], typer.Option(help="Compute budgets C in training FLOPs, comma-separated (default 1e11,3e11,1e12).")] = None,
     sizes: Annotated[Optional[str], typer.Option(help="Shapes as LAYERSxWIDTH, comma-separated (e.g. 1x32,2x64), each at every budget (default: the ladder).")] = None,
     points: Annotated[Optional[int], typer.Option(help="Shapes per budget, picked from the ladder (default 5).")] = None,
     tokens_per_param: Annotated[Optional[float], typer.Option(help="Where the grid is centred: D/N of the expected optimum (default 20, Chinchilla's).")] = None,
     lo: Annotated[Optional[float], typer.Option(help="Smallest N as a multiple of the expected optimum (default 0.3).")] = None,
     hi: Annotated[Optional[float], typer.Option(help="Largest N as a multiple of the expected optimum (default 3).")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Tokens per training window (default 128).")] = None,
-    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step; halved for points with fewer than min_steps steps (default 2048).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of every point (default 3e-3).")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step; halved for points with fewer than min_steps steps (default 512).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of every point (default 1e-2, for models of 10k-300k parameters).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of every point's init and data order.")] = None,
-    tie_embeddings: Annotated[Optional[bool], typer.Option("--tie-embeddings/--untie-embeddings", help="Tie the input embedding to the lm head (what the sweep and pretrain do unless told) or give it its own: untied trains faster at CPU-sweep widths (docs/sweep.md). N and F are the same either way (the input embedding is a lookup).")] = None,
+    tie_embeddings: Annotated[Optional[bool], typer.Option("--tie-embeddings/--untie-embeddings", help="Tie the input embedding to the lm head, as pretrain does unless told, or give every point its own, as the sweep does unless told: tied, models of CPU-sweep widths learn slowly and by seed (docs/sweep.md). N and F are the same either way (the input embedding is a lookup).")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, rich_help_panel="Execution", help="Points trained at once (processes, or Ray tasks with --executor ray).")] = 1,
     threads: Annotated[Optional[int], typer.Option(min=1, rich_help_panel="Execution", help="Torch threads per point (default: torch's choice; cores / workers with --workers). Tiny models on a busy machine: 1.")] = None,
     executor: ExecutorOpt = None,
@@ -72,9 +72,10 @@ def run_cmd(
     validation losses go to SWEEP/table (a Parquet dataset), which `llmctl sweep fit` reads.
     A re-run may add budgets or sizes; one that would train points differently is refused.
 
-    On 2 CPU cores, what predicted TinyStories' 3x budget within 3% (benchmarks/sweep.py, docs/sweep.md):
-    --budgets 1e11,3e11,1e12 --sizes 1x16,1x24,1x32,1x48,1x64,1x96 --lr 1e-2 --batch-tokens 512
-    --untie-embeddings --threads 1 --workers 2 (about 6 minutes).
+    The defaults are sized for 2 CPU cores: on TinyStories they take about 4 minutes with --workers 2
+    --threads 1, and `sweep check` lands within 4% (docs/sweep.md); with --sizes
+    1x16,1x24,1x32,1x48,1x64,1x96, within 3% (benchmarks/sweep.py). Models of these widths train untied
+    by default: pretrain the predicted shape with --set model.tie_embeddings=false to match.
     """
     from llmctl import config as C
     from llmctl.executor import using
