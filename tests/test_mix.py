@@ -159,15 +159,19 @@ def test_a_share_whole_documents_cannot_meet_is_a_notice(srcs):
 
     shortest = int(open_sources(cfg(srcs, sources={"web": 1.0}))[0].length["train"].min())
     notices: list[str] = []
-    # web's target is a third of its shortest page: whole pages cannot come near it
-    c = cfg(srcs, sources={"web": shortest / 3 / 100_000, "stories": 1 - shortest / 3 / 100_000}, tokens="100k")
+    # web's target is 0.6 of its shortest page: one page overshoots it by two thirds
+    c = cfg(srcs, sources={"web": 0.6 * shortest / 100_000, "stories": 1 - 0.6 * shortest / 100_000}, tokens="100k")
     plan = make_plan(c, open_sources(c, notices.append), notices.append)
     web = plan.table[0]
-    assert abs(web["tokens"] - web["target_tokens"]) > 0.05 * web["target_tokens"]
+    assert web["documents"] >= 1 and abs(web["tokens"] - web["target_tokens"]) > 0.05 * web["target_tokens"]
     assert [n for n in notices if " gets " in n] == [
         f"source 'web' gets {web['tokens']:,} tokens for a target of {web['target_tokens']:,} ({web['proportion']:.1%} "
         f"of the mixture, not {web['target_proportion']:.1%}): its documents are whole and up to "
         f"{max(plan.sources[0].length['train']):,} tokens long; raise --tokens or split them"]
+    # a third of its shortest page: no page at all, a one-line error (it used to crash with an IndexError)
+    c = cfg(srcs, sources={"web": shortest / 3 / 100_000, "stories": 1 - shortest / 3 / 100_000}, tokens="100k")
+    with pytest.raises(UsageError, match=rf"source 'web': its target of [\d,]+ tokens is under half its shortest document \({shortest:,} tokens\)"):
+        make_plan(c, open_sources(c))
     notices.clear()
     c = cfg(srcs)  # 400k tokens: every source lands within a few tokens of its share, no notice
     make_plan(c, open_sources(c, notices.append), notices.append)

@@ -19,7 +19,8 @@ Rules (what OLMo's and NeMo Curator's blending users expect):
   twice in a row across a pass boundary); a fractional last pass takes its permutation's prefix
   under the remaining tokens, then the next documents in that order that still fit (`_fill`), so a
   source lands within a few tokens of its target even with documents of thousands of tokens; when
-  whole documents cannot come within 5% of it (a small target, long documents), a notice says so;
+  whole documents cannot come within 5% of it (a small target, long documents), a notice says so,
+  and a target they would miss entirely (no document) is an error;
 - sources are interleaved by progress: each document sits at the fraction of its source's tokens
   reached at its middle, so any prefix of the stream holds the sources in proportion;
 - validation: every source's `val` documents exactly once (no up- or down-sampling, so a
@@ -256,7 +257,7 @@ def source_sequence(lengths: np.ndarray, target: int, seed: int, name: str) -> t
         if k == full:
             perm = _fill(perm, lengths, rem)
         seq.append(perm)
-        last = int(perm[-1]) if len(perm) else last  # a target under half the shortest document: none
+        last = int(perm[-1]) if len(perm) else last  # a target under half the shortest document: none (make_plan refuses)
     out = np.concatenate(seq) if seq else np.zeros(0, np.int64)
     return out, full + (1 if rem else 0)
 
@@ -359,6 +360,10 @@ def make_plan(cfg: MixConfig, sources: list[Source], notice=None) -> Plan:
         r["proportion"] = r["tokens"] / total
         r["documents"] = int(m.sum())
         r["epochs"] = r["tokens"] / r["available_tokens"]
+        if r["target_tokens"] and not r["documents"]:
+            raise UsageError(f"source {s.name!r}: its target of {r['target_tokens']:,} tokens is under half its shortest "
+                             f"document ({int(s.length['train'].min()) if len(s.length['train']) else 0:,} tokens), so it would get none; "
+                             "raise --tokens or its weight, or split its documents")
         if notice and abs(r["tokens"] - r["target_tokens"]) > SHARE_SLACK * r["target_tokens"]:
             notice(f"source {s.name!r} gets {r['tokens']:,} tokens for a target of {r['target_tokens']:,} "
                    f"({r['proportion']:.1%} of the mixture, not {r['target_proportion']:.1%}): its documents are whole "
