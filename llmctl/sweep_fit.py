@@ -54,7 +54,7 @@ def fit_sweep(root: str | Path, predict: float | None = None, bootstrap: int = 2
     point = point_at(shape, n, fpt, target, cfg)
     at = (float(point.params), float(point.tokens))
     pred = {"budget": target, "point": point.to_dict(), "n_opt": n_opt_at(iso, target), "d_opt": d_opt_at(iso, target),
-            "loss": law_loss(law, *at), "loss_approach2": l_opt_at(iso, target)}
+            "loss": law_loss(law, *at), "loss_approach2": l_opt_at(iso, target), "tie_embeddings": cfg.tie_embeddings}
     ci2 = bootstrap_isoflop(rows, bootstrap, seed, target)
     ci3 = bootstrap_law(rows, law, max(1, bootstrap // 4), seed, at)
     pred["loss_ci"], pred["n_opt_ci"] = ci3.pop("loss"), ci2.pop("n_opt")
@@ -98,4 +98,7 @@ def summary_lines(fit: dict[str, Any]) -> list[str]:
                  f"(N {pt['params']:,}, nearest to N_opt {p['n_opt']:,.0f}), {pt['tokens']:,} tokens in {pt['steps']} steps "
                  f"of {pt['batch_tokens']:,}: val loss {p['loss']:.4f}{ci(p['loss_ci'])} (approach 3; approach 2's "
                  f"L_opt {p['loss_approach2']:.4f}); check it with `llmctl sweep check`")
+    if p.get("tie_embeddings") is False:  # the sweep's default; pretrain's is tied
+        lines.append("  (its points have an untied input embedding: pretrain this shape with --set model.tie_embeddings=false "
+                     "to train it as the sweep did)")
     return lines

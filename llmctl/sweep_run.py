@@ -95,15 +95,14 @@ def run_point(task: dict[str, Any], report: Any = None) -> dict[str, Any]:
 def _finished(task: dict[str, Any]) -> dict[str, Any] | None:
     """The summary of a point whose run finished with this config and inputs, read from its manifest (what
     pretrain itself would report as complete, without starting a process); None for any other run dir."""
-    from llmctl.train.pretrain import PretrainConfig
+    from llmctl.train.pretrain import PretrainConfig, set_batch_size
     from llmctl.train.run_dir import MANIFEST, prepare_run_dir
 
     run = Path(task["run"])
     if not task.get("inputs") or not (run / MANIFEST).is_file():
         return None
-    cfg = from_dict(PretrainConfig, task["pretrain"])
-    cfg.train.batch_size = cfg.batch_tokens // cfg.seq_len  # as pretrain sets it before it reads the run dir
     try:
+        cfg = set_batch_size(from_dict(PretrainConfig, task["pretrain"]))  # the config as pretrain records it
         plan = prepare_run_dir(run, "pretrain", cfg, task["inputs"], overwrite=False)
     except UsageError:  # another config: pretrain says so in full
         return None

@@ -134,15 +134,19 @@ def _alive_group(pgid: int) -> bool:
 def test_fit_check_and_report(reference):
     from llmctl.report import build_report
     from llmctl.sweep_check import check_sweep
-    from llmctl.sweep_fit import fit_sweep
+    from llmctl.sweep_fit import fit_sweep, summary_lines
 
     root, _ = reference
     fit = fit_sweep(root, bootstrap=8)
     assert fit["prediction"]["budget"] == pytest.approx(9e8)
     for name in fit["plots"].values():
         assert (root / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    assert any("--set model.tie_embeddings=false" in ln for ln in summary_lines(fit))  # untied, the sweep's default
     c = check_sweep(root)
-    assert c["actual"] == json.loads((Path(c["run"]) / "_manifest.json").read_text())["stats"]["val_loss"]
+    man = json.loads((Path(c["run"]) / "_manifest.json").read_text())
+    assert c["actual"] == man["stats"]["val_loss"]
+    point = json.loads((root / "points" / read_table(root)[0]["point"] / "_manifest.json").read_text())
+    assert man["model"]["tie_embeddings"] is point["model"]["tie_embeddings"] is False  # trained as the points were
     assert c["relative_error"] == pytest.approx((c["predicted"] - c["actual"]) / c["actual"])
     page = build_report(root.parent, root.parent / "report").read_text()
     assert "Scaling-law sweep" in page and "isoflop" in page and f"{c['actual']:.4f}" in page

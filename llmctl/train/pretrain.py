@@ -200,6 +200,14 @@ def _mix_source(mix: str | Path, tok: Any) -> Any:
     return m
 
 
+def set_batch_size(cfg: PretrainConfig) -> PretrainConfig:
+    """train.batch_size (sequences a step) from batch_tokens / seq_len, as the run records it."""
+    if cfg.batch_tokens % cfg.seq_len:
+        raise UsageError(f"batch_tokens {cfg.batch_tokens} is not a multiple of seq_len {cfg.seq_len}")
+    cfg.train.batch_size = cfg.batch_tokens // cfg.seq_len
+    return cfg
+
+
 def pretrain(tokens: str | Path | None, tokenizer_dir: str | Path, run_dir: str | Path, cfg: PretrainConfig,
              resume: bool = False, overwrite: bool = False, mix: str | Path | None = None) -> dict[str, Any]:
     """Train a model from scratch on a token dataset; returns the run summary (also in _manifest.json).
@@ -216,9 +224,7 @@ def pretrain(tokens: str | Path | None, tokenizer_dir: str | Path, run_dir: str 
         raise UsageError("give a token dataset or --mix FILE (one of the two)")
     check_divisible(model_config(cfg, tok.vocab_size), d.tp)  # before any rank builds the model
     source = _mix_source(mix, tok) if mix is not None else Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
-    if cfg.batch_tokens % cfg.seq_len:
-        raise UsageError(f"batch_tokens {cfg.batch_tokens} is not a multiple of seq_len {cfg.seq_len}")
-    cfg.train.batch_size = cfg.batch_tokens // cfg.seq_len
+    set_batch_size(cfg)
     accum = cfg.train.grad_accum(d.dp)
     inputs = [*(source.lineage() if mix is not None else [source.lineage()]), tok.lineage()]
     with training_run("pretrain", run_dir, cfg, inputs, overwrite) as run:
