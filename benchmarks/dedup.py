@@ -43,7 +43,7 @@ def base_pages() -> list[str]:
     orig = {make_id(json.loads(x)["record_id"]) for x in open(CRAWL / "manifest.jsonl") if json.loads(x)["kind"] == "original"}
     from datasketch import MinHash, MinHashLSH
 
-    from llmctl.data.dedup import jaccard, normalize_text, shingles
+    from llmctl.data.dedup.base import jaccard, normalize_text, shingles
 
     # the real crawl has natural duplicates too (one page under several URLs): keep only pages
     # with true Jaccard < 0.5 to every earlier one, so that every duplicate in the set is planted
@@ -64,7 +64,7 @@ def base_pages() -> list[str]:
 
 
 def near_copy(text: str, target: float, rng: random.Random, n: int = 5) -> tuple[str, float]:
-    from llmctl.data.dedup import jaccard, normalize_text, shingles
+    from llmctl.data.dedup.base import jaccard, normalize_text, shingles
 
     words = text.split(" ")
     base = shingles(normalize_text(text), n)

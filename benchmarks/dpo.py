@@ -103,11 +103,11 @@ def main() -> None:
 
     import torch
 
-    from llmctl.checkpoint import save_checkpoint
+    from llmctl.model.checkpoint import save_checkpoint
     from llmctl.data.chat_data import ItemBatches, import_data, read_rows
-    from llmctl.export import export_hf
-    from llmctl.model import ModelConfig, Transformer
-    from llmctl.tokenizer import Tokenizer
+    from llmctl.export.hf import export_hf
+    from llmctl.model.transformer import ModelConfig, Transformer
+    from llmctl.tokenizer.spm import Tokenizer
     from llmctl.train.dpo import DPOConfig, run_dpo
     from llmctl.train.reward import encode_prefs
 

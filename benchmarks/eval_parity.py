@@ -5,7 +5,7 @@
 
 In one run: trains a small model for a minute on TinyStories (so log-likelihoods are far from
 uniform and near-ties are rare), saves it as an llmctl checkpoint, exports it with
-`llmctl.export.export_hf`, then
+`llmctl.export.hf.export_hf`, then
 1. MMLU: `llmctl eval --task mc` on the llmctl checkpoint vs lm-eval 0.4.13
    (`simple_evaluate(model="hf", ...)` on the exported directory, a local YAML task per subject
    written here with llmctl's prompt: lm-eval's MMLU format, " A".." D" continuations or the
@@ -69,9 +69,9 @@ def stories(n: int, skip: int = 0) -> list[str]:
 
 def train_model(out: Path, steps: int, seed: int = 0) -> Path:
     print("training a small model ...", flush=True)
-    from llmctl.checkpoint import save_checkpoint
-    from llmctl.model import ModelConfig, Transformer, cross_entropy
-    from llmctl.tokenizer import Tokenizer, training_chunks
+    from llmctl.model.checkpoint import save_checkpoint
+    from llmctl.model.transformer import ModelConfig, Transformer, cross_entropy
+    from llmctl.tokenizer.spm import Tokenizer, training_chunks
 
     torch.manual_seed(seed)
     train = stories(2000, skip=400)
@@ -244,9 +244,9 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from llmctl.data.document import DOCUMENT_SCHEMA
-    from llmctl.datasets import StageOutput
+    from llmctl.store.dataset import StageOutput
     from llmctl.eval.runner import EvalConfig, run_eval
-    from llmctl.export import export_hf
+    from llmctl.export.hf import export_hf
 
     WORK.mkdir(parents=True, exist_ok=True)
     py = ensure_lmeval()
@@ -326,7 +326,7 @@ def main() -> None:
                 rows_out.append((f"{label} max |loglik diff| per request", diff, None))
                 rows_out.append((f"{label} acc_norm with norm=bytes ({changed} picks change)",
                                  res["bytes"]["acc_norm"], "info"))
-    from llmctl.checkpoint import read_model_config
+    from llmctl.model.checkpoint import read_model_config
 
     lm_ctx = read_model_config(ck).max_seq_len
     cfg = EvalConfig(tasks=["perplexity"], batch_size=8, progress=False)

@@ -4,7 +4,7 @@
 
 1. Here (the project's venv): trains a BPE tokenizer on TinyStories (benchmarks/.work), builds a
    small llmctl checkpoint with it (random weights moved off their init) and exports it with
-   `llmctl.export.export_hf`.
+   `llmctl.export.hf.export_hf`.
 2. Creates benchmarks/.venvs/plain with `pip install torch transformers tokenizers` only (no test
    extra: no protobuf, no sentencepiece, no tiktoken; the script checks they cannot be imported).
 3. In that venv: `AutoTokenizer.from_pretrained(EXPORT)` and `AutoModelForCausalLM.from_pretrained`
@@ -83,8 +83,8 @@ def big_vocab_check(vocab: int) -> bool:
     """tokenizer.json of a `vocab`-token BPE trained on GSM8K + HH + TinyStories vs llmctl on held-out text."""
     from tokenizers import Tokenizer as HFTokenizer
 
-    from llmctl.hf_tokenizer import tokenizer_json
-    from llmctl.tokenizer import Tokenizer, training_chunks
+    from llmctl.export.hf_tokenizer import tokenizer_json
+    from llmctl.tokenizer.spm import Tokenizer, training_chunks
 
     shared = Path("/work/shared/data")
     gsm = [json.loads(x) for x in (shared / "sft" / "gsm8k_train.jsonl").read_text().splitlines()[:4000]]
@@ -114,10 +114,10 @@ def main() -> None:
     ap.add_argument("--big-vocabs", type=int, nargs="*", default=[8192, 16384])
     args = ap.parse_args()
 
-    from llmctl.checkpoint import save_checkpoint
-    from llmctl.export import export_hf
-    from llmctl.model import ModelConfig, Transformer
-    from llmctl.tokenizer import Tokenizer, training_chunks
+    from llmctl.model.checkpoint import save_checkpoint
+    from llmctl.export.hf import export_hf
+    from llmctl.model.transformer import ModelConfig, Transformer
+    from llmctl.tokenizer.spm import Tokenizer, training_chunks
 
     WORK.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -86,7 +86,7 @@ name = strip_protocol(FT176LID.MODEL_URL).replace("/", "_")
 shutil.copy(os.environ["LID"], os.path.join(d, name))
 open(os.path.join(d, name + ".completed"), "w").close()
 '''
-    from llmctl.data.langid import default_model_path
+    from llmctl.data.steps.langid import default_model_path
 
     env = {**os.environ, "BADWORDS": str(ROOT / "llmctl" / "data" / "resources" / "badwords_en.txt"),
            "LID": str(default_model_path())}

@@ -39,7 +39,7 @@ def best(fn, repeat: int) -> float:
 
 
 def token_dataset(out: Path, n_tokens: int, shards: int = 4) -> Path:
-    from llmctl.datasets import StageOutput
+    from llmctl.store.dataset import StageOutput
 
     class Cfg:
         __dataclass_fields__: dict = {}
@@ -68,8 +68,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     from llmctl.data.filter import FilterConfig, run_filter
-    from llmctl.datasets import Dataset, fingerprint_file
-    from llmctl.lock import writer_lock
+    from llmctl.store.dataset import Dataset, fingerprint_file
+    from llmctl.store.lock import writer_lock
     from llmctl.train.pretrain import load_token_split
 
     print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")

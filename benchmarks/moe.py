@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmctl.model import ModelConfig, Transformer, preset_config
+from llmctl.model.transformer import ModelConfig, Transformer, preset_config
 from llmctl.train.loop import TrainConfig, train
 from llmctl.train.pretrain import PackedBatches, PretrainConfig, lm_loss, make_evaluate
 
@@ -44,7 +44,7 @@ VOCAB, SEQ, BATCH = 8192, 256, 8
 
 
 def tinystories_tokens(vocab: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], int]:
-    from llmctl.tokenizer import Tokenizer
+    from llmctl.tokenizer.spm import Tokenizer
 
     docs = [d.strip() for d in STORIES.read_text(encoding="utf-8").split("\n\n") if d.strip()]
     tok = Tokenizer.train(docs[:2000], vocab)

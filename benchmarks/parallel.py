@@ -51,7 +51,7 @@ def worker(steps: int, fsdp: bool, tp: int, out: str, gpu: bool) -> None:
     import numpy as np
     import torch
 
-    from llmctl.model import Transformer, preset_config
+    from llmctl.model.transformer import Transformer, preset_config
     from llmctl.train import distributed as D
     from llmctl.train.loop import TrainConfig, train
     from llmctl.train.pretrain import PackedBatches, lm_loss

@@ -106,8 +106,8 @@ def main() -> None:
     ap.add_argument("--sft", type=Path, help="a toy run's sft stage (default: run the toy pipeline up to it)")
     args = ap.parse_args()
 
-    from llmctl.datasets import Dataset
-    from llmctl.pipeline import load_pipeline
+    from llmctl.store.dataset import Dataset
+    from llmctl.cli.runner import load_pipeline
 
     args.work.mkdir(parents=True, exist_ok=True)
     stages = {s.name: s.run for s in load_pipeline(TOY).stages}

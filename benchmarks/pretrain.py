@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from llmctl.model import Transformer, preset_config
+from llmctl.model.transformer import Transformer, preset_config
 from llmctl.train.loop import TrainConfig, train
 from llmctl.train.pretrain import PackedBatches, lm_loss
 

@@ -21,7 +21,7 @@ seed at each evaluation; --val-temperature 0 for greedy) before and during PPO, 
 SFT model per completion (objective/kl), averaged over each evaluation window, against the target.
 Pass: the held-out score rises and no window's mean KL is above the target.
 
-gen: generation tokens/s of the shared engine (llmctl.generate.generate_batch: left-padded batch,
+gen: generation tokens/s of the shared engine (llmctl.model.generate.generate_batch: left-padded batch,
 KV cache) against transformers `generate` on the same model exported with `llmctl export`, the same
 left-padded prompts, greedy, exactly --new-tokens each. Floor: llmctl >= transformers.
 """
@@ -70,9 +70,9 @@ def addition_sft(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, float
     """The addition prompts (TMP/addition.jsonl) and a briefly SFT'd model (args.sft, or trained in TMP/sft)."""
     import torch
 
-    from llmctl.checkpoint import save_checkpoint
-    from llmctl.model import ModelConfig, Transformer
-    from llmctl.tokenizer import Tokenizer
+    from llmctl.model.checkpoint import save_checkpoint
+    from llmctl.model.transformer import ModelConfig, Transformer
+    from llmctl.tokenizer.spm import Tokenizer
     from llmctl.train.loop import TrainConfig
     from llmctl.train.sft import SFTConfig, run_sft
 
@@ -97,7 +97,7 @@ def addition_sft(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, float
 def grpo_config(args: argparse.Namespace, steps: int, eval_every: int) -> Any:
     """The benchmark's GRPO settings (also what benchmarks/rl_trl.py gives TRL's GRPOTrainer)."""
     from llmctl.train.loop import TrainConfig
-    from llmctl.train.rl import RLConfig
+    from llmctl.train.rl.trainer import RLConfig
 
     return RLConfig(algo="grpo", reward=["exact_match"], num_generations=args.G, rollout_prompts=args.rollout_prompts,
                     max_new_tokens=args.max_new_tokens, temperature=1.0, beta=args.beta, val_limit=args.held_out,
@@ -126,7 +126,7 @@ def add_grpo_args(g: argparse.ArgumentParser) -> None:
 def grpo(args: argparse.Namespace) -> None:
     import torch
 
-    from llmctl.train.rl import run_rl
+    from llmctl.train.rl.trainer import run_rl
 
     torch.set_num_threads(args.threads)
     tmp = Path(args.work or tempfile.mkdtemp(prefix="rl-bench-"))
@@ -161,7 +161,7 @@ def ppo(args: argparse.Namespace) -> None:
     import torch
 
     from llmctl.train.loop import TrainConfig
-    from llmctl.train.rl import RLConfig, run_rl
+    from llmctl.train.rl.trainer import RLConfig, run_rl
 
     torch.set_num_threads(args.threads)
     tmp = Path(args.work or tempfile.mkdtemp(prefix="rl-bench-ppo-"))
@@ -212,11 +212,11 @@ def gen(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmctl.checkpoint import load_checkpoint, save_checkpoint
-    from llmctl.export import export_hf
-    from llmctl.generate import generate_batch
-    from llmctl.model import ModelConfig, Transformer
-    from llmctl.tokenizer import Tokenizer
+    from llmctl.model.checkpoint import load_checkpoint, save_checkpoint
+    from llmctl.export.hf import export_hf
+    from llmctl.model.generate import generate_batch
+    from llmctl.model.transformer import ModelConfig, Transformer
+    from llmctl.tokenizer.spm import Tokenizer
 
     torch.set_num_threads(args.threads)
     tmp = Path(args.work or tempfile.mkdtemp(prefix="rl-bench-gen-"))

@@ -49,7 +49,7 @@ sys.path.insert(0, job["root"])  # llmctl's reward function (eval's answer extra
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
-from llmctl.train.rl_rewards import exact_match_reward
+from llmctl.train.rl.rewards import exact_match_reward
 
 torch.set_num_threads(job["threads"])
 rows = [json.loads(l) for l in open(job["prompts"])]
@@ -111,16 +111,16 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from llmctl.checkpoint import resolve_checkpoint
-    from llmctl.export import export_hf
-    from llmctl.train.rl import run_rl
+    from llmctl.model.checkpoint import resolve_checkpoint
+    from llmctl.export.hf import export_hf
+    from llmctl.train.rl.trainer import run_rl
 
     torch.set_num_threads(args.threads)
     tmp = Path(args.work or tempfile.mkdtemp(prefix="rl-trl-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     data, sft_dir, _ = rl.addition_sft(args, tmp)
-    # TRL tokenizes the chat template itself: the usual Hugging Face special-token behaviour (see llmctl.hf_tokenizer)
+    # TRL tokenizes the chat template itself: the usual Hugging Face special-token behaviour (see llmctl.export.hf_tokenizer)
     hf = export_hf(resolve_checkpoint(sft_dir), tmp / "hf", overwrite=True, split_special_tokens=False)
     batch = args.rollout_prompts * args.G
 

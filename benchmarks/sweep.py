@@ -44,8 +44,8 @@ class _Cfg:
 
 def prepare(work: Path, vocab: int) -> tuple[Path, Path]:
     """TOK (llmctl BPE) and TOKENS (a tokens dataset, 5% val) from the TinyStories head, once."""
-    from llmctl.datasets import Dataset, StageOutput
-    from llmctl.tokenizer import Tokenizer
+    from llmctl.store.dataset import Dataset, StageOutput
+    from llmctl.tokenizer.spm import Tokenizer
 
     tok_dir, tokens = work / "tok", work / "tokens"
     if Dataset.is_dataset(tokens):
@@ -103,7 +103,7 @@ def main() -> None:
     t_fit = llmctl("sweep", "fit", str(sweep))
     t_check = llmctl("sweep", "check", str(sweep))
     fit, check = json.loads((sweep / "fit.json").read_text()), json.loads((sweep / "check.json").read_text())
-    from llmctl.sweep_run import read_table
+    from llmctl.sweep.run import read_table
 
     rows = read_table(sweep)
     train_s = sum(r["seconds"] for r in rows)
@@ -128,7 +128,7 @@ def main() -> None:
         t_3x = llmctl("sweep", str(tokens), "-t", str(tok), "-o", str(grid3), "--budgets", f"{check['budget']:g}",
                       "--sizes", a.every_shape, "--lr", a.lr, "--batch-tokens", a.batch_tokens, "--workers", a.workers,
                       "--threads", a.threads, *emb)
-        from llmctl.sweep_law import law_loss
+        from llmctl.sweep.law import law_loss
 
         print(f"every shape at C {check['budget']:.3g} ({t_3x:.0f} s), approach 3's law from the sweep against the trained loss:")
         for r in sorted(read_table(grid3), key=lambda r: r["params"]):

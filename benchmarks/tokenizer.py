@@ -59,7 +59,7 @@ def crawl_texts(workers: int) -> list[str]:
         if subprocess.run(cmd, capture_output=True, text=True).returncode != 0:
             print("note: `llmctl filter` failed on the crawl; the crawl text is left out")
             return []
-    from llmctl.datasets import Dataset
+    from llmctl.store.dataset import Dataset
 
     return [r["text"] for r in Dataset.open(out).iter_rows(["text"])]
 
@@ -81,7 +81,7 @@ def write_datasets(sources: dict[str, list[str]], shards: int = 4):
     import pyarrow as pa
 
     from llmctl.data.tokenize import split_of
-    from llmctl.datasets import StageOutput
+    from llmctl.store.dataset import StageOutput
 
     train, held = [], {}
     for name, texts in sources.items():
@@ -147,7 +147,7 @@ def _encode_mem(kind: str, path: str, texts_file: str, threads: int, q) -> None:
     texts = json.loads(Path(texts_file).read_text(encoding="utf-8"))
     nbytes = sum(len(t.encode()) for t in texts)
     if kind == "llmctl":
-        from llmctl.tokenizer import Tokenizer
+        from llmctl.tokenizer.spm import Tokenizer
 
         tok = Tokenizer.load(path)
         run = lambda: tok.encode_batch(texts, num_threads=threads)  # noqa: E731
@@ -213,7 +213,7 @@ def main() -> None:
           False)
     # the peer trains on exactly the documents llmctl sampled
     from llmctl.data.tokenize import sample_documents
-    from llmctl.datasets import Dataset
+    from llmctl.store.dataset import Dataset
 
     sample, _ = sample_documents([Dataset.open(docs)], int(args.sample_mb * 1e6), seed=0)
     (WORK / "sample.json").write_text(json.dumps(sample), encoding="utf-8")
@@ -248,7 +248,7 @@ def main() -> None:
 
     from tokenizers import Tokenizer as HF
 
-    from llmctl.tokenizer import Tokenizer
+    from llmctl.tokenizer.spm import Tokenizer
 
     ours, joined = Tokenizer.load(tok_dir), Tokenizer.load(joined_dir)
     peer, peer_digits = HF.from_file(str(hf_path)), HF.from_file(str(hf_digits_path))

@@ -7,8 +7,8 @@ The sample (written to benchmarks/data/toxicity_sample.jsonl, then scored):
   distinct turns of at least 4 words: red-team prompts, mostly harmful *requests* in polite words;
 - 50 more turns, the first 50 of the same shuffled order (after those 90) that contain a word of
   C4's LDNOOBW list, to have enough offensive ones to measure recall on;
-- 40 TinyStories paragraphs (tests/data/tinystories_valid_head_300k.txt) and 40 reference pages
-  (tests/data/quality_hq.jsonl.gz: Python docs and the Debian handbook, first 2,000 characters),
+- 40 TinyStories paragraphs (tests/fixtures/tinystories_valid_head_300k.txt) and 40 reference pages
+  (tests/fixtures/quality_hq.jsonl.gz: Python docs and the Debian handbook, first 2,000 characters),
   all labelled 0.
 Every HH-RLHF turn was read and labelled by hand (issue 18) for *offensive language*: 1 for
 profanity, slurs, insults, hateful generalisations about a group, or explicit sexual content;
@@ -35,7 +35,7 @@ BADWORD_NEGATIVE = {4, 10, 12, 27, 28, 37, 40, 45, 46, 47, 49}  # of the 50 bad-
 
 
 def build(prefs: Path) -> list[dict]:
-    from llmctl.data.c4 import default_badwords
+    from llmctl.data.steps.c4 import default_badwords
 
     turns = []
     for line in open(prefs, encoding="utf-8"):
@@ -47,10 +47,10 @@ def build(prefs: Path) -> list[dict]:
     with_badword = [t for t in turns[90:] if bw.find(t.lower())][:50]
     rows = [{"source": "hh-rlhf random", "label": int(i in RANDOM_POSITIVE), "text": t} for i, t in enumerate(turns[:90])]
     rows += [{"source": "hh-rlhf bad word", "label": int(i not in BADWORD_NEGATIVE), "text": t} for i, t in enumerate(with_badword)]
-    stories = [p.strip() for p in (ROOT / "tests/data/tinystories_valid_head_300k.txt").read_text(encoding="utf-8").split("\n\n")
+    stories = [p.strip() for p in (ROOT / "tests/fixtures/tinystories_valid_head_300k.txt").read_text(encoding="utf-8").split("\n\n")
                if len(p.split()) > 60]
     rows += [{"source": "tinystories", "label": 0, "text": p} for p in stories[:40]]
-    docs = [json.loads(x)["text"][:2000] for x in gzip.open(ROOT / "tests/data/quality_hq.jsonl.gz", "rt", encoding="utf-8")]
+    docs = [json.loads(x)["text"][:2000] for x in gzip.open(ROOT / "tests/fixtures/quality_hq.jsonl.gz", "rt", encoding="utf-8")]
     english = [d for d in docs if "/en-US/" in d or "Python" in d][:40]
     rows += [{"source": "reference pages", "label": 0, "text": d} for d in english]
     return rows
@@ -69,7 +69,7 @@ def main() -> None:
     out = ROOT / "benchmarks/data/toxicity_sample.jsonl"
     out.parent.mkdir(exist_ok=True)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    from llmctl.data.toxicity import toxicity_scores
+    from llmctl.data.steps.toxicity import toxicity_scores
 
     texts = [r["text"] for r in rows]
     t = time.perf_counter()

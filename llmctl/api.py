@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from llmctl.data.c4 import C4Config, C4Filter
+from llmctl.data.steps.c4 import C4Config, C4Filter
 from llmctl.data.document import Document
 from llmctl.data.extract import ExtractConfig, Unreadable, html_to_text
-from llmctl.data.gopher import GopherQualityConfig, GopherQualityFilter, GopherRepetitionConfig, GopherRepetitionFilter
-from llmctl.data.pii import PIIConfig, PIIScrubber
+from llmctl.data.steps.gopher import GopherQualityConfig, GopherQualityFilter, GopherRepetitionConfig, GopherRepetitionFilter
+from llmctl.data.steps.pii import PIIConfig, PIIScrubber
 from llmctl.errors import UsageError
 
 __all__ = ["extract_text", "scrub_pii", "c4_filter", "gopher_reasons", "language", "toxicity_score",
@@ -91,14 +91,14 @@ def gopher_reasons(text: str, quality: dict[str, Any] | None = None, repetition:
 
 def language(text: str, model: str | None = None) -> tuple[str, float]:
     """(language code, probability) from fastText lid.176, as the langid step computes them."""
-    from llmctl.data.langid import LangIdConfig, load_model, predict
+    from llmctl.data.steps.langid import LangIdConfig, load_model, predict
 
     return predict(load_model(model), text, LangIdConfig().max_chars)
 
 
 def toxicity_score(texts: list[str]) -> np.ndarray:
     """Probability of offensive language of each text (the toxicity step's model, alt-profanity-check)."""
-    from llmctl.data.toxicity import toxicity_scores
+    from llmctl.data.steps.toxicity import toxicity_scores
 
     return toxicity_scores(list(texts))
 
@@ -117,7 +117,7 @@ def dedup(texts: list[str], exact: bool = True, minhash: bool = True, line: bool
     """Indices of the texts the filter's dedup keeps (in order), or (index, text) pairs with
     `return_texts` (line and span dedup edit texts). Options: DedupConfig's (num_perm, bands, rows,
     ngram, threshold, line_max_docs, span_sentences, verify, seed). The first of a group is kept."""
-    from llmctl.data.dedup import DedupConfig
+    from llmctl.data.dedup.base import DedupConfig
     from llmctl.data.filter import FilterConfig, run_filter
 
     dc = replace(_config(DedupConfig, options), exact=exact, minhash=minhash, line=line, c4_span=c4_span)

@@ -57,7 +57,7 @@ def wrap(cmd: str, width: int = 100) -> str:
 def stage_commands(pipeline: Path, shown: str = SHOWN_ROOT) -> dict[str, str]:
     """{stage: `llmctl ...` as the pipeline file writes it, with ${x} shown as out/demo/x}."""
     sys.path.insert(0, str(REPO))
-    from llmctl.pipeline import load_pipeline
+    from llmctl.cli.runner import load_pipeline
 
     out = {}
     for s in load_pipeline(pipeline).stages:

@@ -1,6 +1,6 @@
 """Shared set-up for the sft / reward / dpo / chat_data tests: a throwaway tokenizer and tiny checkpoint.
 
-The tokenizer is trained in the test (hermetic) on the GSM8K excerpt in tests/data; built once
+The tokenizer is trained in the test (hermetic) on the GSM8K excerpt in tests/fixtures; built once
 per test process and reused (about 1 s).
 """
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from llmctl.checkpoint import save_checkpoint
-from llmctl.model import ModelConfig, Transformer
-from llmctl.tokenizer import Tokenizer
+from llmctl.model.checkpoint import save_checkpoint
+from llmctl.model.transformer import ModelConfig, Transformer
+from llmctl.tokenizer.spm import Tokenizer
 
-DATA = Path(__file__).parent / "data"
-GSM8K = DATA / "gsm8k_train_head120.jsonl"  # see tests/data/README.md
+DATA = Path(__file__).parent / "fixtures"
+GSM8K = DATA / "gsm8k_train_head120.jsonl"  # see tests/fixtures/README.md
 HH = DATA / "hh_rlhf_harmless_base_test_head40.jsonl"
 
 

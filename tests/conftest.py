@@ -34,7 +34,7 @@ def shortened(text: str) -> str:
 @pytest.fixture(scope="session")
 def toy_run(tmp_path_factory):
     """(shortened pipeline file, run root, stage records) of one run from the repository root."""
-    from llmctl.pipeline import run_pipeline
+    from llmctl.cli.runner import run_pipeline
 
     tmp = tmp_path_factory.mktemp("toy")
     pipe = tmp / "toy.yaml"
@@ -47,11 +47,11 @@ def toy_run(tmp_path_factory):
 
 @pytest.fixture()
 def in_repo_copy(tmp_path, monkeypatch) -> Path:
-    """A working directory where the READMEs' relative paths (examples/, pipelines/, tests/data/,
+    """A working directory where the READMEs' relative paths (examples/, pipelines/, tests/fixtures/,
     scripts/) resolve to the repository's, and their outputs (out/, runs/, hf/, loss.png) land in tmp."""
     for name in ("examples", "pipelines", "scripts"):
         (tmp_path / name).symlink_to(REPO / name)
     (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "data").symlink_to(REPO / "tests" / "data")
+    (tmp_path / "tests" / "fixtures").symlink_to(REPO / "tests" / "fixtures")
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -9,10 +9,10 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from llmctl.checkpoint import save_checkpoint
-from llmctl.datasets import StageOutput
-from llmctl.model import ModelConfig, Transformer
-from llmctl.tokenizer import Tokenizer, training_chunks
+from llmctl.model.checkpoint import save_checkpoint
+from llmctl.store.dataset import StageOutput
+from llmctl.model.transformer import ModelConfig, Transformer
+from llmctl.tokenizer.spm import Tokenizer, training_chunks
 from tokenize_helpers import tinystories_docs, write_documents  # noqa: F401  (re-exported)
 
 VOCAB = 512

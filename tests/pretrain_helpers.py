@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from llmctl.datasets import StageOutput
-from llmctl.tokenizer import Tokenizer
+from llmctl.store.dataset import StageOutput
+from llmctl.tokenizer.spm import Tokenizer
 
-_LOCAL = Path(__file__).parent / "data" / "tinystories_valid_head_300k.txt"  # see data/README.md
+_LOCAL = Path(__file__).parent / "fixtures" / "tinystories_valid_head_300k.txt"  # see data/README.md
 TINYSTORIES = _LOCAL
 TOKENS_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("split", pa.string())])
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from align_helpers import tiny_checkpoint, write_jsonl
 from llmctl.train.loop import TrainConfig
-from llmctl.train.rl import RLConfig
+from llmctl.train.rl.trainer import RLConfig
 
 
 def digit_share(prompts, completions, **_):

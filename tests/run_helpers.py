@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from llmctl.lock import lock_path
+from llmctl.store.lock import lock_path
 
 
 def start_and_freeze(cmd: list[str], output: Path, timeout: float = 120) -> subprocess.Popen:
@@ -39,7 +39,7 @@ def refused(cmd: list[str], holder: int) -> str:
 
 def kill_after_first_task(cmd: list[str], output: Path, timeout: float = 120) -> None:
     """Start a real run and SIGKILL it as soon as its first task record is written; it must not have finished."""
-    from llmctl.datasets import MANIFEST
+    from llmctl.store.dataset import MANIFEST
 
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
@@ -58,7 +58,7 @@ def kill_and_resume(cmd: list[str], output: Path) -> tuple[dict, subprocess.Comp
 
     import pytest
 
-    from llmctl.datasets import MANIFEST, Dataset
+    from llmctl.store.dataset import MANIFEST, Dataset
     from llmctl.errors import UsageError
 
     kill_after_first_task(cmd, output)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmctl.sweep_run import PLAN, SweepConfig, write_table
+from llmctl.sweep.run import PLAN, SweepConfig, write_table
 
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 

@@ -17,10 +17,10 @@ import pytest
 
 from llmctl.data.chat_data import import_data
 from llmctl.data.filter import FilterConfig, run_filter
-from llmctl.datasets import MANIFEST, RUN_STATE, Dataset, fingerprint_file
-from llmctl.integrity import verify_shard
+from llmctl.store.dataset import MANIFEST, RUN_STATE, Dataset, fingerprint_file
+from llmctl.store.integrity import verify_shard
 from llmctl.errors import UsageError
-from llmctl.pipeline import load_pipeline
+from llmctl.cli.runner import load_pipeline
 from tokenize_helpers import tinystories_docs, write_documents
 from warc_utils import GOOD_PARAGRAPHS, html_page, response_record
 
@@ -219,7 +219,7 @@ def test_ctrl_c_inside_a_pipeline_stage_stops_the_pipeline(tmp_path):
     import signal
     import time
 
-    from llmctl.lock import lock_path
+    from llmctl.store.lock import lock_path
 
     crawl = tmp_path / "in"
     crawl.mkdir()

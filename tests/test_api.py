@@ -16,13 +16,13 @@ from llmctl.data.filter import FilterConfig, run_filter
 from llmctl.data.quality import QualityTrainConfig, train_quality
 from llmctl.errors import UsageError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 STORIES = [p.strip() for p in (DATA / "tinystories_valid_head_300k.txt").read_text(encoding="utf-8").split("\n\n")
            if len(p.split()) > 60 and "\n" not in p.strip()]
 
 
 def bbc_body() -> bytes:
-    """The first record of tests/data/charset_pages.warc.gz: a BBC page, UTF-8 declared in <meta> only."""
+    """The first record of tests/fixtures/charset_pages.warc.gz: a BBC page, UTF-8 declared in <meta> only."""
     member = gzip.GzipFile(DATA / "charset_pages.warc.gz").read()
     rec = next(iter(ArchiveIterator(io.BytesIO(member), record_types=WarcRecordType.response, parse_http=True)))
     assert rec.http_charset is None

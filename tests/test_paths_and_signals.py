@@ -16,9 +16,9 @@ import pytest
 
 from llmctl.data.document import DOCUMENT_SCHEMA
 from llmctl.data.filter import FilterConfig, FilterTask, filter_task, resolve_inputs, run_filter
-from llmctl.datasets import Dataset, StageOutput
+from llmctl.store.dataset import Dataset, StageOutput
 from llmctl.errors import UsageError
-from llmctl.executor import run_tasks
+from llmctl.executor.local import run_tasks
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz").resolve()  # a real crawl file (../shared/data/crawl)
 

@@ -2,7 +2,7 @@
 from the CLI fails here.
 
 README.md's stage-by-stage block runs top to bottom, each command in its own process as a user
-runs it, in a scratch directory whose examples/, pipelines/ and tests/data/ are the repository's.
+runs it, in a scratch directory whose examples/, pipelines/ and tests/fixtures/ are the repository's.
 Each command keeps its arguments; to fit the
 suite's budget, these flags are appended (the last occurrence of an option wins), so the same
 code paths run on a smaller scale:

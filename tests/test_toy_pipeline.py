@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from llmctl.datasets import MANIFEST, Dataset
-from llmctl.pipeline import load_pipeline, run_pipeline
-from llmctl.report import build_report
+from llmctl.store.dataset import MANIFEST, Dataset
+from llmctl.cli.runner import load_pipeline, run_pipeline
+from llmctl.report.build import build_report
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES_README = REPO / "examples" / "README.md"

@@ -12,9 +12,9 @@ from typing import Any
 import pyarrow as pa
 
 from llmctl.data.document import DOCUMENT_SCHEMA
-from llmctl.datasets import StageOutput
+from llmctl.store.dataset import StageOutput
 
-TINYSTORIES = Path(__file__).parent / "data" / "tinystories_valid_head_300k.txt"  # see tests/data/README.md
+TINYSTORIES = Path(__file__).parent / "fixtures" / "tinystories_valid_head_300k.txt"  # see tests/fixtures/README.md
 
 
 def tinystories_docs(limit: int | None = None) -> list[str]:

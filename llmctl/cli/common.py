@@ -6,8 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
-from llmctl.formatting import format_value, human_bytes
-from llmctl.progress import make_console
+from llmctl.utils.formatting import format_value, human_bytes
+from llmctl.utils.progress import make_console
 
 out = make_console()
 

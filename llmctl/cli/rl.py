@@ -50,7 +50,7 @@ def rl_cmd(
     mean reward of greedy answers to held-out prompts (sampled ones with --set val_temperature=T --set
     val_samples=K), and RUN/samples.jsonl holds sampled completions with their rewards.
     """
-    from llmctl.train.rl import RLConfig, run_rl
+    from llmctl.train.rl.trainer import RLConfig, run_rl
 
     extra = dict(algo=algo, reward=reward or None, reward_weights=reward_weight or None, reward_model=reward_model,
                  num_generations=num_generations, rollout_prompts=rollout_prompts, epochs=epochs,

@@ -78,8 +78,8 @@ def run_cmd(
     by default: pretrain the predicted shape with --set model.tie_embeddings=false to match.
     """
     from llmctl import config as C
-    from llmctl.executor import using
-    from llmctl.sweep_run import SweepConfig, sweep
+    from llmctl.executor.local import using
+    from llmctl.sweep.run import SweepConfig, sweep
 
     flags = {"budgets": _floats(budgets, "--budgets"), "sizes": sizes.split(",") if sizes else None, "points": points,
              "tokens_per_param": tokens_per_param, "lo": lo, "hi": hi, "seq_len": seq_len, "batch_tokens": batch_tokens,
@@ -108,7 +108,7 @@ def fit_cmd(
     Writes SWEEP/fit.json and SWEEP/plots/ (IsoFLOP curves, compute-optimal frontier, tokens per
     parameter) and predicts the best shape and its loss at a larger budget.
     """
-    from llmctl.sweep_fit import fit_sweep, summary_lines
+    from llmctl.sweep.fit import fit_sweep, summary_lines
 
     fit = fit_sweep(sweep_dir, predict=predict, bootstrap=bootstrap, seed=seed)
     for line in summary_lines(fit):
@@ -121,7 +121,7 @@ def check_cmd(
     sweep_dir: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep directory with a fit (from `llmctl sweep fit`).")],
 ) -> None:
     """Train the predicted-optimal shape at the predicted budget and print predicted against actual validation loss."""
-    from llmctl.sweep_check import check_sweep
+    from llmctl.sweep.check import check_sweep
 
     c = check_sweep(sweep_dir)
     p = c["point"]

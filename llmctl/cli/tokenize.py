@@ -94,7 +94,7 @@ def inspect_cmd(
     from rich.table import Table
     from rich.text import Text
 
-    from llmctl.tokenizer import Tokenizer
+    from llmctl.tokenizer.spm import Tokenizer
 
     tok = Tokenizer.load(tokenizer)
     if text is None:

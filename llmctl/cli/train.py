@@ -96,7 +96,7 @@ def generate_cmd(
     chat: Annotated[bool, typer.Option("--chat", help="PROMPT is a user turn in the chat template; print the assistant's reply.")] = False,
 ) -> None:
     """Continue PROMPT with a trained model (temperature, top-k, top-p; KV cache), or answer it with --chat."""
-    from llmctl.generate import generate_text
+    from llmctl.model.generate import generate_text
 
     for i in range(num_samples):
         text = generate_text(checkpoint, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
@@ -117,7 +117,7 @@ def export_cmd(
              "split_special_tokens); --no-split-special-tokens: they become special ids, the usual Hugging Face behaviour.")] = True,
 ) -> None:
     """Write a Hugging Face LlamaForCausalLM directory (safetensors, config.json, tokenizer.json + tokenizer files)."""
-    from llmctl.export import export_hf
+    from llmctl.export.hf import export_hf
 
     path = export_hf(checkpoint, output, overwrite=overwrite, split_special_tokens=split_special_tokens)
     typer.echo(f"exported {path} (load with transformers.AutoModelForCausalLM.from_pretrained)")
@@ -130,7 +130,7 @@ def plot_cmd(
     x: Annotated[str, typer.Option(help="x axis: step or tokens.")] = "step",
 ) -> None:
     """Render train and validation loss curves of one or more runs to a PNG."""
-    from llmctl.plot import plot_runs
+    from llmctl.utils.plot import plot_runs
 
     path = plot_runs(runs, output, x=x)
     typer.echo(f"wrote {path}")

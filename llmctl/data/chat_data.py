@@ -3,7 +3,7 @@
 Inputs are a finished llmctl dataset directory, a `.parquet` file or a `.jsonl` file with
   SFT:   `prompt` + `response`, or `messages` (a list of {role, content});
   prefs: `prompt` + `chosen` + `rejected` (`prompt` a string = one user turn, or a list of messages).
-Everything is encoded with the one chat template (`llmctl.chat.encode_chat`).
+Everything is encoded with the one chat template (`llmctl.tokenizer.chat.encode_chat`).
 
 Truncation policy (one for SFT, reward and DPO), for a sequence longer than `max_len` tokens:
 the prompt part is cut from the LEFT (oldest turns go first) down to
@@ -35,7 +35,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from llmctl.errors import UsageError
-from llmctl.lock import exclusive_output
+from llmctl.store.lock import exclusive_output
 
 SFT_COLUMNS = "`prompt` + `response`, or `messages`"
 PREF_COLUMNS = "`prompt` + `chosen` + `rejected`"
@@ -53,8 +53,8 @@ def read_rows(path: str | Path, skipped: dict[str, int] | None = None) -> tuple[
     A JSONL line that is not valid UTF-8 is a bad record: skipped and counted in `skipped`
     ("invalid UTF-8"; without a `skipped` dict, a notice says how many). A line that is not JSON
     is an error naming the line: the file is not the JSONL it claims to be."""
-    from llmctl.datasets import Dataset, fingerprint_file
-    from llmctl.integrity import read_parquet
+    from llmctl.store.dataset import Dataset, fingerprint_file
+    from llmctl.store.integrity import read_parquet
 
     p = Path(path)
     if p.is_dir():
@@ -82,7 +82,7 @@ def read_rows(path: str | Path, skipped: dict[str, int] | None = None) -> tuple[
         if bad_utf8 and skipped is not None:
             skipped["invalid UTF-8"] = skipped.get("invalid UTF-8", 0) + bad_utf8
         elif bad_utf8:
-            from llmctl.progress import note
+            from llmctl.utils.progress import note
 
             note(f"{p}: skipped {bad_utf8} line(s) that are not valid UTF-8")
         return rows, lineage
@@ -159,7 +159,7 @@ def fit(prompt_ids: list[int], prompt_mask: list[bool], resp_ids: list[int], res
 
 def encode_conversation(tok: Any, messages: list[dict[str, str]], max_len: int) -> Encoded:
     """A conversation ending with an assistant turn; prompt part = everything before that turn's content."""
-    from llmctl.chat import encode_chat
+    from llmctl.tokenizer.chat import encode_chat
 
     if not messages or messages[-1]["role"] != "assistant":
         raise UsageError("an SFT conversation must end with an assistant turn")
@@ -176,7 +176,7 @@ def encode_pair(tok: Any, prompt: list[dict[str, str]], response: str, max_len: 
 def encode_responses(tok: Any, prompt: list[dict[str, str]], responses: list[str], max_len: int) -> list[Encoded]:
     """Prompt + each response, the prompt cut the same way for all (as the longest response needs),
     so chosen and rejected of a pair are always compared on the same context."""
-    from llmctl.chat import encode_chat
+    from llmctl.tokenizer.chat import encode_chat
 
     p_ids, _ = encode_chat(tok, prompt, add_generation_prompt=True)
     end = tok.special_ids["<|end|>"]
@@ -297,7 +297,7 @@ def import_data(src: str | Path, out: str | Path, fmt: str, val_fraction: float 
                 overwrite: bool = False, doc_options: dict[str, str] | None = None) -> dict[str, Any]:
     """Convert a JSONL/Parquet file to an `sft` or `prefs` dataset (one shard) with a manifest
     (`docs`: text/JSONL/Parquet files as a documents dataset, llmctl.data.doc_import)."""
-    from llmctl.datasets import StageOutput
+    from llmctl.store.dataset import StageOutput
 
     if fmt == "docs":
         from llmctl.data.doc_import import import_docs
@@ -327,7 +327,7 @@ def import_data(src: str | Path, out: str | Path, fmt: str, val_fraction: float 
     if not kept:
         raise UsageError(f"{src}: no usable rows for --format {fmt} (skipped: {skipped})")
     if skipped.get(DEGENERATE):
-        from llmctl.progress import note
+        from llmctl.utils.progress import note
 
         note(f"{src}: dropped {skipped[DEGENERATE]} preference pair(s) whose chosen and rejected replies are "
              "identical: they carry no preference (DPO loss log 2, zero gradient)")

@@ -30,10 +30,10 @@ from typing import Any
 import pyarrow as pa
 import xxhash
 
-from llmctl.datasets import StageOutput, fingerprint_file
+from llmctl.store.dataset import StageOutput, fingerprint_file
 from llmctl.errors import UsageError
-from llmctl.integrity import open_parquet
-from llmctl.lock import exclusive_output
+from llmctl.store.integrity import open_parquet
+from llmctl.store.lock import exclusive_output
 
 DOCS_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
 SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json", ".parquet")

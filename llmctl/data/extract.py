@@ -30,8 +30,8 @@ from resiliparse.extract.html2text import extract_plain_text
 
 from llmctl.data.document import Document
 from llmctl.data.encoding import bom_encoding, decode_html
-from llmctl.fs import open_binary
-from llmctl.fs import size as file_size
+from llmctl.store.fs import open_binary
+from llmctl.store.fs import size as file_size
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 HTML_TYPES = ("text/html", "application/xhtml+xml")

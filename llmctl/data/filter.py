@@ -5,7 +5,7 @@ document in order, write the kept documents to `part-NNNNN.parquet` and the remo
 the rule that removed them, to `OUT.rejected/part-NNNNN.parquet` (a dataset beside OUT, see
 llmctl.data.rejected, so that readers of OUT see kept documents only). Output shard N depends only on
 input file N and the config, so the output is the same for any worker count, and a killed run
-resumes task by task (llmctl.datasets).
+resumes task by task (llmctl.store.dataset).
 
 Accounting, per task and in total: every record read is kept, rejected (with its reason) or
 unreadable (with its reason), so `read == kept + rejected + unreadable` in documents and bytes
@@ -13,7 +13,7 @@ unreadable (with its reason), so `read == kept + rejected + unreadable` in docum
 
 With dedup on (the default), dedup needs a global view, so the per-shard steps (extraction, C4,
 Gopher, PII, the fastText quality score) write their kept documents to the intermediate dataset
-OUT/_work/docs instead, and llmctl.data.dedup_run then writes OUT/part-N from it (exact, C4-span
+OUT/_work/docs instead, and llmctl.data.dedup.run then writes OUT/part-N from it (exact, C4-span
 and MinHash dedup; see docs/dedup.md). OUT/_work is removed once the manifest is written
 (`dedup.keep_work` keeps it). The quality step runs per shard, before dedup: scoring costs about
 as much per document as MinHash, and removing low-quality pages first shrinks what dedup holds.
@@ -30,29 +30,29 @@ from typing import Any
 
 from llmctl.config import runtime
 from llmctl.data import rejected as R
-from llmctl.data.c4 import C4Config, C4Filter
-from llmctl.data.dedup import DedupConfig, validate as validate_dedup
+from llmctl.data.steps.c4 import C4Config, C4Filter
+from llmctl.data.dedup.base import DedupConfig, validate as validate_dedup
 from llmctl.data.document import DETAIL_KEY, DOCUMENT_SCHEMA, Document, to_row
 from llmctl.data.extract import ENCODING_KEY, ExtractConfig, Rejected, Unreadable, read_input
-from llmctl.data.gopher import (
+from llmctl.data.steps.gopher import (
     GopherQualityConfig,
     GopherQualityFilter,
     GopherRepetitionConfig,
     GopherRepetitionFilter,
 )
-from llmctl.data.langid import LangIdConfig, LangIdFilter
-from llmctl.data.pii import PIIConfig, PIIScrubber
-from llmctl.data.toxicity import ToxicityConfig, ToxicityFilter
+from llmctl.data.steps.langid import LangIdConfig, LangIdFilter
+from llmctl.data.steps.pii import PIIConfig, PIIScrubber
+from llmctl.data.steps.toxicity import ToxicityConfig, ToxicityFilter
 from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
 from llmctl.config import output_fields
-from llmctl.datasets import Dataset, StageOutput
-from llmctl.integrity import verify_shard
-from llmctl import fs
+from llmctl.store.dataset import Dataset, StageOutput
+from llmctl.store.integrity import verify_shard
+from llmctl.store import fs
 from llmctl.errors import UsageError
-from llmctl.executor import Reporter, default_workers, run_tasks, using
-from llmctl.progress import StageProgress, note, note_resume
-from llmctl.lock import exclusive_output
-from llmctl.data.filter_inputs import InputFile, resolve_inputs  # noqa: F401 - resolve_inputs is imported from here too
+from llmctl.executor.local import Reporter, default_workers, run_tasks, using
+from llmctl.utils.progress import StageProgress, note, note_resume
+from llmctl.store.lock import exclusive_output
+from llmctl.data.inputs import InputFile, resolve_inputs  # noqa: F401 - resolve_inputs is imported from here too
 
 STEP_NAMES = ("langid", "gopher_repetition", "gopher_quality", "c4", "pii", "toxicity", "quality")
 
@@ -73,7 +73,7 @@ class FilterConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)  # runs after the per-shard steps
     write_rejected: bool = True  # keep removed documents, with their reason, in the dataset OUT.rejected
     workers: int | None = runtime(None)  # worker processes; None = all cores
-    executor: str = runtime("local")  # local processes, or ray (llmctl.ray_executor)
+    executor: str = runtime("local")  # local processes, or ray (llmctl.executor.ray)
     ray_address: str = runtime("auto")  # with executor ray: auto, ray://host:port; no cluster = a local one
 
 
@@ -275,8 +275,8 @@ def _run_filter(
     if not dedup_on:
         names = _run_per_shard(files, stage, cfg, workers, progress)
     else:
-        from llmctl.data.dedup_run import run_dedup
-        from llmctl.data.dedup_stages import work_output
+        from llmctl.data.dedup.run import run_dedup
+        from llmctl.data.dedup.stages import work_output
 
         key = {k: v for k, v in output_fields(cfg).items() if k != "dedup"}
         docs_st = work_output(out / "_work" / "docs", "filter.docs", key, lineage)

@@ -27,15 +27,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llmctl import fs
+from llmctl.store import fs
 from llmctl.data.mix_plan import MixConfig, Plan, make_plan, open_sources
 from llmctl.data.tokenize import TOKENS_SCHEMA
-from llmctl.datasets import StageOutput
+from llmctl.store.dataset import StageOutput
 from llmctl.errors import UsageError
-from llmctl.executor import Reporter, default_workers, run_tasks
-from llmctl.integrity import open_parquet, verify_shard
-from llmctl.lock import exclusive_output
-from llmctl.progress import StageProgress, note, note_resume
+from llmctl.executor.local import Reporter, default_workers, run_tasks
+from llmctl.store.integrity import open_parquet, verify_shard
+from llmctl.store.lock import exclusive_output
+from llmctl.utils.progress import StageProgress, note, note_resume
 
 MIX_SCHEMA = TOKENS_SCHEMA.append(pa.field("source", pa.string(), nullable=False))
 

@@ -41,9 +41,9 @@ import numpy as np
 import pyarrow.compute as pc
 
 from llmctl.config import runtime
-from llmctl.datasets import Dataset, canonical_json, sha256_text
+from llmctl.store.dataset import Dataset, canonical_json, sha256_text
 from llmctl.errors import UsageError
-from llmctl.integrity import open_parquet
+from llmctl.store.integrity import open_parquet
 
 LARGEST = "largest"
 

@@ -9,7 +9,7 @@ it: `quality_score` = P(L). `quality.keep=below` keeps documents scoring under t
 a classifier of what to remove (reason `quality.high_score`; `quality.low_score` otherwise).
 
 Training (`train_quality`, `llmctl quality train`): texts are read from llmctl datasets,
-normalized with `llmctl.data.dedup.normalize_text` (lowercase, no punctuation, one line),
+normalized with `llmctl.data.dedup.base.normalize_text` (lowercase, no punctuation, one line),
 truncated to `max_chars`, and deduplicated on the normalized text (positives first) so that no
 held-out document has a copy in the training split. Each side is split with a seeded permutation
 (`holdout`, default 20%); fastText trains with one thread (more threads make it
@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from llmctl import fs
-from llmctl.data.dedup import exact_hash, normalize_text
+from llmctl.store import fs
+from llmctl.data.dedup.base import exact_hash, normalize_text
 from llmctl.data.document import DETAIL_KEY, Document
-from llmctl.datasets import MANIFEST, Dataset, atomic_write_json, file_sha256, now_iso
+from llmctl.store.dataset import MANIFEST, Dataset, atomic_write_json, file_sha256, now_iso
 from llmctl.errors import UsageError
-from llmctl.lock import exclusive_output
+from llmctl.store.lock import exclusive_output
 
 MODEL_FILE = "model.bin"
 HQ, LQ = "__label__hq", "__label__lq"
@@ -204,7 +204,7 @@ def _read_texts(paths: list[str], side: str, text_field: str = "text") -> tuple[
     """Texts of llmctl datasets, JSONL(.gz) and Parquet files (the filter's readers, `text_field`),
     and .txt files (one document per line, as fastText's own format)."""
     from llmctl.data.extract import ExtractConfig, input_kind, read_input
-    from llmctl.datasets import fingerprint_file
+    from llmctl.store.dataset import fingerprint_file
 
     if not paths:
         raise UsageError(f"give at least one --{side} DATASET or file")

@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmctl import fs
+from llmctl.store import fs
 from llmctl.data.document import REJECTED_SCHEMA
-from llmctl.datasets import MANIFEST, RUN_STATE, ShardWriter, StageOutput
+from llmctl.store.dataset import MANIFEST, RUN_STATE, ShardWriter, StageOutput
 from llmctl.errors import UsageError
 
 STAGE = "filter.rejected"

@@ -33,15 +33,16 @@ import pyarrow.compute as pc
 import xxhash
 
 from llmctl.config import output_fields, runtime, to_dict
-from llmctl.datasets import (MANIFEST, Dataset, StageOutput, atomic_write_json, canonical_json, now_iso,
+from llmctl.store.dataset import (MANIFEST, Dataset, StageOutput, atomic_write_json, canonical_json, now_iso,
                              sha256_text)
-from llmctl.integrity import open_parquet, read_state, verify_shard
-from llmctl import __version__, fs
+from llmctl.store.integrity import open_parquet, read_state, verify_shard
+from llmctl import __version__
+from llmctl.store import fs
 from llmctl.errors import UsageError
-from llmctl.executor import Reporter, default_workers, run_tasks, using
-from llmctl.progress import StageProgress, note, note_resume
-from llmctl.tokenizer import Tokenizer, training_chunks
-from llmctl.lock import exclusive_output
+from llmctl.executor.local import Reporter, default_workers, run_tasks, using
+from llmctl.utils.progress import StageProgress, note, note_resume
+from llmctl.tokenizer.spm import Tokenizer, training_chunks
+from llmctl.store.lock import exclusive_output
 
 TOKENS_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -193,7 +194,7 @@ class EncodeConfig:
     seed: int = 0  # seed of the split hash
     batch_rows: int = runtime(1024)  # documents encoded per sentencepiece call
     workers: int | None = runtime(None)  # worker processes; None = all cores
-    executor: str = runtime("local")  # local processes, or ray (llmctl.ray_executor)
+    executor: str = runtime("local")  # local processes, or ray (llmctl.executor.ray)
     ray_address: str = runtime("auto")
 
 

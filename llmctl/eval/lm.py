@@ -17,7 +17,7 @@ give bit-identical values). The cost of the rounding: at most 63 padded position
 (~32 on average, under 10% of a 0-shot MMLU prompt of ~100-600 tokens, less for 5-shot).
 
 Generation (`generate_many`) runs llmctl checkpoints in batches of `batch_size` prompts through
-the shared engine (`llmctl.generate.generate_batch`: left padding, a padding-aware mask, per-row
+the shared engine (`llmctl.model.generate.generate_batch`: left padding, a padding-aware mask, per-row
 RoPE positions) with one `torch.Generator` per prompt seeded with `seed + item index`, so a
 prompt gets the tokens it gets alone, whatever the batch size (greedy and sampled, checked in
 tests/test_generate_batch.py; padded rows differ from a lone row only in float rounding, which
@@ -168,9 +168,9 @@ class LM:
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator) -> int:
-    """One token from (V,) logits: argmax at temperature 0, else `llmctl.generate`'s top-k / nucleus
+    """One token from (V,) logits: argmax at temperature 0, else `llmctl.model.generate`'s top-k / nucleus
     filter and a draw from `gen` (so a checkpoint samples here what `llmctl generate` samples)."""
-    from llmctl.generate import filter_logits
+    from llmctl.model.generate import filter_logits
 
     logits = logits.float().cpu()[None]
     if temperature <= 0:
@@ -184,9 +184,9 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, g
 
 class LlmctlLM(LM):
     def __init__(self, path: str | Path, device: str = "cpu", tokenizer_dir: str | Path | None = None):
-        from llmctl.checkpoint import load_checkpoint, resolve_checkpoint
-        from llmctl.datasets import fingerprint_file
-        from llmctl.tokenizer import Tokenizer
+        from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint
+        from llmctl.store.dataset import fingerprint_file
+        from llmctl.tokenizer.spm import Tokenizer
 
         self.path = resolve_checkpoint(path)
         self.model, self.cfg, tok_dir, _ = load_checkpoint(self.path, device=device, tokenizer_dir=tokenizer_dir)
@@ -208,7 +208,7 @@ class LlmctlLM(LM):
         return self.model(ids)
 
     def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:
-        from llmctl.model import KVCache
+        from llmctl.model.transformer import KVCache
 
         cache = KVCache(self.cfg, 1, self.max_len, device=self.device)
         logits = self.model(torch.tensor([prompt], device=self.device), kv_cache=cache)
@@ -223,9 +223,9 @@ class LlmctlLM(LM):
                       top_k: int = 0, top_p: float = 1.0, seeds: Sequence[int] | None = None,
                       stop_ids: Sequence[int] | None = None, stop_text: Sequence[str] = (), batch_size: int = 1,
                       on_batch: Callable[[int, int], None] | None = None) -> list[list[int]]:
-        """Batches of `batch_size` prompts through `llmctl.generate.generate_batch`, one generator per
+        """Batches of `batch_size` prompts through `llmctl.model.generate.generate_batch`, one generator per
         prompt (seeds[i]), so a prompt's tokens do not depend on the batch it is in."""
-        from llmctl.generate import generate_batch
+        from llmctl.model.generate import generate_batch
 
         seeds = list(seeds) if seeds is not None else [0] * len(prompts)
         stops = tuple(self.codec.stop_ids if stop_ids is None else stop_ids)
@@ -254,7 +254,7 @@ class HFLM(LM):
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from llmctl.datasets import fingerprint_file
+        from llmctl.store.dataset import fingerprint_file
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()

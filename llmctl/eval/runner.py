@@ -25,9 +25,14 @@ import pyarrow as pa
 
 from llmctl.config import runtime
 from llmctl.errors import UsageError
-from llmctl.eval import contamination, degeneration, exact_match, mc, perplexity, prefs
-from llmctl.eval.prefs import PrefsConfig, WinrateConfig
-from llmctl.lock import exclusive_output
+from llmctl.eval.tasks import contamination
+from llmctl.eval.tasks import degeneration
+from llmctl.eval.tasks import exact_match
+from llmctl.eval.tasks import mc
+from llmctl.eval.tasks import perplexity
+from llmctl.eval.tasks import prefs
+from llmctl.eval.tasks.prefs import PrefsConfig, WinrateConfig
+from llmctl.store.lock import exclusive_output
 
 SAMPLES_DIR = "_samples"
 
@@ -69,7 +74,7 @@ class TaskProgress:
     def __init__(self, enabled: bool | None = None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from llmctl.progress import console
+        from llmctl.utils.progress import console
 
         self.enabled = console.is_terminal if enabled is None else enabled
         self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -125,7 +130,7 @@ def _run_task(name: str, lm: Any, cfg: "EvalConfig", progress: TaskProgress) -> 
 @exclusive_output("output", discard_unfinished=True)
 def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate `model` on `cfg.tasks`; returns the results manifest (rows in manifest['stats']['results'])."""
-    from llmctl.datasets import StageOutput
+    from llmctl.store.dataset import StageOutput
     from llmctl.eval.lm import load_lm
 
     unknown = [t for t in cfg.tasks if t not in TASKS]
@@ -163,8 +168,8 @@ def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: 
 
 def model_lineage(path: str | Path, stage: str = "model") -> dict[str, Any]:
     """Path and weights fingerprint of a model directory (an llmctl run dir: its latest checkpoint)."""
-    from llmctl.checkpoint import resolve_checkpoint
-    from llmctl.datasets import fingerprint_file
+    from llmctl.model.checkpoint import resolve_checkpoint
+    from llmctl.store.dataset import fingerprint_file
     from llmctl.eval.lm import is_hf_dir
 
     p = Path(path) if is_hf_dir(path) else resolve_checkpoint(path)
@@ -203,7 +208,7 @@ def _run_tasks(out: Any, tasks: list[str], lm: Any, cfg: EvalConfig) -> dict[str
 
 def write_samples(out: Any, task: str, samples: Samples, lineage: list, cfg: EvalConfig) -> Path:
     """RESULTS/_samples/TASK as a dataset of its own (shard, then manifest)."""
-    from llmctl.datasets import StageOutput
+    from llmctl.store.dataset import StageOutput
 
     so = StageOutput(out.path / SAMPLES_DIR / task, "eval_samples", getattr(cfg, task), inputs=out.inputs + lineage,
                      overwrite=True)

@@ -35,12 +35,12 @@ from typing import Any, Callable, Protocol
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from llmctl.checkpoint import load_train_state, save_checkpoint
+from llmctl.model.checkpoint import load_train_state, save_checkpoint
 from llmctl.config import runtime
-from llmctl.datasets import atomic_write_text
+from llmctl.store.dataset import atomic_write_text
 from llmctl.errors import Interrupted, UsageError
-from llmctl.model import ModelConfig
-from llmctl.moe import add_imbalance, discard_records, router_losses
+from llmctl.model.transformer import ModelConfig
+from llmctl.model.moe import add_imbalance, discard_records, router_losses
 from llmctl.train import distributed as D
 from llmctl.train import parallel as P
 

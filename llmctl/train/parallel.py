@@ -31,7 +31,7 @@ from typing import Iterable
 import torch
 
 from llmctl.errors import UsageError
-from llmctl.model import ModelConfig
+from llmctl.model.transformer import ModelConfig
 
 
 def check_layout(world: int, tp: int) -> None:

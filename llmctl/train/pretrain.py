@@ -27,10 +27,10 @@ import pyarrow.compute as pc
 import torch
 
 from llmctl.config import runtime, to_dict
-from llmctl.datasets import Dataset
+from llmctl.store.dataset import Dataset
 from llmctl.errors import UsageError
-from llmctl.model import ModelConfig, Transformer, cross_entropy, preset_config
-from llmctl.moe import inactive_params
+from llmctl.model.transformer import ModelConfig, Transformer, cross_entropy, preset_config
+from llmctl.model.moe import inactive_params
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig, train
 from llmctl.train.parallel import check_divisible
@@ -50,7 +50,7 @@ class ModelSpec:
     rope_base: float | None = None
     rope_scale: float | None = None
     tie_embeddings: bool | None = None
-    # Mixture-of-Experts (llmctl.moe, docs/moe.md): --preset moe-tiny / moe-10m / olmoe, or these
+    # Mixture-of-Experts (llmctl.model.moe, docs/moe.md): --preset moe-tiny / moe-10m / olmoe, or these
     n_experts: int | None = None
     moe_top_k: int | None = None
     n_shared_experts: int | None = None
@@ -215,7 +215,7 @@ def pretrain(tokens: str | Path | None, tokenizer_dir: str | Path, run_dir: str 
     Re-running the same call continues the run from its latest checkpoint (`resume` is accepted
     for the CLI's --resume and changes nothing); on a finished run it returns that run's summary.
     `mix`: a mix file instead of `tokens`, streamed from its sources (llmctl.train.mix_batches)."""
-    from llmctl.tokenizer import Tokenizer
+    from llmctl.tokenizer.spm import Tokenizer
 
     d = D.init(cfg.train.device, cfg.train.tp)
     run_dir = Path(run_dir)

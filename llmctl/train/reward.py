@@ -29,11 +29,11 @@ import torch.nn.functional as F
 
 from llmctl.data.chat_data import Encoded, ItemBatches, encode_pair, encode_responses, pref_triples, read_rows, split_of, to_messages
 from llmctl.errors import UsageError
-from llmctl.model import ModelConfig, Transformer
+from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig
 from llmctl.train.sft import load_start, run_training
-from llmctl.lock import exclusive_output
+from llmctl.store.lock import exclusive_output
 
 
 class RewardModel(Transformer):
@@ -199,8 +199,8 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardScorer:
     """A reward checkpoint (or a `llmctl reward` run dir: its latest checkpoint) ready to score."""
     from safetensors.torch import load_file
 
-    from llmctl.checkpoint import TOKENIZER_DIR, WEIGHTS, read_model_config, resolve_checkpoint
-    from llmctl.tokenizer import Tokenizer
+    from llmctl.model.checkpoint import TOKENIZER_DIR, WEIGHTS, read_model_config, resolve_checkpoint
+    from llmctl.tokenizer.spm import Tokenizer
 
     p = resolve_checkpoint(path)
     mc = read_model_config(p)
@@ -227,8 +227,8 @@ def score_dataset(rm_dir: str | Path, data: str | Path, out: str | Path, overwri
     """Copy DATA with a `reward` column (prompt/response rows) or `reward_chosen`/`reward_rejected` (pairs)."""
     import pyarrow as pa
 
-    from llmctl.checkpoint import WEIGHTS, resolve_checkpoint
-    from llmctl.datasets import StageOutput, fingerprint_file
+    from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+    from llmctl.store.dataset import StageOutput, fingerprint_file
 
     rows, lineage = read_rows(data)
     if not rows:

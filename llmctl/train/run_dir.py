@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from llmctl import __version__
-from llmctl.checkpoint import TRAIN_STATE, WEIGHTS
+from llmctl.model.checkpoint import TRAIN_STATE, WEIGHTS
 from llmctl.config import output_fields
-from llmctl.datasets import MANIFEST, RUN_STATE, atomic_write_json, now_iso
-from llmctl.integrity import read_state
+from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json, now_iso
+from llmctl.store.integrity import read_state
 from llmctl.errors import UsageError
-from llmctl.lock import writer_lock
-from llmctl.progress import note
+from llmctl.store.lock import writer_lock
+from llmctl.utils.progress import note
 from llmctl.train import distributed as D
 from llmctl.train.loop import CHECKPOINTS
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from llmctl.config import to_dict
 from llmctl.data.chat_data import Encoded, ItemBatches, encode_conversation, read_rows, sft_conversations, split_of
-from llmctl.datasets import fingerprint_file
+from llmctl.store.dataset import fingerprint_file
 from llmctl.errors import UsageError
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig, train
@@ -151,8 +151,8 @@ def encode_sft(tok: Any, rows: list[dict[str, Any]], max_len: int, val_fraction:
 def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
     """(model, model config, tokenizer, lineage) of the checkpoint training starts from; `max_len`,
     when given, must fit the model's context."""
-    from llmctl.checkpoint import WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint
-    from llmctl.tokenizer import Tokenizer
+    from llmctl.model.checkpoint import WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint
+    from llmctl.tokenizer.spm import Tokenizer
     from llmctl.train.parallel import check_divisible
 
     path = resolve_checkpoint(ckpt)

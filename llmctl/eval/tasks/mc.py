@@ -1,0 +1,264 @@
+"""Multiple-choice tasks scored by log-likelihood, as lm-evaluation-harness does (MMLU layout).
+
+Data: a headerless CSV `question,A,B,C,D,answer` (the MMLU layout as is), a directory of such
+CSVs (one subject per file, `abstract_algebra_val.csv` -> "abstract algebra"), or JSONL/Parquet
+with `question`, `A`..`D` (or a `choices` list) and `answer` (a letter or an index).
+
+Prompt (lm-eval's `mmlu` default task, `choices=letters`)::
+
+    The following are multiple choice questions (with answers) about {subject}.\\n\\n
+    [k shots: {question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer: {letter}\\n\\n]...
+    {question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer:
+
+and the continuations " A", " B", " C", " D". With `choices=text` the continuations are " " + the
+choice text instead (the cloze form; acc_norm matters there). Shots are the first k rows of the
+same subject in `fewshot_data` (default: the `dev/` directory beside an MMLU split directory, or
+the `SUBJECT_dev` file in the same folder; such dev files are never scored as questions).
+
+Tokenization is lm-eval's `_encode_pair`: trailing spaces of the context move to the
+continuation, then continuation ids = encode(context + continuation)[len(encode(context)):], so
+a tokenizer that merges across the boundary is handled identically. `acc` = argmax of the summed
+log-likelihood; `acc_norm` = argmax of log-likelihood / length of the choice text in characters,
+as lm-eval (`norm=bytes`: UTF-8 bytes instead; the two differ only on non-ASCII choices, such
+as MMLU formal_logic's text choices with ∨ ⊃ ≡ • ∀: see docs/eval.md). Ties go to the first choice, as numpy's argmax. stderr = sample
+standard deviation / sqrt(n), as lm-eval reports.
+
+Per-item output (`samples`, written by the runner to RESULTS/_samples/mc): per question its
+subject, the context and continuation strings, each continuation's log-likelihood, greedy flag
+and length, the picks (`pred`, `pred_norm`) and the gold index, so a result can be compared
+with lm-eval's `--log_samples` item by item.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from llmctl.errors import UsageError
+from llmctl.eval.lm import LM
+
+TASK = "mc"
+LETTERS = "ABCDEFGH"
+
+
+@dataclass
+class MCConfig:
+    data: str = ""  # --mc-data: CSV, directory of CSVs, JSONL or Parquet
+    shots: int = 0
+    fewshot_data: str = ""  # default: <data>/../dev for an MMLU split directory
+    choices: str = "letters"  # letters | text
+    limit: int = 0  # items per file (0 = all)
+    subjects: list[str] = field(default_factory=list)  # restrict to these subjects (directory input)
+    norm: str = "chars"  # acc_norm divides by the choice's length in: chars (lm-eval) | bytes (UTF-8)
+
+
+def _subject(path: Path) -> str:
+    stem = path.stem
+    for suffix in ("_val", "_test", "_dev", "_train"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem.replace("_", " ")
+
+
+def _normalize(row: dict[str, Any], where: str) -> dict[str, Any]:
+    if "choices" in row:
+        choices = [str(c) for c in row["choices"]]
+    else:
+        choices = [str(row[c]) for c in LETTERS if c in row and row[c] is not None]
+    ans = row.get("answer")
+    if isinstance(ans, str) and ans.strip().upper() in LETTERS[: len(choices)]:
+        label = LETTERS.index(ans.strip().upper())
+    elif isinstance(ans, int) or (isinstance(ans, str) and ans.strip().isdigit()):
+        label = int(ans)
+    else:
+        raise UsageError(f"{where}: answer {ans!r} is not a letter or an index")
+    if len(choices) < 2 or not 0 <= label < len(choices):
+        raise UsageError(f"{where}: needs >= 2 choices and an answer among them")
+    return {"question": str(row["question"]), "choices": choices, "label": label}
+
+
+def read_items(path: Path, limit: int = 0) -> list[dict[str, Any]]:
+    """Items of one file: question, choices, label."""
+    rows: list[dict[str, Any]] = []
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            for rec in csv.reader(f):
+                if len(rec) < 4:
+                    raise UsageError(f"{path}: expected question,A,B,C,D,answer rows, got {len(rec)} fields")
+                rows.append({"question": rec[0], "choices": rec[1:-1], "answer": rec[-1]})
+    elif path.suffix in (".jsonl", ".json"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    else:
+        raise UsageError(f"{path}: unsupported multiple-choice file (use .csv, .jsonl or .parquet)")
+    if limit:
+        rows = rows[:limit]
+    return [_normalize(r, f"{path}:{i + 1}") for i, r in enumerate(rows)]
+
+
+SPLITS = ("dev", "val", "test")  # MMLU's: dev = the few-shot pool, val and test = scored items
+_FILES = (".csv", ".jsonl", ".parquet")
+
+
+def _split(path: Path) -> str | None:
+    """The MMLU split of `abstract_algebra_val.csv` (val) or of a file in a `val/` folder."""
+    for s in SPLITS:
+        if path.stem.endswith(f"_{s}"):
+            return s
+    return path.parent.name if path.parent.name in SPLITS else None
+
+
+def data_files(cfg: MCConfig) -> list[Path]:
+    """The files whose questions are scored. MMLU layouts: the hendrycks root (`dev/ val/ test/`:
+    test's files, else val's), one split folder (`val/`), or a flat folder of `SUBJECT_dev.csv`,
+    `SUBJECT_val.csv`, `SUBJECT_test.csv` (per subject its test file, else its val file); dev files
+    are the few-shot pool (`fewshot_file`), never scored from a folder. A file is scored as given."""
+    p = Path(cfg.data)
+    if p.is_dir():
+        for split in ("test", "val"):  # the hendrycks root
+            if (p / split).is_dir() and (p / "dev").is_dir():
+                p = p / split
+                break
+        chosen: dict[str, Path] = {}
+        for f in sorted(f for f in p.iterdir() if f.suffix in _FILES and _split(f) != "dev"):
+            key = _subject(f) if _split(f) else f.name  # a flat folder with val and test of a subject: test
+            if key not in chosen or _split(f) == "test":
+                chosen[key] = f
+        files = sorted(chosen.values())
+        if cfg.subjects:
+            want = {s.replace("_", " ") for s in cfg.subjects}
+            files = [f for f in files if _subject(f) in want]
+    elif p.is_file():
+        files = [p]
+    else:
+        raise UsageError(f"{p}: no such multiple-choice file or directory")
+    if not files:
+        raise UsageError(f"{p}: no .csv/.jsonl/.parquet files to score (subjects {cfg.subjects or 'all'}; "
+                         "*_dev files are the few-shot pool)")
+    return files
+
+
+def fewshot_file(cfg: MCConfig, f: Path) -> Path | None:
+    """The few-shot pool of `f`'s subject: `mc.fewshot_data` (a file, or a folder searched by
+    subject), else MMLU's dev file beside it (flat layout) or in `../dev/` (split folders)."""
+    if not cfg.shots:
+        return None
+    if cfg.fewshot_data:
+        bases = [Path(cfg.fewshot_data)]
+    else:
+        bases = [f.parent, f.parent.parent / "dev"]
+    for base in bases:
+        if base.is_file():
+            return base
+        if base.is_dir():
+            matches = [g for g in sorted(base.iterdir()) if g.suffix in _FILES and _subject(g) == _subject(f)
+                       and g != f and (_split(g) == "dev" or base != f.parent)]
+            if matches:
+                return matches[0]
+    raise UsageError(f"no few-shot (dev) file for subject {_subject(f)!r} beside {f} or in "
+                     f"{f.parent.parent / 'dev'} (set --set mc.fewshot_data=PATH)")
+
+
+def doc_to_text(item: dict[str, Any]) -> str:
+    lines = [item["question"].strip()] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(item["choices"])]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def choice_strings(item: dict[str, Any], mode: str) -> list[str]:
+    if mode == "letters":
+        return list(LETTERS[: len(item["choices"])])
+    if mode == "text":
+        return list(item["choices"])
+    raise UsageError(f"mc.choices must be letters or text, got {mode!r}")
+
+
+def build_context(item: dict[str, Any], subject: str, shots: list[dict[str, Any]], mode: str) -> str:
+    parts = [doc_to_text(s) + " " + choice_strings(s, mode)[s["label"]] for s in shots] + [doc_to_text(item)]
+    return f"The following are multiple choice questions (with answers) about {subject}.\n\n" + "\n\n".join(parts)
+
+
+def encode_pair(lm: LM, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's HFLM._encode_pair."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = lm.codec.encode(context + continuation)
+    ctx = lm.codec.encode(context)
+    return ctx, whole[len(ctx):]
+
+
+def mean_stderr(xs: list[float]) -> float:
+    n = len(xs)
+    if n < 2:
+        return float("nan")
+    mu = sum(xs) / n
+    return math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1) / n)
+
+
+SAMPLES_SCHEMA = pa.schema([
+    ("id", pa.string()), ("subject", pa.string()), ("question", pa.string()), ("context", pa.string()),
+    ("continuations", pa.list_(pa.string())), ("loglikelihoods", pa.list_(pa.float64())),
+    ("is_greedy", pa.list_(pa.bool_())), ("lengths", pa.list_(pa.int64())), ("pred", pa.int64()),
+    ("pred_norm", pa.int64()), ("gold", pa.int64()), ("acc", pa.float64()), ("acc_norm", pa.float64()),
+])
+
+
+def choice_length(text: str, norm: str) -> int:
+    if norm == "chars":
+        return len(text)
+    if norm == "bytes":
+        return len(text.encode("utf-8"))
+    raise UsageError(f"mc.norm must be chars or bytes, got {norm!r}")
+
+
+def argmax(xs: list[float]) -> int:
+    """Index of the largest value; the first on a tie (numpy's argmax, as lm-eval)."""
+    return max(range(len(xs)), key=lambda i: (xs[i], -i))
+
+
+def run(lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
+    from llmctl.store.dataset import fingerprint_file
+    from llmctl.eval.runner import Samples
+
+    choice_length("", cfg.norm)
+    items, requests, lineage = [], [], []
+    for f in data_files(cfg):
+        fs = fewshot_file(cfg, f)
+        shots = read_items(fs, cfg.shots) if fs else []
+        lineage.append({"path": str(f.resolve()), "stage": "file", "fingerprint": fingerprint_file(f)})
+        for k, item in enumerate(read_items(f, cfg.limit)):
+            ctx = build_context(item, _subject(f), shots, cfg.choices)
+            conts = choice_strings(item, cfg.choices)
+            item.update(id=f"{f.stem}:{k}", subject=_subject(f), context=ctx, continuations=[" " + c for c in conts],
+                        first=len(requests), lengths=[choice_length(c, cfg.norm) for c in conts])
+            requests += [encode_pair(lm, ctx, " " + c) for c in conts]
+            items.append(item)
+    if progress:
+        progress.start(TASK, len(requests))
+    scored = lm.loglikelihood(requests, batch_size, progress.advance if progress else None)
+    acc, acc_norm, samples = [], [], []
+    for item in items:
+        part = scored[item["first"]: item["first"] + len(item["lengths"])]
+        ll = [x for x, _ in part]
+        pred = argmax(ll)
+        pred_n = argmax([x / max(1, n) for x, n in zip(ll, item["lengths"])])
+        acc.append(float(pred == item["label"]))
+        acc_norm.append(float(pred_n == item["label"]))
+        samples.append({"id": item["id"], "subject": item["subject"], "question": item["question"],
+                        "context": item["context"], "continuations": item["continuations"], "loglikelihoods": ll,
+                        "is_greedy": [g for _, g in part], "lengths": item["lengths"], "pred": pred,
+                        "pred_norm": pred_n, "gold": item["label"], "acc": acc[-1], "acc_norm": acc_norm[-1]})
+    n = len(items)
+    rows = [{"task": TASK, "metric": m, "value": sum(v) / n, "stderr": mean_stderr(v), "n": n}
+            for m, v in (("acc", acc), ("acc_norm", acc_norm))]
+    return rows, lineage, Samples(SAMPLES_SCHEMA, samples)

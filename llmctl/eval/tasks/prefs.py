@@ -1,0 +1,225 @@
+"""Preference metrics: a reward model's, and a policy's own (DPO's implicit reward), and win rate.
+
+`prefs` on preference pairs reports what the models given can say:
+- with a reward model (MODEL itself, or `--reward-model`): `accuracy`, the share of pairs where
+  r(prompt, chosen) > r(prompt, rejected) (a tie counts as wrong), and `mean_margin`, with each
+  pair encoded as `llmctl reward` trains on it (one prompt cut for both replies, the run's
+  max_len), so on the pairs it held out this is its own `val_accuracy`;
+- when MODEL is a language model (an llmctl checkpoint, not a reward model): its
+  `likelihood_accuracy`, and for a DPO model (against the reference its run recorded, or
+  `prefs.reference`) `implicit_accuracy`, `implicit_margin` and the reference's
+  `reference_likelihood_accuracy` (`llmctl.eval.tasks.implicit`).
+Data: `prompt`/`chosen`/`rejected` rows (a dataset dir,
+JSONL or Parquet) or raw HH-RLHF `chosen`/`rejected` transcripts (split at the last assistant
+turn by `llmctl.data.chat_data`). `split=val` keeps the rows `llmctl reward` held out (their
+`split` column, else the same seeded hash with the same `val_fraction` and `seed`); `split=all`
+scores every pair (for a file the reward model never saw).
+
+`winrate`: the evaluated model and a `baseline` model answer the same prompts (one user turn,
+each through its own chat template, greedy by default); the reward model judges each pair:
+win = 1 if r(model) > r(baseline), 0.5 on a tie, 0 otherwise. Reported: win rate with its
+standard error, and the mean response length in words of each side, because reward models tend
+to prefer longer answers (seed 001's length bias is then visible next to the win rate).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from llmctl.errors import UsageError
+from llmctl.eval.tasks.mc import mean_stderr
+
+
+@dataclass
+class PrefsConfig:
+    data: str = ""  # --prefs-data: prompt/chosen/rejected dataset or JSONL
+    reward_model: str = ""  # default: the evaluated MODEL itself is the reward model
+    reference: str = ""  # implicit reward against this checkpoint (default: a DPO model's recorded reference)
+    split: str = "val"  # val | all
+    val_fraction: float | None = None  # rows without a split column: None = the trained model's split (else 0.05)
+    seed: int | None = None  # likewise (else 0)
+    limit: int = 0
+
+
+@dataclass
+class WinrateConfig:
+    prompts: str = ""  # --prompts: JSONL prompts (e.g. AlpacaEval)
+    baseline: str = ""  # the other model (llmctl checkpoint or Hugging Face dir)
+    reward_model: str = ""
+    limit: int = 50
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0
+
+
+def training_split(path: str | Path) -> tuple[float, int] | None:
+    """(val_fraction, seed) a `llmctl reward` / `dpo` / `sft` run split its data with, if `path` is one."""
+    from llmctl.model.checkpoint import resolve_checkpoint
+    from llmctl.store.dataset import MANIFEST
+    from llmctl.eval.lm import is_hf_dir
+
+    if not path or is_hf_dir(path):
+        return None
+    m = resolve_checkpoint(path) / MANIFEST
+    cfg = json.loads(m.read_text()).get("config", {}) if m.is_file() else {}
+    if "val_fraction" not in cfg or "seed" not in cfg.get("train", {}):
+        return None
+    return float(cfg["val_fraction"]), int(cfg["train"]["seed"])
+
+
+def pref_rows(cfg: PrefsConfig, trained: tuple[float, int] | None = None
+              ) -> tuple[list[tuple[list[dict[str, str]], str, str]], dict[str, Any]]:
+    """The pairs to score; with split=val, rows without a split column are split by the same hash
+    (val_fraction, seed) as the run that trained the model (`trained`), so held out means held out."""
+    from llmctl.data.chat_data import _pref_row, read_rows, split_of
+
+    frac = cfg.val_fraction if cfg.val_fraction is not None else trained[0] if trained else 0.05
+    seed = cfg.seed if cfg.seed is not None else trained[1] if trained else 0
+    rows, lineage = read_rows(cfg.data)
+    out = []
+    for r in rows:
+        pr, _ = _pref_row(r)
+        if pr is None:
+            continue
+        key = (pr["prompt"], pr["chosen"], pr["rejected"])
+        if cfg.split == "val" and split_of(r, key, frac, seed) != "val":
+            continue
+        out.append(key)
+        if cfg.limit and len(out) >= cfg.limit:
+            break
+    if cfg.split not in ("val", "all"):
+        raise UsageError(f"prefs.split must be val or all, got {cfg.split!r}")
+    if not out:
+        raise UsageError(f"{cfg.data}: no preference pairs in split {cfg.split!r}")
+    return out, lineage
+
+
+def _rm(path: str, device: str = "cpu") -> Any:
+    from llmctl.train.reward import load_reward_model
+
+    if not path:
+        raise UsageError("a reward model is needed: --set prefs.reward_model=DIR (or winrate.reward_model)")
+    return load_reward_model(path, device=device)
+
+
+def is_reward_model(path: str | Path) -> bool:
+    """An llmctl checkpoint (or run dir) whose weights have a score head."""
+    from safetensors import safe_open
+
+    from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+    from llmctl.eval.lm import is_hf_dir
+
+    if is_hf_dir(path):
+        return False
+    with safe_open(str(resolve_checkpoint(path) / WEIGHTS), "pt") as f:
+        return "score_head.weight" in f.keys()
+
+
+PAIR_COLUMNS = ("reward_chosen", "reward_rejected", "logp_chosen", "logp_rejected", "ref_logp_chosen",
+                "ref_logp_rejected", "implicit_reward_chosen", "implicit_reward_rejected")
+SAMPLES_SCHEMA = pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]
+                           + [(c, pa.float64()) for c in PAIR_COLUMNS])
+
+
+def run_prefs(model_path: str, cfg: PrefsConfig, batch_size: int, progress: Any = None, device: str = "cpu",
+              lm: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
+    from llmctl.eval.tasks.implicit import implicit_metrics
+    from llmctl.eval.lm import is_hf_dir
+    from llmctl.eval.runner import Samples
+
+    model_is_rm = is_reward_model(model_path)
+    rm_path = cfg.reward_model or (model_path if model_is_rm else "")
+    lm_metrics = not model_is_rm and not is_hf_dir(model_path)
+    if not rm_path and not lm_metrics:
+        raise UsageError(f"{model_path}: a Hugging Face model directory has no prefs metrics of its own; "
+                         "pass --reward-model")
+    pairs, lineage = pref_rows(cfg, training_split(model_path) or training_split(rm_path))
+    if progress:
+        progress.start("prefs", len(pairs))
+    per_pair = [{"prompt": json.dumps(p, ensure_ascii=False) if not isinstance(p, str) else p, "chosen": c,
+                 "rejected": r, **dict.fromkeys(PAIR_COLUMNS)} for p, c, r in pairs]
+    rows: list[dict[str, Any]] = []
+    lineages = [lineage]
+    n = len(pairs)
+    if rm_path:
+        from llmctl.eval.runner import model_lineage
+
+        rm = _rm(rm_path, device)
+        if rm_path != model_path:
+            lineages.append(model_lineage(rm_path, "reward-model"))
+        rc, rr = rm.score_pairs([p for p, _, _ in pairs], [c for _, c, _ in pairs], [r for _, _, r in pairs],
+                                batch_size)
+        acc = [float(a > b) for a, b in zip(rc, rr)]
+        margin = [a - b for a, b in zip(rc, rr)]
+        rows += [{"task": "prefs", "metric": "accuracy", "value": sum(acc) / n, "stderr": mean_stderr(acc), "n": n},
+                 {"task": "prefs", "metric": "mean_margin", "value": sum(margin) / n, "stderr": mean_stderr(margin),
+                  "n": n}]
+        for d, a, b in zip(per_pair, rc, rr):
+            d.update(reward_chosen=a, reward_rejected=b)
+    if lm_metrics:
+        more, values, lin = implicit_metrics(model_path, pairs, cfg.reference, batch_size, device, policy=lm)
+        rows += more
+        lineages += lin
+        for d, v in zip(per_pair, values):
+            d.update(v)
+    if progress:
+        progress.advance(len(pairs))
+    return rows, lineages, Samples(SAMPLES_SCHEMA, per_pair)
+
+
+def read_prompts(path: str, limit: int) -> tuple[list[str], dict[str, Any]]:
+    from llmctl.store.dataset import fingerprint_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: no such prompts file")
+    out = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            key = next((k for k in ("instruction", "prompt", "question") if k in rec), None)
+            if key is None or not isinstance(rec[key], str):
+                raise UsageError(f"{p}: rows need a string instruction, prompt or question")
+            out.append(rec[key])
+        if limit and len(out) >= limit:
+            break
+    return out, {"path": str(p.resolve()), "stage": "file", "fingerprint": fingerprint_file(p)}
+
+
+def respond(lm: Any, prompts: list[str], cfg: WinrateConfig, progress: Any, batch_size: int = 1) -> list[str]:
+    if lm.codec.chat is None:
+        raise UsageError(f"{lm.name}: its tokenizer has no chat template; winrate needs chat models")
+    outs = lm.generate_many([lm.codec.chat([{"role": "user", "content": p}]) for p in prompts], cfg.max_new_tokens,
+                            temperature=cfg.temperature, seeds=[cfg.seed + i for i in range(len(prompts))],
+                            batch_size=batch_size, on_batch=(lambda n, t: progress.advance(n, t)) if progress else None)
+    return [lm.codec.decode(ids).strip() for ids in outs]
+
+
+def run_winrate(lm: Any, cfg: WinrateConfig, batch_size: int, progress: Any = None,
+                device: str = "cpu") -> tuple[list[dict[str, Any]], list]:
+    from llmctl.eval.lm import load_lm
+
+    if not cfg.baseline:
+        raise UsageError("winrate needs a baseline model: --set winrate.baseline=DIR")
+    rm = _rm(cfg.reward_model, device)
+    prompts, lineage = read_prompts(cfg.prompts, cfg.limit)
+    base = load_lm(cfg.baseline, device)
+    if progress:
+        progress.start("winrate", 2 * len(prompts))
+    ours, theirs = respond(lm, prompts, cfg, progress, batch_size), respond(base, prompts, cfg, progress, batch_size)
+    ra, rb = rm.score(prompts, ours, batch_size), rm.score(prompts, theirs, batch_size)
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(ra, rb)]
+    la, lb = [float(len(r.split())) for r in ours], [float(len(r.split())) for r in theirs]
+    n = len(prompts)
+    return [
+        {"task": "winrate", "metric": "win_rate", "value": sum(wins) / n, "stderr": mean_stderr(wins), "n": n},
+        {"task": "winrate", "metric": "mean_words_model", "value": sum(la) / n, "stderr": mean_stderr(la), "n": n},
+        {"task": "winrate", "metric": "mean_words_baseline", "value": sum(lb) / n, "stderr": mean_stderr(lb), "n": n},
+        {"task": "winrate", "metric": "mean_reward_model", "value": sum(ra) / n, "stderr": mean_stderr(ra), "n": n},
+        {"task": "winrate", "metric": "mean_reward_baseline", "value": sum(rb) / n, "stderr": mean_stderr(rb), "n": n},
+    ], [lineage, base.lineage()]

@@ -1,0 +1,196 @@
+"""Checkpoint directories: weights in safetensors, config as JSON, the tokenizer beside them.
+
+Layout of a checkpoint directory::
+
+    model.safetensors     the weights (a tied lm_head is stored once, as embed_tokens)
+    config.json           ModelConfig fields + {"format": "llmctl"}
+    tokenizer/            a copy of the tokenizer directory the model was trained with
+    train_state.pt        (resumable checkpoints only) optimizer, schedule step, RNG, data position
+    _manifest.json        stage, config, inputs (lineage), stats; written last = completion marker
+
+Nothing is pickled: `train_state.pt` holds only tensors and plain types and is read back with
+`torch.load(weights_only=True)`, which refuses anything else. A checkpoint is written into a
+hidden temporary directory and renamed into place, so a run killed mid-save leaves the previous
+checkpoint intact (and the temporary directory is removed when the run starts again, see
+llmctl.train.run_dir); a write that fails (a full disk) is one line, `CheckpointWriteError`.
+Files get the mode of every other file llmctl writes: 0666 less the umask.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from llmctl import __version__
+
+from llmctl.store import fs
+from llmctl.store.dataset import MANIFEST, atomic_write_json, now_iso
+from llmctl.errors import UsageError
+from llmctl.model.transformer import ModelConfig, Transformer
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER_DIR = "tokenizer"
+TRAIN_STATE = "train_state.pt"
+
+
+def tokenizer_vocab_size(tokenizer_dir: str | Path) -> int:
+    from llmctl.tokenizer.spm import Tokenizer
+
+    return Tokenizer.load(tokenizer_dir).vocab_size
+
+
+def check_vocab(model_cfg: ModelConfig, tokenizer_dir: str | Path, where: str | Path = "checkpoint") -> None:
+    """One-line UsageError when a tokenizer does not fit a model's embedding table."""
+    n = tokenizer_vocab_size(tokenizer_dir)
+    if n != model_cfg.vocab_size:
+        raise UsageError(
+            f"tokenizer {tokenizer_dir} has {n} tokens but {where} was trained with vocab_size {model_cfg.vocab_size}; "
+            "use the tokenizer the model was trained with"
+        )
+
+
+def _weights_for_saving(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    out = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    if cfg.tie_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: Transformer | dict[str, torch.Tensor],
+    model_cfg: ModelConfig,
+    tokenizer_dir: str | Path | None = None,
+    train_state: dict[str, Any] | None = None,
+    manifest: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically; `model` may be a module or a full state dict.
+
+    A failed write (a full disk, a quota) removes its temporary directory and is one line naming
+    the cause; a checkpoint already at `path`, and every other one, is left as it was."""
+    path = Path(path)
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        write_weights(_weights_for_saving(state, model_cfg), tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(json.dumps({"format": "llmctl", **model_cfg.to_dict()}, indent=2) + "\n")
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+        body = {"stage": "checkpoint", "llmctl_version": __version__, "created": now_iso(), "model": model_cfg.to_dict(),
+                **(manifest or {})}
+        atomic_write_json(tmp / MANIFEST, body)
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports ENOSPC as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(f"cannot write checkpoint {path} ({_write_error(e, path)}); the checkpoints "
+                                   "before it are intact: free some space and re-run the same command to resume") from None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+    return path
+
+
+class CheckpointWriteError(UsageError):
+    """A checkpoint could not be written (disk full, quota, permissions); earlier checkpoints are intact."""
+
+
+def _write_error(e: BaseException, path: Path) -> str:
+    """The cause of a failed write in a few words: the OS error if there is one, else the free space."""
+    err = getattr(e, "errno", None)
+    text = str(e)
+    if err == errno.ENOSPC or "No space left" in text or "os error 28" in text or "StorageFull" in text:
+        return "no space left on the device"
+    if err == errno.EDQUOT or "quota" in text.lower():
+        return "disk quota exceeded"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+        if free < 64 << 20:
+            return f"the device is full: {free >> 20} MiB free"
+    except OSError:
+        pass
+    return (text.strip().splitlines() or [type(e).__name__])[-1][:200]
+
+
+def write_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """safetensors' `save_file`, with the file mode every other file gets (0666 less the umask;
+    safetensors itself leaves 0600)."""
+    save_file(state, str(path), metadata={"format": "pt"})
+    os.chmod(path, fs.default_file_mode())
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    path = Path(path)
+    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+        raise UsageError(f"{path}: not an llmctl checkpoint (no {CONFIG} + {WEIGHTS})")
+    data = json.loads((path / CONFIG).read_text())
+    if data.get("format") != "llmctl":
+        raise UsageError(f"{path}: {CONFIG} is not an llmctl model config")
+    return ModelConfig.from_dict(data)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir itself, or a run dir's final checkpoint, or its latest step checkpoint."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such checkpoint directory")
+    if (p / WEIGHTS).is_file():
+        return p
+    steps = sorted((p / "checkpoints").glob("step_*")) if (p / "checkpoints").is_dir() else []
+    if steps:
+        return steps[-1]
+    raise UsageError(f"{p}: not an llmctl checkpoint or run directory (no {WEIGHTS})")
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    tokenizer_dir: str | Path | None = None,
+) -> tuple[Transformer, ModelConfig, Path | None, dict[str, Any]]:
+    """Load (model in eval mode, its config, its tokenizer dir, its manifest).
+
+    `tokenizer_dir` overrides the checkpoint's own tokenizer copy; its vocabulary must match.
+    """
+    path = resolve_checkpoint(path)
+    cfg = read_model_config(path)
+    tok = Path(tokenizer_dir) if tokenizer_dir is not None else path / TOKENIZER_DIR
+    if tokenizer_dir is not None or tok.is_dir():
+        check_vocab(cfg, tok, where=path)
+    else:
+        tok = None
+    model = Transformer(cfg)
+    state = load_file(str(path / WEIGHTS))
+    state.pop("value_head.weight", None)  # `llmctl rl --algo ppo`'s value head: not part of the language model
+    if cfg.tie_embeddings:
+        state["lm_head.weight"] = state["embed_tokens.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UsageError(f"{path}: weights do not match config.json (missing {missing[:2]}, unexpected {unexpected[:2]})")
+    manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).is_file() else {}
+    return model.to(device).eval(), cfg, tok, manifest
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    """The resume state of a checkpoint (tensors and plain types only: weights_only=True)."""
+    f = Path(path) / TRAIN_STATE
+    if not f.is_file():
+        raise UsageError(f"{path}: has no {TRAIN_STATE}; it cannot be resumed")
+    return torch.load(f, map_location="cpu", weights_only=True)

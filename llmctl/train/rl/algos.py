@@ -1,0 +1,136 @@
+"""The two on-policy algorithms of `llmctl rl` as (prepare, loss) pairs over a rollout.
+
+`prepare(model, rollout, plan0)` runs once per rollout, under no_grad: the frozen tensors the loss
+needs and the rollout's metrics. `loss(model, batch)` is the shared loop's loss_fn on one
+micro-batch of the rollout. Formulas: llmctl.train.rl.core; metric names are TRL's.
+
+PPO's value head shares the policy's trunk (`ValueHeadLM`: one linear d_model -> 1 on the final
+hidden state, zero-initialised, so every value starts at 0 and the first advantages are the
+rewards-to-go; trained with vf_coef x the clipped value loss, as TRL's AutoModelForCausalLMWithValueHead
+did). The head is saved in the checkpoint as `value_head.weight` (so a resume restores it and its
+Adam moments); loading the checkpoint as a language model ignores it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from llmctl.model.transformer import ModelConfig, Transformer
+from llmctl.train import distributed as D
+from llmctl.train.rl import core as R
+from llmctl.train.rl.rollout import completion_logps
+
+
+class ValueHeadLM(Transformer):
+    """The policy with a scalar value head; forward(..., keep, return_values=True) -> (logits, values)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.value_head = nn.Linear(cfg.d_model, 1, bias=False)
+        nn.init.zeros_(self.value_head.weight)
+
+    def forward(self, input_ids: torch.Tensor, keep: torch.Tensor | None = None, return_values: bool = False, **kw: Any):
+        if not return_values:
+            return super().forward(input_ids, keep=keep, **kw)
+        h = self.hidden_states(input_ids, kw.get("positions"), kw.get("doc_ids"))
+        h = h if keep is None else h[keep]
+        return self.lm_head(h).float(), self.value_head(h).squeeze(-1).float()
+
+
+def _stats_of(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if v.dim() == 0}
+
+
+def _by_plan(model: torch.nn.Module, ro: dict[str, torch.Tensor], plan: list[list[int]], values: bool):
+    """Per-token log-probs (and values) of the whole rollout, computed micro-batch by micro-batch as `plan` trains."""
+    shape = ro["cmask"].shape
+    logp = torch.zeros(shape, device=ro["cmask"].device)
+    vals = torch.zeros(shape, device=ro["cmask"].device)
+    keys = ("input_ids", "keep", "completion", "cmask")
+    for idx in plan:
+        sub = {k: ro[k][idx] for k in keys}
+        if values:
+            logp[idx], vals[idx] = completion_logps(model, sub, values=True)
+        else:
+            logp[idx] = completion_logps(model, sub)
+    return (logp, vals) if values else logp
+
+
+class GRPO:
+    def __init__(self, cfg: Any, ref: torch.nn.Module | None):
+        self.cfg, self.ref = cfg, ref
+
+    def prepare(self, model, ro, plan0):
+        cfg, out = self.cfg, {}
+        if cfg.epochs > 1:  # with one pass the policy is still pi_old: the loss uses its detached log-probs
+            out["old_logp"] = _by_plan(model, ro, plan0, False)
+        if cfg.beta != 0.0:
+            out["ref_logp"] = _by_plan(self.ref, ro, plan0, False)
+        scores = ro["scores"]
+        out["adv"] = R.group_advantages(scores, cfg.num_generations, scale=cfg.scale_rewards)
+        grp = scores.view(-1, cfg.num_generations)
+        std = grp.std(dim=1)
+        stats = {"reward": scores.mean().item(), "reward_std": scores.std().item(),  # TRL's: over the whole rollout
+                 "reward_group_std": std.mean().item(),  # the mean of the groups' stds (what the advantages divide by)
+                 "frac_reward_zero_std": (std == 0).float().mean().item()}
+        return out, stats
+
+    def loss(self, model, b):
+        cfg = self.cfg
+        logp = completion_logps(model, b)
+        old = b["old_logp"] if "old_logp" in b else logp.detach()
+        loss, st = R.grpo_loss(logp, old, b["adv"], b["cmask"], cfg.cliprange, cfg.beta, b.get("ref_logp"),
+                               cfg.loss_type, cfg.max_new_tokens)
+        return loss, {**_stats_of(b), **st}
+
+    def state_dict(self) -> dict[str, float]:
+        return {}
+
+    def load_state_dict(self, st: dict[str, float]) -> None:
+        pass
+
+
+class PPO:
+    def __init__(self, cfg: Any, ref: torch.nn.Module):
+        self.cfg, self.ref = cfg, ref
+        self.kl_ctl = R.AdaptiveKL(cfg.beta, cfg.target_kl, cfg.kl_horizon)
+
+    def prepare(self, model, ro, plan0):
+        cfg = self.cfg
+        mask = ro["cmask"]
+        old_logp, old_values = _by_plan(model, ro, plan0, True)
+        ref_logp = _by_plan(self.ref, ro, plan0, False)
+        kl = R.kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
+        scores = ro["scores"].clone()
+        if cfg.missing_eos_penalty:
+            scores[~ro["ended"]] -= cfg.missing_eos_penalty
+        beta = self.kl_ctl.value
+        rewards = R.ppo_rewards(scores, kl, mask, beta)
+        adv, returns = R.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        adv = R.whiten(adv, mask)
+        seq_kl = kl.sum(1)
+        non_score = (-beta * kl).sum(1)
+        mean_kl = seq_kl.mean().reshape(1).double().cpu()
+        D.all_reduce_sum(mean_kl)
+        self.kl_ctl.update(mean_kl.item() / D.info().world, scores.numel() * D.info().world)
+        stats = {"objective/kl": seq_kl.mean().item(), "objective/non_score_reward": non_score.mean().item(),
+                 "objective/scores": scores.mean().item(), "objective/rlhf_reward": (scores + non_score).mean().item(),
+                 "objective/kl_coef": beta, "val/mean_value": R.masked_mean(old_values, mask).item()}
+        return {"old_logp": old_logp, "old_values": old_values, "returns": returns, "adv": adv}, stats
+
+    def loss(self, model, b):
+        cfg, mask = self.cfg, b["cmask"]
+        logp, values = completion_logps(model, b, values=True)
+        pg, st = R.ppo_policy_loss(logp, b["old_logp"], b["adv"], mask, cfg.cliprange)
+        vf, st2 = R.ppo_value_loss(values, b["old_values"], b["returns"], mask, cfg.cliprange_value)
+        return pg + cfg.vf_coef * vf, {**_stats_of(b), **st, **st2, "loss/policy_avg": pg.detach(),
+                                       "loss/value_avg": vf.detach()}
+
+    def state_dict(self) -> dict[str, float]:
+        return self.kl_ctl.state_dict()
+
+    def load_state_dict(self, st: dict[str, float]) -> None:
+        self.kl_ctl.load_state_dict(st)

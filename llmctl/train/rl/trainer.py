@@ -1,0 +1,227 @@
+"""`llmctl rl`: PPO against a reward model (KL to the SFT model) and GRPO with verifiable rewards.
+
+The stage plugs into the shared loop like sft/reward/dpo do (loss_fn, batches, evaluate): the
+batches are `RolloutBatches` (llmctl.train.rl.rollout), which run a rollout phase with the current
+policy whenever their plan of micro-batches is used up, so one loop step is one optimizer step on
+one mini-batch of `batch_size` completions, `epochs` passes per rollout. Checkpoint format, chat
+template, metrics.jsonl, run directory and exact resume are the other trainers'.
+
+Sizes: a rollout is `rollout_prompts` prompts over all ranks x G completions (`num_generations`,
+GRPO; 1 for PPO); it must split into whole optimizer steps of `batch_size` completions, and each
+rank's share into micro-batches of `micro_batch`. Steps per rollout = epochs x rollout / batch_size.
+
+Held-out: every eval_every steps the policy answers up to `val_limit` held-out prompts greedily
+(temperature 0, the same engine; or `val_temperature` > 0: `val_samples` sampled answers a prompt,
+from the same seed at every evaluation); `val_reward` is their mean total reward (per reward:
+`val_rewards/NAME`). The manifest also records `val_reward_start`, the same measure for the
+starting checkpoint, so a run shows what it learned. Sampled rollout completions and the
+held-out answers with their rewards go to RUN/samples.jsonl at each evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmctl.errors import UsageError
+from llmctl.model.generate import generate_batch
+from llmctl.train import distributed as D
+from llmctl.train.loop import TrainConfig
+from llmctl.train.rl.rewards import Rewards
+from llmctl.train.rl.rollout import Prompt, RolloutBatches, load_prompts, write_samples
+from llmctl.train.sft import load_start, run_training
+
+ALGOS = ("grpo", "ppo")
+
+
+def _rl_train() -> TrainConfig:
+    return TrainConfig(steps=100, batch_size=32, micro_batch=8, lr=1e-5, warmup_steps=0, schedule="constant",
+                       eval_every=20, ckpt_every=50, weight_decay=0.0)
+
+
+@dataclass
+class RLConfig:
+    algo: str = "grpo"  # grpo | ppo
+    reward: list[str] = field(default_factory=lambda: ["rm"])  # rm | exact_match | format | MODULE:FUNC
+    reward_weights: list[float] = field(default_factory=list)  # default 1 each
+    reward_model: str | None = None
+    num_generations: int = 4  # G completions per prompt (GRPO)
+    rollout_prompts: int = 8  # prompts per rollout, over all ranks
+    epochs: int | None = None  # passes over a rollout: GRPO's num_iterations (1), PPO's num_ppo_epochs (4)
+    max_new_tokens: int = 64
+    max_prompt_len: int = 256
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    beta: float | None = None  # KL coefficient: GRPO 0.04, PPO 0.05 (TRL's kl_coef); GRPO with 0 keeps no reference
+    kl_estimator: str = "k1"  # PPO's per-token KL: k1 | k3 (GRPO always k3)
+    target_kl: float | None = None  # PPO: adaptive KL controller toward this KL per completion (Ziegler et al.)
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    missing_eos_penalty: float | None = None  # PPO: subtracted from the score of a completion that did not end
+    loss_type: str = "grpo"  # GRPO aggregation: grpo | bnpo | dr_grpo
+    scale_rewards: bool = True  # GRPO: divide by the group's std (Dr. GRPO: false)
+    val_fraction: float = 0.05
+    val_limit: int = 32
+    val_temperature: float = 0.0  # held-out answers: 0 = greedy; > 0 samples val_samples answers a prompt (same seed each time)
+    val_samples: int = 1
+    log_samples: int = 4  # rollout completions written to samples.jsonl at each evaluation
+    train: TrainConfig = field(default_factory=_rl_train)
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise UsageError(f"unknown --algo {self.algo!r}; choose grpo or ppo")
+        if self.epochs is None:
+            self.epochs = 1 if self.algo == "grpo" else 4
+        if self.beta is None:
+            self.beta = 0.04 if self.algo == "grpo" else 0.05
+        if self.algo == "grpo" and self.num_generations < 2:
+            raise UsageError(f"--algo grpo needs --num-generations 2 or more (got {self.num_generations}): "
+                             "a group of one completion has no advantage")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise UsageError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1 or k3")
+        if self.loss_type not in ("grpo", "bnpo", "dr_grpo"):
+            raise UsageError(f"unknown loss_type {self.loss_type!r}; choose grpo, bnpo or dr_grpo")
+        if self.val_temperature < 0 or self.val_samples < 1:
+            raise UsageError("val_temperature must be >= 0 and val_samples >= 1")
+        if self.max_new_tokens < 1 or self.epochs < 1 or self.rollout_prompts < 1:
+            raise UsageError("max_new_tokens, epochs and rollout_prompts must be positive")
+        if self.beta < 0 or (self.target_kl is not None and self.target_kl <= 0):
+            raise UsageError("beta must be >= 0 and target_kl > 0")
+
+    @property
+    def group(self) -> int:
+        return self.num_generations if self.algo == "grpo" else 1
+
+    def check_sizes(self, world: int) -> int:
+        """Micro-batches per optimizer step on a rank; an error when the rollout does not split evenly."""
+        n = self.rollout_prompts * self.group
+        t = self.train
+        if self.rollout_prompts % world:
+            raise UsageError(f"rollout_prompts {self.rollout_prompts} is not a multiple of {world} rank(s)")
+        if n % t.batch_size:
+            raise UsageError(f"a rollout of {n} completions ({self.rollout_prompts} prompts x {self.group}) "
+                             f"is not a multiple of --batch-size {t.batch_size}")
+        if (n // world) % t.micro_batch:
+            raise UsageError(f"a rank's {n // world} completions per rollout are not a multiple of --micro-batch "
+                             f"{t.micro_batch}")
+        return t.grad_accum(world)
+
+
+def _val_prompt(p: Prompt) -> Any:
+    return p.messages if len(p.messages) > 1 else p.messages[0]["content"]
+
+
+@torch.no_grad()
+def held_out_reward(model: torch.nn.Module, prompts: list[Prompt], tok: Any, rewards: Rewards, cfg: RLConfig,
+                    batch: int = 32) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """This rank's share of `prompts` answered greedily (or, with val_temperature > 0, val_samples
+    sampled answers each, from the same seed at every evaluation): summed rewards (all-reduced) -> means,
+    and samples."""
+    d = D.info()
+    mine = [p for p in prompts[d.rank::d.world] for _ in range(cfg.val_samples if cfg.val_temperature > 0 else 1)]
+    names = rewards.names
+    tot = torch.zeros(3 + len(names), dtype=torch.float64)
+    samples = []
+    gen = torch.Generator(device=d.device).manual_seed(cfg.train.seed + 2000 + d.rank)
+    for s in range(0, len(mine), batch):
+        chunk = mine[s:s + batch]
+        out = generate_batch(model, [p.ids for p in chunk], cfg.max_new_tokens, temperature=cfg.val_temperature,
+                             top_k=cfg.top_k or None, top_p=cfg.top_p if cfg.top_p < 1 else None, generator=gen,
+                             stop_ids=tok.stop_ids, pad_id=tok.pad_id)
+        texts = [tok.decode(t) for t in out.tokens]
+        total, per = rewards([_val_prompt(p) for p in chunk], texts, [p.row for p in chunk], [p.index for p in chunk])
+        length = sum(len(t) + (stop is not None) for t, stop in zip(out.tokens, out.stops))  # stop token counted
+        tot += torch.tensor([sum(total), len(chunk), length] + [sum(per[n]) for n in names], dtype=torch.float64)
+        samples += [{"prompt": p.messages[-1]["content"], "completion": t, "reward": r, "prompt_index": p.index}
+                    for p, t, r in zip(chunk, texts, total)]
+    D.all_reduce_sum(tot)
+    n = max(tot[1].item(), 1.0)
+    res = {"val_reward": tot[0].item() / n, "val_completions/mean_length": tot[2].item() / n}
+    if len(names) > 1:
+        res.update({f"val_rewards/{k}": v / n for k, v in zip(names, tot[3:].tolist())})
+    return res, samples
+
+
+def _load_policy(from_ckpt: str | Path, algo: str):
+    model, mc, tok, lineage = load_start(from_ckpt)
+    if algo == "ppo":
+        from llmctl.train.rl.algos import ValueHeadLM
+
+        vm = ValueHeadLM(mc)
+        missing, unexpected = vm.load_state_dict(model.state_dict(), strict=False)
+        assert missing == ["value_head.weight"] and not unexpected, (missing, unexpected)
+        model = vm
+    return model, mc, tok, lineage
+
+
+def _scorer(cfg: RLConfig, tok: Any, device: Any):
+    if "rm" not in cfg.reward:
+        return None, None
+    if not cfg.reward_model:
+        raise UsageError("reward rm needs --reward-model RUN (a `llmctl reward` run or checkpoint)")
+    from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+    from llmctl.store.dataset import fingerprint_file
+    from llmctl.train.reward import load_reward_model
+
+    ck = resolve_checkpoint(cfg.reward_model)
+    scorer = load_reward_model(ck, device=str(device))
+    if scorer.tok.fingerprint != tok.fingerprint:
+        raise UsageError(f"reward model {cfg.reward_model} has another tokenizer than the policy "
+                         f"({scorer.tok.fingerprint[:12]} vs {tok.fingerprint[:12]}): train it from the same SFT run")
+    return scorer, {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(ck / WEIGHTS)}
+
+
+def run_rl(prompts: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: RLConfig, resume: bool = False,
+           overwrite: bool = False) -> dict[str, Any]:
+    """RL fine-tuning of a (usually SFT) checkpoint on prompts; returns the loop summary."""
+    from llmctl.train.rl.algos import GRPO, PPO
+
+    d = D.init(cfg.train.device)
+    if cfg.train.fsdp:
+        raise UsageError("rl runs under DDP (torchrun) but not FSDP yet: drop --fsdp")
+    accum = cfg.check_sizes(d.world)
+    model, mc, tok, ck_lineage = _load_policy(from_ckpt, cfg.algo)
+    scorer, rm_lineage = _scorer(cfg, tok, d.device)
+    rewards = Rewards(cfg.reward, cfg.reward_weights, scorer)
+    tr, val, data_lineage, counts = load_prompts(prompts, tok, cfg.max_prompt_len, cfg.val_fraction, cfg.train.seed)
+    if len(tr) < cfg.rollout_prompts:
+        raise UsageError(f"{prompts}: {len(tr)} training prompts, fewer than one rollout ({cfg.rollout_prompts})")
+    val = val[: cfg.val_limit]
+    ref = None
+    if cfg.algo == "ppo" or cfg.beta != 0.0:
+        ref = load_start(from_ckpt)[0].to(d.device).eval().requires_grad_(False)
+    algo = PPO(cfg, ref) if cfg.algo == "ppo" else GRPO(cfg, ref)
+    model.to(d.device)
+    torch.manual_seed(cfg.train.seed)
+    batches = RolloutBatches(model, tr, tok, cfg, algo, rewards, accum)
+    if val:
+        start_reward, _ = held_out_reward(model, val, tok, rewards, cfg)
+        counts["val_reward_start"] = round(start_reward["val_reward"], 6)
+    run_path = Path(run_dir)
+
+    def evaluate(_fwd: torch.nn.Module) -> dict[str, float]:
+        res, samples = held_out_reward(model, val, tok, rewards, cfg)
+        if d.master:
+            step = batches.served // accum
+            write_samples(run_path, step, "rollout", batches.samples)
+            write_samples(run_path, step, "held_out", samples[: cfg.log_samples])
+        return res
+
+    D.print0(f"rl: {cfg.algo}, {counts['train']:,} train / {len(val):,} held-out prompts; rollouts of "
+             f"{cfg.rollout_prompts} prompts x {cfg.group}, {cfg.epochs} epoch(s), "
+             f"{cfg.epochs * cfg.rollout_prompts * cfg.group // cfg.train.batch_size} step(s) per rollout; "
+             f"rewards {', '.join(cfg.reward)}; beta {cfg.beta}" + ("" if ref is not None else " (no reference kept)")
+             + (f"; held-out reward at start {counts['val_reward_start']:.4f}" if val else ""))
+    inputs = [data_lineage, ck_lineage] + ([rm_lineage] if rm_lineage else [])
+    summary = run_training("rl", model, mc, tok, cfg, run_dir, inputs, algo.loss, batches,
+                           evaluate if val else None, counts, resume, overwrite, extra={"algo": cfg.algo},
+                           seq_len=cfg.max_prompt_len + cfg.max_new_tokens)
+    return {**summary, "data": counts}

@@ -1,0 +1,72 @@
+"""The shared generation engine: a left-padded batch generates what each prompt would alone."""
+
+import torch
+
+from llmctl.model.generate import generate, generate_batch
+from llmctl.model.transformer import ModelConfig, Transformer
+
+
+def model() -> Transformer:
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=64))
+    for p in m.parameters():
+        p.data.add_(0.2 * torch.randn_like(p))
+    return m.eval()
+
+
+PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6], [7], [2, 7, 1, 8, 2], [1, 1, 2, 3, 5, 8, 13, 21, 34, 5, 5]]
+
+
+def test_greedy_batch_equals_one_prompt_at_a_time():
+    m = model()
+    alone = [generate(m, p, 15, temperature=0) for p in PROMPTS]
+    got = generate_batch(m, PROMPTS, 15, temperature=0, pad_id=0)
+    assert got.tokens == alone
+    assert got.new_tokens == sum(map(len, alone)) and got.tokens_per_s > 0
+    # without the cache the padded batch recomputes the whole prefix: the same tokens again
+    assert generate_batch(m, PROMPTS, 15, temperature=0, use_cache=False).tokens == alone
+
+
+def test_padded_rows_give_the_logits_of_the_prompt_alone():
+    m = model()
+    # a padding value that would change the result if the mask let a row see it
+    for pad in (0, 49):
+        got = generate_batch(m, PROMPTS, 6, temperature=0, pad_id=pad).tokens
+        assert got == [generate(m, p, 6, temperature=0) for p in PROMPTS]
+
+
+def test_per_row_generators_sample_what_each_row_samples_alone():
+    m = model()
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(len(PROMPTS))]
+    got = generate_batch(m, PROMPTS, 12, temperature=1.0, top_k=20, generator=gens).tokens
+    alone = [generate(m, p, 12, temperature=1.0, top_k=20, seed=100 + i) for i, p in enumerate(PROMPTS)]
+    assert got == alone
+
+
+def test_stop_ids_end_a_row_and_are_reported():
+    m = model()
+    greedy = generate_batch(m, PROMPTS, 10, temperature=0).tokens
+    stop = greedy[0][3]
+    got = generate_batch(m, PROMPTS, 10, temperature=0, stop_ids=(stop,))
+    assert got.tokens[0] == greedy[0][:3] and got.ended[0]
+    for row, full, ended in zip(got.tokens, greedy, got.ended):
+        assert row == (full[: full.index(stop)] if stop in full else full)
+        assert ended == (stop in full)
+
+
+def test_eval_generation_does_not_depend_on_the_batch_size(tmp_path):
+    """eval's LM.generate_many (exact_match, degeneration, winrate): batch 1 and 4 give what LM.generate
+    gives one prompt at a time, greedy and sampled (one seed per prompt), with stop strings too."""
+    from align_helpers import tiny_checkpoint
+    from llmctl.eval.lm import LlmctlLM
+
+    lm = LlmctlLM(tiny_checkpoint(tmp_path / "ck", seed=3, max_seq_len=64))
+    with torch.no_grad():
+        for p in lm.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # peakier than init, so sampled rows differ
+    prompts = [lm.codec.encode(t) for t in ("Question: 2 + 3?", "A", "Natalia sold clips to 48 of her friends", "7")]
+    seeds = [10, 11, 12, 13]
+    for kw in (dict(temperature=0.0), dict(temperature=1.0, top_k=30), dict(temperature=1.0, stop_text=("e",))):
+        alone = [lm.generate(p, 12, seed=s, **kw) for p, s in zip(prompts, seeds)]
+        for bs in (1, 4):
+            assert lm.generate_many(prompts, 12, seeds=seeds, batch_size=bs, **kw) == alone, (kw, bs)
