@@ -1,7 +1,8 @@
 # llmctl: `make demo` and `make test` do all their own set-up on a fresh machine.
 #
 #   make demo                     the whole pipeline (pipelines/toy.yaml) on the bundled example data + report
-#   make test                     the test suite
+#   make test                     lint, import layers, then the whole test suite (what CI runs)
+#   make test-fast                the quick tier (no end-to-end tests), under 2 minutes
 #   make eval                     one stage (and whatever it needs that is out of date); likewise
 #                                 make filter | tokenize | pretrain | sft | reward | dpo | report
 #   make eval PIPELINE=pipelines/small.yaml OUT=out/small    another pipeline, another run root
@@ -19,7 +20,7 @@ PIPELINE ?= pipelines/toy.yaml
 OUT ?= out/demo
 RUN = $(LLMCTL) run $(PIPELINE) -o $(OUT)
 
-.PHONY: install demo test report clean filter tokenize pretrain sft reward dpo eval examples-readme
+.PHONY: install demo test test-fast lint report clean filter tokenize pretrain sft reward dpo eval examples-readme
 
 install: $(STAMP)
 
@@ -44,9 +45,21 @@ examples-readme: install
 	$(RUN) --force
 	$(PY) scripts/examples_figures.py $(OUT)
 
-# The test suite. pytest's exit code 5 (no tests collected) fails this target like any other.
-test: install
+# The test suite, after the layout and style checks. pytest's exit code 5 (no tests collected)
+# fails this target like any other.
+test: install lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+# The quick tier for the edit-test loop (under 2 minutes on 2 cores): the suite without the
+# end-to-end modules marked `slow`. CI runs `make test`, all of it.
+test-fast: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+# ruff (lint and format) and the import-layer contracts in pyproject.toml ([tool.importlinter]).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # One recipe per stage; each target is the stage's manifest, so `make eval` re-runs only what
 # is out of date (and `llmctl run` itself skips a stage whose config and inputs did not change).

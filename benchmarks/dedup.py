@@ -40,7 +40,11 @@ LEVELS_ABOVE, LEVELS_BELOW = (0.95, 0.9, 0.85), (0.7, 0.5)
 def base_pages() -> list[str]:
     from llmctl.data.extract import Document, ExtractConfig, make_id, read_input
 
-    orig = {make_id(json.loads(x)["record_id"]) for x in open(CRAWL / "manifest.jsonl") if json.loads(x)["kind"] == "original"}
+    orig = {
+        make_id(json.loads(x)["record_id"])
+        for x in open(CRAWL / "manifest.jsonl")
+        if json.loads(x)["kind"] == "original"
+    }
     from datasketch import MinHash, MinHashLSH
 
     from llmctl.data.dedup.base import jaccard, normalize_text, shingles
@@ -105,7 +109,7 @@ def build(pages: list[str], scale: int, d: Path, seed: int = 0) -> dict:
             docs.append({"id": f"c{k}-x{j}", "text": docs[i]["text"].upper().replace(" ", "  ")})
             labels[f"c{k}-x{j}"] = ("exact", f"c{k}-{i}", 1.0)
         for li, level in enumerate(LEVELS_ABOVE + LEVELS_BELOW):
-            for j, i in enumerate(idx[m * (li + 1): m * (li + 2)]):
+            for j, i in enumerate(idx[m * (li + 1) : m * (li + 2)]):
                 text, jac = near_copy(docs[i]["text"], level, rng)
                 docs.append({"id": f"c{k}-n{li}-{j}", "text": text})
                 labels[f"c{k}-n{li}-{j}"] = ("near", f"c{k}-{i}", jac)
@@ -132,10 +136,16 @@ def score(labels: dict, removed: set[str], threshold: float = 0.8) -> dict:
     wanted = sum(len(g) - 1 for g in groups.values())
     tp = sum(min(sum(m in removed for m in g), len(g) - 1) for g in groups.values())
     fp = sum(all(m in removed for m in g) for g in groups.values()) + sum(
-        i in removed for i in labels if i not in in_group)
+        i in removed for i in labels if i not in in_group
+    )
     distinct = len(groups) + sum(1 for i in labels if i not in in_group)
-    return {"recall": round(tp / max(1, wanted), 4), "precision": round(tp / max(1, tp + fp), 4),
-            "distinct_removed_frac": round(fp / max(1, distinct), 4), "duplicates": wanted, "distinct": distinct}
+    return {
+        "recall": round(tp / max(1, wanted), 4),
+        "precision": round(tp / max(1, tp + fp), 4),
+        "distinct_removed_frac": round(fp / max(1, distinct), 4),
+        "duplicates": wanted,
+        "distinct": distinct,
+    }
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
@@ -148,24 +158,45 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return time.time() - t, ru.ru_maxrss / 1024
 
 
-def run_llmctl(paths: list[str], out: Path, workers: int, verify: str = "jaccard",
-               partitions: int | None = None) -> tuple[set[str], float, float]:
+def run_llmctl(
+    paths: list[str], out: Path, workers: int, verify: str = "jaccard", partitions: int | None = None
+) -> tuple[set[str], float, float]:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)  # a finished output with the same config would be reused, not timed
-    cmd = [sys.executable, "-m", "llmctl", "filter", *paths, "-o", str(out), "--overwrite", "-w", str(workers),
-           "--no-c4", "--no-gopher", "--no-pii", "--no-c4-span", "--set", f"dedup.verify={verify}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmctl",
+        "filter",
+        *paths,
+        "-o",
+        str(out),
+        "--overwrite",
+        "-w",
+        str(workers),
+        "--no-c4",
+        "--no-gopher",
+        "--no-pii",
+        "--no-c4-span",
+        "--set",
+        f"dedup.verify={verify}",
+    ]
     if partitions is not None:
         cmd += ["--set", f"dedup.partitions={partitions}"]
     secs, mb = timed(cmd)
     import pyarrow.parquet as pq
 
-    removed = {r["id"] for f in Path(f"{out}.rejected").glob("*.parquet") for r in pq.read_table(f, columns=["id", "reason"]).to_pylist()
-               if r["reason"].startswith("dedup.")}
+    removed = {
+        r["id"]
+        for f in Path(f"{out}.rejected").glob("*.parquet")
+        for r in pq.read_table(f, columns=["id", "reason"]).to_pylist()
+        if r["reason"].startswith("dedup.")
+    }
     return removed, secs, mb
 
 
-DATATROVE = r'''
+DATATROVE = r"""
 import sys, json
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.readers import JsonlReader
@@ -187,14 +218,27 @@ def main():
 
 if __name__ == "__main__":  # datatrove's workers start with forkserver: the script is re-imported
     main()
-'''
+"""
 
 
 def ensure_datatrove() -> Path:
     py = VENV / "bin" / "python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "datatrove[processing,io]==0.10.1", "spacy", "aiohttp", "lxml_html_clean"], check=True)
+        subprocess.run(
+            [
+                str(py),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "datatrove[processing,io]==0.10.1",
+                "spacy",
+                "aiohttp",
+                "lxml_html_clean",
+            ],
+            check=True,
+        )
     return py
 
 
@@ -229,13 +273,17 @@ def main() -> None:
         n = len(data["labels"])
         removed, secs, mb = run_llmctl(data["paths"], work / f"out-{scale}x", a.workers, a.verify, a.partitions)
         s = score(data["labels"], removed)
-        line = (f"{scale:>3}x {n:>6} docs | llmctl: {n / secs:7.1f} docs/s, peak {mb:6.0f} MB, recall {s['recall']:.3f}, "
-                f"precision {s['precision']:.3f}, distinct removed {s['distinct_removed_frac']:.2%}")
+        line = (
+            f"{scale:>3}x {n:>6} docs | llmctl: {n / secs:7.1f} docs/s, peak {mb:6.0f} MB, recall {s['recall']:.3f}, "
+            f"precision {s['precision']:.3f}, distinct removed {s['distinct_removed_frac']:.2%}"
+        )
         if py is not None:
             dremoved, dsecs, dmb = run_datatrove(py, data["paths"], work / f"dt-{scale}x", a.workers)
             ds = score(data["labels"], dremoved)
-            line += (f" | datatrove: {n / dsecs:6.1f} docs/s, peak {dmb:6.0f} MB, recall {ds['recall']:.3f}, "
-                     f"precision {ds['precision']:.3f} | speed ratio {dsecs / secs:.2f}x")
+            line += (
+                f" | datatrove: {n / dsecs:6.1f} docs/s, peak {dmb:6.0f} MB, recall {ds['recall']:.3f}, "
+                f"precision {ds['precision']:.3f} | speed ratio {dsecs / secs:.2f}x"
+            )
         print(line, flush=True)
 
 

@@ -31,8 +31,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "benchmarks" / ".venvs" / "trl"
 HH = ROOT.parent / "shared" / "data" / "prefs" / "hh_rlhf_harmless_base_test.jsonl"
-METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-           "logps/rejected"]
+METRICS = [
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+]
 
 TRL_SCRIPT = r"""
 import json, sys, time
@@ -97,15 +104,19 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                    help="both sides: fp32, or bf16 autocast (TRL's own default, even on CPU)")
+    ap.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="both sides: fp32, or bf16 autocast (TRL's own default, even on CPU)",
+    )
     a = ap.parse_args()
 
     import torch
 
-    from llmctl.model.checkpoint import save_checkpoint
     from llmctl.data.chat_data import ItemBatches, import_data, read_rows
     from llmctl.export.hf import export_hf
+    from llmctl.model.checkpoint import save_checkpoint
     from llmctl.model.transformer import ModelConfig, Transformer
     from llmctl.tokenizer.spm import Tokenizer
     from llmctl.train.dpo import DPOConfig, run_dpo
@@ -114,28 +125,52 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     py = ensure_venv()
     work = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
-    m = import_data(HH, work / "prefs_all", "prefs", val_fraction=0.0)
+    import_data(HH, work / "prefs_all", "prefs", val_fraction=0.0)
     rows = [r for r in read_rows(work / "prefs_all")[0]][: a.pairs]
-    texts = [m["content"] for r in rows for m in r["prompt"]] + [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    texts = (
+        [m["content"] for r in rows for m in r["prompt"]] + [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    )
     tok = Tokenizer.train(texts, vocab_size=2048)
     tok.save(work / "tok")
     tok = Tokenizer.load(work / "tok")
-    cfg_m = ModelConfig(vocab_size=tok.vocab_size, n_layer=a.layers, n_head=max(1, a.d_model // 64), d_model=a.d_model,
-                        max_seq_len=a.max_len)
+    cfg_m = ModelConfig(
+        vocab_size=tok.vocab_size,
+        n_layer=a.layers,
+        n_head=max(1, a.d_model // 64),
+        d_model=a.d_model,
+        max_seq_len=a.max_len,
+    )
     torch.manual_seed(0)
     save_checkpoint(work / "ck", Transformer(cfg_m), cfg_m, tok.path)
     export_hf(work / "ck", work / "hf")
     data = work / "pairs.jsonl"
     data.write_text("".join(json.dumps({**r, "split": "train"}) + "\n" for r in rows))
     tr, _, counts = encode_prefs(tok, read_rows(data)[0], a.max_len, 0.0, 0)
-    print(f"{len(tr)} pairs ({counts['truncated']} truncated at {a.max_len} tokens), model "
-          f"{a.layers}x{a.d_model}, vocab {tok.vocab_size}, {a.steps} steps x {a.batch} pairs, beta {a.beta}")
+    print(
+        f"{len(tr)} pairs ({counts['truncated']} truncated at {a.max_len} tokens), model "
+        f"{a.layers}x{a.d_model}, vocab {tok.vocab_size}, {a.steps} steps x {a.batch} pairs, beta {a.beta}"
+    )
 
     # llmctl
     cfg = DPOConfig(beta=a.beta, max_len=a.max_len, val_fraction=0.0)
     t = cfg.train
-    t.steps, t.batch_size, t.micro_batch, t.lr, t.warmup_steps, t.schedule = a.steps, a.batch, a.batch, a.lr, 0, "constant"
-    t.beta2, t.weight_decay, t.grad_clip, t.eval_every, t.ckpt_every, t.dtype, t.device = 0.999, 0.0, 1.0, 0, 0, a.dtype, "cpu"
+    t.steps, t.batch_size, t.micro_batch, t.lr, t.warmup_steps, t.schedule = (
+        a.steps,
+        a.batch,
+        a.batch,
+        a.lr,
+        0,
+        "constant",
+    )
+    t.beta2, t.weight_decay, t.grad_clip, t.eval_every, t.ckpt_every, t.dtype, t.device = (
+        0.999,
+        0.0,
+        1.0,
+        0,
+        0,
+        a.dtype,
+        "cpu",
+    )
     t.log_every = 1
     order = ItemBatches(len(tr), a.batch, lambda idx: idx, t.seed)
     batches = [next(order) for _ in range(a.steps)]
@@ -150,14 +185,30 @@ def main() -> None:
             for i in idx:
                 c, r = tr[i]
                 n = next(k for k, m in enumerate(c.mask) if m)
-                f.write(json.dumps({"prompt_ids": c.ids[:n], "chosen_ids": c.ids[n:], "rejected_ids": r.ids[n:]}) + "\n")
-    job = {"pairs": str(pinned), "model": str(work / "hf"), "out": str(work / "trl_out"), "result": str(work / "trl.json"),
-           "steps": a.steps, "batch": a.batch, "beta": a.beta, "lr": a.lr, "threads": a.threads,
-           "bf16": a.dtype == "bf16"}
+                f.write(
+                    json.dumps({"prompt_ids": c.ids[:n], "chosen_ids": c.ids[n:], "rejected_ids": r.ids[n:]}) + "\n"
+                )
+    job = {
+        "pairs": str(pinned),
+        "model": str(work / "hf"),
+        "out": str(work / "trl_out"),
+        "result": str(work / "trl.json"),
+        "steps": a.steps,
+        "batch": a.batch,
+        "beta": a.beta,
+        "lr": a.lr,
+        "threads": a.threads,
+        "bf16": a.dtype == "bf16",
+    }
     (work / "job.json").write_text(json.dumps(job))
     (work / "trl_run.py").write_text(TRL_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(a.threads)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": str(a.threads),
+    }
     t0 = time.time()
     subprocess.run([py, work / "trl_run.py", work / "job.json"], check=True, env=env, cwd=work)
     print(f"TRL run: {time.time() - t0:.1f} s wall including start-up")
@@ -179,9 +230,13 @@ def main() -> None:
                 print(f"{s:>4} {name:<20} {mine:>12.6f} {h[name]:>12.6f} {diff:>10.2e}")
     ours_s = (ours[-1]["elapsed_s"] - ours[0]["elapsed_s"]) / max(1, len(ours) - 1)
     trl_s = sum(trl["step_times"][1:]) / max(1, len(trl["step_times"]) - 1)
-    print(f"\nloss and rewards/*: largest |diff| at the first step {worst_first:.2e} (target 1e-4), over all "
-          f"{a.steps} steps {worst_all:.2e}; logps/*: largest relative diff {worst_rel:.1e}")
-    print(f"seconds/step after the first: llmctl {ours_s:.3f}, TRL {trl_s:.3f}; llmctl is {trl_s / ours_s:.2f}x TRL's speed")
+    print(
+        f"\nloss and rewards/*: largest |diff| at the first step {worst_first:.2e} (target 1e-4), over all "
+        f"{a.steps} steps {worst_all:.2e}; logps/*: largest relative diff {worst_rel:.1e}"
+    )
+    print(
+        f"seconds/step after the first: llmctl {ours_s:.3f}, TRL {trl_s:.3f}; llmctl is {trl_s / ours_s:.2f}x TRL's speed"
+    )
     print(f"(work dir {work})")
 
 

@@ -53,8 +53,9 @@ def ensure_lmeval() -> Path:
     if py.exists() and subprocess.run([py, "-c", "import lm_eval"], capture_output=True).returncode == 0:
         return py
     subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    site = subprocess.run([py, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [py, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     import site as _site
 
     Path(site, "llmctl_base.pth").write_text(_site.getsitepackages()[0] + "\n")
@@ -64,7 +65,7 @@ def ensure_lmeval() -> Path:
 
 def stories(n: int, skip: int = 0) -> list[str]:
     docs = [d.strip() for d in STORIES.read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    return docs[skip: skip + n]
+    return docs[skip : skip + n]
 
 
 def train_model(out: Path, steps: int, seed: int = 0) -> Path:
@@ -86,8 +87,8 @@ def train_model(out: Path, steps: int, seed: int = 0) -> Path:
     t0 = time.time()
     for step in range(steps):
         starts = torch.randint(0, len(data) - t - 1, (b,))
-        x = torch.stack([data[s:s + t] for s in starts])
-        y = torch.stack([data[s + 1:s + t + 1] for s in starts])
+        x = torch.stack([data[s : s + t] for s in starts])
+        y = torch.stack([data[s + 1 : s + t + 1] for s in starts])
         loss = cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -186,13 +187,25 @@ def run_lmeval(py: Path, hf_dir: Path, entries: list[tuple[str, Path]], shots: l
     for s, test in entries:
         for mode, line in CHOICE_LINES.items():
             name = f"parity_mmlu_{mode}_{s}"
-            (tasks_dir / f"{name}.yaml").write_text(TASK_YAML.format(
-                name=name, test=test, dev=MMLU / "dev" / f"{s}_dev.csv", subject=s.replace("_", " "), choice_line=line))
+            (tasks_dir / f"{name}.yaml").write_text(
+                TASK_YAML.format(
+                    name=name,
+                    test=test,
+                    dev=MMLU / "dev" / f"{s}_dev.csv",
+                    subject=s.replace("_", " "),
+                    choice_line=line,
+                )
+            )
             names.append(name)
     (tasks_dir / "parity_ppl.yaml").write_text(PPL_YAML.format(files=json.dumps([str(f) for f in doc_files])))
     out = WORK / "lmeval_results.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_DATASETS_CACHE": str(WORK / "hf_datasets_cache")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_DATASETS_CACHE": str(WORK / "hf_datasets_cache"),
+    }
     args = {"tasks_dir": str(tasks_dir), "tasks": names, "model": str(hf_dir), "shots": shots, "out": str(out)}
     t0 = time.time()
     subprocess.run([py, "-c", DRIVER, json.dumps(args)], check=True, env=env)
@@ -215,9 +228,11 @@ def plain_transformers_ppl(hf_dir: Path, texts: list[str], stride: int) -> tuple
             while done < len(seq):
                 end = min(len(seq), done + (L if done == 1 else stride))
                 start = max(0, end - 1 - L)
-                logits = model(torch.tensor([seq[start:end - 1]])).logits[0].double()
+                logits = model(torch.tensor([seq[start : end - 1]])).logits[0].double()
                 k = end - done
-                nll += torch.nn.functional.cross_entropy(logits[-k:], torch.tensor(seq[done:end]), reduction="sum").item()
+                nll += torch.nn.functional.cross_entropy(
+                    logits[-k:], torch.tensor(seq[done:end]), reduction="sum"
+                ).item()
                 n_tok += k
                 done = end
     return nll / n_tok, nll / n_bytes / math.log(2)
@@ -231,8 +246,12 @@ def _flat_float(x):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subjects", nargs="+", default=["anatomy", "astronomy", "high_school_geography", "marketing"],
-                    help="MMLU val subjects (first --limit questions each)")
+    ap.add_argument(
+        "--subjects",
+        nargs="+",
+        default=["anatomy", "astronomy", "high_school_geography", "marketing"],
+        help="MMLU val subjects (first --limit questions each)",
+    )
     ap.add_argument("--test-subjects", nargs="*", default=["formal_logic"], help="MMLU test subjects (all questions)")
     ap.add_argument("--limit", type=int, default=40, help="questions per val subject")
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 2])
@@ -244,9 +263,9 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from llmctl.data.document import DOCUMENT_SCHEMA
-    from llmctl.store.dataset import StageOutput
     from llmctl.eval.runner import EvalConfig, run_eval
     from llmctl.export.hf import export_hf
+    from llmctl.store.dataset import StageOutput
 
     WORK.mkdir(parents=True, exist_ok=True)
     py = ensure_lmeval()
@@ -285,7 +304,10 @@ def main() -> None:
     print("llmctl eval ...", flush=True)
     rows_out = []
     t0 = time.time()
-    groups = {"val": [e for e in entries if e[0] in args.subjects], "test": [e for e in entries if e[0] not in args.subjects]}
+    groups = {
+        "val": [e for e in entries if e[0] in args.subjects],
+        "test": [e for e in entries if e[0] not in args.subjects],
+    }
     for group, ents in groups.items():
         if not ents:
             continue
@@ -302,7 +324,9 @@ def main() -> None:
                     cfg.mc.data, cfg.mc.shots, cfg.mc.choices, cfg.mc.norm = str(data), shots, mode, norm
                     cfg.mc.fewshot_data = str(MMLU / "dev")
                     out = WORK / f"res_mc_{group}_{mode}{shots}_{norm}"
-                    res[norm] = {r["metric"]: r["value"] for r in run_eval(ck, out, cfg, overwrite=True)["stats"]["results"]}
+                    res[norm] = {
+                        r["metric"]: r["value"] for r in run_eval(ck, out, cfg, overwrite=True)["stats"]["results"]
+                    }
                     if norm == "chars":
                         samples = pq.read_table(out / "_samples" / "mc").to_pylist()
                     else:
@@ -314,8 +338,12 @@ def main() -> None:
                 l_norm = sum(lres[n]["acc_norm,none"] * c for n, c in zip(names, counts)) / sum(counts)
                 # per-request log-likelihoods: llmctl's samples (files in name order, questions in file order)
                 ours = [x for r in samples for x in r["loglikelihoods"]]
-                theirs = [x for (s, f) in sorted(ents, key=lambda e: e[1].name) for doc in
-                          lme[str(shots)]["lls"][f"parity_mmlu_{mode}_{s}"] for x in doc]
+                theirs = [
+                    x
+                    for (s, f) in sorted(ents, key=lambda e: e[1].name)
+                    for doc in lme[str(shots)]["lls"][f"parity_mmlu_{mode}_{s}"]
+                    for x in doc
+                ]
                 assert len(ours) == len(theirs), (len(ours), len(theirs))
                 diff = max(abs(a - b) for a, b in zip(ours, theirs))
                 changed = sum(r["pred_norm"] != b for r, b in zip(samples, bytes_picks))
@@ -324,8 +352,9 @@ def main() -> None:
                 rows_out.append((f"{label} acc", res["chars"]["acc"], l_acc))
                 rows_out.append((f"{label} acc_norm", res["chars"]["acc_norm"], l_norm))
                 rows_out.append((f"{label} max |loglik diff| per request", diff, None))
-                rows_out.append((f"{label} acc_norm with norm=bytes ({changed} picks change)",
-                                 res["bytes"]["acc_norm"], "info"))
+                rows_out.append(
+                    (f"{label} acc_norm with norm=bytes ({changed} picks change)", res["bytes"]["acc_norm"], "info")
+                )
     from llmctl.model.checkpoint import read_model_config
 
     lm_ctx = read_model_config(ck).max_seq_len
@@ -335,22 +364,33 @@ def main() -> None:
     ours_docs = [r["loglikelihood"] for r in pq.read_table(WORK / "res_ppl" / "_samples" / "perplexity").to_pylist()]
     cfg2 = EvalConfig(tasks=["perplexity"], batch_size=8, progress=False)
     cfg2.perplexity.data, cfg2.perplexity.prefix, cfg2.perplexity.stride = str(WORK / "docs"), "eos", lm_ctx // 2
-    ours_sliding = {r["metric"]: r["value"]
-                    for r in run_eval(ck, WORK / "res_ppl_sliding", cfg2, overwrite=True)["stats"]["results"]}
+    ours_sliding = {
+        r["metric"]: r["value"]
+        for r in run_eval(ck, WORK / "res_ppl_sliding", cfg2, overwrite=True)["stats"]["results"]
+    }
     llmctl_secs = time.time() - t0
     lp = lme["ppl"]
     for m in ("bits_per_byte", "byte_perplexity", "word_perplexity"):
         rows_out.append((f"perplexity default {m} (lm-eval loglikelihood_rolling)", ours[m], lp[f"{m},none"]))
     theirs_docs = [_flat_float(x) for x in lme["ppl_lls"]]
-    rows_out.append(("perplexity default: max |loglik diff| per document",
-                     max(abs(a - b) for a, b in zip(ours_docs, theirs_docs)), None))
+    rows_out.append(
+        (
+            "perplexity default: max |loglik diff| per document",
+            max(abs(a - b) for a, b in zip(ours_docs, theirs_docs)),
+            None,
+        )
+    )
     loss_t, bpb_t = plain_transformers_ppl(hf, texts, lm_ctx // 2)
     rows_out.append(("perplexity loss (prefix eos, stride L/2; plain transformers)", ours_sliding["loss"], loss_t))
-    rows_out.append(("bits_per_byte (prefix eos, stride L/2; plain transformers)", ours_sliding["bits_per_byte"], bpb_t))
+    rows_out.append(
+        ("bits_per_byte (prefix eos, stride L/2; plain transformers)", ours_sliding["bits_per_byte"], bpb_t)
+    )
 
     n_params = sum(p.numel() for p in __import__("llmctl.eval.lm", fromlist=["load_lm"]).load_lm(ck).model.parameters())
-    print(f"\nmodel: {ck} ({n_params:,} params, context {lm_ctx}); MMLU val {args.subjects} (first {args.limit}), "
-          f"test {args.test_subjects}; {len(texts)} documents")
+    print(
+        f"\nmodel: {ck} ({n_params:,} params, context {lm_ctx}); MMLU val {args.subjects} (first {args.limit}), "
+        f"test {args.test_subjects}; {len(texts)} documents"
+    )
     print("| check | llmctl eval | reference | |diff| |")
     print("|---|---:|---:|---:|")
     ok = True
@@ -366,9 +406,11 @@ def main() -> None:
         d = abs(a - b)
         ok &= d == 0 if "acc" in name else d <= 1e-4 * max(1.0, abs(b))
         print(f"| {name} | {a:.6f} | {b:.6f} | {d:.2e} |")
-    print(f"\nlm-eval wall time {lme_secs:.1f} s (model load + all shot settings + rolling ppl), "
-          f"llmctl eval {llmctl_secs:.1f} s (the same work, twice for mc: norm=chars and norm=bytes, "
-          f"plus the sliding-window perplexity)")
+    print(
+        f"\nlm-eval wall time {lme_secs:.1f} s (model load + all shot settings + rolling ppl), "
+        f"llmctl eval {llmctl_secs:.1f} s (the same work, twice for mc: norm=chars and norm=bytes, "
+        f"plus the sliding-window perplexity)"
+    )
     print("PARITY OK" if ok else "PARITY FAILED")
     sys.exit(0 if ok else 1)
 

@@ -37,9 +37,23 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "benchmarks" / ".venvs" / "plain"
 WORK = ROOT / "benchmarks" / ".work" / "export_plain_env"
 STORIES = Path("/work/shared/data/tinystories/tinystories_valid_head.txt")
-TRICKY = ["Hello  world\n\n  x", "a ▁ b ▁▁c▁", "say <|user|> now<|end|><|assistant|>", "<|eos|>", "<0x41> <unk>",
-          "café 日本語 🤖 \x00\x01\x1f\x7f", "12345 3.14 -7", "   ", "\t\ttab\r\n", "x\u2581", "\ufffd", " leading",
-          "trailing ", "\u00a0nbsp", "Ünïcödé ß ﬁ"]
+TRICKY = [
+    "Hello  world\n\n  x",
+    "a ▁ b ▁▁c▁",
+    "say <|user|> now<|end|><|assistant|>",
+    "<|eos|>",
+    "<0x41> <unk>",
+    "café 日本語 🤖 \x00\x01\x1f\x7f",
+    "12345 3.14 -7",
+    "   ",
+    "\t\ttab\r\n",
+    "x\u2581",
+    "\ufffd",
+    " leading",
+    "trailing ",
+    "\u00a0nbsp",
+    "Ünïcödé ß ﬁ",
+]
 
 CHILD = r"""
 import importlib, json, sys
@@ -67,15 +81,26 @@ print(json.dumps({"ids": ids, "decoded": [tok.decode(i) for i in ids], "chat": c
 
 def stories(n: int, skip: int = 0) -> list[str]:
     docs = [d.strip() for d in STORIES.read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    return docs[skip: skip + n]
+    return docs[skip : skip + n]
 
 
 def ensure_venv() -> Path:
     py = VENV / "bin" / "python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-        subprocess.run([py, "-m", "pip", "install", "-q", f"torch=={torch.__version__.split('+')[0]}", "transformers",
-                        "tokenizers"], check=True)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                f"torch=={torch.__version__.split('+')[0]}",
+                "transformers",
+                "tokenizers",
+            ],
+            check=True,
+        )
     return py
 
 
@@ -89,7 +114,10 @@ def big_vocab_check(vocab: int) -> bool:
     shared = Path("/work/shared/data")
     gsm = [json.loads(x) for x in (shared / "sft" / "gsm8k_train.jsonl").read_text().splitlines()[:4000]]
     gsm = [g["question"] + "\n" + g["answer"] for g in gsm]
-    hh = [json.loads(x)["chosen"] for x in (shared / "prefs" / "hh_rlhf_harmless_base_test.jsonl").read_text().splitlines()]
+    hh = [
+        json.loads(x)["chosen"]
+        for x in (shared / "prefs" / "hh_rlhf_harmless_base_test.jsonl").read_text().splitlines()
+    ]
     st = stories(6000)
     train, test = gsm[:3000] + hh[:1800] + st[:5000], gsm[3000:] + hh[1800:] + st[5000:]
     tok = Tokenizer.train((c for d in train for c in training_chunks(d)), vocab)
@@ -102,8 +130,10 @@ def big_vocab_check(vocab: int) -> bool:
         ids = tok.encode(t)
         n_tok += len(ids)
         bad += ids != hf.encode(t, add_special_tokens=False).ids or hf.decode(ids, skip_special_tokens=False) != t
-    print(f"| {vocab}-token BPE (GSM8K + HH + TinyStories): ids and decode equal on held-out text | "
-          f"{len(test) - bad} of {len(test)} texts ({n_tok:,} tokens) |")
+    print(
+        f"| {vocab}-token BPE (GSM8K + HH + TinyStories): ids and decode equal on held-out text | "
+        f"{len(test) - bad} of {len(test)} texts ({n_tok:,} tokens) |"
+    )
     return bad == 0
 
 
@@ -114,8 +144,8 @@ def main() -> None:
     ap.add_argument("--big-vocabs", type=int, nargs="*", default=[8192, 16384])
     args = ap.parse_args()
 
-    from llmctl.model.checkpoint import save_checkpoint
     from llmctl.export.hf import export_hf
+    from llmctl.model.checkpoint import save_checkpoint
     from llmctl.model.transformer import ModelConfig, Transformer
     from llmctl.tokenizer.spm import Tokenizer, training_chunks
 
@@ -133,22 +163,35 @@ def main() -> None:
     export = export_hf(WORK / "ck", WORK / "hf", overwrite=True)
     rng = random.Random(0)
     alphabet = "ab  ▁\n\t<|>/0129éß日🤖\x00\x01."
-    texts = TRICKY + stories(300, skip=args.docs) + [
-        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(1000)]
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2 ▁?"},
-                {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3?"}]
+    texts = (
+        TRICKY
+        + stories(300, skip=args.docs)
+        + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(1000)]
+    )
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2 + 2 ▁?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "and 3?"},
+    ]
     logits_doc = len(TRICKY)
     print(f"tokenizer ({tok.vocab_size} tokens), checkpoint and export in {time.time() - t0:.1f} s", flush=True)
 
     t1 = time.time()
     py = ensure_venv()
-    installed = subprocess.run([py, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True,
-                               check=True).stdout
+    installed = subprocess.run(
+        [py, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True
+    ).stdout
     names = sorted(p["name"].lower() for p in json.loads(installed))
-    (WORK / "args.json").write_text(json.dumps({"export": str(export), "texts": texts, "messages": messages,
-                                                "logits_doc": logits_doc}))
-    r = subprocess.run([py, "-c", CHILD, str(WORK / "args.json")], capture_output=True, text=True,
-                       env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(WORK)})
+    (WORK / "args.json").write_text(
+        json.dumps({"export": str(export), "texts": texts, "messages": messages, "logits_doc": logits_doc})
+    )
+    r = subprocess.run(
+        [py, "-c", CHILD, str(WORK / "args.json")],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(WORK)},
+    )
     if r.returncode:
         print(r.stderr[-3000:])
         print("PLAIN ENV FAILED")
@@ -163,12 +206,18 @@ def main() -> None:
     with torch.no_grad():
         ours = model(torch.tensor([want_ids[logits_doc][:96]]))[0]
     logit_diff = (ours - torch.tensor(got["logits"])).abs().max().item()
-    print(f"\ntransformers {got['versions']['transformers']}, tokenizers {got['versions']['tokenizers']}, "
-          f"torch {got['versions']['torch']}; AutoTokenizer -> {got['class']}")
+    print(
+        f"\ntransformers {got['versions']['transformers']}, tokenizers {got['versions']['tokenizers']}, "
+        f"torch {got['versions']['torch']}; AutoTokenizer -> {got['class']}"
+    )
     print("| check | result |\n|---|---|")
-    print(f"| protobuf, sentencepiece, tiktoken installed | {', '.join(n for n in ('protobuf', 'sentencepiece', 'tiktoken') if n in names) or 'none'} |")
-    print(f"| token ids equal llmctl's ({len(texts)} texts, {sum(map(len, want_ids)):,} tokens) | "
-          f"{len(texts) - len(bad_ids)} of {len(texts)} |")
+    print(
+        f"| protobuf, sentencepiece, tiktoken installed | {', '.join(n for n in ('protobuf', 'sentencepiece', 'tiktoken') if n in names) or 'none'} |"
+    )
+    print(
+        f"| token ids equal llmctl's ({len(texts)} texts, {sum(map(len, want_ids)):,} tokens) | "
+        f"{len(texts) - len(bad_ids)} of {len(texts)} |"
+    )
     print(f"| decode(encode(text)) == text | {len(texts) - len(bad_dec)} of {len(texts)} |")
     print(f"| '<|user|>' typed in text stays text | {tok.special_ids['<|user|>'] not in got['ids'][2]} |")
     print(f"| literal '▁' round-trips | {got['decoded'][1] == TRICKY[1]} |")
@@ -176,7 +225,9 @@ def main() -> None:
     print(f"| max |logit diff| (96 tokens) | {logit_diff:.2e} |")
     for t in bad_ids[:3] + bad_dec[:3]:
         print("  mismatch:", repr(t[:80]))
-    ok = not bad_ids and not bad_dec and chat_ok and logit_diff < 1e-4 and not {"protobuf", "sentencepiece"} & set(names)
+    ok = (
+        not bad_ids and not bad_dec and chat_ok and logit_diff < 1e-4 and not {"protobuf", "sentencepiece"} & set(names)
+    )
     for v in args.big_vocabs:
         ok &= big_vocab_check(v)
     print("PLAIN ENV OK" if ok else "PLAIN ENV FAILED")

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "benchmarks" / ".venvs" / "datatrove"
 DT_VERSION = "0.10.1"
 
-DATATROVE_SCRIPT = r'''
+DATATROVE_SCRIPT = r"""
 import os, sys, time, json
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.readers import WarcReader
@@ -61,18 +61,35 @@ def main():
 
 if __name__ == "__main__":  # datatrove starts its workers with forkserver: the script is re-imported
     main()
-'''
+"""
 
 
 def ensure_datatrove() -> Path:
     py = VENV / "bin" / "python"
-    if not py.exists() or subprocess.run([py, "-c", "import datatrove, spacy, trafilatura, lxml_html_clean"], capture_output=True).returncode:
+    if (
+        not py.exists()
+        or subprocess.run(
+            [py, "-c", "import datatrove, spacy, trafilatura, lxml_html_clean"], capture_output=True
+        ).returncode
+    ):
         VENV.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-        subprocess.run([py, "-m", "pip", "install", "-q", f"datatrove[processing,io]=={DT_VERSION}", "spacy", "aiohttp", "lxml_html_clean"],
-                       check=True)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                f"datatrove[processing,io]=={DT_VERSION}",
+                "spacy",
+                "aiohttp",
+                "lxml_html_clean",
+            ],
+            check=True,
+        )
     # datatrove's C4BadWordsFilter downloads its list at run time: put the shipped list where it looks.
-    code = r'''
+    code = r"""
 import os, huggingface_hub, shutil
 from datatrove.io import strip_protocol
 from datatrove.pipeline.filters import c4_filters
@@ -85,11 +102,14 @@ d = huggingface_hub.cached_assets_path(library_name="datatrove", namespace="lid"
 name = strip_protocol(FT176LID.MODEL_URL).replace("/", "_")
 shutil.copy(os.environ["LID"], os.path.join(d, name))
 open(os.path.join(d, name + ".completed"), "w").close()
-'''
+"""
     from llmctl.data.steps.langid import default_model_path
 
-    env = {**os.environ, "BADWORDS": str(ROOT / "llmctl" / "data" / "resources" / "badwords_en.txt"),
-           "LID": str(default_model_path())}
+    env = {
+        **os.environ,
+        "BADWORDS": str(ROOT / "llmctl" / "data" / "resources" / "badwords_en.txt"),
+        "LID": str(default_model_path()),
+    }
     subprocess.run([py, "-c", code], check=True, env=env)
     return py
 
@@ -137,14 +157,15 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="llmctl-bench-filter-"))
     inp, records, nbytes = prepare_input(Path(args.crawl), args.repeat, work)
-    print(f"input: {records} response records, {nbytes / 1e6:.1f} MB uncompressed WARC "
-          f"({args.repeat} x {args.crawl})")
+    print(f"input: {records} response records, {nbytes / 1e6:.1f} MB uncompressed WARC ({args.repeat} x {args.crawl})")
     llmctl = [sys.executable, "-m", "llmctl"]
     rows = []
     funnel = None
     for w in args.workers:
         out = work / f"llmctl-w{w}"
-        secs, rss, _ = timed(llmctl + ["filter", str(inp), "-o", str(out), "--workers", str(w), "--no-dedup", "--toxicity"])
+        secs, rss, _ = timed(
+            llmctl + ["filter", str(inp), "-o", str(out), "--workers", str(w), "--no-dedup", "--toxicity"]
+        )
         m = json.loads((out / "_manifest.json").read_text())
         funnel = m["stats"]["funnel"]
         rows.append(("llmctl", w, secs, rss, m["num_rows"]))
@@ -166,11 +187,13 @@ def main() -> None:
             except Exception:  # noqa: BLE001 - the count is informative only
                 pass
             dt_rows.append(("datatrove", w, secs, rss, kept))
-    print(f"\n| tool | workers | seconds | docs/s | docs/s per core | MB/s per core | peak RSS MB | kept |")
+    print("\n| tool | workers | seconds | docs/s | docs/s per core | MB/s per core | peak RSS MB | kept |")
     print("|---|---|---|---|---|---|---|---|")
     for tool, w, secs, rss, kept in rows + dt_rows:
-        print(f"| {tool} | {w} | {secs:.1f} | {records / secs:.1f} | {records / secs / w:.1f} | "
-              f"{nbytes / 1e6 / secs / w:.2f} | {rss} | {kept} |")
+        print(
+            f"| {tool} | {w} | {secs:.1f} | {records / secs:.1f} | {records / secs / w:.1f} | "
+            f"{nbytes / 1e6 / secs / w:.2f} | {rss} | {kept} |"
+        )
     for (_, w, s1, *_), (_, _, s2, *_) in zip(rows, dt_rows):
         print(f"\nllmctl / datatrove documents/s with {w} worker(s): {s2 / s1:.1f}x")
     print("\nllmctl funnel (last run):")

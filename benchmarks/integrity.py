@@ -53,8 +53,12 @@ def token_dataset(out: Path, n_tokens: int, shards: int = 4) -> Path:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
         ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
         w = so.shard_writer(f"part-{k:05d}.parquet", TOKENS_SCHEMA)
-        w.write_table(pa.table({"id": [f"{k}-{i}" for i in range(len(lengths))], "input_ids": ids,
-                                "split": ["train"] * len(lengths)}, schema=TOKENS_SCHEMA))
+        w.write_table(
+            pa.table(
+                {"id": [f"{k}-{i}" for i in range(len(lengths))], "input_ids": ids, "split": ["train"] * len(lengths)},
+                schema=TOKENS_SCHEMA,
+            )
+        )
         so.finish_task(f"part-{k:05d}", {"data": [{"path": f"part-{k:05d}.parquet", **w.close()}]})
         names.append(f"part-{k:05d}")
     so.finalize(names, TOKENS_SCHEMA)
@@ -77,10 +81,16 @@ def main() -> None:
     mb = sum(f.stat().st_size for f in files) / 1e6
     with tempfile.TemporaryDirectory() as tmp:
         fp = best(lambda: [fingerprint_file(f) for f in files], args.repeat)
-        flt = best(lambda: run_filter([str(f) for f in files], Path(tmp) / f"f{time.time_ns()}",
-                                      FilterConfig(workers=1), progress=False), 1)
-        print(f"fingerprint (SHA-256 of whole files): {mb / fp:8.1f} MB/s  | filter (1 worker, defaults): "
-              f"{mb / flt:6.2f} MB/s  -> fingerprints cost {100 * fp / flt:.2f}% of filtering {mb:.1f} MB")
+        flt = best(
+            lambda: run_filter(
+                [str(f) for f in files], Path(tmp) / f"f{time.time_ns()}", FilterConfig(workers=1), progress=False
+            ),
+            1,
+        )
+        print(
+            f"fingerprint (SHA-256 of whole files): {mb / fp:8.1f} MB/s  | filter (1 worker, defaults): "
+            f"{mb / flt:6.2f} MB/s  -> fingerprints cost {100 * fp / flt:.2f}% of filtering {mb:.1f} MB"
+        )
 
         ds_path = token_dataset(Path(tmp) / "tokens", args.tokens)
         ds = Dataset.open(ds_path)
@@ -94,9 +104,11 @@ def main() -> None:
         on, off = best(lambda: load("1"), args.repeat), best(lambda: load("0"), args.repeat)
         os.environ["LLMCTL_VERIFY"] = "1"
         hashing = best(lambda: [ds.verify(i) for i in range(len(ds.shards))], args.repeat)
-        print(f"pretrain token load, {args.tokens / 1e6:.0f}M tokens ({shard_mb:.0f} MB of shards): "
-              f"{off:.3f} s with LLMCTL_VERIFY=0, {on:.3f} s verified; the SHA-256 of the shards alone takes "
-              f"{hashing:.3f} s ({shard_mb / hashing:.0f} MB/s) = {100 * hashing / off:.0f}% of the load")
+        print(
+            f"pretrain token load, {args.tokens / 1e6:.0f}M tokens ({shard_mb:.0f} MB of shards): "
+            f"{off:.3f} s with LLMCTL_VERIFY=0, {on:.3f} s verified; the SHA-256 of the shards alone takes "
+            f"{hashing:.3f} s ({shard_mb / hashing:.0f} MB/s) = {100 * hashing / off:.0f}% of the load"
+        )
         n, out = 200, Path(tmp) / "locked"
         t = time.perf_counter()
         for _ in range(n):

@@ -59,14 +59,55 @@ def prepare(work: Path, workers: int) -> dict[str, Path]:
     """The three token datasets (kept in WORK between runs: each step resumes or is already complete)."""
     w = str(workers)
     sh(LLMCTL + ["filter", *sorted(map(str, (SHARED / "crawl").glob("*.warc.gz"))), "-o", str(work / "web"), "-w", w])
-    sh(LLMCTL + ["data", "import", str(SHARED / "tinystories" / "tinystories_valid_head.txt"), "-o", str(work / "stories"),
-                 "-f", "docs", "--separator", "blank-line"])
-    sh(LLMCTL + ["data", "import", str(SHARED / "sft" / "gsm8k_train.jsonl"), "-o", str(work / "math"), "-f", "docs",
-                 "--text-field", "question,answer"])
-    sh(LLMCTL + ["tokenize", "train", *(str(work / n) for n in WEIGHTS), "-o", str(work / "tok"), "--vocab-size", "4096",
-                 "--sample-bytes", "5000000", "-w", w])
+    sh(
+        LLMCTL
+        + [
+            "data",
+            "import",
+            str(SHARED / "tinystories" / "tinystories_valid_head.txt"),
+            "-o",
+            str(work / "stories"),
+            "-f",
+            "docs",
+            "--separator",
+            "blank-line",
+        ]
+    )
+    sh(
+        LLMCTL
+        + [
+            "data",
+            "import",
+            str(SHARED / "sft" / "gsm8k_train.jsonl"),
+            "-o",
+            str(work / "math"),
+            "-f",
+            "docs",
+            "--text-field",
+            "question,answer",
+        ]
+    )
+    sh(
+        LLMCTL
+        + [
+            "tokenize",
+            "train",
+            *(str(work / n) for n in WEIGHTS),
+            "-o",
+            str(work / "tok"),
+            "--vocab-size",
+            "4096",
+            "--sample-bytes",
+            "5000000",
+            "-w",
+            w,
+        ]
+    )
     for n in WEIGHTS:
-        sh(LLMCTL + ["tokenize", "encode", str(work / n), "-t", str(work / "tok"), "-o", str(work / f"tokens_{n}"), "-w", w])
+        sh(
+            LLMCTL
+            + ["tokenize", "encode", str(work / n), "-t", str(work / "tok"), "-o", str(work / f"tokens_{n}"), "-w", w]
+        )
     return {n: work / f"tokens_{n}" for n in WEIGHTS}
 
 
@@ -74,8 +115,16 @@ def mix_file(work: Path, sources: dict[str, Path], tokens: str) -> Path:
     import yaml
 
     f = work / f"mix_{tokens}.yaml"
-    f.write_text(yaml.safe_dump({"sources": {n: {"path": str(p), "weight": WEIGHTS[n]} for n, p in sources.items()},
-                                 "tokens": tokens, "max_epochs": 100.0, "seed": 0}))
+    f.write_text(
+        yaml.safe_dump(
+            {
+                "sources": {n: {"path": str(p), "weight": WEIGHTS[n]} for n, p in sources.items()},
+                "tokens": tokens,
+                "max_epochs": 100.0,
+                "seed": 0,
+            }
+        )
+    )
     return f
 
 
@@ -85,7 +134,9 @@ def materialize(work: Path, spec: Path, workers: int) -> dict:
         import shutil
 
         shutil.rmtree(out)
-    r = subprocess.run([sys.executable, "-c", RSS_SNIPPET, str(spec), str(out), str(workers)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", RSS_SNIPPET, str(spec), str(out), str(workers)], capture_output=True, text=True
+    )
     if r.returncode:
         raise SystemExit(r.stderr[-2000:])
     rec = json.loads(r.stdout.strip().splitlines()[-1])
@@ -100,9 +151,37 @@ def pretrain(args_in: list[str], run: Path, tok: Path, steps: int) -> tuple[floa
 
     shutil.rmtree(run, ignore_errors=True)
     t = time.time()
-    sh(LLMCTL + ["pretrain", *args_in, "-t", str(tok), "-o", str(run), "--preset", "tiny", "--d-model", "64",
-                 "--n-layer", "2", "--seq-len", "64", "--batch-tokens", "512", "--steps", str(steps), "--warmup", "2",
-                 "--eval-every", str(10 * steps), "--ckpt-every", str(10 * steps), "--device", "cpu"])
+    sh(
+        LLMCTL
+        + [
+            "pretrain",
+            *args_in,
+            "-t",
+            str(tok),
+            "-o",
+            str(run),
+            "--preset",
+            "tiny",
+            "--d-model",
+            "64",
+            "--n-layer",
+            "2",
+            "--seq-len",
+            "64",
+            "--batch-tokens",
+            "512",
+            "--steps",
+            str(steps),
+            "--warmup",
+            "2",
+            "--eval-every",
+            str(10 * steps),
+            "--ckpt-every",
+            str(10 * steps),
+            "--device",
+            "cpu",
+        ]
+    )
     total = time.time() - t
     recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     recs = [r for r in recs if "tokens_per_s" in r]
@@ -123,22 +202,30 @@ def main() -> None:
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} on {os.cpu_count()} cores")
     t = time.time()
     sources = prepare(work, a.workers)
-    print(f"sources ready in {time.time() - t:.1f} s: " + ", ".join(
-        f"{n} {json.loads((p / '_manifest.json').read_text())['stats']['train']['tokens']:,} train tokens"
-        for n, p in sources.items()))
+    print(
+        f"sources ready in {time.time() - t:.1f} s: "
+        + ", ".join(
+            f"{n} {json.loads((p / '_manifest.json').read_text())['stats']['train']['tokens']:,} train tokens"
+            for n, p in sources.items()
+        )
+    )
     big = None
     for size in (a.small, a.tokens):
         rec = materialize(work, mix_file(work, sources, size), a.workers)
-        print(f"mix {size:>5}: {rec['tokens']:,} tokens in {rec['shards']} shards, {rec['seconds']:.1f} s, "
-              f"{rec['mb_s_core']:.1f} MB/s per core ({a.workers} workers), peak RSS {rec['rss_mb']:.0f} MB")
+        print(
+            f"mix {size:>5}: {rec['tokens']:,} tokens in {rec['shards']} shards, {rec['seconds']:.1f} s, "
+            f"{rec['mb_s_core']:.1f} MB/s per core ({a.workers} workers), peak RSS {rec['rss_mb']:.0f} MB"
+        )
         big = rec
     spec = mix_file(work, sources, a.tokens)
     plain, streamed = [], []
     for k in range(a.rounds):
         plain.append(pretrain([str(big["out"])], work / "run_plain", work / "tok", a.steps))
         streamed.append(pretrain(["--mix", str(spec)], work / "run_mix", work / "tok", a.steps))
-        print(f"round {k + 1}: plain {plain[-1][0]:,.0f} tok/s (setup {plain[-1][1]:.1f} s), "
-              f"--mix {streamed[-1][0]:,.0f} tok/s (setup {streamed[-1][1]:.1f} s)")
+        print(
+            f"round {k + 1}: plain {plain[-1][0]:,.0f} tok/s (setup {plain[-1][1]:.1f} s), "
+            f"--mix {streamed[-1][0]:,.0f} tok/s (setup {streamed[-1][1]:.1f} s)"
+        )
     p, s = statistics.median(x[0] for x in plain), statistics.median(x[0] for x in streamed)
     print(f"pretrain tokens/s: plain {p:,.0f}, streamed --mix {s:,.0f}: ratio {s / p:.3f}")
     print(f"load at end: {os.getloadavg()[0]:.2f}")

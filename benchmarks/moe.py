@@ -61,8 +61,18 @@ def tinystories_tokens(vocab: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple
 def quality_run(cfg: ModelConfig, data, steps: int, eval_every: int) -> tuple[list[tuple[int, float]], float]:
     (flat, offs), (vflat, voffs), eos = data
     pc = PretrainConfig(seq_len=128, batch_tokens=16 * 128, val_tokens=128 * 48)
-    pc.train = TrainConfig(steps=steps, batch_size=16, micro_batch=16, lr=3e-3, warmup_steps=20, eval_every=eval_every,
-                           ckpt_every=0, log_every=10**9, device="cpu", seed=0)
+    pc.train = TrainConfig(
+        steps=steps,
+        batch_size=16,
+        micro_batch=16,
+        lr=3e-3,
+        warmup_steps=20,
+        eval_every=eval_every,
+        ckpt_every=0,
+        log_every=10**9,
+        device="cpu",
+        seed=0,
+    )
     torch.manual_seed(0)
     model = Transformer(cfg)
     batches = PackedBatches(flat, offs, 128, 16, seed=0, eos_id=eos)
@@ -80,8 +90,16 @@ def run_llmctl(steps: int, impl: str) -> list[float]:
     m = Transformer(cfg)
     flat = np.random.default_rng(0).integers(3, VOCAB, size=SEQ * BATCH * 64 + 1, dtype=np.int32)
     batches = PackedBatches(flat, np.array([0, len(flat)]), SEQ, BATCH, seed=0, eos_id=2, doc_mask=False)
-    tc = TrainConfig(steps=steps, batch_size=BATCH, micro_batch=BATCH, warmup_steps=2, eval_every=0, ckpt_every=0,
-                     log_every=10**9, device="cpu")
+    tc = TrainConfig(
+        steps=steps,
+        batch_size=BATCH,
+        micro_batch=BATCH,
+        warmup_steps=2,
+        eval_every=0,
+        ckpt_every=0,
+        log_every=10**9,
+        device="cpu",
+    )
     with tempfile.TemporaryDirectory() as d:
         train(m, cfg, lm_loss, batches, tc, d)
         recs = [json.loads(ln) for ln in open(f"{d}/metrics.jsonl")]
@@ -93,23 +111,42 @@ def run_hf(steps: int) -> list[float]:
 
     torch.manual_seed(0)
     c = preset_config("moe-10m", VOCAB)
-    hc = MixtralConfig(vocab_size=VOCAB, hidden_size=c.d_model, intermediate_size=c.moe_d_ff, num_hidden_layers=c.n_layer,
-                       num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, head_dim=c.head_dim,
-                       max_position_embeddings=SEQ, num_local_experts=c.n_experts, num_experts_per_tok=c.moe_top_k,
-                       tie_word_embeddings=True, sliding_window=None, output_router_logits=True,
-                       router_aux_loss_coef=c.moe_lb_coef, attn_implementation="sdpa")
+    hc = MixtralConfig(
+        vocab_size=VOCAB,
+        hidden_size=c.d_model,
+        intermediate_size=c.moe_d_ff,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_kv_head,
+        head_dim=c.head_dim,
+        max_position_embeddings=SEQ,
+        num_local_experts=c.n_experts,
+        num_experts_per_tok=c.moe_top_k,
+        tie_word_embeddings=True,
+        sliding_window=None,
+        output_router_logits=True,
+        router_aux_loss_coef=c.moe_lb_coef,
+        attn_implementation="sdpa",
+    )
     m = MixtralForCausalLM(hc).train()
     tc = TrainConfig(steps=steps, batch_size=BATCH, micro_batch=BATCH)
     decay = [p for n, p in m.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in m.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=tc.lr,
+        betas=(tc.beta1, tc.beta2),
+        eps=1e-8,
+    )
     flat = np.random.default_rng(0).integers(3, VOCAB, size=SEQ * BATCH * 64 + 1, dtype=np.int32)
     out = []
     for s in range(steps):
         t = time.perf_counter()
-        w = torch.from_numpy(np.stack([flat[(s * BATCH + j) * SEQ : (s * BATCH + j) * SEQ + SEQ + 1]
-                                       for j in range(BATCH)]).astype(np.int64))
+        w = torch.from_numpy(
+            np.stack([flat[(s * BATCH + j) * SEQ : (s * BATCH + j) * SEQ + SEQ + 1] for j in range(BATCH)]).astype(
+                np.int64
+            )
+        )
         o = m(input_ids=w[:, :-1])
         loss = torch.nn.functional.cross_entropy(o.logits.flatten(0, 1).float(), w[:, 1:].flatten())
         (loss + hc.router_aux_loss_coef * o.aux_loss).backward()
@@ -133,8 +170,10 @@ def main() -> None:
 
     if not a.skip_quality:
         data = tinystories_tokens(2048)
-        print(f"TinyStories: {len(data[0][0]):,} train tokens, {len(data[1][0]):,} val tokens (2048-token BPE); "
-              f"{a.steps} steps x 2,048 tokens")
+        print(
+            f"TinyStories: {len(data[0][0]):,} train tokens, {len(data[1][0]):,} val tokens (2048-token BPE); "
+            f"{a.steps} steps x 2,048 tokens"
+        )
         dense_cfg = ModelConfig(vocab_size=2048, d_ff=256, **SHAPE)
         moe_cfg = ModelConfig(vocab_size=2048, d_ff=256, n_experts=8, moe_top_k=2, moe_d_ff=128, **SHAPE)
         res = {}
@@ -143,16 +182,22 @@ def main() -> None:
             act = m.flops_per_token(128) / 6
             val, tps = quality_run(cfg, data, a.steps, a.eval_every)
             res[name] = (val, tps)
-            print(f"{name:>13}: {m.num_params():>9,} params, ~{act / 1e6:.2f}M active (FLOPs/6 per token); "
-                  f"val loss {' '.join(f'{s}:{v:.3f}' for s, v in val)}; {tps:,.0f} tok/s")
+            print(
+                f"{name:>13}: {m.num_params():>9,} params, ~{act / 1e6:.2f}M active (FLOPs/6 per token); "
+                f"val loss {' '.join(f'{s}:{v:.3f}' for s, v in val)}; {tps:,.0f} tok/s"
+            )
         (dv, dt), (mv, mt) = res["dense"], res["moe 8x top-2"]
-        print(f"final val loss: dense {dv[-1][1]:.4f}, moe {mv[-1][1]:.4f} (moe - dense {mv[-1][1] - dv[-1][1]:+.4f}); "
-              f"moe tokens/s {mt / dt:.2f}x dense (floor 0.6x)")
+        print(
+            f"final val loss: dense {dv[-1][1]:.4f}, moe {mv[-1][1]:.4f} (moe - dense {mv[-1][1] - dv[-1][1]:+.4f}); "
+            f"moe tokens/s {mt / dt:.2f}x dense (floor 0.6x)"
+        )
 
     if a.rounds < 1:
         return
     c = preset_config("moe-10m", VOCAB)
-    print(f"speed: moe-10m shape ({Transformer(c).num_params():,} params), batch {BATCH}x{SEQ}, fp32, {a.threads} threads")
+    print(
+        f"speed: moe-10m shape ({Transformer(c).num_params():,} params), batch {BATCH}x{SEQ}, fp32, {a.threads} threads"
+    )
     speed: dict[str, list[float]] = {"llmctl": [], "llmctl moe_impl=loop": [], "transformers Mixtral": []}
     for _ in range(a.rounds):
         speed["llmctl"] += run_llmctl(a.speed_steps, "auto")

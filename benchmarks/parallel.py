@@ -37,7 +37,9 @@ import tempfile
 from pathlib import Path
 
 CPU = dict(preset="10m", vocab=8192, seq=256, batch=8, micro=4, heads=4, warm=2)  # warm: steps left out
-GPU = dict(preset="124m", vocab=50304, seq=1024, batch=32, micro=16, heads=None, warm=10)  # (compile, first collectives)
+GPU = dict(
+    preset="124m", vocab=50304, seq=1024, batch=32, micro=16, heads=None, warm=10
+)  # (compile, first collectives)
 LAYOUTS = {  # name: (processes, extra worker flags)
     "1 process": (1, []),
     "DDP 2": (2, []),
@@ -63,13 +65,35 @@ def worker(steps: int, fsdp: bool, tp: int, out: str, gpu: bool) -> None:
     model = Transformer(cfg)
     rng = np.random.default_rng(0)
     flat = rng.integers(3, s["vocab"], size=s["seq"] * s["batch"] * (steps + 1) + 1, dtype=np.int32)
-    batches = PackedBatches(flat, np.array([0, len(flat)]), s["seq"], s["micro"], seed=0, eos_id=2, rank=d.dp_rank,
-                            world=d.dp, doc_mask=False)
-    tc = TrainConfig(steps=steps, batch_size=s["batch"], micro_batch=s["micro"], warmup_steps=2, eval_every=0,
-                     ckpt_every=0, log_every=10**9, device=d.device.type, fsdp=fsdp, tp=tp, compile=gpu,
-                     dtype="bf16" if gpu else "fp32")
+    batches = PackedBatches(
+        flat,
+        np.array([0, len(flat)]),
+        s["seq"],
+        s["micro"],
+        seed=0,
+        eos_id=2,
+        rank=d.dp_rank,
+        world=d.dp,
+        doc_mask=False,
+    )
+    tc = TrainConfig(
+        steps=steps,
+        batch_size=s["batch"],
+        micro_batch=s["micro"],
+        warmup_steps=2,
+        eval_every=0,
+        ckpt_every=0,
+        log_every=10**9,
+        device=d.device.type,
+        fsdp=fsdp,
+        tp=tp,
+        compile=gpu,
+        dtype="bf16" if gpu else "fp32",
+    )
     try:
-        train(model, cfg, lm_loss, batches, tc, out, loss_parallel=True, flops_per_token=model.flops_per_token(s["seq"]))
+        train(
+            model, cfg, lm_loss, batches, tc, out, loss_parallel=True, flops_per_token=model.flops_per_token(s["seq"])
+        )
         peak = torch.tensor([torch.cuda.max_memory_allocated() if gpu else 0], dtype=torch.float64, device=d.device)
         if d.world > 1:
             torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
@@ -96,8 +120,12 @@ def run_layout(name: str, steps: int, gpu: bool, dry: bool = False) -> dict:
         recs = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl")]
         peak = json.loads(Path(out, "peak_memory.json").read_text())["bytes"]
     warm = (GPU if gpu else CPU)["warm"]
-    return {"tokens_per_s": [rec["tokens_per_s"] for rec in recs[warm:]], "loss": recs[-1]["loss"],
-            "mfu": [rec["mfu"] for rec in recs[warm:] if rec.get("mfu") is not None], "peak_gib": peak / 2**30}
+    return {
+        "tokens_per_s": [rec["tokens_per_s"] for rec in recs[warm:]],
+        "loss": recs[-1]["loss"],
+        "mfu": [rec["mfu"] for rec in recs[warm:] if rec.get("mfu") is not None],
+        "peak_gib": peak / 2**30,
+    }
 
 
 def main() -> None:
@@ -129,10 +157,12 @@ def main() -> None:
         layouts = ["1 process"]
     s = GPU if a.gpu else CPU
     heads = f" with {s['heads']} heads" if s["heads"] else ""
-    print(f"{s['preset']} preset{heads}, vocab {s['vocab']}; "
-          f"{s['batch']} x {s['seq']} tokens/step, micro-batch {s['micro']}, "
-          f"{'bf16 + compile, NCCL' if a.gpu else 'fp32, CPU gloo, 2 cores for every layout'}; "
-          f"{steps} steps x {rounds} round(s), first {s['warm']} of each left out")
+    print(
+        f"{s['preset']} preset{heads}, vocab {s['vocab']}; "
+        f"{s['batch']} x {s['seq']} tokens/step, micro-batch {s['micro']}, "
+        f"{'bf16 + compile, NCCL' if a.gpu else 'fp32, CPU gloo, 2 cores for every layout'}; "
+        f"{steps} steps x {rounds} round(s), first {s['warm']} of each left out"
+    )
     res: dict[str, dict] = {name: {"tokens_per_s": [], "mfu": [], "loss": None, "peak_gib": 0.0} for name in layouts}
     for _ in range(rounds):
         for name in layouts:
@@ -143,8 +173,10 @@ def main() -> None:
     base = statistics.median(res[layouts[-1] if "DDP 2" not in res else "DDP 2"]["tokens_per_s"])
     for name, r in res.items():
         med = statistics.median(r["tokens_per_s"])
-        line = (f"{name:>10}: {med:10,.0f} tok/s  {1000 * s['batch'] * s['seq'] / med:7.0f} ms/step  "
-                f"step time {base / med:4.2f}x {'DDP 2' if 'DDP 2' in res else layouts[-1]}'s  last loss {r['loss']:.6f}")
+        line = (
+            f"{name:>10}: {med:10,.0f} tok/s  {1000 * s['batch'] * s['seq'] / med:7.0f} ms/step  "
+            f"step time {base / med:4.2f}x {'DDP 2' if 'DDP 2' in res else layouts[-1]}'s  last loss {r['loss']:.6f}"
+        )
         if r["mfu"]:
             line += f"  MFU {100 * statistics.median(r['mfu']):.1f}%"
         if a.gpu:

@@ -91,7 +91,7 @@ def bag_of_words(train: list[dict], val: list[dict]) -> float:
 
     def closure():
         opt.zero_grad()
-        loss = -torch.nn.functional.logsigmoid(x @ w).mean() + 0.05 * (w ** 2).sum()
+        loss = -torch.nn.functional.logsigmoid(x @ w).mean() + 0.05 * (w**2).sum()
         loss.backward()
         return loss
 
@@ -106,8 +106,8 @@ def main() -> None:
     ap.add_argument("--sft", type=Path, help="a toy run's sft stage (default: run the toy pipeline up to it)")
     args = ap.parse_args()
 
-    from llmctl.store.dataset import Dataset
     from llmctl.cli.runner import load_pipeline
+    from llmctl.store.dataset import Dataset
 
     args.work.mkdir(parents=True, exist_ok=True)
     stages = {s.name: s.run for s in load_pipeline(TOY).stages}
@@ -115,8 +115,12 @@ def main() -> None:
     if sft is None:
         sft = args.work / "toy" / "sft"
         t0 = time.time()
-        r = subprocess.run(LLMCTL + ["run", str(TOY), "-o", str(sft.parent), "--until", "sft"], cwd=ROOT,
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            LLMCTL + ["run", str(TOY), "-o", str(sft.parent), "--until", "sft"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             sys.exit(r.stderr[-2000:])
         print(f"toy pipeline up to sft: {time.time() - t0:.0f} s", flush=True)
@@ -133,8 +137,21 @@ def main() -> None:
         for st in ("reward", "dpo"):
             secs[st] = run(stage_cmd(stages, st, {**subs, "out": str(d / st)}) + ["--overwrite"])
         t1 = time.time()
-        run(["eval", str(d / "dpo"), "-o", str(d / "eval"), "--task", "prefs", "--reward-model", str(d / "reward"),
-             "--prefs-data", str(d / "prefs"), "--overwrite"])
+        run(
+            [
+                "eval",
+                str(d / "dpo"),
+                "-o",
+                str(d / "eval"),
+                "--task",
+                "prefs",
+                "--reward-model",
+                str(d / "reward"),
+                "--prefs-data",
+                str(d / "prefs"),
+                "--overwrite",
+            ]
+        )
         secs["eval"] = time.time() - t1
         res = {r["metric"]: r for r in Dataset.open(d / "eval", stage="eval").iter_rows()}
         pairs = list(Dataset.open(d / "prefs").iter_rows())
@@ -144,16 +161,20 @@ def main() -> None:
         rows.append((name, len(train), len(val), res, shorter, bag_of_words(train, val), secs))
         print(f"{name}: done ({', '.join(f'{k} {v:.0f} s' for k, v in secs.items())})", flush=True)
 
-    print("\n| slice | train / held-out pairs | reward model accuracy | DPO implicit-reward accuracy (z vs 0.5) | "
-          "likelihood accuracy SFT -> DPO | shorter-is-chosen | bag of words |")
+    print(
+        "\n| slice | train / held-out pairs | reward model accuracy | DPO implicit-reward accuracy (z vs 0.5) | "
+        "likelihood accuracy SFT -> DPO | shorter-is-chosen | bag of words |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, ntr, nval, res, shorter, bow, _ in rows:
         rm, imp = res["accuracy"], res["implicit_accuracy"]
         z = (imp["value"] - 0.5) / imp["stderr"]
-        print(f"| {name} | {ntr:,} / {nval:,} | {rm['value']:.3f} ± {rm['stderr']:.3f} | "
-              f"{imp['value']:.3f} ± {imp['stderr']:.3f} (z {z:.1f}) | "
-              f"{res['reference_likelihood_accuracy']['value']:.3f} -> {res['likelihood_accuracy']['value']:.3f} | "
-              f"{shorter:.3f} | {bow:.3f} |")
+        print(
+            f"| {name} | {ntr:,} / {nval:,} | {rm['value']:.3f} ± {rm['stderr']:.3f} | "
+            f"{imp['value']:.3f} ± {imp['stderr']:.3f} (z {z:.1f}) | "
+            f"{res['reference_likelihood_accuracy']['value']:.3f} -> {res['likelihood_accuracy']['value']:.3f} | "
+            f"{shorter:.3f} | {bow:.3f} |"
+        )
     for name, *_, secs in rows:
         print(f"{name}: seconds " + ", ".join(f"{k} {v:.1f}" for k, v in secs.items()))
 

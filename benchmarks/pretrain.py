@@ -54,8 +54,16 @@ def run_llmctl(steps: int, doc_mask: bool) -> list[float]:
     flat, offs = data()
     flat[::97] = 2  # an EOS now and then, so the masked variant has documents to separate
     batches = PackedBatches(flat, offs, SEQ, BATCH, seed=0, eos_id=2, doc_mask=doc_mask)
-    tc = TrainConfig(steps=steps, batch_size=BATCH, micro_batch=BATCH, warmup_steps=2, eval_every=0, ckpt_every=0,
-                     log_every=10**9, device="cpu")
+    tc = TrainConfig(
+        steps=steps,
+        batch_size=BATCH,
+        micro_batch=BATCH,
+        warmup_steps=2,
+        eval_every=0,
+        ckpt_every=0,
+        log_every=10**9,
+        device="cpu",
+    )
     with tempfile.TemporaryDirectory() as d:
         train(m, cfg, lm_loss, batches, tc, d)
         recs = [json.loads(ln) for ln in open(f"{d}/metrics.jsonl")]
@@ -67,9 +75,17 @@ def run_hf(steps: int) -> list[float]:
 
     torch.manual_seed(0)
     c = preset_config("10m", VOCAB)
-    hc = LlamaConfig(vocab_size=VOCAB, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layer,
-                     num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, max_position_embeddings=SEQ,
-                     tie_word_embeddings=True, attn_implementation="sdpa")
+    hc = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=c.d_model,
+        intermediate_size=c.d_ff,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_kv_head,
+        max_position_embeddings=SEQ,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     m = LlamaForCausalLM(hc).train()
     tc = TrainConfig(steps=steps, batch_size=BATCH, micro_batch=BATCH)
     opt = build_optimizer_hf(m, tc)
@@ -77,8 +93,11 @@ def run_hf(steps: int) -> list[float]:
     out = []
     for s in range(steps):
         t = time.perf_counter()
-        w = torch.from_numpy(np.stack([flat[(s * BATCH + j) * SEQ : (s * BATCH + j) * SEQ + SEQ + 1]
-                                       for j in range(BATCH)]).astype(np.int64))
+        w = torch.from_numpy(
+            np.stack([flat[(s * BATCH + j) * SEQ : (s * BATCH + j) * SEQ + SEQ + 1] for j in range(BATCH)]).astype(
+                np.int64
+            )
+        )
         logits = m(input_ids=w[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), w[:, 1:].flatten())
         loss.backward()
@@ -92,8 +111,12 @@ def run_hf(steps: int) -> list[float]:
 def build_optimizer_hf(m: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW:
     decay = [p for n, p in m.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no = [p for n, p in m.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no, "weight_decay": 0.0}],
-                             lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no, "weight_decay": 0.0}],
+        lr=tc.lr,
+        betas=(tc.beta1, tc.beta2),
+        eps=1e-8,
+    )
 
 
 def main() -> None:
@@ -106,8 +129,10 @@ def main() -> None:
     peak = matmul_peak()
     m = Transformer(preset_config("10m", VOCAB))
     fpt = m.flops_per_token(SEQ)
-    print(f"10m preset: {m.num_params():,} params, {fpt / 1e6:.1f} MFLOPs/token; batch {BATCH}x{SEQ}; "
-          f"{a.threads} threads; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(
+        f"10m preset: {m.num_params():,} params, {fpt / 1e6:.1f} MFLOPs/token; batch {BATCH}x{SEQ}; "
+        f"{a.threads} threads; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s"
+    )
     res: dict[str, list[float]] = {"llmctl": [], "llmctl doc_mask": [], "transformers": []}
     for r in range(a.rounds):
         res["llmctl"] += run_llmctl(a.steps, doc_mask=False)
@@ -116,8 +141,10 @@ def main() -> None:
     base = statistics.median(res["transformers"])
     for name, v in res.items():
         med = statistics.median(v)
-        print(f"{name:>16}: {med:8,.0f} tok/s (median of {len(v)} steps)  MFU {100 * fpt * med / peak:5.1f}%  "
-              f"{med / base:.2f}x transformers")
+        print(
+            f"{name:>16}: {med:8,.0f} tok/s (median of {len(v)} steps)  MFU {100 * fpt * med / peak:5.1f}%  "
+            f"{med / base:.2f}x transformers"
+        )
 
 
 if __name__ == "__main__":

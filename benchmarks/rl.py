@@ -44,8 +44,11 @@ HH = ROOT / "examples" / "prefs" / "hh_rlhf_harmless_base.jsonl"
 
 
 def addition(n: int = 20, held_out: int = 80, seed: int = 0) -> list[dict]:
-    rows = [{"prompt": f"What is {a} plus {b}?", "response": f"#### {a + b}", "answer": f"#### {a + b}"}
-            for a in range(n) for b in range(n)]
+    rows = [
+        {"prompt": f"What is {a} plus {b}?", "response": f"#### {a + b}", "answer": f"#### {a + b}"}
+        for a in range(n)
+        for b in range(n)
+    ]
     random.Random(seed).shuffle(rows)
     for i, r in enumerate(rows):
         r["split"] = "val" if i < held_out else "train"
@@ -81,15 +84,26 @@ def addition_sft(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, float
     sft_dir = Path(args.sft) if args.sft else tmp / "sft"
     t0 = time.time()
     if not args.sft:
-        tok = Tokenizer.train([f"What is {a} plus {b}? #### {a + b}" for a in range(args.n) for b in range(args.n)] * 3,
-                              vocab_size=380)
+        tok = Tokenizer.train(
+            [f"What is {a} plus {b}? #### {a + b}" for a in range(args.n) for b in range(args.n)] * 3, vocab_size=380
+        )
         tok.save(tmp / "tok")
         mc = ModelConfig(vocab_size=tok.vocab_size, n_layer=args.layers, n_head=4, d_model=args.d_model, max_seq_len=64)
         torch.manual_seed(0)
         save_checkpoint(tmp / "init", Transformer(mc), mc, tok.path)
-        sft_cfg = SFTConfig(max_len=64, train=TrainConfig(steps=args.sft_steps, batch_size=16, micro_batch=16, lr=3e-3,
-                                                          warmup_steps=20, eval_every=args.sft_steps,
-                                                          ckpt_every=args.sft_steps, weight_decay=0.0))
+        sft_cfg = SFTConfig(
+            max_len=64,
+            train=TrainConfig(
+                steps=args.sft_steps,
+                batch_size=16,
+                micro_batch=16,
+                lr=3e-3,
+                warmup_steps=20,
+                eval_every=args.sft_steps,
+                ckpt_every=args.sft_steps,
+                weight_decay=0.0,
+            ),
+        )
         run_sft(data, tmp / "init", sft_dir, sft_cfg)
     return data, sft_dir, time.time() - t0
 
@@ -99,11 +113,27 @@ def grpo_config(args: argparse.Namespace, steps: int, eval_every: int) -> Any:
     from llmctl.train.loop import TrainConfig
     from llmctl.train.rl.trainer import RLConfig
 
-    return RLConfig(algo="grpo", reward=["exact_match"], num_generations=args.G, rollout_prompts=args.rollout_prompts,
-                    max_new_tokens=args.max_new_tokens, temperature=1.0, beta=args.beta, val_limit=args.held_out,
-                    train=TrainConfig(steps=steps, batch_size=args.rollout_prompts * args.G // args.steps_per_rollout,
-                                      micro_batch=32, lr=args.lr, warmup_steps=0, schedule="constant",
-                                      eval_every=eval_every, ckpt_every=steps, weight_decay=0.0))
+    return RLConfig(
+        algo="grpo",
+        reward=["exact_match"],
+        num_generations=args.G,
+        rollout_prompts=args.rollout_prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=1.0,
+        beta=args.beta,
+        val_limit=args.held_out,
+        train=TrainConfig(
+            steps=steps,
+            batch_size=args.rollout_prompts * args.G // args.steps_per_rollout,
+            micro_batch=32,
+            lr=args.lr,
+            warmup_steps=0,
+            schedule="constant",
+            eval_every=eval_every,
+            ckpt_every=steps,
+            weight_decay=0.0,
+        ),
+    )
 
 
 def add_grpo_args(g: argparse.ArgumentParser) -> None:
@@ -148,13 +178,21 @@ def grpo(args: argparse.Namespace) -> None:
         win = max(1, len(rew) // 10)
         gains.append(100 * (val[-1][1] - start))
         print(f"-- RL seed {seed}: GRPO {args.rl_steps} steps in {t_rl:.0f} s (SFT + GRPO: {t_sft + t_rl:.0f} s)")
-        print(f"held-out accuracy: after SFT {100 * start:.1f}%  " +
-              "  ".join(f"step {st}: {100 * v:.1f}%" for st, v in val))
-        print(f"rollout reward (mean exact match of sampled completions, averaged over {win} steps): " +
-              " ".join(f"{sum(v for _, v in rew[i:i + win]) / len(rew[i:i + win]):.2f}" for i in range(0, len(rew), win)))
+        print(
+            f"held-out accuracy: after SFT {100 * start:.1f}%  "
+            + "  ".join(f"step {st}: {100 * v:.1f}%" for st, v in val)
+        )
+        print(
+            f"rollout reward (mean exact match of sampled completions, averaged over {win} steps): "
+            + " ".join(
+                f"{sum(v for _, v in rew[i : i + win]) / len(rew[i : i + win]):.2f}" for i in range(0, len(rew), win)
+            )
+        )
         print(f"gain {gains[-1]:+.1f} points (floor +15) -> {'PASS' if gains[-1] >= 15 else 'FAIL'}")
-    print(f"gains {', '.join(f'{g:+.1f}' for g in gains)} points; smallest {min(gains):+.1f} (floor +15) -> "
-          f"{'PASS' if min(gains) >= 15 else 'FAIL'}; all runs {t_all:.0f} s; work dir {tmp}")
+    print(
+        f"gains {', '.join(f'{g:+.1f}' for g in gains)} points; smallest {min(gains):+.1f} (floor +15) -> "
+        f"{'PASS' if min(gains) >= 15 else 'FAIL'}; all runs {t_all:.0f} s; work dir {tmp}"
+    )
 
 
 def ppo(args: argparse.Namespace) -> None:
@@ -177,13 +215,33 @@ def ppo(args: argparse.Namespace) -> None:
     for i, r in enumerate(rows):
         r["split"] = "val" if i < args.held_out else "train"
     data = write_jsonl(tmp / "hh_prompts.jsonl", rows)
-    cfg = RLConfig(algo="ppo", reward=["rm"], reward_model=args.reward_model, rollout_prompts=16, epochs=2,
-                   max_new_tokens=32, max_prompt_len=192, temperature=1.0, beta=args.beta, target_kl=args.target_kl,
-                   kl_horizon=args.kl_horizon, val_limit=args.held_out, val_temperature=args.val_temperature,
-                   val_samples=args.val_samples, train=TrainConfig(steps=args.steps, batch_size=16, micro_batch=16, lr=args.lr,
-                                                   warmup_steps=0, schedule="constant",
-                                                   eval_every=args.eval_every, ckpt_every=args.steps,
-                                                   weight_decay=0.0))
+    cfg = RLConfig(
+        algo="ppo",
+        reward=["rm"],
+        reward_model=args.reward_model,
+        rollout_prompts=16,
+        epochs=2,
+        max_new_tokens=32,
+        max_prompt_len=192,
+        temperature=1.0,
+        beta=args.beta,
+        target_kl=args.target_kl,
+        kl_horizon=args.kl_horizon,
+        val_limit=args.held_out,
+        val_temperature=args.val_temperature,
+        val_samples=args.val_samples,
+        train=TrainConfig(
+            steps=args.steps,
+            batch_size=16,
+            micro_batch=16,
+            lr=args.lr,
+            warmup_steps=0,
+            schedule="constant",
+            eval_every=args.eval_every,
+            ckpt_every=args.steps,
+            weight_decay=0.0,
+        ),
+    )
     t0 = time.time()
     s = run_rl(data, args.sft, tmp / "ppo", cfg, overwrite=True)
     t = time.time() - t0
@@ -191,20 +249,27 @@ def ppo(args: argparse.Namespace) -> None:
     run = tmp / "ppo"
     val = curve(run, "val_reward")
     print(f"\n== PPO against the reward model on HH-RLHF prompts ({args.held_out} held out, greedy answers)")
-    print(f"{args.steps} steps in {t:.0f} s; adaptive KL controller: beta {args.beta} at start, target {args.target_kl}")
+    print(
+        f"{args.steps} steps in {t:.0f} s; adaptive KL controller: beta {args.beta} at start, target {args.target_kl}"
+    )
     print(f"held-out mean RM score: SFT {start:.3f}  " + "  ".join(f"step {st}: {v:.3f}" for st, v in val))
     win, worst = args.eval_every, 0.0
-    for key, what in (("objective/scores", "rollout RM score"), ("objective/kl", "KL to the SFT model per completion"),
-                      ("objective/kl_coef", "beta")):
+    for key, what in (
+        ("objective/scores", "rollout RM score"),
+        ("objective/kl", "KL to the SFT model per completion"),
+        ("objective/kl_coef", "beta"),
+    ):
         c = curve(run, key)
-        means = [sum(v for _, v in c[i:i + win]) / len(c[i:i + win]) for i in range(0, len(c), win)]
+        means = [sum(v for _, v in c[i : i + win]) / len(c[i : i + win]) for i in range(0, len(c), win)]
         print(f"{what}, mean of each {win} steps: " + " ".join(f"{m:.3f}" for m in means))
         if key == "objective/kl":
             worst = max(means)
     gain = val[-1][1] - start
     ok = gain > 0 and worst <= args.target_kl
-    print(f"held-out RM score {gain:+.3f}; largest KL of a {win}-step window {worst:.3f} (target {args.target_kl}) -> "
-          f"{'PASS' if ok else 'FAIL'}; work dir {tmp}")
+    print(
+        f"held-out RM score {gain:+.3f}; largest KL of a {win}-step window {worst:.3f} (target {args.target_kl}) -> "
+        f"{'PASS' if ok else 'FAIL'}; work dir {tmp}"
+    )
 
 
 def gen(args: argparse.Namespace) -> None:
@@ -212,8 +277,8 @@ def gen(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmctl.model.checkpoint import load_checkpoint, save_checkpoint
     from llmctl.export.hf import export_hf
+    from llmctl.model.checkpoint import load_checkpoint, save_checkpoint
     from llmctl.model.generate import generate_batch
     from llmctl.model.transformer import ModelConfig, Transformer
     from llmctl.tokenizer.spm import Tokenizer
@@ -222,11 +287,13 @@ def gen(args: argparse.Namespace) -> None:
     tmp = Path(args.work or tempfile.mkdtemp(prefix="rl-bench-gen-"))
     ck = args.checkpoint
     if ck is None:
-        tok = Tokenizer.train([f"What is {a} plus {b}? #### {a + b}" for a in range(20) for b in range(20)] * 3,
-                              vocab_size=380)
+        tok = Tokenizer.train(
+            [f"What is {a} plus {b}? #### {a + b}" for a in range(20) for b in range(20)] * 3, vocab_size=380
+        )
         tok.save(tmp / "tok")
-        mc = ModelConfig(vocab_size=tok.vocab_size, n_layer=args.layers, n_head=4, d_model=args.d_model,
-                         max_seq_len=256)
+        mc = ModelConfig(
+            vocab_size=tok.vocab_size, n_layer=args.layers, n_head=4, d_model=args.d_model, max_seq_len=256
+        )
         torch.manual_seed(0)
         save_checkpoint(tmp / "ck", Transformer(mc), mc, tok.path)
         ck = tmp / "ck"
@@ -240,16 +307,23 @@ def gen(args: argparse.Namespace) -> None:
     ids = torch.zeros(args.batch, width, dtype=torch.long)
     att = torch.zeros(args.batch, width, dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        att[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        att[i, width - len(p) :] = 1
 
     def ours() -> int:
         return generate_batch(model, prompts, args.new_tokens, temperature=0.0, stop_ids=()).new_tokens
 
     @torch.no_grad()
     def theirs() -> int:
-        out = hf.generate(input_ids=ids, attention_mask=att, max_new_tokens=args.new_tokens,
-                          min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+        out = hf.generate(
+            input_ids=ids,
+            attention_mask=att,
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
         return (out.shape[1] - width) * args.batch
 
     rates = {}
@@ -263,14 +337,25 @@ def gen(args: argparse.Namespace) -> None:
         rates[name] = n / best
         print(f"{name:>24}: {n} tokens in {best:.3f} s = {n / best:,.0f} tokens/s (best of {args.repeats})")
     a, b = rates["llmctl generate_batch"], rates["transformers generate"]
-    same = [r[-args.new_tokens:] for r in generate_batch(model, prompts, args.new_tokens, temperature=0.0,
-                                                           stop_ids=()).tokens]
+    same = [
+        r[-args.new_tokens :]
+        for r in generate_batch(model, prompts, args.new_tokens, temperature=0.0, stop_ids=()).tokens
+    ]
     with torch.no_grad():
-        hf_out = hf.generate(input_ids=ids, attention_mask=att, max_new_tokens=args.new_tokens,
-                             min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+        hf_out = hf.generate(
+            input_ids=ids,
+            attention_mask=att,
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
     agree = sum(x == y for x, y in zip(same, hf_out[:, width:].tolist()))
-    print(f"ratio llmctl / transformers: {a / b:.2f}x (floor 1.0) -> {'PASS' if a >= b else 'FAIL'}; "
-          f"greedy outputs identical for {agree}/{args.batch} rows")
+    print(
+        f"ratio llmctl / transformers: {a / b:.2f}x (floor 1.0) -> {'PASS' if a >= b else 'FAIL'}; "
+        f"greedy outputs identical for {agree}/{args.batch} rows"
+    )
 
 
 def main() -> None:
@@ -280,7 +365,9 @@ def main() -> None:
     add_grpo_args(g)
     g.add_argument("--rl-steps", type=int, default=300)
     g.add_argument("--eval-every", type=int, default=50)
-    g.add_argument("--seeds", default="0,1,2", help="one GRPO run from the same SFT model per seed (sampling, shuffles)")
+    g.add_argument(
+        "--seeds", default="0,1,2", help="one GRPO run from the same SFT model per seed (sampling, shuffles)"
+    )
     p = sub.add_parser("ppo")
     p.add_argument("--sft", required=True)
     p.add_argument("--reward-model", required=True)
@@ -290,12 +377,18 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.1, help="the KL coefficient at the start")
     p.add_argument("--target-kl", type=float, default=2.0, help="the adaptive KL controller's target (per completion)")
     p.add_argument("--held-out", type=int, default=128)
-    p.add_argument("--val-temperature", type=float, default=1.0,
-                   help="held-out answers sampled as the rollouts are (0: greedy), from the same seed at each evaluation")
+    p.add_argument(
+        "--val-temperature",
+        type=float,
+        default=1.0,
+        help="held-out answers sampled as the rollouts are (0: greedy), from the same seed at each evaluation",
+    )
     p.add_argument("--val-samples", type=int, default=2, help="sampled answers per held-out prompt")
     p.add_argument("--kl-horizon", type=int, default=500, help="the adaptive KL controller's horizon (completions)")
     q = sub.add_parser("gen")
-    q.add_argument("--checkpoint", default=None, help="llmctl checkpoint (default: a random model of --layers/--d-model)")
+    q.add_argument(
+        "--checkpoint", default=None, help="llmctl checkpoint (default: a random model of --layers/--d-model)"
+    )
     q.add_argument("--batch", type=int, default=16)
     q.add_argument("--new-tokens", type=int, default=64)
     q.add_argument("--repeats", type=int, default=3)

@@ -37,9 +37,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 ROOT = Path(__file__).resolve().parents[1]
 # (llmctl's name, TRL's name): the same formula under each (docs/rl.md)
-METRICS = [("reward", "reward"), ("reward_std", "reward_std"), ("frac_reward_zero_std", "frac_reward_zero_std"),
-           ("completions/mean_length", "completions/mean_length"),
-           ("completions/clipped_ratio", "completions/clipped_ratio"), ("clip_ratio", "clip_ratio/region_mean")]
+METRICS = [
+    ("reward", "reward"),
+    ("reward_std", "reward_std"),
+    ("frac_reward_zero_std", "frac_reward_zero_std"),
+    ("completions/mean_length", "completions/mean_length"),
+    ("completions/clipped_ratio", "completions/clipped_ratio"),
+    ("clip_ratio", "clip_ratio/region_mean"),
+]
 
 TRL_SCRIPT = r"""
 import json, sys, time
@@ -111,8 +116,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from llmctl.model.checkpoint import resolve_checkpoint
     from llmctl.export.hf import export_hf
+    from llmctl.model.checkpoint import resolve_checkpoint
     from llmctl.train.rl.trainer import run_rl
 
     torch.set_num_threads(args.threads)
@@ -134,9 +139,21 @@ def main() -> None:
     ours_sps = (len(ours) - 1) / (ours[-1]["elapsed_s"] - ours[0]["elapsed_s"])
 
     py = trl_venv()
-    job = {"root": str(ROOT), "model": str(hf), "prompts": str(data), "out": str(tmp / "trl"), "steps": args.steps,
-           "batch": batch, "G": args.G, "max_new": args.max_new_tokens, "beta": args.beta, "lr": args.lr,
-           "seed": args.seed, "threads": args.threads, "result": str(tmp / "trl.json")}
+    job = {
+        "root": str(ROOT),
+        "model": str(hf),
+        "prompts": str(data),
+        "out": str(tmp / "trl"),
+        "steps": args.steps,
+        "batch": batch,
+        "G": args.G,
+        "max_new": args.max_new_tokens,
+        "beta": args.beta,
+        "lr": args.lr,
+        "seed": args.seed,
+        "threads": args.threads,
+        "result": str(tmp / "trl.json"),
+    }
     (tmp / "job.json").write_text(json.dumps(job))
     (tmp / "trl_grpo.py").write_text(TRL_SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -145,8 +162,10 @@ def main() -> None:
     theirs, t = res["logs"], res["t"]
     theirs_sps = (len(t) - 1) / (t[-1] - t[0])
 
-    print(f"\n== GRPO, {batch} completions per step ({args.rollout_prompts} prompts x G {args.G}), "
-          f"<= {args.max_new_tokens} new tokens, {args.steps} steps, {args.threads} threads")
+    print(
+        f"\n== GRPO, {batch} completions per step ({args.rollout_prompts} prompts x G {args.G}), "
+        f"<= {args.max_new_tokens} new tokens, {args.steps} steps, {args.threads} threads"
+    )
     print(f"{'':>28} {'llmctl':>16} {'TRL GRPOTrainer':>16}")
     print(f"{'steps/s (steps 2..N)':>28} {ours_sps:>16.2f} {theirs_sps:>16.2f}")
     for k, k_trl in METRICS:

@@ -25,9 +25,9 @@ import gzip
 import json
 import multiprocessing as mp
 import os
+import queue
 import resource
 import shutil
-import queue
 import subprocess
 import sys
 import time
@@ -55,7 +55,15 @@ def crawl_texts(workers: int) -> list[str]:
     """The crawl's text after `llmctl filter` (cached under benchmarks/.work), or [] if that fails."""
     out = ROOT / "benchmarks" / ".work" / "crawl_filtered"
     if not (out / "_manifest.json").is_file():
-        cmd = [str(ROOT / ".venv" / "bin" / "llmctl"), "filter", str(DATA / "crawl"), "-o", str(out), "-w", str(workers)]
+        cmd = [
+            str(ROOT / ".venv" / "bin" / "llmctl"),
+            "filter",
+            str(DATA / "crawl"),
+            "-o",
+            str(out),
+            "-w",
+            str(workers),
+        ]
         if subprocess.run(cmd, capture_output=True, text=True).returncode != 0:
             print("note: `llmctl filter` failed on the crawl; the crawl text is left out")
             return []
@@ -66,13 +74,27 @@ def crawl_texts(workers: int) -> list[str]:
 
 def load_sources(workers: int) -> dict[str, list[str]]:
     ts = (DATA / "tinystories" / "tinystories_valid_head.txt").read_text(encoding="utf-8")
-    gsm = [f"{r['question']}\n{r['answer']}" for f in ("gsm8k_train.jsonl", "gsm8k_test.jsonl")
-           for r in _jsonl(DATA / "sft" / f)]
-    alpaca = [f"{r['instruction']}\n{r.get('output') or ''}" for r in _jsonl(DATA / "sft" / "alpaca_eval_prompts.jsonl")]
-    hh = [r[k] for r in _jsonl(DATA / "prefs" / "hh_rlhf_harmless_base_test.jsonl") for k in ("chosen", "rejected")
-          if isinstance(r.get(k), str)]
-    sources = {"crawl": crawl_texts(workers), "tinystories": [d for d in ts.split("\n\n") if d.strip()],
-               "gsm8k": gsm, "alpaca": alpaca, "hh-rlhf": hh}
+    gsm = [
+        f"{r['question']}\n{r['answer']}"
+        for f in ("gsm8k_train.jsonl", "gsm8k_test.jsonl")
+        for r in _jsonl(DATA / "sft" / f)
+    ]
+    alpaca = [
+        f"{r['instruction']}\n{r.get('output') or ''}" for r in _jsonl(DATA / "sft" / "alpaca_eval_prompts.jsonl")
+    ]
+    hh = [
+        r[k]
+        for r in _jsonl(DATA / "prefs" / "hh_rlhf_harmless_base_test.jsonl")
+        for k in ("chosen", "rejected")
+        if isinstance(r.get(k), str)
+    ]
+    sources = {
+        "crawl": crawl_texts(workers),
+        "tinystories": [d for d in ts.split("\n\n") if d.strip()],
+        "gsm8k": gsm,
+        "alpaca": alpaca,
+        "hh-rlhf": hh,
+    }
     return {k: [t for t in v if t] for k, v in sources.items() if v}
 
 
@@ -131,11 +153,16 @@ def _train_hf(texts_file: str, out: str, vocab: int, workers: int, split_digits:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     if split_digits:  # the same one-digit-per-token rule as llmctl's default, before byte-level BPE
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     secs = time.perf_counter() - t0
     tok.save(out)
@@ -202,15 +229,19 @@ def main() -> None:
     sources = load_sources(max(args.workers))
     docs, held = write_datasets(sources)
     total = {k: sum(len(t.encode()) for t in v) for k, v in sources.items()}
-    print(f"data: {sum(total.values()) / 1e6:.1f} MB of text in {sum(map(len, sources.values())):,} documents "
-          f"({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in total.items())}); 5% held out")
+    print(
+        f"data: {sum(total.values()) / 1e6:.1f} MB of text in {sum(map(len, sources.values())):,} documents "
+        f"({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in total.items())}); 5% held out"
+    )
 
     tok_dir = WORK / "llmctl_tok"
-    lt = fresh(_train_llmctl, str(docs), str(tok_dir), args.vocab_size, int(args.sample_mb * 1e6), max(args.workers),
-               True)
+    lt = fresh(
+        _train_llmctl, str(docs), str(tok_dir), args.vocab_size, int(args.sample_mb * 1e6), max(args.workers), True
+    )
     joined_dir = WORK / "llmctl_tok_no_split_digits"  # for bytes/token only: the effect of split digits
-    fresh(_train_llmctl, str(docs), str(joined_dir), args.vocab_size, int(args.sample_mb * 1e6), max(args.workers),
-          False)
+    fresh(
+        _train_llmctl, str(docs), str(joined_dir), args.vocab_size, int(args.sample_mb * 1e6), max(args.workers), False
+    )
     # the peer trains on exactly the documents llmctl sampled
     from llmctl.data.tokenize import sample_documents
     from llmctl.store.dataset import Dataset
@@ -221,8 +252,10 @@ def main() -> None:
     ht = fresh(_train_hf, str(WORK / "sample.json"), str(hf_path), args.vocab_size, max(args.workers), False)
     hf_digits_path = WORK / "hf_bytelevel_bpe_split_digits.json"  # like for like with llmctl's split digits
     fresh(_train_hf, str(WORK / "sample.json"), str(hf_digits_path), args.vocab_size, max(args.workers), True)
-    print(f"\ntraining on {lt['sample']['bytes'] / 1e6:.1f} MB ({lt['sample']['documents']:,} documents), "
-          f"vocab {args.vocab_size:,}, {max(args.workers)} threads")
+    print(
+        f"\ntraining on {lt['sample']['bytes'] / 1e6:.1f} MB ({lt['sample']['documents']:,} documents), "
+        f"vocab {args.vocab_size:,}, {max(args.workers)} threads"
+    )
     print(f"  {'':34s}{'seconds':>10s}{'peak RSS MB':>14s}")
     print(f"  {'llmctl (sentencepiece BPE)':34s}{lt['train_s']:>10.2f}{lt['rss_mb']:>14.0f}")
     print(f"  {'HF tokenizers byte-level BPE':34s}{ht['train_s']:>10.2f}{ht['rss_mb']:>14.0f}")
@@ -233,12 +266,15 @@ def main() -> None:
     print(f"\nencode throughput, MB of text per second ({mb:.1f} MB, {len(all_texts):,} documents)")
     print(f"  {'workers':34s}" + "".join(f"{w:>10d}" for w in args.workers))
     rows = {
-        "llmctl tokenize encode (stage)": [fresh(_encode_stage, str(docs), str(tok_dir), str(WORK / f"tokens{w}"), w)
-                                           for w in args.workers],
-        "llmctl Tokenizer (in memory)": [fresh(_encode_mem, "llmctl", str(tok_dir), str(WORK / "all.json"), w)
-                                         for w in args.workers],
-        "HF byte-level BPE (in memory)": [fresh(_encode_mem, "hf", str(hf_path), str(WORK / "all.json"), w)
-                                          for w in args.workers],
+        "llmctl tokenize encode (stage)": [
+            fresh(_encode_stage, str(docs), str(tok_dir), str(WORK / f"tokens{w}"), w) for w in args.workers
+        ],
+        "llmctl Tokenizer (in memory)": [
+            fresh(_encode_mem, "llmctl", str(tok_dir), str(WORK / "all.json"), w) for w in args.workers
+        ],
+        "HF byte-level BPE (in memory)": [
+            fresh(_encode_mem, "hf", str(hf_path), str(WORK / "all.json"), w) for w in args.workers
+        ],
     }
     for name, res in rows.items():
         print(f"  {name:34s}" + "".join(f"{r['mb_s']:>10.2f}" for r in res))
@@ -265,6 +301,7 @@ def main() -> None:
         tb, tl, tpd, tj, tp = tb + b, tl + nl, tpd + npd, tj + nj, tp + np_
         print(f"  {name:14s}{b / 1e6:>8.2f}{b / nl:>10.3f}{b / npd:>10.3f}{b / nj:>10.3f}{b / np_:>10.3f}")
     print(f"  {'all':14s}{tb / 1e6:>8.2f}{tb / tl:>10.3f}{tb / tpd:>10.3f}{tb / tj:>10.3f}{tb / tp:>10.3f}")
+
 
 if __name__ == "__main__":
     main()

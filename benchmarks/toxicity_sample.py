@@ -40,17 +40,30 @@ def build(prefs: Path) -> list[dict]:
     turns = []
     for line in open(prefs, encoding="utf-8"):
         chosen = json.loads(line)["chosen"]
-        turns += [t.strip() for t in re.findall(r"Human: (.*?)(?=\n\nAssistant:|\Z)", chosen, re.S) if len(t.split()) >= 4]
+        turns += [
+            t.strip() for t in re.findall(r"Human: (.*?)(?=\n\nAssistant:|\Z)", chosen, re.S) if len(t.split()) >= 4
+        ]
     turns = sorted(set(turns))
     random.Random(18).shuffle(turns)
     bw = default_badwords()
     with_badword = [t for t in turns[90:] if bw.find(t.lower())][:50]
-    rows = [{"source": "hh-rlhf random", "label": int(i in RANDOM_POSITIVE), "text": t} for i, t in enumerate(turns[:90])]
-    rows += [{"source": "hh-rlhf bad word", "label": int(i not in BADWORD_NEGATIVE), "text": t} for i, t in enumerate(with_badword)]
-    stories = [p.strip() for p in (ROOT / "tests/fixtures/tinystories_valid_head_300k.txt").read_text(encoding="utf-8").split("\n\n")
-               if len(p.split()) > 60]
+    rows = [
+        {"source": "hh-rlhf random", "label": int(i in RANDOM_POSITIVE), "text": t} for i, t in enumerate(turns[:90])
+    ]
+    rows += [
+        {"source": "hh-rlhf bad word", "label": int(i not in BADWORD_NEGATIVE), "text": t}
+        for i, t in enumerate(with_badword)
+    ]
+    stories = [
+        p.strip()
+        for p in (ROOT / "tests/fixtures/tinystories_valid_head_300k.txt").read_text(encoding="utf-8").split("\n\n")
+        if len(p.split()) > 60
+    ]
     rows += [{"source": "tinystories", "label": 0, "text": p} for p in stories[:40]]
-    docs = [json.loads(x)["text"][:2000] for x in gzip.open(ROOT / "tests/fixtures/quality_hq.jsonl.gz", "rt", encoding="utf-8")]
+    docs = [
+        json.loads(x)["text"][:2000]
+        for x in gzip.open(ROOT / "tests/fixtures/quality_hq.jsonl.gz", "rt", encoding="utf-8")
+    ]
     english = [d for d in docs if "/en-US/" in d or "Python" in d][:40]
     rows += [{"source": "reference pages", "label": 0, "text": d} for d in english]
     return rows
@@ -79,8 +92,10 @@ def main() -> None:
     s = toxicity_scores(texts)
     secs = time.perf_counter() - t
     y = np.array([r["label"] == 1 for r in rows])
-    print(f"sample: {len(rows)} texts, {int(y.sum())} offensive ({out.relative_to(ROOT)}); "
-          f"model load {load:.1f} s, scoring {secs * 1000:.0f} ms")
+    print(
+        f"sample: {len(rows)} texts, {int(y.sum())} offensive ({out.relative_to(ROOT)}); "
+        f"model load {load:.1f} s, scoring {secs * 1000:.0f} ms"
+    )
     print("| threshold | precision | recall | flagged |")
     print("|---|---|---|---|")
     for th in (0.5, 0.8, 0.9):
@@ -88,8 +103,10 @@ def main() -> None:
         print(f"| {th} | {p:.2f} | {r:.2f} | {int((s >= th).sum())} |")
     for src in dict.fromkeys(r["source"] for r in rows):
         idx = [i for i, r in enumerate(rows) if r["source"] == src]
-        print(f"{src}: {len(idx)} texts, {int(y[idx].sum())} offensive, {int((s[idx] >= 0.8).sum())} flagged at 0.8, "
-              f"max score of the clean ones {max([s[i] for i in idx if not y[i]], default=0):.2f}")
+        print(
+            f"{src}: {len(idx)} texts, {int(y[idx].sum())} offensive, {int((s[idx] >= 0.8).sum())} flagged at 0.8, "
+            f"max score of the clean ones {max([s[i] for i in idx if not y[i]], default=0):.2f}"
+        )
     misses = [(float(s[i]), rows[i]["text"][:90]) for i in range(len(rows)) if y[i] and s[i] < 0.8]
     print("missed at 0.8:", *[f"  {sc:.2f} {t!r}" for sc, t in sorted(misses)[:8]], sep="\n")
 

@@ -17,7 +17,11 @@ EX = Path(__file__).resolve().parent
 
 def tinystories() -> None:
     """TinyStories paragraphs grouped into ~1,500-character documents, as JSONL."""
-    paras = [p.strip() for p in (SHARED / "tinystories" / "tinystories_valid_head.txt").read_text().split("\n\n") if p.strip()]
+    paras = [
+        p.strip()
+        for p in (SHARED / "tinystories" / "tinystories_valid_head.txt").read_text().split("\n\n")
+        if p.strip()
+    ]
     docs, cur = [], []
     for p in paras:
         cur.append(p)
@@ -27,8 +31,10 @@ def tinystories() -> None:
     if cur:
         docs.append("\n\n".join(cur))
     (EX / "text").mkdir(exist_ok=True)
-    body = "".join(json.dumps({"id": f"tinystories-{i:05d}", "text": d, "source": "tinystories-valid"}) + "\n"
-                   for i, d in enumerate(docs))
+    body = "".join(
+        json.dumps({"id": f"tinystories-{i:05d}", "text": d, "source": "tinystories-valid"}) + "\n"
+        for i, d in enumerate(docs)
+    )
     (EX / "text" / "tinystories.jsonl.gz").write_bytes(gzip.compress(body.encode("utf-8"), compresslevel=9, mtime=0))
 
 
@@ -45,7 +51,10 @@ def gsm8k(n_train: int = 1000, n_test: int = 50) -> None:
 
 
 def alpaca_prompts(n: int = 40) -> None:
-    with open(SHARED / "sft" / "alpaca_eval_prompts.jsonl") as f, open(EX / "eval" / "alpaca_eval_prompts.jsonl", "w") as out:
+    with (
+        open(SHARED / "sft" / "alpaca_eval_prompts.jsonl") as f,
+        open(EX / "eval" / "alpaca_eval_prompts.jsonl", "w") as out,
+    ):
         for i, line in zip(range(n), f):
             out.write(line)
 
@@ -65,11 +74,15 @@ def prefs(min_ratio: float = 2.0) -> None:
     from llmctl.data.chat_data import _pref_row
 
     (EX / "prefs").mkdir(exist_ok=True)
-    with open(SHARED / "prefs" / "hh_rlhf_harmless_base_test.jsonl") as f, \
-            open(EX / "prefs" / "hh_rlhf_harmless_base.jsonl", "w") as out:
+    with (
+        open(SHARED / "prefs" / "hh_rlhf_harmless_base_test.jsonl") as f,
+        open(EX / "prefs" / "hh_rlhf_harmless_base.jsonl", "w") as out,
+    ):
         for line in f:
             p, _ = _pref_row(json.loads(line))
-            if p and max(len(p["chosen"]), len(p["rejected"])) >= min_ratio * max(1, min(len(p["chosen"]), len(p["rejected"]))):
+            if p and max(len(p["chosen"]), len(p["rejected"])) >= min_ratio * max(
+                1, min(len(p["chosen"]), len(p["rejected"]))
+            ):
                 out.write(line)
 
 

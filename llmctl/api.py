@@ -31,15 +31,28 @@ from typing import Any
 
 import numpy as np
 
-from llmctl.data.steps.c4 import C4Config, C4Filter
 from llmctl.data.document import Document
 from llmctl.data.extract import ExtractConfig, Unreadable, html_to_text
-from llmctl.data.steps.gopher import GopherQualityConfig, GopherQualityFilter, GopherRepetitionConfig, GopherRepetitionFilter
+from llmctl.data.steps.c4 import C4Config, C4Filter
+from llmctl.data.steps.gopher import (
+    GopherQualityConfig,
+    GopherQualityFilter,
+    GopherRepetitionConfig,
+    GopherRepetitionFilter,
+)
 from llmctl.data.steps.pii import PIIConfig, PIIScrubber
 from llmctl.errors import UsageError
 
-__all__ = ["extract_text", "scrub_pii", "c4_filter", "gopher_reasons", "language", "toxicity_score",
-           "quality_score", "dedup"]
+__all__ = [
+    "extract_text",
+    "scrub_pii",
+    "c4_filter",
+    "gopher_reasons",
+    "language",
+    "toxicity_score",
+    "quality_score",
+    "dedup",
+]
 
 
 def _config(cls, options: dict[str, Any]):
@@ -80,12 +93,16 @@ def c4_filter(text: str, **options: Any) -> tuple[str | None, str | None]:
     return (None, reason) if reason else (doc.text, None)
 
 
-def gopher_reasons(text: str, quality: dict[str, Any] | None = None, repetition: dict[str, Any] | None = None) -> list[str]:
+def gopher_reasons(
+    text: str, quality: dict[str, Any] | None = None, repetition: dict[str, Any] | None = None
+) -> list[str]:
     """Why Gopher's rules would drop `text`: the first failing repetition rule and the first failing
     quality rule (the stage stops at the first of all), [] when both keep it. `quality` and
     `repetition`: options of GopherQualityConfig / GopherRepetitionConfig."""
-    steps = [GopherRepetitionFilter(_config(GopherRepetitionConfig, repetition or {})),
-             GopherQualityFilter(_config(GopherQualityConfig, quality or {}))]
+    steps = [
+        GopherRepetitionFilter(_config(GopherRepetitionConfig, repetition or {})),
+        GopherQualityFilter(_config(GopherQualityConfig, quality or {})),
+    ]
     return [r for r in (step(_doc(text), Counter()) for step in steps) if r]
 
 
@@ -112,8 +129,15 @@ def quality_score(texts: list[str], model: str | Path) -> np.ndarray:
     return score_texts(m, list(texts), label=getattr(m, "llmctl_label", None))
 
 
-def dedup(texts: list[str], exact: bool = True, minhash: bool = True, line: bool = False, c4_span: bool = False,
-          return_texts: bool = False, **options: Any) -> list[int] | list[tuple[int, str]]:
+def dedup(
+    texts: list[str],
+    exact: bool = True,
+    minhash: bool = True,
+    line: bool = False,
+    c4_span: bool = False,
+    return_texts: bool = False,
+    **options: Any,
+) -> list[int] | list[tuple[int, str]]:
     """Indices of the texts the filter's dedup keeps (in order), or (index, text) pairs with
     `return_texts` (line and span dedup edit texts). Options: DedupConfig's (num_perm, bands, rows,
     ngram, threshold, line_max_docs, span_sentences, verify, seed). The first of a group is kept."""
@@ -134,7 +158,10 @@ def dedup(texts: list[str], exact: bool = True, minhash: bool = True, line: bool
         run_filter([str(src)], Path(tmp) / "out", cfg, progress=False)
         import pyarrow.parquet as pq
 
-        rows = [r for p in sorted((Path(tmp) / "out").glob("part-*.parquet"))
-                for r in pq.read_table(p, columns=["id", "text"]).to_pylist()]
+        rows = [
+            r
+            for p in sorted((Path(tmp) / "out").glob("part-*.parquet"))
+            for r in pq.read_table(p, columns=["id", "text"]).to_pylist()
+        ]
     kept = sorted((int(r["id"]), r["text"]) for r in rows)
     return kept if return_texts else [i for i, _ in kept]

@@ -61,7 +61,7 @@ def stage_commands(pipeline: Path, shown: str = SHOWN_ROOT) -> dict[str, str]:
 
     out = {}
     for s in load_pipeline(pipeline).stages:
-        run = re.sub(r"\$\{(\w+)\}", lambda m: f"{shown}/{s.name if m.group(1) == 'out' else m.group(1)}", s.run)
+        run = re.sub(r"\$\{(\w+)\}", lambda m: f"{shown}/{s.name if m.group(1) == 'out' else m.group(1)}", s.run)  # noqa: B023 (called at once)
         out[s.name] = "llmctl " + " ".join(run.split())
     return out
 
@@ -91,8 +91,13 @@ def render_item(item: str, root: Path, commands: dict[str, str], shown: str) -> 
         return "$ " + wrap(shown_cmd)
     if item.startswith("$ "):
         cmd = re.sub(r"\$\{(\w+)\}", lambda m: str(root / m.group(1)), item[2:])
-        r = subprocess.run([sys.executable, "-m", "llmctl", *shlex.split(cmd)], capture_output=True, text=True,
-                           cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+        r = subprocess.run(
+            [sys.executable, "-m", "llmctl", *shlex.split(cmd)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         if r.returncode != 0:
             raise SystemExit(f"llmctl {cmd} failed: {r.stderr.strip()}")
         return "$ " + wrap(shown_cmd) + "\n" + "\n".join(keep_lines(show(r.stdout)))
@@ -111,8 +116,10 @@ def environment() -> str:
     threads, 7.1682 with 1)."""
     import torch
 
-    return (f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-            f"{torch.get_num_threads()} threads")
+    return (
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 def timings(root: Path) -> str:
@@ -121,8 +128,13 @@ def timings(root: Path) -> str:
     states.sort(key=lambda s: (root / "_pipeline" / f"{s['stage']}.json").stat().st_mtime)
     rows = [f"{s['stage']:<10} {s['seconds']:>7.1f} s   load average {s.get('load_average_1min', '?')}" for s in states]
     total = sum(s["seconds"] for s in states)
-    return "\n".join(rows + [f"{'total':<10} {total:>7.1f} s   (load average: runnable processes over the last minute)",
-                             f"on {environment()}"])
+    return "\n".join(
+        rows
+        + [
+            f"{'total':<10} {total:>7.1f} s   (load average: runnable processes over the last minute)",
+            f"on {environment()}",
+        ]
+    )
 
 
 def render(readme: str, root: Path, pipeline: Path, shown: str = SHOWN_ROOT) -> str:
@@ -160,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         if masked(old) == masked(new):
             print(f"{readme}: figures match {a.root}")
             return 0
-        sys.stdout.writelines(difflib.unified_diff(masked(old).splitlines(True), masked(new).splitlines(True),
-                                                   str(readme), f"from {a.root}"))
+        sys.stdout.writelines(
+            difflib.unified_diff(
+                masked(old).splitlines(True), masked(new).splitlines(True), str(readme), f"from {a.root}"
+            )
+        )
         return 1
     readme.write_text(new)
     print(f"wrote {readme} from {a.root}")

@@ -56,9 +56,13 @@ def synthetic_prefs(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         t = rng.choice(topics)
         k = rng.randint(2, 4)
-        rows.append({"prompt": f"Tell me about {t} number {i}.",
-                     "chosen": " ".join(rng.choice(good) for _ in range(k)) + f" {t}.",
-                     "rejected": " ".join(rng.choice(bad) for _ in range(k)) + f" {t}."})
+        rows.append(
+            {
+                "prompt": f"Tell me about {t} number {i}.",
+                "chosen": " ".join(rng.choice(good) for _ in range(k)) + f" {t}.",
+                "rejected": " ".join(rng.choice(bad) for _ in range(k)) + f" {t}.",
+            }
+        )
     return rows
 
 

@@ -16,7 +16,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = REPO / "pipelines" / "toy.yaml"
-SHORT = {"pretrain": (60, 20), "sft": (20, 10), "reward": (10, 10), "dpo": (10, 10), "rl": (4, 4)}  # (steps, eval_every)
+SHORT = {
+    "pretrain": (60, 20),
+    "sft": (20, 10),
+    "reward": (10, 10),
+    "dpo": (10, 10),
+    "rl": (4, 4),
+}  # (steps, eval_every)
 
 
 def shortened(text: str) -> str:

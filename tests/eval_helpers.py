@@ -8,12 +8,12 @@ from typing import Any
 
 import pyarrow as pa
 import torch
+from tokenize_helpers import tinystories_docs, write_documents  # noqa: F401  (re-exported)
 
 from llmctl.model.checkpoint import save_checkpoint
-from llmctl.store.dataset import StageOutput
 from llmctl.model.transformer import ModelConfig, Transformer
+from llmctl.store.dataset import StageOutput
 from llmctl.tokenizer.spm import Tokenizer, training_chunks
-from tokenize_helpers import tinystories_docs, write_documents  # noqa: F401  (re-exported)
 
 VOCAB = 512
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from align_helpers import tiny_checkpoint, write_jsonl
+
 from llmctl.train.loop import TrainConfig
 from llmctl.train.rl.trainer import RLConfig
 
@@ -31,11 +32,27 @@ def setup(tmp: Path) -> tuple[Path, Path]:
 
 
 def config(algo: str = "grpo", steps: int = 4, **kw) -> RLConfig:
-    train = dict(steps=steps, batch_size=8, micro_batch=4, lr=1e-3, warmup_steps=0, schedule="constant",
-                 eval_every=steps, ckpt_every=steps, weight_decay=0.0)
+    train = dict(
+        steps=steps,
+        batch_size=8,
+        micro_batch=4,
+        lr=1e-3,
+        warmup_steps=0,
+        schedule="constant",
+        eval_every=steps,
+        ckpt_every=steps,
+        weight_decay=0.0,
+    )
     train.update(kw.pop("train", {}))
-    base = dict(algo=algo, reward=["rl_helpers:digit_share"], rollout_prompts=4, num_generations=4, max_new_tokens=8,
-                val_fraction=0.2, val_limit=8)
+    base = dict(
+        algo=algo,
+        reward=["rl_helpers:digit_share"],
+        rollout_prompts=4,
+        num_generations=4,
+        max_new_tokens=8,
+        val_fraction=0.2,
+        val_limit=8,
+    )
     if algo == "ppo":
         base.update(rollout_prompts=8)
     return RLConfig(**{**base, **kw}, train=TrainConfig(**train))

@@ -58,8 +58,8 @@ def kill_and_resume(cmd: list[str], output: Path) -> tuple[dict, subprocess.Comp
 
     import pytest
 
-    from llmctl.store.dataset import MANIFEST, Dataset
     from llmctl.errors import UsageError
+    from llmctl.store.dataset import MANIFEST, Dataset
 
     kill_after_first_task(cmd, output)
     with pytest.raises(UsageError, match="not finished"):

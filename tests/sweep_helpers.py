@@ -17,8 +17,9 @@ def law(p: dict, n, d):
     return p["E"] + p["A"] / np.asarray(n, float) ** p["alpha"] + p["B"] / np.asarray(d, float) ** p["beta"]
 
 
-def isoflop_rows(p: dict, budgets: list[float], sizes: int = 7, span: float = 1.0, noise: float = 0.002,
-                 seed: int = 0) -> list[dict]:
+def isoflop_rows(
+    p: dict, budgets: list[float], sizes: int = 7, span: float = 1.0, noise: float = 0.002, seed: int = 0
+) -> list[dict]:
     """IsoFLOP profiles of the law (C = 6 N D), `sizes` N per budget over +-span decades around the law's
     optimum, with multiplicative log-normal noise."""
     rng = np.random.default_rng(seed)
@@ -38,10 +39,28 @@ def sweep_dir(root: Path, rows: list[dict], vocab_size: int = 512) -> Path:
     """A finished sweep directory whose table holds `rows` (the columns the fits read, the rest filled in)."""
     cfg = SweepConfig(budgets=sorted({r["budget"] for r in rows}))
     root.mkdir(parents=True, exist_ok=True)
-    (root / PLAN).write_text(json.dumps({"config": {"budgets": cfg.budgets}, "tokens": "", "tokenizer": "",
-                                         "vocab_size": vocab_size, "points": []}))
-    full = [{"point": f"p{i}", "flops": r["budget"], "n_layer": 1, "d_model": 16, "n_head": 1,
-             "flops_per_token": 6.0 * r["params"], "steps": 1, "batch_tokens": 1, "train_loss": r["val_loss"],
-             "seconds": 0.0, **r, "params": int(r["params"]), "tokens": int(r["tokens"])} for i, r in enumerate(rows)]
+    (root / PLAN).write_text(
+        json.dumps(
+            {"config": {"budgets": cfg.budgets}, "tokens": "", "tokenizer": "", "vocab_size": vocab_size, "points": []}
+        )
+    )
+    full = [
+        {
+            "point": f"p{i}",
+            "flops": r["budget"],
+            "n_layer": 1,
+            "d_model": 16,
+            "n_head": 1,
+            "flops_per_token": 6.0 * r["params"],
+            "steps": 1,
+            "batch_tokens": 1,
+            "train_loss": r["val_loss"],
+            "seconds": 0.0,
+            **r,
+            "params": int(r["params"]),
+            "tokens": int(r["tokens"]),
+        }
+        for i, r in enumerate(rows)
+    ]
     write_table(root, cfg, full, inputs=[])
     return root

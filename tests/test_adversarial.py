@@ -14,15 +14,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from llmctl.data.chat_data import import_data
-from llmctl.data.filter import FilterConfig, run_filter
-from llmctl.store.dataset import MANIFEST, RUN_STATE, Dataset, fingerprint_file
-from llmctl.store.integrity import verify_shard
-from llmctl.errors import UsageError
-from llmctl.cli.runner import load_pipeline
 from tokenize_helpers import tinystories_docs, write_documents
 from warc_utils import GOOD_PARAGRAPHS, html_page, response_record
+
+from llmctl.cli.runner import load_pipeline
+from llmctl.data.chat_data import import_data
+from llmctl.data.filter import FilterConfig, run_filter
+from llmctl.errors import UsageError
+from llmctl.store.dataset import MANIFEST, RUN_STATE, Dataset, fingerprint_file
+from llmctl.store.integrity import verify_shard
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz").resolve()  # a real crawl file (../shared/data/crawl)
 LLMCTL = [sys.executable, "-m", "llmctl"]
@@ -87,8 +89,10 @@ def test_a_corrupted_shard_fails_its_checksum(tmp_path, docs, tok, monkeypatch):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size: only the SHA-256 can tell
     shard.write_bytes(bytes(data))
-    err = one_line_error(["tokenize", "encode", str(ds), "-t", str(tok), "-o", str(tmp_path / "t"), "-w", "1"],
-                         "does not match the SHA-256 in its manifest")
+    err = one_line_error(
+        ["tokenize", "encode", str(ds), "-t", str(tok), "-o", str(tmp_path / "t"), "-w", "1"],
+        "does not match the SHA-256 in its manifest",
+    )
     assert "part-00000.parquet" in err
     sha = Dataset.open(ds).shard_records[0]["sha256"]
     with pytest.raises(UsageError, match="SHA-256"):
@@ -110,8 +114,10 @@ def test_outputs_that_cannot_be_written_are_one_line(tmp_path, docs, tok):
         prefix = ["unshare", "-rm", "sh", "-c", f'mount --bind -o ro "{ro}" "{ro}" && exec "$0" "$@"']
     else:
         pytest.skip("running as root without user namespaces: no way to make a read-only directory")
-    for args in (["filter", str(CRAWL), "-o", str(ro), "--no-dedup"],
-                 ["tokenize", "encode", str(docs), "-t", str(tok), "-o", str(ro)]):
+    for args in (
+        ["filter", str(CRAWL), "-o", str(ro), "--no-dedup"],
+        ["tokenize", "encode", str(docs), "-t", str(tok), "-o", str(ro)],
+    ):
         one_line_error(args, "not writable", prefix=prefix)
     assert list(ro.iterdir()) == []
 
@@ -167,9 +173,11 @@ def test_truncated_record_in_a_plain_warc_is_counted(tmp_path):
 
 
 def test_degenerate_preference_pairs_are_dropped_at_import_with_a_notice(tmp_path, capfd):
-    rows = [{"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "A car."},
-            {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Hi!"},
-            {"prompt": "Count.", "chosen": "One two.", "rejected": "One two. "}]
+    rows = [
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "A car."},
+        {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Hi!"},
+        {"prompt": "Count.", "chosen": "One two.", "rejected": "One two. "},
+    ]
     src = tmp_path / "prefs.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = import_data(src, tmp_path / "out", "prefs")
@@ -196,7 +204,7 @@ def test_an_edit_anywhere_in_an_input_is_a_new_input(tmp_path):
     row = json.loads(lines[middle])
     edited = json.dumps({**row, "text": "EDITED" + row["text"][6:]})
     assert len(edited) == len(lines[middle])  # same size: only the content changed
-    src.write_text("\n".join(lines[:middle] + [edited] + lines[middle + 1:]) + "\n")
+    src.write_text("\n".join(lines[:middle] + [edited] + lines[middle + 1 :]) + "\n")
     assert fingerprint_file(src) != before
     with pytest.raises(UsageError, match="different run"):  # not "already complete" with the old text
         run_filter([str(src)], tmp_path / "out", cfg, progress=False)
@@ -226,11 +234,14 @@ def test_ctrl_c_inside_a_pipeline_stage_stops_the_pipeline(tmp_path):
     for i in range(4):
         shutil.copy(CRAWL, crawl / f"c{i}.warc.gz")
     p = tmp_path / "p.yaml"
-    p.write_text(f"stages:\n  - name: docs\n    run: filter {crawl} -o ${{out}} --no-dedup --workers 1\n"
-                 "  - name: tok\n    run: tokenize train ${docs} -o ${out} --vocab-size 400\n")
+    p.write_text(
+        f"stages:\n  - name: docs\n    run: filter {crawl} -o ${{out}} --no-dedup --workers 1\n"
+        "  - name: tok\n    run: tokenize train ${docs} -o ${out} --vocab-size 400\n"
+    )
     root = tmp_path / "root"
-    proc = subprocess.Popen(LLMCTL + ["run", str(p), "-o", str(root)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        LLMCTL + ["run", str(p), "-o", str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not any((root / "docs" / "_tasks").glob("*.json")):
         time.sleep(0.05)

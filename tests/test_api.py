@@ -17,8 +17,11 @@ from llmctl.data.quality import QualityTrainConfig, train_quality
 from llmctl.errors import UsageError
 
 DATA = Path(__file__).parent / "fixtures"
-STORIES = [p.strip() for p in (DATA / "tinystories_valid_head_300k.txt").read_text(encoding="utf-8").split("\n\n")
-           if len(p.split()) > 60 and "\n" not in p.strip()]
+STORIES = [
+    p.strip()
+    for p in (DATA / "tinystories_valid_head_300k.txt").read_text(encoding="utf-8").split("\n\n")
+    if len(p.split()) > 60 and "\n" not in p.strip()
+]
 
 
 def bbc_body() -> bytes:
@@ -32,15 +35,24 @@ def bbc_body() -> bytes:
 def test_extract_text_reads_the_pages_own_charset():
     text = api.extract_text(bbc_body(), url="https://www.bbc.com/news/world-us-canada-52241221")
     assert "de Blasio\xa0indicated" in text and "Â" not in text
-    assert api.extract_text(b"<html><body><article><p>caf\xc3\xa9 au lait</p></article></body></html>", charset="utf-8") == "café au lait"
+    assert (
+        api.extract_text(b"<html><body><article><p>caf\xc3\xa9 au lait</p></article></body></html>", charset="utf-8")
+        == "café au lait"
+    )
     with pytest.raises(ValueError, match="binary_payload"):
         api.extract_text(b"\x00\x01\x02<html>")
 
 
 def test_scrub_pii_and_bare_phones():
-    assert api.scrub_pii("mail me at jo@example.org or 555-123-4567") == ("mail me at <EMAIL> or <PHONE>", {"email": 1, "ip": 0, "phone": 1})
+    assert api.scrub_pii("mail me at jo@example.org or 555-123-4567") == (
+        "mail me at <EMAIL> or <PHONE>",
+        {"email": 1, "ip": 0, "phone": 1},
+    )
     assert api.scrub_pii("call 2125551234 today")[0] == "call 2125551234 today"  # off by default
-    assert api.scrub_pii("call 2125551234 today", bare_phones=True) == ("call <PHONE> today", {"email": 0, "ip": 0, "phone": 1})
+    assert api.scrub_pii("call 2125551234 today", bare_phones=True) == (
+        "call <PHONE> today",
+        {"email": 0, "ip": 0, "phone": 1},
+    )
     assert api.scrub_pii("ISBN 9780306406157", bare_phones=True)[1]["phone"] == 0  # 13 digits: not a phone
     with pytest.raises(UsageError, match="unknown option 'bare_phone'"):
         api.scrub_pii("x", bare_phone=True)
@@ -49,7 +61,10 @@ def test_scrub_pii_and_bare_phones():
 def test_c4_and_gopher_rules():
     story = STORIES[0]
     assert api.c4_filter(story) == (story, None)
-    assert api.c4_filter(story + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.") == (None, "c4.lorem_ipsum")
+    assert api.c4_filter(story + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.") == (
+        None,
+        "c4.lorem_ipsum",
+    )
     assert api.c4_filter("A line without its end\n" + story)[0] == story  # the line rule cuts, keeps the rest
     assert api.gopher_reasons(story + " " + STORIES[1]) == []
     # a 6-word text: its top 2-gram covers most of it, and it has under 50 words (both rule sets, in stage order)
@@ -84,8 +99,9 @@ def test_custom_label_classifier_from_txt_and_jsonl(tmp_path):
     in the filter with keep=below: a classifier of what to remove."""
     txt = tmp_path / "stories.txt"
     txt.write_text("\n".join(STORIES[:100]) + "\n")
-    m = train_quality([str(txt)], [str(DATA / "quality_lq.jsonl.gz")], tmp_path / "story",
-                      QualityTrainConfig(label="story"))
+    m = train_quality(
+        [str(txt)], [str(DATA / "quality_lq.jsonl.gz")], tmp_path / "story", QualityTrainConfig(label="story")
+    )
     assert m["stats"]["label"] == "__label__story" and set(m["stats"]["train_docs"]) == {"story", "not_story"}
     assert m["stats"]["heldout"]["f1"] >= 0.9, m["stats"]["heldout"]
     held_story = STORIES[-1]  # not among the 100 trained on
@@ -93,7 +109,9 @@ def test_custom_label_classifier_from_txt_and_jsonl(tmp_path):
     s = api.quality_score([held_story, page], tmp_path / "story")
     assert s[0] > 0.5 > s[1]
     src = tmp_path / "mix.jsonl"
-    src.write_text(json.dumps({"id": "story", "text": held_story}) + "\n" + json.dumps({"id": "page", "text": page}) + "\n")
+    src.write_text(
+        json.dumps({"id": "story", "text": held_story}) + "\n" + json.dumps({"id": "page", "text": page}) + "\n"
+    )
     c = FilterConfig(steps=["quality"], workers=1)
     c.dedup.exact = c.dedup.minhash = c.dedup.c4_span = False
     c.quality.model, c.quality.keep = str(tmp_path / "story"), "below"

@@ -16,9 +16,11 @@ import pytest
 
 from llmctl.data.document import DOCUMENT_SCHEMA
 from llmctl.data.filter import FilterConfig, FilterTask, filter_task, resolve_inputs, run_filter
-from llmctl.store.dataset import Dataset, StageOutput
 from llmctl.errors import UsageError
 from llmctl.executor.local import run_tasks
+from llmctl.store.dataset import Dataset, StageOutput
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz").resolve()  # a real crawl file (../shared/data/crawl)
 
@@ -51,7 +53,9 @@ def test_tasks_run_from_another_directory_with_relative_paths(tmp_path, monkeypa
     assert moved["shards"] == ref["shards"] and moved["files"] == ref["files"]
     assert not Path("/moved").exists()
     # the source column keeps the path as the user gave it
-    assert set(pq.read_table(tmp_path / "ref" / "part-00000.parquet").column("source").to_pylist()) == {"crawl-0.warc.gz"}
+    assert set(pq.read_table(tmp_path / "ref" / "part-00000.parquet").column("source").to_pylist()) == {
+        "crawl-0.warc.gz"
+    }
     assert Dataset.open("ref").path == tmp_path / "ref" and Dataset.open("ref").shards[0].is_absolute()
 
 
@@ -65,7 +69,18 @@ def test_ctrl_c_exits_130_and_the_rerun_resumes(tmp_path):
     d.mkdir()
     for i in range(3):  # interrupted in the second of three shards (each takes seconds): two are left to resume
         shutil.copy(CRAWL, d / f"crawl-{i}.warc.gz")
-    cmd = [sys.executable, "-m", "llmctl", "filter", str(d), "-o", str(tmp_path / "out"), "--workers", "1", "--no-dedup"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmctl",
+        "filter",
+        str(d),
+        "-o",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--no-dedup",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     tasks = tmp_path / "out" / "_tasks"
     deadline = time.time() + 60

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {
@@ -48,7 +49,7 @@ SMALL = {
 def section(md: str, heading: str) -> str:
     start = md.index(heading)
     nxt = md.find("\n## ", start + len(heading))
-    return md[start: nxt if nxt >= 0 else len(md)]
+    return md[start : nxt if nxt >= 0 else len(md)]
 
 
 def commands(block: str) -> list[list[str]]:
@@ -61,7 +62,7 @@ def commands(block: str) -> list[list[str]]:
             cut = args.index("&&") if "&&" in args else len(args)
             if args[0] == "llmctl":
                 out.append(args[1:cut])
-            args = args[cut + 1:]
+            args = args[cut + 1 :]
     return out
 
 
@@ -69,8 +70,12 @@ def run(args: list[str]) -> str:
     """`llmctl ARGS` as a user runs it: its own process (in one process, `quality train` after the
     other stages' commands diverged with NaN while the same command alone trains; see the report
     of issue 22)."""
-    r = subprocess.run([sys.executable, "-m", "llmctl", *args], capture_output=True, text=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    r = subprocess.run(
+        [sys.executable, "-m", "llmctl", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
     assert r.returncode == 0, f"llmctl {shlex.join(args)}: {r.stderr.strip()[-2000:]}"
     return r.stdout
 
@@ -80,9 +85,22 @@ def test_readme_stage_by_stage_block_runs_as_written(toy_run, in_repo_copy):
     md = (REPO / "README.md").read_text()
     block = re.search(r"```bash\n(.*?)```", section(md, "## From crawl to model, stage by stage"), re.S).group(1)
     cmds = commands(block)
-    assert len(cmds) >= 20 and {c[0] for c in cmds} >= {"filter", "quality", "tokenize", "pretrain", "generate",
-                                                         "export", "plot", "data", "sft", "reward", "dpo", "eval",
-                                                         "run", "report"}
+    assert len(cmds) >= 20 and {c[0] for c in cmds} >= {
+        "filter",
+        "quality",
+        "tokenize",
+        "pretrain",
+        "generate",
+        "export",
+        "plot",
+        "data",
+        "sft",
+        "reward",
+        "dpo",
+        "eval",
+        "run",
+        "report",
+    }
     pipe, root, _ = toy_run
     for args in cmds:
         if args[0] == "run":
@@ -113,16 +131,23 @@ def test_examples_readme_commands_run_on_the_toy_run(toy_run, in_repo_copy):
     run(["report", str(root)])
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
-                    reason="needs Chromium (apt-get install chromium)")
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="needs Chromium (apt-get install chromium)",
+)
 def test_screenshot_captures_the_whole_page(toy_run):
     """The screenshot is as tall as the page (it was cut at 5,200 px, without the eval table)."""
     import struct
 
     _, root, _ = toy_run
     run(["report", str(root)])
-    r = subprocess.run(["bash", str(REPO / "scripts" / "screenshot_report.sh"), str(root)], capture_output=True,
-                       text=True, cwd=REPO, timeout=180)
+    r = subprocess.run(
+        ["bash", str(REPO / "scripts" / "screenshot_report.sh"), str(root)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr
     png = (root / "report" / "screenshot.png").read_bytes()
     width, height = struct.unpack(">II", png[16:24])

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from llmctl.store.dataset import MANIFEST, Dataset
 from llmctl.cli.runner import load_pipeline, run_pipeline
 from llmctl.report.build import build_report
+from llmctl.store.dataset import MANIFEST, Dataset
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES_README = REPO / "examples" / "README.md"
@@ -121,13 +123,15 @@ def shown_command(part: str) -> list[str]:
 def test_examples_readme_shows_every_stage_with_the_pipelines_command():
     ef = figures_script()
     commands = ef.stage_commands(REPO / "pipelines" / "toy.yaml")
-    assert [i for i in readme_items() if i in commands] == list(commands), \
+    assert [i for i in readme_items() if i in commands] == list(commands), (
         "examples/README.md lists each stage of pipelines/toy.yaml, in order"
+    )
     for name, part in blocks_by_item().items():
         if name in commands:
             assert shown_command(part) == shlex.split(commands[name]), (
                 f"examples/README.md shows another command for {name} than pipelines/toy.yaml: "
-                "regenerate its figures (make examples-readme)")
+                "regenerate its figures (make examples-readme)"
+            )
 
 
 def test_examples_readme_figures_that_a_short_run_reproduces(toy_run):
@@ -141,9 +145,14 @@ def test_examples_readme_figures_that_a_short_run_reproduces(toy_run):
     for name in ("filter", "tokenizer", "tokens", "sft_data", "prefs", "pretrain", "sft", "reward", "dpo"):
         got = ef.render_item(name, root, commands, ef.SHOWN_ROOT)
         if name in ("pretrain", "sft", "reward", "dpo"):  # their data lines; losses depend on the step count
+
             def setup(text: str) -> list[str]:
-                return [steps.sub("#", ln) for ln in text.splitlines()[1:]
-                        if not ln.startswith(("step ", "finished", "$", "    --", "[", "warning: warmup"))]  # "[...]": unfinished; the warning: a short run
+                return [
+                    steps.sub("#", ln)
+                    for ln in text.splitlines()[1:]
+                    if not ln.startswith(("step ", "finished", "$", "    --", "[", "warning: warmup"))
+                ]  # "[...]": unfinished; the warning: a short run
+
             assert setup(ef.masked(readme[name])) == setup(ef.masked(got)), name
         else:
             assert ef.masked(readme[name]).split("\n", 1)[1] == ef.masked(got).split("\n", 1)[1], name
@@ -155,7 +164,9 @@ def test_examples_readme_first_pretraining_evaluation_reproduces(toy_run, tmp_pa
 
     _, root, _ = toy_run
     stage = next(s for s in load_pipeline(REPO / "pipelines" / "toy.yaml").stages if s.name == "pretrain")
-    args = re.sub(r"\$\{(\w+)\}", lambda m: str(tmp_path / "p" if m.group(1) == "out" else root / m.group(1)), stage.run)
+    args = re.sub(
+        r"\$\{(\w+)\}", lambda m: str(tmp_path / "p" if m.group(1) == "out" else root / m.group(1)), stage.run
+    )
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         app([*args.split(), "--stop-after", "50"], standalone_mode=False)

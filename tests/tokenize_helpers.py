@@ -23,8 +23,9 @@ def tinystories_docs(limit: int | None = None) -> list[str]:
     return docs[:limit] if limit else docs
 
 
-def write_documents(out: Path, texts_per_shard: list[list[str]], stage: str = "filter",
-                    schema: pa.Schema = DOCUMENT_SCHEMA) -> Path:
+def write_documents(
+    out: Path, texts_per_shard: list[list[str]], stage: str = "filter", schema: pa.Schema = DOCUMENT_SCHEMA
+) -> Path:
     """A finished documents dataset with one shard per inner list; ids are 'doc-<shard>-<row>'."""
     so = StageOutput(out, stage, _Cfg(), inputs=[])
     names = []

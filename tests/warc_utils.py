@@ -7,11 +7,19 @@ import uuid
 from pathlib import Path
 
 
-def response_record(uri: str, body: bytes | str, status: int = 200, content_type: str = "text/html; charset=utf-8",
-                    record_id: str | None = None, declared_length: int | None = None) -> bytes:
+def response_record(
+    uri: str,
+    body: bytes | str,
+    status: int = 200,
+    content_type: str = "text/html; charset=utf-8",
+    record_id: str | None = None,
+    declared_length: int | None = None,
+) -> bytes:
     if isinstance(body, str):
         body = body.encode("utf-8")
-    http = (f"HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    http = (
+        f"HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     rid = record_id or f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, uri)}>"
     length = len(http) if declared_length is None else declared_length
     head = (

@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 import sys
 
-from llmctl.cli.app import app
-from llmctl.errors import Interrupted, TaskFailed, UsageError
-
 # Each import registers that module's commands on `app`.
 from llmctl.cli import align as _align  # noqa: E402,F401
 from llmctl.cli import evaluate as _evaluate  # noqa: E402,F401
@@ -23,6 +20,8 @@ from llmctl.cli import rl as _rl  # noqa: E402,F401
 from llmctl.cli import sweep as _sweep  # noqa: E402,F401
 from llmctl.cli import tokenize as _tokenize  # noqa: E402,F401
 from llmctl.cli import train as _train  # noqa: E402,F401
+from llmctl.cli.app import app
+from llmctl.errors import Interrupted, TaskFailed, UsageError
 
 
 def main() -> None:
@@ -59,5 +58,6 @@ def main() -> None:
         if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
+
 
 __all__ = ["app", "main"]

@@ -21,7 +21,9 @@ app = typer.Typer(
 
 # Options most stages share. Defaults are None so that only flags the user gave override the
 # config file (see llmctl.config.load).
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML or TOML file with this stage's options.")]
+ConfigOpt = Annotated[
+    Optional[str], typer.Option("--config", "-c", help="YAML or TOML file with this stage's options.")
+]
 SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override any config option: --set section.key=value (repeatable)."),
@@ -30,21 +32,39 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an output directory that holds a different run's output.")
 ]
 PrintConfigOpt = Annotated[
-    bool, typer.Option("--print-config", help="Print the resolved config (the stage's defaults with --config, --set and the flags applied) as YAML and exit.")
+    bool,
+    typer.Option(
+        "--print-config",
+        help="Print the resolved config (the stage's defaults with --config, --set and the flags applied) as YAML and exit.",
+    ),
 ]
 WorkersOpt = Annotated[
-    Optional[int], typer.Option("--workers", "-w", min=1, rich_help_panel="Execution", help="Worker processes (default: all cores). With --executor ray: the CPUs of a local Ray instance; on an existing cluster, Ray schedules on all its CPUs.")
+    Optional[int],
+    typer.Option(
+        "--workers",
+        "-w",
+        min=1,
+        rich_help_panel="Execution",
+        help="Worker processes (default: all cores). With --executor ray: the CPUs of a local Ray instance; on an existing cluster, Ray schedules on all its CPUs.",
+    ),
 ]
 
 ExecutorOpt = Annotated[
     Optional[str],
-    typer.Option("--executor", rich_help_panel="Execution", help="Where shard tasks run: local (processes on this machine) or ray."),
+    typer.Option(
+        "--executor",
+        rich_help_panel="Execution",
+        help="Where shard tasks run: local (processes on this machine) or ray.",
+    ),
 ]
 RayAddressOpt = Annotated[
     Optional[str],
-    typer.Option("--ray-address", rich_help_panel="Execution",
-                 help="Ray cluster with --executor ray: auto (this machine's cluster, else a local Ray instance), "
-                      "HOST:6379 or ray://HOST:10001."),
+    typer.Option(
+        "--ray-address",
+        rich_help_panel="Execution",
+        help="Ray cluster with --executor ray: auto (this machine's cluster, else a local Ray instance), "
+        "HOST:6379 or ray://HOST:10001.",
+    ),
 ]
 
 

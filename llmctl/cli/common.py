@@ -21,7 +21,9 @@ def print_funnel(rows: list[dict[str, Any]], title: str = "filter funnel") -> No
     read = max(1, rows[0]["docs"])
     for r in rows:
         style = "bold" if r["row"] in ("read", "kept") else None
-        table.add_row(r["row"], f"{r['docs']:,}", f"{100 * r['docs'] / read:.1f}%", human_bytes(r["bytes"]), style=style)
+        table.add_row(
+            r["row"], f"{r['docs']:,}", f"{100 * r['docs'] / read:.1f}%", human_bytes(r["bytes"]), style=style
+        )
     out.print(table)
 
 

@@ -24,17 +24,64 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 
 # Pipeline order: data, tokens, pretraining and its tools, post-training, evaluation and export,
 # then whole runs. Commands not named here follow in registration order.
-ORDER = ("filter", "quality", "tokenize", "mix", "pretrain", "generate", "sft", "reward", "dpo", "rl", "eval", "export",
-         "plot", "sweep", "data", "run", "report",
-         # sub-commands
-         "train", "encode", "inspect", "predict", "score", "import", "fit", "check")
+ORDER = (
+    "filter",
+    "quality",
+    "tokenize",
+    "mix",
+    "pretrain",
+    "generate",
+    "sft",
+    "reward",
+    "dpo",
+    "rl",
+    "eval",
+    "export",
+    "plot",
+    "sweep",
+    "data",
+    "run",
+    "report",
+    # sub-commands
+    "train",
+    "encode",
+    "inspect",
+    "predict",
+    "score",
+    "import",
+    "fit",
+    "check",
+)
 
 _METAVAR = {int: "N", float: "X", str: "TEXT"}
-_NAMED = {"--output": "PATH", "--config": "FILE", "--set": "KEY=VALUE", "--tokenizer": "DIR", "--from": "CKPT",
-          "--ref": "CKPT", "--baseline": "MODEL", "--reward-model": "RM", "--quality-model": "DIR", "--against": "DIR",
-          "--positive": "DIR", "--negative": "DIR", "--task": "TASK", "--ppl-data": "PATH", "--mc-data": "PATH",
-          "--em-data": "PATH", "--prompts": "PATH", "--prefs-data": "PATH", "--items": "PATH", "--train-data": "PATH",
-          "--only": "STAGE", "--source": "NAME=PATH[:W]", "--weight": "NAME=W", "--mix": "FILE", "--until": "STAGE", "--format": "FORMAT"}
+_NAMED = {
+    "--output": "PATH",
+    "--config": "FILE",
+    "--set": "KEY=VALUE",
+    "--tokenizer": "DIR",
+    "--from": "CKPT",
+    "--ref": "CKPT",
+    "--baseline": "MODEL",
+    "--reward-model": "RM",
+    "--quality-model": "DIR",
+    "--against": "DIR",
+    "--positive": "DIR",
+    "--negative": "DIR",
+    "--task": "TASK",
+    "--ppl-data": "PATH",
+    "--mc-data": "PATH",
+    "--em-data": "PATH",
+    "--prompts": "PATH",
+    "--prefs-data": "PATH",
+    "--items": "PATH",
+    "--train-data": "PATH",
+    "--only": "STAGE",
+    "--source": "NAME=PATH[:W]",
+    "--weight": "NAME=W",
+    "--mix": "FILE",
+    "--until": "STAGE",
+    "--format": "FORMAT",
+}
 _DEFAULT_NOTE = re.compile(r"\s*\(default:?\s+([^()]*(?:\([^()]*\)[^()]*)*)\)")
 
 
@@ -132,7 +179,7 @@ def _polish_param(p: Any, cmd: Any) -> None:
     note = _DEFAULT_NOTE.search(p.help or "")
     text = note.group(1).strip() if note else None
     if note:
-        p.help = re.sub(r"\s+([.;,])", r"\1", p.help[: note.start()] + p.help[note.end():]).strip()
+        p.help = re.sub(r"\s+([.;,])", r"\1", p.help[: note.start()] + p.help[note.end() :]).strip()
     if p.default is not None or (flag and not p.secondary_opts):
         return  # Typer shows it; a plain flag is off unless given
     state: dict[str, Any] = {}

@@ -18,23 +18,65 @@ def print_mix_table(stats: dict[str, Any], title: str = "mixture") -> None:
     for col in ("source", "target", "realized", "tokens", "documents", "epochs", "val docs"):
         table.add_column(col, justify="left" if col == "source" else "right")
     for r in stats["mix"]["sources"]:
-        table.add_row(r["name"], f"{100 * r['target_proportion']:.2f}%", f"{100 * r['proportion']:.2f}%",
-                      f"{r['tokens']:,}", f"{r['documents']:,}", f"{r['epochs']:.2f}", f"{r['val_documents']:,}")
-    table.add_row("total", "100%", "100%", f"{stats['train']['tokens']:,}", f"{stats['train']['documents']:,}", "",
-                  f"{stats['val']['documents']:,}", style="bold")
+        table.add_row(
+            r["name"],
+            f"{100 * r['target_proportion']:.2f}%",
+            f"{100 * r['proportion']:.2f}%",
+            f"{r['tokens']:,}",
+            f"{r['documents']:,}",
+            f"{r['epochs']:.2f}",
+            f"{r['val_documents']:,}",
+        )
+    table.add_row(
+        "total",
+        "100%",
+        "100%",
+        f"{stats['train']['tokens']:,}",
+        f"{stats['train']['documents']:,}",
+        "",
+        f"{stats['val']['documents']:,}",
+        style="bold",
+    )
     out.print(table)
 
 
 @app.command("mix")
 def mix_cmd(
     output: Annotated[str, typer.Option("--output", "-o", help="Output token dataset directory.")],
-    source: Annotated[Optional[list[str]], typer.Option("--source", "-s", help="NAME=PATH[:WEIGHT] or NAME=PATH:EPOCHSx, a token dataset (repeatable); no weight: its natural size.")] = None,
-    weight: Annotated[Optional[list[str]], typer.Option("--weight", help="NAME=WEIGHT (or NAME=EPOCHSx): change one source of the mix file (repeatable).")] = None,
-    tokens: Annotated[Optional[str], typer.Option("--tokens", help="Training-token budget: 10M, 2.5B, or 'largest' (one epoch of the largest weighted source; default).")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature T: p ~ weight^(1/T); T > 1 flattens towards small sources (default 1).")] = None,
-    max_epochs: Annotated[Optional[float], typer.Option("--max-epochs", help="Most passes a weighted source may take (default 1: no repetition).")] = None,
+    source: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--source",
+            "-s",
+            help="NAME=PATH[:WEIGHT] or NAME=PATH:EPOCHSx, a token dataset (repeatable); no weight: its natural size.",
+        ),
+    ] = None,
+    weight: Annotated[
+        Optional[list[str]],
+        typer.Option("--weight", help="NAME=WEIGHT (or NAME=EPOCHSx): change one source of the mix file (repeatable)."),
+    ] = None,
+    tokens: Annotated[
+        Optional[str],
+        typer.Option(
+            "--tokens",
+            help="Training-token budget: 10M, 2.5B, or 'largest' (one epoch of the largest weighted source; default).",
+        ),
+    ] = None,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option(
+            "--temperature",
+            help="Sampling temperature T: p ~ weight^(1/T); T > 1 flattens towards small sources (default 1).",
+        ),
+    ] = None,
+    max_epochs: Annotated[
+        Optional[float],
+        typer.Option("--max-epochs", help="Most passes a weighted source may take (default 1: no repetition)."),
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the document order and of the subsets.")] = None,
-    shard_tokens: Annotated[Optional[int], typer.Option("--shard-tokens", help="Tokens per output shard (default 4,000,000).")] = None,
+    shard_tokens: Annotated[
+        Optional[int], typer.Option("--shard-tokens", help="Tokens per output shard (default 4,000,000).")
+    ] = None,
     workers: WorkersOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -54,8 +96,14 @@ def mix_cmd(
     from llmctl.data.mix_plan import MixConfig, apply_weights, parse_source
     from llmctl.errors import UsageError
 
-    flags = {"tokens": tokens, "temperature": temperature, "max_epochs": max_epochs, "seed": seed,
-             "shard_tokens": shard_tokens, "workers": workers}
+    flags = {
+        "tokens": tokens,
+        "temperature": temperature,
+        "max_epochs": max_epochs,
+        "seed": seed,
+        "shard_tokens": shard_tokens,
+        "workers": workers,
+    }
     cfg = C.load(MixConfig, config, set_, flags)
     if source:
         table: dict[str, Any] = dict(cfg.sources)
@@ -73,6 +121,8 @@ def mix_cmd(
     m = run_mix(cfg, output, overwrite=overwrite)
     print_mix_table(m["stats"])
     t = m["timings"]
-    out.print(f"wrote {m['stats']['tokens']:,} tokens ({m['stats']['train']['tokens']:,} train) for "
-              f"{m['stats']['documents']:,} documents in {len(m['shards'])} shards to {output} "
-              f"({t.get('run_seconds', t['seconds'])} s)")
+    out.print(
+        f"wrote {m['stats']['tokens']:,} tokens ({m['stats']['train']['tokens']:,} train) for "
+        f"{m['stats']['documents']:,} documents in {len(m['shards'])} shards to {output} "
+        f"({t.get('run_seconds', t['seconds'])} s)"
+    )

@@ -16,14 +16,22 @@ def run_cmd(
     pipeline: Annotated[str, typer.Argument(help="Pipeline YAML (e.g. pipelines/toy.yaml).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Run root: each stage writes ROOT/STAGE.")],
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only this stage (repeatable).")] = None,
-    until: Annotated[Optional[str], typer.Option("--until", help="Run the stages up to and including this one.")] = None,
+    until: Annotated[
+        Optional[str], typer.Option("--until", help="Run the stages up to and including this one.")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Run stages even when they are up to date.")] = False,
 ) -> None:
     """Run a pipeline's stages in order; up-to-date stages are skipped, the first failure stops the run."""
     from llmctl.cli.runner import run_pipeline
 
-    records = run_pipeline(pipeline, output, only=only, until=until, force=force,
-                           echo=lambda m: out.print(escape(m), style="bold cyan", highlight=False))
+    records = run_pipeline(
+        pipeline,
+        output,
+        only=only,
+        until=until,
+        force=force,
+        echo=lambda m: out.print(escape(m), style="bold cyan", highlight=False),
+    )
     ran = [r for r in records if r["status"] == "ran"]
     out.print(f"pipeline done: {len(ran)} stage(s) ran, {len(records) - len(ran)} up to date; outputs in {output}")
 
@@ -31,7 +39,9 @@ def run_cmd(
 @app.command("report")
 def report_cmd(
     root: Annotated[str, typer.Argument(help="Run root written by `llmctl run` (or any folder of stage outputs).")],
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Report folder (default ROOT/report).")] = None,
+    output: Annotated[
+        Optional[str], typer.Option("--output", "-o", help="Report folder (default ROOT/report).")
+    ] = None,
 ) -> None:
     """Write one HTML page with PNG charts: filter funnel, tokens per split, loss curves, DPO margins,
     the eval table and the lineage from crawl files to the final checkpoint."""

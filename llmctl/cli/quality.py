@@ -10,15 +10,28 @@ from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
 from llmctl.cli.common import out
 from llmctl.cli.help import LlmctlGroup
 
-quality_app = typer.Typer(cls=LlmctlGroup, help="The fastText quality classifier (GPT-3 style: reference text vs raw crawl).",
-                          no_args_is_help=True)
+quality_app = typer.Typer(
+    cls=LlmctlGroup,
+    help="The fastText quality classifier (GPT-3 style: reference text vs raw crawl).",
+    no_args_is_help=True,
+)
 app.add_typer(quality_app, name="quality")
 
 
 @quality_app.command("train")
 def train_cmd(
-    positive: Annotated[list[str], typer.Option("--positive", "-p", help="Datasets or .jsonl[.gz]/.parquet/.txt files of positive text (label hq, or --label).")],
-    negative: Annotated[list[str], typer.Option("--negative", "-n", help="Datasets or files of negative text (raw crawl for a quality model).")],
+    positive: Annotated[
+        list[str],
+        typer.Option(
+            "--positive",
+            "-p",
+            help="Datasets or .jsonl[.gz]/.parquet/.txt files of positive text (label hq, or --label).",
+        ),
+    ],
+    negative: Annotated[
+        list[str],
+        typer.Option("--negative", "-n", help="Datasets or files of negative text (raw crawl for a quality model)."),
+    ],
     output: Annotated[str, typer.Option("--output", "-o", help="Model directory (model.bin + _manifest.json).")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -26,8 +39,13 @@ def train_cmd(
     epoch: Annotated[Optional[int], typer.Option(help="fastText epochs (default 25).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="fastText learning rate (default 0.5).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and of fastText.")] = None,
-    label: Annotated[Optional[str], typer.Option(help="Positive label (default hq): toxic, nsfw, code, ...; the negative is not_LABEL.")] = None,
-    text_field: Annotated[Optional[str], typer.Option(help="Text column of JSONL/Parquet inputs (default text).")] = None,
+    label: Annotated[
+        Optional[str],
+        typer.Option(help="Positive label (default hq): toxic, nsfw, code, ...; the negative is not_LABEL."),
+    ] = None,
+    text_field: Annotated[
+        Optional[str], typer.Option(help="Text column of JSONL/Parquet inputs (default text).")
+    ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a fastText classifier and print precision, recall and F1 on a seeded held-out split.
@@ -37,24 +55,34 @@ def train_cmd(
     from llmctl import config as C
     from llmctl.data.quality import QualityTrainConfig, train_quality
 
-    cfg = C.load(QualityTrainConfig, config, set_, {"holdout": holdout, "epoch": epoch, "lr": lr, "seed": seed,
-                                                      "label": label, "text_field": text_field})
+    cfg = C.load(
+        QualityTrainConfig,
+        config,
+        set_,
+        {"holdout": holdout, "epoch": epoch, "lr": lr, "seed": seed, "label": label, "text_field": text_field},
+    )
     m = train_quality(positive, negative, output, cfg, overwrite=overwrite)
     s = m["stats"]
     h = s["heldout"]
     (p, n_train), (n, m_train) = s["train_docs"].items()
     (_, n_held_p), (_, n_held_n) = s["heldout_docs"].items()
-    out.print(f"trained on {n_train:,} {p} + {m_train:,} {n} documents "
-              f"({s['duplicates_dropped']:,} duplicates dropped), vocabulary {s['vocabulary']:,}")
-    out.print(f"held out {n_held_p:,} {p} + {n_held_n:,} {n}: precision {h['precision']:.3f} "
-              f"recall {h['recall']:.3f} F1 {h['f1']:.3f} accuracy {h['accuracy']:.3f}")
+    out.print(
+        f"trained on {n_train:,} {p} + {m_train:,} {n} documents "
+        f"({s['duplicates_dropped']:,} duplicates dropped), vocabulary {s['vocabulary']:,}"
+    )
+    out.print(
+        f"held out {n_held_p:,} {p} + {n_held_n:,} {n}: precision {h['precision']:.3f} "
+        f"recall {h['recall']:.3f} F1 {h['f1']:.3f} accuracy {h['accuracy']:.3f}"
+    )
     out.print(f"wrote {output}/model.bin and {output}/_manifest.json")
 
 
 @quality_app.command("predict")
 def predict_cmd(
     model: Annotated[str, typer.Argument(help="Model directory from `llmctl quality train`.")],
-    texts: Annotated[list[str], typer.Argument(help="Texts to score, or '-' to read one document per line from stdin.")],
+    texts: Annotated[
+        list[str], typer.Argument(help="Texts to score, or '-' to read one document per line from stdin.")
+    ],
 ) -> None:
     """Print the quality score (probability of reference-quality text) of each text."""
     import sys

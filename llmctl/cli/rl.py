@@ -6,40 +6,157 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmctl.cli.align import (CkptOpt, DeviceOpt, DtypeOpt, EvalOpt, FromOpt, LrOpt, OutOpt, ResumeOpt, SeedOpt,
-                              StepsOpt, StopOpt, ValOpt, WarmupOpt, _flags, _train)
+from llmctl.cli.align import (
+    CkptOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EvalOpt,
+    FromOpt,
+    LrOpt,
+    OutOpt,
+    ResumeOpt,
+    SeedOpt,
+    StepsOpt,
+    StopOpt,
+    ValOpt,
+    WarmupOpt,
+    _flags,
+    _train,
+)
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
 
-PromptsArg = Annotated[str, typer.Argument(help="Prompts: dataset dir, .parquet or .jsonl with a `prompt` (or `messages`, GSM8K's `question`, AlpacaEval's `instruction`) column; other columns (e.g. `answer`) go to the reward functions.")]
+PromptsArg = Annotated[
+    str,
+    typer.Argument(
+        help="Prompts: dataset dir, .parquet or .jsonl with a `prompt` (or `messages`, GSM8K's `question`, AlpacaEval's `instruction`) column; other columns (e.g. `answer`) go to the reward functions."
+    ),
+]
 _RL = "RL"
 
 
 @app.command("rl")
 def rl_cmd(
-    prompts: PromptsArg, from_: FromOpt, output: OutOpt,
-    algo: Annotated[Optional[str], typer.Option(help="grpo (G completions per prompt, group-normalised advantages) | ppo (value head, GAE, KL penalty to --from).", rich_help_panel=_RL)] = None,
-    reward: Annotated[Optional[list[str]], typer.Option("--reward", help="Reward (repeatable): rm | exact_match (GSM8K final number, eval's extraction) | format ('#### N' answer line) | MODULE:FUNC.", rich_help_panel=_RL)] = None,
-    reward_weight: Annotated[Optional[list[float]], typer.Option("--reward-weight", help="Weight of each --reward, in order (default 1 each).", rich_help_panel=_RL)] = None,
-    reward_model: Annotated[Optional[str], typer.Option("--reward-model", help="`llmctl reward` run or checkpoint, for --reward rm (same tokenizer as --from).", rich_help_panel=_RL)] = None,
-    num_generations: Annotated[Optional[int], typer.Option("--num-generations", "-G", help="Completions per prompt (GRPO; 2 or more; default 4).", rich_help_panel=_RL)] = None,
-    rollout_prompts: Annotated[Optional[int], typer.Option("--rollout-prompts", help="Prompts per rollout over all ranks (default 8).", rich_help_panel=_RL)] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Optimisation passes over each rollout (default: GRPO 1, PPO 4).", rich_help_panel=_RL)] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Longest completion (default 64).", rich_help_panel=_RL)] = None,
-    max_prompt_len: Annotated[Optional[int], typer.Option("--max-prompt-len", help="Prompts longer than this keep their last N tokens (default 256; prompt + completion must fit the model's context).", rich_help_panel=_RL)] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature of rollouts (default 1.0).", rich_help_panel=_RL)] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample among the k likeliest tokens (0 = off).", rich_help_panel=_RL)] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass (1 = off).", rich_help_panel=_RL)] = None,
-    beta: Annotated[Optional[float], typer.Option(help="KL coefficient to the --from model (default: GRPO 0.04, PPO 0.05; GRPO with 0 keeps no reference).", rich_help_panel=_RL)] = None,
-    target_kl: Annotated[Optional[float], typer.Option("--target-kl", help="PPO: adapt beta toward this KL per completion (Ziegler et al.); default fixed beta.", rich_help_panel=_RL)] = None,
-    loss_type: Annotated[Optional[str], typer.Option("--loss-type", help="GRPO aggregation: grpo | bnpo | dr_grpo (default grpo).", rich_help_panel=_RL)] = None,
-    no_scale_rewards: Annotated[bool, typer.Option("--no-scale-rewards", help="GRPO: do not divide advantages by the group's std (Dr. GRPO).", rich_help_panel=_RL)] = False,
+    prompts: PromptsArg,
+    from_: FromOpt,
+    output: OutOpt,
+    algo: Annotated[
+        Optional[str],
+        typer.Option(
+            help="grpo (G completions per prompt, group-normalised advantages) | ppo (value head, GAE, KL penalty to --from).",
+            rich_help_panel=_RL,
+        ),
+    ] = None,
+    reward: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--reward",
+            help="Reward (repeatable): rm | exact_match (GSM8K final number, eval's extraction) | format ('#### N' answer line) | MODULE:FUNC.",
+            rich_help_panel=_RL,
+        ),
+    ] = None,
+    reward_weight: Annotated[
+        Optional[list[float]],
+        typer.Option(
+            "--reward-weight", help="Weight of each --reward, in order (default 1 each).", rich_help_panel=_RL
+        ),
+    ] = None,
+    reward_model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--reward-model",
+            help="`llmctl reward` run or checkpoint, for --reward rm (same tokenizer as --from).",
+            rich_help_panel=_RL,
+        ),
+    ] = None,
+    num_generations: Annotated[
+        Optional[int],
+        typer.Option(
+            "--num-generations", "-G", help="Completions per prompt (GRPO; 2 or more; default 4).", rich_help_panel=_RL
+        ),
+    ] = None,
+    rollout_prompts: Annotated[
+        Optional[int],
+        typer.Option("--rollout-prompts", help="Prompts per rollout over all ranks (default 8).", rich_help_panel=_RL),
+    ] = None,
+    epochs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--epochs", help="Optimisation passes over each rollout (default: GRPO 1, PPO 4).", rich_help_panel=_RL
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option("--max-new-tokens", help="Longest completion (default 64).", rich_help_panel=_RL)
+    ] = None,
+    max_prompt_len: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-prompt-len",
+            help="Prompts longer than this keep their last N tokens (default 256; prompt + completion must fit the model's context).",
+            rich_help_panel=_RL,
+        ),
+    ] = None,
+    temperature: Annotated[
+        Optional[float], typer.Option(help="Sampling temperature of rollouts (default 1.0).", rich_help_panel=_RL)
+    ] = None,
+    top_k: Annotated[
+        Optional[int],
+        typer.Option("--top-k", help="Sample among the k likeliest tokens (0 = off).", rich_help_panel=_RL),
+    ] = None,
+    top_p: Annotated[
+        Optional[float], typer.Option("--top-p", help="Nucleus sampling mass (1 = off).", rich_help_panel=_RL)
+    ] = None,
+    beta: Annotated[
+        Optional[float],
+        typer.Option(
+            help="KL coefficient to the --from model (default: GRPO 0.04, PPO 0.05; GRPO with 0 keeps no reference).",
+            rich_help_panel=_RL,
+        ),
+    ] = None,
+    target_kl: Annotated[
+        Optional[float],
+        typer.Option(
+            "--target-kl",
+            help="PPO: adapt beta toward this KL per completion (Ziegler et al.); default fixed beta.",
+            rich_help_panel=_RL,
+        ),
+    ] = None,
+    loss_type: Annotated[
+        Optional[str],
+        typer.Option(
+            "--loss-type", help="GRPO aggregation: grpo | bnpo | dr_grpo (default grpo).", rich_help_panel=_RL
+        ),
+    ] = None,
+    no_scale_rewards: Annotated[
+        bool,
+        typer.Option(
+            "--no-scale-rewards",
+            help="GRPO: do not divide advantages by the group's std (Dr. GRPO).",
+            rich_help_panel=_RL,
+        ),
+    ] = False,
     val_fraction: ValOpt = None,
     steps: StepsOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Completions per optimizer step over all ranks (a rollout holds rollout_prompts x G).")] = None,
-    micro_batch: Annotated[Optional[int], typer.Option("--micro-batch", help="Completions per forward per rank.")] = None,
-    lr: LrOpt = None, warmup: WarmupOpt = None, eval_every: EvalOpt = None, ckpt_every: CkptOpt = None,
-    seed: SeedOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None, stop_after: StopOpt = None,
-    resume: ResumeOpt = False, config: ConfigOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size", help="Completions per optimizer step over all ranks (a rollout holds rollout_prompts x G)."
+        ),
+    ] = None,
+    micro_batch: Annotated[
+        Optional[int], typer.Option("--micro-batch", help="Completions per forward per rank.")
+    ] = None,
+    lr: LrOpt = None,
+    warmup: WarmupOpt = None,
+    eval_every: EvalOpt = None,
+    ckpt_every: CkptOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    stop_after: StopOpt = None,
+    resume: ResumeOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
     print_config_: PrintConfigOpt = False,
 ) -> None:
     """Reinforcement learning from a (SFT) checkpoint: PPO against a reward model, or GRPO with verifiable rewards.
@@ -52,12 +169,33 @@ def rl_cmd(
     """
     from llmctl.train.rl.trainer import RLConfig, run_rl
 
-    extra = dict(algo=algo, reward=reward or None, reward_weights=reward_weight or None, reward_model=reward_model,
-                 num_generations=num_generations, rollout_prompts=rollout_prompts, epochs=epochs,
-                 max_new_tokens=max_new_tokens, max_prompt_len=max_prompt_len, temperature=temperature, top_k=top_k, top_p=top_p, beta=beta,
-                 target_kl=target_kl, loss_type=loss_type, scale_rewards=False if no_scale_rewards else None,
-                 val_fraction=val_fraction)
-    _train(RLConfig, config, set_, _flags(steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, seed,
-                                          device, dtype, stop_after, **extra),
-           print_config_, lambda cfg: run_rl(prompts, from_, output, cfg, resume=resume, overwrite=overwrite),
-           ("val_reward",))
+    extra = dict(
+        algo=algo,
+        reward=reward or None,
+        reward_weights=reward_weight or None,
+        reward_model=reward_model,
+        num_generations=num_generations,
+        rollout_prompts=rollout_prompts,
+        epochs=epochs,
+        max_new_tokens=max_new_tokens,
+        max_prompt_len=max_prompt_len,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        beta=beta,
+        target_kl=target_kl,
+        loss_type=loss_type,
+        scale_rewards=False if no_scale_rewards else None,
+        val_fraction=val_fraction,
+    )
+    _train(
+        RLConfig,
+        config,
+        set_,
+        _flags(
+            steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, seed, device, dtype, stop_after, **extra
+        ),
+        print_config_,
+        lambda cfg: run_rl(prompts, from_, output, cfg, resume=resume, overwrite=overwrite),
+        ("val_reward",),
+    )

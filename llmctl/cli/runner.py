@@ -38,8 +38,8 @@ from typing import Any
 
 import yaml
 
-from llmctl.store.dataset import MANIFEST, atomic_write_json, canonical_json, fingerprint_file
 from llmctl.errors import UsageError
+from llmctl.store.dataset import MANIFEST, atomic_write_json, canonical_json, fingerprint_file
 from llmctl.store.lock import exclusive_output
 
 _REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
@@ -67,7 +67,9 @@ class Pipeline:
         for s in self.stages:
             if s.name == name:
                 return s
-        raise UsageError(f"pipeline {self.name!r} has no stage {name!r} (stages: {', '.join(s.name for s in self.stages)})")
+        raise UsageError(
+            f"pipeline {self.name!r} has no stage {name!r} (stages: {', '.join(s.name for s in self.stages)})"
+        )
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
@@ -86,8 +88,10 @@ def load_pipeline(path: str | Path) -> Pipeline:
             raise UsageError(f"pipeline {p}: stage {i + 1} needs 'name' and 'run'")
         name = raw["name"]
         if not isinstance(name, str) or not _NAME.match(name) or name == "out":
-            raise UsageError(f"pipeline {p}: stage name {name!r} must be a letter then letters, digits, '_' or '-' "
-                             "(it names the stage's folder under the run root; 'out' is reserved)")
+            raise UsageError(
+                f"pipeline {p}: stage name {name!r} must be a letter then letters, digits, '_' or '-' "
+                "(it names the stage's folder under the run root; 'out' is reserved)"
+            )
         if any(s.name == name for s in stages):
             raise UsageError(f"pipeline {p}: two stages are named {name!r}")
         if not isinstance(raw["run"], str):
@@ -210,7 +214,9 @@ def run_pipeline(
             continue
         missing = [r for r in stage.refs if not (root / r / MANIFEST).is_file()]
         if missing:
-            raise UsageError(f"stage {stage.name!r} needs stage {missing[0]!r} to have run first (no {root / missing[0] / MANIFEST})")
+            raise UsageError(
+                f"stage {stage.name!r} needs stage {missing[0]!r} to have run first (no {root / missing[0] / MANIFEST})"
+            )
         signature = _signature(stage, args, root)
         if (root / stage.name).exists():
             args = args + ["--overwrite"]  # stale: its config or inputs changed since it ran
@@ -236,7 +242,9 @@ def run_pipeline(
         state = _state_path(root, stage)
         state.parent.mkdir(parents=True, exist_ok=True)
         load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-        atomic_write_json(state, {"stage": stage.name, "args": args, "signature": signature,
-                                  "seconds": secs, "load_average_1min": load})
+        atomic_write_json(
+            state,
+            {"stage": stage.name, "args": args, "signature": signature, "seconds": secs, "load_average_1min": load},
+        )
         records.append({"stage": stage.name, "status": "ran", "seconds": secs})
     return records

@@ -22,12 +22,14 @@ class SweepGroup(LlmctlGroup):
 
 
 sweep_app = typer.Typer(
-    cls=SweepGroup, no_args_is_help=True,
+    cls=SweepGroup,
+    no_args_is_help=True,
     help="Scaling-law sweeps: an IsoFLOP grid of pretrain runs, Chinchilla fits (approaches 2 and 3), "
-         "a predicted compute-optimal shape for a larger budget, and a run that checks it.\n\n"
-         "\b\nllmctl sweep TOKENS -t TOK -o runs/sweep --budgets 1e11,3e11,1e12   (same as `sweep run`)\n"
-         "llmctl sweep fit runs/sweep          # fit.json, plots/, the prediction\n"
-         "llmctl sweep check runs/sweep        # train the predicted shape, predicted vs actual loss")
+    "a predicted compute-optimal shape for a larger budget, and a run that checks it.\n\n"
+    "\b\nllmctl sweep TOKENS -t TOK -o runs/sweep --budgets 1e11,3e11,1e12   (same as `sweep run`)\n"
+    "llmctl sweep fit runs/sweep          # fit.json, plots/, the prediction\n"
+    "llmctl sweep check runs/sweep        # train the predicted shape, predicted vs actual loss",
+)
 app.add_typer(sweep_app, name="sweep")
 
 
@@ -44,20 +46,69 @@ def _floats(text: str | None, what: str) -> list[float] | None:
 def run_cmd(
     tokens: Annotated[str, typer.Argument(help="Token dataset (from `llmctl tokenize encode`, with a val split).")],
     tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer directory the tokens were made with.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Sweep directory: points/, logs/, table/, _sweep.json.")],
-    budgets: Annotated[Optional[str], typer.Option(help="Compute budgets C in training FLOPs, comma-separated (default 1e11,3e11,1e12).")] = None,
-    sizes: Annotated[Optional[str], typer.Option(help="Shapes as LAYERSxWIDTH, comma-separated (e.g. 1x32,2x64), each at every budget (default: the ladder).")] = None,
-    points: Annotated[Optional[int], typer.Option(help="Shapes per budget, picked from the ladder (default 5).")] = None,
-    tokens_per_param: Annotated[Optional[float], typer.Option(help="Where the grid is centred: D/N of the expected optimum (default 20, Chinchilla's).")] = None,
-    lo: Annotated[Optional[float], typer.Option(help="Smallest N as a multiple of the expected optimum (default 0.3).")] = None,
-    hi: Annotated[Optional[float], typer.Option(help="Largest N as a multiple of the expected optimum (default 3).")] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Sweep directory: points/, logs/, table/, _sweep.json.")
+    ],
+    budgets: Annotated[
+        Optional[str],
+        typer.Option(help="Compute budgets C in training FLOPs, comma-separated (default 1e11,3e11,1e12)."),
+    ] = None,
+    sizes: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Shapes as LAYERSxWIDTH, comma-separated (e.g. 1x32,2x64), each at every budget (default: the ladder)."
+        ),
+    ] = None,
+    points: Annotated[
+        Optional[int], typer.Option(help="Shapes per budget, picked from the ladder (default 5).")
+    ] = None,
+    tokens_per_param: Annotated[
+        Optional[float],
+        typer.Option(help="Where the grid is centred: D/N of the expected optimum (default 20, Chinchilla's)."),
+    ] = None,
+    lo: Annotated[
+        Optional[float], typer.Option(help="Smallest N as a multiple of the expected optimum (default 0.3).")
+    ] = None,
+    hi: Annotated[
+        Optional[float], typer.Option(help="Largest N as a multiple of the expected optimum (default 3).")
+    ] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Tokens per training window (default 128).")] = None,
-    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step; halved for points with fewer than min_steps steps (default 512).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of every point (default 1e-2, for models of 10k-300k parameters).")] = None,
+    batch_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Tokens per optimizer step; halved for points with fewer than min_steps steps (default 512)."
+        ),
+    ] = None,
+    lr: Annotated[
+        Optional[float],
+        typer.Option(help="Peak learning rate of every point (default 1e-2, for models of 10k-300k parameters)."),
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of every point's init and data order.")] = None,
-    tie_embeddings: Annotated[Optional[bool], typer.Option("--tie-embeddings/--untie-embeddings", help="Tie the input embedding to the lm head, as pretrain does unless told, or give every point its own, as the sweep does unless told: tied, models of CPU-sweep widths learn slowly and by seed (docs/sweep.md). N and F are the same either way (the input embedding is a lookup).")] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, rich_help_panel="Execution", help="Points trained at once (processes, or Ray tasks with --executor ray).")] = 1,
-    threads: Annotated[Optional[int], typer.Option(min=1, rich_help_panel="Execution", help="Torch threads per point (default: torch's choice; cores / workers with --workers). Tiny models on a busy machine: 1.")] = None,
+    tie_embeddings: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--tie-embeddings/--untie-embeddings",
+            help="Tie the input embedding to the lm head, as pretrain does unless told, or give every point its own, as the sweep does unless told: tied, models of CPU-sweep widths learn slowly and by seed (docs/sweep.md). N and F are the same either way (the input embedding is a lookup).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            rich_help_panel="Execution",
+            help="Points trained at once (processes, or Ray tasks with --executor ray).",
+        ),
+    ] = 1,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            rich_help_panel="Execution",
+            help="Torch threads per point (default: torch's choice; cores / workers with --workers). Tiny models on a busy machine: 1.",
+        ),
+    ] = None,
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
     config: ConfigOpt = None,
@@ -81,26 +132,50 @@ def run_cmd(
     from llmctl.executor.local import using
     from llmctl.sweep.run import SweepConfig, sweep
 
-    flags = {"budgets": _floats(budgets, "--budgets"), "sizes": sizes.split(",") if sizes else None, "points": points,
-             "tokens_per_param": tokens_per_param, "lo": lo, "hi": hi, "seq_len": seq_len, "batch_tokens": batch_tokens,
-             "lr": lr, "seed": seed, "tie_embeddings": tie_embeddings, "threads": threads}
+    flags = {
+        "budgets": _floats(budgets, "--budgets"),
+        "sizes": sizes.split(",") if sizes else None,
+        "points": points,
+        "tokens_per_param": tokens_per_param,
+        "lo": lo,
+        "hi": hi,
+        "seq_len": seq_len,
+        "batch_tokens": batch_tokens,
+        "lr": lr,
+        "seed": seed,
+        "tie_embeddings": tie_embeddings,
+        "threads": threads,
+    }
     cfg = C.load(SweepConfig, config, set_, flags)
     if print_config_:
         from llmctl.cli.common import print_config
 
         return print_config(cfg)
     with using(executor or "local", ray_address or "auto", workers):
-        res = sweep(tokens, tokenizer, output, cfg, workers=workers if executor != "ray" else max(workers, 2),
-                    echo=lambda m: out.print(m, markup=False, highlight=False))
-    out.print(f"wrote {res['table']} ({len(res['points'])} points); next: llmctl sweep fit {output}",
-              markup=False, highlight=False)
+        res = sweep(
+            tokens,
+            tokenizer,
+            output,
+            cfg,
+            workers=workers if executor != "ray" else max(workers, 2),
+            echo=lambda m: out.print(m, markup=False, highlight=False),
+        )
+    out.print(
+        f"wrote {res['table']} ({len(res['points'])} points); next: llmctl sweep fit {output}",
+        markup=False,
+        highlight=False,
+    )
 
 
 @sweep_app.command("fit")
 def fit_cmd(
     sweep_dir: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep directory (from `llmctl sweep`).")],
-    predict: Annotated[Optional[float], typer.Option(help="Budget to predict, in FLOPs (default: 3x the largest budget).")] = None,
-    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals (approach 3 uses a quarter of them).")] = 200,
+    predict: Annotated[
+        Optional[float], typer.Option(help="Budget to predict, in FLOPs (default: 3x the largest budget).")
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals (approach 3 uses a quarter of them).")
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
 ) -> None:
     """Fit Chinchilla's approach 2 (IsoFLOP parabolas, power laws N_opt ~ C^a, D_opt ~ C^b) and approach 3 (L = E + A/N^alpha + B/D^beta).
@@ -118,7 +193,9 @@ def fit_cmd(
 
 @sweep_app.command("check")
 def check_cmd(
-    sweep_dir: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep directory with a fit (from `llmctl sweep fit`).")],
+    sweep_dir: Annotated[
+        str, typer.Argument(metavar="SWEEP", help="Sweep directory with a fit (from `llmctl sweep fit`).")
+    ],
 ) -> None:
     """Train the predicted-optimal shape at the predicted budget and print predicted against actual validation loss."""
     from llmctl.sweep.check import check_sweep
@@ -126,6 +203,10 @@ def check_cmd(
     c = check_sweep(sweep_dir)
     p = c["point"]
     ci = f" (95% interval {c['predicted_ci'][0]:.4f}-{c['predicted_ci'][1]:.4f})" if c.get("predicted_ci") else ""
-    out.print(f"C {c['budget']:.3g}, {p['n_layer']} layers x d_model {p['d_model']} (N {p['params']:,}, D {p['tokens']:,}): "
-              f"predicted val loss {c['predicted']:.4f}{ci}, actual {c['actual']:.4f}: "
-              f"error {100 * c['relative_error']:+.2f}%", markup=False, highlight=False)
+    out.print(
+        f"C {c['budget']:.3g}, {p['n_layer']} layers x d_model {p['d_model']} (N {p['params']:,}, D {p['tokens']:,}): "
+        f"predicted val loss {c['predicted']:.4f}{ci}, actual {c['actual']:.4f}: "
+        f"error {100 * c['relative_error']:+.2f}%",
+        markup=False,
+        highlight=False,
+    )

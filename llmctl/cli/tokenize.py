@@ -10,21 +10,35 @@ from llmctl.cli.app import ConfigOpt, ExecutorOpt, OverwriteOpt, RayAddressOpt, 
 from llmctl.cli.common import human_bytes, out
 from llmctl.cli.help import LlmctlGroup
 
-tokenize_app = typer.Typer(cls=LlmctlGroup, help="Train a BPE tokenizer on documents, encode documents to token shards, inspect it.",
-                           no_args_is_help=True)
+tokenize_app = typer.Typer(
+    cls=LlmctlGroup,
+    help="Train a BPE tokenizer on documents, encode documents to token shards, inspect it.",
+    no_args_is_help=True,
+)
 app.add_typer(tokenize_app, name="tokenize")
 
 
 @tokenize_app.command("train")
 def train_cmd(
     datasets: Annotated[list[str], typer.Argument(help="Documents datasets (any llmctl dataset with a text column).")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Tokenizer directory to write: a local path or an fsspec URI.")],
-    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", "-v", help="Vocabulary size, special and byte tokens included (default 8192).")] = None,
-    sample_bytes: Annotated[Optional[int], typer.Option("--sample-bytes", help="Bytes of text sampled evenly across shards (default 100 MB).")] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Tokenizer directory to write: a local path or an fsspec URI.")
+    ],
+    vocab_size: Annotated[
+        Optional[int],
+        typer.Option("--vocab-size", "-v", help="Vocabulary size, special and byte tokens included (default 8192)."),
+    ] = None,
+    sample_bytes: Annotated[
+        Optional[int],
+        typer.Option("--sample-bytes", help="Bytes of text sampled evenly across shards (default 100 MB)."),
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the sample.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="sentencepiece trainer threads (default: all cores).")] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option("--workers", "-w", min=1, help="sentencepiece trainer threads (default: all cores)."),
+    ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a sentencepiece BPE tokenizer (byte fallback, split digits, chat special tokens).
@@ -35,21 +49,37 @@ def train_cmd(
     from llmctl import config as C
     from llmctl.data.tokenize import TokenizerTrainConfig, run_train
 
-    cfg = C.load(TokenizerTrainConfig, config, set_,
-                 {"vocab_size": vocab_size, "sample_bytes": sample_bytes, "seed": seed, "workers": workers})
+    cfg = C.load(
+        TokenizerTrainConfig,
+        config,
+        set_,
+        {"vocab_size": vocab_size, "sample_bytes": sample_bytes, "seed": seed, "workers": workers},
+    )
     m = run_train(datasets, output, cfg, overwrite=overwrite)
     s, t = m["stats"]["sample"], m["timings"]
-    out.print(f"trained a {m['stats']['vocab_size']:,}-token BPE vocabulary on {s['documents']:,} documents "
-              f"({human_bytes(s['bytes'])} of {human_bytes(s['input_bytes'])}) in {t.get('train_seconds', '?')} s; "
-              f"{s['bytes_per_token']} bytes/token on the sample -> {output}")
+    out.print(
+        f"trained a {m['stats']['vocab_size']:,}-token BPE vocabulary on {s['documents']:,} documents "
+        f"({human_bytes(s['bytes'])} of {human_bytes(s['input_bytes'])}) in {t.get('train_seconds', '?')} s; "
+        f"{s['bytes_per_token']} bytes/token on the sample -> {output}"
+    )
 
 
 @tokenize_app.command("encode")
 def encode_cmd(
-    dataset: Annotated[str, typer.Argument(help="Documents dataset (any llmctl dataset with a text column; a local path or an fsspec URI).")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="Documents dataset (any llmctl dataset with a text column; a local path or an fsspec URI)."
+        ),
+    ],
     tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer directory (from `tokenize train`).")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Output token dataset directory: a local path or an fsspec URI.")],
-    val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Share of documents in the val split, by id hash (default 0.01).")] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Output token dataset directory: a local path or an fsspec URI.")
+    ],
+    val_fraction: Annotated[
+        Optional[float],
+        typer.Option("--val-fraction", help="Share of documents in the val split, by id hash (default 0.01)."),
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split hash.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -67,8 +97,18 @@ def encode_cmd(
     from llmctl import config as C
     from llmctl.data.tokenize import SPLITS, EncodeConfig, run_encode
 
-    cfg = C.load(EncodeConfig, config, set_, {"val_fraction": val_fraction, "seed": seed, "workers": workers,
-                                          "executor": executor, "ray_address": ray_address})
+    cfg = C.load(
+        EncodeConfig,
+        config,
+        set_,
+        {
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "workers": workers,
+            "executor": executor,
+            "ray_address": ray_address,
+        },
+    )
     m = run_encode(dataset, tokenizer, output, cfg, overwrite=overwrite)
     st = m["stats"]
     table = Table(title="tokens", title_justify="left")
@@ -81,8 +121,10 @@ def encode_cmd(
     t = m["timings"]
     secs = t.get("run_seconds", t["seconds"])
     rate = f", {st['bytes'] / 1e6 / secs:.1f} MB/s" if secs and t.get("resumed_tasks", 0) == 0 else ""
-    out.print(f"wrote {st['tokens']:,} tokens for {st['documents']:,} documents in {len(m['shards'])} shards "
-              f"to {output} ({secs} s{rate})")
+    out.print(
+        f"wrote {st['tokens']:,} tokens for {st['documents']:,} documents in {len(m['shards'])} shards "
+        f"to {output} ({secs} s{rate})"
+    )
 
 
 @tokenize_app.command("inspect")

@@ -12,17 +12,39 @@ from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
 @app.command("pretrain")
 def pretrain_cmd(
     tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer directory the tokens were made with.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Run directory: metrics.jsonl, checkpoints/, _manifest.json.")],
-    tokens: Annotated[Optional[str], typer.Argument(help="Token dataset (from `llmctl tokenize encode` or `llmctl mix`); omit with --mix.")] = None,
-    mix: Annotated[Optional[str], typer.Option("--mix", help="A mix file (as `llmctl mix --config` reads): train on that mixture streamed from its sources, no copy.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Model size: tiny, 10m, 124m, 350m; Mixture-of-Experts: moe-tiny, moe-10m, olmoe, or --set model.n_experts=8 etc., see docs/moe.md (default tiny).")] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Run directory: metrics.jsonl, checkpoints/, _manifest.json.")
+    ],
+    tokens: Annotated[
+        Optional[str],
+        typer.Argument(help="Token dataset (from `llmctl tokenize encode` or `llmctl mix`); omit with --mix."),
+    ] = None,
+    mix: Annotated[
+        Optional[str],
+        typer.Option(
+            "--mix",
+            help="A mix file (as `llmctl mix --config` reads): train on that mixture streamed from its sources, no copy.",
+        ),
+    ] = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Model size: tiny, 10m, 124m, 350m; Mixture-of-Experts: moe-tiny, moe-10m, olmoe, or --set model.n_experts=8 etc., see docs/moe.md (default tiny)."
+        ),
+    ] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Override the preset's layer count.")] = None,
     n_head: Annotated[Optional[int], typer.Option(help="Override the preset's attention heads.")] = None,
-    n_kv_head: Annotated[Optional[int], typer.Option(help="Key/value heads (< n_head: grouped-query attention).")] = None,
+    n_kv_head: Annotated[
+        Optional[int], typer.Option(help="Key/value heads (< n_head: grouped-query attention).")
+    ] = None,
     d_model: Annotated[Optional[int], typer.Option(help="Override the preset's model width.")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Tokens per training window (default 256).")] = None,
-    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step over all ranks (default 8192).")] = None,
-    micro_batch: Annotated[Optional[int], typer.Option(help="Sequences per forward/backward per rank (default 8).")] = None,
+    batch_tokens: Annotated[
+        Optional[int], typer.Option(help="Tokens per optimizer step over all ranks (default 8192).")
+    ] = None,
+    micro_batch: Annotated[
+        Optional[int], typer.Option(help="Sequences per forward/backward per rank (default 8).")
+    ] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (default 1000).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 3e-4).")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Linear warmup steps (default 100).")] = None,
@@ -31,15 +53,35 @@ def pretrain_cmd(
     eval_every: Annotated[Optional[int], typer.Option(help="Validation loss every N steps (default 100).")] = None,
     ckpt_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (default 500).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the init and of the data order.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16.")] = None,
+    dtype: Annotated[
+        Optional[str], typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16.")
+    ] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda.")] = None,
-    peak_tflops: Annotated[Optional[float], typer.Option(help="Peak TFLOP/s per device, for MFU (known GPUs are automatic).")] = None,
-    stop_after: Annotated[Optional[int], typer.Option(help="Stop after N steps in this invocation (re-run the same command to continue).")] = None,
+    peak_tflops: Annotated[
+        Optional[float], typer.Option(help="Peak TFLOP/s per device, for MFU (known GPUs are automatic).")
+    ] = None,
+    stop_after: Annotated[
+        Optional[int], typer.Option(help="Stop after N steps in this invocation (re-run the same command to continue).")
+    ] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    act_ckpt: Annotated[bool, typer.Option("--activation-checkpointing", help="Recompute block activations in backward.")] = False,
+    act_ckpt: Annotated[
+        bool, typer.Option("--activation-checkpointing", help="Recompute block activations in backward.")
+    ] = False,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard with FSDP2 instead of DDP.")] = False,
-    tp: Annotated[Optional[int], typer.Option("--tp", help="Under torchrun: tensor-parallel degree N; ranks form a (world/N data x N tensor) mesh, FSDP2 over data (default 1).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Accepted for old scripts: re-running the same command resumes from the latest checkpoint anyway.")] = False,
+    tp: Annotated[
+        Optional[int],
+        typer.Option(
+            "--tp",
+            help="Under torchrun: tensor-parallel degree N; ranks form a (world/N data x N tensor) mesh, FSDP2 over data (default 1).",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Accepted for old scripts: re-running the same command resumes from the latest checkpoint anyway.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
@@ -57,13 +99,29 @@ def pretrain_cmd(
     from llmctl.train.pretrain import PretrainConfig, pretrain
 
     flags = {
-        "model.preset": preset, "model.n_layer": n_layer, "model.n_head": n_head, "model.n_kv_head": n_kv_head,
-        "model.d_model": d_model, "seq_len": seq_len, "batch_tokens": batch_tokens, "train.micro_batch": micro_batch,
-        "train.steps": steps, "train.lr": lr, "train.warmup_steps": warmup, "train.schedule": schedule,
-        "train.grad_clip": grad_clip, "train.eval_every": eval_every, "train.ckpt_every": ckpt_every,
-        "train.seed": seed, "train.dtype": dtype, "train.device": device, "train.peak_tflops": peak_tflops,
-        "train.stop_after": stop_after, "train.compile": compile_ or None,
-        "train.activation_checkpointing": act_ckpt or None, "train.fsdp": fsdp or None,
+        "model.preset": preset,
+        "model.n_layer": n_layer,
+        "model.n_head": n_head,
+        "model.n_kv_head": n_kv_head,
+        "model.d_model": d_model,
+        "seq_len": seq_len,
+        "batch_tokens": batch_tokens,
+        "train.micro_batch": micro_batch,
+        "train.steps": steps,
+        "train.lr": lr,
+        "train.warmup_steps": warmup,
+        "train.schedule": schedule,
+        "train.grad_clip": grad_clip,
+        "train.eval_every": eval_every,
+        "train.ckpt_every": ckpt_every,
+        "train.seed": seed,
+        "train.dtype": dtype,
+        "train.device": device,
+        "train.peak_tflops": peak_tflops,
+        "train.stop_after": stop_after,
+        "train.compile": compile_ or None,
+        "train.activation_checkpointing": act_ckpt or None,
+        "train.fsdp": fsdp or None,
         "train.tp": tp,
     }
     cfg = C.load(PretrainConfig, config, set_, flags)
@@ -76,10 +134,17 @@ def pretrain_cmd(
     finally:
         D.shutdown()
     val = f", val loss {s['val_loss']:.4f}" if "val_loss" in s else ""
-    state = ("already complete" if s.get("complete") else "finished" if s["finished"]
-             else f"stopped at step {s['steps_done']} (re-run the same command to continue)")
-    D.print0(f"{state}: loss {s.get('loss', float('nan')):.4f}{val}, {s.get('tokens', 0):,} tokens in {s['seconds']:.1f} s "
-             f"({s['tokens_per_s_avg']:,.0f} tok/s); checkpoint {s['checkpoint']}")
+    state = (
+        "already complete"
+        if s.get("complete")
+        else "finished"
+        if s["finished"]
+        else f"stopped at step {s['steps_done']} (re-run the same command to continue)"
+    )
+    D.print0(
+        f"{state}: loss {s.get('loss', float('nan')):.4f}{val}, {s.get('tokens', 0):,} tokens in {s['seconds']:.1f} s "
+        f"({s['tokens_per_s_avg']:,.0f} tok/s); checkpoint {s['checkpoint']}"
+    )
 
 
 @app.command("generate")
@@ -92,15 +157,28 @@ def generate_cmd(
     top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed (same seed = same text).")] = 0,
     num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Independent samples.")] = 1,
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", "-t", help="Tokenizer dir (default: the checkpoint's).")] = None,
-    chat: Annotated[bool, typer.Option("--chat", help="PROMPT is a user turn in the chat template; print the assistant's reply.")] = False,
+    tokenizer: Annotated[
+        Optional[str], typer.Option("--tokenizer", "-t", help="Tokenizer dir (default: the checkpoint's).")
+    ] = None,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="PROMPT is a user turn in the chat template; print the assistant's reply.")
+    ] = False,
 ) -> None:
     """Continue PROMPT with a trained model (temperature, top-k, top-p; KV cache), or answer it with --chat."""
     from llmctl.model.generate import generate_text
 
     for i in range(num_samples):
-        text = generate_text(checkpoint, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                             top_p=top_p, seed=seed + i, tokenizer_dir=tokenizer, chat=chat)
+        text = generate_text(
+            checkpoint,
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed + i,
+            tokenizer_dir=tokenizer,
+            chat=chat,
+        )
         typer.echo(text if chat else prompt + text)
         if i + 1 < num_samples:
             typer.echo("-" * 40)
@@ -111,10 +189,14 @@ def export_cmd(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint or run directory.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Hugging Face model directory to write.")],
     overwrite: OverwriteOpt = False,
-    split_special_tokens: Annotated[bool, typer.Option(
-        "--split-special-tokens/--no-split-special-tokens",
-        help="Special-token strings typed in text ('<|user|>') stay text, as in llmctl (transformers' "
-             "split_special_tokens); --no-split-special-tokens: they become special ids, the usual Hugging Face behaviour.")] = True,
+    split_special_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--split-special-tokens/--no-split-special-tokens",
+            help="Special-token strings typed in text ('<|user|>') stay text, as in llmctl (transformers' "
+            "split_special_tokens); --no-split-special-tokens: they become special ids, the usual Hugging Face behaviour.",
+        ),
+    ] = True,
 ) -> None:
     """Write a Hugging Face LlamaForCausalLM directory (safetensors, config.json, tokenizer.json + tokenizer files)."""
     from llmctl.export.hf import export_hf

@@ -28,9 +28,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
@@ -41,11 +42,19 @@ SFT_COLUMNS = "`prompt` + `response`, or `messages`"
 PREF_COLUMNS = "`prompt` + `chosen` + `rejected`"
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SFT_SCHEMA = pa.schema([("id", pa.string()), ("messages", MESSAGE_TYPE), ("split", pa.string())])
-PREF_SCHEMA = pa.schema([("id", pa.string()), ("prompt", MESSAGE_TYPE), ("chosen", pa.string()),
-                         ("rejected", pa.string()), ("split", pa.string())])
+PREF_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", MESSAGE_TYPE),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("split", pa.string()),
+    ]
+)
 
 
 # ----------------------------------------------------------------------------- reading
+
 
 def read_rows(path: str | Path, skipped: dict[str, int] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All rows of a dataset dir / .parquet / .jsonl, and its lineage record.
@@ -139,6 +148,7 @@ def pref_triples(rows: list[dict[str, Any]], where: str = "data") -> list[tuple[
 
 # ----------------------------------------------------------------------------- encoding + truncation
 
+
 @dataclass
 class Encoded:
     ids: list[int]
@@ -146,13 +156,14 @@ class Encoded:
     truncated: bool
 
 
-def fit(prompt_ids: list[int], prompt_mask: list[bool], resp_ids: list[int], resp_mask: list[bool],
-        max_len: int) -> Encoded:
+def fit(
+    prompt_ids: list[int], prompt_mask: list[bool], resp_ids: list[int], resp_mask: list[bool], max_len: int
+) -> Encoded:
     """The module's truncation policy: cut the prompt from the left, then the response from the right."""
     if len(prompt_ids) + len(resp_ids) <= max_len:
         return Encoded(prompt_ids + resp_ids, prompt_mask + resp_mask, False)
     keep_p = min(len(prompt_ids), max(max_len - len(resp_ids), max_len // 2))
-    p_ids, p_mask = prompt_ids[len(prompt_ids) - keep_p:], prompt_mask[len(prompt_ids) - keep_p:]
+    p_ids, p_mask = prompt_ids[len(prompt_ids) - keep_p :], prompt_mask[len(prompt_ids) - keep_p :]
     keep_r = max_len - keep_p
     return Encoded(p_ids + resp_ids[:keep_r], p_mask + resp_mask[:keep_r], True)
 
@@ -184,7 +195,7 @@ def encode_responses(tok: Any, prompt: list[dict[str, str]], responses: list[str
     longest = max(len(r) for r in rs)
     keep_p = len(p_ids) if len(p_ids) + longest <= max_len else min(len(p_ids), max(max_len - longest, max_len // 2))
     cut = keep_p < len(p_ids)
-    p_ids = p_ids[len(p_ids) - keep_p:]
+    p_ids = p_ids[len(p_ids) - keep_p :]
     out = []
     for r in rs:
         keep_r = min(len(r), max_len - keep_p)
@@ -194,6 +205,7 @@ def encode_responses(tok: Any, prompt: list[dict[str, str]], responses: list[str
 
 # ----------------------------------------------------------------------------- batching
 
+
 class ItemBatches:
     """This rank's micro-batches over `n` items, reshuffled each epoch; resumable (epoch, position).
 
@@ -201,8 +213,15 @@ class ItemBatches:
     its slice, so the global order does not depend on the world size. A short tail is dropped.
     """
 
-    def __init__(self, n: int, micro_batch: int, make: Callable[[list[int]], dict[str, Any]], seed: int,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        n: int,
+        micro_batch: int,
+        make: Callable[[list[int]], dict[str, Any]],
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
         if n < micro_batch * world:
             raise UsageError(f"only {n} training items for micro_batch {micro_batch} x {world} rank(s)")
         self.n, self.mb, self.make, self.seed, self.rank, self.world = n, micro_batch, make, seed, rank, world
@@ -215,7 +234,7 @@ class ItemBatches:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         return torch.randperm(self.n, generator=g).tolist()
 
-    def __iter__(self) -> "ItemBatches":
+    def __iter__(self) -> ItemBatches:
         return self
 
     def __next__(self) -> dict[str, Any]:
@@ -224,7 +243,7 @@ class ItemBatches:
             self.epoch, self.pos = self.epoch + 1, 0
             self._perm = self._permutation()
         lo = self.pos + self.rank * self.mb
-        idx = self._perm[lo: lo + self.mb]
+        idx = self._perm[lo : lo + self.mb]
         self.pos += step
         return self.make(idx)
 
@@ -293,8 +312,15 @@ def _pref_row(r: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
 
 
 @exclusive_output("out", discard_unfinished=True)
-def import_data(src: str | Path, out: str | Path, fmt: str, val_fraction: float = 0.05, seed: int = 0,
-                overwrite: bool = False, doc_options: dict[str, str] | None = None) -> dict[str, Any]:
+def import_data(
+    src: str | Path,
+    out: str | Path,
+    fmt: str,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    overwrite: bool = False,
+    doc_options: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Convert a JSONL/Parquet file to an `sft` or `prefs` dataset (one shard) with a manifest
     (`docs`: text/JSONL/Parquet files as a documents dataset, llmctl.data.doc_import)."""
     from llmctl.store.dataset import StageOutput
@@ -329,15 +355,21 @@ def import_data(src: str | Path, out: str | Path, fmt: str, val_fraction: float 
     if skipped.get(DEGENERATE):
         from llmctl.utils.progress import note
 
-        note(f"{src}: dropped {skipped[DEGENERATE]} preference pair(s) whose chosen and rejected replies are "
-             "identical: they carry no preference (DPO loss log 2, zero gradient)")
+        note(
+            f"{src}: dropped {skipped[DEGENERATE]} preference pair(s) whose chosen and rejected replies are "
+            "identical: they carry no preference (DPO loss log 2, zero gradient)"
+        )
     schema = SFT_SCHEMA if fmt == "sft" else PREF_SCHEMA
     w = so.shard_writer("part-00000.parquet", schema)
     for row in kept:
         w.write({c: row[c] for c in schema.names})
     so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
-    stats = {"read": len(rows) + skipped.get("invalid UTF-8", 0), "kept": len(kept), "skipped": skipped,
-             "val": sum(r["split"] == "val" for r in kept)}
+    stats = {
+        "read": len(rows) + skipped.get("invalid UTF-8", 0),
+        "kept": len(kept),
+        "skipped": skipped,
+        "val": sum(r["split"] == "val" for r in kept),
+    }
     return so.finalize(["part-00000"], schema, stats=stats)
 
 

@@ -30,8 +30,8 @@ from typing import Any
 import pyarrow as pa
 import xxhash
 
-from llmctl.store.dataset import StageOutput, fingerprint_file
 from llmctl.errors import UsageError
+from llmctl.store.dataset import StageOutput, fingerprint_file
 from llmctl.store.integrity import open_parquet
 from llmctl.store.lock import exclusive_output
 
@@ -82,8 +82,10 @@ def _text_of(row: dict[str, Any], field: str) -> Any:
     if field == "auto":
         field = "text" if "text" in row else "content" if "content" in row else ""
         if not field:
-            raise UsageError(f"rows have no 'text' or 'content' field (fields: {', '.join(map(str, row))}); "
-                             "name one with --text-field")
+            raise UsageError(
+                f"rows have no 'text' or 'content' field (fields: {', '.join(map(str, row))}); "
+                "name one with --text-field"
+            )
     names = [f.strip() for f in field.split(",")]
     vals = [row.get(n) for n in names]
     if len(vals) == 1:
@@ -93,6 +95,7 @@ def _text_of(row: dict[str, Any], field: str) -> Any:
 
 def _rows(path: Path, cfg: DocImportConfig, skipped: dict[str, int]) -> Iterator[tuple[Any, Any]]:
     """(own id or None, text) of every record of one file; bad records counted in `skipped`."""
+
     def bad(why: str) -> None:
         skipped[why] = skipped.get(why, 0) + 1
 
@@ -144,15 +147,23 @@ def _warn_whole_files(docs: list[tuple[str, str, str]], cfg: DocImportConfig) ->
     for _, text, name in docs:
         per_file.setdefault(name, []).append(text)
     for name, texts in per_file.items():
-        if (len(texts) == 1 and name.endswith((".txt", ".txt.gz")) and len(texts[0]) > WHOLE_FILE_NOTICE_CHARS
-                and re.search(r"\n\s*\n", texts[0])):
-            print(f"notice: {name}: no {EOT} in {len(texts[0]):,} characters, imported as one document; "
-                  "--separator blank-line splits it at blank lines", file=sys.stderr)
+        if (
+            len(texts) == 1
+            and name.endswith((".txt", ".txt.gz"))
+            and len(texts[0]) > WHOLE_FILE_NOTICE_CHARS
+            and re.search(r"\n\s*\n", texts[0])
+        ):
+            print(
+                f"notice: {name}: no {EOT} in {len(texts[0]):,} characters, imported as one document; "
+                "--separator blank-line splits it at blank lines",
+                file=sys.stderr,
+            )
 
 
 @exclusive_output("out", discard_unfinished=True)
-def import_docs(src: str | Path, out: str | Path, text_field: str = "auto", separator: str = "auto",
-                overwrite: bool = False) -> dict[str, Any]:
+def import_docs(
+    src: str | Path, out: str | Path, text_field: str = "auto", separator: str = "auto", overwrite: bool = False
+) -> dict[str, Any]:
     """Import text / JSONL / Parquet files as a `documents` dataset; returns its manifest."""
     files = input_files(src)
     cfg = DocImportConfig(text_field=text_field, separator=separator)
@@ -168,7 +179,11 @@ def import_docs(src: str | Path, out: str | Path, text_field: str = "auto", sepa
             if not text.strip():
                 skipped["empty text"] = skipped.get("empty text", 0) + 1
                 continue
-            doc_id = str(own) if own is not None else xxhash.xxh64_hexdigest(f"{f.name}:{k}".encode("utf-8", "surrogatepass"))
+            doc_id = (
+                str(own)
+                if own is not None
+                else xxhash.xxh64_hexdigest(f"{f.name}:{k}".encode("utf-8", "surrogatepass"))
+            )
             docs.append((doc_id, text, f.name))
     if not docs:
         raise UsageError(f"{src}: no document to import (skipped: {skipped or 'nothing read'})")
@@ -185,14 +200,24 @@ def import_docs(src: str | Path, out: str | Path, text_field: str = "auto", sepa
         chunk = docs[i : i + SHARD_ROWS]
         w = so.shard_writer(f"{name}.parquet", DOCS_SCHEMA)
         try:
-            w.write_table(pa.table({"id": [d[0] for d in chunk], "text": [d[1] for d in chunk],
-                                    "source": [d[2] for d in chunk]}, schema=DOCS_SCHEMA))
+            w.write_table(
+                pa.table(
+                    {"id": [d[0] for d in chunk], "text": [d[1] for d in chunk], "source": [d[2] for d in chunk]},
+                    schema=DOCS_SCHEMA,
+                )
+            )
             rec = w.close()
         except BaseException:
             w.abort()
             raise
         so.finish_task(name, {"data": [{"path": f"{name}.parquet", **rec}]})
     nbytes = sum(len(d[1].encode("utf-8", "surrogatepass")) for d in docs)
-    stats = {"read": len(docs) + sum(skipped.values()), "kept": len(docs), "skipped": skipped, "bytes": nbytes,
-             "files": len(files), "val": 0}
+    stats = {
+        "read": len(docs) + sum(skipped.values()),
+        "kept": len(docs),
+        "skipped": skipped,
+        "bytes": nbytes,
+        "files": len(files),
+        "val": 0,
+    }
     return so.finalize(names, DOCS_SCHEMA, stats=stats)

@@ -82,5 +82,5 @@ def decode_html(body: bytes, http_charset: str | None = None) -> tuple[str, str,
     encoding, how = decide_encoding(body, http_charset)
     if how == "bom":
         bom = next(b for b, n in _BOMS if n == encoding)
-        return body[len(bom):].decode(encoding, errors="replace"), encoding, how
+        return body[len(bom) :].decode(encoding, errors="replace"), encoding, how
     return bytes_to_str(body, encoding, errors="replace"), encoding, how

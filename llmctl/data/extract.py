@@ -88,7 +88,9 @@ def input_kind(path: str | Path) -> str | None:
 # ----------------------------------------------------------------------------- gzip members
 
 
-def iter_gzip_members(path: str | Path, max_bytes: int, chunk: int = 1 << 20) -> Iterator[tuple[bytes | None, str | None, int]]:
+def iter_gzip_members(
+    path: str | Path, max_bytes: int, chunk: int = 1 << 20
+) -> Iterator[tuple[bytes | None, str | None, int]]:
     """Yield (data, error, compressed_size) per gzip member; resync on the next header after an error.
 
     `data` is None when the member is unusable; `error` is "corrupt_gzip", "truncated_record"
@@ -182,8 +184,9 @@ def html_to_text(body: bytes, charset: str | None, cfg: ExtractConfig) -> tuple[
     html, _, how = decode_html(body, charset)
     if html.count("\ufffd") > max(8, len(html) // 200):
         return Unreadable("invalid_encoding", len(body))
-    return extract_plain_text(html, main_content=cfg.main_content, list_bullets=cfg.list_bullets,
-                              alt_texts=False, preserve_formatting=True), how
+    return extract_plain_text(
+        html, main_content=cfg.main_content, list_bullets=cfg.list_bullets, alt_texts=False, preserve_formatting=True
+    ), how
 
 
 def _warc_records(data: bytes, source: str, kind: str, cfg: ExtractConfig, offset: int) -> Iterator[Record]:

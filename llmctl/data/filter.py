@@ -24,16 +24,19 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, replace, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llmctl.config import runtime
+from llmctl.config import output_fields, runtime
 from llmctl.data import rejected as R
-from llmctl.data.steps.c4 import C4Config, C4Filter
-from llmctl.data.dedup.base import DedupConfig, validate as validate_dedup
+from llmctl.data.dedup.base import DedupConfig
+from llmctl.data.dedup.base import validate as validate_dedup
 from llmctl.data.document import DETAIL_KEY, DOCUMENT_SCHEMA, Document, to_row
 from llmctl.data.extract import ENCODING_KEY, ExtractConfig, Rejected, Unreadable, read_input
+from llmctl.data.inputs import InputFile, resolve_inputs  # noqa: F401 - resolve_inputs is imported from here too
+from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
+from llmctl.data.steps.c4 import C4Config, C4Filter
 from llmctl.data.steps.gopher import (
     GopherQualityConfig,
     GopherQualityFilter,
@@ -43,16 +46,13 @@ from llmctl.data.steps.gopher import (
 from llmctl.data.steps.langid import LangIdConfig, LangIdFilter
 from llmctl.data.steps.pii import PIIConfig, PIIScrubber
 from llmctl.data.steps.toxicity import ToxicityConfig, ToxicityFilter
-from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
-from llmctl.config import output_fields
-from llmctl.store.dataset import Dataset, StageOutput
-from llmctl.store.integrity import verify_shard
-from llmctl.store import fs
 from llmctl.errors import UsageError
 from llmctl.executor.local import Reporter, default_workers, run_tasks, using
-from llmctl.utils.progress import StageProgress, note, note_resume
+from llmctl.store import fs
+from llmctl.store.dataset import Dataset, StageOutput
+from llmctl.store.integrity import verify_shard
 from llmctl.store.lock import exclusive_output
-from llmctl.data.inputs import InputFile, resolve_inputs  # noqa: F401 - resolve_inputs is imported from here too
+from llmctl.utils.progress import StageProgress, note, note_resume
 
 STEP_NAMES = ("langid", "gopher_repetition", "gopher_quality", "c4", "pii", "toxicity", "quality")
 
@@ -208,8 +208,9 @@ def funnel(stats: dict[str, int], step_order: list[str]) -> list[dict[str, Any]]
     return rows
 
 
-def _run_per_shard(files: list[InputFile], out: StageOutput, cfg: FilterConfig, workers: int,
-                   progress: bool | None) -> list[str]:
+def _run_per_shard(
+    files: list[InputFile], out: StageOutput, cfg: FilterConfig, workers: int, progress: bool | None
+) -> list[str]:
     if cfg.quality.enabled and fs.is_local(cfg.quality.model):  # workers may run in another directory
         cfg = replace(cfg, quality=replace(cfg.quality, model=os.path.abspath(cfg.quality.model)))  # type: ignore[arg-type]
     tasks = [FilterTask(i, f, out, cfg) for i, f in enumerate(files)]
@@ -282,17 +283,22 @@ def _run_filter(
         docs_st = work_output(out / "_work" / "docs", "filter.docs", key, lineage)
         if not docs_st.complete:
             names = _run_per_shard(files, docs_st, cfg, workers, progress)
-            docs_st.finalize(names, DOCUMENT_SCHEMA, stats={"tasks": {n: docs_st.task_record(n)["stats"] for n in names}})
+            docs_st.finalize(
+                names, DOCUMENT_SCHEMA, stats={"tasks": {n: docs_st.task_record(n)["stats"] for n in names}}
+            )
         docs = Dataset(docs_st.path, docs_st.manifest)  # type: ignore[arg-type]
         extra = run_dedup(out, docs, [f.path for f in files], cfg, stage, workers, progress)
         names = [f"part-{i:05d}" for i in range(len(files))]
     stats: Counter[str] = Counter()
     for name in names:
         stats.update(stage.task_record(name)["stats"])
-    accounted = stats["kept.docs"] + sum(v for k, v in stats.items()
-                                         if k.startswith(("rejected.", "unreadable.")) and k.endswith(".docs"))
+    accounted = stats["kept.docs"] + sum(
+        v for k, v in stats.items() if k.startswith(("rejected.", "unreadable.")) and k.endswith(".docs")
+    )
     assert accounted == stats["read.docs"], "funnel does not add up"
-    counters = {k: v for k, v in sorted(stats.items()) if not k.startswith(("read.", "kept.", "rejected.", "unreadable."))}
+    counters = {
+        k: v for k, v in sorted(stats.items()) if not k.startswith(("read.", "kept.", "rejected.", "unreadable."))
+    }
     summary = {
         "funnel": funnel(dict(stats), list(cfg.steps) + ["quality", "dedup"]),
         "counters": counters,
@@ -305,9 +311,12 @@ def _run_filter(
     rej = R.finalize(rejected, stage, names, out)
     if rej is not None:
         summary["rejected"] = {"dataset": R.rejected_dir(out).name, "documents": rej["num_rows"]}
-    manifest = stage.finalize(names, DOCUMENT_SCHEMA, stats=summary,
-                              timings={"run_seconds": round(time.time() - started, 3), "workers": workers,
-                                       **extra.get("timings", {})})
+    manifest = stage.finalize(
+        names,
+        DOCUMENT_SCHEMA,
+        stats=summary,
+        timings={"run_seconds": round(time.time() - started, 3), "workers": workers, **extra.get("timings", {})},
+    )
     if dedup_on and not cfg.dedup.keep_work:
         fs.rmtree(out / "_work")
     return manifest

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmctl.store import fs
 from llmctl.data.extract import ExtractConfig, input_kind, parquet_columns
-from llmctl.store.dataset import Dataset, fingerprint_file
 from llmctl.errors import UsageError
+from llmctl.store import fs
+from llmctl.store.dataset import Dataset, fingerprint_file
 from llmctl.store.fs import is_uri
 
 
@@ -96,7 +96,7 @@ def _uri_inputs(pattern: str) -> list[InputFile]:
             out += _dataset_inputs(Dataset.open(uri))
         elif is_dir:
             base = uri.rstrip("/") + "/"
-            files = [(f, f[len(base):]) for f in fs.list_files(uri)]
+            files = [(f, f[len(base) :]) for f in fs.list_files(uri)]
             out += [_uri_input(f) for f in _pick_inputs(files, uri)]
         else:
             out.append(_uri_input(uri))
@@ -104,7 +104,9 @@ def _uri_inputs(pattern: str) -> list[InputFile]:
 
 
 def _dataset_inputs(ds: Dataset) -> list[InputFile]:
-    return [InputFile(str(s), "parquet", ds.lineage(), sha256=r.get("sha256")) for s, r in zip(ds.shards, ds.shard_records)]
+    return [
+        InputFile(str(s), "parquet", ds.lineage(), sha256=r.get("sha256")) for s, r in zip(ds.shards, ds.shard_records)
+    ]
 
 
 def _uri_input(uri: str) -> InputFile:

@@ -27,12 +27,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llmctl.store import fs
 from llmctl.data.mix_plan import MixConfig, Plan, make_plan, open_sources
 from llmctl.data.tokenize import TOKENS_SCHEMA
-from llmctl.store.dataset import StageOutput
 from llmctl.errors import UsageError
 from llmctl.executor.local import Reporter, default_workers, run_tasks
+from llmctl.store import fs
+from llmctl.store.dataset import StageOutput
 from llmctl.store.integrity import open_parquet, verify_shard
 from llmctl.store.lock import exclusive_output
 from llmctl.utils.progress import StageProgress, note, note_resume
@@ -82,9 +82,15 @@ def mix_task(task: MixTask, report: Reporter) -> dict[str, Any]:
     table = pa.concat_tables(pieces).take(pa.array(np.argsort(np.concatenate(where), kind="stable")))
     n = table.num_rows
     split = np.array(["train"] * task.n_train + ["val"] * (n - task.n_train), dtype=object)
-    table = pa.table({"id": table.column("id").cast(pa.string()), "input_ids": table.column("input_ids"),
-                      "split": pa.array(split, pa.string()),
-                      "source": pa.array(np.asarray(task.names, dtype=object)[task.src], pa.string())}, schema=MIX_SCHEMA)
+    table = pa.table(
+        {
+            "id": table.column("id").cast(pa.string()),
+            "input_ids": table.column("input_ids"),
+            "split": pa.array(split, pa.string()),
+            "source": pa.array(np.asarray(task.names, dtype=object)[task.src], pa.string()),
+        },
+        schema=MIX_SCHEMA,
+    )
     writer = task.out.shard_writer(f"{task.name}.parquet", MIX_SCHEMA)
     try:
         writer.write_table(table)
@@ -93,8 +99,12 @@ def mix_task(task: MixTask, report: Reporter) -> dict[str, Any]:
         writer.abort()
         raise
     report(docs=n, tokens=int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0))
-    task.out.finish_task(task.name, {"data": [{"path": f"{task.name}.parquet", **rec}]}, {"documents": n},
-                         seconds=round(time.time() - started, 3))
+    task.out.finish_task(
+        task.name,
+        {"data": [{"path": f"{task.name}.parquet", **rec}]},
+        {"documents": n},
+        seconds=round(time.time() - started, 3),
+    )
     return {"documents": n}
 
 
@@ -110,10 +120,17 @@ def shard_bounds(lengths: np.ndarray, shard_tokens: int) -> list[tuple[int, int]
 
 def summary(plan: Plan) -> dict[str, Any]:
     sp = {s: {"documents": len(plan.length[s]), "tokens": plan.tokens(s)} for s in ("train", "val")}
-    return {"mix": {"sources": plan.table, "tokens": plan.tokens("train"), "budget": plan.budget,
-                    "plan_fingerprint": plan.fingerprint},
-            **sp, "documents": sp["train"]["documents"] + sp["val"]["documents"],
-            "tokens": sp["train"]["tokens"] + sp["val"]["tokens"]}
+    return {
+        "mix": {
+            "sources": plan.table,
+            "tokens": plan.tokens("train"),
+            "budget": plan.budget,
+            "plan_fingerprint": plan.fingerprint,
+        },
+        **sp,
+        "documents": sp["train"]["documents"] + sp["val"]["documents"],
+        "tokens": sp["train"]["tokens"] + sp["val"]["tokens"],
+    }
 
 
 @exclusive_output("out", discard_unfinished=True)
@@ -133,15 +150,26 @@ def run_mix(cfg: MixConfig, out: str | Path, overwrite: bool = False, progress: 
         return stage.manifest
     files = [[(str(p), r.get("sha256")) for p, r in zip(s.ds.shards, s.ds.shard_records)] for s in sources]
     names = [s.name for s in sources]
-    cat = {k: np.concatenate([getattr(plan, k)["train"], getattr(plan, k)["val"]]) for k in ("src", "shard", "row", "length")}
+    cat = {
+        k: np.concatenate([getattr(plan, k)["train"], getattr(plan, k)["val"]])
+        for k in ("src", "shard", "row", "length")
+    }
     n_train = len(plan.length["train"])
-    tasks = [MixTask(i, stage, files, names, cat["src"][a:b], cat["shard"][a:b], cat["row"][a:b],
-                     max(0, min(b, n_train) - a)) for i, (a, b) in enumerate(shard_bounds(cat["length"], cfg.shard_tokens))]
+    tasks = [
+        MixTask(
+            i, stage, files, names, cat["src"][a:b], cat["shard"][a:b], cat["row"][a:b], max(0, min(b, n_train) - a)
+        )
+        for i, (a, b) in enumerate(shard_bounds(cat["length"], cfg.shard_tokens))
+    ]
     todo = [t for t in tasks if not stage.task_done(t.name)]
     note_resume(stage, len(tasks), progress)
     workers = cfg.workers or default_workers()
     started = time.time()
     with StageProgress("mix", sum(len(t.src) for t in todo) or None, enabled=progress, unit="docs") as prog:
         run_tasks(mix_task, todo, workers=max(1, min(workers, len(todo))), progress=prog)
-    return stage.finalize([t.name for t in tasks], MIX_SCHEMA, stats=summary(plan),
-                          timings={"run_seconds": round(time.time() - started, 3), "workers": workers})
+    return stage.finalize(
+        [t.name for t in tasks],
+        MIX_SCHEMA,
+        stats=summary(plan),
+        timings={"run_seconds": round(time.time() - started, 3), "workers": workers},
+    )

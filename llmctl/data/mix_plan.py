@@ -41,8 +41,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from llmctl.config import runtime
-from llmctl.store.dataset import Dataset, canonical_json, sha256_text
 from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset, canonical_json, sha256_text
 from llmctl.store.integrity import open_parquet
 
 LARGEST = "largest"
@@ -79,7 +79,9 @@ def parse_source(spec: str) -> tuple[str, dict[str, Any]]:
     """`NAME=PATH[:WEIGHT | :EPOCHSx]` as given to --source."""
     name, eq, rest = spec.partition("=")
     if not eq or not name.strip() or not rest:
-        raise UsageError(f"--source {spec!r}: expected NAME=PATH[:WEIGHT] or NAME=PATH:EPOCHSx (e.g. web=out/tokens:0.67)")
+        raise UsageError(
+            f"--source {spec!r}: expected NAME=PATH[:WEIGHT] or NAME=PATH:EPOCHSx (e.g. web=out/tokens:0.67)"
+        )
     path, colon, amount = rest.rpartition(":")
     if not colon or not re.fullmatch(r"-?[0-9.e+-]+x?", amount):
         return name.strip(), {"path": rest}
@@ -164,11 +166,20 @@ def open_source(name: str, spec: Any) -> Source:
         for s in parts:
             rows = np.flatnonzero(split == s).astype(np.int64)
             parts[s].append((np.full(len(rows), i, np.int32), rows, lens[rows]))
-    cat = {s: [np.concatenate([p[k] for p in v]) if v else np.zeros(0, np.int64) for k in range(3)]
-           for s, v in parts.items()}
-    return Source(name, ds, None if weight is None else float(weight), None if epochs is None else float(epochs),
-                  _tokenizer_of(ds), {s: c[0] for s, c in cat.items()}, {s: c[1] for s, c in cat.items()},
-                  {s: c[2] for s, c in cat.items()})
+    cat = {
+        s: [np.concatenate([p[k] for p in v]) if v else np.zeros(0, np.int64) for k in range(3)]
+        for s, v in parts.items()
+    }
+    return Source(
+        name,
+        ds,
+        None if weight is None else float(weight),
+        None if epochs is None else float(epochs),
+        _tokenizer_of(ds),
+        {s: c[0] for s, c in cat.items()},
+        {s: c[1] for s, c in cat.items()},
+        {s: c[2] for s, c in cat.items()},
+    )
 
 
 def open_sources(cfg: MixConfig, notice=None) -> list[Source]:
@@ -188,8 +199,10 @@ def open_sources(cfg: MixConfig, notice=None) -> list[Source]:
     first = sources[0]
     for s in sources[1:]:
         if s.tokenizer.get("fingerprint") != first.tokenizer.get("fingerprint"):
-            raise UsageError(f"sources {first.name!r} and {s.name!r} were tokenized with different tokenizers "
-                             f"({first.tokenizer.get('path')} vs {s.tokenizer.get('path')}); re-encode one of them")
+            raise UsageError(
+                f"sources {first.name!r} and {s.name!r} were tokenized with different tokenizers "
+                f"({first.tokenizer.get('path')} vs {s.tokenizer.get('path')}); re-encode one of them"
+            )
     for s in sources:
         if s.tokens == 0:
             raise UsageError(f"source {s.name!r} ({s.ds.path}) holds no train tokens")
@@ -257,7 +270,9 @@ def source_sequence(lengths: np.ndarray, target: int, seed: int, name: str) -> t
         if k == full:
             perm = _fill(perm, lengths, rem)
         seq.append(perm)
-        last = int(perm[-1]) if len(perm) else last  # a target under half the shortest document: none (make_plan refuses)
+        last = (
+            int(perm[-1]) if len(perm) else last
+        )  # a target under half the shortest document: none (make_plan refuses)
     out = np.concatenate(seq) if seq else np.zeros(0, np.int64)
     return out, full + (1 if rem else 0)
 
@@ -294,8 +309,10 @@ def targets(cfg: MixConfig, sources: list[Source], notice=None) -> tuple[list[in
             raise UsageError(f"source {s.name!r}: {s.epochs} epochs is no token of its {s.tokens:,}")
     raw = np.array([s.weight if s.weight is not None else float(s.tokens) for s in weighted], np.float64)
     if all(given) and weighted and abs(raw.sum() - 1.0) > 1e-6 and cfg.temperature == 1.0 and notice:
-        notice(f"weights sum to {raw.sum():g}, not 1: normalized to "
-               + ", ".join(f"{s.name} {w / raw.sum():.4f}" for s, w in zip(weighted, raw)))
+        notice(
+            f"weights sum to {raw.sum():g}, not 1: normalized to "
+            + ", ".join(f"{s.name} {w / raw.sum():.4f}" for s, w in zip(weighted, raw))
+        )
     p = raw ** (1.0 / cfg.temperature) if len(raw) else raw
     p = p / p.sum() if len(p) else p
     budget = parse_tokens(cfg.tokens)
@@ -308,16 +325,22 @@ def targets(cfg: MixConfig, sources: list[Source], notice=None) -> tuple[list[in
     else:
         share = budget - sum(fixed.values())
         if weighted and share <= 0:
-            raise UsageError(f"--tokens {budget:,} leaves no token for the weighted sources after the fixed-epoch ones "
-                             f"({sum(fixed.values()):,} tokens)")
+            raise UsageError(
+                f"--tokens {budget:,} leaves no token for the weighted sources after the fixed-epoch ones "
+                f"({sum(fixed.values()):,} tokens)"
+            )
         if not weighted and share != 0 and notice:
-            notice(f"every source has fixed epochs: the mixture is {sum(fixed.values()):,} tokens, not --tokens {budget:,}")
+            notice(
+                f"every source has fixed epochs: the mixture is {sum(fixed.values()):,} tokens, not --tokens {budget:,}"
+            )
     wt = {s.name: int(round(pi * share)) for s, pi in zip(weighted, p)}
     for s in weighted:
         need = wt[s.name] / s.tokens
         if need > cfg.max_epochs * (1 + 1e-9):
-            raise UsageError(f"source {s.name!r} would need {need:.2f} epochs of its {s.tokens:,} tokens for its share; "
-                             f"allow repetition with --max-epochs {np.ceil(need * 100) / 100:g}, or lower its weight or --tokens")
+            raise UsageError(
+                f"source {s.name!r} would need {need:.2f} epochs of its {s.tokens:,} tokens for its share; "
+                f"allow repetition with --max-epochs {np.ceil(need * 100) / 100:g}, or lower its weight or --tokens"
+            )
     tokens = [fixed.get(s.name, wt.get(s.name, 0)) for s in sources]
     total = sum(tokens)
     return tokens, total, [t / total for t in tokens]
@@ -333,11 +356,22 @@ def make_plan(cfg: MixConfig, sources: list[Source], notice=None) -> Plan:
     for s, t, pr in zip(sources, tgt, prop):
         seq, passes = source_sequence(s.length["train"], t, cfg.seed, s.name)
         seqs.append(seq)
-        table.append({"name": s.name, "path": str(s.ds.path), "weight": s.weight, "fixed_epochs": s.epochs,
-                      "target_proportion": pr, "target_tokens": t, "passes": passes,
-                      "available_tokens": s.tokens, "available_documents": s.docs,
-                      "val_documents": len(s.length["val"]), "val_tokens": int(s.length["val"].sum()),
-                      "lineage": s.ds.lineage()})
+        table.append(
+            {
+                "name": s.name,
+                "path": str(s.ds.path),
+                "weight": s.weight,
+                "fixed_epochs": s.epochs,
+                "target_proportion": pr,
+                "target_tokens": t,
+                "passes": passes,
+                "available_tokens": s.tokens,
+                "available_documents": s.docs,
+                "val_documents": len(s.length["val"]),
+                "val_tokens": int(s.length["val"].sum()),
+                "lineage": s.ds.lineage(),
+            }
+        )
     out: dict[str, dict[str, np.ndarray]] = {"src": {}, "shard": {}, "row": {}, "length": {}, "index": {}}
     for split in ("train", "val"):
         seq = seqs if split == "train" else [np.arange(len(s.length["val"])) for s in sources]
@@ -361,14 +395,24 @@ def make_plan(cfg: MixConfig, sources: list[Source], notice=None) -> Plan:
         r["documents"] = int(m.sum())
         r["epochs"] = r["tokens"] / r["available_tokens"]
         if r["target_tokens"] and not r["documents"]:
-            raise UsageError(f"source {s.name!r}: its target of {r['target_tokens']:,} tokens is under half its shortest "
-                             f"document ({int(s.length['train'].min()) if len(s.length['train']) else 0:,} tokens), so it would get none; "
-                             "raise --tokens or its weight, or split its documents")
+            raise UsageError(
+                f"source {s.name!r}: its target of {r['target_tokens']:,} tokens is under half its shortest "
+                f"document ({int(s.length['train'].min()) if len(s.length['train']) else 0:,} tokens), so it would get none; "
+                "raise --tokens or its weight, or split its documents"
+            )
         if notice and abs(r["tokens"] - r["target_tokens"]) > SHARE_SLACK * r["target_tokens"]:
-            notice(f"source {s.name!r} gets {r['tokens']:,} tokens for a target of {r['target_tokens']:,} "
-                   f"({r['proportion']:.1%} of the mixture, not {r['target_proportion']:.1%}): its documents are whole "
-                   f"and up to {int(s.length['train'].max(initial=0)):,} tokens long; raise --tokens or split them")
-    fp = sha256_text(canonical_json({"seed": cfg.seed, "table": [{k: r[k] for k in ("name", "target_tokens")}
-                                                                  for r in table],
-                                     "inputs": [r["lineage"]["fingerprint"] for r in table]}))
+            notice(
+                f"source {s.name!r} gets {r['tokens']:,} tokens for a target of {r['target_tokens']:,} "
+                f"({r['proportion']:.1%} of the mixture, not {r['target_proportion']:.1%}): its documents are whole "
+                f"and up to {int(s.length['train'].max(initial=0)):,} tokens long; raise --tokens or split them"
+            )
+    fp = sha256_text(
+        canonical_json(
+            {
+                "seed": cfg.seed,
+                "table": [{k: r[k] for k in ("name", "target_tokens")} for r in table],
+                "inputs": [r["lineage"]["fingerprint"] for r in table],
+            }
+        )
+    )
     return Plan(sources, out["src"], out["shard"], out["row"], out["length"], out["index"], table, budget, fp)

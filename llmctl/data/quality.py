@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from llmctl.store import fs
 from llmctl.data.dedup.base import exact_hash, normalize_text
 from llmctl.data.document import DETAIL_KEY, Document
-from llmctl.store.dataset import MANIFEST, Dataset, atomic_write_json, file_sha256, now_iso
 from llmctl.errors import UsageError
+from llmctl.store import fs
+from llmctl.store.dataset import MANIFEST, Dataset, atomic_write_json, file_sha256, now_iso
 from llmctl.store.lock import exclusive_output
 
 MODEL_FILE = "model.bin"
@@ -136,7 +136,9 @@ def load_model(path: str | Path):
         try:
             model = fasttext.load_model(_local_copy(model_path(path)))
         except (ValueError, RuntimeError, MemoryError) as e:
-            raise UsageError(f"{path}: not a fastText model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise UsageError(
+                f"{path}: not a fastText model ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
         model.llmctl_label = positive_label(path, model.get_labels())
         _MODELS[key] = model
     return _MODELS[key]
@@ -158,8 +160,9 @@ def score_texts(model, texts: list[str], max_chars: int = 20_000, label: str | N
     label = label or getattr(model, "llmctl_label", HQ)
     norm = [normalize_text(t)[:max_chars] for t in texts]
     labels, probs = model.predict(norm, k=-1)
-    return np.array([float(p[list(lab).index(label)]) if label in lab else 0.0 for lab, p in zip(labels, probs)],
-                    dtype=np.float32)
+    return np.array(
+        [float(p[list(lab).index(label)]) if label in lab else 0.0 for lab, p in zip(labels, probs)], dtype=np.float32
+    )
 
 
 class QualityFilter:
@@ -225,7 +228,9 @@ def _read_texts(paths: list[str], side: str, text_field: str = "text") -> tuple[
             with (gzip.open if str(p).endswith(".gz") else open)(p, "rt", encoding="utf-8") as f:
                 texts += [line.rstrip("\n") for line in f if line.strip()]
         elif input_kind(p) in ("jsonl", "parquet"):
-            texts += [r.text for r in read_input(p, str(p), ExtractConfig(text_field=text_field)) if isinstance(r, Document)]
+            texts += [
+                r.text for r in read_input(p, str(p), ExtractConfig(text_field=text_field)) if isinstance(r, Document)
+            ]
         else:
             raise UsageError(f"{p}: expected an llmctl dataset, .jsonl[.gz], .parquet or .txt file")
     return texts, lineage
@@ -236,8 +241,12 @@ def _prf(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     precision = tp / max(1, int(pred.sum()))
     recall = tp / max(1, int(truth.sum()))
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-            "accuracy": round(float((truth == pred).mean()), 4)}
+    return {
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "accuracy": round(float((truth == pred).mean()), 4),
+    }
 
 
 # fastText (0.9.x, also fasttext-numpy2) initialises only the first tenth of its input matrix when
@@ -256,14 +265,21 @@ def train_fasttext(train_file: str, model_path: str, **params: Any) -> None:
     if r.returncode != 0 or not os.path.isfile(model_path):
         err = (r.stderr.strip().splitlines() or ["exit code %d" % r.returncode])[-1]
         if "NaN" in err:
-            raise UsageError("fastText training diverged (Encountered NaN): the training text is too small or "
-                             "too repetitive; give more distinct documents or a lower --lr")
+            raise UsageError(
+                "fastText training diverged (Encountered NaN): the training text is too small or "
+                "too repetitive; give more distinct documents or a lower --lr"
+            )
         raise UsageError(f"fastText training failed: {err}")
 
 
 @exclusive_output("out", discard_unfinished=True)
-def train_quality(positive: list[str], negative: list[str], out: str | Path, cfg: QualityTrainConfig | None = None,
-                  overwrite: bool = False) -> dict[str, Any]:
+def train_quality(
+    positive: list[str],
+    negative: list[str],
+    out: str | Path,
+    cfg: QualityTrainConfig | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train the classifier into directory `out`; returns its manifest (with held-out figures)."""
     import fasttext
 
@@ -294,8 +310,9 @@ def train_quality(positive: list[str], negative: list[str], out: str | Path, cfg
     train, held = [], []
     for label, texts in sides.items():
         if len(texts) < 2:
-            raise UsageError(f"need at least 2 distinct {'positive' if label == POS else 'negative'} documents, "
-                             f"got {len(texts)}")
+            raise UsageError(
+                f"need at least 2 distinct {'positive' if label == POS else 'negative'} documents, got {len(texts)}"
+            )
         perm = rng.permutation(len(texts))
         n_held = max(1, int(round(cfg.holdout * len(texts))))
         held += [(label, texts[i]) for i in perm[:n_held]]
@@ -309,20 +326,41 @@ def train_quality(positive: list[str], negative: list[str], out: str | Path, cfg
             for label, text in train:
                 f.write(f"{label} {text}\n")
         tmp_model = os.path.join(tmp, MODEL_FILE)
-        train_fasttext(train_file, tmp_model, epoch=cfg.epoch, lr=cfg.lr, wordNgrams=cfg.word_ngrams, dim=cfg.dim,
-                       bucket=cfg.bucket, minCount=cfg.min_count, thread=1, seed=cfg.seed, verbose=0)
+        train_fasttext(
+            train_file,
+            tmp_model,
+            epoch=cfg.epoch,
+            lr=cfg.lr,
+            wordNgrams=cfg.word_ngrams,
+            dim=cfg.dim,
+            bucket=cfg.bucket,
+            minCount=cfg.min_count,
+            thread=1,
+            seed=cfg.seed,
+            verbose=0,
+        )
         model = fasttext.load_model(tmp_model)
         os.replace(tmp_model, out / MODEL_FILE)
     truth = np.array([label == POS for label, _ in held])
     scores = score_texts(model, [t for _, t in held], cfg.max_chars, label=POS)
     metrics = _prf(truth, scores >= cfg.threshold)
     p, n = (x.removeprefix("__label__") for x in (POS, NEG))
-    stats = {"heldout": metrics, "label": POS, "train_docs": {p: sum(lab == POS for lab, _ in train), n: sum(lab == NEG for lab, _ in train)},
-             "heldout_docs": {p: int(truth.sum()), n: int((~truth).sum())}, "duplicates_dropped": duplicates,
-             "vocabulary": len(model.words)}
-    manifest = {"stage": "quality", "config": to_dict(cfg), "inputs": {"positive": pos_lineage, "negative": neg_lineage},
-                "model": {"path": MODEL_FILE, "sha256": file_sha256(out / MODEL_FILE)}, "stats": stats,
-                "timings": {"finished": now_iso()}}
+    stats = {
+        "heldout": metrics,
+        "label": POS,
+        "train_docs": {p: sum(lab == POS for lab, _ in train), n: sum(lab == NEG for lab, _ in train)},
+        "heldout_docs": {p: int(truth.sum()), n: int((~truth).sum())},
+        "duplicates_dropped": duplicates,
+        "vocabulary": len(model.words),
+    }
+    manifest = {
+        "stage": "quality",
+        "config": to_dict(cfg),
+        "inputs": {"positive": pos_lineage, "negative": neg_lineage},
+        "model": {"path": MODEL_FILE, "sha256": file_sha256(out / MODEL_FILE)},
+        "stats": stats,
+        "timings": {"finished": now_iso()},
+    }
     atomic_write_json(out / MANIFEST, manifest)
     shutil.rmtree(out / "__pycache__", ignore_errors=True)
     return manifest

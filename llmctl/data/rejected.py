@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmctl.store import fs
 from llmctl.data.document import REJECTED_SCHEMA
-from llmctl.store.dataset import MANIFEST, RUN_STATE, ShardWriter, StageOutput
 from llmctl.errors import UsageError
+from llmctl.store import fs
+from llmctl.store.dataset import MANIFEST, RUN_STATE, ShardWriter, StageOutput
 
 STAGE = "filter.rejected"
 SUFFIX = ".rejected"
@@ -65,8 +65,10 @@ def check(out: Any) -> None:
     if not d.is_dir():
         raise UsageError(f"{d}: exists and is not a directory (llmctl filter keeps removed documents there)")
     if any(d.iterdir()) and not _ours(d):
-        raise UsageError(f"{d}: directory is not empty and holds no llmctl output (llmctl filter keeps removed "
-                         "documents there); move it away or choose another output path")
+        raise UsageError(
+            f"{d}: directory is not empty and holds no llmctl output (llmctl filter keeps removed "
+            "documents there); move it away or choose another output path"
+        )
 
 
 def open_output(out: Any, cfg: Any, inputs: list[dict[str, Any]], main: StageOutput) -> StageOutput | None:
@@ -91,6 +93,6 @@ def finalize(rej: StageOutput | None, main: StageOutput, names: list[str], of: A
         rej.finish_task(name, {"data": rec["files"].get("rejected", [])})
         for k, v in rec["stats"].items():
             if k.startswith("rejected.") and k.endswith(".docs"):
-                reason = k[len("rejected."):-len(".docs")]
+                reason = k[len("rejected.") : -len(".docs")]
                 reasons[reason] = reasons.get(reason, 0) + v
     return rej.finalize(names, REJECTED_SCHEMA, stats={"of": fs.display(of), "reasons": dict(sorted(reasons.items()))})

@@ -32,23 +32,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from llmctl.config import output_fields, runtime, to_dict
-from llmctl.store.dataset import (MANIFEST, Dataset, StageOutput, atomic_write_json, canonical_json, now_iso,
-                             sha256_text)
-from llmctl.store.integrity import open_parquet, read_state, verify_shard
 from llmctl import __version__
-from llmctl.store import fs
+from llmctl.config import output_fields, runtime, to_dict
 from llmctl.errors import UsageError
 from llmctl.executor.local import Reporter, default_workers, run_tasks, using
-from llmctl.utils.progress import StageProgress, note, note_resume
-from llmctl.tokenizer.spm import Tokenizer, training_chunks
+from llmctl.store import fs
+from llmctl.store.dataset import MANIFEST, Dataset, StageOutput, atomic_write_json, canonical_json, now_iso, sha256_text
+from llmctl.store.integrity import open_parquet, read_state, verify_shard
 from llmctl.store.lock import exclusive_output
+from llmctl.tokenizer.spm import Tokenizer, training_chunks
+from llmctl.utils.progress import StageProgress, note, note_resume
 
-TOKENS_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
-    pa.field("split", pa.string(), nullable=False),
-])
+TOKENS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
 SPLITS = ("train", "val")
 
 
@@ -109,13 +110,21 @@ def sample_documents(datasets: list[Dataset], sample_bytes: int, seed: int) -> t
 
 
 def _train_signature(cfg: TokenizerTrainConfig, inputs: list[dict[str, Any]]) -> str:
-    return sha256_text(canonical_json({"stage": "tokenizer", "config": output_fields(cfg),
-                                       "inputs": [{k: i[k] for k in ("path", "fingerprint")} for i in inputs]}))
+    return sha256_text(
+        canonical_json(
+            {
+                "stage": "tokenizer",
+                "config": output_fields(cfg),
+                "inputs": [{k: i[k] for k in ("path", "fingerprint")} for i in inputs],
+            }
+        )
+    )
 
 
 @exclusive_output("out", discard_unfinished=True)
-def run_train(datasets: list[str] | str, out: str | Path, cfg: TokenizerTrainConfig | None = None,
-              overwrite: bool = False) -> dict[str, Any]:
+def run_train(
+    datasets: list[str] | str, out: str | Path, cfg: TokenizerTrainConfig | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Train a tokenizer into directory `out`; returns its manifest (also if it was already trained).
 
     Everything is written to a temporary sibling directory, manifest last, then renamed into
@@ -145,10 +154,14 @@ def run_train(datasets: list[str] | str, out: str | Path, cfg: TokenizerTrainCon
     if not texts:
         raise UsageError("the input datasets hold no text to train on")
     sampled = time.time()
-    tok = Tokenizer.train((c for t in texts for c in training_chunks(t)), cfg.vocab_size,
-                          character_coverage=cfg.character_coverage, max_piece_length=cfg.max_piece_length,
-                          split_digits=cfg.split_digits,
-                          num_threads=cfg.workers or default_workers())
+    tok = Tokenizer.train(
+        (c for t in texts for c in training_chunks(t)),
+        cfg.vocab_size,
+        character_coverage=cfg.character_coverage,
+        max_piece_length=cfg.max_piece_length,
+        split_digits=cfg.split_digits,
+        num_threads=cfg.workers or default_workers(),
+    )
     trained = time.time()
     tokens = sum(len(ids) for ids in tok.encode_batch(texts, num_threads=cfg.workers or default_workers()))
     if fs.is_local(out):
@@ -158,14 +171,27 @@ def run_train(datasets: list[str] | str, out: str | Path, cfg: TokenizerTrainCon
     else:  # a URI: built locally, then uploaded file by file, manifest last
         tmp = Path(tempfile.mkdtemp(prefix="llmctl-tokenizer-"))
     tok.save(tmp)
-    stats = {"sample": {**sample, "tokens": tokens, "bytes_per_token": round(sample["bytes"] / max(tokens, 1), 4)},
-             "vocab_size": tok.vocab_size, "special_tokens": tok.special_ids}
-    manifest = {"stage": "tokenizer", "llmctl_version": __version__, "config": to_dict(cfg),
-                "config_output": output_fields(cfg), "inputs": inputs, "signature": signature,
-                "fingerprint": tok.fingerprint, "stats": stats,
-                "timings": {"finished": now_iso(), "sample_seconds": round(sampled - started, 3),
-                            "train_seconds": round(trained - sampled, 3),
-                            "seconds": round(time.time() - started, 3)}}
+    stats = {
+        "sample": {**sample, "tokens": tokens, "bytes_per_token": round(sample["bytes"] / max(tokens, 1), 4)},
+        "vocab_size": tok.vocab_size,
+        "special_tokens": tok.special_ids,
+    }
+    manifest = {
+        "stage": "tokenizer",
+        "llmctl_version": __version__,
+        "config": to_dict(cfg),
+        "config_output": output_fields(cfg),
+        "inputs": inputs,
+        "signature": signature,
+        "fingerprint": tok.fingerprint,
+        "stats": stats,
+        "timings": {
+            "finished": now_iso(),
+            "sample_seconds": round(sampled - started, 3),
+            "train_seconds": round(trained - sampled, 3),
+            "seconds": round(time.time() - started, 3),
+        },
+    }
     atomic_write_json(tmp / MANIFEST, manifest)
     if out.exists():
         fs.rmtree(out)
@@ -199,7 +225,7 @@ class EncodeConfig:
 
 
 def split_of(doc_id: str, val_fraction: float, seed: int = 0) -> str:
-    """"val" or "train" for a document id: a seeded xxh64 hash compared with `val_fraction`."""
+    """ "val" or "train" for a document id: a seeded xxh64 hash compared with `val_fraction`."""
     h = xxhash.xxh64_intdigest(doc_id.encode("utf-8", "surrogatepass"), seed=seed)
     return "val" if h < int(val_fraction * 2**64) else "train"
 
@@ -264,8 +290,16 @@ def encode_task(task: EncodeTask, report: Reporter) -> dict[str, Any]:
             np.cumsum(lengths, out=offsets[1:])
             flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(offsets[-1]))
             input_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
-            writer.write_table(pa.table({"id": pa.array(doc_ids, pa.string()), "input_ids": input_ids,
-                                         "split": pa.array(splits, pa.string())}, schema=TOKENS_SCHEMA))
+            writer.write_table(
+                pa.table(
+                    {
+                        "id": pa.array(doc_ids, pa.string()),
+                        "input_ids": input_ids,
+                        "split": pa.array(splits, pa.string()),
+                    },
+                    schema=TOKENS_SCHEMA,
+                )
+            )
             for s, n_tok, n_b in zip(splits, lengths.tolist(), nbytes.tolist()):
                 st = stats[s]
                 st["documents"] += 1
@@ -277,8 +311,9 @@ def encode_task(task: EncodeTask, report: Reporter) -> dict[str, Any]:
         writer.abort()
         raise
     record = {"splits": stats, "skipped_null_text": skipped}
-    task.out.finish_task(task.name, {"data": [{"path": f"{task.name}.parquet", **rec}]}, record,
-                         seconds=round(time.time() - started, 3))
+    task.out.finish_task(
+        task.name, {"data": [{"path": f"{task.name}.parquet", **rec}]}, record, seconds=round(time.time() - started, 3)
+    )
     return record
 
 
@@ -294,8 +329,11 @@ def _summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     for s in SPLITS:
         st = total[s]
         text_tokens = st["tokens"] - st["documents"]  # without the EOS that ends each document
-        out[s] = {**st, "text_tokens": text_tokens,
-                  "bytes_per_token": round(st["bytes"] / text_tokens, 4) if text_tokens else None}
+        out[s] = {
+            **st,
+            "text_tokens": text_tokens,
+            "bytes_per_token": round(st["bytes"] / text_tokens, 4) if text_tokens else None,
+        }
     out["documents"] = sum(total[s]["documents"] for s in SPLITS)
     out["tokens"] = sum(total[s]["tokens"] for s in SPLITS)
     out["bytes"] = sum(total[s]["bytes"] for s in SPLITS)
@@ -304,8 +342,14 @@ def _summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @exclusive_output("out", discard_unfinished=True)
-def run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path, cfg: EncodeConfig | None = None,
-               overwrite: bool = False, progress: bool | None = None) -> dict[str, Any]:
+def run_encode(
+    dataset: str | Path,
+    tokenizer_dir: str | Path,
+    out: str | Path,
+    cfg: EncodeConfig | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
     """Encode a documents dataset into a token dataset; returns its manifest.
 
     The shard tasks run on `cfg.executor` (local processes or Ray): same function, same output.
@@ -315,8 +359,14 @@ def run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path, 
         return _run_encode(dataset, tokenizer_dir, out, cfg, overwrite, progress)
 
 
-def _run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path, cfg: EncodeConfig,
-                overwrite: bool, progress: bool | None) -> dict[str, Any]:
+def _run_encode(
+    dataset: str | Path,
+    tokenizer_dir: str | Path,
+    out: str | Path,
+    cfg: EncodeConfig,
+    overwrite: bool,
+    progress: bool | None,
+) -> dict[str, Any]:
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     ds = _open_inputs([str(dataset)])[0]
@@ -328,8 +378,10 @@ def _run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path,
         note(f"{out}: already complete (same config and inputs); nothing to do", progress)
         return stage.manifest
     has_id = "id" in ds.column_names
-    all_tasks = [EncodeTask(i, str(p), fs.display(tokenizer_dir), stage, cfg, 1, has_id, r.get("sha256"))
-                 for i, (p, r) in enumerate(zip(ds.shards, ds.shard_records))]
+    all_tasks = [
+        EncodeTask(i, str(p), fs.display(tokenizer_dir), stage, cfg, 1, has_id, r.get("sha256"))
+        for i, (p, r) in enumerate(zip(ds.shards, ds.shard_records))
+    ]
     todo = [t for t in all_tasks if not stage.task_done(t.name)]
     note_resume(stage, len(all_tasks), progress)
     procs = max(1, min(workers, len(todo)))
@@ -341,6 +393,9 @@ def _run_encode(dataset: str | Path, tokenizer_dir: str | Path, out: str | Path,
         run_tasks(encode_task, todo, workers=procs, progress=prog)
     summary = _summarize([stage.task_record(t.name)["stats"] for t in all_tasks])
     summary["tokenizer"] = {"vocab_size": tok.vocab_size, "eos_id": tok.eos_id}
-    return stage.finalize([t.name for t in all_tasks], TOKENS_SCHEMA, stats=summary,
-                          timings={"run_seconds": round(time.time() - started, 3), "workers": workers,
-                                   "processes": procs})
+    return stage.finalize(
+        [t.name for t in all_tasks],
+        TOKENS_SCHEMA,
+        stats=summary,
+        timings={"run_seconds": round(time.time() - started, 3), "workers": workers, "processes": procs},
+    )

@@ -85,15 +85,24 @@ class LM:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def score(self, inputs: Sequence[list[int]], targets: Sequence[list[int]], batch_size: int,
-              on_batch: Callable[[int, int], None] | None = None) -> list[tuple[list[float], bool]]:
+    def score(
+        self,
+        inputs: Sequence[list[int]],
+        targets: Sequence[list[int]],
+        batch_size: int,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[tuple[list[float], bool]]:
         """Per request: log-probs of `targets` (the last len(targets) positions of `inputs`, shifted),
         and whether every target is the argmax. `inputs[i]` already excludes the last target."""
         order = sorted(range(len(inputs)), key=lambda i: (-len(inputs[i]), i))
         out: list[Any] = [None] * len(inputs)
         batches: list[list[int]] = []
         for i in order:  # a batch holds rows of one padded width only, so a row's width never
-            if batches and len(batches[-1]) < batch_size and self._width(len(inputs[batches[-1][0]])) == self._width(len(inputs[i])):
+            if (
+                batches
+                and len(batches[-1]) < batch_size
+                and self._width(len(inputs[batches[-1][0]])) == self._width(len(inputs[i]))
+            ):
                 batches[-1].append(i)  # depends on its neighbours
             else:
                 batches.append([i])
@@ -115,8 +124,12 @@ class LM:
                 on_batch(len(idx), sum(len(inputs[i]) for i in idx))
         return out
 
-    def loglikelihood(self, requests: Sequence[tuple[list[int], list[int]]], batch_size: int,
-                      on_batch: Callable[[int, int], None] | None = None) -> list[tuple[float, bool]]:
+    def loglikelihood(
+        self,
+        requests: Sequence[tuple[list[int], list[int]]],
+        batch_size: int,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[tuple[float, bool]]:
         """lm-eval's loglikelihood: sum log p(continuation | context), is_greedy."""
         inputs, targets = [], []
         for ctx, cont in requests:
@@ -124,19 +137,27 @@ class LM:
                 raise UsageError("a continuation must have at least one token")
             if not ctx:
                 ctx = [self.codec.eos_id]
-            whole = (ctx + cont)[-(self.max_len + 1):]
+            whole = (ctx + cont)[-(self.max_len + 1) :]
             inputs.append(whole[:-1])
             targets.append(cont)
         return [(math.fsum(v), g) for v, g in self.score(inputs, targets, batch_size, on_batch)]
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int = 0, stop_ids: Sequence[int] | None = None,
-                 stop_text: Sequence[str] = ()) -> list[int]:
+    def generate(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_ids: Sequence[int] | None = None,
+        stop_text: Sequence[str] = (),
+    ) -> list[int]:
         """New token ids after `prompt` (greedy when temperature == 0); stops at a stop id or string."""
         stops = set(self.codec.stop_ids if stop_ids is None else stop_ids)
-        prompt = prompt[-max(1, self.max_len - max_new_tokens):]
+        prompt = prompt[-max(1, self.max_len - max_new_tokens) :]
         gen = torch.Generator().manual_seed(seed)
         logits, state = self.start(prompt)
         out: list[int] = []
@@ -152,10 +173,19 @@ class LM:
             logits, state = self.step(tok, state)
         return out
 
-    def generate_many(self, prompts: Sequence[list[int]], max_new_tokens: int, temperature: float = 0.0,
-                      top_k: int = 0, top_p: float = 1.0, seeds: Sequence[int] | None = None,
-                      stop_ids: Sequence[int] | None = None, stop_text: Sequence[str] = (), batch_size: int = 1,
-                      on_batch: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    def generate_many(
+        self,
+        prompts: Sequence[list[int]],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seeds: Sequence[int] | None = None,
+        stop_ids: Sequence[int] | None = None,
+        stop_text: Sequence[str] = (),
+        batch_size: int = 1,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[list[int]]:
         """`generate` for each prompt (prompt i sampled with seeds[i]); a backend may batch them
         (llmctl checkpoints do, with the shared engine), giving the same tokens as one at a time."""
         seeds = list(seeds) if seeds is not None else [0] * len(prompts)
@@ -194,8 +224,15 @@ class LlmctlLM(LM):
             raise UsageError(f"{path}: checkpoint has no tokenizer/ directory; pass --tokenizer")
         tok = Tokenizer.load(tok_dir)
         self.tokenizer = tok
-        self.codec = TextCodec(tok.encode, tok.decode, tok.eos_id, tuple(tok.stop_ids), tok.fingerprint, tok.bos_id,
-                               lambda m: tok.apply_chat_template(m, add_generation_prompt=True))
+        self.codec = TextCodec(
+            tok.encode,
+            tok.decode,
+            tok.eos_id,
+            tuple(tok.stop_ids),
+            tok.fingerprint,
+            tok.bos_id,
+            lambda m: tok.apply_chat_template(m, add_generation_prompt=True),
+        )
         self.max_len = self.cfg.max_seq_len
         self.device = torch.device(device)
         self.name = str(self.path)
@@ -219,10 +256,19 @@ class LlmctlLM(LM):
         return logits[0, -1], state
 
     @torch.no_grad()
-    def generate_many(self, prompts: Sequence[list[int]], max_new_tokens: int, temperature: float = 0.0,
-                      top_k: int = 0, top_p: float = 1.0, seeds: Sequence[int] | None = None,
-                      stop_ids: Sequence[int] | None = None, stop_text: Sequence[str] = (), batch_size: int = 1,
-                      on_batch: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    def generate_many(
+        self,
+        prompts: Sequence[list[int]],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seeds: Sequence[int] | None = None,
+        stop_ids: Sequence[int] | None = None,
+        stop_text: Sequence[str] = (),
+        batch_size: int = 1,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[list[int]]:
         """Batches of `batch_size` prompts through `llmctl.model.generate.generate_batch`, one generator per
         prompt (seeds[i]), so a prompt's tokens do not depend on the batch it is in."""
         from llmctl.model.generate import generate_batch
@@ -230,14 +276,23 @@ class LlmctlLM(LM):
         seeds = list(seeds) if seeds is not None else [0] * len(prompts)
         stops = tuple(self.codec.stop_ids if stop_ids is None else stop_ids)
         stop_fn = (lambda ids: any(s in self.codec.decode(ids) for s in stop_text)) if stop_text else None
-        cut = [p[-max(1, self.max_len - max_new_tokens):] for p in prompts]
+        cut = [p[-max(1, self.max_len - max_new_tokens) :] for p in prompts]
         out: list[list[int]] = []
         for s in range(0, len(cut), max(1, batch_size)):
-            chunk = cut[s:s + max(1, batch_size)]
-            gens = [torch.Generator(device=self.device).manual_seed(sd) for sd in seeds[s:s + len(chunk)]]
-            g = generate_batch(self.model, chunk, max_new_tokens, temperature, top_k or None,
-                               top_p if top_p < 1.0 else None, generator=gens, stop_ids=stops,
-                               pad_id=self.tokenizer.pad_id, stop_fn=stop_fn)
+            chunk = cut[s : s + max(1, batch_size)]
+            gens = [torch.Generator(device=self.device).manual_seed(sd) for sd in seeds[s : s + len(chunk)]]
+            g = generate_batch(
+                self.model,
+                chunk,
+                max_new_tokens,
+                temperature,
+                top_k or None,
+                top_p if top_p < 1.0 else None,
+                generator=gens,
+                stop_ids=stops,
+                pad_id=self.tokenizer.pad_id,
+                stop_fn=stop_fn,
+            )
             out += g.tokens
             if on_batch:
                 on_batch(len(chunk), g.new_tokens)
@@ -271,9 +326,15 @@ class HFLM(LM):
             raise UsageError(f"{path}: tokenizer has no eos token")
         vocab = self.tok.get_vocab()
         stops = (eos, *(vocab[t] for t in ("<|end|>", "<|im_end|>", "<|eot_id|>") if t in vocab))  # end of a chat turn
-        self.codec = TextCodec(lambda t: self.tok.encode(t, add_special_tokens=False),
-                               lambda ids: self.tok.decode(list(ids), skip_special_tokens=True),
-                               eos, stops, "", self.tok.bos_token_id, self._chat if self.tok.chat_template else None)
+        self.codec = TextCodec(
+            lambda t: self.tok.encode(t, add_special_tokens=False),
+            lambda ids: self.tok.decode(list(ids), skip_special_tokens=True),
+            eos,
+            stops,
+            "",
+            self.tok.bos_token_id,
+            self._chat if self.tok.chat_template else None,
+        )
         mc = self.model.config
         self.max_len = int(getattr(mc, "max_position_embeddings", None) or getattr(mc, "n_positions", 2048))
         self.name = str(self.path)
@@ -292,8 +353,9 @@ class HFLM(LM):
         tok.split_special_tokens = False
         try:
             try:
-                ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              sanitize_control_tokens=True)
+                ids = tok.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, sanitize_control_tokens=True
+                )
             except (ValueError, NotImplementedError):  # a tokenizer that cannot sanitize
                 ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         finally:

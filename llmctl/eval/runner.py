@@ -25,12 +25,7 @@ import pyarrow as pa
 
 from llmctl.config import runtime
 from llmctl.errors import UsageError
-from llmctl.eval.tasks import contamination
-from llmctl.eval.tasks import degeneration
-from llmctl.eval.tasks import exact_match
-from llmctl.eval.tasks import mc
-from llmctl.eval.tasks import perplexity
-from llmctl.eval.tasks import prefs
+from llmctl.eval.tasks import contamination, degeneration, exact_match, mc, perplexity, prefs
 from llmctl.eval.tasks.prefs import PrefsConfig, WinrateConfig
 from llmctl.store.lock import exclusive_output
 
@@ -47,8 +42,15 @@ class Samples:
 
 TASKS = ("perplexity", "mc", "exact_match", "degeneration", "contamination", "prefs", "winrate")
 NO_LM_TASKS = ("contamination", "prefs")  # these never load MODEL as a language model
-RESULT_SCHEMA = pa.schema([("task", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
-                           ("stderr", pa.float64()), ("n", pa.int64())])
+RESULT_SCHEMA = pa.schema(
+    [
+        ("task", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("stderr", pa.float64()),
+        ("n", pa.int64()),
+    ]
+)
 
 
 @dataclass
@@ -77,14 +79,20 @@ class TaskProgress:
         from llmctl.utils.progress import console
 
         self.enabled = console.is_terminal if enabled is None else enabled
-        self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("[cyan]{task.fields[rate]}"), TimeRemainingColumn(), console=console,
-                           disable=not self.enabled)
+        self._p = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[cyan]{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not self.enabled,
+        )
         self._task = None
         self._t0 = 0.0
         self._tokens = 0
 
-    def __enter__(self) -> "TaskProgress":
+    def __enter__(self) -> TaskProgress:
         self._p.__enter__()
         return self
 
@@ -117,21 +125,26 @@ REQUIRED = {
 }
 
 
-def _run_task(name: str, lm: Any, cfg: "EvalConfig", progress: TaskProgress) -> tuple[list, list]:
+def _run_task(name: str, lm: Any, cfg: EvalConfig, progress: TaskProgress) -> tuple[list, list]:
     if name == "prefs":
         return prefs.run_prefs(cfg.model, cfg.prefs, cfg.batch_size, progress, cfg.device, lm=lm)
     if name == "winrate":
         return prefs.run_winrate(lm, cfg.winrate, cfg.batch_size, progress, cfg.device)
-    run = {"perplexity": perplexity.run, "mc": mc.run, "exact_match": exact_match.run,
-           "degeneration": degeneration.run, "contamination": contamination.run}[name]
+    run = {
+        "perplexity": perplexity.run,
+        "mc": mc.run,
+        "exact_match": exact_match.run,
+        "degeneration": degeneration.run,
+        "contamination": contamination.run,
+    }[name]
     return run(lm, getattr(cfg, name), cfg.batch_size, progress)
 
 
 @exclusive_output("output", discard_unfinished=True)
 def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate `model` on `cfg.tasks`; returns the results manifest (rows in manifest['stats']['results'])."""
-    from llmctl.store.dataset import StageOutput
     from llmctl.eval.lm import load_lm
+    from llmctl.store.dataset import StageOutput
 
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown or not cfg.tasks:
@@ -168,9 +181,9 @@ def run_eval(model: str | Path, output: str | Path, cfg: EvalConfig, overwrite: 
 
 def model_lineage(path: str | Path, stage: str = "model") -> dict[str, Any]:
     """Path and weights fingerprint of a model directory (an llmctl run dir: its latest checkpoint)."""
+    from llmctl.eval.lm import is_hf_dir
     from llmctl.model.checkpoint import resolve_checkpoint
     from llmctl.store.dataset import fingerprint_file
-    from llmctl.eval.lm import is_hf_dir
 
     p = Path(path) if is_hf_dir(path) else resolve_checkpoint(path)
     w = sorted(p.glob("*.safetensors"))
@@ -198,8 +211,12 @@ def _run_tasks(out: Any, tasks: list[str], lm: Any, cfg: EvalConfig) -> dict[str
                 w = out.shard_writer(relpath, RESULT_SCHEMA)
                 for r in rows:
                     w.write(_clean(r))
-                out.finish_task(name, {"data": [{"path": relpath, **w.close()}], **files},
-                                stats={"rows": [_clean(r) for r in rows], "inputs": lineage}, seconds=secs)
+                out.finish_task(
+                    name,
+                    {"data": [{"path": relpath, **w.close()}], **files},
+                    stats={"rows": [_clean(r) for r in rows], "inputs": lineage},
+                    seconds=secs,
+                )
             all_rows += [_clean(r) for r in rows]
             extra_inputs += lineage
             timings[f"{name}_seconds"] = secs
@@ -210,8 +227,9 @@ def write_samples(out: Any, task: str, samples: Samples, lineage: list, cfg: Eva
     """RESULTS/_samples/TASK as a dataset of its own (shard, then manifest)."""
     from llmctl.store.dataset import StageOutput
 
-    so = StageOutput(out.path / SAMPLES_DIR / task, "eval_samples", getattr(cfg, task), inputs=out.inputs + lineage,
-                     overwrite=True)
+    so = StageOutput(
+        out.path / SAMPLES_DIR / task, "eval_samples", getattr(cfg, task), inputs=out.inputs + lineage, overwrite=True
+    )
     if not so.complete:
         w = so.shard_writer("part-00000.parquet", samples.schema)
         for r in samples.rows:

@@ -218,8 +218,9 @@ def run_tasks(
     failure: BaseException | None = None
     procs: dict[int, Any] = {}
     try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(q, starts)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(q, starts)
+        ) as pool:
             futures = [pool.submit(_call, fn, task, i) for i, task in enumerate(tasks)]
             procs = dict(getattr(pool, "_processes", None) or {})  # to tell which worker died
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
@@ -252,9 +253,12 @@ def run_tasks(
 def _died_message(tasks: Sequence[Any], futures: list, starts: list[int], procs: dict[int, Any]) -> str:
     """A worker process died (killed, out of memory, a crash in native code): the task it ran,
     i.e. the one it started that did not finish (a worker runs one task at a time)."""
-    unfinished = [i for i, pid in enumerate(starts) if pid and not (futures[i].done() and futures[i].exception() is None)]
-    dead = {pid: p.exitcode for pid, p in procs.items()
-            if p.exitcode is not None and p.exitcode not in (0, -signal.SIGTERM)}
+    unfinished = [
+        i for i, pid in enumerate(starts) if pid and not (futures[i].done() and futures[i].exception() is None)
+    ]
+    dead = {
+        pid: p.exitcode for pid, p in procs.items() if p.exitcode is not None and p.exitcode not in (0, -signal.SIGTERM)
+    }
     culprits = [(i, dead[starts[i]]) for i in unfinished if starts[i] in dead]
     if not culprits:  # the pool's bookkeeping changed: every task that was running
         culprits = [(i, None) for i in unfinished]
@@ -262,8 +266,11 @@ def _died_message(tasks: Sequence[Any], futures: list, starts: list[int], procs:
     codes = [c for _, c in culprits if c is not None]
     if codes:
         code = codes[0]
-        how = (f" (killed by {signal.Signals(-code).name}{', out of memory?' if code == -signal.SIGKILL else ''})"
-               if code < 0 and -code in signal.valid_signals() else f" (exit code {code})")
+        how = (
+            f" (killed by {signal.Signals(-code).name}{', out of memory?' if code == -signal.SIGKILL else ''})"
+            if code < 0 and -code in signal.valid_signals()
+            else f" (exit code {code})"
+        )
     if culprits:
         names = ", ".join(task_label(tasks[i], i) for i, _ in culprits)
         what = f"the worker process running shard {names} died{how}"

@@ -97,9 +97,11 @@ def _auto_address(ray) -> tuple[str | None, str]:
     return found, "a running Ray process"
 
 
-AUTH_HINT = ("the cluster uses token authentication and this machine's token is missing or not the cluster's: "
-             "set RAY_AUTH_MODE=token and give it the cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN or "
-             "RAY_AUTH_TOKEN_PATH; `ray get-auth-token` on the head node prints it)")
+AUTH_HINT = (
+    "the cluster uses token authentication and this machine's token is missing or not the cluster's: "
+    "set RAY_AUTH_MODE=token and give it the cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN or "
+    "RAY_AUTH_TOKEN_PATH; `ray get-auth-token` on the head node prints it)"
+)
 
 
 def _is_auth_error(e: BaseException) -> bool:
@@ -190,8 +192,11 @@ def connect(address: str | None, workers: int):
                 _init(ray, "local", "a new local instance", **local)
                 return ray
             if found != "auto" and not _answers(found, AUTO_PROBE_S):
-                print(f"llmctl: no Ray cluster answers at {found} (recorded in {source}: stopped without "
-                      f"`ray stop`?); starting a local Ray instance with {workers} CPU{'s' if workers != 1 else ''}", file=sys.stderr)
+                print(
+                    f"llmctl: no Ray cluster answers at {found} (recorded in {source}: stopped without "
+                    f"`ray stop`?); starting a local Ray instance with {workers} CPU{'s' if workers != 1 else ''}",
+                    file=sys.stderr,
+                )
                 _init(ray, "local", "a new local instance", **local)
                 return ray
             _init(ray, found, f"{found} (from {source})" if found != "auto" else "auto", **kwargs)
@@ -205,9 +210,11 @@ def connect(address: str | None, workers: int):
             raise UsageError(f'--ray-address {address} (Ray Client) needs: pip install "ray[client]"') from None
     if not _answers(address, EXPLICIT_PROBE_S):
         hp = _host_port(address)
-        raise UsageError(f"no Ray cluster answers at {shown} (no TCP connection to {hp[0]}:{hp[1]} within "
-                         f"{EXPLICIT_PROBE_S:.0f} s); check the address (`ray status` on the head node prints it), "
-                         "or use --ray-address auto")
+        raise UsageError(
+            f"no Ray cluster answers at {shown} (no TCP connection to {hp[0]}:{hp[1]} within "
+            f"{EXPLICIT_PROBE_S:.0f} s); check the address (`ray status` on the head node prints it), "
+            "or use --ray-address auto"
+        )
     _init(ray, address, shown, **kwargs)
     return ray
 
@@ -315,8 +322,11 @@ def run_tasks_ray(
         first = failed[0][1]
         if os.environ.get(TRACEBACK_ENV):
             print(str(first), file=sys.stderr)
-        rest = ("no shard completed; re-run the same command to retry" if len(failed) == len(tasks) else
-                f"the other {len(tasks) - len(failed)} are complete and kept; re-run the same command to resume")
+        rest = (
+            "no shard completed; re-run the same command to retry"
+            if len(failed) == len(tasks)
+            else f"the other {len(tasks) - len(failed)} are complete and kept; re-run the same command to resume"
+        )
         hint = "" if os.environ.get(TRACEBACK_ENV) else f"; {TRACEBACK_ENV}=1 prints the first traceback"
         raise TaskFailed(
             f"{len(failed)} of {len(tasks)} shards failed after {max_retries + 1} attempts: "

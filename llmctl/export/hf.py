@@ -21,11 +21,11 @@ import json
 import shutil
 from pathlib import Path
 
-from llmctl.model.checkpoint import load_checkpoint, write_weights
-from llmctl.store.dataset import MANIFEST, atomic_write_json, atomic_write_text, now_iso
 from llmctl.errors import UsageError
 from llmctl.export.hf_moe import moe_hf_config, moe_hf_state
+from llmctl.model.checkpoint import load_checkpoint, write_weights
 from llmctl.model.transformer import ModelConfig
+from llmctl.store.dataset import MANIFEST, atomic_write_json, atomic_write_text, now_iso
 from llmctl.store.lock import exclusive_output
 
 
@@ -34,14 +34,31 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: 
     if cfg.rope_scale != 1.0:
         rope = {"rope_theta": cfg.rope_base, "rope_type": "linear", "factor": cfg.rope_scale}
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
-        "hidden_act": "silu", "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_base, "rope_parameters": rope, "rope_scaling": None if cfg.rope_scale == 1.0 else
-        {"rope_type": "linear", "factor": cfg.rope_scale}, "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": cfg.init_std,
-        "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "use_cache": True, "dtype": "float32",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_base,
+        "rope_parameters": rope,
+        "rope_scaling": None if cfg.rope_scale == 1.0 else {"rope_type": "linear", "factor": cfg.rope_scale},
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": cfg.init_std,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
+        "use_cache": True,
+        "dtype": "float32",
     }
 
 
@@ -50,15 +67,26 @@ def hf_tokenizer_config(max_len: int, split_special_tokens: bool = True) -> dict
     from llmctl.tokenizer.chat import CHAT_TEMPLATE_JINJA
     from llmctl.tokenizer.spm import BOS, CHAT_TOKENS, EOS, PAD, UNK
 
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
-            "unk_token": UNK, "additional_special_tokens": list(CHAT_TOKENS), "add_bos_token": False,
-            "add_eos_token": False, "clean_up_tokenization_spaces": False, "model_max_length": max_len,
-            "split_special_tokens": split_special_tokens, "chat_template": CHAT_TEMPLATE_JINJA}
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": PAD,
+        "unk_token": UNK,
+        "additional_special_tokens": list(CHAT_TOKENS),
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": max_len,
+        "split_special_tokens": split_special_tokens,
+        "chat_template": CHAT_TEMPLATE_JINJA,
+    }
 
 
 @exclusive_output("out", discard_unfinished=True)
-def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False,
-              split_special_tokens: bool = True) -> Path:
+def export_hf(
+    checkpoint: str | Path, out: str | Path, overwrite: bool = False, split_special_tokens: bool = True
+) -> Path:
     """Write OUT/{model.safetensors, config.json, generation_config.json, tokenizer files}."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -73,7 +101,9 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False,
 
         tok = Tokenizer.load(tok_dir)
         ids = {"bos": tok.bos_id, "eos": tok.eos_id, "pad": tok.pad_id}
-        stops = [tok.eos_id] + [i for i in tok.stop_ids if i != tok.eos_id]  # `generate` ends a chat turn as llmctl does
+        stops = [tok.eos_id] + [
+            i for i in tok.stop_ids if i != tok.eos_id
+        ]  # `generate` ends a chat turn as llmctl does
     state = {}
     for k, v in model.state_dict().items():
         if k == "lm_head.weight":
@@ -87,8 +117,12 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     write_weights(state, out / "model.safetensors")  # mode 0644 under the usual umask, like the other files
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": ids["bos"], "eos_token_id": stops or ids["eos"], "pad_token_id": ids["pad"]}, indent=2) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps(
+            {"bos_token_id": ids["bos"], "eos_token_id": stops or ids["eos"], "pad_token_id": ids["pad"]}, indent=2
+        )
+        + "\n"
+    )
     if tok is not None:
         from llmctl.export.hf_tokenizer import tokenizer_json
 
@@ -97,7 +131,14 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False,
                 shutil.copy2(f, out / f.name)
         atomic_write_text(out / "tokenizer.json", json.dumps(tokenizer_json(tok), ensure_ascii=False))
         atomic_write_json(out / "tokenizer_config.json", hf_tokenizer_config(cfg.max_seq_len, split_special_tokens))
-    atomic_write_json(out / MANIFEST, {"stage": "export", "format": f"huggingface-{hf_cfg['model_type']}", "created": now_iso(),
-                                       "inputs": [{"path": str(Path(checkpoint).resolve()),
-                                                   "step": manifest.get("step")}], "model": cfg.to_dict()})
+    atomic_write_json(
+        out / MANIFEST,
+        {
+            "stage": "export",
+            "format": f"huggingface-{hf_cfg['model_type']}",
+            "created": now_iso(),
+            "inputs": [{"path": str(Path(checkpoint).resolve()), "step": manifest.get("step")}],
+            "model": cfg.to_dict(),
+        },
+    )
     return out

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from llmctl.model.transformer import ModelConfig
 from llmctl.model.moe import is_moe_layer
+from llmctl.model.transformer import ModelConfig
 
 
 def architecture(cfg: ModelConfig) -> str:
@@ -25,19 +25,40 @@ def architecture(cfg: ModelConfig) -> str:
 def moe_hf_config(cfg: ModelConfig, base: dict) -> dict:
     """The Llama config.json `base` turned into the MoE class's."""
     out = {k: v for k, v in base.items() if k not in ("mlp_bias", "attention_bias", "rope_scaling")}
-    common = {"num_experts_per_tok": cfg.moe_top_k, "output_router_logits": False,
-              "router_aux_loss_coef": cfg.moe_lb_coef}
+    common = {
+        "num_experts_per_tok": cfg.moe_top_k,
+        "output_router_logits": False,
+        "router_aux_loss_coef": cfg.moe_lb_coef,
+    }
     if architecture(cfg) == "mixtral":
-        return {**out, **common, "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
-                "num_local_experts": cfg.n_experts, "intermediate_size": cfg.moe_d_ff, "router_jitter_noise": 0.0,
-                "sliding_window": None}
+        return {
+            **out,
+            **common,
+            "architectures": ["MixtralForCausalLM"],
+            "model_type": "mixtral",
+            "num_local_experts": cfg.n_experts,
+            "intermediate_size": cfg.moe_d_ff,
+            "router_jitter_noise": 0.0,
+            "sliding_window": None,
+        }
     out.pop("head_dim", None)  # Qwen2-MoE derives it from hidden_size / num_attention_heads, as llmctl does
-    return {**out, **common, "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
-            "num_experts": cfg.n_experts, "moe_intermediate_size": cfg.moe_d_ff, "intermediate_size": cfg.d_ff,
-            "shared_expert_intermediate_size": cfg.n_shared_experts * cfg.moe_d_ff,
-            "decoder_sparse_step": cfg.moe_every, "mlp_only_layers": [], "norm_topk_prob": cfg.moe_norm_topk,
-            "qkv_bias": False, "use_sliding_window": False, "sliding_window": None,
-            "max_window_layers": cfg.n_layer}
+    return {
+        **out,
+        **common,
+        "architectures": ["Qwen2MoeForCausalLM"],
+        "model_type": "qwen2_moe",
+        "num_experts": cfg.n_experts,
+        "moe_intermediate_size": cfg.moe_d_ff,
+        "intermediate_size": cfg.d_ff,
+        "shared_expert_intermediate_size": cfg.n_shared_experts * cfg.moe_d_ff,
+        "decoder_sparse_step": cfg.moe_every,
+        "mlp_only_layers": [],
+        "norm_topk_prob": cfg.moe_norm_topk,
+        "qkv_bias": False,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": cfg.n_layer,
+    }
 
 
 def moe_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -51,7 +72,11 @@ def moe_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, 
             out[k] = v
             continue
         head, proj = k.rsplit(".experts.", 1)
-        names = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"} if mixtral else {p: p for p in ("gate_proj", "up_proj", "down_proj")}
+        names = (
+            {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+            if mixtral
+            else {p: p for p in ("gate_proj", "up_proj", "down_proj")}
+        )
         if mixtral:
             head = head.replace(".mlp", ".block_sparse_moe")
         for e in range(v.shape[0]):
@@ -61,7 +86,12 @@ def moe_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, 
         for i in range(cfg.n_layer):
             if is_moe_layer(cfg, i):
                 p = f"model.layers.{i}.mlp.shared_expert"
-                out.update({f"{p}.gate_proj.weight": torch.zeros(0, d), f"{p}.up_proj.weight": torch.zeros(0, d),
-                            f"{p}.down_proj.weight": torch.zeros(d, 0), f"{p}_gate.weight": torch.zeros(1, d)})
+                out.update(
+                    {
+                        f"{p}.gate_proj.weight": torch.zeros(0, d),
+                        f"{p}.up_proj.weight": torch.zeros(0, d),
+                        f"{p}.down_proj.weight": torch.zeros(d, 0),
+                        f"{p}_gate.weight": torch.zeros(1, d),
+                    }
+                )
     return out
-

@@ -39,7 +39,7 @@ META = "\u2581"  # sentencepiece's space marker
 SPACE = "\ufdd0"  # the marker in tokenizer.json (a noncharacter)
 
 
-def _pieces(tok: "Tokenizer") -> tuple[dict[str, int], list[tuple[str, int]], list[tuple[str, int, str]]]:
+def _pieces(tok: Tokenizer) -> tuple[dict[str, int], list[tuple[str, int]], list[tuple[str, int, str]]]:
     """(vocab string -> id, ordinary pieces with their ids, special pieces as (string, id, kind))."""
     sp = tok._sp
     vocab: dict[str, int] = {}
@@ -75,13 +75,23 @@ def merges(vocab: dict[str, int], normal: list[tuple[str, int]], scores: list[fl
     return [[a, b] for *_, a, b in found]
 
 
-def tokenizer_json(tok: "Tokenizer") -> dict[str, Any]:
+def tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
     """The `tokenizer.json` document (tokenizers' serialization format) for `tok`."""
     sp = tok._sp
     vocab, normal, special = _pieces(tok)
     scores = [sp.get_score(i) for i in range(sp.get_piece_size())]
-    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": True} for s, i, _ in special]
+    added = [
+        {
+            "id": i,
+            "content": s,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for s, i, _ in special
+    ]
     unk = next(s for s, _, kind in special if kind == "unk")
     return {
         "version": "1.0",
@@ -91,13 +101,24 @@ def tokenizer_json(tok: "Tokenizer") -> dict[str, Any]:
         "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": SPACE},
         "pre_tokenizer": None,
         "post_processor": None,
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
-            {"type": "ByteFallback"},
-            {"type": "Fuse"},
-        ]},
-        "model": {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
-                  "vocab": dict(sorted(vocab.items(), key=lambda kv: kv[1])),
-                  "merges": merges(vocab, normal, scores)},
+        "decoder": {
+            "type": "Sequence",
+            "decoders": [
+                {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+            ],
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": unk,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": dict(sorted(vocab.items(), key=lambda kv: kv[1])),
+            "merges": merges(vocab, normal, scores),
+        },
     }

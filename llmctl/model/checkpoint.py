@@ -30,11 +30,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmctl import __version__
-
-from llmctl.store import fs
-from llmctl.store.dataset import MANIFEST, atomic_write_json, now_iso
 from llmctl.errors import UsageError
 from llmctl.model.transformer import ModelConfig, Transformer
+from llmctl.store import fs
+from llmctl.store.dataset import MANIFEST, atomic_write_json, now_iso
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -89,13 +88,20 @@ def save_checkpoint(
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
-        body = {"stage": "checkpoint", "llmctl_version": __version__, "created": now_iso(), "model": model_cfg.to_dict(),
-                **(manifest or {})}
+        body = {
+            "stage": "checkpoint",
+            "llmctl_version": __version__,
+            "created": now_iso(),
+            "model": model_cfg.to_dict(),
+            **(manifest or {}),
+        }
         atomic_write_json(tmp / MANIFEST, body)
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports ENOSPC as a RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointWriteError(f"cannot write checkpoint {path} ({_write_error(e, path)}); the checkpoints "
-                                   "before it are intact: free some space and re-run the same command to resume") from None
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path} ({_write_error(e, path)}); the checkpoints "
+            "before it are intact: free some space and re-run the same command to resume"
+        ) from None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
@@ -183,7 +189,9 @@ def load_checkpoint(
         state["lm_head.weight"] = state["embed_tokens.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UsageError(f"{path}: weights do not match config.json (missing {missing[:2]}, unexpected {unexpected[:2]})")
+        raise UsageError(
+            f"{path}: weights do not match config.json (missing {missing[:2]}, unexpected {unexpected[:2]})"
+        )
     manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).is_file() else {}
     return model.to(device).eval(), cfg, tok, manifest
 

@@ -53,8 +53,13 @@ class Generated:
         return self.new_tokens / max(self.seconds, 1e-9)
 
 
-def _draw(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-          gen: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+def _draw(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    gen: torch.Generator | Sequence[torch.Generator],
+) -> torch.Tensor:
     """(B,) next ids: argmax at temperature 0, else one draw per row (from that row's generator when
     `gen` is a list, so a row samples what it would alone)."""
     if temperature == 0:
@@ -62,7 +67,7 @@ def _draw(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: fl
     probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
     if isinstance(gen, torch.Generator):
         return torch.multinomial(probs, 1, generator=gen)[:, 0]
-    return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=g)[:, 0] for i, g in enumerate(gen)])
+    return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g)[:, 0] for i, g in enumerate(gen)])
 
 
 @torch.no_grad()
@@ -104,7 +109,7 @@ def generate_batch(
     t0 = time.perf_counter()
     ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, device=device)
+        ids[i, width - len(r) :] = torch.tensor(r, device=device)
     padded = bool((lens != width).any())
     valid = torch.zeros(b, width + steps, dtype=torch.bool, device=device)  # keys a real token may attend to
     valid[:, :width] = torch.arange(width, device=device)[None] >= (width - lens)[:, None]
@@ -148,7 +153,7 @@ def generate_batch(
                 logits = model(ids)[:, -1]
         elif padded:
             pos = (lens + t)[:, None]
-            logits = model(nxt, positions=pos, kv_cache=cache, attn_mask=valid[:, None, None, :width + t + 1])[:, -1]
+            logits = model(nxt, positions=pos, kv_cache=cache, attn_mask=valid[:, None, None, : width + t + 1])[:, -1]
         else:
             logits = model(nxt, kv_cache=cache)[:, -1]
     return Generated(out, ended, stopped, sum(len(o) for o in out), time.perf_counter() - t0)
@@ -169,8 +174,17 @@ def generate(
     """New token ids after `prompt_ids` (stops early at a stop id, which is not returned): a batch of one."""
     if not prompt_ids:
         raise ValueError("generate needs at least one prompt token")
-    return generate_batch(model, [prompt_ids], max_new_tokens, temperature, top_k, top_p, seed=seed,
-                          stop_ids=stop_ids, use_cache=use_cache).tokens[0]
+    return generate_batch(
+        model,
+        [prompt_ids],
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        seed=seed,
+        stop_ids=stop_ids,
+        use_cache=use_cache,
+    ).tokens[0]
 
 
 def prompt_ids(tok, prompt: str, chat: bool = False) -> list[int]:
@@ -196,8 +210,8 @@ def generate_text(
     With `chat=True` the prompt is one user turn in the chat template SFT, reward and DPO train on
     (`Tokenizer.apply_chat_template`, ending with the assistant tag), and the reply stops at `<|end|>`.
     """
-    from llmctl.model.checkpoint import load_checkpoint
     from llmctl.errors import UsageError
+    from llmctl.model.checkpoint import load_checkpoint
     from llmctl.tokenizer.spm import Tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

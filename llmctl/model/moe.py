@@ -175,9 +175,15 @@ class MoE(nn.Module):
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         if self.training and torch.is_grad_enabled():
             lb, z = load_balancing_loss(logits, idx, self.n), z_loss(logits)
-            self.records.append({"aux": self.lb_coef * lb + self.z_coef * z, "lb": lb.detach(), "z": z.detach(),
-                                 "load": (torch.bincount(flat, minlength=self.n).float() / flat.numel()).detach(),
-                                 "dropped": dropped.detach()})
+            self.records.append(
+                {
+                    "aux": self.lb_coef * lb + self.z_coef * z,
+                    "lb": lb.detach(),
+                    "z": z.detach(),
+                    "load": (torch.bincount(flat, minlength=self.n).float() / flat.numel()).detach(),
+                    "dropped": dropped.detach(),
+                }
+            )
         return out.reshape(shape).to(x.dtype)
 
 
@@ -212,9 +218,12 @@ def router_losses(model: nn.Module) -> tuple[torch.Tensor | None, dict[str, Any]
         return None, {}
     n = len(recs)
     aux = sum(r["aux"] for _, r in recs) / n
-    out: dict[str, Any] = {"moe_aux_loss": aux.detach(), "moe_lb_loss": sum(r["lb"] for _, r in recs) / n,
-                           "moe_z_loss": sum(r["z"] for _, r in recs) / n,
-                           "moe_dropped": sum(r["dropped"] for _, r in recs) / n}
+    out: dict[str, Any] = {
+        "moe_aux_loss": aux.detach(),
+        "moe_lb_loss": sum(r["lb"] for _, r in recs) / n,
+        "moe_z_loss": sum(r["z"] for _, r in recs) / n,
+        "moe_dropped": sum(r["dropped"] for _, r in recs) / n,
+    }
     per_layer: dict[int, list[torch.Tensor]] = {}
     for i, r in recs:
         per_layer.setdefault(i, []).append(r["load"])

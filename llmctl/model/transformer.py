@@ -81,7 +81,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -97,10 +97,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     # active parameters (+ the router); moe-10m ~25M params, ~10M active at an 8k vocab. olmoe: OLMoE-1B-7B's shape
     # (64 experts top-8, ~7B params, ~1.3B active at a 50k vocab), for GPUs.
     "moe-tiny": dict(n_layer=2, n_head=4, d_model=64, max_seq_len=256, n_experts=8, moe_top_k=2, moe_d_ff=88),
-    "moe-10m": dict(n_layer=6, n_head=5, d_model=320, d_ff=864, max_seq_len=512, n_experts=8, moe_top_k=2,
-                    moe_d_ff=432),
-    "olmoe": dict(n_layer=16, n_head=16, d_model=2048, d_ff=1024, max_seq_len=4096, n_experts=64, moe_top_k=8,
-                  moe_d_ff=1024, tie_embeddings=False, moe_lb_coef=0.01, moe_z_coef=0.001),
+    "moe-10m": dict(
+        n_layer=6, n_head=5, d_model=320, d_ff=864, max_seq_len=512, n_experts=8, moe_top_k=2, moe_d_ff=432
+    ),
+    "olmoe": dict(
+        n_layer=16,
+        n_head=16,
+        d_model=2048,
+        d_ff=1024,
+        max_seq_len=4096,
+        n_experts=64,
+        moe_top_k=8,
+        moe_d_ff=1024,
+        tie_embeddings=False,
+        moe_lb_coef=0.01,
+        moe_z_coef=0.001,
+    ),
 }
 
 
@@ -127,7 +139,9 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, base: float, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (B, T, head_dim) for integer positions (B, T); Llama's half-split layout."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
     angles = (positions.float() / scale)[..., None] * inv_freq

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from llmctl.store.dataset import MANIFEST
 from llmctl.errors import UsageError
+from llmctl.store.dataset import MANIFEST
 from llmctl.store.lock import exclusive_output
 
 CSS = """
@@ -91,8 +91,13 @@ def _table(head: list[str], rows: list[list[Any]], classes: dict[int, str] | Non
             return f'<td class="num">{v:,}</td>'
         return f'<td class="{cls}">{esc(v)}</td>' if cls else f"<td>{esc(v)}</td>"
 
-    return ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
-            + "".join("<tr>" + "".join(cell(i, v) for i, v in enumerate(r)) + "</tr>" for r in rows) + "</table>")
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{esc(h)}</th>" for h in head)
+        + "</tr>"
+        + "".join("<tr>" + "".join(cell(i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
+        + "</table>"
+    )
 
 
 def _lineage(stages: list[tuple[str, Path, dict[str, Any]]]) -> str:
@@ -105,10 +110,12 @@ def _lineage(stages: list[tuple[str, Path, dict[str, Any]]]) -> str:
             ref = next((n for sp, n in by_path.items() if p == sp or p.startswith(sp + "/")), None)
             ins.append(f"{ref} (stage)" if ref else Path(p).name)
         rows.append([name, man.get("stage", "?"), ", ".join(dict.fromkeys(ins)) or "-", _fingerprint(d, man)[:16]])
-    return ("<h2>Lineage</h2><p>Each stage with what it read (its manifest's inputs with their fingerprints; for "
-            "eval, the data of each task too), from the crawl files to the final checkpoint. The fingerprint is "
-            "the output's (a training run: its final checkpoint's weights).</p>"
-            + _table(["stage", "kind", "inputs", "fingerprint"], rows, classes={3: "fp"}))
+    return (
+        "<h2>Lineage</h2><p>Each stage with what it read (its manifest's inputs with their fingerprints; for "
+        "eval, the data of each task too), from the crawl files to the final checkpoint. The fingerprint is "
+        "the output's (a training run: its final checkpoint's weights).</p>"
+        + _table(["stage", "kind", "inputs", "fingerprint"], rows, classes={3: "fp"})
+    )
 
 
 def _results(d: Path, man: dict[str, Any]) -> str:
@@ -116,17 +123,25 @@ def _results(d: Path, man: dict[str, Any]) -> str:
     from llmctl.utils.formatting import format_value
 
     res = list(Dataset(d, man).iter_rows())
-    rows = [[r["task"], r["metric"], format_value(r["metric"], r["value"]),
-             "" if r.get("stderr") is None else f"{r['stderr']:.4f}", r["n"]] for r in res]
+    rows = [
+        [
+            r["task"],
+            r["metric"],
+            format_value(r["metric"], r["value"]),
+            "" if r.get("stderr") is None else f"{r['stderr']:.4f}",
+            r["n"],
+        ]
+        for r in res
+    ]
     return _table(["task", "metric", "value", "stderr", "n"], rows, classes={2: "num", 3: "num"})
 
 
 @exclusive_output(lambda a: a["output"] or Path(a["root"]) / "report", discard_unfinished=True)
 def build_report(root: str | Path, output: str | Path | None = None) -> Path:
     """Write ROOT/report/index.html (or OUTPUT/index.html) and its PNGs; return the HTML path."""
-    from llmctl.utils import plot
     from llmctl.report import charts as charts
     from llmctl.report.moe import moe_section
+    from llmctl.utils import plot
 
     root = Path(root)
     if not root.is_dir():
@@ -139,17 +154,26 @@ def build_report(root: str | Path, output: str | Path | None = None) -> Path:
         raise UsageError(f"{root}: holds no finished stage (no */{MANIFEST})")
     out = Path(output) if output else root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    parts = [f"<h1>llmctl run: {esc(root.name)}</h1>",
-             f'<p class="muted">{esc(root.resolve())} · {len(stages)} stages</p>', _lineage(stages)]
+    parts = [
+        f"<h1>llmctl run: {esc(root.name)}</h1>",
+        f'<p class="muted">{esc(root.resolve())} · {len(stages)} stages</p>',
+        _lineage(stages),
+    ]
 
     for name, d, man in stages:
         kind, st = man.get("stage"), man.get("stats") or {}
         if kind == "filter" and st.get("funnel"):
             png = plot.save(charts.funnel_figure(st["funnel"]), out / f"{name}_funnel.png", dpi=110)
             rej = st.get("rejected")
-            where = (f'<p class="muted">Removed documents, each with its rule: the dataset '
-                     f'<code>{esc(rej["dataset"])}</code> beside <code>{esc(name)}</code> '
-                     f'({rej["documents"]:,} documents).</p>') if isinstance(rej, dict) else ""
+            where = (
+                (
+                    f'<p class="muted">Removed documents, each with its rule: the dataset '
+                    f"<code>{esc(rej['dataset'])}</code> beside <code>{esc(name)}</code> "
+                    f"({rej['documents']:,} documents).</p>"
+                )
+                if isinstance(rej, dict)
+                else ""
+            )
             parts.append(f"<h2>Filter funnel ({esc(name)})</h2>{img(png.name, 'filter funnel')}{where}")
         elif kind == "tokens" and isinstance(st.get("mix"), dict):
             from llmctl.report.mix import mix_section
@@ -157,9 +181,14 @@ def build_report(root: str | Path, output: str | Path | None = None) -> Path:
             parts.append(mix_section(name, st, out))
         elif kind == "tokens" and isinstance(st.get("train"), dict):
             png = plot.save(charts.tokens_figure(st), out / f"{name}_tokens.png", dpi=110)
-            tab = _table(["split", "documents", "tokens", "bytes", "bytes/token"],
-                         [[s, st[s]["documents"], st[s]["tokens"], st[s]["bytes"], st[s].get("bytes_per_token") or 0.0]
-                          for s in ("train", "val") if isinstance(st.get(s), dict)])
+            tab = _table(
+                ["split", "documents", "tokens", "bytes", "bytes/token"],
+                [
+                    [s, st[s]["documents"], st[s]["tokens"], st[s]["bytes"], st[s].get("bytes_per_token") or 0.0]
+                    for s in ("train", "val")
+                    if isinstance(st.get(s), dict)
+                ],
+            )
             parts.append(f"<h2>Tokens ({esc(name)})</h2>{img(png.name, 'tokens per split')}{tab}")
 
     runs = [(name, d) for name, d, _ in stages if (d / "metrics.jsonl").is_file()]
@@ -187,8 +216,10 @@ def build_report(root: str | Path, output: str | Path | None = None) -> Path:
     for d in sweeps:
         parts.append(sweep_section(d, out, esc, img, _table))
 
-    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>llmctl report: {esc(root.name)}</title>'
-            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>llmctl report: {esc(root.name)}</title>'
+        f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index

@@ -38,16 +38,23 @@ def funnel_figure(rows: list[dict[str, Any]]) -> Any:
     causes = [r for r in rows if r["row"] not in ("read", "kept")]
     removed = sum(int(r["docs"]) for r in causes if r["row"].startswith("rejected."))
     unreadable = sum(int(r["docs"]) for r in causes if r["row"].startswith("unreadable."))
-    totals = [("read", docs.get("read", 0), BLUE), ("removed by a rule", removed, ORANGE),
-              ("unreadable", unreadable, GREY), ("kept", docs.get("kept", 0), GREEN)]
+    totals = [
+        ("read", docs.get("read", 0), BLUE),
+        ("removed by a rule", removed, ORANGE),
+        ("unreadable", unreadable, GREY),
+        ("kept", docs.get("kept", 0), GREEN),
+    ]
     n = max(1, len(causes))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 1.6 + 0.3 * (len(totals) + n)),
-                                      height_ratios=(len(totals), n))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 1.6 + 0.3 * (len(totals) + n)), height_ratios=(len(totals), n))
     _bars(top, [t[0] for t in totals], [t[1] for t in totals], [t[2] for t in totals])
     top.set_title("filter funnel: documents read, removed, kept")
     if causes:
-        _bars(bottom, [r["row"] for r in causes], [int(r["docs"]) for r in causes],
-              [GREY if r["row"].startswith("unreadable") else ORANGE for r in causes])
+        _bars(
+            bottom,
+            [r["row"] for r in causes],
+            [int(r["docs"]) for r in causes],
+            [GREY if r["row"].startswith("unreadable") else ORANGE for r in causes],
+        )
     bottom.set_title("removed or unreadable, by rule (its own scale)", fontsize=10)
     bottom.set_xlabel("documents")
     fig.tight_layout()

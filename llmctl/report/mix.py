@@ -13,8 +13,8 @@ def mix_figure(table: list[dict[str, Any]]) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from llmctl.utils.plot import style_axes
     from llmctl.report.charts import BLUE, ORANGE
+    from llmctl.utils.plot import style_axes
 
     names = [r["name"] for r in table]
     y = range(len(names))
@@ -22,8 +22,13 @@ def mix_figure(table: list[dict[str, Any]]) -> Any:
     ax.barh([i - 0.2 for i in y], [100 * r["target_proportion"] for r in table], 0.4, color=BLUE, label="target")
     ax.barh([i + 0.2 for i in y], [100 * r["proportion"] for r in table], 0.4, color=ORANGE, label="realized")
     for i, r in enumerate(table):
-        ax.text(100 * max(r["proportion"], r["target_proportion"]) + 0.5, i,
-                f"{100 * r['proportion']:.1f}% · {r['epochs']:.2f} epochs", va="center", fontsize=8)
+        ax.text(
+            100 * max(r["proportion"], r["target_proportion"]) + 0.5,
+            i,
+            f"{100 * r['proportion']:.1f}% · {r['epochs']:.2f} epochs",
+            va="center",
+            fontsize=8,
+        )
     ax.set_yticks(list(y), names, fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(0, 100 * max(max(r["proportion"], r["target_proportion"]) for r in table) * 1.35 + 1)
@@ -37,16 +42,42 @@ def mix_figure(table: list[dict[str, Any]]) -> Any:
 
 def mix_section(name: str, stats: dict[str, Any], out: Path) -> str:
     """HTML of the section: chart, then the table a user reads first."""
-    from llmctl.utils import plot
     from llmctl.report.build import _table, esc, img
+    from llmctl.utils import plot
 
     table = stats["mix"]["sources"]
     png = plot.save(mix_figure(table), out / f"{name}_mix.png", dpi=110)
-    rows = [[r["name"], f"{100 * r['target_proportion']:.2f}%", f"{100 * r['proportion']:.2f}%", r["tokens"],
-             r["documents"], f"{r['epochs']:.2f}", r["available_tokens"], r["val_documents"],
-             r["lineage"].get("fingerprint", "")[:12]] for r in table]
-    tab = _table(["source", "target", "realized", "tokens", "documents", "epochs", "source tokens", "val docs",
-                  "source fingerprint"], rows, classes={8: "fp"})
-    total = (f'<p class="muted">{stats["train"]["tokens"]:,} training tokens in {stats["train"]["documents"]:,} '
-             f'documents; {stats["val"]["documents"]:,} val documents (each source\'s val split, once).</p>')
+    rows = [
+        [
+            r["name"],
+            f"{100 * r['target_proportion']:.2f}%",
+            f"{100 * r['proportion']:.2f}%",
+            r["tokens"],
+            r["documents"],
+            f"{r['epochs']:.2f}",
+            r["available_tokens"],
+            r["val_documents"],
+            r["lineage"].get("fingerprint", "")[:12],
+        ]
+        for r in table
+    ]
+    tab = _table(
+        [
+            "source",
+            "target",
+            "realized",
+            "tokens",
+            "documents",
+            "epochs",
+            "source tokens",
+            "val docs",
+            "source fingerprint",
+        ],
+        rows,
+        classes={8: "fp"},
+    )
+    total = (
+        f'<p class="muted">{stats["train"]["tokens"]:,} training tokens in {stats["train"]["documents"]:,} '
+        f"documents; {stats['val']['documents']:,} val documents (each source's val split, once).</p>"
+    )
     return f"<h2>Data mixture ({esc(name)})</h2>{img(png.name, 'data mixture')}{tab}{total}"

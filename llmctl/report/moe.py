@@ -23,8 +23,10 @@ def expert_loads(recs: list[dict[str, Any]]) -> dict[int, list[list[float]]]:
         m = _LOAD.match(k)
         if m:
             keys.setdefault(int(m.group(1)), {})[int(m.group(2))] = k
-    return {layer: [[r.get(e_key, 0.0) for r in recs] for _, e_key in sorted(ex.items())]
-            for layer, ex in sorted(keys.items())}
+    return {
+        layer: [[r.get(e_key, 0.0) for r in recs] for _, e_key in sorted(ex.items())]
+        for layer, ex in sorted(keys.items())
+    }
 
 
 def moe_figure(run: str | Path) -> Any | None:
@@ -49,7 +51,9 @@ def moe_figure(run: str | Path) -> Any | None:
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"layer {layer}\nload share")
         style_axes(ax, y=None)
-    axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, ncol=1 + len(loads[next(iter(loads))]) // 17)
+    axes[0].legend(
+        loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, ncol=1 + len(loads[next(iter(loads))]) // 17
+    )
     imb = axes[-1]
     imb.plot(steps, [r.get("moe_imbalance", float("nan")) for r in recs], color="C3", lw=1.2)
     imb.axhline(1.0, color="#999", lw=0.8, ls=":")
@@ -64,8 +68,8 @@ def moe_figure(run: str | Path) -> Any | None:
 
 def moe_section(name: str, run: Path, out: Path) -> str:
     """The report's HTML for one run ('' for a dense run)."""
-    from llmctl.utils import plot
     from llmctl.report.build import esc, img
+    from llmctl.utils import plot
 
     fig = moe_figure(run)
     if fig is None:

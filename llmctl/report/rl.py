@@ -9,8 +9,9 @@ Samples from RUN/samples.jsonl: the last evaluation's rollout and held-out compl
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REWARD_KEYS = ("reward", "objective/scores")
 KL_KEYS = ("kl", "objective/kl")
@@ -60,8 +61,14 @@ def curves_figure(run: Path) -> Any:
     return fig
 
 
-def section(name: str, run: Path, out: Path, esc: Callable[[Any], str], img: Callable[[str, str], str],
-            table: Callable[..., str]) -> str:
+def section(
+    name: str,
+    run: Path,
+    out: Path,
+    esc: Callable[[Any], str],
+    img: Callable[[str, str], str],
+    table: Callable[..., str],
+) -> str:
     """HTML for one rl run ('' when the run has no RL metrics)."""
     from llmctl.utils import plot
 
@@ -77,7 +84,11 @@ def section(name: str, run: Path, out: Path, esc: Callable[[Any], str], img: Cal
             last = max(r["step"] for r in rows)
             shown = [r for r in rows if r["step"] == last]
             html.append(f"<h3>{esc(name)}: completions at step {last}</h3>")
-            html.append(table(["kind", "prompt", "completion", "reward"],
-                              [[r["kind"], r["prompt"][:200], r["completion"][:300], f"{r['reward']:.3f}"]
-                               for r in shown], classes={3: "num"}))
+            html.append(
+                table(
+                    ["kind", "prompt", "completion", "reward"],
+                    [[r["kind"], r["prompt"][:200], r["completion"][:300], f"{r['reward']:.3f}"] for r in shown],
+                    classes={3: "num"},
+                )
+            )
     return "".join(html)

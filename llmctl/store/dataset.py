@@ -30,10 +30,9 @@ from typing import Any
 import pyarrow as pa
 
 from llmctl import __version__
-
-from llmctl.store import fs
 from llmctl.config import output_fields, to_dict
 from llmctl.errors import UsageError
+from llmctl.store import fs
 from llmctl.store.integrity import (  # noqa: F401 - file_sha256 and fingerprint_file are imported from here too
     file_sha256,
     fingerprint_file,
@@ -73,7 +72,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -96,7 +95,7 @@ class Dataset:
         path: str | Path,
         stage: str | Sequence[str] | None = None,
         columns: Sequence[str] = (),
-    ) -> "Dataset":
+    ) -> Dataset:
         """Open a dataset directory; a one-line `UsageError` when it is not a usable one."""
         p = fs.to_path(path)
         if not p.exists():
@@ -131,8 +130,10 @@ class Dataset:
             except (KeyError, OSError):
                 raise UsageError(f"{shard}: shard listed in {self.path / MANIFEST} is missing") from None
             if "bytes" in rec and n != int(rec["bytes"]):
-                raise UsageError(f"{shard}: {n} bytes where the manifest records {rec['bytes']} "
-                                 "(truncated or changed after it was written); re-run the stage that made it")
+                raise UsageError(
+                    f"{shard}: {n} bytes where the manifest records {rec['bytes']} "
+                    "(truncated or changed after it was written); re-run the stage that made it"
+                )
 
     @property
     def shard_records(self) -> list[dict[str, Any]]:
@@ -304,8 +305,11 @@ class StageOutput:
             raise UsageError(f"{p}: directory is not empty and holds no llmctl output; choose another path")
         if previous is not None and previous.get("signature") != self.signature:
             if not self.overwrite:
-                old = {"stage": previous.get("stage"), "config": previous.get("config_output", {}),
-                       "inputs": [{k: i.get(k) for k in ("path", "fingerprint")} for i in previous.get("inputs", [])]}
+                old = {
+                    "stage": previous.get("stage"),
+                    "config": previous.get("config_output", {}),
+                    "inputs": [{k: i.get(k) for k in ("path", "fingerprint")} for i in previous.get("inputs", [])],
+                }
                 changed = _diff_keys(old, self._state)[:4]
                 raise UsageError(
                     f"{p}: holds output of a different run (changed: {', '.join(changed) or 'signature'}); "
@@ -318,8 +322,15 @@ class StageOutput:
             return
         fs.mkdirs(p / TASKS_DIR)
         if not rpath.is_file():
-            atomic_write_json(rpath, {"signature": self.signature, "config_output": self._state["config"],
-                                      **{k: self._state[k] for k in ("stage", "inputs")}, "started": now_iso()})
+            atomic_write_json(
+                rpath,
+                {
+                    "signature": self.signature,
+                    "config_output": self._state["config"],
+                    **{k: self._state[k] for k in ("stage", "inputs")},
+                    "started": now_iso(),
+                },
+            )
         self.resumed_tasks = len(list((p / TASKS_DIR).glob("*.json")))
         for tmp in p.rglob(".*.tmp*"):  # leftovers of a killed run
             fs.unlink(tmp)
@@ -341,11 +352,17 @@ class StageOutput:
     def shard_writer(self, relpath: str, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS) -> ShardWriter:
         return ShardWriter(self.path / relpath, schema, row_group_rows)
 
-    def finish_task(self, name: str, files: dict[str, list[dict[str, Any]]], stats: dict[str, Any] | None = None,
-                    seconds: float | None = None) -> None:
+    def finish_task(
+        self,
+        name: str,
+        files: dict[str, list[dict[str, Any]]],
+        stats: dict[str, Any] | None = None,
+        seconds: float | None = None,
+    ) -> None:
         """Mark a task complete; `files` maps a role ("data", "rejected", ...) to file records."""
-        atomic_write_json(self._task_path(name), {"task": name, "files": files, "stats": stats or {},
-                                                  "seconds": seconds})
+        atomic_write_json(
+            self._task_path(name), {"task": name, "files": files, "stats": stats or {}, "seconds": seconds}
+        )
 
     # -- the completion marker
     def finalize(
@@ -377,8 +394,12 @@ class StageOutput:
         }
         body["fingerprint"] = sha256_text(canonical_json({k: body[k] for k in ("signature", "shards", "files")}))
         body.update(extra or {})
-        body["timings"] = {"finished": now_iso(), "seconds": round(time.time() - self._started, 3),
-                           "resumed_tasks": self.resumed_tasks, **(timings or {})}
+        body["timings"] = {
+            "finished": now_iso(),
+            "seconds": round(time.time() - self._started, 3),
+            "resumed_tasks": self.resumed_tasks,
+            **(timings or {}),
+        }
         atomic_write_json(self.path / MANIFEST, body)
         fs.unlink(self.path / RUN_STATE)
         fs.rmtree(self.path / TASKS_DIR)

@@ -22,8 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from llmctl.store import fs
 from llmctl.errors import UsageError
+from llmctl.store import fs
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -64,8 +64,10 @@ def verify_shard(path: Any, sha256: str | None) -> None:
     except OSError as e:
         raise UsageError(f"{path}: cannot read shard ({e.strerror or first_line(e)})") from None
     if got != sha256:
-        raise UsageError(f"{path}: shard does not match the SHA-256 in its manifest (corrupt or changed after "
-                         "it was written); re-run the stage that made it")
+        raise UsageError(
+            f"{path}: shard does not match the SHA-256 in its manifest (corrupt or changed after "
+            "it was written); re-run the stage that made it"
+        )
 
 
 def open_parquet(path: Any) -> Any:
@@ -110,7 +112,9 @@ def read_manifest(mpath: Any) -> dict[str, Any]:
             safe_relpath(r.get("path"), mpath)
             if not isinstance(r.get("rows", 0), int) or not isinstance(r.get("bytes", 0), int):
                 raise UsageError(f"{bad} ({r['path']}: rows and bytes must be integers)")
-    if not isinstance(manifest.get("schema", []), list) or not all(isinstance(f, dict) and "name" in f for f in manifest.get("schema", [])):
+    if not isinstance(manifest.get("schema", []), list) or not all(
+        isinstance(f, dict) and "name" in f for f in manifest.get("schema", [])
+    ):
         raise UsageError(f"{bad} (schema: expected a list of {{name, type}})")
     return manifest
 

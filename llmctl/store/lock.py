@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from llmctl.store import fs
 from llmctl.errors import UsageError
+from llmctl.store import fs
 
 _held: dict[str, list[Any]] = {}  # lock path -> [OutputLock, depth]
 _mutex = threading.Lock()
@@ -83,9 +83,13 @@ def _alive(pid: int, start: str | None) -> bool:
 
 
 def holder_record() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _proc_start(os.getpid()),
-            "started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": _command()}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_start": _proc_start(os.getpid()),
+        "started": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": _command(),
+    }
 
 
 def _command() -> str:
@@ -133,12 +137,16 @@ class OutputLock:
         return fs.display(self.path)
 
     def _locked(self, rec: dict[str, Any] | None) -> OutputLocked:
-        return OutputLocked(f"{fs.display(self.output)}: another llmctl run is writing this output "
-                            f"({_describe(rec)}); wait for it to finish or stop it")
+        return OutputLocked(
+            f"{fs.display(self.output)}: another llmctl run is writing this output "
+            f"({_describe(rec)}); wait for it to finish or stop it"
+        )
 
     def _foreign(self, rec: dict[str, Any]) -> OutputLocked:
-        return OutputLocked(f"{fs.display(self.output)}: locked by a run on another host ({_describe(rec)}); "
-                            f"if that run is gone, remove {self.key}")
+        return OutputLocked(
+            f"{fs.display(self.output)}: locked by a run on another host ({_describe(rec)}); "
+            f"if that run is gone, remove {self.key}"
+        )
 
     # -- local files: flock
     def _acquire_local(self) -> None:
@@ -184,8 +192,11 @@ class OutputLock:
             if rec is not None and _alive(rec["pid"], rec.get("pid_start")):
                 os.close(fd)  # flock is free, yet its writer runs: a filesystem without flock; respect it
                 raise self._locked(rec)
-            _notice(f"taking over the lock of a run that is gone ({_describe(rec)})" if rec else
-                    f"replacing an unreadable lock file {self.key}")
+            _notice(
+                f"taking over the lock of a run that is gone ({_describe(rec)})"
+                if rec
+                else f"replacing an unreadable lock file {self.key}"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder_record()) + "\n").encode(), 0)
         os.fsync(fd)
@@ -211,8 +222,10 @@ class OutputLock:
                 pass
             except (ValueError, NotImplementedError, TypeError):  # no exclusive create on this store
                 if not store.exists(key):
-                    _notice(f"{fs.display(self.output)}: this store cannot create a file exclusively; "
-                            "the writer lock is advisory")
+                    _notice(
+                        f"{fs.display(self.output)}: this store cannot create a file exclusively; "
+                        "the writer lock is advisory"
+                    )
                     store.pipe_file(key, data)
                     return
             try:
@@ -227,7 +240,7 @@ class OutputLock:
             store.rm(key)
         raise self._locked(None)  # pragma: no cover
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         if fs.is_local(self.path):
             self._acquire_local()
         else:

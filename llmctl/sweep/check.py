@@ -29,8 +29,16 @@ def check_sweep(root: str | Path) -> dict[str, Any]:
     point = Point(**pred["point"])
     row = run_point(point_task(point, cfg, plan["tokens"], plan["tokenizer"], root, where="check", threads=cfg.threads))
     actual = row["val_loss"]
-    out = {"budget": pred["budget"], "point": point.to_dict(), "predicted": pred["loss"], "predicted_ci": pred["loss_ci"],
-           "predicted_approach2": pred["loss_approach2"], "actual": actual,
-           "relative_error": (pred["loss"] - actual) / actual, "seconds": row["seconds"], "run": str(root / "check" / point.name)}
+    out = {
+        "budget": pred["budget"],
+        "point": point.to_dict(),
+        "predicted": pred["loss"],
+        "predicted_ci": pred["loss_ci"],
+        "predicted_approach2": pred["loss_approach2"],
+        "actual": actual,
+        "relative_error": (pred["loss"] - actual) / actual,
+        "seconds": row["seconds"],
+        "run": str(root / "check" / point.name),
+    }
     atomic_write_json(root / CHECK, out)
     return out

@@ -25,9 +25,34 @@ from typing import Any
 from llmctl.errors import UsageError
 
 # (n_layer, d_model): depth grows with width (about d_model / 32) in steps of ~1.3-1.6x in N at a small vocabulary
-LADDER = ((1, 16), (1, 24), (1, 32), (1, 40), (1, 48), (1, 64), (2, 64), (2, 80), (2, 96), (3, 96), (3, 128), (4, 128),
-          (4, 160), (5, 192), (6, 224), (6, 256), (8, 320), (8, 384), (10, 448), (12, 512), (12, 640), (14, 768),
-          (16, 1024), (20, 1280), (24, 1536), (24, 2048))
+LADDER = (
+    (1, 16),
+    (1, 24),
+    (1, 32),
+    (1, 40),
+    (1, 48),
+    (1, 64),
+    (2, 64),
+    (2, 80),
+    (2, 96),
+    (3, 96),
+    (3, 128),
+    (4, 128),
+    (4, 160),
+    (5, 192),
+    (6, 224),
+    (6, 256),
+    (8, 320),
+    (8, 384),
+    (10, 448),
+    (12, 512),
+    (12, 640),
+    (14, 768),
+    (16, 1024),
+    (20, 1280),
+    (24, 1536),
+    (24, 2048),
+)
 
 
 FEW_STEPS = 25  # a point needs this many steps: whole steps then miss its budget by at most 2%
@@ -66,7 +91,9 @@ class Point:
 
 @dataclass
 class GridConfig:
-    budgets: list[float] = field(default_factory=lambda: [1e11, 3e11, 1e12])  # CPU-sized: ~4 min on 2 cores with the ladder
+    budgets: list[float] = field(
+        default_factory=lambda: [1e11, 3e11, 1e12]
+    )  # CPU-sized: ~4 min on 2 cores with the ladder
     points: int = 5  # shapes per budget
     tokens_per_param: float = 20.0  # where the grid is centred (Chinchilla's rule)
     lo: float = 0.3  # the grid spans lo..hi x the expected optimum N
@@ -83,7 +110,7 @@ def heads_for(d_model: int) -> int:
 
 
 def parse_sizes(sizes: list[str]) -> list[Shape]:
-    """"LxD" (or "LxDxH" with H heads) -> shapes; a bad one is a one-line error."""
+    """ "LxD" (or "LxDxH" with H heads) -> shapes; a bad one is a one-line error."""
     out = []
     for s in sizes:
         m = re.fullmatch(r"\s*(\d+)x(\d+)(?:x(\d+))?\s*", str(s))
@@ -100,8 +127,9 @@ def parse_sizes(sizes: list[str]) -> list[Shape]:
 def model_config(shape: Shape, vocab_size: int, seq_len: int):
     from llmctl.model.transformer import ModelConfig
 
-    return ModelConfig(vocab_size=vocab_size, n_layer=shape.n_layer, n_head=shape.n_head, d_model=shape.d_model,
-                       max_seq_len=seq_len)
+    return ModelConfig(
+        vocab_size=vocab_size, n_layer=shape.n_layer, n_head=shape.n_head, d_model=shape.d_model, max_seq_len=seq_len
+    )
 
 
 def shape_flops(shape: Shape, vocab_size: int, seq_len: int) -> tuple[int, float]:
@@ -134,12 +162,24 @@ def point_at(shape: Shape, params: int, fpt: float, budget: float, cfg: GridConf
         bt //= 2
         steps = round(budget / fpt / bt)
     if steps < FEW_STEPS:  # rounding to whole steps would miss the budget by more than 2%
-        raise UsageError(f"budget {budget:.3g} FLOPs gives {shape.name} only {steps} step(s) of one {cfg.seq_len}-token "
-                         f"window ({fpt * bt:.3g} FLOPs each; at least {FEW_STEPS} keep it within 2%): raise the budget, "
-                         "lower --seq-len or choose smaller --sizes")
-    return Point(name=f"C{budget:.3g}-{shape.name}".replace("+", ""), budget=budget, n_layer=shape.n_layer,
-                 d_model=shape.d_model, n_head=shape.n_head, params=params, flops_per_token=fpt, batch_tokens=bt,
-                 steps=steps, tokens=steps * bt, flops=fpt * steps * bt)
+        raise UsageError(
+            f"budget {budget:.3g} FLOPs gives {shape.name} only {steps} step(s) of one {cfg.seq_len}-token "
+            f"window ({fpt * bt:.3g} FLOPs each; at least {FEW_STEPS} keep it within 2%): raise the budget, "
+            "lower --seq-len or choose smaller --sizes"
+        )
+    return Point(
+        name=f"C{budget:.3g}-{shape.name}".replace("+", ""),
+        budget=budget,
+        n_layer=shape.n_layer,
+        d_model=shape.d_model,
+        n_head=shape.n_head,
+        params=params,
+        flops_per_token=fpt,
+        batch_tokens=bt,
+        steps=steps,
+        tokens=steps * bt,
+        flops=fpt * steps * bt,
+    )
 
 
 def budget_points(budget: float, cfg: GridConfig, shapes: list[tuple[Shape, int, float]]) -> list[Point]:

@@ -28,10 +28,16 @@ def by_budget(rows: list[dict[str, Any]]) -> dict[float, list[dict[str, Any]]]:
 
 def check_points(groups: dict[float, list[dict[str, Any]]]) -> None:
     """One line naming the budgets with fewer than 3 distinct sizes, or too few budgets."""
-    few = [f"{c:.3g} ({len({r['params'] for r in g})})" for c, g in groups.items() if len({r["params"] for r in g}) < MIN_POINTS]
+    few = [
+        f"{c:.3g} ({len({r['params'] for r in g})})"
+        for c, g in groups.items()
+        if len({r["params"] for r in g}) < MIN_POINTS
+    ]
     if few:
-        raise UsageError(f"a fit needs at least {MIN_POINTS} model sizes per budget; budget(s) {', '.join(few)} "
-                         "have fewer: add points (--points, --sizes) or drop those budgets")
+        raise UsageError(
+            f"a fit needs at least {MIN_POINTS} model sizes per budget; budget(s) {', '.join(few)} "
+            "have fewer: add points (--points, --sizes) or drop those budgets"
+        )
     if len(groups) < 2:
         raise UsageError(f"a fit needs at least 2 budgets (the sweep has {len(groups)}): add --budgets")
 
@@ -46,8 +52,13 @@ def fit_budget(params: np.ndarray, tokens: np.ndarray, losses: np.ndarray) -> di
         return None
     xm = -c1 / (2 * c2)
     s, k = np.polyfit(x, logd, 1)
-    return {"coef": [float(c2), float(c1), float(c0)], "n_opt": float(10**xm), "d_opt": float(10 ** (s * xm + k)),
-            "l_opt": float(c0 - c1 * c1 / (4 * c2)), "bracketed": bool(x.min() <= xm <= x.max())}
+    return {
+        "coef": [float(c2), float(c1), float(c0)],
+        "n_opt": float(10**xm),
+        "d_opt": float(10 ** (s * xm + k)),
+        "l_opt": float(c0 - c1 * c1 / (4 * c2)),
+        "bracketed": bool(x.min() <= xm <= x.max()),
+    }
 
 
 def power_law(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -64,16 +75,25 @@ def fit_isoflop(rows: list[dict[str, Any]], check: bool = True) -> dict[str, Any
         check_points(groups)
     per = []
     for c, g in groups.items():
-        f = fit_budget(np.array([r["params"] for r in g], float), np.array([r["tokens"] for r in g], float),
-                       np.array([r["val_loss"] for r in g], float))
+        f = fit_budget(
+            np.array([r["params"] for r in g], float),
+            np.array([r["tokens"] for r in g], float),
+            np.array([r["val_loss"] for r in g], float),
+        )
         if f is None:
             if check:
                 best = min(g, key=lambda r: r["val_loss"])["params"]
-                where = ("its largest size has the lowest loss: add larger sizes" if best == max(r["params"] for r in g)
-                         else "its smallest size has the lowest loss: add smaller sizes" if best == min(r["params"] for r in g)
-                         else "the losses are too noisy for a curve: add sizes or raise the budgets")
-                raise UsageError(f"budget {c:.3g}: the losses of its sizes have no minimum in log N (a parabola opening "
-                                 f"downwards or flat); {where} (--sizes, or --lo/--hi with the ladder)")
+                where = (
+                    "its largest size has the lowest loss: add larger sizes"
+                    if best == max(r["params"] for r in g)
+                    else "its smallest size has the lowest loss: add smaller sizes"
+                    if best == min(r["params"] for r in g)
+                    else "the losses are too noisy for a curve: add sizes or raise the budgets"
+                )
+                raise UsageError(
+                    f"budget {c:.3g}: the losses of its sizes have no minimum in log N (a parabola opening "
+                    f"downwards or flat); {where} (--sizes, or --lo/--hi with the ladder)"
+                )
             return None
         per.append({"budget": c, **f})
     if len(per) < 2:
@@ -88,7 +108,7 @@ def fit_isoflop(rows: list[dict[str, Any]], check: bool = True) -> dict[str, Any
 def _at(k: float, budget: float, exponent: float) -> float:
     """k x budget^exponent; inf (not an OverflowError) for a wild bootstrap resample's exponent."""
     try:
-        return k * budget ** exponent
+        return k * budget**exponent
     except OverflowError:
         return math.inf
 

@@ -22,8 +22,17 @@ from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
 DELTA = 1e-3
-GRID = np.array(list(itertools.product(
-    np.arange(0, 30, 5.0), np.arange(0, 30, 5.0), np.arange(-1, 1.5, 0.5), np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5))))
+GRID = np.array(
+    list(
+        itertools.product(
+            np.arange(0, 30, 5.0),
+            np.arange(0, 30, 5.0),
+            np.arange(-1, 1.5, 0.5),
+            np.arange(0, 2.5, 0.5),
+            np.arange(0, 2.5, 0.5),
+        )
+    )
+)
 # columns: a, b, e, alpha, beta
 
 
@@ -45,8 +54,9 @@ def _huber(r: np.ndarray, delta: float) -> np.ndarray:
     return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta))
 
 
-def objective(theta: np.ndarray, logn: np.ndarray, logd: np.ndarray, logl: np.ndarray,
-              delta: float = DELTA) -> tuple[float, np.ndarray]:
+def objective(
+    theta: np.ndarray, logn: np.ndarray, logd: np.ndarray, logl: np.ndarray, delta: float = DELTA
+) -> tuple[float, np.ndarray]:
     """Summed Huber loss of the log-loss residuals, and its gradient in (a, b, e, alpha, beta)."""
     t = _terms(theta, logn, logd)
     lse, weights = _lse(t)
@@ -63,8 +73,14 @@ def params_of(theta: np.ndarray) -> dict[str, float]:
         return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": alpha, "beta": beta}
 
 
-def fit_law(params: Any, tokens: Any, losses: Any, starts: int = 16, extra_starts: list[np.ndarray] | None = None,
-            delta: float = DELTA) -> dict[str, Any]:
+def fit_law(
+    params: Any,
+    tokens: Any,
+    losses: Any,
+    starts: int = 16,
+    extra_starts: list[np.ndarray] | None = None,
+    delta: float = DELTA,
+) -> dict[str, Any]:
     """The best L(N, D) over the grid's best `starts` initialisations (plus `extra_starts`)."""
     logn, logd = np.log(np.asarray(params, float)), np.log(np.asarray(tokens, float))
     logl = np.log(np.asarray(losses, float))
@@ -74,8 +90,15 @@ def fit_law(params: Any, tokens: Any, losses: Any, starts: int = 16, extra_start
     bounds = [(None, None), (None, None), (None, None), (0.0, None), (0.0, None)]
     with threadpool_limits(1):  # 5 parameters: BLAS threads only spin (50x slower on a busy machine)
         for x0 in inits:
-            res = minimize(objective, x0, args=(logn, logd, logl, delta), jac=True, method="L-BFGS-B", bounds=bounds,
-                           options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12})
+            res = minimize(
+                objective,
+                x0,
+                args=(logn, logd, logl, delta),
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
+                options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12},
+            )
             if best is None or res.fun < best.fun:
                 best = res
     return {**params_of(best.x), "objective": float(best.fun), "theta": best.x.tolist()}
@@ -84,7 +107,9 @@ def fit_law(params: Any, tokens: Any, losses: Any, starts: int = 16, extra_start
 def law_loss(p: dict[str, float], params: float, tokens: float) -> float:
     """E + A / N^alpha + B / D^beta (inf, not an OverflowError, for a wild bootstrap fit)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return float(p["E"] + p["A"] * np.exp(-p["alpha"] * np.log(params)) + p["B"] * np.exp(-p["beta"] * np.log(tokens)))
+        return float(
+            p["E"] + p["A"] * np.exp(-p["alpha"] * np.log(params)) + p["B"] * np.exp(-p["beta"] * np.log(tokens))
+        )
 
 
 def law_allocation(p: dict[str, float]) -> dict[str, float]:
@@ -93,8 +118,9 @@ def law_allocation(p: dict[str, float]) -> dict[str, float]:
     return {"a": p["beta"] / s if s else float("nan"), "b": p["alpha"] / s if s else float("nan")}
 
 
-def bootstrap_law(rows: list[dict[str, Any]], full: dict[str, Any], n: int, seed: int,
-                  at: tuple[float, float] | None = None) -> dict[str, Any]:
+def bootstrap_law(
+    rows: list[dict[str, Any]], full: dict[str, Any], n: int, seed: int, at: tuple[float, float] | None = None
+) -> dict[str, Any]:
     """Per-parameter 95% percentile intervals (and of the loss at (N, D) `at`): all points resampled."""
     from llmctl.sweep.isoflop import percentile_ci
 
@@ -103,8 +129,9 @@ def bootstrap_law(rows: list[dict[str, Any]], full: dict[str, Any], n: int, seed
     start = [np.array(full["theta"])]
     for _ in range(n):
         s = [rows[i] for i in rng.integers(0, len(rows), len(rows))]
-        f = fit_law([r["params"] for r in s], [r["tokens"] for r in s], [r["val_loss"] for r in s], starts=2,
-                    extra_starts=start)
+        f = fit_law(
+            [r["params"] for r in s], [r["tokens"] for r in s], [r["val_loss"] for r in s], starts=2, extra_starts=start
+        )
         for k in ("E", "A", "B", "alpha", "beta"):
             got[k].append(f[k])
         if at is not None:

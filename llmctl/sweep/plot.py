@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from llmctl.utils.plot import save
 from llmctl.sweep.isoflop import by_budget, d_opt_at, n_opt_at
+from llmctl.utils.plot import save
 
 
 def _plt():
@@ -47,8 +47,13 @@ def isoflop_figure(rows: list[dict[str, Any]], fit: dict[str, Any]) -> Any:
         x = np.linspace(np.log10(n.min()) - 0.15, np.log10(n.max()) + 0.15, 100)
         ax.plot(10**x, np.polyval(b["coef"], x), color=col, alpha=0.7)
         ax.plot([b["n_opt"]], [b["l_opt"]], marker="*", color=col, markersize=12, markeredgecolor="k")
-    return _finish(fig, ax, "parameters N (matmul parameters)", "final validation loss (nats/token)",
-                   "IsoFLOP curves (points: runs; lines: parabolas in log N; stars: minima)")
+    return _finish(
+        fig,
+        ax,
+        "parameters N (matmul parameters)",
+        "final validation loss (nats/token)",
+        "IsoFLOP curves (points: runs; lines: parabolas in log N; stars: minima)",
+    )
 
 
 def frontier_figure(fit: dict[str, Any]) -> Any:
@@ -61,12 +66,21 @@ def frontier_figure(fit: dict[str, Any]) -> Any:
     ax.plot(grid, n_opt_at(a2, grid), color="#4c72b0", label=f"N_opt ~ C^{a2['a']:.2f}")
     ax.scatter(cs, [b["d_opt"] for b in a2["budgets"]], color="#dd8452", label="D_opt per budget")
     ax.plot(grid, d_opt_at(a2, grid), color="#dd8452", label=f"D_opt ~ C^{a2['b']:.2f}")
-    ax.scatter([p["budget"]], [p["point"]["params"]], marker="*", s=160, color="#4c72b0", edgecolor="k",
-               label="predicted shape (N)")
-    ax.scatter([p["budget"]], [p["point"]["tokens"]], marker="*", s=160, color="#dd8452", edgecolor="k",
-               label="its tokens (D)")
-    return _finish(fig, ax, "compute C (training FLOPs)", "parameters / tokens", "compute-optimal frontier (approach 2)",
-                   logy=True)
+    ax.scatter(
+        [p["budget"]],
+        [p["point"]["params"]],
+        marker="*",
+        s=160,
+        color="#4c72b0",
+        edgecolor="k",
+        label="predicted shape (N)",
+    )
+    ax.scatter(
+        [p["budget"]], [p["point"]["tokens"]], marker="*", s=160, color="#dd8452", edgecolor="k", label="its tokens (D)"
+    )
+    return _finish(
+        fig, ax, "compute C (training FLOPs)", "parameters / tokens", "compute-optimal frontier (approach 2)", logy=True
+    )
 
 
 def tokens_per_param_figure(fit: dict[str, Any]) -> Any:

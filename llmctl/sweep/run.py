@@ -25,19 +25,31 @@ from typing import Any
 import pyarrow as pa
 
 from llmctl.config import from_dict, output_fields, runtime, to_dict
-from llmctl.store.dataset import Dataset, StageOutput, atomic_write_json
 from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset, StageOutput, atomic_write_json
 from llmctl.store.lock import exclusive_output
 from llmctl.sweep.grid import GridConfig, Point, plan_grid
 
 PLAN = "_sweep.json"
 TABLE = "table"
-TABLE_SCHEMA = pa.schema([
-    ("point", pa.string()), ("budget", pa.float64()), ("flops", pa.float64()), ("n_layer", pa.int32()),
-    ("d_model", pa.int32()), ("n_head", pa.int32()), ("params", pa.int64()), ("flops_per_token", pa.float64()),
-    ("tokens", pa.int64()), ("steps", pa.int32()), ("batch_tokens", pa.int32()), ("val_loss", pa.float64()),
-    ("train_loss", pa.float64()), ("seconds", pa.float64()),
-])
+TABLE_SCHEMA = pa.schema(
+    [
+        ("point", pa.string()),
+        ("budget", pa.float64()),
+        ("flops", pa.float64()),
+        ("n_layer", pa.int32()),
+        ("d_model", pa.int32()),
+        ("n_head", pa.int32()),
+        ("params", pa.int64()),
+        ("flops_per_token", pa.float64()),
+        ("tokens", pa.int64()),
+        ("steps", pa.int32()),
+        ("batch_tokens", pa.int32()),
+        ("val_loss", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
 
 
 @dataclass
@@ -54,7 +66,9 @@ class SweepConfig(GridConfig):
     tie_embeddings: bool = False
     val_tokens: int = 32768
     checkpoints: int = 4  # per point: a killed point loses at most a quarter of its steps
-    threads: int | None = runtime(None)  # torch threads per point (default: torch's own; cores / workers with --workers)
+    threads: int | None = runtime(
+        None
+    )  # torch threads per point (default: torch's own; cores / workers with --workers)
     device: str = runtime("cpu")
     dtype: str = runtime("auto")
 
@@ -64,14 +78,30 @@ def pretrain_config(p: Point, cfg: SweepConfig) -> dict[str, Any]:
     batch = p.batch_tokens // cfg.seq_len
     micro = max(m for m in range(1, min(cfg.micro_batch, batch) + 1) if batch % m == 0)
     return {
-        "model": {"preset": "tiny", "n_layer": p.n_layer, "n_head": p.n_head, "d_model": p.d_model,
-                  "tie_embeddings": cfg.tie_embeddings},
-        "seq_len": cfg.seq_len, "batch_tokens": p.batch_tokens, "val_tokens": cfg.val_tokens,
-        "train": {"steps": p.steps, "lr": cfg.lr, "min_lr_ratio": cfg.min_lr_ratio,
-                  "warmup_steps": max(1, round(cfg.warmup_fraction * p.steps)), "schedule": "cosine",
-                  "micro_batch": micro, "seed": cfg.seed, "eval_every": p.steps,
-                  "ckpt_every": max(1, p.steps // max(1, cfg.checkpoints)), "log_every": max(1, p.steps // 4),
-                  "device": cfg.device, "dtype": cfg.dtype},
+        "model": {
+            "preset": "tiny",
+            "n_layer": p.n_layer,
+            "n_head": p.n_head,
+            "d_model": p.d_model,
+            "tie_embeddings": cfg.tie_embeddings,
+        },
+        "seq_len": cfg.seq_len,
+        "batch_tokens": p.batch_tokens,
+        "val_tokens": cfg.val_tokens,
+        "train": {
+            "steps": p.steps,
+            "lr": cfg.lr,
+            "min_lr_ratio": cfg.min_lr_ratio,
+            "warmup_steps": max(1, round(cfg.warmup_fraction * p.steps)),
+            "schedule": "cosine",
+            "micro_batch": micro,
+            "seed": cfg.seed,
+            "eval_every": p.steps,
+            "ckpt_every": max(1, p.steps // max(1, cfg.checkpoints)),
+            "log_every": max(1, p.steps // 4),
+            "device": cfg.device,
+            "dtype": cfg.dtype,
+        },
     }
 
 
@@ -84,12 +114,18 @@ def run_point(task: dict[str, Any], report: Any = None) -> dict[str, Any]:
     if s is None:
         s = _pretrain_subprocess(task, log) if task.get("subprocess") else _pretrain_here(task, log)
     if "val_loss" not in s:
-        raise UsageError(f"{task['run']}: no validation loss (the token dataset has no val split; "
-                         "tokenize with --val-fraction > 0)")
+        raise UsageError(
+            f"{task['run']}: no validation loss (the token dataset has no val split; tokenize with --val-fraction > 0)"
+        )
     p = task["point"]
-    return {**{k: p[k] for k in TABLE_SCHEMA.names if k in p}, "point": p["name"], "val_loss": float(s["val_loss"]),
-            "train_loss": float(s.get("loss", "nan")), "seconds": float(s.get("elapsed_s", time.time() - t)),
-            "complete": bool(s.get("complete"))}
+    return {
+        **{k: p[k] for k in TABLE_SCHEMA.names if k in p},
+        "point": p["name"],
+        "val_loss": float(s["val_loss"]),
+        "train_loss": float(s.get("loss", "nan")),
+        "seconds": float(s.get("elapsed_s", time.time() - t)),
+        "complete": bool(s.get("complete")),
+    }
 
 
 def _finished(task: dict[str, Any]) -> dict[str, Any] | None:
@@ -135,8 +171,19 @@ def _pretrain_subprocess(task: dict[str, Any], log: Path) -> dict[str, Any]:
     conf = log.with_suffix(".yaml")
     conf.write_text(yaml.safe_dump(task["pretrain"], sort_keys=False))
     env = {**os.environ, **({"OMP_NUM_THREADS": str(task["threads"])} if task.get("threads") else {})}
-    cmd = [sys.executable, "-m", "llmctl", "pretrain", task["tokens"], "-t", task["tokenizer"], "-o", task["run"],
-           "--config", str(conf)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmctl",
+        "pretrain",
+        task["tokens"],
+        "-t",
+        task["tokenizer"],
+        "-o",
+        task["run"],
+        "--config",
+        str(conf),
+    ]
     with open(log, "a") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc:
@@ -148,14 +195,31 @@ def _pretrain_subprocess(task: dict[str, Any], log: Path) -> dict[str, Any]:
     return man["stats"]
 
 
-def point_task(p: Point, cfg: SweepConfig, tokens: str | Path, tokenizer: str | Path, root: Path, where: str = "points",
-               threads: int | None = None, subprocess: bool = False, inputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def point_task(
+    p: Point,
+    cfg: SweepConfig,
+    tokens: str | Path,
+    tokenizer: str | Path,
+    root: Path,
+    where: str = "points",
+    threads: int | None = None,
+    subprocess: bool = False,
+    inputs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One point as a plain dict (for a worker process or a Ray task); `inputs`, the lineage of the tokens and the
     tokenizer, lets a finished point be reported from its manifest without starting pretrain."""
-    return {"name": p.name, "point": p.to_dict(), "pretrain": pretrain_config(p, cfg),
-            "tokens": str(Path(tokens).absolute()), "tokenizer": str(Path(tokenizer).absolute()),
-            "run": str(root / where / p.name), "log": str(root / "logs" / f"{p.name}.log"), "threads": threads,
-            "subprocess": subprocess, "inputs": inputs}
+    return {
+        "name": p.name,
+        "point": p.to_dict(),
+        "pretrain": pretrain_config(p, cfg),
+        "tokens": str(Path(tokens).absolute()),
+        "tokenizer": str(Path(tokenizer).absolute()),
+        "run": str(root / where / p.name),
+        "log": str(root / "logs" / f"{p.name}.log"),
+        "threads": threads,
+        "subprocess": subprocess,
+        "inputs": inputs,
+    }
 
 
 def vocab_of(tokenizer: str | Path) -> int:
@@ -165,8 +229,9 @@ def vocab_of(tokenizer: str | Path) -> int:
 
 
 @exclusive_output("output")
-def sweep(tokens: str | Path, tokenizer: str | Path, output: str | Path, cfg: SweepConfig, workers: int = 1,
-          echo: Any = print) -> dict[str, Any]:
+def sweep(
+    tokens: str | Path, tokenizer: str | Path, output: str | Path, cfg: SweepConfig, workers: int = 1, echo: Any = print
+) -> dict[str, Any]:
     """Plan the grid, train every point (resuming what a killed sweep left) and write SWEEP/table."""
     from llmctl.executor.local import _DEFAULT, run_tasks
     from llmctl.tokenizer.spm import Tokenizer
@@ -181,16 +246,27 @@ def sweep(tokens: str | Path, tokenizer: str | Path, output: str | Path, cfg: Sw
     if (root / PLAN).is_file():
         check_same_training(root, cfg)
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / PLAN, {"config": to_dict(cfg), "tokens": str(Path(tokens).absolute()),
-                                    "tokenizer": str(Path(tokenizer).absolute()), "vocab_size": tok.vocab_size,
-                                    "points": [p.to_dict() for p in points]})
+    atomic_write_json(
+        root / PLAN,
+        {
+            "config": to_dict(cfg),
+            "tokens": str(Path(tokens).absolute()),
+            "tokenizer": str(Path(tokenizer).absolute()),
+            "vocab_size": tok.vocab_size,
+            "points": [p.to_dict() for p in points],
+        },
+    )
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
     local = _DEFAULT["executor"] == "local"  # Ray tasks run in fresh worker processes already
     inputs = [ds.lineage(), tok.lineage()]
-    tasks = [point_task(p, cfg, tokens, tokenizer, root, threads=threads, subprocess=workers > 1 and local, inputs=inputs)
-             for p in points]
-    echo(f"sweep: {len(points)} points over {len(cfg.budgets)} budgets "
-         f"({sum(p.flops for p in points):.3g} FLOPs in all), {workers} at a time")
+    tasks = [
+        point_task(p, cfg, tokens, tokenizer, root, threads=threads, subprocess=workers > 1 and local, inputs=inputs)
+        for p in points
+    ]
+    echo(
+        f"sweep: {len(points)} points over {len(cfg.budgets)} budgets "
+        f"({sum(p.flops for p in points):.3g} FLOPs in all), {workers} at a time"
+    )
     rows = []
     if workers <= 1:  # one line per point as it finishes
         for i, t in enumerate(tasks):
@@ -217,8 +293,10 @@ def check_same_training(root: Path, cfg: SweepConfig) -> None:
     changed = [k for k in new if k not in GRID_ONLY and new[k] != old.get(k)]
     if changed:
         was = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed[:4])
-        raise UsageError(f"{root}: holds a sweep whose points train differently ({was}); re-run it with its own "
-                         "settings (more budgets or sizes are fine), or choose another directory")
+        raise UsageError(
+            f"{root}: holds a sweep whose points train differently ({was}); re-run it with its own "
+            "settings (more budgets or sizes are fine), or choose another directory"
+        )
 
 
 def _echo_row(echo: Any, i: int, n: int, r: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ def _check(messages: Sequence[Any]) -> None:
 
 
 def encode_chat(
-    tok: "Tokenizer", messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
+    tok: Tokenizer, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
 ) -> tuple[list[int], list[bool]]:
     """Ids of a conversation and, per id, whether it is a trained (assistant) token."""
     _check(messages)
@@ -72,7 +72,7 @@ def encode_chat(
 
 
 def apply_chat_template(
-    tok: "Tokenizer", messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
+    tok: Tokenizer, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
 ) -> list[int]:
     """Ids of a conversation in llmctl's chat format."""
     return encode_chat(tok, messages, add_generation_prompt)[0]

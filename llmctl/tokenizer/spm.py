@@ -39,9 +39,9 @@ from typing import Any
 
 import sentencepiece as spm
 
+from llmctl.errors import UsageError
 from llmctl.store import fs
 from llmctl.store.dataset import atomic_write_json
-from llmctl.errors import UsageError
 
 MODEL_FILE = "tokenizer.model"
 DESCRIPTION_FILE = "llmctl_tokenizer.json"
@@ -96,12 +96,14 @@ class Tokenizer:
         split_digits: bool = True,
         num_threads: int = 1,
         max_sentence_bytes: int = 1 << 16,
-    ) -> "Tokenizer":
+    ) -> Tokenizer:
         """Train a BPE model on `texts` (each a training "sentence"; see `training_chunks`)."""
         min_vocab = 1 + len(SPECIAL_TOKENS) + 256 + len(REQUIRED_CHARS)
         if vocab_size < min_vocab:
-            raise UsageError(f"--vocab-size {vocab_size} is too small: needs at least {min_vocab} "
-                             f"({len(SPECIAL_TOKENS) + 1} special, 256 byte and {len(REQUIRED_CHARS)} ASCII tokens)")
+            raise UsageError(
+                f"--vocab-size {vocab_size} is too small: needs at least {min_vocab} "
+                f"({len(SPECIAL_TOKENS) + 1} special, 256 byte and {len(REQUIRED_CHARS)} ASCII tokens)"
+            )
         writer = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -121,8 +123,14 @@ class Tokenizer:
                 max_sentence_length=max_sentence_bytes,
                 input_sentence_size=0,
                 shuffle_input_sentence=False,
-                unk_id=0, bos_id=1, eos_id=2, pad_id=3,
-                unk_piece=UNK, bos_piece=BOS, eos_piece=EOS, pad_piece=PAD,
+                unk_id=0,
+                bos_id=1,
+                eos_id=2,
+                pad_id=3,
+                unk_piece=UNK,
+                bos_piece=BOS,
+                eos_piece=EOS,
+                pad_piece=PAD,
                 control_symbols=list(CHAT_TOKENS),
                 num_threads=max(1, num_threads),
                 minloglevel=2,
@@ -134,15 +142,17 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> Tokenizer:
         """Load a tokenizer directory (local or a URI); a one-line `UsageError` if it is not one."""
         p = fs.to_path(path)
         if not p.is_dir():
             raise UsageError(f"{p}: no such tokenizer directory")
         model, desc = p / MODEL_FILE, p / DESCRIPTION_FILE
         if not model.is_file() or not desc.is_file():
-            raise UsageError(f"{p}: not an llmctl tokenizer (needs {MODEL_FILE} and {DESCRIPTION_FILE}; "
-                             "make one with `llmctl tokenize train`)")
+            raise UsageError(
+                f"{p}: not an llmctl tokenizer (needs {MODEL_FILE} and {DESCRIPTION_FILE}; "
+                "make one with `llmctl tokenize train`)"
+            )
         try:
             info = json.loads(desc.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -165,21 +175,44 @@ class Tokenizer:
         p.mkdir(parents=True, exist_ok=True)
         (p / DESCRIPTION_FILE).unlink(missing_ok=True)
         (p / MODEL_FILE).write_bytes(self._proto)
-        specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK,
-                    "additional_special_tokens": list(CHAT_TOKENS)}
+        specials = {
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "pad_token": PAD,
+            "unk_token": UNK,
+            "additional_special_tokens": list(CHAT_TOKENS),
+        }
         atomic_write_json(p / "special_tokens_map.json", specials)
-        atomic_write_json(p / "tokenizer_config.json", {
-            "tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False,
-            "add_prefix_space": False, "legacy": False, "clean_up_tokenization_spaces": False,
-            "model_max_length": 1_000_000_000, "chat_template": CHAT_TEMPLATE_JINJA, **specials,
-        })
+        atomic_write_json(
+            p / "tokenizer_config.json",
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "add_bos_token": False,
+                "add_eos_token": False,
+                "add_prefix_space": False,
+                "legacy": False,
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": 1_000_000_000,
+                "chat_template": CHAT_TEMPLATE_JINJA,
+                **specials,
+            },
+        )
         atomic_write_json(p / DESCRIPTION_FILE, self.describe())
         self.path = p
 
     def describe(self) -> dict[str, Any]:
-        return {"format": FORMAT, "model": MODEL_FILE, "model_sha256": self.fingerprint, "vocab_size": self.vocab_size,
-                "special_tokens": dict(self.special_ids), "unk_id": self.unk_id, "byte_fallback": True,
-                "split_digits": self._sp_split_digits(), "normalization": "identity", "chat_template": "llmctl-v1"}
+        return {
+            "format": FORMAT,
+            "model": MODEL_FILE,
+            "model_sha256": self.fingerprint,
+            "vocab_size": self.vocab_size,
+            "special_tokens": dict(self.special_ids),
+            "unk_id": self.unk_id,
+            "byte_fallback": True,
+            "split_digits": self._sp_split_digits(),
+            "normalization": "identity",
+            "chat_template": "llmctl-v1",
+        }
 
     def _sp_split_digits(self) -> bool:
         return _trainer_flag(self._proto, 25)
@@ -190,8 +223,11 @@ class Tokenizer:
 
     def lineage(self) -> dict[str, Any]:
         """How a stage that uses this tokenizer records it among its inputs."""
-        return {"path": fs.display(self.path) if self.path else None, "stage": "tokenizer",
-                "fingerprint": self.fingerprint}
+        return {
+            "path": fs.display(self.path) if self.path else None,
+            "stage": "tokenizer",
+            "fingerprint": self.fingerprint,
+        }
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, text: str) -> list[int]:
@@ -312,7 +348,7 @@ def _trainer_flag(proto: bytes, field: int) -> bool:
             _, start = _varint(raw, 1)
             for n, w, r in _fields(raw[start:]):
                 if n == field and w == 0:
-                    return _varint(r, len(_put_varint((field << 3))))[0] != 0
+                    return _varint(r, len(_put_varint(field << 3)))[0] != 0
     return False
 
 
@@ -362,5 +398,17 @@ def training_chunks(text: str, max_chars: int = 4096) -> Iterable[str]:
         yield "".join(buf)
 
 
-__all__ = ["Tokenizer", "SPECIAL_TOKENS", "CHAT_TOKENS", "BOS", "EOS", "PAD", "SYSTEM", "USER", "ASSISTANT", "END",
-           "training_chunks", "scrub_surrogates"]
+__all__ = [
+    "Tokenizer",
+    "SPECIAL_TOKENS",
+    "CHAT_TOKENS",
+    "BOS",
+    "EOS",
+    "PAD",
+    "SYSTEM",
+    "USER",
+    "ASSISTANT",
+    "END",
+    "training_chunks",
+    "scrub_surrogates",
+]

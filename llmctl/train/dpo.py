@@ -33,13 +33,27 @@ from llmctl.train.loop import TrainConfig
 from llmctl.train.reward import collate_pairs, encode_prefs
 from llmctl.train.sft import IGNORE, load_start, run_training
 
-METRIC_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-                "logps/rejected")
+METRIC_NAMES = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 def _dpo_train() -> TrainConfig:
-    return TrainConfig(steps=200, batch_size=8, micro_batch=4, lr=1e-5, warmup_steps=10, eval_every=50,
-                       ckpt_every=100, weight_decay=0.0)
+    return TrainConfig(
+        steps=200,
+        batch_size=8,
+        micro_batch=4,
+        lr=1e-5,
+        warmup_steps=10,
+        eval_every=50,
+        ckpt_every=100,
+        weight_decay=0.0,
+    )
 
 
 @dataclass
@@ -83,20 +97,28 @@ def make_dpo_loss(cfg: DPOConfig, ref: torch.nn.Module | None):
             with torch.no_grad():
                 ref_logps = response_logps(ref, batch["input_ids"], batch["labels"], average=average)
         n = logps.shape[0] // 2
-        losses, rc, rr = dpo_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], cfg.beta, cfg.loss_type,
-                                  cfg.label_smoothing)
+        losses, rc, rr = dpo_loss(
+            logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], cfg.beta, cfg.loss_type, cfg.label_smoothing
+        )
         return losses.mean(), dpo_metrics(rc, rr, logps[:n], logps[n:])
 
     return loss_fn
 
 
 @torch.no_grad()
-def reference_logps(ref: torch.nn.Module, pairs: list, micro_batch: int, pad_id: int, average: bool,
-                    device: torch.device, autocast=nullcontext) -> torch.Tensor:
+def reference_logps(
+    ref: torch.nn.Module,
+    pairs: list,
+    micro_batch: int,
+    pad_id: int,
+    average: bool,
+    device: torch.device,
+    autocast=nullcontext,
+) -> torch.Tensor:
     """(N, 2) reference log-probs [chosen, rejected] for every pair."""
     out = []
     for s in range(0, len(pairs), micro_batch):
-        b = collate_dpo(pairs[s:s + micro_batch], pad_id)
+        b = collate_dpo(pairs[s : s + micro_batch], pad_id)
         with autocast():
             lp = response_logps(ref, b["input_ids"].to(device), b["labels"].to(device), average=average)
         n = lp.shape[0] // 2
@@ -113,15 +135,16 @@ def make_dpo_evaluate(pairs: list, cfg: DPOConfig, pad_id: int, loss_fn, ref_cac
         tot = torch.zeros(2 + len(METRIC_NAMES), dtype=torch.float64)
         mb = cfg.train.micro_batch
         for s in range(0, len(idx), mb):
-            part = idx[s:s + mb]
+            part = idx[s : s + mb]
             b = collate_dpo([pairs[i] for i in part], pad_id)
             if ref_cache is not None:
                 b["ref_logps"] = ref_cache[part].T.reshape(-1)
             b = {k: v.to(d.device) for k, v in b.items()}
             loss, m = loss_fn(model, b)
             k = len(part)
-            tot += torch.tensor([loss.item() * k, k] + [float(m[name]) * k for name in METRIC_NAMES],
-                                dtype=torch.float64)
+            tot += torch.tensor(
+                [loss.item() * k, k] + [float(m[name]) * k for name in METRIC_NAMES], dtype=torch.float64
+            )
         D.all_reduce_sum(tot)
         n = max(tot[1].item(), 1.0)
         return {"val_loss": tot[0].item() / n, **{f"val_{k}": v / n for k, v in zip(METRIC_NAMES, tot[2:].tolist())}}
@@ -129,8 +152,14 @@ def make_dpo_evaluate(pairs: list, cfg: DPOConfig, pad_id: int, loss_fn, ref_cac
     return evaluate
 
 
-def run_dpo(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: DPOConfig, resume: bool = False,
-            overwrite: bool = False) -> dict[str, Any]:
+def run_dpo(
+    data: str | Path,
+    from_ckpt: str | Path,
+    run_dir: str | Path,
+    cfg: DPOConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """DPO from a (usually SFT) checkpoint on preference pairs; returns the loop summary."""
     d = D.init(cfg.train.device, cfg.train.tp)
     model, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
@@ -160,12 +189,29 @@ def run_dpo(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: D
     batches = ItemBatches(len(tr), cfg.train.micro_batch, make, cfg.train.seed, d.dp_rank, d.dp)
     loss_fn = make_dpo_loss(cfg, ref)
     evaluate = make_dpo_evaluate(val, cfg, tok.pad_id, loss_fn, val_cache) if val else None
-    D.print0(f"dpo: {counts['train']:,} train / {counts['val']:,} val pairs; {counts['truncated']} truncated, "
-             f"{counts['dropped_no_trainable_token']} dropped; beta {cfg.beta}, loss {cfg.loss_type}, "
-             f"reference {'cached' if cfg.cache_ref else 'live'} from {ref_src}")
+    D.print0(
+        f"dpo: {counts['train']:,} train / {counts['val']:,} val pairs; {counts['truncated']} truncated, "
+        f"{counts['dropped_no_trainable_token']} dropped; beta {cfg.beta}, loss {cfg.loss_type}, "
+        f"reference {'cached' if cfg.cache_ref else 'live'} from {ref_src}"
+    )
     inputs = [data_lineage, ck_lineage] + ([ref_lineage] if cfg.ref else [])
     # the reference is recorded (path + weights fingerprint) so `llmctl eval --task prefs` can score the
     # model's implicit reward against it
-    summary = run_training("dpo", model, mc, tok, cfg, run_dir, inputs, loss_fn, batches, evaluate, counts, resume,
-                           overwrite, extra={"reference": ref_lineage}, seq_len=cfg.max_len)
+    summary = run_training(
+        "dpo",
+        model,
+        mc,
+        tok,
+        cfg,
+        run_dir,
+        inputs,
+        loss_fn,
+        batches,
+        evaluate,
+        counts,
+        resume,
+        overwrite,
+        extra={"reference": ref_lineage},
+        seq_len=cfg.max_len,
+    )
     return {**summary, "data": counts}

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 LOSS_TYPES = ("sigmoid", "robust", "ipo")
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
-                   average: bool = False) -> torch.Tensor:
+def sequence_logps(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, average: bool = False
+) -> torch.Tensor:
     """Sum (or mean) over positions of log p(labels[t] | ..t) where labels != ignore_index; (B,)."""
     mask = labels != ignore_index
     safe = labels.masked_fill(~mask, 0)
@@ -31,8 +32,13 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     return total / mask.sum(-1).clamp(min=1) if average else total
 
 
-def response_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
-                   average: bool = False) -> torch.Tensor:
+def response_logps(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    average: bool = False,
+) -> torch.Tensor:
     """`sequence_logps(model(input_ids), labels)` with the lm head run on labelled positions only."""
     mask = labels != ignore_index
     logits = model(input_ids, keep=mask)  # (N, vocab): the labelled positions, row-major
@@ -64,8 +70,12 @@ def dpo_loss(
     return losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach()
 
 
-def dpo_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, policy_chosen: torch.Tensor,
-                policy_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
+def dpo_metrics(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """TRL DPOTrainer's metric names (means over the batch)."""
     return {
         "rewards/chosen": chosen_rewards.mean(),

@@ -27,20 +27,21 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from llmctl.model.checkpoint import load_train_state, save_checkpoint
 from llmctl.config import runtime
-from llmctl.store.dataset import atomic_write_text
 from llmctl.errors import Interrupted, UsageError
-from llmctl.model.transformer import ModelConfig
+from llmctl.model.checkpoint import load_train_state, save_checkpoint
 from llmctl.model.moe import add_imbalance, discard_records, router_losses
+from llmctl.model.transformer import ModelConfig
+from llmctl.store.dataset import atomic_write_text
 from llmctl.train import distributed as D
 from llmctl.train import parallel as P
 
@@ -164,21 +165,36 @@ CORE_KEYS = frozenset({"step", "loss", "lr", "grad_norm", "tokens_per_s", "token
 
 # The step line shows a loss function's metrics by these short names; every metric (TRL's six
 # rewards/* and logps/* for DPO, response_tokens for SFT, ...) is in metrics.jsonl.
-LINE_METRICS = {"rewards/accuracies": "acc", "rewards/margins": "margin", "accuracy": "acc", "margin": "margin",
-                "moe_lb_loss": "lb", "moe_z_loss": "z", "moe_imbalance": "imbalance"}
+LINE_METRICS = {
+    "rewards/accuracies": "acc",
+    "rewards/margins": "margin",
+    "accuracy": "acc",
+    "margin": "margin",
+    "moe_lb_loss": "lb",
+    "moe_z_loss": "z",
+    "moe_imbalance": "imbalance",
+}
 
 
 def _log_line(rec: dict[str, Any], steps: int) -> str:
     """One compact line per logged step; at an eval step a second line with the held-out metrics."""
     head = f"step {rec['step']:>5}/{steps}"
-    parts = [head, f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}", f"gnorm {rec['grad_norm']:.3f}",
-             f"{rec['tokens_per_s']:,.0f} tok/s"]
+    parts = [
+        head,
+        f"loss {rec['loss']:.4f}",
+        f"lr {rec['lr']:.2e}",
+        f"gnorm {rec['grad_norm']:.3f}",
+        f"{rec['tokens_per_s']:,.0f} tok/s",
+    ]
     if rec.get("mfu") is not None:
         parts.append(f"mfu {100 * rec['mfu']:.1f}%")
     parts += [f"{short} {rec[k]:.4f}" for k, short in LINE_METRICS.items() if isinstance(rec.get(k), (int, float))]
     val = [f"val_loss {rec['val_loss']:.4f}"] if "val_loss" in rec else []
-    val += [f"val_{short} {rec['val_' + k]:.4f}" for k, short in LINE_METRICS.items()
-            if isinstance(rec.get("val_" + k), (int, float))]
+    val += [
+        f"val_{short} {rec['val_' + k]:.4f}"
+        for k, short in LINE_METRICS.items()
+        if isinstance(rec.get("val_" + k), (int, float))
+    ]
     return " | ".join(parts) + ("\n" + " | ".join([head, *val]) if val else "")
 
 
@@ -208,8 +224,10 @@ def train(
     run_dir = Path(run_dir)
     accum = cfg.grad_accum(d.dp)
     if cfg.warmup_steps >= cfg.steps:
-        D.print0(f"warning: warmup ({cfg.warmup_steps} steps) is not shorter than the run ({cfg.steps} steps): "
-                 f"the learning rate never reaches --lr {cfg.lr:g} (peak {lr_at(cfg.steps - 1, cfg):.3g}); lower --warmup")
+        D.print0(
+            f"warning: warmup ({cfg.warmup_steps} steps) is not shorter than the run ({cfg.steps} steps): "
+            f"the learning rate never reaches --lr {cfg.lr:g} (peak {lr_at(cfg.steps - 1, cfg):.3g}); lower --warmup"
+        )
     model.to(d.device)
     D.unwrap(model).activation_checkpointing = cfg.activation_checkpointing
     wrapped = D.wrap(model, cfg.fsdp, loss_parallel)
@@ -264,10 +282,21 @@ def train(
         optim_sd = D.full_optim_state(wrapped, optim)
         path = run_dir / CHECKPOINTS / f"step_{step:07d}"
         if d.master:
-            state = {"step": step, "optimizer": optim_sd, "data": batches.state_dict(), "rng": torch.get_rng_state(),
-                     "summary": _plain(summary)}
-            save_checkpoint(path, weights, model_cfg, tokenizer_dir, train_state=state,
-                            manifest={**(manifest or {}), "step": step, "layout": layout})
+            state = {
+                "step": step,
+                "optimizer": optim_sd,
+                "data": batches.state_dict(),
+                "rng": torch.get_rng_state(),
+                "summary": _plain(summary),
+            }
+            save_checkpoint(
+                path,
+                weights,
+                model_cfg,
+                tokenizer_dir,
+                train_state=state,
+                manifest={**(manifest or {}), "step": step, "layout": layout},
+            )
             for old in checkpoints(run_dir)[: -max(1, cfg.keep_checkpoints)]:
                 trash = old.with_name(f".{old.name}.del-{os.getpid()}")  # out of sight first: a kill
                 os.replace(old, trash)  # mid-delete leaves no half-deleted step_N (run_dir cleans .del)
@@ -294,9 +323,16 @@ def train(
     t_start, tokens_seen, t_last = time.time(), tokens_start, time.time()
     stop_at = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
     # a live bar on a terminal (rank 0); log lines every log_every steps everywhere
-    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
-                        disable=not (d.master and sys.stdout.isatty()))
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not (d.master and sys.stdout.isatty()),
+    )
     bar = progress.add_task("", total=cfg.steps, completed=start)
     try:
         with progress:
@@ -344,8 +380,16 @@ def train(
                 now = time.time()
                 tokens_seen += step_tokens
                 tps = step_tokens / max(now - t_last, 1e-9)  # the whole mesh: each token counted once
-                rec = {"step": done, "loss": loss_val, "lr": lr, "grad_norm": gn, "tokens_per_s": tps,
-                       "tokens": tokens_seen, "elapsed_s": round(elapsed_start + now - t_start, 3), **extra}
+                rec = {
+                    "step": done,
+                    "loss": loss_val,
+                    "lr": lr,
+                    "grad_norm": gn,
+                    "tokens_per_s": tps,
+                    "tokens": tokens_seen,
+                    "elapsed_s": round(elapsed_start + now - t_start, 3),
+                    **extra,
+                }
                 if peak and flops_per_token:
                     rec["mfu"] = flops_per_token * tps / (peak * d.world)  # over every device of the mesh
                 write_metrics(rec)
@@ -361,9 +405,16 @@ def train(
     except KeyboardInterrupt:
         raise Interrupted(_interrupt_message(run_dir, began, start, cfg)) from None
     seconds = time.time() - t_start
-    summary.update({"start_step": start, "steps_done": stop_at, "finished": stop_at == cfg.steps,
-                    "seconds": round(seconds, 3), "checkpoint": str(last_ckpt) if last_ckpt else None,
-                    "tokens_per_s_avg": (tokens_seen - tokens_start) / max(seconds, 1e-9)})
+    summary.update(
+        {
+            "start_step": start,
+            "steps_done": stop_at,
+            "finished": stop_at == cfg.steps,
+            "seconds": round(seconds, 3),
+            "checkpoint": str(last_ckpt) if last_ckpt else None,
+            "tokens_per_s_avg": (tokens_seen - tokens_start) / max(seconds, 1e-9),
+        }
+    )
     return summary
 
 
@@ -387,7 +438,11 @@ def _interrupt_message(run_dir: Path, began: bool, start: int, cfg: TrainConfig)
         return f"interrupted before a step was done; nothing was written to {run_dir}"
     found = checkpoints(run_dir)
     if found:
-        return (f"interrupted; the last checkpoint is {found[-1]}: re-run the same command to resume from it "
-                "(later steps are trained again)")
-    return (f"interrupted before the first checkpoint (every {cfg.ckpt_every} steps); re-running the same command "
-            "starts the run again")
+        return (
+            f"interrupted; the last checkpoint is {found[-1]}: re-run the same command to resume from it "
+            "(later steps are trained again)"
+        )
+    return (
+        f"interrupted before the first checkpoint (every {cfg.ckpt_every} steps); re-running the same command "
+        "starts the run again"
+    )

@@ -40,8 +40,10 @@ class StreamedMix:
 
     def lineage(self) -> list[dict[str, Any]]:
         """The inputs a run records: the mixture (its plan's fingerprint) and every source."""
-        return [{"path": str(self.path.resolve()), "stage": "mix", "fingerprint": self.plan.fingerprint},
-                *(s.ds.lineage() for s in self.plan.sources)]
+        return [
+            {"path": str(self.path.resolve()), "stage": "mix", "fingerprint": self.plan.fingerprint},
+            *(s.ds.lineage() for s in self.plan.sources),
+        ]
 
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(flat int32 ids, offsets) of the split's documents in the plan's order."""
@@ -58,6 +60,8 @@ class StreamedMix:
             idx, lens = self.plan.index[split][at], lengths[at]
             # every token of every chosen document: source position -> mixture position
             shift = np.repeat(offsets[at] - soffsets[idx], lens)
-            src_pos = np.repeat(soffsets[idx], lens) + np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+            src_pos = (
+                np.repeat(soffsets[idx], lens) + np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+            )
             flat[src_pos + shift] = sflat[src_pos]
         return flat, offsets

@@ -25,8 +25,8 @@ shapes is checked by `check_divisible` before any process builds the model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from contextlib import nullcontext
-from typing import Iterable
 
 import torch
 
@@ -39,24 +39,33 @@ def check_layout(world: int, tp: int) -> None:
     if tp < 1:
         raise UsageError(f"--tp must be at least 1 (got {tp})")
     if tp > 1 and world == 1:
-        raise UsageError(f"--tp {tp} needs {tp} processes or more: run under "
-                         f"`torchrun --nproc_per_node {tp} -m llmctl ...`")
+        raise UsageError(
+            f"--tp {tp} needs {tp} processes or more: run under `torchrun --nproc_per_node {tp} -m llmctl ...`"
+        )
     if world % tp:
-        raise UsageError(f"--tp {tp} does not divide the {world} processes (data x tensor parallel needs "
-                         f"world = dp x tp)")
+        raise UsageError(
+            f"--tp {tp} does not divide the {world} processes (data x tensor parallel needs world = dp x tp)"
+        )
 
 
 def check_divisible(cfg: ModelConfig, tp: int) -> None:
     """One-line UsageError when a shape the tensor-parallel plans split does not divide by tp."""
     if tp == 1:
         return
-    shapes = [("n_head", cfg.n_head), ("n_kv_head", cfg.n_kv_head), ("vocab_size", cfg.vocab_size),
-              ("d_model", cfg.d_model), ("d_ff", cfg.d_ff)]
+    shapes = [
+        ("n_head", cfg.n_head),
+        ("n_kv_head", cfg.n_kv_head),
+        ("vocab_size", cfg.vocab_size),
+        ("d_model", cfg.d_model),
+        ("d_ff", cfg.d_ff),
+    ]
     bad = [f"{name}={value}" for name, value in shapes if value % tp]
     if bad:
-        raise UsageError(f"--tp {tp}: {', '.join(bad)} not divisible by {tp} (tensor parallelism splits attention "
-                         f"heads, kv heads, the vocabulary and the widths evenly over the {tp} ranks); "
-                         f"choose another --tp or model shape")
+        raise UsageError(
+            f"--tp {tp}: {', '.join(bad)} not divisible by {tp} (tensor parallelism splits attention "
+            f"heads, kv heads, the vocabulary and the widths evenly over the {tp} ranks); "
+            f"choose another --tp or model shape"
+        )
 
 
 def build_mesh(device_type: str, world: int, tp: int):
@@ -81,35 +90,52 @@ def apply_tp(model: torch.nn.Module, tp_mesh, loss_parallel: bool) -> None:
     # about on every rank at every checkpoint; the checkpoint is exact (tests/test_tp.py), so quiet it.
     logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     tied = model.lm_head.weight is model.embed_tokens.weight
-    parallelize_module(model, tp_mesh, {
-        "embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-        "norm": SequenceParallel(),
-        "lm_head": ColwiseParallel(input_layouts=Replicate(), output_layouts=Shard(-1) if loss_parallel else Replicate(),
-                                   use_local_output=not loss_parallel),
-    })
+    parallelize_module(
+        model,
+        tp_mesh,
+        {
+            "embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "norm": SequenceParallel(),
+            "lm_head": ColwiseParallel(
+                input_layouts=Replicate(),
+                output_layouts=Shard(-1) if loss_parallel else Replicate(),
+                use_local_output=not loss_parallel,
+            ),
+        },
+    )
     # The final norm's output is what hidden_states() returns (the reward head and DPO's row selection
     # read it): gathered over the sequence into a plain tensor. The lm head needs it whole anyway.
     model.norm.register_forward_hook(lambda mod, args, out: out.redistribute(placements=[Replicate()]).to_local())
     if tied:  # parallelize_module distributed the two modules' (shared) weight separately: tie them again
         model.lm_head.weight = model.embed_tokens.weight
     for i, block in enumerate(model.layers):
-        if not all(isinstance(getattr(block.mlp, n, None), torch.nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")):
-            raise UsageError(f"--tp: layer {i}'s MLP is not a dense SwiGLU ({type(block.mlp).__name__}); "
-                             "tensor parallelism splits dense MLPs only")
-        parallelize_module(block, tp_mesh, {
-            "input_layernorm": SequenceParallel(),
-            "self_attn": PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
-                                            desired_input_layouts=(Replicate(), None, None, None, None)),
-            "self_attn.q_proj": ColwiseParallel(),
-            "self_attn.k_proj": ColwiseParallel(),
-            "self_attn.v_proj": ColwiseParallel(),
-            "self_attn.o_proj": RowwiseParallel(output_layouts=Shard(1)),
-            "post_attention_layernorm": SequenceParallel(),
-            "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
-            "mlp.gate_proj": ColwiseParallel(),
-            "mlp.up_proj": ColwiseParallel(),
-            "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1)),
-        })
+        if not all(
+            isinstance(getattr(block.mlp, n, None), torch.nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")
+        ):
+            raise UsageError(
+                f"--tp: layer {i}'s MLP is not a dense SwiGLU ({type(block.mlp).__name__}); "
+                "tensor parallelism splits dense MLPs only"
+            )
+        parallelize_module(
+            block,
+            tp_mesh,
+            {
+                "input_layernorm": SequenceParallel(),
+                "self_attn": PrepareModuleInput(
+                    input_layouts=(Shard(1), None, None, None, None),
+                    desired_input_layouts=(Replicate(), None, None, None, None),
+                ),
+                "self_attn.q_proj": ColwiseParallel(),
+                "self_attn.k_proj": ColwiseParallel(),
+                "self_attn.v_proj": ColwiseParallel(),
+                "self_attn.o_proj": RowwiseParallel(output_layouts=Shard(1)),
+                "post_attention_layernorm": SequenceParallel(),
+                "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+                "mlp.gate_proj": ColwiseParallel(),
+                "mlp.up_proj": ColwiseParallel(),
+                "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1)),
+            },
+        )
 
 
 def loss_context(enabled: bool):

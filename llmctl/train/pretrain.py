@@ -27,10 +27,10 @@ import pyarrow.compute as pc
 import torch
 
 from llmctl.config import runtime, to_dict
-from llmctl.store.dataset import Dataset
 from llmctl.errors import UsageError
-from llmctl.model.transformer import ModelConfig, Transformer, cross_entropy, preset_config
 from llmctl.model.moe import inactive_params
+from llmctl.model.transformer import ModelConfig, Transformer, cross_entropy, preset_config
+from llmctl.store.dataset import Dataset
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig, train
 from llmctl.train.parallel import check_divisible
@@ -109,8 +109,19 @@ def load_token_split(ds: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
 class PackedBatches:
     """This rank's micro-batches of packed windows: {input_ids, targets, doc_ids} (B, T) int64."""
 
-    def __init__(self, flat: np.ndarray, offsets: np.ndarray, seq_len: int, micro_batch: int, seed: int,
-                 eos_id: int, rank: int = 0, world: int = 1, shuffle: bool = True, doc_mask: bool = True):
+    def __init__(
+        self,
+        flat: np.ndarray,
+        offsets: np.ndarray,
+        seq_len: int,
+        micro_batch: int,
+        seed: int,
+        eos_id: int,
+        rank: int = 0,
+        world: int = 1,
+        shuffle: bool = True,
+        doc_mask: bool = True,
+    ):
         self.flat, self.offsets = flat, offsets
         self.T, self.B, self.seed, self.eos = seq_len, micro_batch, seed, eos_id
         self.rank, self.world, self.shuffle, self.doc_mask = rank, world, shuffle, doc_mask
@@ -180,7 +191,9 @@ def make_evaluate(flat: np.ndarray, offsets: np.ndarray, cfg: PretrainConfig, eo
             parts = [val.micro_batch(w) for w in mine[s : s + cfg.train.micro_batch]]
             b = {k: torch.cat([p[k] for p in parts]).to(d.device) for k in parts[0]}
             logits = model(b["input_ids"], doc_ids=b.get("doc_ids"))
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(), reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), b["targets"].flatten(), reduction="sum"
+            )
             tot += torch.tensor([D.plain(loss).item(), b["targets"].numel()], dtype=torch.float64)
         D.all_reduce_sum(tot)
         return {"val_loss": (tot[0] / tot[1]).item()}
@@ -196,7 +209,9 @@ def _mix_source(mix: str | Path, tok: Any) -> Any:
 
     m = StreamedMix(mix)
     if m.tokenizer.get("fingerprint") != tok.fingerprint:
-        raise UsageError(f"--mix {mix}: its sources were tokenized with {m.tokenizer.get('path')}, not this --tokenizer")
+        raise UsageError(
+            f"--mix {mix}: its sources were tokenized with {m.tokenizer.get('path')}, not this --tokenizer"
+        )
     return m
 
 
@@ -208,8 +223,15 @@ def set_batch_size(cfg: PretrainConfig) -> PretrainConfig:
     return cfg
 
 
-def pretrain(tokens: str | Path | None, tokenizer_dir: str | Path, run_dir: str | Path, cfg: PretrainConfig,
-             resume: bool = False, overwrite: bool = False, mix: str | Path | None = None) -> dict[str, Any]:
+def pretrain(
+    tokens: str | Path | None,
+    tokenizer_dir: str | Path,
+    run_dir: str | Path,
+    cfg: PretrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    mix: str | Path | None = None,
+) -> dict[str, Any]:
     """Train a model from scratch on a token dataset; returns the run summary (also in _manifest.json).
 
     Re-running the same call continues the run from its latest checkpoint (`resume` is accepted
@@ -223,7 +245,11 @@ def pretrain(tokens: str | Path | None, tokenizer_dir: str | Path, run_dir: str 
     if (tokens is None) == (mix is None):
         raise UsageError("give a token dataset or --mix FILE (one of the two)")
     check_divisible(model_config(cfg, tok.vocab_size), d.tp)  # before any rank builds the model
-    source = _mix_source(mix, tok) if mix is not None else Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
+    source = (
+        _mix_source(mix, tok)
+        if mix is not None
+        else Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
+    )
     set_batch_size(cfg)
     accum = cfg.train.grad_accum(d.dp)
     inputs = [*(source.lineage() if mix is not None else [source.lineage()]), tok.lineage()]
@@ -233,10 +259,21 @@ def pretrain(tokens: str | Path | None, tokenizer_dir: str | Path, run_dir: str 
         split = source.split if mix is not None else (lambda name: load_token_split(source, name))
         flat, offsets = split("train")
         if len(flat) and int(flat.max()) >= tok.vocab_size:
-            raise UsageError(f"{tokens or mix}: token id {int(flat.max())} is outside the tokenizer's {tok.vocab_size} tokens "
-                             "(tokenized with another tokenizer?)")
-        batches = PackedBatches(flat, offsets, cfg.seq_len, cfg.train.micro_batch, cfg.train.seed, tok.eos_id,
-                                d.dp_rank, d.dp, doc_mask=cfg.doc_mask)
+            raise UsageError(
+                f"{tokens or mix}: token id {int(flat.max())} is outside the tokenizer's {tok.vocab_size} tokens "
+                "(tokenized with another tokenizer?)"
+            )
+        batches = PackedBatches(
+            flat,
+            offsets,
+            cfg.seq_len,
+            cfg.train.micro_batch,
+            cfg.train.seed,
+            tok.eos_id,
+            d.dp_rank,
+            d.dp,
+            doc_mask=cfg.doc_mask,
+        )
         vflat, voffsets = split("val")
         evaluate = make_evaluate(vflat, voffsets, cfg, tok.eos_id) if len(vflat) > cfg.seq_len else None
         if evaluate is None:
@@ -246,20 +283,39 @@ def pretrain(tokens: str | Path | None, tokenizer_dir: str | Path, run_dir: str 
         torch.manual_seed(cfg.train.seed)
         model = Transformer(mc)  # built on CPU in fp32 so the init does not depend on the device
         fpt = model.flops_per_token(cfg.seq_len)
-        D.print0(f"model: {model.num_params():,} parameters ({model.num_params(True):,} non-embedding), "
-                 f"{fpt / 1e6:.2f} MFLOPs/token; {mc.n_layer} layers, d_model {mc.d_model}, {mc.n_head} heads "
-                 f"({mc.n_kv_head} kv), vocab {mc.vocab_size}")
+        D.print0(
+            f"model: {model.num_params():,} parameters ({model.num_params(True):,} non-embedding), "
+            f"{fpt / 1e6:.2f} MFLOPs/token; {mc.n_layer} layers, d_model {mc.d_model}, {mc.n_head} heads "
+            f"({mc.n_kv_head} kv), vocab {mc.vocab_size}"
+        )
         if mc.n_experts:
-            D.print0(f"moe: {mc.n_experts} experts top-{mc.moe_top_k} of width {mc.moe_d_ff}, {mc.n_shared_experts} shared, "
-                     f"every {mc.moe_every} layer(s); {model.num_params() - inactive_params(mc):,} active parameters; "
-                     f"aux: lb {mc.moe_lb_coef:g}, z {mc.moe_z_coef:g}; "
-                     + (f"capacity factor {mc.moe_capacity_factor:g}" if mc.moe_capacity_factor else "dropless"))
-        D.print0(f"data: {len(flat):,} train tokens in {len(offsets) - 1:,} docs, {len(vflat):,} val tokens; "
-                 f"{cfg.batch_tokens:,} tokens/step = {d.dp} rank(s){f' of tp {d.tp}' if d.tp > 1 else ''} x {cfg.train.micro_batch} x {cfg.seq_len} "
-                 f"x {accum} accumulation; {cfg.train.steps} steps = {cfg.train.steps * cfg.batch_tokens:,} tokens "
-                 f"({cfg.train.steps * cfg.batch_tokens / max(1, len(flat)):.2f} epochs)")
+            D.print0(
+                f"moe: {mc.n_experts} experts top-{mc.moe_top_k} of width {mc.moe_d_ff}, {mc.n_shared_experts} shared, "
+                f"every {mc.moe_every} layer(s); {model.num_params() - inactive_params(mc):,} active parameters; "
+                f"aux: lb {mc.moe_lb_coef:g}, z {mc.moe_z_coef:g}; "
+                + (f"capacity factor {mc.moe_capacity_factor:g}" if mc.moe_capacity_factor else "dropless")
+            )
+        D.print0(
+            f"data: {len(flat):,} train tokens in {len(offsets) - 1:,} docs, {len(vflat):,} val tokens; "
+            f"{cfg.batch_tokens:,} tokens/step = {d.dp} rank(s){f' of tp {d.tp}' if d.tp > 1 else ''} x {cfg.train.micro_batch} x {cfg.seq_len} "
+            f"x {accum} accumulation; {cfg.train.steps} steps = {cfg.train.steps * cfg.batch_tokens:,} tokens "
+            f"({cfg.train.steps * cfg.batch_tokens / max(1, len(flat)):.2f} epochs)"
+        )
         manifest = {"stage": "pretrain", "config": to_dict(cfg), "inputs": inputs}
-        summary = train(model, mc, lm_loss, batches, cfg.train, run_dir, evaluate=evaluate, tokenizer_dir=tok.path,
-                        manifest=manifest, resume=run.resume, flops_per_token=fpt, begin=run.begin, loss_parallel=True)
+        summary = train(
+            model,
+            mc,
+            lm_loss,
+            batches,
+            cfg.train,
+            run_dir,
+            evaluate=evaluate,
+            tokenizer_dir=tok.path,
+            manifest=manifest,
+            resume=run.resume,
+            flops_per_token=fpt,
+            begin=run.begin,
+            loss_parallel=True,
+        )
         summary["params"] = model.num_params()
         return run.finish(summary, manifest, mc.to_dict())

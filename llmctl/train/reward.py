@@ -19,21 +19,31 @@ For eval (issue 7): `load_reward_model(dir)` -> `RewardScorer`; `.score(prompts,
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmctl.data.chat_data import Encoded, ItemBatches, encode_pair, encode_responses, pref_triples, read_rows, split_of, to_messages
+from llmctl.data.chat_data import (
+    Encoded,
+    ItemBatches,
+    encode_pair,
+    encode_responses,
+    pref_triples,
+    read_rows,
+    split_of,
+    to_messages,
+)
 from llmctl.errors import UsageError
 from llmctl.model.transformer import ModelConfig, Transformer
+from llmctl.store.lock import exclusive_output
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig
 from llmctl.train.sft import load_start, run_training
-from llmctl.store.lock import exclusive_output
 
 
 class RewardModel(Transformer):
@@ -82,15 +92,21 @@ def rm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
 def make_rm_evaluate(pairs: list[tuple[Encoded, Encoded]], micro_batch: int, pad_id: int):
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         d = D.info()
-        mine = pairs[d.dp_rank::d.dp]
+        mine = pairs[d.dp_rank :: d.dp]
         tot = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, margin sum, n
         for s in range(0, len(mine), micro_batch):
-            b = {k: v.to(d.device) for k, v in collate_pairs(mine[s:s + micro_batch], pad_id).items()}
+            b = {k: v.to(d.device) for k, v in collate_pairs(mine[s : s + micro_batch], pad_id).items()}
             r = model(b["input_ids"], last_index=b["last_index"])
             n = r.shape[0] // 2
             rc, rr = r[:n].double(), r[n:].double()
-            tot += torch.stack([-F.logsigmoid(rc - rr).sum(), (rc > rr).sum(), (rc - rr).sum(),
-                                torch.tensor(float(n), dtype=torch.float64)]).cpu()
+            tot += torch.stack(
+                [
+                    -F.logsigmoid(rc - rr).sum(),
+                    (rc > rr).sum(),
+                    (rc - rr).sum(),
+                    torch.tensor(float(n), dtype=torch.float64),
+                ]
+            ).cpu()
         D.all_reduce_sum(tot)
         n = max(tot[3].item(), 1.0)
         return {"val_loss": tot[0].item() / n, "val_accuracy": tot[1].item() / n, "val_margin": tot[2].item() / n}
@@ -98,8 +114,9 @@ def make_rm_evaluate(pairs: list[tuple[Encoded, Encoded]], micro_batch: int, pad
     return evaluate
 
 
-def encode_prefs(tok: Any, rows: list[dict[str, Any]], max_len: int, val_fraction: float, seed: int,
-                 where: str = "data") -> tuple[list, list, dict[str, int]]:
+def encode_prefs(
+    tok: Any, rows: list[dict[str, Any]], max_len: int, val_fraction: float, seed: int, where: str = "data"
+) -> tuple[list, list, dict[str, int]]:
     """(train pairs, val pairs, counts); a pair is (chosen Encoded, rejected Encoded)."""
     triples = pref_triples(rows, where)
     out: dict[str, list] = {"train": [], "val": []}
@@ -112,15 +129,25 @@ def encode_prefs(tok: Any, rows: list[dict[str, Any]], max_len: int, val_fractio
             continue
         out[split_of(r, (p, c, rj), val_fraction, seed)].append((ec, er))
     if not out["train"]:
-        raise UsageError(f"{where}: no usable training pair ({counts['dropped_no_trainable_token']} dropped, "
-                         f"{len(out['val'])} held out)")
+        raise UsageError(
+            f"{where}: no usable training pair ({counts['dropped_no_trainable_token']} dropped, "
+            f"{len(out['val'])} held out)"
+        )
     counts.update(train=len(out["train"]), val=len(out["val"]))
     return out["train"], out["val"], counts
 
 
 def _rm_train() -> TrainConfig:
-    return TrainConfig(steps=200, batch_size=16, micro_batch=8, lr=5e-5, warmup_steps=10, eval_every=50,
-                       ckpt_every=100, weight_decay=0.0)
+    return TrainConfig(
+        steps=200,
+        batch_size=16,
+        micro_batch=8,
+        lr=5e-5,
+        warmup_steps=10,
+        eval_every=50,
+        ckpt_every=100,
+        weight_decay=0.0,
+    )
 
 
 @dataclass
@@ -130,8 +157,14 @@ class RewardConfig:
     train: TrainConfig = field(default_factory=_rm_train)
 
 
-def run_reward(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: RewardConfig,
-               resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run_reward(
+    data: str | Path,
+    from_ckpt: str | Path,
+    run_dir: str | Path,
+    cfg: RewardConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train a reward model from a checkpoint on preference pairs; returns the loop summary."""
     d = D.init(cfg.train.device, cfg.train.tp)
     base, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
@@ -142,13 +175,36 @@ def run_reward(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg
     rows, data_lineage = read_rows(data)
     tr, val, counts = encode_prefs(tok, rows, cfg.max_len, cfg.val_fraction, cfg.train.seed, str(data))
     # batch_size and micro_batch count pairs (as TRL's batch sizes do): a forward sees 2 x micro_batch rows.
-    batches = ItemBatches(len(tr), cfg.train.micro_batch,
-                          lambda idx: collate_pairs([tr[i] for i in idx], tok.pad_id), cfg.train.seed, d.dp_rank, d.dp)
+    batches = ItemBatches(
+        len(tr),
+        cfg.train.micro_batch,
+        lambda idx: collate_pairs([tr[i] for i in idx], tok.pad_id),
+        cfg.train.seed,
+        d.dp_rank,
+        d.dp,
+    )
     evaluate = make_rm_evaluate(val, cfg.train.micro_batch, tok.pad_id) if val else None
-    D.print0(f"reward: {counts['train']:,} train / {counts['val']:,} val pairs; {counts['truncated']} truncated, "
-             f"{counts['dropped_no_trainable_token']} dropped")
-    summary = run_training("reward", model, mc, tok, cfg, run_dir, [data_lineage, ck_lineage], rm_loss, batches,
-                           evaluate, counts, resume, overwrite, extra={"model_kind": "reward"}, seq_len=cfg.max_len)
+    D.print0(
+        f"reward: {counts['train']:,} train / {counts['val']:,} val pairs; {counts['truncated']} truncated, "
+        f"{counts['dropped_no_trainable_token']} dropped"
+    )
+    summary = run_training(
+        "reward",
+        model,
+        mc,
+        tok,
+        cfg,
+        run_dir,
+        [data_lineage, ck_lineage],
+        rm_loss,
+        batches,
+        evaluate,
+        counts,
+        resume,
+        overwrite,
+        extra={"model_kind": "reward"},
+        seq_len=cfg.max_len,
+    )
     return {**summary, "data": counts}
 
 
@@ -165,16 +221,21 @@ class RewardScorer:
         """Reward of each (prompt, response); a prompt is a string (one user turn) or a list of messages."""
         if len(prompts) != len(responses):
             raise UsageError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return self._score([encode_pair(self.tok, to_messages(p), r, self.max_len) for p, r in zip(prompts, responses)],
-                           batch_size)
+        return self._score(
+            [encode_pair(self.tok, to_messages(p), r, self.max_len) for p, r in zip(prompts, responses)], batch_size
+        )
 
     @torch.no_grad()
-    def score_pairs(self, prompts: Sequence[Any], chosen: Sequence[str], rejected: Sequence[str],
-                    batch_size: int = 16) -> tuple[list[float], list[float]]:
+    def score_pairs(
+        self, prompts: Sequence[Any], chosen: Sequence[str], rejected: Sequence[str], batch_size: int = 16
+    ) -> tuple[list[float], list[float]]:
         """Rewards of each pair's two replies, encoded as `llmctl reward` trains and validates on them (one
         prompt cut for both, at the run's max_len), so a held-out accuracy equals the run's own `val_accuracy`."""
-        encs = [e for p, c, r in zip(prompts, chosen, rejected)
-                for e in encode_responses(self.tok, to_messages(p), [c, r], self.max_len)]
+        encs = [
+            e
+            for p, c, r in zip(prompts, chosen, rejected)
+            for e in encode_responses(self.tok, to_messages(p), [c, r], self.max_len)
+        ]
         vals = self._score(encs, batch_size)
         return vals[0::2], vals[1::2]
 
@@ -182,7 +243,7 @@ class RewardScorer:
         order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))  # similar lengths: less padding
         out: list[float] = []
         for s in range(0, len(encs), batch_size):
-            chunk = [encs[i] for i in order[s:s + batch_size]]
+            chunk = [encs[i] for i in order[s : s + batch_size]]
             t = max(len(e.ids) for e in chunk)
             ids = torch.full((len(chunk), t), self.tok.pad_id, dtype=torch.long)
             for i, e in enumerate(chunk):
@@ -222,8 +283,9 @@ def score(rm: str | Path | RewardScorer, prompts: Sequence[Any], responses: Sequ
 
 
 @exclusive_output("out", discard_unfinished=True)
-def score_dataset(rm_dir: str | Path, data: str | Path, out: str | Path, overwrite: bool = False,
-                  batch_size: int = 16) -> dict[str, Any]:
+def score_dataset(
+    rm_dir: str | Path, data: str | Path, out: str | Path, overwrite: bool = False, batch_size: int = 16
+) -> dict[str, Any]:
     """Copy DATA with a `reward` column (prompt/response rows) or `reward_chosen`/`reward_rejected` (pairs)."""
     import pyarrow as pa
 
@@ -239,8 +301,9 @@ def score_dataset(rm_dir: str | Path, data: str | Path, out: str | Path, overwri
     elif {"prompt", "chosen", "rejected"} <= cols:
         targets = {"reward_chosen": "chosen", "reward_rejected": "rejected"}
     else:
-        raise UsageError(f"{data}: expected `prompt` + `response` (or + `chosen` + `rejected`); "
-                         f"found {', '.join(sorted(cols))}")
+        raise UsageError(
+            f"{data}: expected `prompt` + `response` (or + `chosen` + `rejected`); found {', '.join(sorted(cols))}"
+        )
     ck = resolve_checkpoint(rm_dir)
     rm_lineage = {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(ck / WEIGHTS)}
     so = StageOutput(out, "reward_score", _ScoreCfg(), inputs=[lineage, rm_lineage], overwrite=overwrite)
@@ -251,16 +314,21 @@ def score_dataset(rm_dir: str | Path, data: str | Path, out: str | Path, overwri
     stats: dict[str, Any] = {"rows": len(rows)}
     prompts = [r["prompt"] for r in rows]
     if len(targets) == 2:  # pairs: scored as the reward stage trains on them
-        got = dict(zip(targets, scorer.score_pairs(prompts, [r["chosen"] for r in rows], [r["rejected"] for r in rows],
-                                                   batch_size)))
+        got = dict(
+            zip(
+                targets,
+                scorer.score_pairs(prompts, [r["chosen"] for r in rows], [r["rejected"] for r in rows], batch_size),
+            )
+        )
     else:
         got = {"reward": scorer.score(prompts, [r["response"] for r in rows], batch_size)}
     for name, vals in got.items():
         table = table.append_column(name, pa.array(vals, pa.float32()))
         stats[f"mean_{name}"] = sum(vals) / len(vals)
     if len(targets) == 2:
-        stats["accuracy"] = sum(a > b for a, b in zip(table["reward_chosen"].to_pylist(),
-                                                      table["reward_rejected"].to_pylist())) / len(rows)
+        stats["accuracy"] = sum(
+            a > b for a, b in zip(table["reward_chosen"].to_pylist(), table["reward_rejected"].to_pylist())
+        ) / len(rows)
     w = so.shard_writer("part-00000.parquet", table.schema)
     w.write_table(table)
     so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})

@@ -31,15 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from llmctl import __version__
-from llmctl.model.checkpoint import TRAIN_STATE, WEIGHTS
 from llmctl.config import output_fields
+from llmctl.errors import UsageError
+from llmctl.model.checkpoint import TRAIN_STATE, WEIGHTS
 from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json, now_iso
 from llmctl.store.integrity import read_state
-from llmctl.errors import UsageError
 from llmctl.store.lock import writer_lock
-from llmctl.utils.progress import note
 from llmctl.train import distributed as D
 from llmctl.train.loop import CHECKPOINTS
+from llmctl.utils.progress import note
 
 _SIDE = re.compile(r"^\.(step_\d+)\.(tmp|old|del)-\d+$")
 
@@ -93,8 +93,10 @@ def prepare_run_dir(run_dir: Path, stage: str, cfg: Any, inputs: list[dict], ove
         changed = [k for k in state["config"] if state["config"][k] != recorded.get("config", {}).get(k)]
         if recorded.get("stage") != state["stage"]:
             changed.insert(0, f"stage {recorded.get('stage')} -> {stage}")
-        raise UsageError(f"{run_dir}: holds a run with a different config or input (changed: "
-                         f"{', '.join(changed[:4]) or 'inputs'}); pass --overwrite to replace it, or choose another run dir")
+        raise UsageError(
+            f"{run_dir}: holds a run with a different config or input (changed: "
+            f"{', '.join(changed[:4]) or 'inputs'}); pass --overwrite to replace it, or choose another run dir"
+        )
     if manifest is not None:
         return RunPlan(run_dir, "complete", state, manifest=manifest)
     return RunPlan(run_dir, "resume", state, cleaned=clean_checkpoints(run_dir))
@@ -147,14 +149,25 @@ class TrainingRun:
     def finish(self, summary: dict[str, Any], manifest: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
         """Write RUN/_manifest.json (rank 0) once the last step is done; returns the summary."""
         if self.plan is not None and summary["finished"]:
-            atomic_write_json(self.path / MANIFEST, {**manifest, "llmctl_version": __version__, "finished": now_iso(),
-                                                     "model": model, "stats": summary, "run_state": self.plan.state})
+            atomic_write_json(
+                self.path / MANIFEST,
+                {
+                    **manifest,
+                    "llmctl_version": __version__,
+                    "finished": now_iso(),
+                    "model": model,
+                    "stats": summary,
+                    "run_state": self.plan.state,
+                },
+            )
         D.barrier()
         return summary
 
 
 @contextlib.contextmanager
-def training_run(stage: str, run_dir: str | Path, cfg: Any, inputs: list[dict], overwrite: bool) -> Iterator[TrainingRun]:
+def training_run(
+    stage: str, run_dir: str | Path, cfg: Any, inputs: list[dict], overwrite: bool
+) -> Iterator[TrainingRun]:
     """Hold RUN's writer lock (rank 0) and decide fresh / resume / complete; every rank gets the decision,
     or the same one-line error."""
     d = D.info()
@@ -167,8 +180,13 @@ def training_run(stage: str, run_dir: str | Path, cfg: Any, inputs: list[dict], 
                 plan = prepare_run_dir(path, stage, cfg, inputs, overwrite)
             except UsageError as e:
                 err = e
-        status, msg, done = D.broadcast_object((plan.status if plan else None, str(err) if err else None,
-                                                plan.manifest.get("stats") if plan and plan.manifest else None))
+        status, msg, done = D.broadcast_object(
+            (
+                plan.status if plan else None,
+                str(err) if err else None,
+                plan.manifest.get("stats") if plan and plan.manifest else None,
+            )
+        )
         if err is not None:
             raise err
         if msg is not None:

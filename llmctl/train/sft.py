@@ -20,17 +20,18 @@ accumulation the loop averages the micro-batch means (each micro-batch weighs th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from llmctl.config import to_dict
 from llmctl.data.chat_data import Encoded, ItemBatches, encode_conversation, read_rows, sft_conversations, split_of
-from llmctl.store.dataset import fingerprint_file
 from llmctl.errors import UsageError
+from llmctl.store.dataset import fingerprint_file
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig, train
 from llmctl.train.run_dir import training_run
@@ -39,8 +40,16 @@ IGNORE = -100
 
 
 def _sft_train() -> TrainConfig:
-    return TrainConfig(steps=200, batch_size=16, micro_batch=8, lr=1e-4, warmup_steps=10, eval_every=50,
-                       ckpt_every=100, weight_decay=0.0)
+    return TrainConfig(
+        steps=200,
+        batch_size=16,
+        micro_batch=8,
+        lr=1e-4,
+        warmup_steps=10,
+        eval_every=50,
+        ckpt_every=100,
+        weight_decay=0.0,
+    )
 
 
 @dataclass
@@ -87,9 +96,9 @@ def collate_windows(examples: list[Encoded], windows: list[list[int]], pad_id: i
         for k, i in enumerate(w):
             e = examples[i]
             n = len(e.ids)
-            ids[b, pos:pos + n] = torch.tensor(e.ids)
-            labels[b, pos:pos + n] = torch.tensor(labels_for(e))
-            docs[b, pos:pos + n] = k
+            ids[b, pos : pos + n] = torch.tensor(e.ids)
+            labels[b, pos : pos + n] = torch.tensor(labels_for(e))
+            docs[b, pos : pos + n] = k
             pos += n
     return {"input_ids": ids, "labels": labels, "doc_ids": docs}
 
@@ -111,13 +120,14 @@ def make_sft_evaluate(examples: list[Encoded], max_len: int, micro_batch: int, p
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         d = D.info()
-        mine = windows[d.dp_rank::d.dp]
+        mine = windows[d.dp_rank :: d.dp]
         tot = torch.zeros(2, dtype=torch.float64)
         for s in range(0, len(mine), micro_batch):
-            b = {k: v.to(d.device) for k, v in collate_windows(examples, mine[s:s + micro_batch], pad_id).items()}
+            b = {k: v.to(d.device) for k, v in collate_windows(examples, mine[s : s + micro_batch], pad_id).items()}
             logits = model(b["input_ids"], doc_ids=b["doc_ids"])
-            nll = F.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten(), ignore_index=IGNORE,
-                                  reduction="sum")
+            nll = F.cross_entropy(
+                logits.flatten(0, 1).float(), b["labels"].flatten(), ignore_index=IGNORE, reduction="sum"
+            )
             tot += torch.tensor([nll.item(), float((b["labels"] != IGNORE).sum())], dtype=torch.float64)
         D.all_reduce_sum(tot)
         return {"val_loss": (tot[0] / tot[1].clamp(min=1)).item()}
@@ -125,8 +135,9 @@ def make_sft_evaluate(examples: list[Encoded], max_len: int, micro_batch: int, p
     return evaluate
 
 
-def encode_sft(tok: Any, rows: list[dict[str, Any]], max_len: int, val_fraction: float, seed: int,
-               where: str = "data") -> tuple[list[Encoded], list[Encoded], dict[str, int]]:
+def encode_sft(
+    tok: Any, rows: list[dict[str, Any]], max_len: int, val_fraction: float, seed: int, where: str = "data"
+) -> tuple[list[Encoded], list[Encoded], dict[str, int]]:
     """(train, val, counts): encoded conversations, truncated per policy; untrainable ones dropped."""
     convs = sft_conversations(rows, where)
     out: dict[str, list[Encoded]] = {"train": [], "val": []}
@@ -139,8 +150,10 @@ def encode_sft(tok: Any, rows: list[dict[str, Any]], max_len: int, val_fraction:
             continue
         out[split_of(r, c, val_fraction, seed)].append(e)
     if not out["train"]:
-        raise UsageError(f"{where}: no training example with a trainable (assistant) token "
-                         f"({counts['dropped_no_trainable_token']} dropped, {len(out['val'])} held out)")
+        raise UsageError(
+            f"{where}: no training example with a trainable (assistant) token "
+            f"({counts['dropped_no_trainable_token']} dropped, {len(out['val'])} held out)"
+        )
     counts.update(train=len(out["train"]), val=len(out["val"]))
     return out["train"], out["val"], counts
 
@@ -161,17 +174,35 @@ def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, 
     if tok_dir is None:
         raise UsageError(f"{path}: checkpoint has no tokenizer/ directory")
     if max_len is not None and max_len > mc.max_seq_len:
-        raise UsageError(f"max_len {max_len} exceeds the model's max_seq_len {mc.max_seq_len} ({path}): "
-                         f"pass --max-len {mc.max_seq_len} or less")
-    lineage = {"path": str(path.resolve()), "stage": man.get("stage", "checkpoint"),
-               "fingerprint": fingerprint_file(path / WEIGHTS)}
+        raise UsageError(
+            f"max_len {max_len} exceeds the model's max_seq_len {mc.max_seq_len} ({path}): "
+            f"pass --max-len {mc.max_seq_len} or less"
+        )
+    lineage = {
+        "path": str(path.resolve()),
+        "stage": man.get("stage", "checkpoint"),
+        "fingerprint": fingerprint_file(path / WEIGHTS),
+    }
     return model, mc, Tokenizer.load(tok_dir), lineage
 
 
-def run_training(stage: str, model: torch.nn.Module, mc: Any, tok: Any, cfg: Any, run_dir: str | Path,
-                 inputs: list[dict], loss_fn: Callable, batches: Any, evaluate: Callable | None,
-                 stats: dict[str, Any], resume: bool, overwrite: bool, extra: dict[str, Any] | None = None,
-                 seq_len: int = 512) -> dict[str, Any]:
+def run_training(
+    stage: str,
+    model: torch.nn.Module,
+    mc: Any,
+    tok: Any,
+    cfg: Any,
+    run_dir: str | Path,
+    inputs: list[dict],
+    loss_fn: Callable,
+    batches: Any,
+    evaluate: Callable | None,
+    stats: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+    extra: dict[str, Any] | None = None,
+    seq_len: int = 512,
+) -> dict[str, Any]:
     """Hold the run dir, run the shared loop, write the run's _manifest.json; returns the summary.
 
     Re-running the same command resumes (`resume` is accepted and changes nothing); a finished run
@@ -180,17 +211,34 @@ def run_training(stage: str, model: torch.nn.Module, mc: Any, tok: Any, cfg: Any
         if run.complete:
             return run.summary
         manifest = {"stage": stage, "config": to_dict(cfg), "inputs": inputs, "data": stats, **(extra or {})}
-        summary = train(model, mc, loss_fn, batches, cfg.train, run_dir, evaluate=evaluate, tokenizer_dir=tok.path,
-                        manifest=manifest, resume=run.resume, flops_per_token=model.flops_per_token(seq_len),
-                        begin=run.begin)
+        summary = train(
+            model,
+            mc,
+            loss_fn,
+            batches,
+            cfg.train,
+            run_dir,
+            evaluate=evaluate,
+            tokenizer_dir=tok.path,
+            manifest=manifest,
+            resume=run.resume,
+            flops_per_token=model.flops_per_token(seq_len),
+            begin=run.begin,
+        )
         return run.finish(summary, manifest, mc.to_dict())
 
 
 # ----------------------------------------------------------------------------- the stage
 
 
-def run_sft(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: SFTConfig, resume: bool = False,
-            overwrite: bool = False) -> dict[str, Any]:
+def run_sft(
+    data: str | Path,
+    from_ckpt: str | Path,
+    run_dir: str | Path,
+    cfg: SFTConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Fine-tune a checkpoint on SFT data; returns the loop summary plus data counts."""
     d = D.init(cfg.train.device, cfg.train.tp)
     model, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
@@ -200,21 +248,46 @@ def run_sft(data: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: S
     g = torch.Generator().manual_seed(cfg.train.seed)
     order = torch.randperm(len(tr), generator=g).tolist()
     windows = pack(lengths, cfg.max_len, order) if cfg.pack else [[i] for i in order]
-    batches = ItemBatches(len(windows), cfg.train.micro_batch,
-                          lambda idx: collate_windows(tr, [windows[i] for i in idx], tok.pad_id),
-                          cfg.train.seed, d.dp_rank, d.dp)
+    batches = ItemBatches(
+        len(windows),
+        cfg.train.micro_batch,
+        lambda idx: collate_windows(tr, [windows[i] for i in idx], tok.pad_id),
+        cfg.train.seed,
+        d.dp_rank,
+        d.dp,
+    )
     evaluate = make_sft_evaluate(val, cfg.max_len, cfg.train.micro_batch, tok.pad_id) if val else None
     trained = sum(sum(e.mask[1:]) for e in tr)
-    counts.update(windows=len(windows), train_tokens=sum(lengths), trained_tokens=trained,
-                  fill=round(sum(lengths) / (len(windows) * cfg.max_len), 3))
+    counts.update(
+        windows=len(windows),
+        train_tokens=sum(lengths),
+        trained_tokens=trained,
+        fill=round(sum(lengths) / (len(windows) * cfg.max_len), 3),
+    )
     per_step = cfg.train.batch_size * len(tr) / len(windows)
     counts["examples_per_step"] = round(per_step, 2)
-    D.print0(f"sft: {counts['train']:,} train / {counts['val']:,} val examples; {counts['truncated']} truncated, "
-             f"{counts['dropped_no_trainable_token']} dropped (no trainable token); {len(windows):,} windows of "
-             f"{cfg.max_len} ({100 * counts['fill']:.0f}% full), {trained:,} of {sum(lengths):,} tokens trained; "
-             f"a step of {cfg.train.batch_size} {'windows' if cfg.pack else 'examples'} holds ~{per_step:.1f} examples")
+    D.print0(
+        f"sft: {counts['train']:,} train / {counts['val']:,} val examples; {counts['truncated']} truncated, "
+        f"{counts['dropped_no_trainable_token']} dropped (no trainable token); {len(windows):,} windows of "
+        f"{cfg.max_len} ({100 * counts['fill']:.0f}% full), {trained:,} of {sum(lengths):,} tokens trained; "
+        f"a step of {cfg.train.batch_size} {'windows' if cfg.pack else 'examples'} holds ~{per_step:.1f} examples"
+    )
     if evaluate is None:
         D.print0("warning: no held-out examples: no validation loss")
-    summary = run_training("sft", model, mc, tok, cfg, run_dir, [data_lineage, ck_lineage], sft_loss, batches,
-                           evaluate, counts, resume, overwrite, seq_len=cfg.max_len)
+    summary = run_training(
+        "sft",
+        model,
+        mc,
+        tok,
+        cfg,
+        run_dir,
+        [data_lineage, ck_lineage],
+        sft_loss,
+        batches,
+        evaluate,
+        counts,
+        resume,
+        overwrite,
+        seq_len=cfg.max_len,
+    )
     return {**summary, "data": counts}

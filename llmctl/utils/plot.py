@@ -122,24 +122,33 @@ def prefs_figure(run: str | Path) -> Any | None:
 
     recs = [json.loads(ln) for ln in (Path(run) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     kind, cfg = run_kind(run)
-    margin, acc = ("rewards/margins", "rewards/accuracies") if any("rewards/margins" in r for r in recs) \
+    margin, acc = (
+        ("rewards/margins", "rewards/accuracies")
+        if any("rewards/margins" in r for r in recs)
         else ("margin", "accuracy")
+    )
     train = [r for r in recs if margin in r]
     if not train:
         return None
     val = [r for r in recs if f"val_{margin}" in r]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 2))
     steps = [r["step"] for r in train]
-    for ax, key, label in ((top, margin, "reward margin\n" + ("β·(log-ratio chosen - rejected)" if kind == "dpo"
-                                                              else "r_chosen - r_rejected")),
-                           (bottom, acc, "accuracy\n(chosen > rejected)")):
+    for ax, key, label in (
+        (
+            top,
+            margin,
+            "reward margin\n" + ("β·(log-ratio chosen - rejected)" if kind == "dpo" else "r_chosen - r_rejected"),
+        ),
+        (bottom, acc, "accuracy\n(chosen > rejected)"),
+    ):
         vals = [r[key] for r in train if key in r]
         ax.plot(steps[: len(vals)], vals, color="C0", alpha=0.25, lw=1)
         ax.plot(steps[: len(vals)], ema(vals), color="C0", lw=1.5, label="train (EMA)")
         held = [r for r in val if f"val_{key}" in r]
         if held:
-            ax.plot([r["step"] for r in held], [r[f"val_{key}"] for r in held], "o--", color="C1", ms=4,
-                    label="held out")
+            ax.plot(
+                [r["step"] for r in held], [r[f"val_{key}"] for r in held], "o--", color="C1", ms=4, label="held out"
+            )
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         style_axes(ax)
@@ -148,7 +157,9 @@ def prefs_figure(run: str | Path) -> Any | None:
     top.axhline(0.0, color="#999", lw=0.8, ls=":")
     top.legend(loc="best")
     bottom.set_xlabel("step")
-    top.set_title("DPO implicit reward: margins and accuracy" if kind == "dpo" else "reward model: margins and accuracy")
+    top.set_title(
+        "DPO implicit reward: margins and accuracy" if kind == "dpo" else "reward model: margins and accuracy"
+    )
     fig.tight_layout()
     return fig
 

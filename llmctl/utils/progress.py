@@ -54,13 +54,19 @@ class StageProgress:
         self.unit = unit
         self.counts: dict[str, int] = {"docs": 0, "bytes": 0, "tokens": 0, "tasks": 0}
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-            _RatesColumn(), TimeRemainingColumn(), console=console, disable=not self.enabled, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            _RatesColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not self.enabled,
+            transient=False,
         )
         self._task = self._progress.add_task(description, total=total or None, unit=unit, **self.counts)
         self.started = time.time()
 
-    def __enter__(self) -> "StageProgress":
+    def __enter__(self) -> StageProgress:
         self._progress.__enter__()
         return self
 

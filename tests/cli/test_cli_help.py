@@ -12,10 +12,32 @@ from llmctl import config as C
 from llmctl.cli import app
 from llmctl.cli.help import ORDER, unwrap
 
-COMMANDS = [["filter"], ["quality", "train"], ["quality", "predict"], ["tokenize", "train"], ["tokenize", "encode"],
-            ["tokenize", "inspect"], ["mix"], ["pretrain"], ["generate"], ["sft"], ["reward"], ["reward", "train"],
-            ["reward", "score"], ["dpo"], ["rl"], ["eval"], ["export"], ["plot"], ["sweep", "run"], ["sweep", "fit"],
-            ["sweep", "check"], ["data", "import"], ["run"], ["report"]]
+COMMANDS = [
+    ["filter"],
+    ["quality", "train"],
+    ["quality", "predict"],
+    ["tokenize", "train"],
+    ["tokenize", "encode"],
+    ["tokenize", "inspect"],
+    ["mix"],
+    ["pretrain"],
+    ["generate"],
+    ["sft"],
+    ["reward"],
+    ["reward", "train"],
+    ["reward", "score"],
+    ["dpo"],
+    ["rl"],
+    ["eval"],
+    ["export"],
+    ["plot"],
+    ["sweep", "run"],
+    ["sweep", "fit"],
+    ["sweep", "check"],
+    ["data", "import"],
+    ["run"],
+    ["report"],
+]
 
 
 def help_text(args: list[str], columns: int = 100) -> str:
@@ -32,8 +54,25 @@ def rows(text: str) -> list[str]:
 def test_commands_are_listed_in_pipeline_order():
     listed = [ln.split()[0] for ln in rows(help_text([])) if ln and not ln.startswith("-") and ln[0] != " "]
     listed = [c for c in listed if c in ORDER]
-    assert listed == ["filter", "quality", "tokenize", "mix", "pretrain", "generate", "sft", "reward", "dpo", "rl", "eval",
-                      "export", "plot", "sweep", "data", "run", "report"]
+    assert listed == [
+        "filter",
+        "quality",
+        "tokenize",
+        "mix",
+        "pretrain",
+        "generate",
+        "sft",
+        "reward",
+        "dpo",
+        "rl",
+        "eval",
+        "export",
+        "plot",
+        "sweep",
+        "data",
+        "run",
+        "report",
+    ]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
@@ -73,8 +112,14 @@ def test_filter_help_is_readable_at_80_columns():
     assert min(widths.values()) >= 30, widths  # descriptions were squeezed to ~17 characters
 
 
-@pytest.mark.parametrize("stage,cls_path", [("sft", "llmctl.train.sft.SFTConfig"), ("dpo", "llmctl.train.dpo.DPOConfig"),
-                                            ("pretrain", "llmctl.train.pretrain.PretrainConfig")])
+@pytest.mark.parametrize(
+    "stage,cls_path",
+    [
+        ("sft", "llmctl.train.sft.SFTConfig"),
+        ("dpo", "llmctl.train.dpo.DPOConfig"),
+        ("pretrain", "llmctl.train.pretrain.PretrainConfig"),
+    ],
+)
 def test_training_defaults_shown_are_the_stage_defaults(stage, cls_path):
     import importlib
 

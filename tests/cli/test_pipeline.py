@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from llmctl.store.dataset import Dataset
-from llmctl.errors import UsageError
-from llmctl.cli.runner import load_pipeline, run_pipeline
 from warc_utils import GOOD_PARAGRAPHS, html_page, response_record, write_warc_gz
+
+from llmctl.cli.runner import load_pipeline, run_pipeline
+from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset
 
 PIPE = """
 name: two-filters
@@ -26,8 +26,10 @@ stages:
 
 
 def setup(tmp_path, mw=5):
-    crawl = write_warc_gz(tmp_path / "c.warc.gz", [response_record(f"https://e.org/{i}", html_page(GOOD_PARAGRAPHS * 2, f"p{i}"))
-                                                   for i in range(3)])
+    crawl = write_warc_gz(
+        tmp_path / "c.warc.gz",
+        [response_record(f"https://e.org/{i}", html_page(GOOD_PARAGRAPHS * 2, f"p{i}")) for i in range(3)],
+    )
     f = tmp_path / "p.yaml"
     f.write_text(PIPE.format(crawl=crawl, mw=mw))
     return f
@@ -42,11 +44,17 @@ def test_runs_skips_and_reruns_what_changed(tmp_path):
     root = tmp_path / "run"
     assert statuses(run_pipeline(f, root, echo=lambda m: None)) == {"first": "ran", "second": "ran", "unrelated": "ran"}
     assert Dataset.open(root / "second").manifest["inputs"] == [Dataset.open(root / "first").lineage()]
-    assert statuses(run_pipeline(f, root, echo=lambda m: None)) == {"first": "skipped", "second": "skipped",
-                                                                    "unrelated": "skipped"}
+    assert statuses(run_pipeline(f, root, echo=lambda m: None)) == {
+        "first": "skipped",
+        "second": "skipped",
+        "unrelated": "skipped",
+    }
     setup(tmp_path, mw=4)  # edit the first stage's config
-    assert statuses(run_pipeline(f, root, echo=lambda m: None)) == {"first": "ran", "second": "ran",
-                                                                    "unrelated": "skipped"}
+    assert statuses(run_pipeline(f, root, echo=lambda m: None)) == {
+        "first": "ran",
+        "second": "ran",
+        "unrelated": "skipped",
+    }
     assert Dataset.open(root / "first").manifest["config"]["c4"]["min_words_per_line"] == 4
     assert statuses(run_pipeline(f, root, until="first", echo=lambda m: None)) == {"first": "skipped"}
 
@@ -95,6 +103,8 @@ def test_shipped_pipelines_parse_with_the_real_cli(path, tmp_path):
         cmd, ctx_args, parent, name = root_cmd, list(args), None, "llmctl"
         while hasattr(cmd, "resolve_command"):
             ctx = cmd.make_context(cmd.name or "llmctl", list(ctx_args), parent=parent, resilient_parsing=True)
-            name, cmd, ctx_args = cmd.resolve_command(ctx, list(getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", [])) + ctx.args)
+            name, cmd, ctx_args = cmd.resolve_command(
+                ctx, list(getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", [])) + ctx.args
+            )
             parent = ctx
         cmd.make_context(name, list(ctx_args), parent=parent)  # raises on an unknown flag or a bad value

@@ -45,13 +45,21 @@ def test_print_config_is_the_stage_defaults(stage):
     assert printed(base) == _flat(to_dict(cls()))
 
 
-@pytest.mark.parametrize("stage,flag,value,key", [
-    ("pretrain", "--steps", "7", "train.steps"), ("pretrain", "--warmup", "3", "train.warmup_steps"),
-    ("sft", "--steps", "7", "train.steps"), ("sft", "--lr", "0.25", "train.lr"),
-    ("sft", "--batch-size", "4", "train.batch_size"),
-    ("reward", "--steps", "7", "train.steps"), ("reward", "--warmup", "3", "train.warmup_steps"),
-    ("dpo", "--steps", "7", "train.steps"), ("dpo", "--lr", "0.25", "train.lr"), ("dpo", "--beta", "0.5", "beta"),
-])
+@pytest.mark.parametrize(
+    "stage,flag,value,key",
+    [
+        ("pretrain", "--steps", "7", "train.steps"),
+        ("pretrain", "--warmup", "3", "train.warmup_steps"),
+        ("sft", "--steps", "7", "train.steps"),
+        ("sft", "--lr", "0.25", "train.lr"),
+        ("sft", "--batch-size", "4", "train.batch_size"),
+        ("reward", "--steps", "7", "train.steps"),
+        ("reward", "--warmup", "3", "train.warmup_steps"),
+        ("dpo", "--steps", "7", "train.steps"),
+        ("dpo", "--lr", "0.25", "train.lr"),
+        ("dpo", "--beta", "0.5", "beta"),
+    ],
+)
 def test_one_flag_changes_one_value(stage, flag, value, key):
     base, _ = STAGES[stage]
     before, after = printed(base), printed(base + [flag, value])
@@ -66,9 +74,11 @@ def test_set_and_config_file_keep_the_stage_defaults(tmp_path):
     cfg = load(DPOConfig, f, sets=["train.eval_every=2"])
     want = DPOConfig().train
     assert (cfg.train.steps, cfg.train.eval_every) == (5, 2)
-    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_steps, cfg.train.batch_size,
-            cfg.train.micro_batch) == (want.lr, want.weight_decay, want.warmup_steps, want.batch_size,
-                                       want.micro_batch) == (1e-5, 0.0, 10, 8, 4)
+    assert (
+        (cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_steps, cfg.train.batch_size, cfg.train.micro_batch)
+        == (want.lr, want.weight_decay, want.warmup_steps, want.batch_size, want.micro_batch)
+        == (1e-5, 0.0, 10, 8, 4)
+    )
 
 
 def test_pretrain_print_config_resolves_the_batch():
@@ -79,12 +89,22 @@ def test_pretrain_print_config_resolves_the_batch():
 
 def test_warmup_not_shorter_than_the_run_is_a_warning(tmp_path, capsys):
     from align_helpers import synthetic_prefs, tiny_checkpoint, write_jsonl
+
     from llmctl.train.dpo import run_dpo
 
     ck = tiny_checkpoint(tmp_path / "ck")
     data = write_jsonl(tmp_path / "p.jsonl", synthetic_prefs(16))
-    cfg = load(DPOConfig, sets=["train.steps=2", "train.warmup_steps=5", "train.batch_size=4", "train.eval_every=0",
-                                "max_len=64", "val_fraction=0"])
+    cfg = load(
+        DPOConfig,
+        sets=[
+            "train.steps=2",
+            "train.warmup_steps=5",
+            "train.batch_size=4",
+            "train.eval_every=0",
+            "max_len=64",
+            "val_fraction=0",
+        ],
+    )
     run_dpo(data, ck, tmp_path / "run", cfg)
     out = capsys.readouterr().out
     assert "warning: warmup (5 steps) is not shorter than the run (2 steps)" in out

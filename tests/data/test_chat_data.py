@@ -6,13 +6,13 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from align_helpers import GSM8K, HH, synthetic_prefs, tiny_checkpoint, write_jsonl
 from typer.testing import CliRunner
 
-from align_helpers import GSM8K, HH, synthetic_prefs, tiny_checkpoint, write_jsonl
 from llmctl.cli import app
 from llmctl.data.chat_data import ItemBatches, hh_to_pref, import_data, parse_hh, read_rows
-from llmctl.store.dataset import Dataset
 from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset
 
 
 def test_hh_dialogue_becomes_prompt_chosen_rejected():
@@ -20,9 +20,11 @@ def test_hh_dialogue_becomes_prompt_chosen_rejected():
     r = "\n\nHuman: How do I bake bread?\n\nAssistant: With flour.\n\nHuman: And then?\n\nAssistant: Who cares."
     row, why = hh_to_pref(c, r)
     assert why == ""
-    assert row["prompt"] == [{"role": "user", "content": "How do I bake bread?"},
-                             {"role": "assistant", "content": "With flour."},
-                             {"role": "user", "content": "And then?"}]
+    assert row["prompt"] == [
+        {"role": "user", "content": "How do I bake bread?"},
+        {"role": "assistant", "content": "With flour."},
+        {"role": "user", "content": "And then?"},
+    ]
     assert (row["chosen"], row["rejected"]) == ("Knead it and bake it.", "Who cares.")
     assert hh_to_pref(c, c)[1] == "identical replies"
     assert hh_to_pref(c, "\n\nHuman: Other?\n\nAssistant: x")[1] == "dialogues differ before the last reply"
@@ -45,8 +47,10 @@ def test_import_real_hh_pairs_and_gsm8k(tmp_path):
     assert m["stats"]["kept"] == 120
     first = json.loads(GSM8K.read_text().splitlines()[0])
     table = pq.read_table(tmp_path / "sft" / "part-00000.parquet")
-    assert table["messages"][0].as_py() == [{"role": "user", "content": first["question"]},
-                                            {"role": "assistant", "content": first["answer"]}]
+    assert table["messages"][0].as_py() == [
+        {"role": "user", "content": first["question"]},
+        {"role": "assistant", "content": first["answer"]},
+    ]
     with pytest.raises(UsageError, match="no usable rows"):
         import_data(write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}]), tmp_path / "bad", "sft")
 
@@ -72,8 +76,22 @@ def test_cli_import_sft_reward_score_dpo(tmp_path):
     r = run(app, ["data", "import", str(GSM8K), "-o", str(tmp_path / "sft_ds"), "--format", "sft"])
     assert r.exit_code == 0, r.output
     assert "imported 120 of 120 rows" in r.output
-    train = ["--steps", "2", "--batch-size", "4", "--micro-batch", "2", "--warmup", "1", "--eval-every", "2",
-             "--max-len", "128", "--val-fraction", "0.2"]
+    train = [
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--micro-batch",
+        "2",
+        "--warmup",
+        "1",
+        "--eval-every",
+        "2",
+        "--max-len",
+        "128",
+        "--val-fraction",
+        "0.2",
+    ]
     r = run(app, ["sft", str(tmp_path / "sft_ds"), "--from", str(ck), "-o", str(tmp_path / "sft"), *train])
     assert r.exit_code == 0, r.output
     assert "finished" in r.output and "val_loss" in r.output
@@ -87,8 +105,23 @@ def test_cli_import_sft_reward_score_dpo(tmp_path):
     rows, _ = read_rows(tmp_path / "scored")
     assert len(rows) == 40 and isinstance(rows[0]["reward_chosen"], float) and "reward_rejected" in rows[0]
 
-    r = run(app, ["dpo", str(prefs), "--from", str(tmp_path / "sft"), "-o", str(tmp_path / "dpo"), "--beta", "0.2",
-                  "--loss-type", "ipo", "--cache-ref", *train])
+    r = run(
+        app,
+        [
+            "dpo",
+            str(prefs),
+            "--from",
+            str(tmp_path / "sft"),
+            "-o",
+            str(tmp_path / "dpo"),
+            "--beta",
+            "0.2",
+            "--loss-type",
+            "ipo",
+            "--cache-ref",
+            *train,
+        ],
+    )
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "dpo" / "_manifest.json").read_text())
     assert man["config"]["beta"] == 0.2 and man["config"]["loss_type"] == "ipo"

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from llmctl.data.chat_data import import_data
-from llmctl.store.dataset import Dataset
 from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
 LLMCTL = [sys.executable, "-m", "llmctl"]
@@ -41,8 +41,13 @@ def test_text_files_split_on_endoftext_paragraphs_or_whole(tmp_path):
 
 
 def test_jsonl_and_parquet_fields_and_bad_records(tmp_path):
-    lines = [json.dumps({"question": "2+2?", "answer": "4"}).encode(), b"\xff\xfe not utf-8",
-             json.dumps({"question": "1+1?"}).encode(), b"{not json", json.dumps({"question": "3+3?", "answer": "6"}).encode()]
+    lines = [
+        json.dumps({"question": "2+2?", "answer": "4"}).encode(),
+        b"\xff\xfe not utf-8",
+        json.dumps({"question": "1+1?"}).encode(),
+        b"{not json",
+        json.dumps({"question": "3+3?", "answer": "6"}).encode(),
+    ]
     (tmp_path / "qa.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     m = import_data(tmp_path / "qa.jsonl", tmp_path / "qa", "docs", doc_options={"text_field": "question,answer"})
     assert texts(tmp_path / "qa") == ["2+2?\n\n4", "3+3?\n\n6"]
@@ -62,8 +67,11 @@ def test_no_document_is_a_one_line_error(tmp_path):
     with pytest.raises(UsageError, match="no 'text' or 'content' field"):
         import_data(tmp_path / "empty.jsonl", tmp_path / "x", "docs")
     (tmp_path / "blank.txt").write_text("\n\n  \n")
-    r = subprocess.run(LLMCTL + ["data", "import", str(tmp_path / "blank.txt"), "-o", str(tmp_path / "y"), "-f", "docs"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        LLMCTL + ["data", "import", str(tmp_path / "blank.txt"), "-o", str(tmp_path / "y"), "-f", "docs"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "no document to import" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()
 
@@ -76,6 +84,8 @@ def test_a_large_text_file_without_separator_is_one_document_with_a_notice(tmp_p
     err = capsys.readouterr().err
     assert Dataset.open(tmp_path / "one").num_rows == 1 and "--separator blank-line" in err
     import_data(tmp_path / "small.txt", tmp_path / "small", "docs")  # small: no notice
-    import_data(tmp_path / "big.txt", tmp_path / "split", "docs", doc_options={"separator": "blank-line"})  # split: no notice
+    import_data(
+        tmp_path / "big.txt", tmp_path / "split", "docs", doc_options={"separator": "blank-line"}
+    )  # split: no notice
     assert capsys.readouterr().err == ""
     assert Dataset.open(tmp_path / "split").num_rows == 3000

@@ -8,10 +8,10 @@ from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from warc_utils import GOOD_PARAGRAPHS, html_page, response_record, write_warc_gz
 
 from llmctl.data.document import Document
 from llmctl.data.extract import ExtractConfig, Rejected, Unreadable, iter_gzip_members, read_input
-from warc_utils import GOOD_PARAGRAPHS, html_page, response_record, write_warc_gz
 
 
 def tally(path, cfg=None) -> Counter:
@@ -43,7 +43,9 @@ def test_warc_html_extracted_with_metadata(tmp_path):
 def test_status_non_html_binary_and_too_large(tmp_path):
     recs = pages(1) + [
         response_record("https://example.org/moved", "", status=301),
-        response_record("https://example.org/logo.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), content_type="image/png"),
+        response_record(
+            "https://example.org/logo.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), content_type="image/png"
+        ),
         response_record("https://example.org/bin", b"\x00\x01\x02" * 100, content_type="text/html"),
         response_record("https://example.org/huge", "<p>" + "word " * 5000 + "</p>"),
     ]
@@ -93,8 +95,9 @@ def test_jsonl_bad_lines(tmp_path):
     ]
     p.write_bytes(b"\n".join(lines) + b"\n")
     c = tally(p, ExtractConfig(max_text_chars=1000))
-    assert c == Counter({"doc": 2, "malformed_json": 1, "invalid_utf8": 1, "no_text_field": 1, "too_large": 1,
-                         "extract.empty": 1})
+    assert c == Counter(
+        {"doc": 2, "malformed_json": 1, "invalid_utf8": 1, "no_text_field": 1, "too_large": 1, "extract.empty": 1}
+    )
     docs = [r for r in read_input(p, "f.jsonl", ExtractConfig()) if isinstance(r, Document)]
     assert docs[0].id == "doc-1" and docs[0].url == "https://x.org"
 

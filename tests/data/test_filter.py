@@ -12,12 +12,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from llmctl.data.filter import FilterConfig, run_filter
-from llmctl.store.dataset import MANIFEST, Dataset
-from llmctl.errors import UsageError
 from run_helpers import kill_and_resume
 from warc_utils import GOOD_PARAGRAPHS, html_page, response_record, write_warc_gz
+
+from llmctl.data.filter import FilterConfig, run_filter
+from llmctl.errors import UsageError
+from llmctl.store.dataset import MANIFEST, Dataset
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz")  # a real crawl file (../shared/data/crawl)
 LLMCTL = [sys.executable, "-m", "llmctl"]
@@ -66,7 +68,9 @@ def test_output_identical_for_any_worker_count(tmp_path):
     for s in m1["shards"]:
         assert (tmp_path / "w1" / s["path"]).read_bytes() == (tmp_path / "w2" / s["path"]).read_bytes()
     for s in m1["files"]["rejected"]:
-        assert (tmp_path / "w1.rejected" / s["path"]).read_bytes() == (tmp_path / "w2.rejected" / s["path"]).read_bytes()
+        assert (tmp_path / "w1.rejected" / s["path"]).read_bytes() == (
+            tmp_path / "w2.rejected" / s["path"]
+        ).read_bytes()
 
 
 def test_rerun_is_noop_and_config_change_refuses(tmp_path):
@@ -100,8 +104,9 @@ def test_killed_run_resumes_to_identical_output(tmp_path):
 
 def test_cli_prints_funnel_and_bad_inputs_fail_cleanly(tmp_path):
     good = write_warc_gz(tmp_path / "a.warc.gz", [response_record("https://e.org/1", html_page(GOOD_PARAGRAPHS * 3))])
-    r = subprocess.run(LLMCTL + ["filter", str(good), "-o", str(tmp_path / "ok"), "--no-gopher"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        LLMCTL + ["filter", str(good), "-o", str(tmp_path / "ok"), "--no-gopher"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert "kept" in r.stdout and "read" in r.stdout
     assert Dataset.open(tmp_path / "ok").num_rows == 1
@@ -126,13 +131,18 @@ def test_parquet_dataset_input_keeps_lineage(tmp_path):
     assert m["inputs"] == [first.lineage()]
     # already-filtered text passes the same rules again, ids are kept
     assert m["num_rows"] == first.num_rows
-    assert Dataset.open(tmp_path / "second").read_shard(0).column("id").to_pylist() == first.read_shard(0).column("id").to_pylist()
+    assert (
+        Dataset.open(tmp_path / "second").read_shard(0).column("id").to_pylist()
+        == first.read_shard(0).column("id").to_pylist()
+    )
 
 
 def test_cli_parser_errors_are_usage_messages_not_tracebacks(tmp_path):
-    for args, msg in [(["filter", str(CRAWL), "-o", str(tmp_path / "o"), "--no-such-flag"], "No such option"),
-                      (["filter", str(CRAWL), "-o", str(tmp_path / "o"), "--workers", "many"], "Invalid value"),
-                      (["filter"], "Missing argument")]:
+    for args, msg in [
+        (["filter", str(CRAWL), "-o", str(tmp_path / "o"), "--no-such-flag"], "No such option"),
+        (["filter", str(CRAWL), "-o", str(tmp_path / "o"), "--workers", "many"], "Invalid value"),
+        (["filter"], "Missing argument"),
+    ]:
         r = subprocess.run(LLMCTL + args, capture_output=True, text=True)
         assert r.returncode == 2, r.stderr
         assert msg in r.stderr and "Traceback" not in r.stderr

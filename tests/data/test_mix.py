@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+from run_helpers import kill_and_resume
 
 from llmctl import config as C
 from llmctl.data.chat_data import import_data
@@ -20,9 +21,10 @@ from llmctl.data.filter import FilterConfig, run_filter
 from llmctl.data.mix import run_mix
 from llmctl.data.mix_plan import MixConfig
 from llmctl.data.tokenize import EncodeConfig, TokenizerTrainConfig, run_encode, run_train
-from llmctl.store.dataset import Dataset
 from llmctl.errors import UsageError
-from run_helpers import kill_and_resume
+from llmctl.store.dataset import Dataset
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 REPO = Path(__file__).resolve().parents[2]
 LLMCTL = [sys.executable, "-m", "llmctl"]
@@ -32,12 +34,21 @@ LLMCTL = [sys.executable, "-m", "llmctl"]
 def srcs(tmp_path_factory):
     """{name: token dataset dir}, plus the tokenizer, an empty-train source and one of another tokenizer."""
     t = tmp_path_factory.mktemp("mixsrc")
-    run_filter([str(REPO / "examples" / "crawl")], t / "web", C.load(FilterConfig, flags={"workers": 1}), progress=False)
+    run_filter(
+        [str(REPO / "examples" / "crawl")], t / "web", C.load(FilterConfig, flags={"workers": 1}), progress=False
+    )
     import_data(REPO / "examples" / "text" / "tinystories.jsonl.gz", t / "stories", "docs")
-    import_data(REPO / "examples" / "sft" / "gsm8k_train.jsonl", t / "math", "docs",
-                doc_options={"text_field": "prompt,response"})
-    run_train([str(t / n) for n in ("web", "stories", "math")], t / "tok",
-              TokenizerTrainConfig(vocab_size=512, sample_bytes=1_000_000, workers=1))
+    import_data(
+        REPO / "examples" / "sft" / "gsm8k_train.jsonl",
+        t / "math",
+        "docs",
+        doc_options={"text_field": "prompt,response"},
+    )
+    run_train(
+        [str(t / n) for n in ("web", "stories", "math")],
+        t / "tok",
+        TokenizerTrainConfig(vocab_size=512, sample_bytes=1_000_000, workers=1),
+    )
     out = {"tok": t / "tok"}
     for n in ("web", "stories", "math"):
         out[n] = t / f"tokens_{n}"
@@ -54,9 +65,13 @@ def srcs(tmp_path_factory):
 
 def cfg(srcs, **kw) -> MixConfig:
     table = kw.pop("sources", {"web": 0.2, "stories": 0.5, "math": 0.3})
-    sources = {n: ({"path": str(srcs[n]), **w} if isinstance(w, dict) else {"path": str(srcs[n]), "weight": w})
-               for n, w in table.items()}
-    return MixConfig(sources=sources, **{"tokens": "400k", "max_epochs": 5.0, "shard_tokens": 60_000, "workers": 1, **kw})
+    sources = {
+        n: ({"path": str(srcs[n]), **w} if isinstance(w, dict) else {"path": str(srcs[n]), "weight": w})
+        for n, w in table.items()
+    }
+    return MixConfig(
+        sources=sources, **{"tokens": "400k", "max_epochs": 5.0, "shard_tokens": 60_000, "workers": 1, **kw}
+    )
 
 
 def train_rows(path) -> list[tuple[str, str, int]]:
@@ -64,8 +79,13 @@ def train_rows(path) -> list[tuple[str, str, int]]:
     rows = []
     for b in ds.iter_batches(["id", "source", "split", "input_ids"]):
         lens = pc.list_value_length(b.column("input_ids")).to_pylist()
-        rows += [(s, i, n) for s, i, sp, n in zip(b.column("source").to_pylist(), b.column("id").to_pylist(),
-                                                  b.column("split").to_pylist(), lens) if sp == "train"]
+        rows += [
+            (s, i, n)
+            for s, i, sp, n in zip(
+                b.column("source").to_pylist(), b.column("id").to_pylist(), b.column("split").to_pylist(), lens
+            )
+            if sp == "train"
+        ]
     return rows
 
 
@@ -106,7 +126,7 @@ def test_temperature_and_downsampled_subset(srcs, tmp_path):
     sizes = {n: Dataset.open(srcs[n]).manifest["stats"]["train"]["tokens"] for n in ("web", "stories", "math")}
     c = cfg(srcs, sources={n: {} for n in sizes}, temperature=2.0, tokens="200k")
     m = run_mix(c, tmp_path / "t2", progress=False)
-    p = {n: v ** 0.5 for n, v in sizes.items()}
+    p = {n: v**0.5 for n, v in sizes.items()}
     for r in m["stats"]["mix"]["sources"]:
         assert abs(r["target_proportion"] - p[r["name"]] / sum(p.values())) < 1e-4
         assert abs(r["proportion"] - r["target_proportion"]) < 0.005
@@ -129,7 +149,19 @@ def test_killed_mix_resumes_to_the_same_bytes(srcs, tmp_path):
     c = cfg(srcs, shard_tokens=20_000)
     clean = run_mix(c, tmp_path / "clean", progress=False)
     out = tmp_path / "killed"
-    cmd = LLMCTL + ["mix", "-o", str(out), "--tokens", "400k", "--max-epochs", "5", "--shard-tokens", "20000", "-w", "1"]
+    cmd = LLMCTL + [
+        "mix",
+        "-o",
+        str(out),
+        "--tokens",
+        "400k",
+        "--max-epochs",
+        "5",
+        "--shard-tokens",
+        "20000",
+        "-w",
+        "1",
+    ]
     cmd += [f"--source={n}={srcs[n]}:{w}" for n, w in (("web", 0.2), ("stories", 0.5), ("math", 0.3))]
     resumed, r = kill_and_resume(cmd, out)
     assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in clean["shards"]]
@@ -142,9 +174,23 @@ def test_killed_mix_resumes_to_the_same_bytes(srcs, tmp_path):
 
 def test_weight_zero_drops_and_weights_are_normalized(srcs, tmp_path):
     out = tmp_path / "m"
-    r = subprocess.run(LLMCTL + ["mix", "-o", str(out), "--tokens", "100k", "-w", "1",
-                                 f"--source=web={srcs['web']}:2", f"--source=stories={srcs['stories']}:6",
-                                 f"--source=math={srcs['math']}:0"], capture_output=True, text=True)
+    r = subprocess.run(
+        LLMCTL
+        + [
+            "mix",
+            "-o",
+            str(out),
+            "--tokens",
+            "100k",
+            "-w",
+            "1",
+            f"--source=web={srcs['web']}:2",
+            f"--source=stories={srcs['stories']}:6",
+            f"--source=math={srcs['math']}:0",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "'math' has weight 0: dropped" in r.stderr and "weights sum to 8, not 1: normalized" in r.stderr
     m = Dataset.open(out).manifest
@@ -167,10 +213,14 @@ def test_a_share_whole_documents_cannot_meet_is_a_notice(srcs):
     assert [n for n in notices if " gets " in n] == [
         f"source 'web' gets {web['tokens']:,} tokens for a target of {web['target_tokens']:,} ({web['proportion']:.1%} "
         f"of the mixture, not {web['target_proportion']:.1%}): its documents are whole and up to "
-        f"{max(plan.sources[0].length['train']):,} tokens long; raise --tokens or split them"]
+        f"{max(plan.sources[0].length['train']):,} tokens long; raise --tokens or split them"
+    ]
     # a third of its shortest page: no page at all, a one-line error (it used to crash with an IndexError)
     c = cfg(srcs, sources={"web": shortest / 3 / 100_000, "stories": 1 - shortest / 3 / 100_000}, tokens="100k")
-    with pytest.raises(UsageError, match=rf"source 'web': its target of [\d,]+ tokens is under half its shortest document \({shortest:,} tokens\)"):
+    with pytest.raises(
+        UsageError,
+        match=rf"source 'web': its target of [\d,]+ tokens is under half its shortest document \({shortest:,} tokens\)",
+    ):
         make_plan(c, open_sources(c))
     notices.clear()
     c = cfg(srcs)  # 400k tokens: every source lands within a few tokens of its share, no notice
@@ -214,11 +264,26 @@ def test_streamed_mix_trains_on_the_materialized_order_and_resumes(srcs, tmp_pat
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
     def pcfg(**kw):
-        return C.load(PretrainConfig, flags={"model.preset": "tiny", "model.d_model": 32, "model.n_layer": 1,
-                                             "model.n_head": 2, "model.n_kv_head": 2, "seq_len": 32,
-                                             "batch_tokens": 128, "train.micro_batch": 4, "train.steps": 4,
-                                             "train.warmup_steps": 1, "train.eval_every": 4, "train.ckpt_every": 2,
-                                             "train.device": "cpu", "val_tokens": 1024, **kw})
+        return C.load(
+            PretrainConfig,
+            flags={
+                "model.preset": "tiny",
+                "model.d_model": 32,
+                "model.n_layer": 1,
+                "model.n_head": 2,
+                "model.n_kv_head": 2,
+                "seq_len": 32,
+                "batch_tokens": 128,
+                "train.micro_batch": 4,
+                "train.steps": 4,
+                "train.warmup_steps": 1,
+                "train.eval_every": 4,
+                "train.ckpt_every": 2,
+                "train.device": "cpu",
+                "val_tokens": 1024,
+                **kw,
+            },
+        )
 
     pretrain(tmp_path / "mixed", srcs["tok"], tmp_path / "run_plain", pcfg())  # the materialized mix
     first = pretrain(None, srcs["tok"], tmp_path / "run_mix", pcfg(**{"train.stop_after": 2}), mix=mix_file)
@@ -227,8 +292,10 @@ def test_streamed_mix_trains_on_the_materialized_order_and_resumes(srcs, tmp_pat
     assert "position" in json.dumps(_train_state(ckpt)["data"])
     resumed = pretrain(None, srcs["tok"], tmp_path / "run_mix", pcfg(), mix=mix_file)
     assert resumed["finished"]
-    losses = [[json.loads(ln) for ln in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
-              for r in ("run_plain", "run_mix")]
+    losses = [
+        [json.loads(ln) for ln in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+        for r in ("run_plain", "run_mix")
+    ]
     pick = [{(d["step"], k): d[k] for d in ls for k in ("loss", "val_loss") if k in d} for ls in losses]
     assert pick[0] == pick[1] and len(pick[0]) >= 5
     with pytest.raises(UsageError, match="one of the two"):
@@ -264,4 +331,6 @@ def test_shipped_mix_pipeline_runs_until_the_mix(tmp_path):
     assert [r["stage"] for r in records][-1] == "mix" and all(r["status"] == "ran" for r in records)
     table = {r["name"]: r for r in Dataset.open(tmp_path / "run" / "mix").manifest["stats"]["mix"]["sources"]}
     assert table["math"]["tokens"] == 2 * table["math"]["available_tokens"] and table["stories"]["epochs"] == 1.0
-    assert abs(table["web"]["tokens"] / (table["web"]["tokens"] + table["stories"]["tokens"]) - 0.3) < 0.005  # the shipped weights web 0.3, stories 0.7
+    assert (
+        abs(table["web"]["tokens"] / (table["web"]["tokens"] + table["stories"]["tokens"]) - 0.3) < 0.005
+    )  # the shipped weights web 0.3, stories 0.7

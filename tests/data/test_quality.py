@@ -14,8 +14,10 @@ import pytest
 
 from llmctl.data.filter import FilterConfig, run_filter
 from llmctl.data.quality import QualityTrainConfig, train_quality
-from llmctl.store.dataset import Dataset
 from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 DATA = Path("tests/fixtures")  # quality_{hq,lq}.jsonl.gz: real crawl pages, see tests/fixtures/README.md
 LLMCTL = [sys.executable, "-m", "llmctl"]
@@ -41,8 +43,11 @@ def model(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("quality")
     for side in ("hq", "lq"):
         run_filter([str(DATA / f"quality_{side}.jsonl.gz")], d / side, plain(), progress=False)
-    r = subprocess.run(LLMCTL + ["quality", "train", "-p", str(d / "hq"), "-n", str(d / "lq"), "-o", str(d / "model")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        LLMCTL + ["quality", "train", "-p", str(d / "hq"), "-n", str(d / "lq"), "-o", str(d / "model")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     return {"dir": d, "stdout": r.stdout, "manifest": json.loads((d / "model" / "_manifest.json").read_text())}
 
@@ -66,7 +71,7 @@ def test_training_in_a_long_lived_process_gives_the_same_model(model, tmp_path):
     """fastText leaves 9/10 of its input matrix uninitialised with one thread; freed heap memory there
     made in-process training diverge or differ (seen in the suite and in `llmctl run`)."""
     big = np.empty(3_000_000)  # a 24 MB mmapped block freed: glibc raises its mmap threshold to 24 MB,
-    del big                     # so fastText's ~15 MB matrix will come from the heap ...
+    del big  # so fastText's ~15 MB matrix will come from the heap ...
     junk = [np.full(125_000, np.nan) for _ in range(30)]  # ... which now holds NaNs
     del junk
     d = model["dir"]
@@ -79,7 +84,10 @@ def test_filter_scores_and_keeps_by_threshold_and_pareto(model, tmp_path):
     mdir = str(d / "model")
     inp = [str(d / "hq"), str(d / "lq")]
     m = run_filter(inp, tmp_path / "thr", plain(model=mdir, threshold=0.5), progress=False)
-    kept = Dataset.open(tmp_path / "thr").read_shard(0).to_pylist() + Dataset.open(tmp_path / "thr").read_shard(1).to_pylist()
+    kept = (
+        Dataset.open(tmp_path / "thr").read_shard(0).to_pylist()
+        + Dataset.open(tmp_path / "thr").read_shard(1).to_pylist()
+    )
     assert kept and all(r["quality_score"] >= 0.5 for r in kept)
     rej = pq.read_table(tmp_path / "thr.rejected" / "part-00001.parquet").to_pylist()
     assert rej and all(r["reason"] == "quality.low_score" and r["quality_score"] < 0.5 for r in rej)
@@ -88,8 +96,9 @@ def test_filter_scores_and_keeps_by_threshold_and_pareto(model, tmp_path):
     assert m["stats"]["funnel"][-1]["docs"] == len(kept)
 
     a = run_filter(inp, tmp_path / "p1", plain(model=mdir, sampling="pareto", alpha=9.0, seed=3), progress=False)
-    b = run_filter(inp, tmp_path / "p2", plain(model=mdir, sampling="pareto", alpha=9.0, seed=3, workers=2),
-                   progress=False)
+    b = run_filter(
+        inp, tmp_path / "p2", plain(model=mdir, sampling="pareto", alpha=9.0, seed=3, workers=2), progress=False
+    )
     assert a["fingerprint"] == b["fingerprint"]
     # GPT-3 rule: keep when Pareto(alpha) > 1 - score, drawn per (seed, id)
     from llmctl.data.quality import QualityConfig, QualityFilter
@@ -109,8 +118,11 @@ def test_bad_model_and_nan_give_one_line_errors(model, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "model.bin").write_bytes(b"this is not a fastText model")
-    r = subprocess.run(LLMCTL + ["filter", str(DATA / "quality_hq.jsonl.gz"), "-o", str(tmp_path / "o"),
-                                 "--quality-model", str(bad)], capture_output=True, text=True)
+    r = subprocess.run(
+        LLMCTL + ["filter", str(DATA / "quality_hq.jsonl.gz"), "-o", str(tmp_path / "o"), "--quality-model", str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "not a fastText model" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
@@ -119,8 +131,12 @@ def test_bad_model_and_nan_give_one_line_errors(model, tmp_path):
         tiny.write_text("".join(json.dumps({"text": f"{word} a a a {i}"}) + "\n" for i in range(6)))
         run_filter([str(tiny)], tmp_path / side, plain(), progress=False)
     with pytest.raises(UsageError, match="diverged"):
-        train_quality([str(tmp_path / "p")], [str(tmp_path / "n")], tmp_path / "m",
-                      QualityTrainConfig(lr=10.0, epoch=50, dim=8, bucket=1000))
+        train_quality(
+            [str(tmp_path / "p")],
+            [str(tmp_path / "n")],
+            tmp_path / "m",
+            QualityTrainConfig(lr=10.0, epoch=50, dim=8, bucket=1000),
+        )
 
 
 def test_model_on_a_uri_scores_like_the_local_one(model, tmp_path):

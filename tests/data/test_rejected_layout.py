@@ -16,8 +16,10 @@ import pyarrow.dataset as pads
 import pytest
 
 from llmctl.data.filter import FilterConfig, run_filter
-from llmctl.store.dataset import Dataset
 from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz")  # a real crawl file (../shared/data/crawl)
 TEXT = Path("examples/text/tinystories.jsonl.gz")

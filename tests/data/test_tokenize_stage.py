@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from tokenize_helpers import tinystories_docs, write_documents
 from typer.testing import CliRunner
 
 import llmctl.data.tokenize as T
 from llmctl.cli import app
-from llmctl.store.dataset import Dataset
 from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset
 from llmctl.tokenizer.spm import Tokenizer
-from tokenize_helpers import tinystories_docs, write_documents
 
 DOCS = tinystories_docs()
 SHARDS = [DOCS[:400], DOCS[400:500], DOCS[500:1200]]  # uneven shards: one holds far less text
@@ -89,7 +89,9 @@ def test_train_overwrite_and_errors(docs_dir, tmp_path):
     T.run_train([str(docs_dir)], out, T.TokenizerTrainConfig(vocab_size=600, sample_bytes=50_000))
     m = T.run_train([str(docs_dir)], out, T.TokenizerTrainConfig(vocab_size=650, sample_bytes=50_000), overwrite=True)
     assert Tokenizer.load(out).vocab_size == 650 == m["stats"]["vocab_size"]
-    no_text = write_documents(tmp_path / "notext", [["a"]], schema=pa.schema([("id", pa.string()), ("body", pa.string())]))
+    no_text = write_documents(
+        tmp_path / "notext", [["a"]], schema=pa.schema([("id", pa.string()), ("body", pa.string())])
+    )
     with pytest.raises(UsageError, match="no column 'text'"):
         T.run_train([str(no_text)], tmp_path / "t2")
     with pytest.raises(UsageError, match="not an llmctl dataset"):
@@ -100,7 +102,9 @@ def test_train_overwrite_and_errors(docs_dir, tmp_path):
 
 
 def test_encode_matches_an_independent_encoding(docs_dir, tok_dir, tmp_path):
-    m = T.run_encode(docs_dir, tok_dir, tmp_path / "tokens", T.EncodeConfig(val_fraction=0.2, workers=1), progress=False)
+    m = T.run_encode(
+        docs_dir, tok_dir, tmp_path / "tokens", T.EncodeConfig(val_fraction=0.2, workers=1), progress=False
+    )
     tok = Tokenizer.load(tok_dir)
     ds = Dataset.open(tmp_path / "tokens", stage="tokens")
     assert len(ds.shards) == 3 and ds.num_rows == len(DOCS[:1200])
@@ -133,8 +137,10 @@ def test_split_is_deterministic_and_seeded():
 
 
 def test_encode_output_does_not_depend_on_workers(docs_dir, tok_dir, tmp_path):
-    fps = [T.run_encode(docs_dir, tok_dir, tmp_path / f"w{w}", T.EncodeConfig(workers=w), progress=False)["fingerprint"]
-           for w in (1, 2, 5)]
+    fps = [
+        T.run_encode(docs_dir, tok_dir, tmp_path / f"w{w}", T.EncodeConfig(workers=w), progress=False)["fingerprint"]
+        for w in (1, 2, 5)
+    ]
     assert fps[0] == fps[1] == fps[2]
 
 
@@ -210,13 +216,41 @@ def test_encode_errors(docs_dir, tok_dir, tmp_path):
 
 def test_cli_train_encode_inspect(docs_dir, tmp_path):
     r = CliRunner()
-    res = r.invoke(app, ["tokenize", "train", str(docs_dir), "-o", str(tmp_path / "tok"), "--vocab-size", "600",
-                         "--sample-bytes", "100000", "--set", "seed=3"])
+    res = r.invoke(
+        app,
+        [
+            "tokenize",
+            "train",
+            str(docs_dir),
+            "-o",
+            str(tmp_path / "tok"),
+            "--vocab-size",
+            "600",
+            "--sample-bytes",
+            "100000",
+            "--set",
+            "seed=3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "600-token" in res.output
     assert json.loads((tmp_path / "tok" / "_manifest.json").read_text())["config"]["seed"] == 3
-    res = r.invoke(app, ["tokenize", "encode", str(docs_dir), "-t", str(tmp_path / "tok"), "-o", str(tmp_path / "t"),
-                         "--val-fraction", "0.1", "-w", "2"])
+    res = r.invoke(
+        app,
+        [
+            "tokenize",
+            "encode",
+            str(docs_dir),
+            "-t",
+            str(tmp_path / "tok"),
+            "-o",
+            str(tmp_path / "t"),
+            "--val-fraction",
+            "0.1",
+            "-w",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "val" in res.output and "bytes/token" in res.output
     assert Dataset.open(tmp_path / "t").manifest["config"]["val_fraction"] == 0.1
@@ -228,7 +262,21 @@ def test_cli_train_encode_inspect(docs_dir, tmp_path):
 
 
 def test_cli_user_error_is_one_line_exit_2(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "llmctl", "tokenize", "encode", str(tmp_path), "-t", str(tmp_path),
-                        "-o", str(tmp_path / "o")], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmctl",
+            "tokenize",
+            "encode",
+            str(tmp_path),
+            "-t",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2
     assert p.stderr.startswith("llmctl: error:") and p.stderr.count("\n") == 1

@@ -12,9 +12,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from eval_helpers import VOCAB, save_tokenizer, tiny_checkpoint  # noqa: E402
 
-from llmctl.model.checkpoint import save_checkpoint  # noqa: E402
 from llmctl.data.chat_data import split_of  # noqa: E402
 from llmctl.eval.runner import EvalConfig, run_eval  # noqa: E402
+from llmctl.model.checkpoint import save_checkpoint  # noqa: E402
 from llmctl.model.transformer import ModelConfig  # noqa: E402
 from llmctl.train.reward import RewardModel, load_reward_model  # noqa: E402
 
@@ -32,8 +32,14 @@ def reward_checkpoint(path: Path, tmp: Path) -> Path:
 
 def _pairs(path: Path, n: int) -> Path:
     words = "good kind bad rude happy sad big small".split()
-    rows = [{"prompt": f"Say something number {i}.", "chosen": " ".join(words[i % 8:][:3]) + f" {i}",
-             "rejected": " ".join(words[(i + 3) % 8:][:2])} for i in range(n)]
+    rows = [
+        {
+            "prompt": f"Say something number {i}.",
+            "chosen": " ".join(words[i % 8 :][:3]) + f" {i}",
+            "rejected": " ".join(words[(i + 3) % 8 :][:2]),
+        }
+        for i in range(n)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -64,8 +70,12 @@ def test_winrate_against_itself_is_one_half_and_lengths_are_reported(tmp_path):
     a = tiny_checkpoint(tmp_path / "a", tmp_path, seed=1, max_seq_len=64)
     b = tiny_checkpoint(tmp_path / "b", tmp_path, seed=2, max_seq_len=64)
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps({"instruction": f"Tell me a story about {w}."})
-                                 for w in ("a cat", "the sea", "a red ball")) + "\n")
+    prompts.write_text(
+        "\n".join(
+            json.dumps({"instruction": f"Tell me a story about {w}."}) for w in ("a cat", "the sea", "a red ball")
+        )
+        + "\n"
+    )
     out = {}
     for name, base in (("self", a), ("other", b)):
         cfg = EvalConfig(tasks=["winrate"], progress=False)

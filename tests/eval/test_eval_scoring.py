@@ -17,10 +17,12 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from eval_helpers import VOCAB, tiny_checkpoint, tinystories_docs, tokenizer, write_documents, write_tokens  # noqa: E402
 
 from llmctl.errors import UsageError  # noqa: E402
-from llmctl.eval.tasks import mc  # noqa: E402
-from llmctl.eval.tasks import perplexity
 from llmctl.eval.lm import load_lm  # noqa: E402
 from llmctl.eval.runner import EvalConfig, run_eval  # noqa: E402
+from llmctl.eval.tasks import (
+    mc,  # noqa: E402
+    perplexity,
+)
 
 
 def effective(logits: torch.Tensor) -> torch.Tensor:
@@ -106,7 +108,7 @@ def test_sliding_window_matches_direct_computation(tmp_path):
     expected = []
     with torch.no_grad():
         for a, s, e in perplexity.windows(len(ids), 16, 5):
-            lp = F.log_softmax(lm.model(torch.tensor([seq[a:e - 1]])).double()[0], -1)
+            lp = F.log_softmax(lm.model(torch.tensor([seq[a : e - 1]])).double()[0], -1)
             expected += [float(lp[j - 1 - a, seq[j]]) for j in range(s, e)]
     assert len(expected) == len(ids)
     write_documents(tmp_path / "docs", [[tok.decode(ids)]])
@@ -120,14 +122,14 @@ def lm_eval_rolling_windows(tokens, prefix, max_len):
     """lm-eval 0.4's get_rolling_token_windows(context_len=1) + make_disjoint_window, written out."""
     out = []
     first = min(max_len, len(tokens))
-    out.append(([prefix] + tokens[:first - 1], tokens[:first]))
+    out.append(([prefix] + tokens[: first - 1], tokens[:first]))
     done = first
     while done < len(tokens):
         k = min(len(tokens) - done, max_len)
         end = done + k
-        out.append((tokens[end - max_len - 1:end - 1], tokens[end - k:end]))
+        out.append((tokens[end - max_len - 1 : end - 1], tokens[end - k : end]))
         done += k
-    return [(a[:len(a) - (len(b) - 1)], b) for a, b in out]  # make_disjoint_window
+    return [(a[: len(a) - (len(b) - 1)], b) for a, b in out]  # make_disjoint_window
 
 
 def test_default_perplexity_is_lm_eval_loglikelihood_rolling(tmp_path):
@@ -144,7 +146,7 @@ def test_default_perplexity_is_lm_eval_loglikelihood_rolling(tmp_path):
         for t in texts:
             total = 0.0
             for ctx, cont in lm_eval_rolling_windows(tok.encode(t), tok.bos_id, 16):
-                inp = (ctx + cont)[-(16 + 1):][:-1]  # lm-eval's _loglikelihood_tokens input
+                inp = (ctx + cont)[-(16 + 1) :][:-1]  # lm-eval's _loglikelihood_tokens input
                 lp = F.log_softmax(lm.model(torch.tensor([inp])).double()[0], -1)
                 total += sum(float(lp[len(inp) - len(cont) + j, c]) for j, c in enumerate(cont))
             want.append(total)
@@ -181,11 +183,14 @@ def _write_mc(path: Path, rows: list[list[str]]) -> Path:
 
 def test_mc_picks_highest_loglikelihood_choice(tmp_path):
     tok = tokenizer()
-    data = _write_mc(tmp_path / "toy_test.csv", [
-        ["What is 2+2?", "3", "4", "5", "6", "B"],
-        ["Pick one.", "red", "blue", "green", "pink", "A"],
-        ["Another?", "x", "y", "z", "w", "B"],
-    ])
+    data = _write_mc(
+        tmp_path / "toy_test.csv",
+        [
+            ["What is 2+2?", "3", "4", "5", "6", "B"],
+            ["Pick one.", "red", "blue", "green", "pink", "A"],
+            ["Another?", "x", "y", "z", "w", "B"],
+        ],
+    )
     lm0 = load_lm(tiny_checkpoint(tmp_path / "ck0", tmp_path))
     ctx = mc.build_context(mc.read_items(data)[0], "toy", [], "letters")
     conts = {c: mc.encode_pair(lm0, ctx, " " + c)[1] for c in "ABCD"}
@@ -214,12 +219,14 @@ def test_mc_text_choices_acc_and_acc_norm_follow_loglikelihoods(tmp_path, norm):
     ck = unigram_checkpoint(tmp_path / "ck", tmp_path, logits)
     lm = load_lm(ck)
     logp = torch.log_softmax(effective(logits), 0)
-    items = [["Which animal?", "a cat", "the very big dog", "bird", "an old slow turtle", "A"],
-             ["Which colour?", "deep red", "b", "light green sky", "the sun", "C"],
-             ["Which?", "zz", "a b c d e f", "q", "mm", "D"],
-             ["Which formula?", "∀x (Px ⊃ Qx)", "p", "¬p ∨ q", "(p • q) ≡ r", "C"],
-             ["Translate.", "∼(A ≡ B)", "A ∨ B", "A ⊃ (B • C)", "B", "A"],
-             ["Symbols?", "≡≡ ∨", "ab cd", "∀∀∀", "x y z w", "B"]]
+    items = [
+        ["Which animal?", "a cat", "the very big dog", "bird", "an old slow turtle", "A"],
+        ["Which colour?", "deep red", "b", "light green sky", "the sun", "C"],
+        ["Which?", "zz", "a b c d e f", "q", "mm", "D"],
+        ["Which formula?", "∀x (Px ⊃ Qx)", "p", "¬p ∨ q", "(p • q) ≡ r", "C"],
+        ["Translate.", "∼(A ≡ B)", "A ∨ B", "A ⊃ (B • C)", "B", "A"],
+        ["Symbols?", "≡≡ ∨", "ab cd", "∀∀∀", "x y z w", "B"],
+    ]
     data = _write_mc(tmp_path / "toy_test.csv", items)
     picks = {"chars": [], "bytes": []}
     lls_all = []
@@ -286,8 +293,14 @@ def test_mc_folder_with_dev_beside_val_scores_val_with_dev_shots(tmp_path):
     d = tmp_path / "mmlu"
     d.mkdir()
     _write_mc(d / "toy_dev.csv", [["Dev question?", "a", "b", "c", "d", "A"], ["Dev two?", "a", "b", "c", "d", "B"]])
-    _write_mc(d / "toy_val.csv", [["Val one?", "w", "x", "y", "z", "C"], ["Val two?", "w", "x", "y", "z", "D"],
-                                  ["Val three?", "w", "x", "y", "z", "A"]])
+    _write_mc(
+        d / "toy_val.csv",
+        [
+            ["Val one?", "w", "x", "y", "z", "C"],
+            ["Val two?", "w", "x", "y", "z", "D"],
+            ["Val three?", "w", "x", "y", "z", "A"],
+        ],
+    )
     cfg = mc.MCConfig(data=str(d), shots=1)
     files = mc.data_files(cfg)
     assert [f.name for f in files] == ["toy_val.csv"]

@@ -14,12 +14,14 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from eval_helpers import tiny_checkpoint, tinystories_docs, tokenizer, write_documents  # noqa: E402
 
-from llmctl.store.dataset import Dataset  # noqa: E402
-from llmctl.eval.tasks import contamination  # noqa: E402
-from llmctl.eval.tasks import degeneration
-from llmctl.eval.tasks import exact_match
 from llmctl.eval.lm import load_lm  # noqa: E402
 from llmctl.eval.runner import EvalConfig, run_eval  # noqa: E402
+from llmctl.eval.tasks import (
+    contamination,  # noqa: E402
+    degeneration,
+    exact_match,
+)
+from llmctl.store.dataset import Dataset  # noqa: E402
 
 MMLU_ANATOMY = Path(__file__).parents[1] / "fixtures" / "mmlu" / "val" / "anatomy_val.csv"
 
@@ -30,7 +32,7 @@ def test_contamination_count_is_exact_on_planted_overlaps(tmp_path):
     items = read_items(MMLU_ANATOMY)
     texts = [" ".join([it["question"], *it["choices"]]) for it in items]
     long_ids = [i for i, t in enumerate(texts) if len(contamination.words(t)) >= 13]
-    planted = long_ids[:: 3][:4]
+    planted = long_ids[::3][:4]
     train = tinystories_docs(60)
     # plant an exact 13-word span (different case and punctuation) inside three training documents,
     # and a 12-word span (one short of an n-gram) of another item, which must not count
@@ -55,10 +57,17 @@ def test_contamination_count_is_exact_on_planted_overlaps(tmp_path):
     assert near in hit12  # the 12-word plant is found at n=12
 
 
-@pytest.mark.parametrize("text,value", [
-    ("So she makes 9 * 2 = $18.\n#### 18", 18.0), ("The answer is 1,234.", 1234.0),
-    ("x = 3, then y = -4.5", -4.5), ("#### $1,000.00", 1000.0), ("no number", None), ("#### 7 apples; 9", 7.0),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("So she makes 9 * 2 = $18.\n#### 18", 18.0),
+        ("The answer is 1,234.", 1234.0),
+        ("x = 3, then y = -4.5", -4.5),
+        ("#### $1,000.00", 1000.0),
+        ("no number", None),
+        ("#### 7 apples; 9", 7.0),
+    ],
+)
 def test_exact_match_extraction(text, value):
     assert exact_match.extract(text) == value
 
@@ -86,8 +95,13 @@ def test_sampling_matches_llmctl_generate(tmp_path):
 def test_generation_tasks_run_and_are_deterministic(tmp_path):
     ck = tiny_checkpoint(tmp_path / "ck", tmp_path, max_seq_len=96)
     gsm = tmp_path / "gsm.jsonl"
-    gsm.write_text("\n".join(json.dumps({"question": q, "answer": f"...\n#### {a}"})
-                             for q, a in [("What is 2+3?", 5), ("What is 10-4?", 6), ("Half of 8?", 4)]) + "\n")
+    gsm.write_text(
+        "\n".join(
+            json.dumps({"question": q, "answer": f"...\n#### {a}"})
+            for q, a in [("What is 2+3?", 5), ("What is 10-4?", 6), ("Half of 8?", 4)]
+        )
+        + "\n"
+    )
     docs = write_documents(tmp_path / "docs", [tinystories_docs(6)])
     results = []
     for bs in (1, 3):
@@ -127,7 +141,10 @@ def test_hugging_face_directory_gives_the_same_numbers(tmp_path):
         cfg = EvalConfig(tasks=["perplexity", "mc"], batch_size=2, progress=False)
         cfg.perplexity.data = str(docs)
         cfg.mc.data, cfg.mc.limit = str(MMLU_ANATOMY), 8
-        out[name] = {(r["task"], r["metric"]): r["value"] for r in run_eval(model, tmp_path / f"res-{name}", cfg)["stats"]["results"]}
+        out[name] = {
+            (r["task"], r["metric"]): r["value"]
+            for r in run_eval(model, tmp_path / f"res-{name}", cfg)["stats"]["results"]
+        }
     assert out["hf"][("mc", "acc")] == out["llmctl"][("mc", "acc")]
     assert out["hf"][("mc", "acc_norm")] == out["llmctl"][("mc", "acc_norm")]
     for m in ("loss", "bits_per_byte"):
@@ -142,12 +159,35 @@ def test_cli_writes_results_dataset_and_prints_table(tmp_path):
 
     ck = tiny_checkpoint(tmp_path / "ck", tmp_path)
     docs = write_documents(tmp_path / "docs", [tinystories_docs(6)])
-    res = CliRunner().invoke(app, ["eval", str(ck), "--task", "perplexity", "--task", "mc", "--ppl-data", str(docs),
-                                   "--mc-data", str(MMLU_ANATOMY), "--limit", "5", "--set", "perplexity.limit=3", "-b",
-                                   "2", "-o", str(tmp_path / "r")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(ck),
+            "--task",
+            "perplexity",
+            "--task",
+            "mc",
+            "--ppl-data",
+            str(docs),
+            "--mc-data",
+            str(MMLU_ANATOMY),
+            "--limit",
+            "5",
+            "--set",
+            "perplexity.limit=3",
+            "-b",
+            "2",
+            "-o",
+            str(tmp_path / "r"),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    rows = [[c.strip() for c in ln.replace("┃", "│").split("│")[1:-1]] for ln in res.output.splitlines()
-            if ln.replace("┃", "│").count("│") == 6]
+    rows = [
+        [c.strip() for c in ln.replace("┃", "│").split("│")[1:-1]]
+        for ln in res.output.splitlines()
+        if ln.replace("┃", "│").count("│") == 6
+    ]
     assert ["task", "metric", "value", "stderr", "n"] == rows[0], res.output  # a rich table, as every stage prints
     by = {(r[0], r[1]): r for r in rows[1:]}
     assert ("perplexity", "bits_per_byte") in by and ("mc", "acc") in by
@@ -155,8 +195,25 @@ def test_cli_writes_results_dataset_and_prints_table(tmp_path):
     ds = Dataset.open(tmp_path / "r", stage="eval", columns=["task", "metric", "value", "stderr", "n"])
     n = {(r["task"], r["metric"]): r["n"] for r in ds.iter_rows()}
     assert n[("mc", "acc")] == 5 and n[("perplexity", "documents")] == 3  # --set TASK.limit beats --limit
-    assert ds.num_rows == 8  # perplexity: loss, perplexity, bits_per_byte, byte_perplexity, word_perplexity, documents; mc: 2
-    bad = subprocess.run([sys.executable, "-m", "llmctl", "eval", str(ck), "--task", "mc", "--mc-data", "/nope.csv",
-                          "-o", str(tmp_path / "x")], capture_output=True, text=True)
+    assert (
+        ds.num_rows == 8
+    )  # perplexity: loss, perplexity, bits_per_byte, byte_perplexity, word_perplexity, documents; mc: 2
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmctl",
+            "eval",
+            str(ck),
+            "--task",
+            "mc",
+            "--mc-data",
+            "/nope.csv",
+            "-o",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().endswith("/nope.csv: no such multiple-choice file or directory")
     assert not (tmp_path / "x").exists()  # nothing half-written

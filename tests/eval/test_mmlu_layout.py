@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from eval_helpers import tiny_checkpoint
+
 from llmctl.errors import UsageError
-from llmctl.eval.tasks.mc import MCConfig, data_files, fewshot_file
 from llmctl.eval.runner import EvalConfig, run_eval
+from llmctl.eval.tasks.mc import MCConfig, data_files, fewshot_file
 
 FLAT = Path("examples/eval/mmlu")
 SUBJECTS = ("high_school_geography", "marketing", "world_religions")
@@ -42,8 +42,10 @@ def test_flat_folder_scores_val_and_shoots_from_dev():
     assert names(files) == [f"{s}_val.csv" for s in SUBJECTS]
     assert [fewshot_file(cfg, f) for f in files] == [FLAT / f"{s}_dev.csv" for s in SUBJECTS]
     single = MCConfig(data=str(FLAT / "marketing_val.csv"), shots=5)
-    assert data_files(single) == [FLAT / "marketing_val.csv"] and fewshot_file(single, FLAT / "marketing_val.csv") == \
-        FLAT / "marketing_dev.csv"
+    assert (
+        data_files(single) == [FLAT / "marketing_val.csv"]
+        and fewshot_file(single, FLAT / "marketing_val.csv") == FLAT / "marketing_dev.csv"
+    )
 
 
 def test_hendrycks_layout(hendrycks):

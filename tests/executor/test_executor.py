@@ -104,8 +104,9 @@ def test_killed_worker_names_its_shard():
         run_tasks(die_on_3, [Shard(i) for i in range(5)], workers=2)
     msg = str(ei.value)
     assert "\n" not in msg
-    assert msg.startswith("the worker process running shard part-00003 (crawl-00003.warc.gz) died "
-                          "(killed by SIGKILL, out of memory?)")
+    assert msg.startswith(
+        "the worker process running shard part-00003 (crawl-00003.warc.gz) died (killed by SIGKILL, out of memory?)"
+    )
     assert "re-run the same command to resume" in msg
     assert isinstance(ei.value.__cause__, BrokenProcessPool)
 

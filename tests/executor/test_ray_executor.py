@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 import ray  # noqa: E402  (a test dependency: .[test])
 
 from llmctl.errors import TaskFailed, UsageError  # noqa: E402
 from llmctl.executor.local import run_tasks, using  # noqa: E402
 from llmctl.utils.progress import StageProgress  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
+
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    from ray import cloudpickle
-
     import test_ray_executor
+    from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(test_ray_executor)  # workers need not import this test module
     yield
@@ -60,8 +60,12 @@ def test_explicit_address_that_does_not_answer_fails_fast(no_ray, tmp_path):
     assert time.monotonic() - t0 < 10 and not ray.is_initialized()
     # a stage connects before it creates its output directory
     with pytest.raises(UsageError, match="no Ray cluster answers"):
-        run_filter(["examples/crawl/crawl-00000.warc.gz"], tmp_path / "out",
-                   FilterConfig(workers=2, executor="ray", ray_address=addr), progress=False)
+        run_filter(
+            ["examples/crawl/crawl-00000.warc.gz"],
+            tmp_path / "out",
+            FilterConfig(workers=2, executor="ray", ray_address=addr),
+            progress=False,
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -222,8 +226,14 @@ def test_worker_killed_mid_filter_shard_gives_the_clean_output(tmp_path):
     out = StageOutput(tmp_path / "failing", "filter", cfg, [f.lineage for f in files])
     tasks = [FilterTask(i, f, out, cfg) for i, f in enumerate(files)]
     with pytest.raises(TaskFailed, match=r"1 of 3 shards failed after 3 attempts: part-00001"):
-        run_tasks(filter_shard_dying_once, [(t, "always") for t in tasks], workers=2, executor="ray",
-                  ray_address=None, names=names)
+        run_tasks(
+            filter_shard_dying_once,
+            [(t, "always") for t in tasks],
+            workers=2,
+            executor="ray",
+            ray_address=None,
+            names=names,
+        )
     again = StageOutput(tmp_path / "failing", "filter", cfg, [f.lineage for f in files])
     assert again.resumed_tasks == 2 and not again.task_done("part-00001")
     todo = [FilterTask(i, f, again, cfg) for i, f in enumerate(files) if not again.task_done(f"part-{i:05d}")]
@@ -233,10 +243,19 @@ def test_worker_killed_mid_filter_shard_gives_the_clean_output(tmp_path):
 
 
 def test_task_failing_every_attempt_is_named():
-    with pytest.raises(TaskFailed, match=r"1 of 4 shards failed after 3 attempts: part-00002 \(first error: The worker "
-                                         r"died.*\); the other 3 are complete and kept; re-run"):
-        run_tasks(always_die, list(range(4)), workers=2, executor="ray", ray_address=None,
-                  names=[f"part-{i:05d}" for i in range(4)])
+    with pytest.raises(
+        TaskFailed,
+        match=r"1 of 4 shards failed after 3 attempts: part-00002 \(first error: The worker "
+        r"died.*\); the other 3 are complete and kept; re-run",
+    ):
+        run_tasks(
+            always_die,
+            list(range(4)),
+            workers=2,
+            executor="ray",
+            ray_address=None,
+            names=[f"part-{i:05d}" for i in range(4)],
+        )
 
 
 def fail_on_2(task: tuple[int, str, str], report) -> int:
@@ -261,13 +280,21 @@ def test_raising_task_is_retried_then_named(tmp_path):
 
     log = str(tmp_path / "attempts-always")
     with pytest.raises(TaskFailed) as ei:
-        run_tasks(fail_on_2, [(i, log, "always") for i in range(4)], workers=2, executor="ray", ray_address=None,
-                  names=[f"part-{i:05d}" for i in range(4)])
+        run_tasks(
+            fail_on_2,
+            [(i, log, "always") for i in range(4)],
+            workers=2,
+            executor="ray",
+            ray_address=None,
+            names=[f"part-{i:05d}" for i in range(4)],
+        )
     assert Path(log).read_text().count("attempt") == 3  # the message's "3 attempts" is true
     msg = str(ei.value)
     assert "\n" not in msg
-    assert msg.startswith("1 of 4 shards failed after 3 attempts: part-00002 (first error: ValueError: cannot parse "
-                          "record 2); the other 3 are complete and kept; re-run the same command to resume")
+    assert msg.startswith(
+        "1 of 4 shards failed after 3 attempts: part-00002 (first error: ValueError: cannot parse "
+        "record 2); the other 3 are complete and kept; re-run the same command to resume"
+    )
     assert isinstance(ei.value.__cause__, ValueError)  # Ray's RayTaskError(ValueError), chained
 
 
@@ -279,8 +306,11 @@ def test_usage_error_in_a_ray_task_is_not_retried(tmp_path):
 
 
 def test_every_shard_failing_says_none_completed():
-    with pytest.raises(TaskFailed, match=r"^3 of 3 shards failed after 3 attempts: task 0, task 1, task 2 "
-                                         r"\(first error: .*\); no shard completed; re-run"):
+    with pytest.raises(
+        TaskFailed,
+        match=r"^3 of 3 shards failed after 3 attempts: task 0, task 1, task 2 "
+        r"\(first error: .*\); no shard completed; re-run",
+    ):
         run_tasks(always_die, [2, 2, 2], workers=2, executor="ray", ray_address=None)
 
 
@@ -298,7 +328,11 @@ class Labelled:
 
 
 def task_name_and_title(task: Labelled, report) -> tuple[str, str]:
-    title = Path("/proc/self/cmdline").read_text().replace("\0", " ").strip() if os.path.exists("/proc/self/cmdline") else ""
+    title = (
+        Path("/proc/self/cmdline").read_text().replace("\0", " ").strip()
+        if os.path.exists("/proc/self/cmdline")
+        else ""
+    )
     return ray.get_runtime_context().get_task_name(), title
 
 
@@ -321,27 +355,36 @@ def test_filter_with_dedup_on_ray_equals_local(tmp_path):
         shutil.copy("examples/crawl/crawl-00000.warc.gz", d / f"crawl-{i}.warc.gz")
     local = run_filter([str(d)], tmp_path / "local", FilterConfig(workers=2), progress=False)
     # Ray workers write through fsspec here (a file:// URI, as they would to s3:// on a cluster)
-    on_ray = run_filter([str(d)], f"file://{tmp_path}/ray", FilterConfig(workers=2, executor="ray", ray_address=None),
-                        progress=False)
+    on_ray = run_filter(
+        [str(d)], f"file://{tmp_path}/ray", FilterConfig(workers=2, executor="ray", ray_address=None), progress=False
+    )
     assert on_ray["fingerprint"] == local["fingerprint"]
     assert on_ray["stats"]["funnel"] == local["stats"]["funnel"]
     assert any(r["row"] == "rejected.dedup.exact" and r["docs"] > 0 for r in local["stats"]["funnel"])
     for s in local["shards"]:
         assert (tmp_path / "local" / s["path"]).read_bytes() == (tmp_path / "ray" / s["path"]).read_bytes()
     for s in local["files"]["rejected"]:
-        assert (tmp_path / "local.rejected" / s["path"]).read_bytes() == (tmp_path / "ray.rejected" / s["path"]).read_bytes()
+        assert (tmp_path / "local.rejected" / s["path"]).read_bytes() == (
+            tmp_path / "ray.rejected" / s["path"]
+        ).read_bytes()
 
 
 def test_tokenize_encode_on_ray_equals_local(tmp_path):
-    from llmctl.data.tokenize import EncodeConfig, TokenizerTrainConfig, run_encode, run_train
     from tokenize_helpers import tinystories_docs, write_documents
+
+    from llmctl.data.tokenize import EncodeConfig, TokenizerTrainConfig, run_encode, run_train
 
     docs = tinystories_docs(300)
     write_documents(tmp_path / "docs", [docs[:100], docs[100:200], docs[200:]])
     run_train([str(tmp_path / "docs")], tmp_path / "tok", TokenizerTrainConfig(vocab_size=600))
     local = run_encode(tmp_path / "docs", tmp_path / "tok", tmp_path / "local", EncodeConfig(workers=2), progress=False)
-    on_ray = run_encode(f"file://{tmp_path}/docs", tmp_path / "tok", f"file://{tmp_path}/ray",
-                        EncodeConfig(workers=2, executor="ray", ray_address=None), progress=False)
+    on_ray = run_encode(
+        f"file://{tmp_path}/docs",
+        tmp_path / "tok",
+        f"file://{tmp_path}/ray",
+        EncodeConfig(workers=2, executor="ray", ray_address=None),
+        progress=False,
+    )
     assert on_ray["shards"] == local["shards"] and on_ray["stats"] == local["stats"]
     assert on_ray["inputs"][0]["path"] == f"file://{tmp_path}/docs"
     for s in local["shards"]:

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from pretrain_helpers import make_tokenizer, stories
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmctl.model.checkpoint import save_checkpoint
 from llmctl.errors import UsageError
 from llmctl.export.hf import export_hf
+from llmctl.model.checkpoint import save_checkpoint
 from llmctl.model.transformer import ModelConfig, Transformer
-from pretrain_helpers import make_tokenizer, stories
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,31 @@ import sys
 
 import pytest
 import torch
+from pretrain_helpers import make_tokenizer, stories
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from llmctl.model.checkpoint import save_checkpoint
 from llmctl.export.hf import export_hf
+from llmctl.model.checkpoint import save_checkpoint
 from llmctl.model.transformer import ModelConfig, Transformer
-from pretrain_helpers import make_tokenizer, stories
 
-TRICKY = ["Hello  world\n\n  x", "a ▁ b ▁▁c▁", "say <|user|> now<|end|><|assistant|>", "<|eos|>", "<0x41> <unk>",
-          "café 日本語 🤖 \x00\x01\x1f\x7f", "12345 3.14 -7", "   ", "\t\ttab\r\n", "x\u2581", "\ufffd", "", " leading",
-          "trailing ", "\u00a0nbsp", "Ünïcödé ß ﬁ"]
+TRICKY = [
+    "Hello  world\n\n  x",
+    "a ▁ b ▁▁c▁",
+    "say <|user|> now<|end|><|assistant|>",
+    "<|eos|>",
+    "<0x41> <unk>",
+    "café 日本語 🤖 \x00\x01\x1f\x7f",
+    "12345 3.14 -7",
+    "   ",
+    "\t\ttab\r\n",
+    "x\u2581",
+    "\ufffd",
+    "",
+    " leading",
+    "trailing ",
+    "\u00a0nbsp",
+    "Ünïcödé ß ﬁ",
+]
 
 
 def random_texts(n: int, seed: int = 0) -> list[str]:
@@ -75,8 +90,12 @@ def test_literal_meta_and_typed_special_tokens_are_text(exported):
 def test_chat_template_gives_llmctl_chat_ids(exported):
     tok, hf = exported
     at = AutoTokenizer.from_pretrained(hf)
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2 ▁?"},
-            {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3?"}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2 + 2 ▁?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "and 3?"},
+    ]
     want = tok.apply_chat_template(msgs, add_generation_prompt=True)
     got = at.apply_chat_template(msgs, add_generation_prompt=True, tokenizer_kwargs={"split_special_tokens": False})
     assert list(got["input_ids"] if hasattr(got, "keys") else got) == want
@@ -117,7 +136,8 @@ print(json.dumps([t.encode(x, add_special_tokens=False) for x in json.loads(sys.
 def test_export_loads_without_protobuf_or_sentencepiece(exported):
     tok, hf = exported
     texts = TRICKY + stories(20)
-    r = subprocess.run([sys.executable, "-c", BLOCK, str(hf), json.dumps(texts)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", BLOCK, str(hf), json.dumps(texts)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == [tok.encode(t) for t in texts]

@@ -38,8 +38,8 @@ def test_greedy_with_cache_equals_full_recompute():
     with torch.no_grad():
         for _ in range(12):  # independent: argmax of a full forward over the whole prefix each time
             ids.append(int(m(torch.tensor([ids]))[0, -1].argmax()))
-    assert generate(m, prompt, 12, temperature=0) == ids[len(prompt):]
-    assert generate(m, prompt, 12, temperature=0, use_cache=False) == ids[len(prompt):]
+    assert generate(m, prompt, 12, temperature=0) == ids[len(prompt) :]
+    assert generate(m, prompt, 12, temperature=0, use_cache=False) == ids[len(prompt) :]
 
 
 def test_sampling_is_deterministic_with_a_seed():
@@ -49,7 +49,9 @@ def test_sampling_is_deterministic_with_a_seed():
     c = generate(m, [1, 2, 3], 20, temperature=1.0, top_k=20, top_p=0.95, seed=8)
     assert a == b and len(a) == 20 and a != c
     # cached and uncached sampling draw the same tokens from the same generator
-    assert generate(m, [1, 2, 3], 20, temperature=1.0, seed=7, use_cache=False) == generate(m, [1, 2, 3], 20, 1.0, seed=7)
+    assert generate(m, [1, 2, 3], 20, temperature=1.0, seed=7, use_cache=False) == generate(
+        m, [1, 2, 3], 20, 1.0, seed=7
+    )
 
 
 def test_stops_at_a_stop_id_and_at_the_context_limit():
@@ -62,16 +64,18 @@ def test_stops_at_a_stop_id_and_at_the_context_limit():
 
 
 def test_chat_prompt_is_one_user_turn_in_the_shared_template(tmp_path):
-    from llmctl.tokenizer.chat import encode_chat
-    from llmctl.model.generate import prompt_ids
     from pretrain_helpers import make_tokenizer
+
+    from llmctl.model.generate import prompt_ids
+    from llmctl.tokenizer.chat import encode_chat
 
     tok = make_tokenizer(tmp_path / "tok")
     ids = prompt_ids(tok, "How many legs do 3 cats have?", chat=True)
     user, assistant = tok.special_ids["<|user|>"], tok.special_ids["<|assistant|>"]
     assert ids[0] == user and ids[-1] == assistant  # ends where the model must answer
     # the same ids SFT trains on for this user turn (the reply would follow the assistant tag)
-    sft_ids = encode_chat(tok, [{"role": "user", "content": "How many legs do 3 cats have?"},
-                                {"role": "assistant", "content": "12"}])[0]
+    sft_ids = encode_chat(
+        tok, [{"role": "user", "content": "How many legs do 3 cats have?"}, {"role": "assistant", "content": "12"}]
+    )[0]
     assert sft_ids[: len(ids)] == ids
     assert prompt_ids(tok, "How many legs do 3 cats have?") == tok.encode("How many legs do 3 cats have?")

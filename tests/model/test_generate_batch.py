@@ -58,6 +58,7 @@ def test_eval_generation_does_not_depend_on_the_batch_size(tmp_path):
     """eval's LM.generate_many (exact_match, degeneration, winrate): batch 1 and 4 give what LM.generate
     gives one prompt at a time, greedy and sampled (one seed per prompt), with stop strings too."""
     from align_helpers import tiny_checkpoint
+
     from llmctl.eval.lm import LlmctlLM
 
     lm = LlmctlLM(tiny_checkpoint(tmp_path / "ck", seed=3, max_seq_len=64))

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmctl.model.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from llmctl.errors import UsageError
+from llmctl.model.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from llmctl.model.transformer import (
     KVCache,
     ModelConfig,
@@ -25,8 +25,13 @@ def tiny(**kw) -> Transformer:
 
 
 @pytest.mark.parametrize(
-    "name,vocab,low,high", [("tiny", 4096, 0.25e6, 0.45e6), ("10m", 8192, 9e6, 11e6), ("124m", 50304, 120e6, 128e6),
-                             ("350m", 50304, 340e6, 370e6)]
+    "name,vocab,low,high",
+    [
+        ("tiny", 4096, 0.25e6, 0.45e6),
+        ("10m", 8192, 9e6, 11e6),
+        ("124m", 50304, 120e6, 128e6),
+        ("350m", 50304, 340e6, 370e6),
+    ],
 )
 def test_preset_sizes(name, vocab, low, high):
     with torch.device("meta"):
@@ -34,7 +39,9 @@ def test_preset_sizes(name, vocab, low, high):
     assert low <= m.num_params() <= high
     c = m.cfg
     # independent count: embeddings + per layer (attention + SwiGLU + 2 norms) + final norm
-    per_layer = 2 * c.d_model * c.d_model + 2 * c.d_model * c.n_kv_head * c.head_dim + 3 * c.d_model * c.d_ff + 2 * c.d_model
+    per_layer = (
+        2 * c.d_model * c.d_model + 2 * c.d_model * c.n_kv_head * c.head_dim + 3 * c.d_model * c.d_ff + 2 * c.d_model
+    )
     assert m.num_params() == vocab * c.d_model + c.n_layer * per_layer + c.d_model
     assert m.flops_per_token(1024) == 6 * m.num_params() + 12 * c.n_layer * c.d_model * 1024
 

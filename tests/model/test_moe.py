@@ -10,18 +10,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from moe_helpers import one_thread  # noqa: F401  (autouse fixture)
+from pretrain_helpers import make_tokenizer, stories, write_tokens
 from transformers import AutoModelForCausalLM
 
 from llmctl import config as C
-from llmctl.model.checkpoint import save_checkpoint
 from llmctl.errors import UsageError
 from llmctl.export.hf import export_hf
+from llmctl.model.checkpoint import save_checkpoint
 from llmctl.model.generate import generate
-from llmctl.model.transformer import ModelConfig, Transformer, preset_config
 from llmctl.model.moe import MoE, load_balancing_loss, router_losses, z_loss
+from llmctl.model.transformer import ModelConfig, Transformer, preset_config
 from llmctl.train.pretrain import PretrainConfig, pretrain
-from moe_helpers import one_thread  # noqa: F401  (autouse fixture)
-from pretrain_helpers import make_tokenizer, stories, write_tokens
 
 
 def np_aux(logits: np.ndarray, k: int) -> tuple[float, float]:
@@ -108,8 +108,15 @@ def reference_moe(m: MoE, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("norm_topk,shared", [(True, 0), (False, 2)])
 def test_sorted_dispatch_equals_per_token_reference_in_both_implementations(norm_topk, shared):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=10, d_model=32, n_experts=6, moe_top_k=2, moe_d_ff=24, n_shared_experts=shared,
-                      moe_norm_topk=norm_topk)
+    cfg = ModelConfig(
+        vocab_size=10,
+        d_model=32,
+        n_experts=6,
+        moe_top_k=2,
+        moe_d_ff=24,
+        n_shared_experts=shared,
+        moe_norm_topk=norm_topk,
+    )
     m = MoE(cfg).eval()
     for p in m.parameters():
         torch.nn.init.normal_(p, 0, 0.3)
@@ -129,8 +136,16 @@ def test_sorted_dispatch_equals_per_token_reference_in_both_implementations(norm
 
 def test_capacity_drops_assignments_over_capacity_and_counts_them():
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=10, d_model=16, n_experts=4, moe_top_k=2, moe_d_ff=8, moe_capacity_factor=1.0,
-                      moe_lb_coef=0.0, moe_z_coef=0.0)
+    cfg = ModelConfig(
+        vocab_size=10,
+        d_model=16,
+        n_experts=4,
+        moe_top_k=2,
+        moe_d_ff=8,
+        moe_capacity_factor=1.0,
+        moe_lb_coef=0.0,
+        moe_z_coef=0.0,
+    )
     m = MoE(cfg).train()
     with torch.no_grad():
         m.gate.weight.zero_()
@@ -160,8 +175,9 @@ def test_flops_count_active_parameters():
     dense = Transformer(preset_config("tiny", 400))
     m = Transformer(cfg)
     routed = 3 * cfg.d_model * cfg.moe_d_ff
-    assert m.num_params() - dense.num_params() == cfg.n_layer * (cfg.n_experts * routed + cfg.n_experts * cfg.d_model
-                                                                  - 3 * cfg.d_model * cfg.d_ff)
+    assert m.num_params() - dense.num_params() == cfg.n_layer * (
+        cfg.n_experts * routed + cfg.n_experts * cfg.d_model - 3 * cfg.d_model * cfg.d_ff
+    )
     # top-2 of width 88 = one dense SwiGLU of width 176: the same FLOPs per token, plus the router's
     assert m.flops_per_token(256) - dense.flops_per_token(256) == 6 * cfg.n_layer * cfg.n_experts * cfg.d_model
 
@@ -172,14 +188,30 @@ def test_balancing_loss_keeps_real_token_routing_balanced(tmp_path):
     default coefficient 0.01 the imbalance stays under 2.0 over the last 20 steps."""
     tok = make_tokenizer(tmp_path / "tok")
     write_tokens(tmp_path / "tokens", tok)
-    flags = {"seq_len": 64, "batch_tokens": 512, "train.micro_batch": 8, "train.steps": 60, "train.eval_every": 0,
-             "train.ckpt_every": 0, "train.lr": 1e-3, "train.warmup_steps": 2, "train.log_every": 1000,
-             "model.preset": "moe-tiny", "model.n_layer": 1, "model.d_model": 32, "model.moe_d_ff": 32,
-             "model.moe_z_coef": 0.0}
+    flags = {
+        "seq_len": 64,
+        "batch_tokens": 512,
+        "train.micro_batch": 8,
+        "train.steps": 60,
+        "train.eval_every": 0,
+        "train.ckpt_every": 0,
+        "train.lr": 1e-3,
+        "train.warmup_steps": 2,
+        "train.log_every": 1000,
+        "model.preset": "moe-tiny",
+        "model.n_layer": 1,
+        "model.d_model": 32,
+        "model.moe_d_ff": 32,
+        "model.moe_z_coef": 0.0,
+    }
     out = {}
     for lb in (0.0, 0.01):
-        pretrain(tmp_path / "tokens", tmp_path / "tok", tmp_path / f"lb{lb}",
-                 C.load(PretrainConfig, None, None, {**flags, "model.moe_lb_coef": lb}))
+        pretrain(
+            tmp_path / "tokens",
+            tmp_path / "tok",
+            tmp_path / f"lb{lb}",
+            C.load(PretrainConfig, None, None, {**flags, "model.moe_lb_coef": lb}),
+        )
         recs = [json.loads(ln) for ln in (tmp_path / f"lb{lb}" / "metrics.jsonl").read_text().splitlines()]
         out[lb] = [r["moe_imbalance"] for r in recs]
     assert out[0.0][0] < 2.0 and min(out[0.0][-20:]) > 3.5, out[0.0]  # starts balanced, collapses
@@ -191,11 +223,16 @@ def tok(tmp_path_factory):
     return make_tokenizer(tmp_path_factory.mktemp("tok") / "tok")
 
 
-@pytest.mark.parametrize("shape,cls", [
-    (dict(), "MixtralForCausalLM"),
-    (dict(n_layer=3, moe_every=2, n_shared_experts=2, moe_norm_topk=False, tie_embeddings=False, n_kv_head=2),
-     "Qwen2MoeForCausalLM"),
-])
+@pytest.mark.parametrize(
+    "shape,cls",
+    [
+        (dict(), "MixtralForCausalLM"),
+        (
+            dict(n_layer=3, moe_every=2, n_shared_experts=2, moe_norm_topk=False, tie_embeddings=False, n_kv_head=2),
+            "Qwen2MoeForCausalLM",
+        ),
+    ],
+)
 def test_export_logits_and_greedy_text_match_transformers(tmp_path, tok, shape, cls):
     torch.manual_seed(0)
     spec = {**dict(n_layer=2, n_head=4, d_model=64, max_seq_len=128, n_experts=4, moe_top_k=2, moe_d_ff=48), **shape}
@@ -212,8 +249,9 @@ def test_export_logits_and_greedy_text_match_transformers(tmp_path, tok, shape, 
     with torch.no_grad():
         assert (m.eval()(torch.tensor([ids])) - hf(torch.tensor([ids])).logits).abs().max().item() < 1e-4
         ours = generate(m, ids[:10], max_new_tokens=20, temperature=0)
-        theirs = hf.generate(torch.tensor([ids[:10]]), max_new_tokens=20, do_sample=False, eos_token_id=None,
-                             pad_token_id=tok.pad_id)[0, 10:].tolist()
+        theirs = hf.generate(
+            torch.tensor([ids[:10]]), max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_id
+        )[0, 10:].tolist()
     assert len(ours) == 20 and tok.decode(ours) == tok.decode(theirs)
 
 
@@ -238,8 +276,8 @@ def test_a_failing_grouped_mm_falls_back_to_the_loop(monkeypatch):
 
 
 def test_activation_checkpointing_gives_the_same_aux_loss_and_gradients():
-    from llmctl.model.transformer import cross_entropy
     from llmctl.model.moe import discard_records
+    from llmctl.model.transformer import cross_entropy
 
     torch.manual_seed(0)
     m = Transformer(preset_config("moe-tiny", 300)).train()

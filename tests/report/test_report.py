@@ -11,14 +11,18 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
-from llmctl.utils import plot
-from llmctl.store.dataset import StageOutput, fingerprint_file
 from llmctl.report.build import build_report
 from llmctl.report.charts import funnel_figure, tokens_figure
+from llmctl.store.dataset import StageOutput, fingerprint_file
+from llmctl.utils import plot
 
-FUNNEL = [{"row": "read", "docs": 12_500, "bytes": 9}, {"row": "unreadable.non_html", "docs": 4, "bytes": 1},
-          {"row": "rejected.c4.bad_words", "docs": 2, "bytes": 1}, {"row": "rejected.dedup.exact", "docs": 94, "bytes": 1},
-          {"row": "kept", "docs": 12_400, "bytes": 6}]
+FUNNEL = [
+    {"row": "read", "docs": 12_500, "bytes": 9},
+    {"row": "unreadable.non_html", "docs": 4, "bytes": 1},
+    {"row": "rejected.c4.bad_words", "docs": 2, "bytes": 1},
+    {"row": "rejected.dedup.exact", "docs": 94, "bytes": 1},
+    {"row": "kept", "docs": 12_400, "bytes": 6},
+]
 
 
 def training_run(d: Path, stage: str, steps: int = 10, config: dict | None = None) -> Path:
@@ -40,8 +44,11 @@ def training_run(d: Path, stage: str, steps: int = 10, config: dict | None = Non
                 v.update({"val_rewards/margins": 0.05 * s, "val_rewards/accuracies": 0.55})
             recs.append(v)
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    (d / "_manifest.json").write_text(json.dumps({"stage": stage, "config": config or {}, "inputs": [],
-                                                  "stats": {"checkpoint": str(ck), "loss": 0.1}}))
+    (d / "_manifest.json").write_text(
+        json.dumps(
+            {"stage": stage, "config": config or {}, "inputs": [], "stats": {"checkpoint": str(ck), "loss": 0.1}}
+        )
+    )
     return d
 
 
@@ -52,11 +59,20 @@ class _Cfg:
 
 def eval_dataset(d: Path, inputs: list[dict], task_inputs: list[dict]) -> None:
     out = StageOutput(d, "eval", _Cfg(["mc"]), inputs)
-    schema = pa.schema([("task", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
-                        ("stderr", pa.float64()), ("n", pa.int64())])
+    schema = pa.schema(
+        [
+            ("task", pa.string()),
+            ("metric", pa.string()),
+            ("value", pa.float64()),
+            ("stderr", pa.float64()),
+            ("n", pa.int64()),
+        ]
+    )
     w = out.shard_writer("part-00000.parquet", schema)
-    rows = [{"task": "mc", "metric": "acc", "value": 0.25, "stderr": 0.05, "n": 74},
-            {"task": "contamination", "metric": "train_documents", "value": 529.0, "stderr": None, "n": 529}]
+    rows = [
+        {"task": "mc", "metric": "acc", "value": 0.25, "stderr": 0.05, "n": 74},
+        {"task": "contamination", "metric": "train_documents", "value": 529.0, "stderr": None, "n": 529},
+    ]
     for r in rows:
         w.write(r)
     out.finish_task("mc", {"data": [{"path": "part-00000.parquet", **w.close()}]})
@@ -94,15 +110,18 @@ def test_lineage_fingerprints_training_runs_and_lists_evals_data(tmp_path):
     sft = training_run(root / "sft", "sft")
     data = tmp_path / "mmlu_val.csv"
     data.write_text("q,a,b,c,d,A\n")
-    eval_dataset(root / "eval", [{"path": str(sft / "checkpoints" / "step_0000010"), "fingerprint": "x"}],
-                 [{"path": str(data), "fingerprint": "y"}])
+    eval_dataset(
+        root / "eval",
+        [{"path": str(sft / "checkpoints" / "step_0000010"), "fingerprint": "x"}],
+        [{"path": str(data), "fingerprint": "y"}],
+    )
     page = build_report(root).read_text()
-    lineage = page[page.index("<h2>Lineage"):page.index("</table>", page.index("<h2>Lineage"))]
+    lineage = page[page.index("<h2>Lineage") : page.index("</table>", page.index("<h2>Lineage"))]
     want = fingerprint_file(sft / "checkpoints" / "step_0000010" / "model.safetensors")[:16]
     assert f'<td class="fp">{want}</td>' in lineage
-    eval_row = lineage[lineage.index("<td>eval</td>"):]
+    eval_row = lineage[lineage.index("<td>eval</td>") :]
     assert "sft (stage)" in eval_row and "mmlu_val.csv" in eval_row
-    results = page[page.index("<h2>Evaluation"):]
+    results = page[page.index("<h2>Evaluation") :]
     assert '<td class="num">529</td>' in results and "529.0000" not in results  # a count is an integer
 
 

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from llmctl.config import runtime
-from llmctl.store.dataset import MANIFEST, RUN_STATE, Dataset, StageOutput
 from llmctl.errors import UsageError
+from llmctl.store.dataset import MANIFEST, RUN_STATE, Dataset, StageOutput
 
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string())])
 

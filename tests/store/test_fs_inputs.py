@@ -36,12 +36,13 @@ def test_file_uri_directory_gives_the_local_result(tmp_path):
 
 def test_memory_uri_jsonl_and_glob(tmp_path):
     mem = fsspec.filesystem("memory")
-    docs = [{"id": f"d{i}", "text": "The little girl walked to the park with her dog and her mother. " * 12}
-            for i in range(3)]
+    docs = [
+        {"id": f"d{i}", "text": "The little girl walked to the park with her dog and her mother. " * 12}
+        for i in range(3)
+    ]
     with mem.open("/bucket/part-1.jsonl", "w") as f:
         f.write("".join(json.dumps(d) + "\n" for d in docs))
-    m = run_filter(["memory://bucket/*.jsonl"], tmp_path / "out",
-                   FilterConfig(workers=1, steps=["c4"]), progress=False)
+    m = run_filter(["memory://bucket/*.jsonl"], tmp_path / "out", FilterConfig(workers=1, steps=["c4"]), progress=False)
     assert m["stats"]["documents_read"] == 3
     with pytest.raises(UsageError, match="no input matches"):
         run_filter(["memory://bucket/*.warc.gz"], tmp_path / "none", FilterConfig(workers=1), progress=False)

@@ -14,11 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llmctl.store import fs
 from llmctl.data.filter import FilterConfig, run_filter
 from llmctl.data.tokenize import EncodeConfig, run_encode
-from llmctl.store.dataset import MANIFEST, TASKS_DIR, Dataset, StageOutput
 from llmctl.errors import UsageError
+from llmctl.store import fs
+from llmctl.store.dataset import MANIFEST, TASKS_DIR, Dataset, StageOutput
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz")  # a real crawl file (../shared/data/crawl)
 
@@ -129,8 +131,20 @@ def test_cli_encode_between_file_uris(tmp_path, tokenizer):
 
     run_filter([str(CRAWL)], tmp_path / "docs", FilterConfig(workers=1), progress=False)
     shutil.copytree(tokenizer, tmp_path / "tok")
-    r = CliRunner().invoke(app, ["tokenize", "encode", f"file://{tmp_path}/docs", "-t", f"file://{tmp_path}/tok",
-                                 "-o", f"file://{tmp_path}/tokens", "--workers", "1"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "tokenize",
+            "encode",
+            f"file://{tmp_path}/docs",
+            "-t",
+            f"file://{tmp_path}/tok",
+            "-o",
+            f"file://{tmp_path}/tokens",
+            "--workers",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     t = pq.read_table(tmp_path / "tokens" / "part-00000.parquet")
     assert t.num_rows == Dataset.open(tmp_path / "docs").num_rows
@@ -153,6 +167,7 @@ def test_tokenize_train_to_a_uri(tmp_path, mem_root, tokenizer):
     assert run_train([str(docs)], f"{mem_root}/tok", cfg) == m  # done: nothing retrained
     mem = fsspec.filesystem("memory")
     assert sorted(p.rsplit("/", 1)[-1] for p in mem.find(f"{mem_root}/tok")) == sorted(
-        p.name for p in Path(tokenizer).iterdir())
+        p.name for p in Path(tokenizer).iterdir()
+    )
     with pytest.raises(UsageError, match="pass --overwrite"):
         run_train([str(docs)], f"{mem_root}/tok", TokenizerTrainConfig(vocab_size=700, sample_bytes=150_000))

@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from run_helpers import refused, start_and_freeze
 
 from llmctl.store.dataset import Dataset
 from llmctl.store.lock import OutputLock, OutputLocked, lock_path, writer_lock
-from run_helpers import refused, start_and_freeze
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz").resolve()  # a real crawl file (../shared/data/crawl)
 LLMCTL = [sys.executable, "-m", "llmctl"]
@@ -117,7 +119,9 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
 def test_a_lock_of_another_host_is_respected(tmp_path):
     out = tmp_path / "out"
     lock_path(out).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "2026-01-01T00:00:00Z"}))
-    with pytest.raises(OutputLocked, match=r"locked by a run on another host \(pid 1 on elsewhere.*remove .*\.out\.lock"):
+    with pytest.raises(
+        OutputLocked, match=r"locked by a run on another host \(pid 1 on elsewhere.*remove .*\.out\.lock"
+    ):
         OutputLock(out).acquire()
     assert not out.exists()
 

@@ -11,8 +11,10 @@ import pytest
 
 from llmctl.data.filter import FilterConfig, run_filter
 from llmctl.data.tokenize import EncodeConfig, TokenizerTrainConfig, run_encode, run_train
-from llmctl.store.dataset import Dataset
 from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 CRAWL = Path("examples/crawl/crawl-00000.warc.gz")  # a real crawl file (../shared/data/crawl)
 
@@ -24,8 +26,12 @@ def s3():
     server = ThreadedMotoServer(port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import s3fs
@@ -51,10 +57,14 @@ def test_filter_and_encode_on_s3(s3, tmp_path):
     remote = run_filter([str(CRAWL)], "s3://llmctl-test/docs", cfg, progress=False)
     assert remote["shards"] == local["shards"] and remote["files"] == local["files"] and local["num_rows"] > 0
     assert sorted(s3.find("llmctl-test/docs")) == [
-        "llmctl-test/docs/_manifest.json", "llmctl-test/docs/part-00000.parquet"]  # no _work, _tasks, _run.json or temporary left
+        "llmctl-test/docs/_manifest.json",
+        "llmctl-test/docs/part-00000.parquet",
+    ]  # no _work, _tasks, _run.json or temporary left
     # removed documents are in the dataset beside it
     assert sorted(s3.find("llmctl-test/docs.rejected")) == [
-        "llmctl-test/docs.rejected/_manifest.json", "llmctl-test/docs.rejected/part-00000.parquet"]
+        "llmctl-test/docs.rejected/_manifest.json",
+        "llmctl-test/docs.rejected/part-00000.parquet",
+    ]
     assert s3.cat("llmctl-test/docs/part-00000.parquet") == (tmp_path / "docs" / "part-00000.parquet").read_bytes()
     with pytest.raises(UsageError, match="different run"):
         run_filter([str(CRAWL)], "s3://llmctl-test/docs", FilterConfig(workers=1, steps=["c4"]), progress=False)

@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from sweep_helpers import CHINCHILLA, isoflop_rows, law, sweep_dir
 
 from llmctl.errors import UsageError
 from llmctl.sweep.isoflop import bootstrap_isoflop, fit_isoflop
 from llmctl.sweep.law import fit_law, law_allocation
-from sweep_helpers import CHINCHILLA, isoflop_rows, law, sweep_dir
 
 BUDGETS = [1e18, 1e19, 1e20, 1e21, 1e22]
 
@@ -52,8 +52,11 @@ def test_a_wild_bootstrap_exponent_is_infinite_not_an_error():
 
 
 def test_no_minimum_is_a_usage_error():
-    rows = [{"budget": c, "params": n, "tokens": c / (6 * n), "val_loss": 3 - 0.1 * np.log10(n)}  # falls with N only
-            for c in (1e18, 1e19) for n in (1e7, 1e8, 1e9)]
+    rows = [
+        {"budget": c, "params": n, "tokens": c / (6 * n), "val_loss": 3 - 0.1 * np.log10(n)}  # falls with N only
+        for c in (1e18, 1e19)
+        for n in (1e7, 1e8, 1e9)
+    ]
     with pytest.raises(UsageError, match="no minimum in log N"):
         fit_isoflop(rows)
 

@@ -10,12 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from llmctl.config import from_dict
 from llmctl.errors import UsageError
 from llmctl.model.transformer import Transformer
-from llmctl.sweep.grid import GridConfig, Shape, candidate_shapes, expected_optimum, model_config, parse_sizes, plan_grid, shape_flops
+from llmctl.sweep.grid import (
+    GridConfig,
+    Shape,
+    candidate_shapes,
+    expected_optimum,
+    model_config,
+    parse_sizes,
+    plan_grid,
+    shape_flops,
+)
 from llmctl.sweep.run import SweepConfig, pretrain_config
-from llmctl.train.pretrain import PretrainConfig, model_config as pretrain_model_config
-from llmctl.config import from_dict
+from llmctl.train.pretrain import PretrainConfig
+from llmctl.train.pretrain import model_config as pretrain_model_config
 
 
 def explicit_attention(q, k, v, attn_mask=None, is_causal=False, **kw):
@@ -46,8 +56,9 @@ def test_flops_per_token_equal_an_independent_count(shape, monkeypatch):
     assert n == model.num_params()  # N: with tied embeddings, every parameter
 
 
-@pytest.mark.parametrize("budgets,sizes", [([1e10, 3e10, 1e11], []), ([3e11, 1e12, 1e14], []),
-                                           ([4e9, 1e10], ["1x16", "1x32", "2x64"])])
+@pytest.mark.parametrize(
+    "budgets,sizes", [([1e10, 3e10, 1e11], []), ([3e11, 1e12, 1e14], []), ([4e9, 1e10], ["1x16", "1x32", "2x64"])]
+)
 def test_points_sit_at_their_budget_within_2_percent(budgets, sizes):
     cfg = SweepConfig(budgets=budgets, sizes=sizes)
     points = plan_grid(cfg, 512)

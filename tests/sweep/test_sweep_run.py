@@ -12,19 +12,45 @@ import time
 from pathlib import Path
 
 import pytest
-
-from llmctl.store.dataset import Dataset
-from llmctl.errors import UsageError
-from llmctl.sweep.run import SweepConfig, read_table, sweep
 from pretrain_helpers import make_tokenizer, write_tokens
 
-FLAGS = ["--budgets", "1.5e8,3e8", "--sizes", "1x16,1x24,1x32", "--seq-len", "32", "--batch-tokens", "256",
-         "--set", "min_steps=25", "--set", "val_tokens=1024", "--set", "checkpoints=2", "--threads", "1"]
+from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset
+from llmctl.sweep.run import SweepConfig, read_table, sweep
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
+
+FLAGS = [
+    "--budgets",
+    "1.5e8,3e8",
+    "--sizes",
+    "1x16,1x24,1x32",
+    "--seq-len",
+    "32",
+    "--batch-tokens",
+    "256",
+    "--set",
+    "min_steps=25",
+    "--set",
+    "val_tokens=1024",
+    "--set",
+    "checkpoints=2",
+    "--threads",
+    "1",
+]
 
 
 def config() -> SweepConfig:
-    return SweepConfig(budgets=[1.5e8, 3e8], sizes=["1x16", "1x24", "1x32"], seq_len=32, batch_tokens=256, min_steps=25,
-                       val_tokens=1024, checkpoints=2, threads=1)
+    return SweepConfig(
+        budgets=[1.5e8, 3e8],
+        sizes=["1x16", "1x24", "1x32"],
+        seq_len=32,
+        batch_tokens=256,
+        min_steps=25,
+        val_tokens=1024,
+        checkpoints=2,
+        threads=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +120,20 @@ def test_rerun_that_trains_differently_is_refused_before_it_writes(reference, da
 def test_sweep_killed_mid_point_resumes_that_point(reference, data, tmp_path):
     tok, tokens = data
     root = tmp_path / "sw"
-    cmd = [sys.executable, "-m", "llmctl", "sweep", str(tokens), "-t", str(tok), "-o", str(root), *FLAGS, "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmctl",
+        "sweep",
+        str(tokens),
+        "-t",
+        str(tok),
+        "-o",
+        str(root),
+        *FLAGS,
+        "--workers",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed = None
     try:

@@ -8,21 +8,34 @@ import shutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from llmctl.tokenizer.chat import encode_chat, render_chat
-from llmctl.errors import UsageError
-from llmctl.tokenizer.spm import CHAT_TOKENS, SPECIAL_TOKENS, Tokenizer, training_chunks
 from tokenize_helpers import tinystories_docs
+
+from llmctl.errors import UsageError
+from llmctl.tokenizer.chat import encode_chat, render_chat
+from llmctl.tokenizer.spm import CHAT_TOKENS, SPECIAL_TOKENS, Tokenizer, training_chunks
 
 DOCS = tinystories_docs()
 TRAIN, HELD_OUT = DOCS[:-200], DOCS[-200:]
 
 EDGE_CASES = [
-    "", " ", "  two  spaces  ", "\n", "\n\nline\r\nbreaks\r", "\t tabs\t", "\x00NUL\x01\x1f\x7f",
-    "emoji 🎉👩‍👩‍👧 flags 🇫🇷", "日本語のテキストと中文", "한국어 Ελληνικά русский עברית العربية",
-    "combining e\u0301 and NFKC ﬁ ① ｆｕｌｌ", "\u2581 sentencepiece's own space marker \u2581\u2581x\u2581",
-    "digits 1234567890 and 3.14159", "<|user|> <|eos|> <unk> <s> </s> typed by a user", "\ufeffBOM", "\ufffd",
-    "zero\u200bwidth", "x" * 5000,
+    "",
+    " ",
+    "  two  spaces  ",
+    "\n",
+    "\n\nline\r\nbreaks\r",
+    "\t tabs\t",
+    "\x00NUL\x01\x1f\x7f",
+    "emoji 🎉👩‍👩‍👧 flags 🇫🇷",
+    "日本語のテキストと中文",
+    "한국어 Ελληνικά русский עברית العربية",
+    "combining e\u0301 and NFKC ﬁ ① ｆｕｌｌ",
+    "\u2581 sentencepiece's own space marker \u2581\u2581x\u2581",
+    "digits 1234567890 and 3.14159",
+    "<|user|> <|eos|> <unk> <s> </s> typed by a user",
+    "\ufeffBOM",
+    "\ufffd",
+    "zero\u200bwidth",
+    "x" * 5000,
 ]
 
 
@@ -133,13 +146,18 @@ def test_load_errors(tmp_path, tok_dir):
 
 
 def test_chat_template_inserts_special_ids(tok):
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <|assistant|> ok"},
-            {"role": "assistant", "content": "Hello."}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi <|assistant|> ok"},
+        {"role": "assistant", "content": "Hello."},
+    ]
     ids, mask = encode_chat(tok, msgs, add_generation_prompt=False)
     s = tok.special_ids
-    expected = ([s["<|system|>"], *tok.encode("Be brief."), s["<|end|>"]]
-                + [s["<|user|>"], *tok.encode("Hi <|assistant|> ok"), s["<|end|>"]]
-                + [s["<|assistant|>"], *tok.encode("Hello."), s["<|end|>"]])
+    expected = (
+        [s["<|system|>"], *tok.encode("Be brief."), s["<|end|>"]]
+        + [s["<|user|>"], *tok.encode("Hi <|assistant|> ok"), s["<|end|>"]]
+        + [s["<|assistant|>"], *tok.encode("Hello."), s["<|end|>"]]
+    )
     assert ids == expected == tok.apply_chat_template(msgs)
     assert ids.count(s["<|assistant|>"]) == 1  # the user's literal "<|assistant|>" stayed text
     n_assistant = len(tok.encode("Hello.")) + 1
@@ -150,8 +168,9 @@ def test_chat_template_inserts_special_ids(tok):
     assert set(tok.stop_ids) == {s["<|end|>"], tok.eos_id}
 
 
-@pytest.mark.parametrize("bad", [[{"role": "bot", "content": "x"}], [{"content": "x"}], "hello",
-                                 [{"role": "user", "content": 3}]])
+@pytest.mark.parametrize(
+    "bad", [[{"role": "bot", "content": "x"}], [{"content": "x"}], "hello", [{"role": "user", "content": 3}]]
+)
 def test_chat_template_rejects_bad_messages(tok, bad):
     with pytest.raises(UsageError):
         tok.apply_chat_template(bad)
@@ -160,13 +179,19 @@ def test_chat_template_rejects_bad_messages(tok, bad):
 # ---------------------------------------------------------------- Hugging Face parity
 
 
-HF_TEXTS = ["Once upon a time, there was a little girl named Lily.", "She  had 12 red balloons!\nThe end.\n",
-            " leading and trailing space ", "日本語 🎉 tab\tx", "Ελληνικά and ﬁ ligature"]
+HF_TEXTS = [
+    "Once upon a time, there was a little girl named Lily.",
+    "She  had 12 red balloons!\nThe end.\n",
+    " leading and trailing space ",
+    "日本語 🎉 tab\tx",
+    "Ελληνικά and ﬁ ligature",
+]
 
 
 @pytest.mark.parametrize("cls_name", ["LlamaTokenizer", "LlamaTokenizerFast", "AutoTokenizer"])
 def test_loads_as_hugging_face_tokenizer_with_same_ids(tok, tok_dir, cls_name):
     import transformers  # a test dependency (.[test]): this check must run, not skip
+
     hf = getattr(transformers, cls_name).from_pretrained(str(tok_dir))
     assert len(hf) == tok.vocab_size
     assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
@@ -176,8 +201,11 @@ def test_loads_as_hugging_face_tokenizer_with_same_ids(tok, tok_dir, cls_name):
         assert hf.encode(text, add_special_tokens=False) == ids, text
         assert hf.encode(text) == ids  # no BOS added by default, as in llmctl
         assert hf.decode(ids) == text
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
-            {"role": "assistant", "content": "It is 4."}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "It is 4."},
+    ]
     hf_ids = hf.apply_chat_template(msgs, tokenize=True, add_generation_prompt=False)
     hf_ids = hf_ids["input_ids"] if not isinstance(hf_ids, list) else hf_ids
     assert list(hf_ids) == tok.apply_chat_template(msgs)

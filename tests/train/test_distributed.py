@@ -12,21 +12,66 @@ import sys
 
 import pytest
 import torch
+from pretrain_helpers import make_tokenizer, write_tokens
 
 from llmctl import config as C
 from llmctl.model.checkpoint import load_checkpoint
 from llmctl.train.pretrain import PretrainConfig, pretrain
-from pretrain_helpers import make_tokenizer, write_tokens
 
-ARGS = ["--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "2", "--steps", "4", "--eval-every", "2",
-        "--ckpt-every", "2", "--d-model", "32", "--lr", "3e-3", "--warmup", "1"]
-FLAGS = {"seq_len": 32, "batch_tokens": 256, "train.micro_batch": 2, "train.steps": 4, "train.eval_every": 2,
-         "train.ckpt_every": 2, "model.d_model": 32, "train.lr": 3e-3, "train.warmup_steps": 1}
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
+
+ARGS = [
+    "--seq-len",
+    "32",
+    "--batch-tokens",
+    "256",
+    "--micro-batch",
+    "2",
+    "--steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--ckpt-every",
+    "2",
+    "--d-model",
+    "32",
+    "--lr",
+    "3e-3",
+    "--warmup",
+    "1",
+]
+FLAGS = {
+    "seq_len": 32,
+    "batch_tokens": 256,
+    "train.micro_batch": 2,
+    "train.steps": 4,
+    "train.eval_every": 2,
+    "train.ckpt_every": 2,
+    "model.d_model": 32,
+    "train.lr": 3e-3,
+    "train.warmup_steps": 1,
+}
 
 
 def torchrun(tmp_path, out, *extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmctl",
-           "pretrain", str(tmp_path / "tokens"), "-t", str(tmp_path / "tok"), "-o", str(tmp_path / out), *ARGS, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "llmctl",
+        "pretrain",
+        str(tmp_path / "tokens"),
+        "-t",
+        str(tmp_path / "tok"),
+        "-o",
+        str(tmp_path / out),
+        *ARGS,
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from align_helpers import synthetic_prefs, tiny_checkpoint, tokenizer, write_jsonl
+
 from llmctl.data.chat_data import encode_pair, to_messages
 from llmctl.errors import UsageError
 from llmctl.model.transformer import ModelConfig, Transformer
@@ -45,14 +45,21 @@ def test_label_smoothing_robust_and_ipo_equal_their_formulas():
     for i in range(3):
         h = (PC[i] - RC[i]).item() - (PR[i] - RR[i]).item()
         assert cdpo[i].item() == pytest.approx(-(1 - e) * _ls(beta * h) - e * _ls(-beta * h), abs=1e-12)
-        assert robust[i].item() == pytest.approx((-(1 - e) * _ls(beta * h) + e * _ls(-beta * h)) / (1 - 2 * e), abs=1e-12)
+        assert robust[i].item() == pytest.approx(
+            (-(1 - e) * _ls(beta * h) + e * _ls(-beta * h)) / (1 - 2 * e), abs=1e-12
+        )
         assert ipo[i].item() == pytest.approx((h - 1 / (2 * beta)) ** 2, abs=1e-12)
 
 
 def _pairs(tok, n=4):
     rows = synthetic_prefs(n, seed=3)
-    return [(encode_pair(tok, to_messages(r["prompt"]), r["chosen"], 128),
-             encode_pair(tok, to_messages(r["prompt"]), r["rejected"], 128)) for r in rows]
+    return [
+        (
+            encode_pair(tok, to_messages(r["prompt"]), r["chosen"], 128),
+            encode_pair(tok, to_messages(r["prompt"]), r["rejected"], 128),
+        )
+        for r in rows
+    ]
 
 
 def test_sequence_logps_sum_response_tokens_only():
@@ -145,17 +152,19 @@ def test_dpo_resume_continues_exactly(tmp_path):
     part = run_dpo(data, ck, tmp_path / "part", cfg(stop_after=2))
     assert not part["finished"]
     run_dpo(data, ck, tmp_path / "part", cfg(), resume=True)
-    losses = [[json.loads(ln)["loss"] for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-              for d in ("full", "part")]
+    losses = [
+        [json.loads(ln)["loss"] for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("full", "part")
+    ]
     assert len(losses[0]) == 4 and losses[0] == losses[1]
 
 
 def test_eval_prefs_on_a_dpo_model_reports_implicit_reward_against_its_reference(tmp_path):
     """`--task prefs` on a DPO run: implicit-reward accuracy and margin against the reference the run
     recorded, on the pairs it held out, equal to a pair-by-pair computation; the reference scores 0.5."""
-    from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint
     from llmctl.data.chat_data import split_of
     from llmctl.eval.runner import EvalConfig, run_eval
+    from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint
 
     ck = tiny_checkpoint(tmp_path / "ck")
     rows = synthetic_prefs(120)
@@ -179,8 +188,11 @@ def test_eval_prefs_on_a_dpo_model_reports_implicit_reward_against_its_reference
         return sum(lp[t - 1, e.ids[t]].item() for t in range(1, len(e.ids)) if e.mask[t])
 
     held = [r for r in rows if split_of(r, (to_messages(r["prompt"]), r["chosen"], r["rejected"]), 0.25, 1337) == "val"]
-    h = [(logp(policy, r["prompt"], r["chosen"]) - logp(ref, r["prompt"], r["chosen"]))
-         - (logp(policy, r["prompt"], r["rejected"]) - logp(ref, r["prompt"], r["rejected"])) for r in held]
+    h = [
+        (logp(policy, r["prompt"], r["chosen"]) - logp(ref, r["prompt"], r["chosen"]))
+        - (logp(policy, r["prompt"], r["rejected"]) - logp(ref, r["prompt"], r["rejected"]))
+        for r in held
+    ]
     assert got["implicit_accuracy"]["n"] == len(held) == summary["data"]["val"]
     assert got["implicit_accuracy"]["value"] == pytest.approx(sum(x > 0 for x in h) / len(h))
     assert got["implicit_margin"]["value"] == pytest.approx(0.2 * sum(h) / len(h), abs=1e-4)

@@ -9,24 +9,76 @@ import sys
 
 import pytest
 import torch
-
-from llmctl import config as C
-from llmctl.train.pretrain import PretrainConfig, pretrain
 from moe_helpers import one_thread  # noqa: F401  (autouse fixture)
 from pretrain_helpers import make_tokenizer, write_tokens
 
-ARGS = ["--preset", "moe-tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "2", "--steps", "4",
-        "--eval-every", "2", "--ckpt-every", "2", "--d-model", "32", "--lr", "3e-3", "--warmup", "1",
-        "--set", "model.n_shared_experts=1", "--set", "model.moe_d_ff=32"]
-FLAGS = {"model.preset": "moe-tiny", "seq_len": 32, "batch_tokens": 256, "train.micro_batch": 2, "train.steps": 4,
-         "train.eval_every": 2, "train.ckpt_every": 2, "model.d_model": 32, "train.lr": 3e-3, "train.warmup_steps": 1,
-         "model.n_shared_experts": 1, "model.moe_d_ff": 32}
+from llmctl import config as C
+from llmctl.train.pretrain import PretrainConfig, pretrain
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
+
+ARGS = [
+    "--preset",
+    "moe-tiny",
+    "--seq-len",
+    "32",
+    "--batch-tokens",
+    "256",
+    "--micro-batch",
+    "2",
+    "--steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--ckpt-every",
+    "2",
+    "--d-model",
+    "32",
+    "--lr",
+    "3e-3",
+    "--warmup",
+    "1",
+    "--set",
+    "model.n_shared_experts=1",
+    "--set",
+    "model.moe_d_ff=32",
+]
+FLAGS = {
+    "model.preset": "moe-tiny",
+    "seq_len": 32,
+    "batch_tokens": 256,
+    "train.micro_batch": 2,
+    "train.steps": 4,
+    "train.eval_every": 2,
+    "train.ckpt_every": 2,
+    "model.d_model": 32,
+    "train.lr": 3e-3,
+    "train.warmup_steps": 1,
+    "model.n_shared_experts": 1,
+    "model.moe_d_ff": 32,
+}
 KEYS = ("loss", "moe_lb_loss", "moe_z_loss", "moe_aux_loss", "moe_imbalance", "moe_load/L1/e7")
 
 
 def torchrun(root, out, *extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmctl",
-           "pretrain", str(root / "tokens"), "-t", str(root / "tok"), "-o", str(root / out), *ARGS, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "llmctl",
+        "pretrain",
+        str(root / "tokens"),
+        "-t",
+        str(root / "tok"),
+        "-o",
+        str(root / out),
+        *ARGS,
+        *extra,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=180)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r.stdout
@@ -81,19 +133,22 @@ def test_moe_ddp_and_fsdp_two_processes_equal_one_and_resume_is_exact(single):
     assert "moe: 8 experts top-2" in out and "active parameters" in out
     assert_same(single / "single", single / "ddp")
     torchrun(single, "fsdp", "--fsdp", "--stop-after", "2")
-    pretrain(single / "tokens", single / "tok", single / "fsdp", C.load(PretrainConfig, None, None, FLAGS))  # resume on 1
+    pretrain(
+        single / "tokens", single / "tok", single / "fsdp", C.load(PretrainConfig, None, None, FLAGS)
+    )  # resume on 1
     assert_same(single / "single", single / "fsdp")
 
 
 def test_sft_reward_dpo_generate_and_eval_run_on_an_moe_checkpoint(tmp_path):
     from align_helpers import GSM8K, synthetic_prefs, tiny_checkpoint, tokenizer, write_jsonl
-    from llmctl.model.checkpoint import load_checkpoint
+    from tokenize_helpers import tinystories_docs, write_documents
+
     from llmctl.eval.runner import EvalConfig, run_eval
+    from llmctl.model.checkpoint import load_checkpoint
     from llmctl.model.generate import generate_text
     from llmctl.train.dpo import DPOConfig, run_dpo
     from llmctl.train.reward import RewardConfig, run_reward
     from llmctl.train.sft import SFTConfig, encode_sft, make_sft_evaluate, run_sft
-    from tokenize_helpers import tinystories_docs, write_documents
 
     ck = tiny_checkpoint(tmp_path / "ck", n_experts=4, moe_top_k=2, moe_d_ff=32, n_shared_experts=1)
     rows = [{"prompt": r["question"], "response": r["answer"]} for r in map(json.loads, GSM8K.read_text().splitlines())]
@@ -108,11 +163,23 @@ def test_sft_reward_dpo_generate_and_eval_run_on_an_moe_checkpoint(tmp_path):
 
     prefs = write_jsonl(tmp_path / "prefs.jsonl", synthetic_prefs(32))
     rc = RewardConfig(max_len=64, val_fraction=0.25)
-    rc.train.steps, rc.train.batch_size, rc.train.micro_batch, rc.train.warmup_steps, rc.train.eval_every = 3, 8, 8, 1, 3
+    rc.train.steps, rc.train.batch_size, rc.train.micro_batch, rc.train.warmup_steps, rc.train.eval_every = (
+        3,
+        8,
+        8,
+        1,
+        3,
+    )
     rm = run_reward(prefs, tmp_path / "sft", tmp_path / "rm", rc)
     assert rm["finished"] and "val_accuracy" in rm and rm["moe_z_loss"] > 0
     dc = DPOConfig(max_len=64, val_fraction=0.25)
-    dc.train.steps, dc.train.batch_size, dc.train.micro_batch, dc.train.warmup_steps, dc.train.eval_every = 3, 8, 8, 1, 3
+    dc.train.steps, dc.train.batch_size, dc.train.micro_batch, dc.train.warmup_steps, dc.train.eval_every = (
+        3,
+        8,
+        8,
+        1,
+        3,
+    )
     run_dpo(prefs, tmp_path / "sft", tmp_path / "dpo", dc)
     first = json.loads((tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6) and "moe_imbalance" in first  # policy == MoE reference

@@ -6,16 +6,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from pretrain_helpers import make_tokenizer, write_token_rows, write_tokens
 from typer.testing import CliRunner
 
 from llmctl import config as C
-from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint
 from llmctl.cli import app
 from llmctl.errors import UsageError
+from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.train.loop import TrainConfig, TrainingDiverged, build_optimizer, lr_at, train
 from llmctl.train.pretrain import PackedBatches, PretrainConfig, lm_loss, pretrain
-from pretrain_helpers import make_tokenizer, write_token_rows, write_tokens
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,17 @@ def data(tmp_path_factory):
 
 
 def small_cfg(**flags) -> PretrainConfig:
-    base = {"seq_len": 32, "batch_tokens": 256, "train.micro_batch": 4, "train.steps": 6, "train.eval_every": 3,
-            "train.ckpt_every": 3, "train.warmup_steps": 2, "train.lr": 3e-3, "model.d_model": 32}
+    base = {
+        "seq_len": 32,
+        "batch_tokens": 256,
+        "train.micro_batch": 4,
+        "train.steps": 6,
+        "train.eval_every": 3,
+        "train.ckpt_every": 3,
+        "train.warmup_steps": 2,
+        "train.lr": 3e-3,
+        "model.d_model": 32,
+    }
     return C.load(PretrainConfig, None, None, {**base, **flags})
 
 
@@ -103,8 +112,8 @@ def test_first_loss_equals_an_independent_cross_entropy(data, tmp_path):
     cfg = small_cfg(**{"train.steps": 1, "batch_tokens": 128})
     s = pretrain(root / "tokens", root / "tok", tmp_path / "run", cfg)
     # rebuild the initial model and the first batch by hand
-    from llmctl.train.pretrain import load_token_split, model_config
     from llmctl.store.dataset import Dataset
+    from llmctl.train.pretrain import load_token_split, model_config
 
     flat, offs = load_token_split(Dataset.open(root / "tokens"), "train")
     batch = next(PackedBatches(flat, offs, 32, 4, cfg.train.seed, tok.eos_id))
@@ -128,8 +137,11 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(data, tmp_path):
     la, va = losses(tmp_path / "a")
     lb, vb = losses(tmp_path / "b")
     assert len(la) == len(lb) == 6 and la == lb and va == vb  # bit-exact on CPU
-    tokens = lambda run: [json.loads(ln)["tokens"] for ln in (run / "metrics.jsonl").read_text().splitlines()
-                          if "tokens" in json.loads(ln)]
+    tokens = lambda run: [  # noqa: E731
+        json.loads(ln)["tokens"]
+        for ln in (run / "metrics.jsonl").read_text().splitlines()
+        if "tokens" in json.loads(ln)
+    ]
     assert tokens(tmp_path / "b") == tokens(tmp_path / "a") == [256 * k for k in range(1, 7)]  # no jump back
     ma, _, _, _ = load_checkpoint(tmp_path / "a")
     mb, _, _, _ = load_checkpoint(tmp_path / "b")
@@ -142,8 +154,17 @@ def test_overfits_one_batch():
     m = Transformer(ModelConfig(vocab_size=64, n_layer=2, n_head=4, d_model=64))
     flat = torch.randint(0, 64, (33,), dtype=torch.int32).numpy()
     batches = PackedBatches(flat, np.array([0, 33]), 32, 2, seed=0, eos_id=-1, doc_mask=False)  # one window
-    cfg = TrainConfig(steps=80, batch_size=2, micro_batch=2, lr=1e-2, warmup_steps=5, eval_every=0, ckpt_every=0,
-                      log_every=1000, weight_decay=0.0)
+    cfg = TrainConfig(
+        steps=80,
+        batch_size=2,
+        micro_batch=2,
+        lr=1e-2,
+        warmup_steps=5,
+        eval_every=0,
+        ckpt_every=0,
+        log_every=1000,
+        weight_decay=0.0,
+    )
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
@@ -185,9 +206,30 @@ def test_vocab_mismatch_is_refused(data, tmp_path):
 def test_cli_pretrain_generate_plot(data, tmp_path):
     root, _ = data
     run = tmp_path / "run"
-    args = ["pretrain", str(root / "tokens"), "-t", str(root / "tok"), "-o", str(run), "--seq-len", "32",
-            "--batch-tokens", "128", "--micro-batch", "4", "--steps", "4", "--eval-every", "2", "--d-model", "32",
-            "--n-kv-head", "2", "--schedule", "wsd"]
+    args = [
+        "pretrain",
+        str(root / "tokens"),
+        "-t",
+        str(root / "tok"),
+        "-o",
+        str(run),
+        "--seq-len",
+        "32",
+        "--batch-tokens",
+        "128",
+        "--micro-batch",
+        "4",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--d-model",
+        "32",
+        "--n-kv-head",
+        "2",
+        "--schedule",
+        "wsd",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "finished: loss" in r.output and "parameters" in r.output

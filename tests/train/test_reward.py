@@ -6,13 +6,23 @@ import math
 
 import pytest
 import torch
-
 from align_helpers import synthetic_prefs, tiny_checkpoint, tokenizer, write_jsonl
+
 from llmctl.data.chat_data import encode_pair, split_of, to_messages
 from llmctl.errors import UsageError
 from llmctl.model.transformer import ModelConfig
-from llmctl.train.reward import (RewardConfig, RewardModel, bt_loss, collate_pairs, encode_prefs, load_reward_model,
-                                 make_rm_evaluate, rm_loss, run_reward, score)
+from llmctl.train.reward import (
+    RewardConfig,
+    RewardModel,
+    bt_loss,
+    collate_pairs,
+    encode_prefs,
+    load_reward_model,
+    make_rm_evaluate,
+    rm_loss,
+    run_reward,
+    score,
+)
 
 
 def test_bt_loss_equals_formula():
@@ -95,8 +105,10 @@ def test_eval_prefs_scores_pairs_as_the_run_validated_them(tmp_path):
     from llmctl.eval.runner import EvalConfig, run_eval
 
     ck = tiny_checkpoint(tmp_path / "ck")
-    rows = [{**r, "prompt": "please " * (8 + i % 5) + r["prompt"], "rejected": r["rejected"] + " very" * (i % 4)}
-            for i, r in enumerate(synthetic_prefs(120))]
+    rows = [
+        {**r, "prompt": "please " * (8 + i % 5) + r["prompt"], "rejected": r["rejected"] + " very" * (i % 4)}
+        for i, r in enumerate(synthetic_prefs(120))
+    ]
     data = write_jsonl(tmp_path / "prefs.jsonl", rows)
     cfg = RewardConfig(max_len=40, val_fraction=0.25)
     cfg.train.steps, cfg.train.batch_size, cfg.train.micro_batch, cfg.train.lr = 6, 8, 8, 3e-3

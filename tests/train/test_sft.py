@@ -7,21 +7,25 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
 from align_helpers import GSM8K, tiny_checkpoint, tokenizer, write_jsonl
-from llmctl.tokenizer.chat import encode_chat
+
 from llmctl.data.chat_data import encode_conversation, fit, read_rows
 from llmctl.errors import UsageError
 from llmctl.model.transformer import ModelConfig, Transformer
+from llmctl.tokenizer.chat import encode_chat
 from llmctl.train.sft import IGNORE, SFTConfig, collate_windows, encode_sft, make_sft_evaluate, run_sft, sft_loss
 
 
 def _convs():
     return [
         [{"role": "user", "content": "What is 2+3?"}, {"role": "assistant", "content": "It is 5."}],
-        [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Name a color."},
-         {"role": "assistant", "content": "Blue"}, {"role": "user", "content": "Another?"},
-         {"role": "assistant", "content": "Red, then green."}],
+        [
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "Name a color."},
+            {"role": "assistant", "content": "Blue"},
+            {"role": "user", "content": "Another?"},
+            {"role": "assistant", "content": "Red, then green."},
+        ],
         [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi there"}],
     ]
 
@@ -86,8 +90,9 @@ def test_truncation_is_counted_and_split_is_stable():
     rows, _ = read_rows(GSM8K)
     rows = [{"prompt": r["question"], "response": r["answer"]} for r in rows[:40]]
     tr, val, counts = encode_sft(tok, rows, 64, 0.25, 0)
-    assert counts["truncated"] == sum(len(tok.encode(r["prompt"])) + len(tok.encode(r["response"])) + 4 > 64
-                                      for r in rows)
+    assert counts["truncated"] == sum(
+        len(tok.encode(r["prompt"])) + len(tok.encode(r["response"])) + 4 > 64 for r in rows
+    )
     assert all(len(e.ids) <= 64 for e in tr + val)
     tr2, val2, _ = encode_sft(tok, rows[::-1], 64, 0.25, 0)  # the split does not depend on row order
     assert sorted(map(tuple, (e.ids for e in val))) == sorted(map(tuple, (e.ids for e in val2)))
@@ -113,7 +118,9 @@ def test_sft_lowers_held_out_response_loss(tmp_path):
     assert summary["val_loss"] < before - 0.5, (before, summary["val_loss"])
     # --batch-size counts packed windows (as TRL with packing): a step of 4 windows holds more examples
     d = summary["data"]
-    assert d["examples_per_step"] == pytest.approx(4 * d["train"] / d["windows"], abs=0.01) and d["windows"] < d["train"]
+    assert (
+        d["examples_per_step"] == pytest.approx(4 * d["train"] / d["windows"], abs=0.01) and d["windows"] < d["train"]
+    )
     # the run writes a checkpoint generate/eval/export can load, and a run manifest with lineage
     trained = load_checkpoint(tmp_path / "run")[0]
     assert trained.cfg.vocab_size == tok.vocab_size

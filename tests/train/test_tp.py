@@ -20,6 +20,7 @@ import sys
 
 import pytest
 import torch
+from pretrain_helpers import make_tokenizer, write_tokens
 
 from llmctl import config as C
 from llmctl.errors import UsageError
@@ -27,21 +28,69 @@ from llmctl.model.transformer import ModelConfig
 from llmctl.train import distributed as D
 from llmctl.train import parallel as P
 from llmctl.train.pretrain import PretrainConfig, pretrain
-from pretrain_helpers import make_tokenizer, write_tokens
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 # GQA (4 query heads, 2 kv heads): with tp=2 each rank holds 2 query heads and 1 kv head
-ARGS = ["--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "2", "--steps", "5", "--eval-every", "5",
-        "--ckpt-every", "2", "--d-model", "32", "--n-kv-head", "2", "--lr", "3e-3", "--warmup", "1",
-        "--set", "train.keep_checkpoints=5"]
-FLAGS = {"seq_len": 32, "batch_tokens": 256, "train.micro_batch": 2, "train.steps": 5, "train.eval_every": 5,
-         "train.ckpt_every": 2, "model.d_model": 32, "model.n_kv_head": 2, "train.lr": 3e-3, "train.warmup_steps": 1,
-         "train.keep_checkpoints": 5}
+ARGS = [
+    "--seq-len",
+    "32",
+    "--batch-tokens",
+    "256",
+    "--micro-batch",
+    "2",
+    "--steps",
+    "5",
+    "--eval-every",
+    "5",
+    "--ckpt-every",
+    "2",
+    "--d-model",
+    "32",
+    "--n-kv-head",
+    "2",
+    "--lr",
+    "3e-3",
+    "--warmup",
+    "1",
+    "--set",
+    "train.keep_checkpoints=5",
+]
+FLAGS = {
+    "seq_len": 32,
+    "batch_tokens": 256,
+    "train.micro_batch": 2,
+    "train.steps": 5,
+    "train.eval_every": 5,
+    "train.ckpt_every": 2,
+    "model.d_model": 32,
+    "model.n_kv_head": 2,
+    "train.lr": 3e-3,
+    "train.warmup_steps": 1,
+    "train.keep_checkpoints": 5,
+}
 REL = 1e-5
 
 
 def torchrun(root, out, nproc, *extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m",
-           "llmctl", "pretrain", str(root / "tokens"), "-t", str(root / "tok"), "-o", str(root / out), *ARGS, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "llmctl",
+        "pretrain",
+        str(root / "tokens"),
+        "-t",
+        str(root / "tok"),
+        "-o",
+        str(root / out),
+        *ARGS,
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -93,7 +142,9 @@ def test_tp2_equals_one_process_and_exports_the_same_model(single):
     stats = json.loads((root / "tp2" / "_manifest.json").read_text())["stats"]
     assert (stats["layout_world"], stats["layout_dp"], stats["layout_tp"]) == (2, 1, 2)
     assert stats["tokens"] == 5 * 256  # tokens (and so tokens/s) count each token of the mesh's batch once
-    assert json.loads((root / "tp2" / "checkpoints" / "step_0000005" / "_manifest.json").read_text())["layout"]["tp"] == 2
+    assert (
+        json.loads((root / "tp2" / "checkpoints" / "step_0000005" / "_manifest.json").read_text())["layout"]["tp"] == 2
+    )
     ids = torch.arange(3, 60).unsqueeze(0)
     ours = hf_logits(root / "tp2", root / "hf_tp2", ids)
     theirs = hf_logits(root / "single", root / "hf_single", ids)
@@ -120,12 +171,15 @@ def test_2x2_equals_one_process_and_resumes_at_dp4_and_at_one_process(single):
     assert losses(root / "one") == pytest.approx(ref, rel=REL)
 
 
-@pytest.mark.parametrize("shape,tp,named", [
-    (dict(n_head=6, d_model=48), 4, "n_head=6, n_kv_head=6"),  # heads (and so kv heads)
-    (dict(n_kv_head=1), 2, "n_kv_head=1"),  # kv heads only
-    (dict(vocab_size=401), 2, "vocab_size=401"),  # vocabulary
-    (dict(d_ff=102), 4, "d_ff=102"),  # MLP width
-])
+@pytest.mark.parametrize(
+    "shape,tp,named",
+    [
+        (dict(n_head=6, d_model=48), 4, "n_head=6, n_kv_head=6"),  # heads (and so kv heads)
+        (dict(n_kv_head=1), 2, "n_kv_head=1"),  # kv heads only
+        (dict(vocab_size=401), 2, "vocab_size=401"),  # vocabulary
+        (dict(d_ff=102), 4, "d_ff=102"),  # MLP width
+    ],
+)
 def test_indivisible_shapes_are_named(shape, tp, named):
     cfg = ModelConfig(**{"vocab_size": 400, "d_model": 32, "n_head": 4, **shape})
     with pytest.raises(UsageError, match=named) as e:
@@ -157,7 +211,12 @@ def test_layout_errors():
 def test_gpu_throughput_script_dry_run():
     """scripts/gpu_throughput.sh (the GPU figures' command) runs its plumbing on CPU with --dry-run."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = subprocess.run(["bash", os.path.join(repo, "scripts", "gpu_throughput.sh"), "--dry-run"], capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "PY": sys.executable})
+    r = subprocess.run(
+        ["bash", os.path.join(repo, "scripts", "gpu_throughput.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PY": sys.executable},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1 process:" in r.stdout and "tok/s" in r.stdout

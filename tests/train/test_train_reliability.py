@@ -15,19 +15,45 @@ import time
 from pathlib import Path
 
 import pytest
-
-from llmctl import config as C
-from llmctl.model.checkpoint import load_checkpoint, load_train_state
-from llmctl.errors import UsageError
-from llmctl.train.pretrain import PretrainConfig, pretrain
 from pretrain_helpers import make_tokenizer, write_token_rows, write_tokens
 
+from llmctl import config as C
+from llmctl.errors import UsageError
+from llmctl.model.checkpoint import load_checkpoint, load_train_state
+from llmctl.train.pretrain import PretrainConfig, pretrain
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
+
 LLMCTL = [sys.executable, "-m", "llmctl"]
-BASE = {"seq_len": 32, "batch_tokens": 128, "train.micro_batch": 4, "train.steps": 6, "train.eval_every": 3,
-        "train.ckpt_every": 2, "train.warmup_steps": 2, "train.lr": 3e-3, "model.d_model": 32, "model.n_layer": 1,
-        "train.keep_checkpoints": 3}
-FLAGS = ["--d-model", "32", "--n-layer", "1", "--seq-len", "32", "--batch-tokens", "128", "--micro-batch", "4",
-         "--warmup", "2", "--lr", "3e-3"]
+BASE = {
+    "seq_len": 32,
+    "batch_tokens": 128,
+    "train.micro_batch": 4,
+    "train.steps": 6,
+    "train.eval_every": 3,
+    "train.ckpt_every": 2,
+    "train.warmup_steps": 2,
+    "train.lr": 3e-3,
+    "model.d_model": 32,
+    "model.n_layer": 1,
+    "train.keep_checkpoints": 3,
+}
+FLAGS = [
+    "--d-model",
+    "32",
+    "--n-layer",
+    "1",
+    "--seq-len",
+    "32",
+    "--batch-tokens",
+    "128",
+    "--micro-batch",
+    "4",
+    "--warmup",
+    "2",
+    "--lr",
+    "3e-3",
+]
 
 
 def cfg(**flags) -> PretrainConfig:
@@ -144,14 +170,34 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previou
     size_kb = (_checkpoint_bytes(probe) * 3 // 2 + 64 * 1024) // 1024
     run = tmp_path / "run"
     run.mkdir()
-    train_cmd = " ".join(LLMCTL + ["pretrain", str(data / "tokens"), "-t", str(data / "tok"), "-o", str(run),
-                                   "--steps", "6", "--ckpt-every", "2", "--eval-every", "3", *FLAGS])
-    check = ("import json,os,sys; from llmctl.model.checkpoint import load_checkpoint, load_train_state; "
-             f"d='{run}/checkpoints'; names=sorted(os.listdir(d)); "
-             "load_checkpoint(d+'/'+names[-1]); st=load_train_state(d+'/'+names[-1]); "
-             "print('CHECK', json.dumps({'names': names, 'step': st['step']}))")
-    script = (f"mount -t tmpfs -o size={size_kb}k tmpfs {run} && cd {os.getcwd()} && "
-              f"{train_cmd} > {tmp_path}/out.txt 2> {tmp_path}/err.txt; echo RC=$?; {sys.executable} -c \"{check}\"")
+    train_cmd = " ".join(
+        LLMCTL
+        + [
+            "pretrain",
+            str(data / "tokens"),
+            "-t",
+            str(data / "tok"),
+            "-o",
+            str(run),
+            "--steps",
+            "6",
+            "--ckpt-every",
+            "2",
+            "--eval-every",
+            "3",
+            *FLAGS,
+        ]
+    )
+    check = (
+        "import json,os,sys; from llmctl.model.checkpoint import load_checkpoint, load_train_state; "
+        f"d='{run}/checkpoints'; names=sorted(os.listdir(d)); "
+        "load_checkpoint(d+'/'+names[-1]); st=load_train_state(d+'/'+names[-1]); "
+        "print('CHECK', json.dumps({'names': names, 'step': st['step']}))"
+    )
+    script = (
+        f"mount -t tmpfs -o size={size_kb}k tmpfs {run} && cd {os.getcwd()} && "
+        f'{train_cmd} > {tmp_path}/out.txt 2> {tmp_path}/err.txt; echo RC=$?; {sys.executable} -c "{check}"'
+    )
     r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
     assert "RC=2" in r.stdout, (r.stdout, r.stderr, (tmp_path / "err.txt").read_text())
     err = (tmp_path / "err.txt").read_text().strip().splitlines()
@@ -172,8 +218,19 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_directory(data, probe, tm
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     run = tmp_path / "run"
-    cmd = LLMCTL + ["pretrain", str(data / "tokens"), "-t", str(data / "tok"), "-o", str(run), "--steps", "2",
-                    "--ckpt-every", "2", *FLAGS]
+    cmd = LLMCTL + [
+        "pretrain",
+        str(data / "tokens"),
+        "-t",
+        str(data / "tok"),
+        "-o",
+        str(run),
+        "--steps",
+        "2",
+        "--ckpt-every",
+        "2",
+        *FLAGS,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot write checkpoint" in r.stderr and "Traceback" not in r.stderr
@@ -184,8 +241,21 @@ def test_a_second_run_is_refused_ctrl_c_says_what_is_on_disk_and_the_same_comman
     from run_helpers import refused, start_and_freeze
 
     run = tmp_path / "run"
-    cmd = LLMCTL + ["pretrain", str(data / "tokens"), "-t", str(data / "tok"), "-o", str(run), "--steps", "400",
-                    "--ckpt-every", "5", "--eval-every", "1000", *FLAGS]
+    cmd = LLMCTL + [
+        "pretrain",
+        str(data / "tokens"),
+        "-t",
+        str(data / "tok"),
+        "-o",
+        str(run),
+        "--steps",
+        "400",
+        "--ckpt-every",
+        "5",
+        "--eval-every",
+        "1000",
+        *FLAGS,
+    ]
     proc = start_and_freeze(cmd, run)
     try:
         refused(cmd, proc.pid)
@@ -219,12 +289,18 @@ def test_files_written_by_a_run_and_an_export_get_one_mode_from_the_umask(data, 
         export_hf(tmp_path / "run", tmp_path / "hf")
     finally:
         os.umask(old)
-    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
-             for d in ("run", "hf") for p in (tmp_path / d).rglob("*") if p.is_file()}
+    modes = {
+        str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+        for d in ("run", "hf")
+        for p in (tmp_path / d).rglob("*")
+        if p.is_file()
+    }
     assert "run/checkpoints/step_0000002/model.safetensors" in modes and "hf/model.safetensors" in modes
     assert set(modes.values()) == {oct(0o640)}, modes
-    assert load_checkpoint(tmp_path / "run")[1].n_layer == 1 and load_train_state(
-        tmp_path / "run" / "checkpoints" / "step_0000002")["step"] == 2
+    assert (
+        load_checkpoint(tmp_path / "run")[1].n_layer == 1
+        and load_train_state(tmp_path / "run" / "checkpoints" / "step_0000002")["step"] == 2
+    )
 
 
 def test_damaged_run_state_is_one_line_and_overwrite_replaces_it(data, tmp_path):

@@ -155,8 +155,10 @@ def minhash(shingle_set: set[bytes], num_perm: int, seed: int) -> np.ndarray:
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """One uint64 key per band: xxh3 of the band's `rows` values, seeded by the band index."""
-    return np.array([xxhash.xxh3_64_intdigest(sig[b * rows : (b + 1) * rows].tobytes(), seed=b)
-                     for b in range(bands)], dtype=np.uint64)
+    return np.array(
+        [xxhash.xxh3_64_intdigest(sig[b * rows : (b + 1) * rows].tobytes(), seed=b) for b in range(bands)],
+        dtype=np.uint64,
+    )
 
 
 def jaccard(a: set[bytes], b: set[bytes]) -> float:
@@ -183,8 +185,7 @@ def sentences(text: str) -> list[tuple[int, str]]:
 def span_hashes(sents: list[tuple[int, str]], k: int) -> list[int]:
     """Hash of each run of `k` consecutive sentences (position j covers sentences j..j+k-1)."""
     norms = [normalize_text(s) for _, s in sents]
-    return [xxhash.xxh3_64_intdigest("\x00".join(norms[j : j + k]).encode("utf-8"))
-            for j in range(len(norms) - k + 1)]
+    return [xxhash.xxh3_64_intdigest("\x00".join(norms[j : j + k]).encode("utf-8")) for j in range(len(norms) - k + 1)]
 
 
 def drop_sentences(text: str, drop: set[int], lines: set[int] = frozenset()) -> tuple[str, int]:

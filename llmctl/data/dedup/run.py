@@ -19,16 +19,15 @@ was made on): cutting sentences lowers `kept.bytes` and `read.bytes` by the byte
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
 
-from llmctl.store import fs
-from llmctl.data.dedup import base as D
 from llmctl.data import rejected as R
+from llmctl.data.dedup import base as D
 from llmctl.data.dedup.shuffle import (
     GroupTask,
     LineTask,
@@ -49,8 +48,9 @@ from llmctl.data.dedup.stages import (
     signature_task,
 )
 from llmctl.data.document import DOCUMENT_SCHEMA
-from llmctl.store.dataset import Dataset, StageOutput
 from llmctl.executor.local import Reporter, run_tasks
+from llmctl.store import fs
+from llmctl.store.dataset import Dataset, StageOutput
 from llmctl.utils.progress import StageProgress
 
 _MARK = pa.schema([("row", pa.uint32())])
@@ -77,8 +77,9 @@ def _counting_tasks(fn, task, report: Reporter):
     return result
 
 
-def _run_stage(st: StageOutput, fn, tasks: list, workers: int, progress: bool | None, label: str,
-               total_docs: int | None = None) -> Dataset:
+def _run_stage(
+    st: StageOutput, fn, tasks: list, workers: int, progress: bool | None, label: str, total_docs: int | None = None
+) -> Dataset:
     """Run the tasks of an intermediate that are not done yet, then write its manifest; the stats
     of each task are kept under their task name. The bar counts documents when `total_docs` is
     given (the tasks report them), else finished tasks."""
@@ -99,8 +100,9 @@ def _sum_stats(ds: Dataset) -> Counter[str]:
     return total
 
 
-def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage: StageOutput,
-              workers: int, progress: bool | None) -> dict[str, Any]:
+def run_dedup(
+    root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage: StageOutput, workers: int, progress: bool | None
+) -> dict[str, Any]:
     """Run the dedup intermediates under root/_work, then the final per-shard write into `stage`."""
     dc: D.DedupConfig = cfg.dedup
     bands, rows = D.validate(dc)
@@ -117,12 +119,30 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
         timings[f"dedup_{name}_seconds"] = round(time.time() - t0, 3)
 
     t0 = time.time()
-    sig_key = {"exact": dc.exact, "minhash": dc.minhash, "c4_span": dc.c4_span, "line": dc.line, "ngram": dc.ngram,
-               "num_perm": dc.num_perm, "seed": dc.seed, "bands": bands, "rows": rows,
-               "span_sentences": dc.span_sentences, "layout": layout, "partitions": parts}
+    sig_key = {
+        "exact": dc.exact,
+        "minhash": dc.minhash,
+        "c4_span": dc.c4_span,
+        "line": dc.line,
+        "ngram": dc.ngram,
+        "num_perm": dc.num_perm,
+        "seed": dc.seed,
+        "bands": bands,
+        "rows": rows,
+        "span_sentences": dc.span_sentences,
+        "layout": layout,
+        "partitions": parts,
+    }
     sig_st = _stage(work, "signatures", sig_key, inputs)
-    sig = _run_stage(sig_st, signature_task, [SigTask(g, s, sig_st, dc, bands, rows, parts) for g, s in enumerate(shards)],
-                     workers, progress, "dedup signatures", total_docs=sum(ds.num_rows for ds in [docs, *ds_against]))
+    sig = _run_stage(
+        sig_st,
+        signature_task,
+        [SigTask(g, s, sig_st, dc, bands, rows, parts) for g, s in enumerate(shards)],
+        workers,
+        progress,
+        "dedup signatures",
+        total_docs=sum(ds.num_rows for ds in [docs, *ds_against]),
+    )
     sig_paths = [str(sig.path / f"sig-{g:05d}.parquet") for g in range(len(shards))]
     timed("signatures", t0)
 
@@ -133,17 +153,35 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
     if dc.exact or dc.minhash:
         key_paths = [str(sig.path / f"keys-{g:05d}.parquet") for g in range(len(shards))]
         gr_st = _stage(work, "groups", {"partitions": parts, "layout": layout}, [sig.lineage()])
-        gr = _run_stage(gr_st, group_task, [GroupTask(p, parts, shards, key_paths, gr_st) for p in range(parts)],
-                        workers, progress, "dedup groups")
+        gr = _run_stage(
+            gr_st,
+            group_task,
+            [GroupTask(p, parts, shards, key_paths, gr_st) for p in range(parts)],
+            workers,
+            progress,
+            "dedup groups",
+        )
         timed("groups", t0)
 
         t0 = time.time()
-        ve_key = {"minhash": dc.minhash, "verify": dc.verify, "threshold": dc.threshold, "ngram": dc.ngram,
-                  "partitions": parts, "layout": layout}
+        ve_key = {
+            "minhash": dc.minhash,
+            "verify": dc.verify,
+            "threshold": dc.threshold,
+            "ngram": dc.ngram,
+            "partitions": parts,
+            "layout": layout,
+        }
         ve_st = _stage(work, "verify", ve_key, [gr.lineage(), sig.lineage()])
         pair_paths = [str(p) for p in gr.shards]
-        ve = _run_stage(ve_st, verify_task, [VerifyTask(q, shards, pair_paths, sig_paths, dc, ve_st) for q in range(parts)],
-                        workers, progress, "dedup verify")
+        ve = _run_stage(
+            ve_st,
+            verify_task,
+            [VerifyTask(q, shards, pair_paths, sig_paths, dc, ve_st) for q in range(parts)],
+            workers,
+            progress,
+            "dedup verify",
+        )
         edge_paths = [str(p) for p in ve.shards]
         if dc.minhash:
             pair_stats = {k: v for k, v in _sum_stats(ve).items() if k.startswith("minhash.")}
@@ -155,30 +193,57 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
     cl_st = _stage(work, "clusters", cl_key, cl_inputs)
     if not cl_st.complete:
         with StageProgress("dedup clusters", 1, enabled=progress, unit="tasks") as prog:
-            run_tasks(partial(_counting_tasks, cluster_task), [ClusterTask(shards, edge_paths, pair_stats, cl_st)], workers=1, progress=prog)
+            run_tasks(
+                partial(_counting_tasks, cluster_task),
+                [ClusterTask(shards, edge_paths, pair_stats, cl_st)],
+                workers=1,
+                progress=prog,
+            )
         cl_st.finalize(["clusters"], _MARK, stats=cl_st.task_record("clusters")["stats"])
     cl = Dataset(cl_st.path, cl_st.manifest)
     timed("clusters", t0)
 
     t0 = time.time()
     sp: Dataset | None = None
-    dec_paths = {s.out_index: str(cl.path / f"dec-{s.out_index:05d}.parquet") for s in shards if s.out_index is not None}
+    dec_paths = {
+        s.out_index: str(cl.path / f"dec-{s.out_index:05d}.parquet") for s in shards if s.out_index is not None
+    }
     if dc.c4_span:
         span_paths = [str(sig.path / f"spans-{g:05d}.parquet") for g in range(len(shards))]
-        sp_st = _stage(work, "spans", {"span_sentences": dc.span_sentences, "partitions": parts, "layout": layout},
-                       [sig.lineage(), cl.lineage()])
-        sp = _run_stage(sp_st, span_task, [SpanTask(p, shards, span_paths, dec_paths, sp_st) for p in range(parts)],
-                        workers, progress, "dedup spans")
+        sp_st = _stage(
+            work,
+            "spans",
+            {"span_sentences": dc.span_sentences, "partitions": parts, "layout": layout},
+            [sig.lineage(), cl.lineage()],
+        )
+        sp = _run_stage(
+            sp_st,
+            span_task,
+            [SpanTask(p, shards, span_paths, dec_paths, sp_st) for p in range(parts)],
+            workers,
+            progress,
+            "dedup spans",
+        )
     timed("spans", t0)
 
     t0 = time.time()
     lp: Dataset | None = None
     if dc.line:
         line_paths = [str(sig.path / f"lines-{g:05d}.parquet") for g in range(len(shards))]
-        ln_st = _stage(work, "lines", {"line_max_docs": dc.line_max_docs, "partitions": parts, "layout": layout},
-                       [sig.lineage(), cl.lineage()])
-        lp = _run_stage(ln_st, line_task, [LineTask(p, shards, line_paths, dec_paths, dc.line_max_docs, ln_st)
-                                           for p in range(parts)], workers, progress, "dedup lines")
+        ln_st = _stage(
+            work,
+            "lines",
+            {"line_max_docs": dc.line_max_docs, "partitions": parts, "layout": layout},
+            [sig.lineage(), cl.lineage()],
+        )
+        lp = _run_stage(
+            ln_st,
+            line_task,
+            [LineTask(p, shards, line_paths, dec_paths, dc.line_max_docs, ln_st) for p in range(parts)],
+            workers,
+            progress,
+            "dedup lines",
+        )
         timed("lines", t0)
 
     t0 = time.time()
@@ -187,19 +252,36 @@ def run_dedup(root: Any, docs: Dataset, input_paths: list[str], cfg: Any, stage:
     for i, p in enumerate(docs.shards):
         name = f"part-{i:05d}"
         rej = R.shard_path(docs.path, name)
-        tasks.append(FinalTask(
-            i, str(p), str(rej) if rej.is_file() else None, str(cl.path / f"dec-{i:05d}.parquet"),
-            [str(x) for x in sp.shards] if sp is not None else [], stage, task_stats[name],
-            dc.span_sentences, dc.span_min_sentences, cfg.write_rejected,
-            [str(x) for x in lp.shards] if lp is not None else [], _min_words(cfg)))
+        tasks.append(
+            FinalTask(
+                i,
+                str(p),
+                str(rej) if rej.is_file() else None,
+                str(cl.path / f"dec-{i:05d}.parquet"),
+                [str(x) for x in sp.shards] if sp is not None else [],
+                stage,
+                task_stats[name],
+                dc.span_sentences,
+                dc.span_min_sentences,
+                cfg.write_rejected,
+                [str(x) for x in lp.shards] if lp is not None else [],
+                _min_words(cfg),
+            )
+        )
     todo = [t for t in tasks if not stage.task_done(t.name)]
     with StageProgress("dedup write", docs.num_rows, enabled=progress, unit="docs") as prog:
         run_tasks(final_task, todo, workers=workers, progress=prog)
     timed("write", t0)
     spans = dict(_sum_stats(sp)) if sp is not None else {}
     lines = {"lines": dict(_sum_stats(lp))} if lp is not None else {}
-    return {"timings": timings, "clusters": cl.manifest["stats"], "spans": spans, **lines,
-            "lsh": {"bands": bands, "rows": rows, "num_perm": dc.num_perm}, "partitions": parts}
+    return {
+        "timings": timings,
+        "clusters": cl.manifest["stats"],
+        "spans": spans,
+        **lines,
+        "lsh": {"bands": bands, "rows": rows, "num_perm": dc.num_perm},
+        "partitions": parts,
+    }
 
 
 # ----------------------------------------------------------------------------- the final write
@@ -303,7 +385,9 @@ def final_task(t: FinalTask, report: Reporter) -> dict[str, int]:
     return record
 
 
-def _cut_lines(doc: dict, span_drop: set[int], lines: set[int], t: FinalTask, stats: Counter[str]) -> tuple[str | None, str | None]:
+def _cut_lines(
+    doc: dict, span_drop: set[int], lines: set[int], t: FinalTask, stats: Counter[str]
+) -> tuple[str | None, str | None]:
     """Cut boilerplate lines (and repeated spans) out of `doc`; (reason, detail) when it is left
     too short for the length rules, else (None, None) with doc["text"] edited and the bytes counted."""
     from llmctl.data.steps.gopher import word_count

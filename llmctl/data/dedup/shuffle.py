@@ -28,8 +28,8 @@ from llmctl.data.dedup.stages import (
     values_of,
     write_partitioned,
 )
-from llmctl.store.dataset import StageOutput
 from llmctl.executor.local import Reporter
+from llmctl.store.dataset import StageOutput
 
 PAIR_SCHEMA = pa.schema([("bucket", pa.uint32()), ("exact", pa.bool_()), ("a", pa.uint64()), ("b", pa.uint64())])
 DROP_SCHEMA = pa.schema([("out", pa.uint32()), ("row", pa.uint32()), ("pos", pa.uint32()), ("dup_of", pa.string())])
@@ -115,7 +115,11 @@ def verify_task(t: VerifyTask, report: Reporter) -> dict[str, int]:
     """Check this bucket's candidate pairs; write its exact edges and its local forest."""
     cfg = t.cfg
     parts = [read_part(p, "bucket", t.bucket, ["exact", "a", "b"]) for p in t.pair_paths]
-    exact = np.concatenate([p.column("exact").to_numpy(zero_copy_only=False) for p in parts]) if parts else np.zeros(0, bool)
+    exact = (
+        np.concatenate([p.column("exact").to_numpy(zero_copy_only=False) for p in parts])
+        if parts
+        else np.zeros(0, bool)
+    )
     a = np.concatenate([p.column("a").to_numpy() for p in parts]) if parts else np.zeros(0, np.uint64)
     b = np.concatenate([p.column("b").to_numpy() for p in parts]) if parts else np.zeros(0, np.uint64)
     ea, eb = a[exact], b[exact]  # document -> its first exact copy (documents of this bucket only)
@@ -142,8 +146,9 @@ def verify_task(t: VerifyTask, report: Reporter) -> dict[str, int]:
     root = component_roots(np.searchsorted(nodes, lo), np.searchsorted(nodes, hi), len(nodes))
     tree = root != np.arange(len(nodes))
     fa, fb = nodes[tree], nodes[root[tree]]
-    table = pa.table([np.r_[ea, fa], np.r_[eb, fb], np.r_[np.ones(len(ea), bool), np.zeros(len(fa), bool)]],
-                     schema=EDGE_SCHEMA)
+    table = pa.table(
+        [np.r_[ea, fa], np.r_[eb, fb], np.r_[np.ones(len(ea), bool), np.zeros(len(fa), bool)]], schema=EDGE_SCHEMA
+    )
     w = t.out.shard_writer(f"{t.name}.parquet", EDGE_SCHEMA)
     w.write_table(table)
     t.out.finish_task(t.name, {"data": [{"path": f"{t.name}.parquet", **w.close()}]}, stats)
@@ -195,8 +200,11 @@ def _write_drops(t, do: np.ndarray, dp: np.ndarray, df: np.ndarray) -> dict:
     """Write the dropped items (owner, pos, owner of the first copy) per output shard."""
     ids = values_of(df, {s.rank: s.path for s in t.shards}, "id")
     out_of = {s.rank: s.out_index for s in t.shards}
-    rows = sorted((out_of[o >> 32], o & 0xFFFFFFFF, p, ids[f]) for o, p, f in zip(do.tolist(), dp.tolist(), df.tolist())
-                  if out_of[o >> 32] is not None)
+    rows = sorted(
+        (out_of[o >> 32], o & 0xFFFFFFFF, p, ids[f])
+        for o, p, f in zip(do.tolist(), dp.tolist(), df.tolist())
+        if out_of[o >> 32] is not None
+    )
     table = pa.table({n: [r[k] for r in rows] for k, n in enumerate(DROP_SCHEMA.names)}, schema=DROP_SCHEMA)
     return {"data": [write_partitioned(t.out, f"{t.name}.parquet", table, "out")]}
 
@@ -242,6 +250,10 @@ def line_task(t: LineTask, report: Reporter) -> dict[str, int]:
     first = os_[np.flatnonzero(new_hash)][group] if n else np.zeros(0, np.uint64)
     drop = (docs_per_hash[group] > t.max_docs) & (os_ != first) if n else np.zeros(0, bool)
     files = _write_drops(t, os_[drop], ps[drop], first[drop])
-    stats = {"lines": total, "boilerplate_lines": int((docs_per_hash > t.max_docs).sum()), "line_occurrences_dropped": int(drop.sum())}
+    stats = {
+        "lines": total,
+        "boilerplate_lines": int((docs_per_hash > t.max_docs).sum()),
+        "line_occurrences_dropped": int(drop.sum()),
+    }
     t.out.finish_task(t.name, files, stats)
     return stats

@@ -59,10 +59,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from llmctl.store import fs
 from llmctl.data.dedup import base as D
-from llmctl.store.dataset import MANIFEST, RUN_STATE, StageOutput
 from llmctl.executor.local import Reporter
+from llmctl.store import fs
+from llmctl.store.dataset import MANIFEST, RUN_STATE, StageOutput
 
 DOCS_PER_PARTITION = 100_000  # automatic partition count: ceil(documents / this)
 MAX_AUTO_PARTITIONS = 1024
@@ -239,8 +239,9 @@ def _matrix(fixed_list: pa.Array) -> np.ndarray:
     return arr.flatten().to_numpy().reshape(len(arr), -1)
 
 
-def write_per_output_shard(out: StageOutput, shards: list, per_out: dict[int, list[tuple]], schema: pa.Schema,
-                           prefix: str) -> list[dict[str, Any]]:
+def write_per_output_shard(
+    out: StageOutput, shards: list, per_out: dict[int, list[tuple]], schema: pa.Schema, prefix: str
+) -> list[dict[str, Any]]:
     """One Parquet file of sorted decision rows (columns in `schema` order) per output shard."""
     files = []
     for sh in shards:
@@ -311,8 +312,10 @@ def signature_task(t: SigTask, report: Reporter) -> dict[str, int]:
             k_band.append(np.full(row, b, np.uint16)), k_key.append(kmat[:, b]), k_row.append(rows)
     if cfg.exact:
         k_band.append(np.full(row, EXACT_BAND, np.uint16)), k_key.append(ex), k_row.append(rows)
-    kb, kk, kr = (np.concatenate(x) if x else np.zeros(0, d) for x, d in
-                  ((k_band, np.uint16), (k_key, np.uint64), (k_row, np.uint32)))
+    kb, kk, kr = (
+        np.concatenate(x) if x else np.zeros(0, d)
+        for x, d in ((k_band, np.uint16), (k_key, np.uint64), (k_row, np.uint32))
+    )
     kp = key_part(kk, t.parts)
     order = np.lexsort((kr, kk, kb, kp))
     ktable = pa.table([kp[order], kb[order], kk[order], kr[order]], schema=KEY_SCHEMA)

@@ -51,8 +51,10 @@ class LangIdConfig:
 def default_model_path() -> Path:
     path = Path(str(resources.files(PACKAGE_MODEL[0]).joinpath(PACKAGE_MODEL[1])))
     if not path.is_file():
-        raise UsageError(f"the langid step's model is missing from this install ({path}): reinstall llmctl, "
-                         "or set langid.model, or pass --no-langid")
+        raise UsageError(
+            f"the langid step's model is missing from this install ({path}): reinstall llmctl, "
+            "or set langid.model, or pass --no-langid"
+        )
     return path
 
 
@@ -68,7 +70,9 @@ def load_model(path: str | Path | None = None):
         try:
             _MODELS[p] = fasttext.load_model(p)
         except (ValueError, RuntimeError, MemoryError) as e:
-            raise UsageError(f"{path}: not a fastText model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise UsageError(
+                f"{path}: not a fastText model ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
     return _MODELS[p]
 
 

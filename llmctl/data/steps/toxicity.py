@@ -50,24 +50,26 @@ def _model():
         try:
             from profanity_check import profanity_check as pc
         except ImportError:
-            raise UsageError("the toxicity step needs alt-profanity-check: pip install 'llmctl[toxicity]' "
-                             "(or pip install alt-profanity-check)") from None
+            raise UsageError(
+                "the toxicity step needs alt-profanity-check: pip install 'llmctl[toxicity]' "
+                "(or pip install alt-profanity-check)"
+            ) from None
         _CACHE["model"] = (pc.vectorizer, pc.model, _SigmoidEnsemble.of(pc.model))
     return _CACHE["model"]
 
 
 class _SigmoidEnsemble:
     """`CalibratedClassifierCV(LinearSVC, method="sigmoid").predict_proba(X)[:, 1]` for a binary model,
-    as one sparse product: mean over its k folds of expit(-(a_k (w_k . x + b_k) + c_k)). scikit-learn's
-    own call costs 17 ms per document here (its input checks, per fold and per call), this 1.7 ms with the
-TF-IDF transform (one document per call, load average ~10);
-    tests/test_langid_toxicity.py checks both agree to 1e-9 on real text."""
+        as one sparse product: mean over its k folds of expit(-(a_k (w_k . x + b_k) + c_k)). scikit-learn's
+        own call costs 17 ms per document here (its input checks, per fold and per call), this 1.7 ms with the
+    TF-IDF transform (one document per call, load average ~10);
+        tests/test_langid_toxicity.py checks both agree to 1e-9 on real text."""
 
     def __init__(self, w: np.ndarray, b: np.ndarray, a: np.ndarray, c: np.ndarray):
         self.w, self.b, self.a, self.c = w, b, a, c
 
     @classmethod
-    def of(cls, model) -> "_SigmoidEnsemble | None":
+    def of(cls, model) -> _SigmoidEnsemble | None:
         """The ensemble of `model`, or None when it is not a binary sigmoid-calibrated linear model."""
         folds = getattr(model, "calibrated_classifiers_", None)
         if getattr(model, "method", None) != "sigmoid" or list(getattr(model, "classes_", [])) != [0, 1] or not folds:

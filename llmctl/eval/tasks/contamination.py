@@ -48,8 +48,8 @@ def grams(ws: list[str], n: int) -> Iterable[tuple[str, ...]]:
 
 
 def eval_items(cfg: ContaminationConfig) -> tuple[list[str], list[dict[str, Any]]]:
-    from llmctl.store.dataset import fingerprint_file
     from llmctl.eval.tasks.mc import MCConfig, data_files, read_items
+    from llmctl.store.dataset import fingerprint_file
 
     p = Path(cfg.data)
     files = data_files(MCConfig(data=cfg.data)) if p.is_dir() else [p]
@@ -69,8 +69,9 @@ def eval_items(cfg: ContaminationConfig) -> tuple[list[str], list[dict[str, Any]
     return items, lineage
 
 
-def find_contaminated(items: list[str], train_texts: Iterable[str], n: int,
-                      on_batch: Any = None) -> tuple[set[int], int, int]:
+def find_contaminated(
+    items: list[str], train_texts: Iterable[str], n: int, on_batch: Any = None
+) -> tuple[set[int], int, int]:
     """(indices of items with an n-gram in the training texts, too-short items, training docs read)."""
     index: dict[tuple[str, ...], list[int]] = {}
     short = 0
@@ -125,14 +126,18 @@ def run(lm: Any, cfg: ContaminationConfig, batch_size: int, progress: Any = None
         raise UsageError(f"{cfg.data}: no eval items")
     if progress:
         progress.start(TASK, ds.num_rows)
-    hit, short, docs = find_contaminated(items, _train_texts(ds, decode), cfg.n,
-                                         progress.advance if progress else None)
+    hit, short, docs = find_contaminated(items, _train_texts(ds, decode), cfg.n, progress.advance if progress else None)
     if progress:
         progress.advance(docs % 1000)
     checked = len(items) - short
     return [
-        {"task": TASK, "metric": f"contaminated_{cfg.n}gram", "value": len(hit) / checked if checked else 0.0,
-         "stderr": None, "n": checked},
+        {
+            "task": TASK,
+            "metric": f"contaminated_{cfg.n}gram",
+            "value": len(hit) / checked if checked else 0.0,
+            "stderr": None,
+            "n": checked,
+        },
         {"task": TASK, "metric": "contaminated_items", "value": float(len(hit)), "stderr": None, "n": checked},
         {"task": TASK, "metric": "too_short_items", "value": float(short), "stderr": None, "n": len(items)},
         {"task": TASK, "metric": "train_documents", "value": float(docs), "stderr": None, "n": docs},

@@ -43,7 +43,7 @@ class DegenerationConfig:
 
 
 def ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def repetition_rate(words: list[str], n: int) -> float:
@@ -98,15 +98,28 @@ def run(lm: LM, cfg: DegenerationConfig, batch_size: int, progress: Any = None) 
         raise UsageError(f"{cfg.prompts}: no prompts")
     if progress:
         progress.start(TASK, len(prompts))
-    outs = lm.generate_many([lm.codec.encode(p) for p in prompts], cfg.max_new_tokens, temperature=cfg.temperature,
-                            top_k=cfg.top_k, top_p=cfg.top_p, seeds=[cfg.seed + i for i in range(len(prompts))],
-                            batch_size=batch_size, on_batch=(lambda n, t: progress.advance(n, t)) if progress else None)
+    outs = lm.generate_many(
+        [lm.codec.encode(p) for p in prompts],
+        cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        seeds=[cfg.seed + i for i in range(len(prompts))],
+        batch_size=batch_size,
+        on_batch=(lambda n, t: progress.advance(n, t)) if progress else None,
+    )
     conts: list[list[str]] = [lm.codec.decode(ids).split() for ids in outs]
     n = len(conts)
     reps = [repetition_rate(w, cfg.ngram) for w in conts]
     lens = [float(len(w)) for w in conts]
     return [
-        {"task": TASK, "metric": f"repetition_{cfg.ngram}", "value": sum(reps) / n, "stderr": mean_stderr(reps), "n": n},
+        {
+            "task": TASK,
+            "metric": f"repetition_{cfg.ngram}",
+            "value": sum(reps) / n,
+            "stderr": mean_stderr(reps),
+            "n": n,
+        },
         {"task": TASK, "metric": "distinct_1", "value": distinct(conts, 1), "stderr": None, "n": n},
         {"task": TASK, "metric": "distinct_2", "value": distinct(conts, 2), "stderr": None, "n": n},
         {"task": TASK, "metric": "mean_words", "value": sum(lens) / n, "stderr": mean_stderr(lens), "n": n},

@@ -90,14 +90,23 @@ def prompt_ids(lm: LM, question: str, shots: list[dict[str, Any]], fmt: str) -> 
     raise UsageError(f"exact_match.format must be plain or chat, got {fmt!r}")
 
 
-SAMPLES_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("prompt", pa.string()),
-                            ("output", pa.string()), ("prediction", pa.float64()), ("reference", pa.float64()),
-                            ("exact_match", pa.float64()), ("new_tokens", pa.int64())])
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("question", pa.string()),
+        ("prompt", pa.string()),
+        ("output", pa.string()),
+        ("prediction", pa.float64()),
+        ("reference", pa.float64()),
+        ("exact_match", pa.float64()),
+        ("new_tokens", pa.int64()),
+    ]
+)
 
 
 def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
-    from llmctl.store.dataset import fingerprint_file
     from llmctl.eval.runner import Samples
+    from llmctl.store.dataset import fingerprint_file
 
     rows = read_jsonl(cfg.data, cfg.limit)
     if not rows or any("question" not in r or "answer" not in r for r in rows):
@@ -108,9 +117,15 @@ def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) ->
         progress.start(TASK, len(rows))
     hits, lengths, samples = [], [], []
     prompts = [prompt_ids(lm, r["question"], shots, cfg.format) for r in rows]
-    outs = lm.generate_many(prompts, cfg.max_new_tokens, temperature=cfg.temperature,
-                            seeds=[cfg.seed + i for i in range(len(rows))], stop_text=stop_text, batch_size=batch_size,
-                            on_batch=(lambda n, t: progress.advance(n, t)) if progress else None)
+    outs = lm.generate_many(
+        prompts,
+        cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        seeds=[cfg.seed + i for i in range(len(rows))],
+        stop_text=stop_text,
+        batch_size=batch_size,
+        on_batch=(lambda n, t: progress.advance(n, t)) if progress else None,
+    )
     for i, (r, prompt, out) in enumerate(zip(rows, prompts, outs)):
         text = lm.codec.decode(out)
         for s in stop_text:
@@ -119,11 +134,31 @@ def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) ->
         pred = extract(text)
         hits.append(float(ref is not None and pred is not None and abs(pred - ref) < 1e-9))
         lengths.append(float(len(out)))
-        samples.append({"id": str(r.get("id", i)), "question": r["question"], "prompt": lm.codec.decode(prompt),
-                        "output": text, "prediction": pred, "reference": ref, "exact_match": hits[-1],
-                        "new_tokens": len(out)})
+        samples.append(
+            {
+                "id": str(r.get("id", i)),
+                "question": r["question"],
+                "prompt": lm.codec.decode(prompt),
+                "output": text,
+                "prediction": pred,
+                "reference": ref,
+                "exact_match": hits[-1],
+                "new_tokens": len(out),
+            }
+        )
     n = len(rows)
     lineage = [{"path": str(Path(cfg.data).resolve()), "stage": "file", "fingerprint": fingerprint_file(cfg.data)}]
-    return [{"task": TASK, "metric": "exact_match", "value": sum(hits) / n, "stderr": mean_stderr(hits), "n": n},
-            {"task": TASK, "metric": "mean_new_tokens", "value": sum(lengths) / n, "stderr": mean_stderr(lengths),
-             "n": n}], lineage, Samples(SAMPLES_SCHEMA, samples)
+    return (
+        [
+            {"task": TASK, "metric": "exact_match", "value": sum(hits) / n, "stderr": mean_stderr(hits), "n": n},
+            {
+                "task": TASK,
+                "metric": "mean_new_tokens",
+                "value": sum(lengths) / n,
+                "stderr": mean_stderr(lengths),
+                "n": n,
+            },
+        ],
+        lineage,
+        Samples(SAMPLES_SCHEMA, samples),
+    )

@@ -31,9 +31,9 @@ from llmctl.errors import UsageError
 
 def dpo_reference(model_path: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(reference lineage, DPO config) recorded by the DPO run of an llmctl checkpoint, else None."""
+    from llmctl.eval.lm import is_hf_dir
     from llmctl.model.checkpoint import resolve_checkpoint
     from llmctl.store.dataset import MANIFEST
-    from llmctl.eval.lm import is_hf_dir
 
     if is_hf_dir(model_path):
         return None
@@ -58,8 +58,10 @@ def _checked_reference(ref: dict[str, Any]) -> Path:
         raise UsageError(f"the DPO run's reference {p} is gone; pass one with --set prefs.reference=CKPT")
     p = resolve_checkpoint(p)
     if ref.get("fingerprint") and fingerprint_file(p / WEIGHTS) != ref["fingerprint"]:
-        raise UsageError(f"the DPO run's reference {p} has changed since (its weights' fingerprint differs); "
-                         "pass the original with --set prefs.reference=CKPT")
+        raise UsageError(
+            f"the DPO run's reference {p} has changed since (its weights' fingerprint differs); "
+            "pass the original with --set prefs.reference=CKPT"
+        )
     return p
 
 
@@ -71,15 +73,16 @@ def response_logps(lm: Any, tok: Any, pairs: list, max_len: int, batch_size: int
     for prompt, chosen, rejected in pairs:
         for e in encode_responses(tok, to_messages(prompt), [chosen, rejected], max_len):
             k = sum(e.mask)
-            assert all(e.mask[len(e.ids) - k:]), "the reply is the tail of the sequence"
+            assert all(e.mask[len(e.ids) - k :]), "the reply is the tail of the sequence"
             inputs.append(e.ids[:-1])
-            targets.append(e.ids[len(e.ids) - k:])
+            targets.append(e.ids[len(e.ids) - k :])
     vals = [math.fsum(v) for v, _ in lm.score(inputs, targets, batch_size)]
     return list(zip(vals[0::2], vals[1::2]))
 
 
-def implicit_metrics(model_path: str | Path, pairs: list, reference: str, batch_size: int, device: str = "cpu",
-                     policy: Any = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def implicit_metrics(
+    model_path: str | Path, pairs: list, reference: str, batch_size: int, device: str = "cpu", policy: Any = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(result rows, per-pair values, lineage of the policy and reference) for `pairs`; `policy` is
     MODEL already loaded as an `LlmctlLM` (the runner's), else it is loaded here."""
     from llmctl.eval.lm import LlmctlLM
@@ -104,12 +107,15 @@ def implicit_metrics(model_path: str | Path, pairs: list, reference: str, batch_
     per_pair = [{"logp_chosen": c, "logp_rejected": r} for c, r in pol]
     like = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in pol]
     n = len(pairs)
-    rows = [{"task": "prefs", "metric": "likelihood_accuracy", "value": sum(like) / n, "stderr": mean_stderr(like),
-             "n": n}]
+    rows = [
+        {"task": "prefs", "metric": "likelihood_accuracy", "value": sum(like) / n, "stderr": mean_stderr(like), "n": n}
+    ]
     if ref_path is not None:
         ref = LlmctlLM(ref_path, device)
         if ref.cfg.vocab_size != policy.cfg.vocab_size:
-            raise UsageError(f"reference {ref_path} has vocab_size {ref.cfg.vocab_size}, the model {policy.cfg.vocab_size}")
+            raise UsageError(
+                f"reference {ref_path} has vocab_size {ref.cfg.vocab_size}, the model {policy.cfg.vocab_size}"
+            )
         refl = response_logps(ref, tok, pairs, max_len, batch_size)
         lineage.append({**ref.lineage(), "stage": "reference"})
         h = [(pc - rc) - (pr - rr) for (pc, pr), (rc, rr) in zip(pol, refl)]
@@ -117,13 +123,27 @@ def implicit_metrics(model_path: str | Path, pairs: list, reference: str, batch_
         margin = [beta * x for x in h]
         ref_like = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in refl]
         for d, (rc, rr), (pc, pr) in zip(per_pair, refl, pol):
-            d.update(ref_logp_chosen=rc, ref_logp_rejected=rr, implicit_reward_chosen=beta * (pc - rc),
-                     implicit_reward_rejected=beta * (pr - rr))
+            d.update(
+                ref_logp_chosen=rc,
+                ref_logp_rejected=rr,
+                implicit_reward_chosen=beta * (pc - rc),
+                implicit_reward_rejected=beta * (pr - rr),
+            )
         rows += [
             {"task": "prefs", "metric": "implicit_accuracy", "value": sum(acc) / n, "stderr": mean_stderr(acc), "n": n},
-            {"task": "prefs", "metric": "implicit_margin", "value": sum(margin) / n, "stderr": mean_stderr(margin),
-             "n": n},
-            {"task": "prefs", "metric": "reference_likelihood_accuracy", "value": sum(ref_like) / n,
-             "stderr": mean_stderr(ref_like), "n": n},
+            {
+                "task": "prefs",
+                "metric": "implicit_margin",
+                "value": sum(margin) / n,
+                "stderr": mean_stderr(margin),
+                "n": n,
+            },
+            {
+                "task": "prefs",
+                "metric": "reference_likelihood_accuracy",
+                "value": sum(ref_like) / n,
+                "stderr": mean_stderr(ref_like),
+                "n": n,
+            },
         ]
     return rows, per_pair, lineage

@@ -142,8 +142,10 @@ def data_files(cfg: MCConfig) -> list[Path]:
     else:
         raise UsageError(f"{p}: no such multiple-choice file or directory")
     if not files:
-        raise UsageError(f"{p}: no .csv/.jsonl/.parquet files to score (subjects {cfg.subjects or 'all'}; "
-                         "*_dev files are the few-shot pool)")
+        raise UsageError(
+            f"{p}: no .csv/.jsonl/.parquet files to score (subjects {cfg.subjects or 'all'}; "
+            "*_dev files are the few-shot pool)"
+        )
     return files
 
 
@@ -160,12 +162,20 @@ def fewshot_file(cfg: MCConfig, f: Path) -> Path | None:
         if base.is_file():
             return base
         if base.is_dir():
-            matches = [g for g in sorted(base.iterdir()) if g.suffix in _FILES and _subject(g) == _subject(f)
-                       and g != f and (_split(g) == "dev" or base != f.parent)]
+            matches = [
+                g
+                for g in sorted(base.iterdir())
+                if g.suffix in _FILES
+                and _subject(g) == _subject(f)
+                and g != f
+                and (_split(g) == "dev" or base != f.parent)
+            ]
             if matches:
                 return matches[0]
-    raise UsageError(f"no few-shot (dev) file for subject {_subject(f)!r} beside {f} or in "
-                     f"{f.parent.parent / 'dev'} (set --set mc.fewshot_data=PATH)")
+    raise UsageError(
+        f"no few-shot (dev) file for subject {_subject(f)!r} beside {f} or in "
+        f"{f.parent.parent / 'dev'} (set --set mc.fewshot_data=PATH)"
+    )
 
 
 def doc_to_text(item: dict[str, Any]) -> str:
@@ -194,7 +204,7 @@ def encode_pair(lm: LM, context: str, continuation: str) -> tuple[list[int], lis
         context = context[:-n_spaces]
     whole = lm.codec.encode(context + continuation)
     ctx = lm.codec.encode(context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def mean_stderr(xs: list[float]) -> float:
@@ -205,12 +215,23 @@ def mean_stderr(xs: list[float]) -> float:
     return math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1) / n)
 
 
-SAMPLES_SCHEMA = pa.schema([
-    ("id", pa.string()), ("subject", pa.string()), ("question", pa.string()), ("context", pa.string()),
-    ("continuations", pa.list_(pa.string())), ("loglikelihoods", pa.list_(pa.float64())),
-    ("is_greedy", pa.list_(pa.bool_())), ("lengths", pa.list_(pa.int64())), ("pred", pa.int64()),
-    ("pred_norm", pa.int64()), ("gold", pa.int64()), ("acc", pa.float64()), ("acc_norm", pa.float64()),
-])
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("subject", pa.string()),
+        ("question", pa.string()),
+        ("context", pa.string()),
+        ("continuations", pa.list_(pa.string())),
+        ("loglikelihoods", pa.list_(pa.float64())),
+        ("is_greedy", pa.list_(pa.bool_())),
+        ("lengths", pa.list_(pa.int64())),
+        ("pred", pa.int64()),
+        ("pred_norm", pa.int64()),
+        ("gold", pa.int64()),
+        ("acc", pa.float64()),
+        ("acc_norm", pa.float64()),
+    ]
+)
 
 
 def choice_length(text: str, norm: str) -> int:
@@ -227,8 +248,8 @@ def argmax(xs: list[float]) -> int:
 
 
 def run(lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
-    from llmctl.store.dataset import fingerprint_file
     from llmctl.eval.runner import Samples
+    from llmctl.store.dataset import fingerprint_file
 
     choice_length("", cfg.norm)
     items, requests, lineage = [], [], []
@@ -239,8 +260,14 @@ def run(lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None) -> tuple[l
         for k, item in enumerate(read_items(f, cfg.limit)):
             ctx = build_context(item, _subject(f), shots, cfg.choices)
             conts = choice_strings(item, cfg.choices)
-            item.update(id=f"{f.stem}:{k}", subject=_subject(f), context=ctx, continuations=[" " + c for c in conts],
-                        first=len(requests), lengths=[choice_length(c, cfg.norm) for c in conts])
+            item.update(
+                id=f"{f.stem}:{k}",
+                subject=_subject(f),
+                context=ctx,
+                continuations=[" " + c for c in conts],
+                first=len(requests),
+                lengths=[choice_length(c, cfg.norm) for c in conts],
+            )
             requests += [encode_pair(lm, ctx, " " + c) for c in conts]
             items.append(item)
     if progress:
@@ -248,17 +275,32 @@ def run(lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None) -> tuple[l
     scored = lm.loglikelihood(requests, batch_size, progress.advance if progress else None)
     acc, acc_norm, samples = [], [], []
     for item in items:
-        part = scored[item["first"]: item["first"] + len(item["lengths"])]
+        part = scored[item["first"] : item["first"] + len(item["lengths"])]
         ll = [x for x, _ in part]
         pred = argmax(ll)
         pred_n = argmax([x / max(1, n) for x, n in zip(ll, item["lengths"])])
         acc.append(float(pred == item["label"]))
         acc_norm.append(float(pred_n == item["label"]))
-        samples.append({"id": item["id"], "subject": item["subject"], "question": item["question"],
-                        "context": item["context"], "continuations": item["continuations"], "loglikelihoods": ll,
-                        "is_greedy": [g for _, g in part], "lengths": item["lengths"], "pred": pred,
-                        "pred_norm": pred_n, "gold": item["label"], "acc": acc[-1], "acc_norm": acc_norm[-1]})
+        samples.append(
+            {
+                "id": item["id"],
+                "subject": item["subject"],
+                "question": item["question"],
+                "context": item["context"],
+                "continuations": item["continuations"],
+                "loglikelihoods": ll,
+                "is_greedy": [g for _, g in part],
+                "lengths": item["lengths"],
+                "pred": pred,
+                "pred_norm": pred_n,
+                "gold": item["label"],
+                "acc": acc[-1],
+                "acc_norm": acc_norm[-1],
+            }
+        )
     n = len(items)
-    rows = [{"task": TASK, "metric": m, "value": sum(v) / n, "stderr": mean_stderr(v), "n": n}
-            for m, v in (("acc", acc), ("acc_norm", acc_norm))]
+    rows = [
+        {"task": TASK, "metric": m, "value": sum(v) / n, "stderr": mean_stderr(v), "n": n}
+        for m, v in (("acc", acc), ("acc_norm", acc_norm))
+    ]
     return rows, lineage, Samples(SAMPLES_SCHEMA, samples)

@@ -81,24 +81,32 @@ def load_documents(lm: LM, cfg: PerplexityConfig) -> tuple[list[dict[str, Any]],
     if "input_ids" in ds.column_names:
         toks = [i.get("fingerprint") for i in ds.manifest.get("inputs", []) if i.get("stage") == "tokenizer"]
         if lm.codec.fingerprint and toks and lm.codec.fingerprint not in toks:
-            raise UsageError(f"{cfg.data}: was encoded with another tokenizer than the model's; "
-                             "score a documents dataset instead")
+            raise UsageError(
+                f"{cfg.data}: was encoded with another tokenizer than the model's; score a documents dataset instead"
+            )
         cols = ["input_ids"] + (["split"] if "split" in ds.column_names else []) + (["id"] if has_id else [])
         for row in ds.iter_rows(cols):
             if "split" in row and row["split"] != cfg.split:
                 continue
             ids = [int(i) for i in row["input_ids"]]
             text = lm.codec.decode(ids)
-            docs.append({"id": str(row.get("id", len(docs))), "text": text, "ids": ids,
-                         "bytes": len(text.encode("utf-8"))})
+            docs.append(
+                {"id": str(row.get("id", len(docs))), "text": text, "ids": ids, "bytes": len(text.encode("utf-8"))}
+            )
             if cfg.limit and len(docs) >= cfg.limit:
                 break
     elif "text" in ds.column_names:
         for row in ds.iter_rows(["text"] + (["id"] if has_id else [])):
             if not row["text"]:
                 continue
-            docs.append({"id": str(row.get("id", len(docs))), "text": row["text"], "ids": lm.codec.encode(row["text"]),
-                         "bytes": len(row["text"].encode("utf-8"))})
+            docs.append(
+                {
+                    "id": str(row.get("id", len(docs))),
+                    "text": row["text"],
+                    "ids": lm.codec.encode(row["text"]),
+                    "bytes": len(row["text"].encode("utf-8")),
+                }
+            )
             if cfg.limit and len(docs) >= cfg.limit:
                 break
     else:
@@ -108,8 +116,17 @@ def load_documents(lm: LM, cfg: PerplexityConfig) -> tuple[list[dict[str, Any]],
     return docs, ds.lineage()
 
 
-SAMPLES_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("tokens", pa.int64()), ("bytes", pa.int64()),
-                            ("words", pa.int64()), ("windows", pa.int64()), ("loglikelihood", pa.float64())])
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("tokens", pa.int64()),
+        ("bytes", pa.int64()),
+        ("words", pa.int64()),
+        ("windows", pa.int64()),
+        ("loglikelihood", pa.float64()),
+    ]
+)
 
 
 def run(lm: LM, cfg: PerplexityConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
@@ -130,7 +147,7 @@ def run(lm: LM, cfg: PerplexityConfig, batch_size: int, progress: Any = None) ->
         if n < 1:
             continue
         for a, s, e in windows(n, context, stride):
-            inputs.append(seq[a:e - 1])
+            inputs.append(seq[a : e - 1])
             targets.append(seq[s:e])
             owner.append(k)
             doc["windows"] += 1
@@ -149,15 +166,30 @@ def run(lm: LM, cfg: PerplexityConfig, batch_size: int, progress: Any = None) ->
     var = math.fsum((x - loss) ** 2 for x in nll) / max(1, n_tok - 1)
     n_bytes = sum(d["bytes"] for d in docs)
     words = [len(re.split(r"\s+", d["text"])) for d in docs]
-    samples = [{"id": d["id"], "text": d["text"], "tokens": len(v), "bytes": d["bytes"], "words": w,
-                "windows": d["windows"], "loglikelihood": math.fsum(v)} for d, v, w in zip(docs, per_doc, words)]
+    samples = [
+        {
+            "id": d["id"],
+            "text": d["text"],
+            "tokens": len(v),
+            "bytes": d["bytes"],
+            "words": w,
+            "windows": d["windows"],
+            "loglikelihood": math.fsum(v),
+        }
+        for d, v, w in zip(docs, per_doc, words)
+    ]
     rows = [
         {"task": TASK, "metric": "loss", "value": loss, "stderr": math.sqrt(var / n_tok), "n": n_tok},
         {"task": TASK, "metric": "perplexity", "value": math.exp(loss), "stderr": None, "n": n_tok},
         {"task": TASK, "metric": "bits_per_byte", "value": total / n_bytes / math.log(2), "stderr": None, "n": n_bytes},
         {"task": TASK, "metric": "byte_perplexity", "value": math.exp(total / n_bytes), "stderr": None, "n": n_bytes},
-        {"task": TASK, "metric": "word_perplexity", "value": math.exp(total / sum(words)), "stderr": None,
-         "n": sum(words)},
+        {
+            "task": TASK,
+            "metric": "word_perplexity",
+            "value": math.exp(total / sum(words)),
+            "stderr": None,
+            "n": sum(words),
+        },
         {"task": TASK, "metric": "documents", "value": float(len(docs)), "stderr": None, "n": len(docs)},
     ]
     return rows, [lineage], Samples(SAMPLES_SCHEMA, samples)

@@ -59,9 +59,9 @@ class WinrateConfig:
 
 def training_split(path: str | Path) -> tuple[float, int] | None:
     """(val_fraction, seed) a `llmctl reward` / `dpo` / `sft` run split its data with, if `path` is one."""
+    from llmctl.eval.lm import is_hf_dir
     from llmctl.model.checkpoint import resolve_checkpoint
     from llmctl.store.dataset import MANIFEST
-    from llmctl.eval.lm import is_hf_dir
 
     if not path or is_hf_dir(path):
         return None
@@ -72,8 +72,9 @@ def training_split(path: str | Path) -> tuple[float, int] | None:
     return float(cfg["val_fraction"]), int(cfg["train"]["seed"])
 
 
-def pref_rows(cfg: PrefsConfig, trained: tuple[float, int] | None = None
-              ) -> tuple[list[tuple[list[dict[str, str]], str, str]], dict[str, Any]]:
+def pref_rows(
+    cfg: PrefsConfig, trained: tuple[float, int] | None = None
+) -> tuple[list[tuple[list[dict[str, str]], str, str]], dict[str, Any]]:
     """The pairs to score; with split=val, rows without a split column are split by the same hash
     (val_fraction, seed) as the run that trained the model (`trained`), so held out means held out."""
     from llmctl.data.chat_data import _pref_row, read_rows, split_of
@@ -111,8 +112,8 @@ def is_reward_model(path: str | Path) -> bool:
     """An llmctl checkpoint (or run dir) whose weights have a score head."""
     from safetensors import safe_open
 
-    from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
     from llmctl.eval.lm import is_hf_dir
+    from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
 
     if is_hf_dir(path):
         return False
@@ -120,29 +121,48 @@ def is_reward_model(path: str | Path) -> bool:
         return "score_head.weight" in f.keys()
 
 
-PAIR_COLUMNS = ("reward_chosen", "reward_rejected", "logp_chosen", "logp_rejected", "ref_logp_chosen",
-                "ref_logp_rejected", "implicit_reward_chosen", "implicit_reward_rejected")
-SAMPLES_SCHEMA = pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]
-                           + [(c, pa.float64()) for c in PAIR_COLUMNS])
+PAIR_COLUMNS = (
+    "reward_chosen",
+    "reward_rejected",
+    "logp_chosen",
+    "logp_rejected",
+    "ref_logp_chosen",
+    "ref_logp_rejected",
+    "implicit_reward_chosen",
+    "implicit_reward_rejected",
+)
+SAMPLES_SCHEMA = pa.schema(
+    [("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]
+    + [(c, pa.float64()) for c in PAIR_COLUMNS]
+)
 
 
-def run_prefs(model_path: str, cfg: PrefsConfig, batch_size: int, progress: Any = None, device: str = "cpu",
-              lm: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
-    from llmctl.eval.tasks.implicit import implicit_metrics
+def run_prefs(
+    model_path: str, cfg: PrefsConfig, batch_size: int, progress: Any = None, device: str = "cpu", lm: Any = None
+) -> tuple[list[dict[str, Any]], list, Any]:
     from llmctl.eval.lm import is_hf_dir
     from llmctl.eval.runner import Samples
+    from llmctl.eval.tasks.implicit import implicit_metrics
 
     model_is_rm = is_reward_model(model_path)
     rm_path = cfg.reward_model or (model_path if model_is_rm else "")
     lm_metrics = not model_is_rm and not is_hf_dir(model_path)
     if not rm_path and not lm_metrics:
-        raise UsageError(f"{model_path}: a Hugging Face model directory has no prefs metrics of its own; "
-                         "pass --reward-model")
+        raise UsageError(
+            f"{model_path}: a Hugging Face model directory has no prefs metrics of its own; pass --reward-model"
+        )
     pairs, lineage = pref_rows(cfg, training_split(model_path) or training_split(rm_path))
     if progress:
         progress.start("prefs", len(pairs))
-    per_pair = [{"prompt": json.dumps(p, ensure_ascii=False) if not isinstance(p, str) else p, "chosen": c,
-                 "rejected": r, **dict.fromkeys(PAIR_COLUMNS)} for p, c, r in pairs]
+    per_pair = [
+        {
+            "prompt": json.dumps(p, ensure_ascii=False) if not isinstance(p, str) else p,
+            "chosen": c,
+            "rejected": r,
+            **dict.fromkeys(PAIR_COLUMNS),
+        }
+        for p, c, r in pairs
+    ]
     rows: list[dict[str, Any]] = []
     lineages = [lineage]
     n = len(pairs)
@@ -152,13 +172,15 @@ def run_prefs(model_path: str, cfg: PrefsConfig, batch_size: int, progress: Any 
         rm = _rm(rm_path, device)
         if rm_path != model_path:
             lineages.append(model_lineage(rm_path, "reward-model"))
-        rc, rr = rm.score_pairs([p for p, _, _ in pairs], [c for _, c, _ in pairs], [r for _, _, r in pairs],
-                                batch_size)
+        rc, rr = rm.score_pairs(
+            [p for p, _, _ in pairs], [c for _, c, _ in pairs], [r for _, _, r in pairs], batch_size
+        )
         acc = [float(a > b) for a, b in zip(rc, rr)]
         margin = [a - b for a, b in zip(rc, rr)]
-        rows += [{"task": "prefs", "metric": "accuracy", "value": sum(acc) / n, "stderr": mean_stderr(acc), "n": n},
-                 {"task": "prefs", "metric": "mean_margin", "value": sum(margin) / n, "stderr": mean_stderr(margin),
-                  "n": n}]
+        rows += [
+            {"task": "prefs", "metric": "accuracy", "value": sum(acc) / n, "stderr": mean_stderr(acc), "n": n},
+            {"task": "prefs", "metric": "mean_margin", "value": sum(margin) / n, "stderr": mean_stderr(margin), "n": n},
+        ]
         for d, a, b in zip(per_pair, rc, rr):
             d.update(reward_chosen=a, reward_rejected=b)
     if lm_metrics:
@@ -194,14 +216,20 @@ def read_prompts(path: str, limit: int) -> tuple[list[str], dict[str, Any]]:
 def respond(lm: Any, prompts: list[str], cfg: WinrateConfig, progress: Any, batch_size: int = 1) -> list[str]:
     if lm.codec.chat is None:
         raise UsageError(f"{lm.name}: its tokenizer has no chat template; winrate needs chat models")
-    outs = lm.generate_many([lm.codec.chat([{"role": "user", "content": p}]) for p in prompts], cfg.max_new_tokens,
-                            temperature=cfg.temperature, seeds=[cfg.seed + i for i in range(len(prompts))],
-                            batch_size=batch_size, on_batch=(lambda n, t: progress.advance(n, t)) if progress else None)
+    outs = lm.generate_many(
+        [lm.codec.chat([{"role": "user", "content": p}]) for p in prompts],
+        cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        seeds=[cfg.seed + i for i in range(len(prompts))],
+        batch_size=batch_size,
+        on_batch=(lambda n, t: progress.advance(n, t)) if progress else None,
+    )
     return [lm.codec.decode(ids).strip() for ids in outs]
 
 
-def run_winrate(lm: Any, cfg: WinrateConfig, batch_size: int, progress: Any = None,
-                device: str = "cpu") -> tuple[list[dict[str, Any]], list]:
+def run_winrate(
+    lm: Any, cfg: WinrateConfig, batch_size: int, progress: Any = None, device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list]:
     from llmctl.eval.lm import load_lm
 
     if not cfg.baseline:

@@ -32,7 +32,9 @@ class ValueHeadLM(Transformer):
         self.value_head = nn.Linear(cfg.d_model, 1, bias=False)
         nn.init.zeros_(self.value_head.weight)
 
-    def forward(self, input_ids: torch.Tensor, keep: torch.Tensor | None = None, return_values: bool = False, **kw: Any):
+    def forward(
+        self, input_ids: torch.Tensor, keep: torch.Tensor | None = None, return_values: bool = False, **kw: Any
+    ):
         if not return_values:
             return super().forward(input_ids, keep=keep, **kw)
         h = self.hidden_states(input_ids, kw.get("positions"), kw.get("doc_ids"))
@@ -73,17 +75,29 @@ class GRPO:
         out["adv"] = R.group_advantages(scores, cfg.num_generations, scale=cfg.scale_rewards)
         grp = scores.view(-1, cfg.num_generations)
         std = grp.std(dim=1)
-        stats = {"reward": scores.mean().item(), "reward_std": scores.std().item(),  # TRL's: over the whole rollout
-                 "reward_group_std": std.mean().item(),  # the mean of the groups' stds (what the advantages divide by)
-                 "frac_reward_zero_std": (std == 0).float().mean().item()}
+        stats = {
+            "reward": scores.mean().item(),
+            "reward_std": scores.std().item(),  # TRL's: over the whole rollout
+            "reward_group_std": std.mean().item(),  # the mean of the groups' stds (what the advantages divide by)
+            "frac_reward_zero_std": (std == 0).float().mean().item(),
+        }
         return out, stats
 
     def loss(self, model, b):
         cfg = self.cfg
         logp = completion_logps(model, b)
         old = b["old_logp"] if "old_logp" in b else logp.detach()
-        loss, st = R.grpo_loss(logp, old, b["adv"], b["cmask"], cfg.cliprange, cfg.beta, b.get("ref_logp"),
-                               cfg.loss_type, cfg.max_new_tokens)
+        loss, st = R.grpo_loss(
+            logp,
+            old,
+            b["adv"],
+            b["cmask"],
+            cfg.cliprange,
+            cfg.beta,
+            b.get("ref_logp"),
+            cfg.loss_type,
+            cfg.max_new_tokens,
+        )
         return loss, {**_stats_of(b), **st}
 
     def state_dict(self) -> dict[str, float]:
@@ -116,9 +130,14 @@ class PPO:
         mean_kl = seq_kl.mean().reshape(1).double().cpu()
         D.all_reduce_sum(mean_kl)
         self.kl_ctl.update(mean_kl.item() / D.info().world, scores.numel() * D.info().world)
-        stats = {"objective/kl": seq_kl.mean().item(), "objective/non_score_reward": non_score.mean().item(),
-                 "objective/scores": scores.mean().item(), "objective/rlhf_reward": (scores + non_score).mean().item(),
-                 "objective/kl_coef": beta, "val/mean_value": R.masked_mean(old_values, mask).item()}
+        stats = {
+            "objective/kl": seq_kl.mean().item(),
+            "objective/non_score_reward": non_score.mean().item(),
+            "objective/scores": scores.mean().item(),
+            "objective/rlhf_reward": (scores + non_score).mean().item(),
+            "objective/kl_coef": beta,
+            "val/mean_value": R.masked_mean(old_values, mask).item(),
+        }
         return {"old_logp": old_logp, "old_values": old_values, "returns": returns, "adv": adv}, stats
 
     def loss(self, model, b):
@@ -126,8 +145,13 @@ class PPO:
         logp, values = completion_logps(model, b, values=True)
         pg, st = R.ppo_policy_loss(logp, b["old_logp"], b["adv"], mask, cfg.cliprange)
         vf, st2 = R.ppo_value_loss(values, b["old_values"], b["returns"], mask, cfg.cliprange_value)
-        return pg + cfg.vf_coef * vf, {**_stats_of(b), **st, **st2, "loss/policy_avg": pg.detach(),
-                                       "loss/value_avg": vf.detach()}
+        return pg + cfg.vf_coef * vf, {
+            **_stats_of(b),
+            **st,
+            **st2,
+            "loss/policy_avg": pg.detach(),
+            "loss/value_avg": vf.detach(),
+        }
 
     def state_dict(self) -> dict[str, float]:
         return self.kl_ctl.state_dict()

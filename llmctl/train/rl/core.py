@@ -65,8 +65,9 @@ def ppo_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta
     return r
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages, returns) by generalized advantage estimation; 0 outside the mask."""
     m = mask.to(values.dtype)
     rewards, values = rewards * m, values * m
@@ -82,22 +83,26 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * m
 
 
-def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-                    clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     ratio = torch.exp(logp - old_logp)
     l1 = -adv * ratio
     l2 = -adv * torch.clamp(ratio, 1 - clip, 1 + clip)
     loss = masked_mean(torch.maximum(l1, l2), mask)
-    stats = {"policy/approxkl": 0.5 * masked_mean((logp - old_logp) ** 2, mask).detach(),
-             "policy/clipfrac": masked_mean((l2 > l1).float(), mask),
-             "policy/ratio_mean": masked_mean(ratio, mask).detach(),
-             "policy/ratio_min": ratio.detach().masked_fill(~mask, float("inf")).min(),
-             "policy/ratio_max": ratio.detach().masked_fill(~mask, float("-inf")).max()}
+    stats = {
+        "policy/approxkl": 0.5 * masked_mean((logp - old_logp) ** 2, mask).detach(),
+        "policy/clipfrac": masked_mean((l2 > l1).float(), mask),
+        "policy/ratio_mean": masked_mean(ratio, mask).detach(),
+        "policy/ratio_min": ratio.detach().masked_fill(~mask, float("inf")).min(),
+        "policy/ratio_max": ratio.detach().masked_fill(~mask, float("-inf")).max(),
+    }
     return loss, stats
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                   clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     clipped = torch.clamp(values, old_values - clip, old_values + clip)
     l1 = (values - returns) ** 2
     l2 = (clipped - returns) ** 2
@@ -114,9 +119,17 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
     return adv.reshape(-1)
 
 
-def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip: float,
-              beta: float = 0.0, ref_logp: torch.Tensor | None = None, loss_type: str = "grpo",
-              max_new_tokens: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+    beta: float = 0.0,
+    ref_logp: torch.Tensor | None = None,
+    loss_type: str = "grpo",
+    max_new_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO's clipped surrogate with a k3 KL term; `adv` is (B,) per completion."""
     ratio = torch.exp(logp - old_logp)
     a = adv[:, None].to(logp.dtype)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from llmctl.errors import UsageError
 from llmctl.eval.tasks.exact_match import extract
@@ -31,12 +32,19 @@ BUILTIN = ("rm", "exact_match", "format")
 _FORMAT = re.compile(r"####\s*-?\$?\d[\d,]*(?:\.\d+)?\s*$")
 
 
-def exact_match_reward(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any] | None = None,
-                       reference: Sequence[Any] | None = None, response: Sequence[Any] | None = None,
-                       **_: Any) -> list[float]:
+def exact_match_reward(
+    prompts: Sequence[Any],
+    completions: Sequence[str],
+    answer: Sequence[Any] | None = None,
+    reference: Sequence[Any] | None = None,
+    response: Sequence[Any] | None = None,
+    **_: Any,
+) -> list[float]:
     refs = next((c for c in (answer, reference, response) if c is not None), None)
     if refs is None:
-        raise UsageError("reward exact_match needs an `answer` (or `reference`, or SFT's `response`) column in the prompts")
+        raise UsageError(
+            "reward exact_match needs an `answer` (or `reference`, or SFT's `response`) column in the prompts"
+        )
     out = []
     for c, r in zip(completions, refs):
         want, got = extract(str(r)), extract(c)
@@ -80,8 +88,9 @@ class Rewards:
             else:
                 raise UsageError(f"unknown reward {n!r}; choose rm, exact_match, format or MODULE:FUNC")
 
-    def __call__(self, prompts: list[Any], completions: list[str], rows: list[dict[str, Any]],
-                 index: list[int]) -> tuple[list[float], dict[str, list[float]]]:
+    def __call__(
+        self, prompts: list[Any], completions: list[str], rows: list[dict[str, Any]], index: list[int]
+    ) -> tuple[list[float], dict[str, list[float]]]:
         """(total per completion, {reward name: values}); `index` is each item's prompt row index."""
         cols = {k: [r.get(k) for r in rows] for k in (rows[0] if rows else {}) if k not in ("prompt", "messages")}
         per: dict[str, list[float]] = {}
@@ -92,8 +101,9 @@ class Rewards:
         return total, per
 
     @staticmethod
-    def _call(name: str, fn: Callable, prompts: list[Any], completions: list[str], cols: dict[str, list],
-              index: list[int]) -> list[float]:
+    def _call(
+        name: str, fn: Callable, prompts: list[Any], completions: list[str], cols: dict[str, list], index: list[int]
+    ) -> list[float]:
         try:
             vals = list(fn(prompts=prompts, completions=completions, **cols))
         except UsageError:
@@ -101,8 +111,11 @@ class Rewards:
         except Exception:  # find the item: call it one at a time
             for i in range(len(completions)):
                 try:
-                    fn(prompts=prompts[i:i + 1], completions=completions[i:i + 1],
-                       **{k: v[i:i + 1] for k, v in cols.items()})
+                    fn(
+                        prompts=prompts[i : i + 1],
+                        completions=completions[i : i + 1],
+                        **{k: v[i : i + 1] for k, v in cols.items()},
+                    )
                 except Exception as e:
                     raise UsageError(f"reward {name} raised on prompt {index[i]}: {type(e).__name__}: {e}") from None
             raise

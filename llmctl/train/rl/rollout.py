@@ -20,16 +20,17 @@ with the same numbers as the uninterrupted run.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from llmctl.data.chat_data import read_rows, split_of, to_messages
-from llmctl.store.dataset import atomic_write_text
 from llmctl.errors import UsageError
 from llmctl.model.generate import generate_batch
+from llmctl.store.dataset import atomic_write_text
 from llmctl.train import distributed as D
 
 SAMPLES = "samples.jsonl"
@@ -58,17 +59,20 @@ def prompt_messages(row: dict[str, Any], where: str, index: int) -> list[dict[st
     return to_messages(text)
 
 
-def load_prompts(path: str | Path, tok: Any, max_prompt_len: int, val_fraction: float, seed: int
-                 ) -> tuple[list[Prompt], list[Prompt], dict[str, Any], dict[str, int]]:
+def load_prompts(
+    path: str | Path, tok: Any, max_prompt_len: int, val_fraction: float, seed: int
+) -> tuple[list[Prompt], list[Prompt], dict[str, Any], dict[str, int]]:
     """(train prompts, held-out prompts, lineage, counts); one-line errors for unusable data."""
     rows, lineage = read_rows(path)
     if not rows:
         raise UsageError(f"{path}: no prompts")
     cols = set(rows[0])
     if not cols & {"messages", *PROMPT_COLUMNS}:
-        raise UsageError(f"{path}: rl needs a `prompt` (or `messages`, GSM8K's `question`, AlpacaEval's "
-                         "`instruction`) column; "
-                         f"found {', '.join(sorted(cols)) or 'none'}")
+        raise UsageError(
+            f"{path}: rl needs a `prompt` (or `messages`, GSM8K's `question`, AlpacaEval's "
+            "`instruction`) column; "
+            f"found {', '.join(sorted(cols)) or 'none'}"
+        )
     out: dict[str, list[Prompt]] = {"train": [], "val": []}
     truncated = 0
     for i, r in enumerate(rows):
@@ -93,10 +97,10 @@ def sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: in
     cmask = torch.zeros((b, tc), dtype=torch.bool)
     keep = torch.zeros((b, t), dtype=torch.bool)  # positions whose next token is a completion token
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
-        comp[i, :len(c)] = torch.tensor(c, dtype=torch.long)
-        cmask[i, :len(c)] = True
-        keep[i, len(p) - 1:len(p) + len(c) - 1] = True
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        comp[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        cmask[i, : len(c)] = True
+        keep[i, len(p) - 1 : len(p) + len(c) - 1] = True
     return {"input_ids": ids, "keep": keep, "completion": comp, "cmask": cmask}
 
 
@@ -131,9 +135,9 @@ class PromptStream:
     def take(self) -> list[int]:
         if self.pos + self.k > self.n:
             self.epoch, self.pos = self.epoch + 1, 0
-        sl = self._perm()[self.pos:self.pos + self.k]
+        sl = self._perm()[self.pos : self.pos + self.k]
         self.pos += self.k
-        return sl[self.rank::self.world]
+        return sl[self.rank :: self.world]
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}
@@ -151,8 +155,16 @@ class RolloutBatches:
     `algo` supplies `prepare(model, rollout, plan0) -> (tensors, stats)`: the frozen per-rollout
     tensors (old log-probs computed over the micro-batches of `plan0`) and the rollout's metrics."""
 
-    def __init__(self, model: torch.nn.Module, prompts: list[Prompt], tok: Any, cfg: Any, algo: Any,
-                 rewards: Callable, accum: int):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        prompts: list[Prompt],
+        tok: Any,
+        cfg: Any,
+        algo: Any,
+        rewards: Callable,
+        accum: int,
+    ):
         d = D.info()
         self.model, self.prompts, self.tok, self.cfg, self.algo, self.rewards = model, prompts, tok, cfg, algo, rewards
         self.g = cfg.num_generations if cfg.algo == "grpo" else 1
@@ -178,10 +190,17 @@ class RolloutBatches:
         return b
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stream": self.stream.state_dict(), "gen": self.gen.get_state(), "rollout": dict(self.rollout),
-                "plan": torch.tensor(self.plan, dtype=torch.long) if self.plan else torch.zeros(0, dtype=torch.long),
-                "cursor": self.cursor, "rollouts": self.rollouts, "served": self.served,
-                "algo": self.algo.state_dict(), "samples": json.dumps(self.samples)}
+        return {
+            "stream": self.stream.state_dict(),
+            "gen": self.gen.get_state(),
+            "rollout": dict(self.rollout),
+            "plan": torch.tensor(self.plan, dtype=torch.long) if self.plan else torch.zeros(0, dtype=torch.long),
+            "cursor": self.cursor,
+            "rollouts": self.rollouts,
+            "served": self.served,
+            "algo": self.algo.state_dict(),
+            "samples": json.dumps(self.samples),
+        }
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         self.stream.load_state_dict(st["stream"])
@@ -199,38 +218,62 @@ class RolloutBatches:
         mine = [self.prompts[i] for i in self.stream.take()]
         items = [p for p in mine for _ in range(self.g)]  # a prompt's G completions adjacent
         was_training = self.model.training
-        out = generate_batch(self.model, [p.ids for p in items], cfg.max_new_tokens, cfg.temperature,
-                             cfg.top_k or None, cfg.top_p if cfg.top_p < 1 else None, generator=self.gen,
-                             stop_ids=tok.stop_ids, pad_id=tok.pad_id)
+        out = generate_batch(
+            self.model,
+            [p.ids for p in items],
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_k or None,
+            cfg.top_p if cfg.top_p < 1 else None,
+            generator=self.gen,
+            stop_ids=tok.stop_ids,
+            pad_id=tok.pad_id,
+        )
         self.model.train(was_training)
         comps = [c + ([s] if s is not None else []) for c, s in zip(out.tokens, out.stops)]  # the stop token is trained
         texts = [tok.decode(c) for c in out.tokens]
-        total, per = self.rewards([p.messages if len(p.messages) > 1 else p.messages[0]["content"] for p in items],
-                                  texts, [p.row for p in items], [p.index for p in items])
+        total, per = self.rewards(
+            [p.messages if len(p.messages) > 1 else p.messages[0]["content"] for p in items],
+            texts,
+            [p.row for p in items],
+            [p.index for p in items],
+        )
         ro = sequences([p.ids for p in items], comps, tok.pad_id)
         ro["scores"] = torch.tensor(total, dtype=torch.float32)
         ro["ended"] = torch.tensor(out.ended)
         n = len(items)
         g = torch.Generator().manual_seed(cfg.train.seed + 7919 * self.rollouts + D.info().rank)
         perms = [torch.randperm(n, generator=g).tolist() for _ in range(cfg.epochs)]
-        plan = [perm[s:s + self.mb] for perm in perms for s in range(0, n, self.mb)]
+        plan = [perm[s : s + self.mb] for perm in perms for s in range(0, n, self.mb)]
         ro = {k: v.to(self.device) for k, v in ro.items()}
         tensors, stats = self.algo.prepare(self.model, ro, plan[: n // self.mb])
         self.model.train(was_training)
         lengths = [len(c) for c in comps]  # with the stop token, as TRL counts
         stats.update({f"rewards/{k}/mean": sum(v) / len(v) for k, v in per.items()})
-        stats.update({"completions/mean_length": sum(lengths) / n, "completions/max_length": float(max(lengths)),
-                      "completions/min_length": float(min(lengths)),
-                      "completions/clipped_ratio": 1 - sum(out.ended) / n,
-                      "gen_tokens_per_s": out.tokens_per_s})
+        stats.update(
+            {
+                "completions/mean_length": sum(lengths) / n,
+                "completions/max_length": float(max(lengths)),
+                "completions/min_length": float(min(lengths)),
+                "completions/clipped_ratio": 1 - sum(out.ended) / n,
+                "gen_tokens_per_s": out.tokens_per_s,
+            }
+        )
         self.gen_tokens_per_s = out.tokens_per_s
         self._check_signal(stats)
         self.rollout = {**ro, **tensors, **{k: torch.tensor(float(v), device=self.device) for k, v in stats.items()}}
         self.plan, self.cursor = plan, 0
         self.rollouts += 1
-        self.samples = [{"prompt": items[i].messages[-1]["content"], "completion": texts[i], "reward": total[i],
-                         **{k: v[i] for k, v in per.items()}, "prompt_index": items[i].index}
-                        for i in range(min(len(items), cfg.log_samples))]
+        self.samples = [
+            {
+                "prompt": items[i].messages[-1]["content"],
+                "completion": texts[i],
+                "reward": total[i],
+                **{k: v[i] for k, v in per.items()},
+                "prompt_index": items[i].index,
+            }
+            for i in range(min(len(items), cfg.log_samples))
+        ]
 
     def _check_signal(self, stats: dict[str, float]) -> None:
         """One notice when GRPO has learned nothing from FLAT_ROLLOUTS rollouts in a row (every advantage 0)."""
@@ -240,11 +283,13 @@ class RolloutBatches:
         self.flat += 1
         if self.flat == FLAT_ROLLOUTS and not self.flat_warned:
             self.flat_warned = True
-            D.print0(f"rl: notice: in {FLAT_ROLLOUTS} rollouts in a row, each prompt's {self.g} completions got the same "
-                     f"reward (mean {stats['reward']:.3g}), so every advantage is 0 and the policy is not changing. "
-                     "Look at the completions (samples.jsonl, written at each evaluation): a reward that never "
-                     "fires needs a model that sometimes succeeds (SFT on the task first, raise --temperature or "
-                     "--num-generations); one that always fires has nothing left to teach")
+            D.print0(
+                f"rl: notice: in {FLAT_ROLLOUTS} rollouts in a row, each prompt's {self.g} completions got the same "
+                f"reward (mean {stats['reward']:.3g}), so every advantage is 0 and the policy is not changing. "
+                "Look at the completions (samples.jsonl, written at each evaluation): a reward that never "
+                "fires needs a model that sometimes succeeds (SFT on the task first, raise --temperature or "
+                "--num-generations); one that always fires has nothing left to teach"
+            )
 
 
 def write_samples(run_dir: Path, step: int, kind: str, samples: list[dict[str, Any]]) -> None:

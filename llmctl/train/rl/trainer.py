@@ -38,8 +38,17 @@ ALGOS = ("grpo", "ppo")
 
 
 def _rl_train() -> TrainConfig:
-    return TrainConfig(steps=100, batch_size=32, micro_batch=8, lr=1e-5, warmup_steps=0, schedule="constant",
-                       eval_every=20, ckpt_every=50, weight_decay=0.0)
+    return TrainConfig(
+        steps=100,
+        batch_size=32,
+        micro_batch=8,
+        lr=1e-5,
+        warmup_steps=0,
+        schedule="constant",
+        eval_every=20,
+        ckpt_every=50,
+        weight_decay=0.0,
+    )
 
 
 @dataclass
@@ -70,7 +79,9 @@ class RLConfig:
     scale_rewards: bool = True  # GRPO: divide by the group's std (Dr. GRPO: false)
     val_fraction: float = 0.05
     val_limit: int = 32
-    val_temperature: float = 0.0  # held-out answers: 0 = greedy; > 0 samples val_samples answers a prompt (same seed each time)
+    val_temperature: float = (
+        0.0  # held-out answers: 0 = greedy; > 0 samples val_samples answers a prompt (same seed each time)
+    )
     val_samples: int = 1
     log_samples: int = 4  # rollout completions written to samples.jsonl at each evaluation
     train: TrainConfig = field(default_factory=_rl_train)
@@ -83,8 +94,10 @@ class RLConfig:
         if self.beta is None:
             self.beta = 0.04 if self.algo == "grpo" else 0.05
         if self.algo == "grpo" and self.num_generations < 2:
-            raise UsageError(f"--algo grpo needs --num-generations 2 or more (got {self.num_generations}): "
-                             "a group of one completion has no advantage")
+            raise UsageError(
+                f"--algo grpo needs --num-generations 2 or more (got {self.num_generations}): "
+                "a group of one completion has no advantage"
+            )
         if self.kl_estimator not in ("k1", "k3"):
             raise UsageError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1 or k3")
         if self.loss_type not in ("grpo", "bnpo", "dr_grpo"):
@@ -107,11 +120,14 @@ class RLConfig:
         if self.rollout_prompts % world:
             raise UsageError(f"rollout_prompts {self.rollout_prompts} is not a multiple of {world} rank(s)")
         if n % t.batch_size:
-            raise UsageError(f"a rollout of {n} completions ({self.rollout_prompts} prompts x {self.group}) "
-                             f"is not a multiple of --batch-size {t.batch_size}")
+            raise UsageError(
+                f"a rollout of {n} completions ({self.rollout_prompts} prompts x {self.group}) "
+                f"is not a multiple of --batch-size {t.batch_size}"
+            )
         if (n // world) % t.micro_batch:
-            raise UsageError(f"a rank's {n // world} completions per rollout are not a multiple of --micro-batch "
-                             f"{t.micro_batch}")
+            raise UsageError(
+                f"a rank's {n // world} completions per rollout are not a multiple of --micro-batch {t.micro_batch}"
+            )
         return t.grad_accum(world)
 
 
@@ -120,28 +136,39 @@ def _val_prompt(p: Prompt) -> Any:
 
 
 @torch.no_grad()
-def held_out_reward(model: torch.nn.Module, prompts: list[Prompt], tok: Any, rewards: Rewards, cfg: RLConfig,
-                    batch: int = 32) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def held_out_reward(
+    model: torch.nn.Module, prompts: list[Prompt], tok: Any, rewards: Rewards, cfg: RLConfig, batch: int = 32
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """This rank's share of `prompts` answered greedily (or, with val_temperature > 0, val_samples
     sampled answers each, from the same seed at every evaluation): summed rewards (all-reduced) -> means,
     and samples."""
     d = D.info()
-    mine = [p for p in prompts[d.rank::d.world] for _ in range(cfg.val_samples if cfg.val_temperature > 0 else 1)]
+    mine = [p for p in prompts[d.rank :: d.world] for _ in range(cfg.val_samples if cfg.val_temperature > 0 else 1)]
     names = rewards.names
     tot = torch.zeros(3 + len(names), dtype=torch.float64)
     samples = []
     gen = torch.Generator(device=d.device).manual_seed(cfg.train.seed + 2000 + d.rank)
     for s in range(0, len(mine), batch):
-        chunk = mine[s:s + batch]
-        out = generate_batch(model, [p.ids for p in chunk], cfg.max_new_tokens, temperature=cfg.val_temperature,
-                             top_k=cfg.top_k or None, top_p=cfg.top_p if cfg.top_p < 1 else None, generator=gen,
-                             stop_ids=tok.stop_ids, pad_id=tok.pad_id)
+        chunk = mine[s : s + batch]
+        out = generate_batch(
+            model,
+            [p.ids for p in chunk],
+            cfg.max_new_tokens,
+            temperature=cfg.val_temperature,
+            top_k=cfg.top_k or None,
+            top_p=cfg.top_p if cfg.top_p < 1 else None,
+            generator=gen,
+            stop_ids=tok.stop_ids,
+            pad_id=tok.pad_id,
+        )
         texts = [tok.decode(t) for t in out.tokens]
         total, per = rewards([_val_prompt(p) for p in chunk], texts, [p.row for p in chunk], [p.index for p in chunk])
         length = sum(len(t) + (stop is not None) for t, stop in zip(out.tokens, out.stops))  # stop token counted
         tot += torch.tensor([sum(total), len(chunk), length] + [sum(per[n]) for n in names], dtype=torch.float64)
-        samples += [{"prompt": p.messages[-1]["content"], "completion": t, "reward": r, "prompt_index": p.index}
-                    for p, t, r in zip(chunk, texts, total)]
+        samples += [
+            {"prompt": p.messages[-1]["content"], "completion": t, "reward": r, "prompt_index": p.index}
+            for p, t, r in zip(chunk, texts, total)
+        ]
     D.all_reduce_sum(tot)
     n = max(tot[1].item(), 1.0)
     res = {"val_reward": tot[0].item() / n, "val_completions/mean_length": tot[2].item() / n}
@@ -174,13 +201,21 @@ def _scorer(cfg: RLConfig, tok: Any, device: Any):
     ck = resolve_checkpoint(cfg.reward_model)
     scorer = load_reward_model(ck, device=str(device))
     if scorer.tok.fingerprint != tok.fingerprint:
-        raise UsageError(f"reward model {cfg.reward_model} has another tokenizer than the policy "
-                         f"({scorer.tok.fingerprint[:12]} vs {tok.fingerprint[:12]}): train it from the same SFT run")
+        raise UsageError(
+            f"reward model {cfg.reward_model} has another tokenizer than the policy "
+            f"({scorer.tok.fingerprint[:12]} vs {tok.fingerprint[:12]}): train it from the same SFT run"
+        )
     return scorer, {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(ck / WEIGHTS)}
 
 
-def run_rl(prompts: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg: RLConfig, resume: bool = False,
-           overwrite: bool = False) -> dict[str, Any]:
+def run_rl(
+    prompts: str | Path,
+    from_ckpt: str | Path,
+    run_dir: str | Path,
+    cfg: RLConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """RL fine-tuning of a (usually SFT) checkpoint on prompts; returns the loop summary."""
     from llmctl.train.rl.algos import GRPO, PPO
 
@@ -215,13 +250,30 @@ def run_rl(prompts: str | Path, from_ckpt: str | Path, run_dir: str | Path, cfg:
             write_samples(run_path, step, "held_out", samples[: cfg.log_samples])
         return res
 
-    D.print0(f"rl: {cfg.algo}, {counts['train']:,} train / {len(val):,} held-out prompts; rollouts of "
-             f"{cfg.rollout_prompts} prompts x {cfg.group}, {cfg.epochs} epoch(s), "
-             f"{cfg.epochs * cfg.rollout_prompts * cfg.group // cfg.train.batch_size} step(s) per rollout; "
-             f"rewards {', '.join(cfg.reward)}; beta {cfg.beta}" + ("" if ref is not None else " (no reference kept)")
-             + (f"; held-out reward at start {counts['val_reward_start']:.4f}" if val else ""))
+    D.print0(
+        f"rl: {cfg.algo}, {counts['train']:,} train / {len(val):,} held-out prompts; rollouts of "
+        f"{cfg.rollout_prompts} prompts x {cfg.group}, {cfg.epochs} epoch(s), "
+        f"{cfg.epochs * cfg.rollout_prompts * cfg.group // cfg.train.batch_size} step(s) per rollout; "
+        f"rewards {', '.join(cfg.reward)}; beta {cfg.beta}"
+        + ("" if ref is not None else " (no reference kept)")
+        + (f"; held-out reward at start {counts['val_reward_start']:.4f}" if val else "")
+    )
     inputs = [data_lineage, ck_lineage] + ([rm_lineage] if rm_lineage else [])
-    summary = run_training("rl", model, mc, tok, cfg, run_dir, inputs, algo.loss, batches,
-                           evaluate if val else None, counts, resume, overwrite, extra={"algo": cfg.algo},
-                           seq_len=cfg.max_prompt_len + cfg.max_new_tokens)
+    summary = run_training(
+        "rl",
+        model,
+        mc,
+        tok,
+        cfg,
+        run_dir,
+        inputs,
+        algo.loss,
+        batches,
+        evaluate if val else None,
+        counts,
+        resume,
+        overwrite,
+        extra={"algo": cfg.algo},
+        seq_len=cfg.max_prompt_len + cfg.max_new_tokens,
+    )
     return {**summary, "data": counts}

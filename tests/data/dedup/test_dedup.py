@@ -18,12 +18,13 @@ import pytest
 from llmctl.data.dedup import base as D
 from llmctl.data.dedup import run as dedup_run
 from llmctl.data.filter import FilterConfig, run_filter
-from llmctl.store.dataset import Dataset
 from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset
 
 HQ = Path("tests/fixtures/quality_hq.jsonl.gz")  # real pages from ../shared/data/crawl (tests/fixtures/README.md)
-BOILERPLATE = ("This page is part of the archive. All content is provided as is. "
-               "Please report broken links to the maintainers.")
+BOILERPLATE = (
+    "This page is part of the archive. All content is provided as is. Please report broken links to the maintainers."
+)
 
 
 def real_pages(n: int) -> list[dict]:
@@ -54,21 +55,37 @@ def corpus(tmp_path_factory) -> dict:
     assert len(pages) == 12
     orig = [{"id": f"orig{i}", "text": p["text"]} for i, p in enumerate(pages[:8])]
     boiler = [{"id": f"boiler{i}", "text": p["text"] + "\n" + BOILERPLATE} for i, p in enumerate(pages[8:12])]
-    exact = [{"id": "exact0", "text": orig[0]["text"].upper().replace("\n", "  \n ")},  # case + whitespace
-             {"id": "exact1", "text": orig[5]["text"].replace(", ", " ,  ")},  # punctuation spacing
-             {"id": "exact2", "text": orig[5]["text"]}]
-    near = [{"id": "near0", "text": edit_words(orig[1]["text"], 3, 0)},
-            {"id": "near1", "text": edit_words(orig[6]["text"], 2, 1)},
-            {"id": "near2", "text": edit_words(orig[6]["text"], 4, 2)}]
-    shards = [orig[:4] + boiler[:2], orig[4:6] + exact[:2] + [near[0]] + boiler[2:],
-              orig[6:] + [exact[2], near[1], near[2]]]
+    exact = [
+        {"id": "exact0", "text": orig[0]["text"].upper().replace("\n", "  \n ")},  # case + whitespace
+        {"id": "exact1", "text": orig[5]["text"].replace(", ", " ,  ")},  # punctuation spacing
+        {"id": "exact2", "text": orig[5]["text"]},
+    ]
+    near = [
+        {"id": "near0", "text": edit_words(orig[1]["text"], 3, 0)},
+        {"id": "near1", "text": edit_words(orig[6]["text"], 2, 1)},
+        {"id": "near2", "text": edit_words(orig[6]["text"], 4, 2)},
+    ]
+    shards = [
+        orig[:4] + boiler[:2],
+        orig[4:6] + exact[:2] + [near[0]] + boiler[2:],
+        orig[6:] + [exact[2], near[1], near[2]],
+    ]
     paths = []
     for i, rows in enumerate(shards):
         p = d / f"shard-{i}.jsonl"
         p.write_text("".join(json.dumps(r) + "\n" for r in rows))
         paths.append(str(p))
-    return {"paths": paths, "dups": {"exact0": "orig0", "exact1": "orig5", "exact2": "orig5",
-                                     "near0": "orig1", "near1": "orig6", "near2": "orig6"}}
+    return {
+        "paths": paths,
+        "dups": {
+            "exact0": "orig0",
+            "exact1": "orig5",
+            "exact2": "orig5",
+            "near0": "orig1",
+            "near1": "orig6",
+            "near2": "orig6",
+        },
+    }
 
 
 def kept_ids(out: Path) -> set[str]:
@@ -107,7 +124,9 @@ def test_planted_duplicates_removed_boilerplate_kept(corpus, tmp_path):
     rows = {r["row"]: r for r in m["stats"]["funnel"]}
     assert rows["rejected.dedup.exact"]["docs"] == 3 and rows["rejected.dedup.minhash"]["docs"] == 3
     assert rows["read"]["docs"] == rows["kept"]["docs"] + 6 == 18
-    assert rows["read"]["bytes"] == rows["kept"]["bytes"] + sum(r["bytes"] for k, r in rows.items() if k.startswith("rejected."))
+    assert rows["read"]["bytes"] == rows["kept"]["bytes"] + sum(
+        r["bytes"] for k, r in rows.items() if k.startswith("rejected.")
+    )
     assert m["stats"]["counters"]["dedup.c4_span.docs_edited"] == 3
     assert not (tmp_path / "out" / "_work").exists()
 

@@ -13,12 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from test_dedup import BOILERPLATE, cfg, edit_words, real_pages, rejected
 
-from llmctl.store import fs
 from llmctl.data.dedup import base as D
 from llmctl.data.dedup import run as dedup_run
 from llmctl.data.dedup import shuffle as dedup_shuffle
 from llmctl.data.filter import run_filter
 from llmctl.errors import UsageError
+from llmctl.store import fs
+
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
 
 
 def _shingles(text: str) -> set[bytes]:
@@ -47,8 +49,12 @@ def chain(tmp_path_factory) -> dict:
     shards = [
         [{"id": "A", "text": a}, {"id": "D1", "text": p[2]}, {"id": "N1", "text": p[3]}],
         [{"id": "B", "text": b}, {"id": "N2", "text": near}, {"id": "K1", "text": p[4] + "\n" + BOILERPLATE}],
-        [{"id": "C", "text": c}, {"id": "Cx", "text": c.upper()}, {"id": "K2", "text": p[5] + "\n" + BOILERPLATE},
-         {"id": "D2", "text": p[2].replace(" ", "  ")}],
+        [
+            {"id": "C", "text": c},
+            {"id": "Cx", "text": c.upper()},
+            {"id": "K2", "text": p[5] + "\n" + BOILERPLATE},
+            {"id": "D2", "text": p[2].replace(" ", "  ")},
+        ],
     ]
     paths = []
     for i, rows in enumerate(shards):
@@ -85,7 +91,9 @@ def test_clusters_across_partitions(chain, tmp_path):
     }
     kept = {i for f in (tmp_path / "out").glob("part-*.parquet") for i in pq.read_table(f).column("id").to_pylist()}
     assert kept == {"A", "D1", "N1", "K1", "K2"}
-    texts = {r["id"]: r["text"] for f in (tmp_path / "out").glob("part-*.parquet") for r in pq.read_table(f).to_pylist()}
+    texts = {
+        r["id"]: r["text"] for f in (tmp_path / "out").glob("part-*.parquet") for r in pq.read_table(f).to_pylist()
+    }
     assert BOILERPLATE in texts["K1"] and BOILERPLATE not in texts["K2"]  # the span's later copy is cut
 
 
@@ -204,7 +212,10 @@ def test_shuffle_on_ray_equals_local(chain, tmp_path):
     ray = pytest.importorskip("ray")
     extra = {"toxicity": True, "line": True, "line_max_docs": 1}
     local = run(chain["paths"], tmp_path / "local", parts=1, **extra)
-    assert local["stats"]["counters"]["dedup.line.docs_edited"] >= 1 and local["stats"]["counters"]["toxicity.scored"] == 10
+    assert (
+        local["stats"]["counters"]["dedup.line.docs_edited"] >= 1
+        and local["stats"]["counters"]["toxicity.scored"] == 10
+    )
     try:
         run(chain["paths"], tmp_path / "ray", parts=5, workers=2, executor="ray", **extra)
     finally:
@@ -223,11 +234,28 @@ def test_cli_dedup_partitions_flag(chain, tmp_path):
 
     from llmctl.cli import app
 
-    r = CliRunner().invoke(app, ["filter", *chain["paths"], "-o", str(tmp_path / "out"), "--no-c4", "--no-gopher",
-                                 "--dedup-partitions", "3", "--keep-work", "--workers", "1"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "filter",
+            *chain["paths"],
+            "-o",
+            str(tmp_path / "out"),
+            "--no-c4",
+            "--no-gopher",
+            "--dedup-partitions",
+            "3",
+            "--keep-work",
+            "--workers",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "out" / "_work" / "groups").glob("pairs-*.parquet")) == [
-        "pairs-00000.parquet", "pairs-00001.parquet", "pairs-00002.parquet"]
+        "pairs-00000.parquet",
+        "pairs-00001.parquet",
+        "pairs-00002.parquet",
+    ]
     r = CliRunner().invoke(app, ["filter", *chain["paths"], "-o", str(tmp_path / "bad"), "--dedup-partitions", "0"])
     assert isinstance(r.exception, UsageError) and "dedup.partitions" in str(r.exception)  # main() prints it, exit 2
 

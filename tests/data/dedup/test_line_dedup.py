@@ -31,10 +31,17 @@ def shards(tmp_path_factory) -> list[str]:
     p = paragraphs(8)
     short = " ".join(p[7].split()[:40])  # 40 words + the menu's 10 = 50: passes Gopher's 50, not once cut
     rows = [
-        [{"id": "a", "text": f"{MENU}\n{p[0]}\n{SHARED}"}, {"id": "b", "text": f"{p[1]}\n{MENU}"},
-         {"id": "c", "text": f"{MENU}\n{p[2]}\n{MENU}"}],
-        [{"id": "d", "text": f"{p[3]}\n{SHARED}"}, {"id": "e", "text": f"{p[4]}\n\n{MENU.upper()}!"},
-         {"id": "f", "text": p[5]}, {"id": "short", "text": f"{short}\n{MENU.lower()}"}],
+        [
+            {"id": "a", "text": f"{MENU}\n{p[0]}\n{SHARED}"},
+            {"id": "b", "text": f"{p[1]}\n{MENU}"},
+            {"id": "c", "text": f"{MENU}\n{p[2]}\n{MENU}"},
+        ],
+        [
+            {"id": "d", "text": f"{p[3]}\n{SHARED}"},
+            {"id": "e", "text": f"{p[4]}\n\n{MENU.upper()}!"},
+            {"id": "f", "text": p[5]},
+            {"id": "short", "text": f"{short}\n{MENU.lower()}"},
+        ],
     ]
     paths = []
     for i, r in enumerate(rows):

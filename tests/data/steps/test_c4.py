@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from llmctl.data.document import Document
 from llmctl.data.steps.c4 import (
     BadWords,
     C4Config,
@@ -21,7 +22,6 @@ from llmctl.data.steps.c4 import (
     default_badwords,
     load_badwords,
 )
-from llmctl.data.document import Document
 
 # Real TinyStories lines (each ends in terminal punctuation and has >= 5 words).
 STORY = [

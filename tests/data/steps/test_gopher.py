@@ -33,7 +33,7 @@ P2 = (
 )
 P3 = (
     "Roxy told Billy about the icy hill and how she couldn't climb it. Billy said, \"I have an idea! Let's find "
-    "some big leaves to put under your feet. They will help you climb the icy hill.\" Roxy and Billy looked for "
+    'some big leaves to put under your feet. They will help you climb the icy hill." Roxy and Billy looked for '
     "big leaves and found some. Roxy put the leaves under her feet and tried to climb the icy hill again."
 )
 P4 = (
@@ -112,8 +112,11 @@ def test_avg_word_length():
     short = " ".join(["I am a cat and so is he. We go to the sea."] * 6)
     assert quality(short) == "gopher.avg_word_length"
     long = " ".join(
-        ["Internationalization and standardization of telecommunications infrastructure is extraordinarily "
-         "complicated."] * 8
+        [
+            "Internationalization and standardization of telecommunications infrastructure is extraordinarily "
+            "complicated."
+        ]
+        * 8
     )
     assert quality(long) == "gopher.avg_word_length"
     assert quality(long, max_avg_word_length=0) is None
@@ -160,7 +163,7 @@ def test_alpha_words():
 def test_stop_words():
     text = (
         "Roxy climbed trees, rocks, hills. Billy sang songs all day long. Roxy found an icy hill. "
-        "She tried again, but kept falling down. Roxy was sad. Billy said, \"I know! Let's find big leaves.\" "
+        'She tried again, but kept falling down. Roxy was sad. Billy said, "I know! Let\'s find big leaves." '
         "Roxy put leaves under her feet. This time Roxy did not slip. She reached its top. Roxy was so happy! "
         "Roxy learned something: a little help from a friend can do wonders."
     )
@@ -288,5 +291,7 @@ def test_50k_word_pages():
     # Worst case for the n-gram scans: a highly repeated page with every rule run to the end.
     page = " ".join([ROXY] * 230)  # ~ 50k words
     ones = {"dup_line_frac": 0, "dup_para_frac": 0, "dup_line_char_frac": 0, "dup_para_char_frac": 0}
-    assert repetition(page, **ones, top_n_grams=[[2, 1], [3, 1], [4, 1]],
-                      dup_n_grams=[[n, 1.0] for n in range(5, 11)]) is None
+    assert (
+        repetition(page, **ones, top_n_grams=[[2, 1], [3, 1], [4, 1]], dup_n_grams=[[n, 1.0] for n in range(5, 11)])
+        is None
+    )

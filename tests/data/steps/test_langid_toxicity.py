@@ -14,9 +14,11 @@ from llmctl.errors import UsageError
 
 DATA = Path(__file__).parents[2] / "fixtures"
 PAGES = DATA / "charset_pages.warc.gz"  # real crawl pages: English news and docs, a German sports page
-STORY = ("Once upon a time, there was a little girl named Lily who loved to play in the garden with her dog. "
-         "Every morning she would walk to the old oak tree and look for the birds that lived in its branches. "
-         "One day she found a small bird that could not fly, and she carried it home in her hands very gently.")
+STORY = (
+    "Once upon a time, there was a little girl named Lily who loved to play in the garden with her dog. "
+    "Every morning she would walk to the old oak tree and look for the birds that lived in its branches. "
+    "One day she found a small bird that could not fly, and she carried it home in her hands very gently."
+)
 # A human turn of HH-RLHF's harmless-base test split (../shared/data/prefs, tests/fixtures/hh_rlhf_harmless_base_test_head40.jsonl)
 INSULT = "Fyck of you fuck"
 
@@ -30,7 +32,9 @@ def cfg(**kw) -> FilterConfig:
 
 def rows(out: Path, rejected: bool = False) -> dict[str, dict]:
     d = Path(f"{out}.rejected") if rejected else out
-    return {r["url"] or r["text"][:20]: r for f in sorted(d.glob("part-*.parquet")) for r in pq.read_table(f).to_pylist()}
+    return {
+        r["url"] or r["text"][:20]: r for f in sorted(d.glob("part-*.parquet")) for r in pq.read_table(f).to_pylist()
+    }
 
 
 def test_langid_keeps_english_drops_german(tmp_path):

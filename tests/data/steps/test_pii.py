@@ -61,8 +61,11 @@ NOT_PII = [
 PII = [
     ("Write to john.doe@example.com today.", "Write to <EMAIL> today.", (1, 0, 0)),
     ("Or first+tag@sub.domain.co.uk.", "Or <EMAIL>.", (1, 0, 0)),
-    ("Mail Jane_O'Neil? No: jane_oneil@uni-bonn.de, or MAX.MUSTER@GMX.NET.",
-     "Mail Jane_O'Neil? No: <EMAIL>, or <EMAIL>.", (2, 0, 0)),
+    (
+        "Mail Jane_O'Neil? No: jane_oneil@uni-bonn.de, or MAX.MUSTER@GMX.NET.",
+        "Mail Jane_O'Neil? No: <EMAIL>, or <EMAIL>.",
+        (2, 0, 0),
+    ),
     ("Call (555) 123-4567 now.", "Call <PHONE> now.", (0, 1, 0)),
     ("Call 555-123-4567 or 555.123.4567.", "Call <PHONE> or <PHONE>.", (0, 2, 0)),
     ("Call +1 555 123 4567 or 1-800-555-0199.", "Call <PHONE> or <PHONE>.", (0, 2, 0)),

@@ -4,10 +4,10 @@ error with nothing written, a tiny GRPO run raises its held-out reward, and resu
 import json
 
 import pytest
-import torch
-
 import rl_helpers as H
-from align_helpers import tokenizer, write_jsonl
+import torch
+from align_helpers import write_jsonl
+
 from llmctl.errors import UsageError
 from llmctl.train import distributed as D
 from llmctl.train.rl.trainer import run_rl
@@ -18,10 +18,10 @@ def records(run):
 
 
 def test_first_ppo_epoch_has_ratio_one_and_zero_kl_at_the_reference(tmp_path):
-    from llmctl.train.rl.trainer import _load_policy
     from llmctl.train.rl.algos import PPO
     from llmctl.train.rl.rewards import Rewards
     from llmctl.train.rl.rollout import RolloutBatches, load_prompts
+    from llmctl.train.rl.trainer import _load_policy
     from llmctl.train.sft import load_start
 
     ck, prompts = H.setup(tmp_path)
@@ -63,7 +63,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
         from llmctl.tokenizer.spm import Tokenizer
         from llmctl.train.reward import RewardModel
 
-        other = Tokenizer.train([f"{w} {i}" for i in range(300) for w in ("alpha", "beta", "gamma", "delta")], vocab_size=380)
+        other = Tokenizer.train(
+            [f"{w} {i}" for i in range(300) for w in ("alpha", "beta", "gamma", "delta")], vocab_size=380
+        )
         other.save(tmp_path / "other_tok")
         mc = ModelConfig(vocab_size=other.vocab_size, n_layer=1, n_head=2, d_model=16, max_seq_len=128)
         save_checkpoint(tmp_path / "rm", RewardModel(mc), mc, other.path)
@@ -99,7 +101,9 @@ def test_tiny_grpo_run_raises_the_held_out_reward(tmp_path):
     from llmctl.report.build import build_report
 
     page = build_report(tmp_path, tmp_path / "report").read_text()  # tmp_path as a run root: ck and run its stages
-    assert "reward and KL" in page and "completions at step 16" in page and (tmp_path / "report" / "run_rl.png").is_file()
+    assert (
+        "reward and KL" in page and "completions at step 16" in page and (tmp_path / "report" / "run_rl.png").is_file()
+    )
 
 
 def test_completion_lengths_count_the_stop_token(tmp_path, monkeypatch):
@@ -134,7 +138,9 @@ def test_instruction_prompts_and_a_notice_when_no_group_has_a_signal(tmp_path, c
     from align_helpers import tiny_checkpoint
 
     ck = tiny_checkpoint(tmp_path / "ck", max_seq_len=128)
-    rows = [{"instruction": f"Name a number after {i}.", "output": str(i + 1)} for i in range(20)]  # AlpacaEval's columns
+    rows = [
+        {"instruction": f"Name a number after {i}.", "output": str(i + 1)} for i in range(20)
+    ]  # AlpacaEval's columns
     prompts = write_jsonl(tmp_path / "alpaca.jsonl", rows)
     notice = "every advantage is 0"
     run_rl(prompts, ck, tmp_path / "flat", H.config("grpo", steps=8, reward=["rl_helpers:constant"]))
@@ -146,9 +152,9 @@ def test_instruction_prompts_and_a_notice_when_no_group_has_a_signal(tmp_path, c
 
 
 def test_sampled_held_out_answers_repeat_at_every_evaluation(tmp_path):
-    from llmctl.train.rl.trainer import held_out_reward
     from llmctl.train.rl.rewards import Rewards
     from llmctl.train.rl.rollout import load_prompts
+    from llmctl.train.rl.trainer import held_out_reward
     from llmctl.train.sft import load_start
 
     ck, prompts = H.setup(tmp_path)
@@ -172,9 +178,13 @@ def test_resume_mid_rollout_continues_exactly(tmp_path, algo):
     ck, prompts = H.setup(tmp_path)
     # 2 epochs x 8 completions / batch 8: a rollout spans 2 steps; the stop after 3 is mid-rollout
     kw = dict(epochs=2, target_kl=0.01, kl_horizon=100, temperature=1.0)
-    full = run_rl(prompts, ck, tmp_path / "full", H.config(algo, steps=6, **kw, train=dict(ckpt_every=6, eval_every=3)))
-    part = run_rl(prompts, ck, tmp_path / "part",
-                  H.config(algo, steps=6, **kw, train=dict(ckpt_every=6, eval_every=3, stop_after=3)))
+    run_rl(prompts, ck, tmp_path / "full", H.config(algo, steps=6, **kw, train=dict(ckpt_every=6, eval_every=3)))
+    part = run_rl(
+        prompts,
+        ck,
+        tmp_path / "part",
+        H.config(algo, steps=6, **kw, train=dict(ckpt_every=6, eval_every=3, stop_after=3)),
+    )
     assert part["steps_done"] == 3 and not part["finished"]
     rest = run_rl(prompts, ck, tmp_path / "part", H.config(algo, steps=6, **kw, train=dict(ckpt_every=6, eval_every=3)))
     assert rest["finished"]

@@ -7,12 +7,41 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import rl_helpers as H
+
 from llmctl.model.checkpoint import load_checkpoint
 
-ARGS = ["--algo", "grpo", "--reward", "rl_helpers:record_prompts", "-G", "2", "--rollout-prompts", "4",
-        "--max-new-tokens", "4", "--batch-size", "8", "--micro-batch", "4", "--steps", "3", "--lr", "1e-3",
-        "--val-fraction", "0", "--eval-every", "0", "--ckpt-every", "3", "--beta", "0.04"]
+pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out
+
+ARGS = [
+    "--algo",
+    "grpo",
+    "--reward",
+    "rl_helpers:record_prompts",
+    "-G",
+    "2",
+    "--rollout-prompts",
+    "4",
+    "--max-new-tokens",
+    "4",
+    "--batch-size",
+    "8",
+    "--micro-batch",
+    "4",
+    "--steps",
+    "3",
+    "--lr",
+    "1e-3",
+    "--val-fraction",
+    "0",
+    "--eval-every",
+    "0",
+    "--ckpt-every",
+    "3",
+    "--beta",
+    "0.04",
+]
 
 
 def run(tmp_path: Path, name: str, nproc: int, monkeypatch) -> list[list[list[str]]]:
@@ -29,11 +58,24 @@ def run(tmp_path: Path, name: str, nproc: int, monkeypatch) -> list[list[list[st
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 0, res.output
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m",
-               "llmctl", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "llmctl",
+            *args,
+        ]
         tests = str(Path(__file__).parents[2])
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RL_PROMPT_LOG": str(log),
-               "PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "RL_PROMPT_LOG": str(log),
+            "PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return [[json.loads(ln) for ln in Path(f"{log}.{rank}").read_text().splitlines()] for rank in range(nproc)]

@@ -75,8 +75,9 @@ def test_clipped_policy_loss_by_hand():
             clipped.append(float(l2 > l1))
     assert loss.item() == pytest.approx(sum(terms) / 5, abs=1e-6)
     assert st["policy/clipfrac"].item() == pytest.approx(sum(clipped) / 5)  # 1.5 with A>0 and 0.5 with A<0
-    assert st["policy/approxkl"].item() == pytest.approx(0.5 * sum(math.log(r_) ** 2 for rr in ratio for r_ in rr) / 5,
-                                                         abs=1e-6)
+    assert st["policy/approxkl"].item() == pytest.approx(
+        0.5 * sum(math.log(r_) ** 2 for rr in ratio for r_ in rr) / 5, abs=1e-6
+    )
 
 
 def test_clipped_value_loss_by_hand():
@@ -127,8 +128,9 @@ def test_grpo_loss_by_hand_and_its_aggregations():
     loss, st = R.grpo_loss(logp, old, adv, MASK, **kw)
     assert loss.item() == pytest.approx(grpo, abs=1e-6)
     assert R.grpo_loss(logp, old, adv, MASK, loss_type="bnpo", **kw)[0].item() == pytest.approx(bnpo, abs=1e-6)
-    assert R.grpo_loss(logp, old, adv, MASK, loss_type="dr_grpo", max_new_tokens=8, **kw)[0].item() == \
-        pytest.approx(dr, abs=1e-6)
+    assert R.grpo_loss(logp, old, adv, MASK, loss_type="dr_grpo", max_new_tokens=8, **kw)[0].item() == pytest.approx(
+        dr, abs=1e-6
+    )
     # clipped: 1.3 with A > 0 (row 0) and 0.7 with A < 0 (row 1) -> 2 of 5 tokens
     assert st["clip_ratio"].item() == pytest.approx(2 / 5)
 
