@@ -27,6 +27,7 @@ import argparse
 import difflib
 import json
 import os
+import platform
 import re
 import shlex
 import subprocess
@@ -110,14 +111,24 @@ def render_item(item: str, root: Path, commands: dict[str, str], shown: str) -> 
     return "$ " + wrap(commands[item]) + "\n" + "\n".join(lines)
 
 
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo), or the platform's word for it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> str:
-    """What training numbers depend on beyond the seed: CPU kernels differ by capability (AVX2,
-    AVX512) and floating-point sums by thread count (measured: step 50's loss 7.1725 with 2
-    threads, 7.1682 with 1)."""
+    """What training numbers depend on beyond the seed: the processor (its vendor's kernels sum in
+    another order), the CPU capability (AVX2, AVX512) and the thread count."""
     import torch
 
     return (
-        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"torch {torch.__version__}, {cpu_model()}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"{torch.get_num_threads()} threads"
     )
 

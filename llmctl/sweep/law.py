@@ -105,10 +105,13 @@ def fit_law(
 
 
 def law_loss(p: dict[str, float], params: float, tokens: float) -> float:
-    """E + A / N^alpha + B / D^beta (inf, not an OverflowError, for a wild bootstrap fit)."""
+    """E + A / N^alpha + B / D^beta, each term taken in log space from the fit's own log A and log B
+    (`theta`), so a fit whose A or B overflows a float still predicts a finite loss."""
+    log_a = p["theta"][0] if "theta" in p else np.log(p["A"])
+    log_b = p["theta"][1] if "theta" in p else np.log(p["B"])
     with np.errstate(over="ignore", invalid="ignore"):
         return float(
-            p["E"] + p["A"] * np.exp(-p["alpha"] * np.log(params)) + p["B"] * np.exp(-p["beta"] * np.log(tokens))
+            p["E"] + np.exp(log_a - p["alpha"] * np.log(params)) + np.exp(log_b - p["beta"] * np.log(tokens))
         )
 
 

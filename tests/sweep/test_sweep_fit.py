@@ -3,6 +3,7 @@ its compute-optimal exponents; too few points per budget, or no minimum, is a on
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from sweep_helpers import CHINCHILLA, isoflop_rows, law, sweep_dir
 
 from llmctl.errors import UsageError
 from llmctl.sweep.isoflop import bootstrap_isoflop, fit_isoflop
-from llmctl.sweep.law import fit_law, law_allocation
+from llmctl.sweep.law import fit_law, law_allocation, law_loss, params_of
 
 BUDGETS = [1e18, 1e19, 1e20, 1e21, 1e22]
 
@@ -87,3 +88,15 @@ def test_fit_of_a_sweep_dir_predicts_the_laws_loss(tmp_path):
     assert pt["flops"] == pytest.approx(3e11, rel=0.02)
     assert pred["loss"] == pytest.approx(float(law(p, pt["params"], pt["tokens"])), rel=0.01)
     assert fit["approach2"]["a"] == pytest.approx(law_allocation(p)["a"], rel=0.1)
+
+
+def test_law_loss_is_finite_when_a_fit_overflows_a():
+    """A degenerate fit (log A 1239, alpha 135: A is inf as a float) still predicts E + its terms."""
+    theta = [1239.3132865205878, 6.180002683148592, 1.3617990200336687, 135.0802294699454, 1.0680868807346975]
+    p = {**params_of(np.array(theta)), "theta": theta}
+    assert p["A"] == float("inf")
+    n, d = 19960.5, 6955.7
+    expected = (
+        math.exp(theta[2]) + math.exp(theta[0] - theta[3] * math.log(n)) + math.exp(theta[1] - theta[4] * math.log(d))
+    )
+    assert law_loss(p, n, d) == pytest.approx(expected, rel=1e-12)
