@@ -22,6 +22,7 @@ from llmctl.data.steps.gopher import (
 from llmctl.data.steps.langid import LangIdConfig, LangIdFilter
 from llmctl.data.steps.pii import PIIConfig, PIIScrubber
 from llmctl.data.steps.toxicity import ToxicityConfig, ToxicityFilter
+from llmctl.data.steps.url import UrlConfig, UrlFilter, blocklist_lineage
 from llmctl.errors import UsageError
 
 
@@ -51,6 +52,7 @@ class StepSpec:
 
 
 STEPS: tuple[StepSpec, ...] = (
+    StepSpec("url", UrlConfig, UrlFilter, paths=("blocklist",), lineage=blocklist_lineage),
     StepSpec("langid", LangIdConfig, LangIdFilter, columns=("language", "language_score")),
     StepSpec("gopher_repetition", GopherRepetitionConfig, GopherRepetitionFilter),
     StepSpec("gopher_quality", GopherQualityConfig, GopherQualityFilter),

@@ -17,6 +17,7 @@ from llmctl.data.steps import STEP_NAMES, STEPS
 # How `llmctl filter` turns each step on or off from the command line. A new step needs an entry:
 # its own flag, or `--set NAME.key=value` when a flag would only clutter --help.
 SWITCHES = {
+    "url": ["--set", "url.blocklist=blocked.txt"],
     "langid": ["--no-langid"],
     "gopher_repetition": ["--no-gopher"],
     "gopher_quality": ["--no-gopher"],
