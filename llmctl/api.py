@@ -30,9 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from llmctl.data.dedup.base import DedupConfig
 from llmctl.data.document import Document
 from llmctl.data.extract import ExtractConfig, Unreadable, html_to_text
+from llmctl.data.filter import FilterConfig, run_filter
+from llmctl.data.quality import load_model as load_quality_model
+from llmctl.data.quality import score_texts
 from llmctl.data.steps.c4 import C4Config, C4Filter
 from llmctl.data.steps.gopher import (
     GopherQualityConfig,
@@ -40,7 +45,10 @@ from llmctl.data.steps.gopher import (
     GopherRepetitionConfig,
     GopherRepetitionFilter,
 )
+from llmctl.data.steps.langid import LangIdConfig, predict
+from llmctl.data.steps.langid import load_model as load_langid_model
 from llmctl.data.steps.pii import PIIConfig, PIIScrubber
+from llmctl.data.steps.toxicity import toxicity_scores
 from llmctl.errors import UsageError
 
 __all__ = [
@@ -108,24 +116,18 @@ def gopher_reasons(
 
 def language(text: str, model: str | None = None) -> tuple[str, float]:
     """(language code, probability) from fastText lid.176, as the langid step computes them."""
-    from llmctl.data.steps.langid import LangIdConfig, load_model, predict
-
-    return predict(load_model(model), text, LangIdConfig().max_chars)
+    return predict(load_langid_model(model), text, LangIdConfig().max_chars)
 
 
 def toxicity_score(texts: list[str]) -> np.ndarray:
     """Probability of offensive language of each text (the toxicity step's model, alt-profanity-check)."""
-    from llmctl.data.steps.toxicity import toxicity_scores
-
     return toxicity_scores(list(texts))
 
 
 def quality_score(texts: list[str], model: str | Path) -> np.ndarray:
     """Probability of the positive label (`hq` for a quality model) of each text under a
     `llmctl quality train` model, as the quality step scores documents."""
-    from llmctl.data.quality import load_model, score_texts
-
-    m = load_model(model)
+    m = load_quality_model(model)
     return score_texts(m, list(texts), label=getattr(m, "llmctl_label", None))
 
 
@@ -141,9 +143,6 @@ def dedup(
     """Indices of the texts the filter's dedup keeps (in order), or (index, text) pairs with
     `return_texts` (line and span dedup edit texts). Options: DedupConfig's (num_perm, bands, rows,
     ngram, threshold, line_max_docs, span_sentences, verify, seed). The first of a group is kept."""
-    from llmctl.data.dedup.base import DedupConfig
-    from llmctl.data.filter import FilterConfig, run_filter
-
     dc = replace(_config(DedupConfig, options), exact=exact, minhash=minhash, line=line, c4_span=c4_span)
     if not texts:
         return []
@@ -156,8 +155,6 @@ def dedup(
             for i, t in enumerate(texts):
                 f.write(json.dumps({"id": str(i), "text": t}) + "\n")
         run_filter([str(src)], Path(tmp) / "out", cfg, progress=False)
-        import pyarrow.parquet as pq
-
         rows = [
             r
             for p in sorted((Path(tmp) / "out").glob("part-*.parquet"))

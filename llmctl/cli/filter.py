@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmctl import config as C
 from llmctl.cli.app import ConfigOpt, ExecutorOpt, OverwriteOpt, RayAddressOpt, SetOpt, WorkersOpt, app
 from llmctl.cli.common import out, print_config, print_funnel
 
@@ -193,8 +194,7 @@ def filter_cmd(
     the dataset OUT.rejected beside it, each with the rule that removed it (a duplicate: with the
     id of the document it repeats). Re-running the same command resumes an interrupted run.
     """
-    from llmctl import config as C
-    from llmctl.data.filter import FilterConfig, run_filter
+    from llmctl.data.filter import FilterConfig, run_filter  # pyarrow: kept out of --help
 
     flags = {
         "steps": steps,

@@ -1,19 +1,20 @@
-"""Command: llmctl mix (issue 17). Registered on the shared app by importing this module."""
+"""Command: llmctl mix. Registered on the shared app by importing this module."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.table import Table
 
+from llmctl import config as C
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, WorkersOpt, app
-from llmctl.cli.common import out
+from llmctl.cli.common import out, print_config
+from llmctl.errors import UsageError
 
 
 def print_mix_table(stats: dict[str, Any], title: str = "mixture") -> None:
     """Per source: target and realized share of the train tokens, tokens, documents, epochs."""
-    from rich.table import Table
-
     table = Table(title=title, title_justify="left")
     for col in ("source", "target", "realized", "tokens", "documents", "epochs", "val docs"):
         table.add_column(col, justify="left" if col == "source" else "right")
@@ -91,10 +92,8 @@ def mix_cmd(
     seeded subset; every source's val split is carried once. The manifest and this table give per source
     the target and realized share, tokens, documents and epochs.
     """
-    from llmctl import config as C
-    from llmctl.data.mix import run_mix
-    from llmctl.data.mix_plan import MixConfig, apply_weights, parse_source
-    from llmctl.errors import UsageError
+    from llmctl.data.mix import run_mix  # pyarrow: kept out of --help
+    from llmctl.data.mix_plan import MixConfig, apply_weights, parse_source  # pyarrow: kept out of --help
 
     flags = {
         "tokens": tokens,
@@ -115,8 +114,6 @@ def mix_cmd(
         cfg.sources = table
     cfg.sources = apply_weights(cfg.sources, weight or [])
     if print_config_:
-        from llmctl.cli.common import print_config
-
         return print_config(cfg)
     m = run_mix(cfg, output, overwrite=overwrite)
     print_mix_table(m["stats"])

@@ -1,11 +1,13 @@
-"""Commands: llmctl quality train / predict (the fastText quality classifier, issue 3)."""
+"""Commands: llmctl quality train / predict (the fastText quality classifier)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
 
+from llmctl import config as C
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
 from llmctl.cli.common import out
 from llmctl.cli.help import LlmctlGroup
@@ -52,8 +54,7 @@ def train_cmd(
 
     A quality model by default (hq vs lq); with --label, a classifier for any label, which
     `llmctl filter --quality-model DIR` applies (--quality-keep below drops high scores)."""
-    from llmctl import config as C
-    from llmctl.data.quality import QualityTrainConfig, train_quality
+    from llmctl.data.quality import QualityTrainConfig, train_quality  # numpy, pyarrow: kept out of --help
 
     cfg = C.load(
         QualityTrainConfig,
@@ -85,9 +86,7 @@ def predict_cmd(
     ],
 ) -> None:
     """Print the quality score (probability of reference-quality text) of each text."""
-    import sys
-
-    from llmctl.data.quality import load_model, score_texts
+    from llmctl.data.quality import load_model, score_texts  # numpy, pyarrow: kept out of --help
 
     if texts == ["-"]:
         texts = [line.rstrip("\n") for line in sys.stdin]

@@ -1,11 +1,14 @@
-"""Commands: llmctl tokenize train | encode | inspect (issue 4). Registered on the shared app by importing this module."""
+"""Commands: llmctl tokenize train | encode | inspect. Registered on the shared app by importing this module."""
 
 from __future__ import annotations
 
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
+from rich.text import Text
 
+from llmctl import config as C
 from llmctl.cli.app import ConfigOpt, ExecutorOpt, OverwriteOpt, RayAddressOpt, SetOpt, WorkersOpt, app
 from llmctl.cli.common import human_bytes, out
 from llmctl.cli.help import LlmctlGroup
@@ -46,8 +49,7 @@ def train_cmd(
     Writes OUT/tokenizer.model, OUT/llmctl_tokenizer.json, Hugging Face tokenizer_config.json and
     special_tokens_map.json, and OUT/_manifest.json. The same command on a finished OUT does nothing.
     """
-    from llmctl import config as C
-    from llmctl.data.tokenize import TokenizerTrainConfig, run_train
+    from llmctl.data.tokenize import TokenizerTrainConfig, run_train  # pyarrow: kept out of --help
 
     cfg = C.load(
         TokenizerTrainConfig,
@@ -92,10 +94,7 @@ def encode_cmd(
 
     One output shard per input shard; re-running the same command resumes an interrupted run.
     """
-    from rich.table import Table
-
-    from llmctl import config as C
-    from llmctl.data.tokenize import SPLITS, EncodeConfig, run_encode
+    from llmctl.data.tokenize import SPLITS, EncodeConfig, run_encode  # pyarrow: kept out of --help
 
     cfg = C.load(
         EncodeConfig,
@@ -133,10 +132,7 @@ def inspect_cmd(
     text: Annotated[Optional[str], typer.Argument(help="Text to tokenize (omit to describe the tokenizer).")] = None,
 ) -> None:
     """Show a tokenizer's vocabulary and special tokens, or the pieces and ids of TEXT."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from llmctl.tokenizer.spm import Tokenizer
+    from llmctl.tokenizer.spm import Tokenizer  # pyarrow, sentencepiece: kept out of --help
 
     tok = Tokenizer.load(tokenizer)
     if text is None:

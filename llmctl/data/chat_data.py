@@ -35,8 +35,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from llmctl.data.doc_import import import_docs
 from llmctl.errors import UsageError
+from llmctl.store.dataset import Dataset, StageOutput, abort_shards, close_shards, fingerprint_file, shard_name
+from llmctl.store.integrity import read_parquet
 from llmctl.store.lock import exclusive_output
+from llmctl.tokenizer.chat import encode_chat
+from llmctl.utils.progress import note
 
 SFT_COLUMNS = "`prompt` + `response`, or `messages`"
 PREF_COLUMNS = "`prompt` + `chosen` + `rejected`"
@@ -62,9 +67,6 @@ def read_rows(path: str | Path, skipped: dict[str, int] | None = None) -> tuple[
     A JSONL line that is not valid UTF-8 is a bad record: skipped and counted in `skipped`
     ("invalid UTF-8"; without a `skipped` dict, a notice says how many). A line that is not JSON
     is an error naming the line: the file is not the JSONL it claims to be."""
-    from llmctl.store.dataset import Dataset, fingerprint_file
-    from llmctl.store.integrity import read_parquet
-
     p = Path(path)
     if p.is_dir():
         ds = Dataset.open(p)
@@ -91,8 +93,6 @@ def read_rows(path: str | Path, skipped: dict[str, int] | None = None) -> tuple[
         if bad_utf8 and skipped is not None:
             skipped["invalid UTF-8"] = skipped.get("invalid UTF-8", 0) + bad_utf8
         elif bad_utf8:
-            from llmctl.utils.progress import note
-
             note(f"{p}: skipped {bad_utf8} line(s) that are not valid UTF-8")
         return rows, lineage
     raise UsageError(f"{p}: expected a dataset directory, a .parquet or a .jsonl file")
@@ -170,8 +170,6 @@ def fit(
 
 def encode_conversation(tok: Any, messages: list[dict[str, str]], max_len: int) -> Encoded:
     """A conversation ending with an assistant turn; prompt part = everything before that turn's content."""
-    from llmctl.tokenizer.chat import encode_chat
-
     if not messages or messages[-1]["role"] != "assistant":
         raise UsageError("an SFT conversation must end with an assistant turn")
     p_ids, p_mask = encode_chat(tok, messages[:-1], add_generation_prompt=True)
@@ -187,8 +185,6 @@ def encode_pair(tok: Any, prompt: list[dict[str, str]], response: str, max_len: 
 def encode_responses(tok: Any, prompt: list[dict[str, str]], responses: list[str], max_len: int) -> list[Encoded]:
     """Prompt + each response, the prompt cut the same way for all (as the longest response needs),
     so chosen and rejected of a pair are always compared on the same context."""
-    from llmctl.tokenizer.chat import encode_chat
-
     p_ids, _ = encode_chat(tok, prompt, add_generation_prompt=True)
     end = tok.special_ids["<|end|>"]
     rs = [tok.encode(r) + [end] for r in responses]
@@ -229,7 +225,7 @@ class ItemBatches:
         self._perm = self._permutation()
 
     def _permutation(self) -> list[int]:
-        import torch
+        import torch  # torch: kept out of `llmctl data import`, which reads and writes these rows only
 
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         return torch.randperm(self.n, generator=g).tolist()
@@ -323,11 +319,7 @@ def import_data(
 ) -> dict[str, Any]:
     """Convert a JSONL/Parquet file to an `sft` or `prefs` dataset (one shard) with a manifest
     (`docs`: text/JSONL/Parquet files as a documents dataset, llmctl.data.doc_import)."""
-    from llmctl.store.dataset import StageOutput
-
     if fmt == "docs":
-        from llmctl.data.doc_import import import_docs
-
         return import_docs(src, out, overwrite=overwrite, **(doc_options or {}))
     if fmt not in ("sft", "prefs"):
         raise UsageError(f"unknown --format {fmt!r}; choose sft, prefs or docs")
@@ -353,24 +345,27 @@ def import_data(
     if not kept:
         raise UsageError(f"{src}: no usable rows for --format {fmt} (skipped: {skipped})")
     if skipped.get(DEGENERATE):
-        from llmctl.utils.progress import note
-
         note(
             f"{src}: dropped {skipped[DEGENERATE]} preference pair(s) whose chosen and rejected replies are "
             "identical: they carry no preference (DPO loss log 2, zero gradient)"
         )
     schema = SFT_SCHEMA if fmt == "sft" else PREF_SCHEMA
-    w = so.shard_writer("part-00000.parquet", schema)
-    for row in kept:
-        w.write({c: row[c] for c in schema.names})
-    so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
+    name = shard_name(0)
+    w = so.shard_writer(f"{name}.parquet", schema)
+    try:
+        for row in kept:
+            w.write({c: row[c] for c in schema.names})
+    except BaseException:
+        abort_shards(w)
+        raise
+    so.finish_task(name, close_shards(f"{name}.parquet", data=w))
     stats = {
         "read": len(rows) + skipped.get("invalid UTF-8", 0),
         "kept": len(kept),
         "skipped": skipped,
         "val": sum(r["split"] == "val" for r in kept),
     }
-    return so.finalize(["part-00000"], schema, stats=stats)
+    return so.finalize([name], schema, stats=stats)
 
 
 @dataclass

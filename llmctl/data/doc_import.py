@@ -1,7 +1,7 @@
 """`llmctl data import --format docs`: plain text, JSONL and Parquet sources as a documents dataset.
 
 For sources that are not crawls (books, code, a wiki dump, TinyStories, GSM8K text) and so skip
-`llmctl filter`: the output has the documents schema of DESIGN.md (`id`, `text`, `source`) and a
+`llmctl filter`: the output has the documents schema (`id`, `text`, `source`) and a
 manifest, so `tokenize` and `mix` take it like a filter output.
 
 What a document is:
@@ -31,7 +31,7 @@ import pyarrow as pa
 import xxhash
 
 from llmctl.errors import UsageError
-from llmctl.store.dataset import StageOutput, fingerprint_file
+from llmctl.store.dataset import StageOutput, fingerprint_file, shard_name, write_shard
 from llmctl.store.integrity import open_parquet
 from llmctl.store.lock import exclusive_output
 
@@ -193,24 +193,16 @@ def import_docs(
         return so.manifest
     names = []
     for i in range(0, len(docs), SHARD_ROWS):
-        name = f"part-{i // SHARD_ROWS:05d}"
+        name = shard_name(i // SHARD_ROWS)
         names.append(name)
         if so.task_done(name):
             continue
         chunk = docs[i : i + SHARD_ROWS]
-        w = so.shard_writer(f"{name}.parquet", DOCS_SCHEMA)
-        try:
-            w.write_table(
-                pa.table(
-                    {"id": [d[0] for d in chunk], "text": [d[1] for d in chunk], "source": [d[2] for d in chunk]},
-                    schema=DOCS_SCHEMA,
-                )
-            )
-            rec = w.close()
-        except BaseException:
-            w.abort()
-            raise
-        so.finish_task(name, {"data": [{"path": f"{name}.parquet", **rec}]})
+        table = pa.table(
+            {"id": [d[0] for d in chunk], "text": [d[1] for d in chunk], "source": [d[2] for d in chunk]},
+            schema=DOCS_SCHEMA,
+        )
+        so.finish_task(name, {"data": [write_shard(so, f"{name}.parquet", table, DOCS_SCHEMA)]})
     nbytes = sum(len(d[1].encode("utf-8", "surrogatepass")) for d in docs)
     stats = {
         "read": len(docs) + sum(skipped.values()),

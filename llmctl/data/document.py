@@ -33,7 +33,7 @@ class Step(Protocol):
     def __call__(self, doc: Document, stats: Counter[str]) -> str | None: ...
 
 
-# The documents schema of DESIGN.md. Metadata columns are always present (null/0 when the step
+# The documents schema. Metadata columns are always present (null/0 when the step
 # that fills them is switched off) so every shard of every run has the same schema.
 DOCUMENT_SCHEMA = pa.schema(
     [
@@ -54,6 +54,8 @@ DOCUMENT_SCHEMA = pa.schema(
 DETAIL_KEY = "_detail"  # Document.meta key a step may set with the detail of its drop ("de 0.97")
 META_COLUMNS = [f.name for f in DOCUMENT_SCHEMA if f.name not in ("id", "text", "url", "source", "date")]
 
+# The metadata columns are the ones the registered steps fill (llmctl.data.steps.STEPS `columns`;
+# tests/data/steps/test_registry.py checks that they match).
 # Removed documents: the same columns plus the rule that removed them and a detail
 # (the measured value, or the id of the document a duplicate duplicates).
 REJECTED_SCHEMA = DOCUMENT_SCHEMA.append(pa.field("reason", pa.string(), nullable=False)).append(

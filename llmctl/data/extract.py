@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 from fastwarc.warc import ArchiveIterator, WarcRecordType
@@ -30,6 +31,7 @@ from resiliparse.extract.html2text import extract_plain_text
 
 from llmctl.data.document import Document
 from llmctl.data.encoding import bom_encoding, decode_html
+from llmctl.errors import UsageError
 from llmctl.store.fs import open_binary
 from llmctl.store.fs import size as file_size
 
@@ -339,10 +341,6 @@ def _row_doc(row: dict, text: str, source: str, locator: str, cfg: ExtractConfig
 
 def parquet_columns(path: str | Path) -> list[str]:
     """The columns of a Parquet input; a one-line `UsageError` when it is not Parquet (empty, garbage, cut)."""
-    import pyarrow as pa
-
-    from llmctl.errors import UsageError
-
     try:
         with open_binary(path) as f:
             return pq.read_schema(f).names

@@ -15,8 +15,7 @@ With dedup on (the default), dedup needs a global view, so the per-shard steps (
 Gopher, PII, the fastText quality score) write their kept documents to the intermediate dataset
 OUT/_work/docs instead, and llmctl.data.dedup.run then writes OUT/part-N from it (exact, C4-span
 and MinHash dedup; see docs/dedup.md). OUT/_work is removed once the manifest is written
-(`dedup.keep_work` keeps it). The quality step runs per shard, before dedup: scoring costs about
-as much per document as MinHash, and removing low-quality pages first shrinks what dedup holds.
+(`dedup.keep_work` keeps it). The quality step runs per shard, before dedup.
 """
 
 from __future__ import annotations
@@ -24,81 +23,51 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from llmctl.config import output_fields, runtime
 from llmctl.data import rejected as R
+from llmctl.data import steps as S
 from llmctl.data.dedup.base import DedupConfig
 from llmctl.data.dedup.base import validate as validate_dedup
+from llmctl.data.dedup.run import run_dedup
+from llmctl.data.dedup.stages import work_output
 from llmctl.data.document import DETAIL_KEY, DOCUMENT_SCHEMA, Document, to_row
 from llmctl.data.extract import ENCODING_KEY, ExtractConfig, Rejected, Unreadable, read_input
 from llmctl.data.inputs import InputFile, resolve_inputs  # noqa: F401 - resolve_inputs is imported from here too
-from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
-from llmctl.data.steps.c4 import C4Config, C4Filter
-from llmctl.data.steps.gopher import (
-    GopherQualityConfig,
-    GopherQualityFilter,
-    GopherRepetitionConfig,
-    GopherRepetitionFilter,
-)
-from llmctl.data.steps.langid import LangIdConfig, LangIdFilter
-from llmctl.data.steps.pii import PIIConfig, PIIScrubber
-from llmctl.data.steps.toxicity import ToxicityConfig, ToxicityFilter
-from llmctl.errors import UsageError
 from llmctl.executor.local import Reporter, default_workers, run_tasks, using
 from llmctl.store import fs
-from llmctl.store.dataset import Dataset, StageOutput
+from llmctl.store.dataset import Dataset, StageOutput, abort_shards, close_shards, shard_name
 from llmctl.store.integrity import verify_shard
 from llmctl.store.lock import exclusive_output
 from llmctl.utils.progress import StageProgress, note, note_resume
 
-STEP_NAMES = ("langid", "gopher_repetition", "gopher_quality", "c4", "pii", "toxicity", "quality")
+STEP_NAMES = S.STEP_NAMES
 
-
-@dataclass
-class FilterConfig:
-    """Options of `llmctl filter` (YAML/TOML sections mirror these fields)."""
-
-    steps: list[str] = field(default_factory=lambda: list(STEP_NAMES))  # order in which steps run
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    langid: LangIdConfig = field(default_factory=LangIdConfig)  # lid.176; default: keep English
-    gopher_repetition: GopherRepetitionConfig = field(default_factory=GopherRepetitionConfig)
-    gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
-    c4: C4Config = field(default_factory=C4Config)
-    pii: PIIConfig = field(default_factory=PIIConfig)
-    toxicity: ToxicityConfig = field(default_factory=ToxicityConfig)  # off unless toxicity.enabled
-    quality: QualityConfig = field(default_factory=QualityConfig)  # on when quality.model is set
-    dedup: DedupConfig = field(default_factory=DedupConfig)  # runs after the per-shard steps
-    write_rejected: bool = True  # keep removed documents, with their reason, in the dataset OUT.rejected
-    workers: int | None = runtime(None)  # worker processes; None = all cores
-    executor: str = runtime("local")  # local processes, or ray (llmctl.executor.ray)
-    ray_address: str = runtime("auto")  # with executor ray: auto, ray://host:port; no cluster = a local one
-
-
-_STEP_CLASSES = {
-    "langid": LangIdFilter,
-    "gopher_repetition": GopherRepetitionFilter,
-    "gopher_quality": GopherQualityFilter,
-    "c4": C4Filter,
-    "pii": PIIScrubber,
-    "toxicity": ToxicityFilter,
-    "quality": QualityFilter,
-}
+# Options of `llmctl filter` (YAML/TOML sections mirror these fields): one section per registered
+# step (llmctl.data.steps.STEPS, in its order) between `extract` and `dedup`.
+FilterConfig = make_dataclass(
+    "FilterConfig",
+    [
+        ("steps", list[str], field(default_factory=lambda: list(S.STEP_NAMES))),  # order in which steps run
+        ("extract", ExtractConfig, field(default_factory=ExtractConfig)),
+        *[(s.name, s.config, field(default_factory=s.config)) for s in S.STEPS],
+        ("dedup", DedupConfig, field(default_factory=DedupConfig)),  # runs after the per-shard steps
+        ("write_rejected", bool, True),  # keep removed documents, with their reason, in the dataset OUT.rejected
+        ("workers", int | None, runtime(None)),  # worker processes; None = all cores
+        ("executor", str, runtime("local")),  # local processes, or ray (llmctl.executor.ray)
+        ("ray_address", str, runtime("auto")),  # with executor ray: auto, ray://host:port; no cluster = a local one
+    ],
+    namespace={"__module__": __name__, "__doc__": "Options of `llmctl filter` (one section per step)."},
+)
 
 
 def build_steps(cfg: FilterConfig) -> list:
-    unknown = [s for s in cfg.steps if s not in _STEP_CLASSES]
-    if unknown:
-        raise UsageError(f"unknown filter step {unknown[0]!r}; steps: {', '.join(_STEP_CLASSES)}")
-    steps = []
+    """The enabled steps of `cfg.steps` in order (quality last when it has a model and is not listed)."""
     names = list(cfg.steps) + (["quality"] if cfg.quality.enabled and "quality" not in cfg.steps else [])
-    for name in names:
-        step_cfg = getattr(cfg, name)
-        if step_cfg.enabled:
-            steps.append(_STEP_CLASSES[name](step_cfg))
-    return steps
+    return S.build(names, lambda name: getattr(cfg, name))
 
 
 # ----------------------------------------------------------------------------- one task
@@ -113,7 +82,7 @@ class FilterTask:
 
     @property
     def name(self) -> str:
-        return f"part-{self.index:05d}"
+        return shard_name(self.index)
 
     @property
     def label(self) -> str:
@@ -147,14 +116,10 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
                 data_w.write(to_row(rec))
             else:
                 _reject(stats, rej_w, rec, reason, rec.meta.pop(DETAIL_KEY, None))
-        files = {"data": [{"path": f"{task.name}.parquet", **data_w.close()}]}
-        if rej_w is not None:
-            files["rejected"] = [{"path": f"{task.name}.parquet", **rej_w.close()}]  # in OUT.rejected
     except BaseException:
-        data_w.abort()
-        if rej_w is not None:
-            rej_w.abort()
+        abort_shards(data_w, rej_w)
         raise
+    files = close_shards(f"{task.name}.parquet", data=data_w, rejected=rej_w)  # rejected: in OUT.rejected
     record = dict(stats)
     task.out.finish_task(task.name, files, record, seconds=round(time.time() - started, 3))
     return record
@@ -190,6 +155,9 @@ def _reject(stats: Counter[str], writer, doc: Document, reason: str, detail: str
 # ----------------------------------------------------------------------------- the stage
 
 
+_REASON_STEP = {s.reason: s.name for s in S.STEPS}  # "gopher_rep" -> "gopher_repetition"
+
+
 def funnel(stats: dict[str, int], step_order: list[str]) -> list[dict[str, Any]]:
     """Rows of the funnel table: read, then each cause of removal, then kept."""
     causes = sorted({k.rsplit(".", 1)[0] for k in stats if k.startswith(("rejected.", "unreadable."))})
@@ -197,7 +165,7 @@ def funnel(stats: dict[str, int], step_order: list[str]) -> list[dict[str, Any]]
     def rank(c: str) -> tuple:
         kind, _, reason = c.partition(".")
         family = reason.split(".")[0]
-        order = {"gopher_rep": "gopher_repetition", "gopher": "gopher_quality"}.get(family, family)
+        order = _REASON_STEP.get(family, family)
         pos = step_order.index(order) if order in step_order else (-1 if family == "extract" else len(step_order))
         return (0 if kind == "unreadable" else 1, pos, reason)
 
@@ -211,8 +179,11 @@ def funnel(stats: dict[str, int], step_order: list[str]) -> list[dict[str, Any]]
 def _run_per_shard(
     files: list[InputFile], out: StageOutput, cfg: FilterConfig, workers: int, progress: bool | None
 ) -> list[str]:
-    if cfg.quality.enabled and fs.is_local(cfg.quality.model):  # workers may run in another directory
-        cfg = replace(cfg, quality=replace(cfg.quality, model=os.path.abspath(cfg.quality.model)))  # type: ignore[arg-type]
+    for spec in S.STEPS:  # workers may run in another directory: the files steps read, made absolute
+        section = getattr(cfg, spec.name)
+        local = {k: os.path.abspath(v) for k in spec.paths if (v := getattr(section, k)) and fs.is_local(v)}
+        if section.enabled and local:
+            cfg = replace(cfg, **{spec.name: replace(section, **local)})
     tasks = [FilterTask(i, f, out, cfg) for i, f in enumerate(files)]
     todo = [t for t in tasks if not out.task_done(t.name)]
     note_resume(out, len(tasks), progress)
@@ -256,8 +227,9 @@ def _run_filter(
     for f in files:
         if f.lineage not in lineage:
             lineage.append(f.lineage)
-    if cfg.quality.enabled:
-        lineage.append(model_lineage(cfg.quality.model))  # type: ignore[arg-type]
+    for spec in S.STEPS:  # the files the steps that are on read (a quality model)
+        if spec.lineage is not None and getattr(cfg, spec.name).enabled:
+            lineage.append(spec.lineage(getattr(cfg, spec.name)))
     if dedup_on:
         lineage += [Dataset.open(a, stage="filter", columns=["id", "text"]).lineage() for a in cfg.dedup.against]
     out = fs.to_path(output)
@@ -276,9 +248,6 @@ def _run_filter(
     if not dedup_on:
         names = _run_per_shard(files, stage, cfg, workers, progress)
     else:
-        from llmctl.data.dedup.run import run_dedup
-        from llmctl.data.dedup.stages import work_output
-
         key = {k: v for k, v in output_fields(cfg).items() if k != "dedup"}
         docs_st = work_output(out / "_work" / "docs", "filter.docs", key, lineage)
         if not docs_st.complete:
@@ -288,7 +257,7 @@ def _run_filter(
             )
         docs = Dataset(docs_st.path, docs_st.manifest)  # type: ignore[arg-type]
         extra = run_dedup(out, docs, [f.path for f in files], cfg, stage, workers, progress)
-        names = [f"part-{i:05d}" for i in range(len(files))]
+        names = [shard_name(i) for i in range(len(files))]
     stats: Counter[str] = Counter()
     for name in names:
         stats.update(stage.task_record(name)["stats"])

@@ -32,7 +32,7 @@ from llmctl.data.tokenize import TOKENS_SCHEMA
 from llmctl.errors import UsageError
 from llmctl.executor.local import Reporter, default_workers, run_tasks
 from llmctl.store import fs
-from llmctl.store.dataset import StageOutput
+from llmctl.store.dataset import StageOutput, shard_name, write_shard
 from llmctl.store.integrity import open_parquet, verify_shard
 from llmctl.store.lock import exclusive_output
 from llmctl.utils.progress import StageProgress, note, note_resume
@@ -53,7 +53,7 @@ class MixTask:
 
     @property
     def name(self) -> str:
-        return f"part-{self.index:05d}"
+        return shard_name(self.index)
 
 
 def _take(path: str, sha: str | None, rows: np.ndarray) -> pa.Table:
@@ -91,17 +91,11 @@ def mix_task(task: MixTask, report: Reporter) -> dict[str, Any]:
         },
         schema=MIX_SCHEMA,
     )
-    writer = task.out.shard_writer(f"{task.name}.parquet", MIX_SCHEMA)
-    try:
-        writer.write_table(table)
-        rec = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    rec = write_shard(task.out, f"{task.name}.parquet", table, MIX_SCHEMA)
     report(docs=n, tokens=int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0))
     task.out.finish_task(
         task.name,
-        {"data": [{"path": f"{task.name}.parquet", **rec}]},
+        {"data": [rec]},
         {"documents": n},
         seconds=round(time.time() - started, 3),
     )

@@ -28,6 +28,7 @@ probability (2 - s)^-alpha: with alpha = 9, 0.2% at s = 0, 2.6% at 0.5, 42% at 0
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -42,11 +43,13 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from llmctl.config import to_dict
 from llmctl.data.dedup.base import exact_hash, normalize_text
 from llmctl.data.document import DETAIL_KEY, Document
+from llmctl.data.extract import ExtractConfig, input_kind, read_input
 from llmctl.errors import UsageError
 from llmctl.store import fs
-from llmctl.store.dataset import MANIFEST, Dataset, atomic_write_json, file_sha256, now_iso
+from llmctl.store.dataset import MANIFEST, Dataset, atomic_write_json, file_sha256, fingerprint_file, now_iso
 from llmctl.store.lock import exclusive_output
 
 MODEL_FILE = "model.bin"
@@ -131,7 +134,7 @@ def load_model(path: str | Path):
     """The fastText model at `path`, loaded once per process; a one-line UsageError if it is not one."""
     key = fs.display(model_path(path))
     if key not in _MODELS:
-        import fasttext
+        import fasttext  # fasttext: kept out of --help and of the filter's import
 
         try:
             model = fasttext.load_model(_local_copy(model_path(path)))
@@ -206,9 +209,6 @@ class QualityFilter:
 def _read_texts(paths: list[str], side: str, text_field: str = "text") -> tuple[list[str], list[dict[str, Any]]]:
     """Texts of llmctl datasets, JSONL(.gz) and Parquet files (the filter's readers, `text_field`),
     and .txt files (one document per line, as fastText's own format)."""
-    from llmctl.data.extract import ExtractConfig, input_kind, read_input
-    from llmctl.store.dataset import fingerprint_file
-
     if not paths:
         raise UsageError(f"give at least one --{side} DATASET or file")
     texts, lineage = [], []
@@ -223,8 +223,6 @@ def _read_texts(paths: list[str], side: str, text_field: str = "text") -> tuple[
             raise UsageError(f"{p}: no such file or dataset")
         lineage.append({"path": fs.display(p), "fingerprint": fingerprint_file(p)})
         if str(p).endswith((".txt", ".txt.gz")):
-            import gzip
-
             with (gzip.open if str(p).endswith(".gz") else open)(p, "rt", encoding="utf-8") as f:
                 texts += [line.rstrip("\n") for line in f if line.strip()]
         elif input_kind(p) in ("jsonl", "parquet"):
@@ -254,7 +252,7 @@ def _prf(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 # the allocator hands back. A fresh process gets zeroed pages from mmap, so the model is the same on
 # every run; in a long-lived process (a notebook, `llmctl run`, the test suite) stale heap memory
 # there made training diverge ("Encountered NaN") or give another model. So it trains in a process
-# of its own (~0.3 s), which writes the model file.
+# of its own, which writes the model file.
 _TRAIN_SNIPPET = "import json, sys, fasttext; a = json.loads(sys.argv[1]); fasttext.train_supervised(**a['params']).save_model(a['out'])"
 
 
@@ -281,9 +279,7 @@ def train_quality(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train the classifier into directory `out`; returns its manifest (with held-out figures)."""
-    import fasttext
-
-    from llmctl.config import to_dict
+    import fasttext  # fasttext: kept out of --help and of the filter's import
 
     cfg = cfg or QualityTrainConfig()
     if not 0.0 < cfg.holdout < 1.0:

@@ -7,7 +7,7 @@ whole sample in memory: the training process peaked at 353 MB for a 10 MB sample
 vocabulary (interpreter and imports included), PEERS.md has 220 MB for 20 MB at 8k, so a few
 hundred MB of sample is the practical ceiling on a laptop.
 
-Encoding writes the token dataset of DESIGN.md: one row per document, `input_ids` ending with
+Encoding writes the token dataset: one row per document, `input_ids` ending with
 `<|eos|>`, and `split` = "val" for the documents whose id hashes (xxh64, seeded) below
 `val_fraction`, so the split is the same whatever the shard layout or worker count and a
 document never moves between splits when more data is added. Shards map 1:1 to input shards;
@@ -37,7 +37,18 @@ from llmctl.config import output_fields, runtime, to_dict
 from llmctl.errors import UsageError
 from llmctl.executor.local import Reporter, default_workers, run_tasks, using
 from llmctl.store import fs
-from llmctl.store.dataset import MANIFEST, Dataset, StageOutput, atomic_write_json, canonical_json, now_iso, sha256_text
+from llmctl.store.dataset import (
+    MANIFEST,
+    Dataset,
+    StageOutput,
+    abort_shards,
+    atomic_write_json,
+    canonical_json,
+    close_shards,
+    now_iso,
+    sha256_text,
+    shard_name,
+)
 from llmctl.store.integrity import open_parquet, read_state, verify_shard
 from llmctl.store.lock import exclusive_output
 from llmctl.tokenizer.spm import Tokenizer, training_chunks
@@ -243,7 +254,7 @@ class EncodeTask:
 
     @property
     def name(self) -> str:
-        return f"part-{self.index:05d}"
+        return shard_name(self.index)
 
     @property
     def label(self) -> str:
@@ -306,14 +317,12 @@ def encode_task(task: EncodeTask, report: Reporter) -> dict[str, Any]:
                 st["tokens"] += n_tok
                 st["bytes"] += n_b
             report(docs=rows_read, bytes=int(nbytes.sum()), tokens=int(offsets[-1]))  # null texts count as done
-        rec = writer.close()
     except BaseException:
-        writer.abort()
+        abort_shards(writer)
         raise
+    files = close_shards(f"{task.name}.parquet", data=writer)
     record = {"splits": stats, "skipped_null_text": skipped}
-    task.out.finish_task(
-        task.name, {"data": [{"path": f"{task.name}.parquet", **rec}]}, record, seconds=round(time.time() - started, 3)
-    )
+    task.out.finish_task(task.name, files, record, seconds=round(time.time() - started, 3))
     return record
 
 

@@ -405,3 +405,42 @@ class StageOutput:
         fs.rmtree(self.path / TASKS_DIR)
         self.manifest = body
         return body
+
+
+def shard_name(index: int, prefix: str = "part") -> str:
+    """The name, without `.parquet`, of a stage's shard or task `index`: `part-00000`, `sig-00003`."""
+    return f"{prefix}-{index:05d}"
+
+
+def close_shards(relpath: str, **writers: ShardWriter | None) -> dict[str, list[dict[str, Any]]]:
+    """Close a task's writers, one per role (`data=`, `rejected=`; None: the role is left out), each
+    of whose file is `relpath` under its dataset, into the task's `files` record
+    `{role: [{"path": relpath, rows, bytes, sha256}]}`. On a failure every writer is aborted."""
+    files: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for role, w in writers.items():
+            if w is not None:
+                files[role] = [{"path": relpath, **w.close()}]
+    except BaseException:
+        abort_shards(*writers.values())
+        raise
+    return files
+
+
+def abort_shards(*writers: ShardWriter | None) -> None:
+    """Abort every writer given (their temporary files removed); None entries are skipped."""
+    for w in writers:
+        if w is not None:
+            w.abort()
+
+
+def write_shard(out: StageOutput, relpath: str, table: pa.Table, schema: pa.Schema | None = None) -> dict[str, Any]:
+    """Write `table` as the file `relpath` of `out` in one go (atomically, as ShardWriter does);
+    returns its file record `{"path": relpath, rows, bytes, sha256}`."""
+    w = out.shard_writer(relpath, schema or table.schema)
+    try:
+        w.write_table(table)
+        return {"path": relpath, **w.close()}
+    except BaseException:
+        w.abort()
+        raise

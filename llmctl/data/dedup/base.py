@@ -1,6 +1,6 @@
 """Deduplication, per document: normalization, exact hashes, MinHash signatures, LSH band keys,
-and the sentence spans of C4's span dedup. The global steps that use them are in dedup_stages.py
-and dedup_shuffle.py.
+and the sentence spans of C4's span dedup. The global steps that use them are in stages.py
+and shuffle.py.
 
 - Normalized text (`normalize_text`): lowercase, punctuation (anything not a word character or
   whitespace) removed, whitespace runs collapsed to one space. "Hello,  World!" and "hello world"
@@ -10,8 +10,7 @@ and dedup_shuffle.py.
 - MinHash: word n-gram shingles (default 5) of the normalized text, hashed with datasketch's own
   hash family (`MinHash.update_batch`: sha1_hash32 and the permutations of `MinHash(num_perm,
   seed)`), so a signature here equals `datasketch.MinHash(...).update(...)` for the same shingles
-  (tests/test_dedup.py checks it). A document shorter than n words is one shingle of all its words.
-  Cost: about 0.8 ms per 1,000 shingles on this CPU, a small part of a filter run.
+  (tests/data/dedup/test_dedup.py checks it). A document shorter than n words is one shingle of all its words.
 - LSH: `bands` x `rows` from datasketch's `_optimal_param(threshold, num_perm)`, weighing false
   negatives 0.9 and false positives 0.1 (candidates are checked afterwards, a missed pair is lost
   for good): 0.8 and 128 give 14 bands of 9 rows, so a pair becomes a candidate with probability
@@ -73,7 +72,7 @@ class DedupConfig:
     span_sentences: int = 3
     span_min_sentences: int = 3  # a document left with fewer sentences is removed (dedup.c4_span)
     keep_work: bool = runtime(False)  # keep OUT/_work (intermediates) after the run
-    # key partitions of the dedup shuffle (dedup_stages.py); None: one per 100k documents. The
+    # key partitions of the dedup shuffle (stages.py); None: one per 100k documents. The
     # output is byte-identical for any value, only the memory and the parallelism of tasks change
     partitions: int | None = runtime(None)
 
@@ -105,7 +104,7 @@ def validate(cfg: DedupConfig) -> tuple[int, int]:
 
 def lsh_params(threshold: float, num_perm: int, bands: int | None, rows: int | None) -> tuple[int, int]:
     if bands is None and rows is None:
-        from datasketch.lsh import _optimal_param
+        from datasketch.lsh import _optimal_param  # datasketch (scipy): kept out of --help
 
         return tuple(int(x) for x in _optimal_param(threshold, num_perm, 0.1, 0.9))  # type: ignore[return-value]
     if bands is None or rows is None:
@@ -135,7 +134,7 @@ def shingles(norm: str, n: int) -> set[bytes]:
 
 @lru_cache(maxsize=8)
 def _permutations(num_perm: int, seed: int):
-    from datasketch import MinHash
+    from datasketch import MinHash  # datasketch (scipy): kept out of --help and of quality scoring
 
     m = MinHash(num_perm=num_perm, seed=seed)
     return m.permutations, m.scheme
@@ -143,7 +142,7 @@ def _permutations(num_perm: int, seed: int):
 
 def minhash(shingle_set: set[bytes], num_perm: int, seed: int) -> np.ndarray:
     """The datasketch MinHash signature (uint32[num_perm]) of a set of shingles."""
-    from datasketch import MinHash
+    from datasketch import MinHash  # datasketch (scipy): kept out of --help and of quality scoring
 
     perms, scheme = _permutations(num_perm, seed)
     m = MinHash(num_perm=num_perm, seed=seed, permutations=perms, scheme=scheme)

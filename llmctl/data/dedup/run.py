@@ -1,4 +1,4 @@
-"""Dedup inside `llmctl filter`: run the intermediates of dedup_stages.py, then write OUT.
+"""Dedup inside `llmctl filter`: run the intermediates of stages.py, then write OUT.
 
 The per-shard steps have already written their kept documents to OUT/_work/docs (a dataset with
 its own manifest, whose stats hold each task's funnel counts). This module runs signatures ->
@@ -9,7 +9,7 @@ per-shard rejections, then the dedup ones: reason `dedup.exact`, `dedup.minhash`
 `dedup.c4_span`, detail = the id of the kept document it duplicates).
 
 What C4 span dedup removes: in a later occurrence of a repeated span (all but the first by the
-stable order, see dedup_stages.py), the span's sentences are cut out of the document; a document
+stable order, see stages.py), the span's sentences are cut out of the document; a document
 left with fewer than `span_min_sentences` (3, C4's page minimum) sentences is removed with reason
 `dedup.c4_span`. Funnel bytes follow the filter's convention (the bytes of the text a decision
 was made on): cutting sentences lowers `kept.bytes` and `read.bytes` by the bytes cut, counted in
@@ -48,9 +48,10 @@ from llmctl.data.dedup.stages import (
     signature_task,
 )
 from llmctl.data.document import DOCUMENT_SCHEMA
+from llmctl.data.steps.gopher import word_count
 from llmctl.executor.local import Reporter, run_tasks
 from llmctl.store import fs
-from llmctl.store.dataset import Dataset, StageOutput
+from llmctl.store.dataset import Dataset, StageOutput, abort_shards, close_shards, shard_name
 from llmctl.utils.progress import StageProgress
 
 _MARK = pa.schema([("row", pa.uint32())])
@@ -143,7 +144,7 @@ def run_dedup(
         "dedup signatures",
         total_docs=sum(ds.num_rows for ds in [docs, *ds_against]),
     )
-    sig_paths = [str(sig.path / f"sig-{g:05d}.parquet") for g in range(len(shards))]
+    sig_paths = [str(sig.path / f"{shard_name(g, 'sig')}.parquet") for g in range(len(shards))]
     timed("signatures", t0)
 
     t0 = time.time()
@@ -151,7 +152,7 @@ def run_dedup(
     pair_stats: dict[str, int] = {}
     cl_inputs = [sig.lineage()]
     if dc.exact or dc.minhash:
-        key_paths = [str(sig.path / f"keys-{g:05d}.parquet") for g in range(len(shards))]
+        key_paths = [str(sig.path / f"{shard_name(g, 'keys')}.parquet") for g in range(len(shards))]
         gr_st = _stage(work, "groups", {"partitions": parts, "layout": layout}, [sig.lineage()])
         gr = _run_stage(
             gr_st,
@@ -206,10 +207,12 @@ def run_dedup(
     t0 = time.time()
     sp: Dataset | None = None
     dec_paths = {
-        s.out_index: str(cl.path / f"dec-{s.out_index:05d}.parquet") for s in shards if s.out_index is not None
+        s.out_index: str(cl.path / f"{shard_name(s.out_index, 'dec')}.parquet")
+        for s in shards
+        if s.out_index is not None
     }
     if dc.c4_span:
-        span_paths = [str(sig.path / f"spans-{g:05d}.parquet") for g in range(len(shards))]
+        span_paths = [str(sig.path / f"{shard_name(g, 'spans')}.parquet") for g in range(len(shards))]
         sp_st = _stage(
             work,
             "spans",
@@ -229,7 +232,7 @@ def run_dedup(
     t0 = time.time()
     lp: Dataset | None = None
     if dc.line:
-        line_paths = [str(sig.path / f"lines-{g:05d}.parquet") for g in range(len(shards))]
+        line_paths = [str(sig.path / f"{shard_name(g, 'lines')}.parquet") for g in range(len(shards))]
         ln_st = _stage(
             work,
             "lines",
@@ -250,14 +253,14 @@ def run_dedup(
     task_stats = docs.manifest["stats"]["tasks"]
     tasks = []
     for i, p in enumerate(docs.shards):
-        name = f"part-{i:05d}"
+        name = shard_name(i)
         rej = R.shard_path(docs.path, name)
         tasks.append(
             FinalTask(
                 i,
                 str(p),
                 str(rej) if rej.is_file() else None,
-                str(cl.path / f"dec-{i:05d}.parquet"),
+                str(cl.path / f"{shard_name(i, 'dec')}.parquet"),
                 [str(x) for x in sp.shards] if sp is not None else [],
                 stage,
                 task_stats[name],
@@ -304,7 +307,7 @@ class FinalTask:
 
     @property
     def name(self) -> str:
-        return f"part-{self.index:05d}"
+        return shard_name(self.index)
 
 
 def _min_words(cfg: Any) -> int:
@@ -372,14 +375,10 @@ def final_task(t: FinalTask, report: Reporter) -> dict[str, int]:
                         rej_w.write({**doc, "reason": reason, "detail": detail})
                 row += 1
             report(docs=batch.num_rows)
-        files = {"data": [{"path": f"{t.name}.parquet", **data_w.close()}]}
-        if rej_w is not None:
-            files["rejected"] = [{"path": f"{t.name}.parquet", **rej_w.close()}]  # in OUT.rejected
     except BaseException:
-        data_w.abort()
-        if rej_w is not None:
-            rej_w.abort()
+        abort_shards(data_w, rej_w)
         raise
+    files = close_shards(f"{t.name}.parquet", data=data_w, rejected=rej_w)  # rejected: in OUT.rejected
     record = {k: v for k, v in stats.items() if v}
     t.out.finish_task(t.name, files, record, seconds=round(time.time() - started, 3))
     return record
@@ -390,8 +389,6 @@ def _cut_lines(
 ) -> tuple[str | None, str | None]:
     """Cut boilerplate lines (and repeated spans) out of `doc`; (reason, detail) when it is left
     too short for the length rules, else (None, None) with doc["text"] edited and the bytes counted."""
-    from llmctl.data.steps.gopher import word_count
-
     text = doc["text"]
     if span_drop:
         new, left = D.drop_sentences(text, span_drop, lines)

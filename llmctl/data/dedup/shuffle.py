@@ -1,4 +1,4 @@
-"""The shuffled steps of dedup (see dedup_stages.py for the whole plan): groups, verify, spans, lines.
+"""The shuffled steps of dedup (see stages.py for the whole plan): groups, verify, spans, lines.
 
 Each task reads one partition of every shard's (or every previous task's) file through a filter
 on its partition column; the files hold one row group per partition value, so Parquet prunes the
@@ -29,7 +29,8 @@ from llmctl.data.dedup.stages import (
     write_partitioned,
 )
 from llmctl.executor.local import Reporter
-from llmctl.store.dataset import StageOutput
+from llmctl.store import fs
+from llmctl.store.dataset import StageOutput, shard_name, write_shard
 
 PAIR_SCHEMA = pa.schema([("bucket", pa.uint32()), ("exact", pa.bool_()), ("a", pa.uint64()), ("b", pa.uint64())])
 DROP_SCHEMA = pa.schema([("out", pa.uint32()), ("row", pa.uint32()), ("pos", pa.uint32()), ("dup_of", pa.string())])
@@ -48,7 +49,7 @@ class GroupTask:
 
     @property
     def name(self) -> str:
-        return f"pairs-{self.part:05d}"
+        return shard_name(self.part, "pairs")
 
 
 def group_task(t: GroupTask, report: Reporter) -> dict[str, int]:
@@ -89,7 +90,7 @@ class VerifyTask:
 
     @property
     def name(self) -> str:
-        return f"edges-{self.bucket:05d}"
+        return shard_name(self.bucket, "edges")
 
 
 def _jaccards(lo: np.ndarray, hi: np.ndarray, shards: list[Shard], n: int) -> np.ndarray:
@@ -149,9 +150,7 @@ def verify_task(t: VerifyTask, report: Reporter) -> dict[str, int]:
     table = pa.table(
         [np.r_[ea, fa], np.r_[eb, fb], np.r_[np.ones(len(ea), bool), np.zeros(len(fa), bool)]], schema=EDGE_SCHEMA
     )
-    w = t.out.shard_writer(f"{t.name}.parquet", EDGE_SCHEMA)
-    w.write_table(table)
-    t.out.finish_task(t.name, {"data": [{"path": f"{t.name}.parquet", **w.close()}]}, stats)
+    t.out.finish_task(t.name, {"data": [write_shard(t.out, f"{t.name}.parquet", table, EDGE_SCHEMA)]}, stats)
     return stats
 
 
@@ -168,14 +167,12 @@ class SpanTask:
 
     @property
     def name(self) -> str:
-        return f"drops-{self.part:05d}"
+        return shard_name(self.part, "drops")
 
 
 def _surviving(t, report: Reporter) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(hash, owner, pos) of this partition's items (spans or lines) of the documents that survive
     the clusters step, sorted by (hash, owner, pos); and the number of items read."""
-    from llmctl.store import fs
-
     H, O, P = [], [], []
     total = 0
     for sh, path in zip(t.shards, t.span_paths):
@@ -235,7 +232,7 @@ class LineTask:
 
     @property
     def name(self) -> str:
-        return f"lines-{self.part:05d}"
+        return shard_name(self.part, "lines")
 
 
 def line_task(t: LineTask, report: Reporter) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The global steps of dedup in `llmctl filter`, cut the way they scale (DESIGN.md, issue 9).
+"""The global steps of dedup in `llmctl filter`, cut the way they scale.
 
 No step holds every document: the keys are shuffled through partitioned files, so each task reads
 one partition of every shard's file (Parquet row groups pruned by their statistics), and only
@@ -9,11 +9,11 @@ one partition of every shard's file (Parquet row groups pruned by their statisti
    partitions (`dedup.partitions`): `keys-G` holds (part, band, key, row) and `spans-G` holds
    (part, hash, row, pos), sorted, one row group per partition. Texts are read here, and later
    only for the candidate documents of `verify = jaccard`.
-2. `groups` (dedup_shuffle.py, one task per key partition, all bands and the exact hash): sort the
+2. `groups` (shuffle.py, one task per key partition, all bands and the exact hash): sort the
    partition's (band, key, owner) and link each document to the first owner sharing its key. Exact
    groups give the exact edges (document -> its first copy), bands the MinHash candidate pairs.
    Both are written partitioned again, by a hash of the document into P buckets.
-3. `verify` (dedup_shuffle.py, one task per bucket): candidate pairs found in several bands are
+3. `verify` (shuffle.py, one task per bucket): candidate pairs found in several bands are
    counted once, pairs whose document is an exact duplicate are dropped (its first copy has the
    same band keys, so it carries the same pair; only a 64-bit collision of the exact hashes of two
    different texts breaks this), the rest are checked (`dedup.verify`), and a local
@@ -23,16 +23,16 @@ one partition of every shard's file (Parquet row groups pruned by their statisti
    document of a cluster is its first owner; every other member is removed, reason `exact` if it
    has an earlier exact copy, else `minhash`, pointing at the kept one. Writes per output shard
    the rows to remove (`dec-N`).
-5. `spans` (dedup_shuffle.py, one task per hash partition): C4 span dedup among the documents
+5. `spans` (shuffle.py, one task per hash partition): C4 span dedup among the documents
    that survive 4; the first occurrence of each span wins, later ones are written per output
    shard (one row group per output shard of `drops-P`).
-6. the final write (dedup_run.py, one task per output shard).
+6. the final write (run.py, one task per output shard).
 
 `owner` = rank << 32 | row, where rank orders shards stably: the --against datasets first (by
 path, then shard), then the inputs sorted by their resolved path or URI. So "first" means first in
 a content-independent order that does not depend on the worker count, the partition count, nor
 on the order in which inputs were given on the command line: the output is byte-identical for any
-of them (tests/test_dedup_shuffle.py).
+of them (tests/data/dedup/test_dedup_shuffle.py).
 
 Memory per task, for the documents of its partition: `groups` holds about 50 bytes per (document,
 band) (key, owner, band and the sort order), `spans` about 60 bytes per span, `verify` the texts
@@ -62,7 +62,7 @@ import pyarrow as pa
 from llmctl.data.dedup import base as D
 from llmctl.executor.local import Reporter
 from llmctl.store import fs
-from llmctl.store.dataset import MANIFEST, RUN_STATE, StageOutput
+from llmctl.store.dataset import MANIFEST, RUN_STATE, StageOutput, shard_name, write_shard
 
 DOCS_PER_PARTITION = 100_000  # automatic partition count: ceil(documents / this)
 MAX_AUTO_PARTITIONS = 1024
@@ -249,10 +249,7 @@ def write_per_output_shard(
             continue
         rows = sorted(per_out.get(sh.out_index, []))
         table = pa.table({name: [r[k] for r in rows] for k, name in enumerate(schema.names)}, schema=schema)
-        name = f"{prefix}-{sh.out_index:05d}.parquet"
-        w = out.shard_writer(name, schema)
-        w.write_table(table)
-        files.append({"path": name, **w.close()})
+        files.append(write_shard(out, f"{shard_name(sh.out_index, prefix)}.parquet", table, schema))
     return files
 
 
@@ -271,7 +268,7 @@ class SigTask:
 
     @property
     def name(self) -> str:
-        return f"sig-{self.g:05d}"
+        return shard_name(self.g, "sig")
 
 
 def signature_task(t: SigTask, report: Reporter) -> dict[str, int]:
@@ -300,9 +297,7 @@ def signature_task(t: SigTask, report: Reporter) -> dict[str, int]:
         flat = np.array(sigs, dtype=np.uint32).reshape(-1)
         cols["minhash"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), cfg.num_perm)
     table = pa.table(cols)
-    w = t.out.shard_writer(f"{t.name}.parquet", table.schema)
-    w.write_table(table)
-    files = {"data": [{"path": f"{t.name}.parquet", **w.close()}]}
+    files = {"data": [write_shard(t.out, f"{t.name}.parquet", table)]}
 
     # keys partitioned by range: the band keys (band b) and the exact hash (band EXACT_BAND)
     k_band, k_key, k_row = [], [], []
@@ -319,13 +314,15 @@ def signature_task(t: SigTask, report: Reporter) -> dict[str, int]:
     kp = key_part(kk, t.parts)
     order = np.lexsort((kr, kk, kb, kp))
     ktable = pa.table([kp[order], kb[order], kk[order], kr[order]], schema=KEY_SCHEMA)
-    files["keys"] = [write_partitioned(t.out, f"keys-{t.g:05d}.parquet", ktable, "part")]
+    files["keys"] = [write_partitioned(t.out, f"{shard_name(t.g, 'keys')}.parquet", ktable, "part")]
 
     stable = _hash_table(spans, t.parts)
-    files["spans"] = [write_partitioned(t.out, f"spans-{t.g:05d}.parquet", stable, "part")]
+    files["spans"] = [write_partitioned(t.out, f"{shard_name(t.g, 'spans')}.parquet", stable, "part")]
     stats = {"docs": row, "spans": len(spans)}
     if cfg.line:
-        files["lines"] = [write_partitioned(t.out, f"lines-{t.g:05d}.parquet", _hash_table(lines, t.parts), "part")]
+        files["lines"] = [
+            write_partitioned(t.out, f"{shard_name(t.g, 'lines')}.parquet", _hash_table(lines, t.parts), "part")
+        ]
         stats["lines"] = len(lines)
     t.out.finish_task(t.name, files, stats)
     return stats

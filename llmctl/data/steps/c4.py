@@ -34,10 +34,7 @@ Choices:
   sentences; here "c4.too_few_sentences" wins over "c4.bad_words" when both apply.) Single-word
   entries (276 of 403) are looked up in the set of `\\w+` runs of the page, which is the same
   test; the other entries are only searched with the regex when all their `\\w+` runs occur in
-  the page. `tests/test_c4.py` checks this against the plain regex. On the first 50,000 words of
-  the TinyStories sample this takes 13 ms against 39 ms for the single regex; the whole step
-  takes about 10 ms. As in TFDS, the list's phrases "big black" and "girl on" hit 3 of the 4,300
-  TinyStories paragraphs.
+  the page. `tests/data/steps/test_c4.py` checks this against the plain regex.
 - Blank lines are skipped without being counted as removed lines.
 """
 

@@ -62,7 +62,7 @@ def load_model(path: str | Path | None = None):
     """The fastText language model, loaded once per process (quietly: no warning on stderr)."""
     p = str(Path(path).resolve()) if path else str(default_model_path())
     if p not in _MODELS:
-        import fasttext
+        import fasttext  # fasttext: kept out of --help and of the filter's import
 
         if not Path(p).is_file():
             raise UsageError(f"{path}: no such language model")

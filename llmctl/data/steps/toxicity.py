@@ -19,9 +19,7 @@ The `toxicity` step of `llmctl filter` (off by default: `--toxicity`) sets `toxi
 model's probability of offensive language for the whole text (TF-IDF is length-normalized, so a
 long page with one swear word scores low; C4's bad-words rule, on by default, catches those), and
 removes documents at or above `threshold`, reason `toxicity`. Its precision and recall on a
-labelled sample of real text are in docs/filter.md (benchmarks/toxicity_sample.py). Speed: 1.7 ms
-per document scored one at a time (as the step does; load average ~10), plus importing
-scikit-learn once per worker (3 s on a quiet machine).
+labelled sample of real text, and its speed, are in docs/filter.md.
 """
 
 from __future__ import annotations
@@ -48,7 +46,7 @@ _CACHE: dict[str, object] = {}
 def _model():
     if "model" not in _CACHE:
         try:
-            from profanity_check import profanity_check as pc
+            from profanity_check import profanity_check as pc  # an optional extra (sklearn), loaded when the step is on
         except ImportError:
             raise UsageError(
                 "the toxicity step needs alt-profanity-check: pip install 'llmctl[toxicity]' "
@@ -60,10 +58,8 @@ def _model():
 
 class _SigmoidEnsemble:
     """`CalibratedClassifierCV(LinearSVC, method="sigmoid").predict_proba(X)[:, 1]` for a binary model,
-        as one sparse product: mean over its k folds of expit(-(a_k (w_k . x + b_k) + c_k)). scikit-learn's
-        own call costs 17 ms per document here (its input checks, per fold and per call), this 1.7 ms with the
-    TF-IDF transform (one document per call, load average ~10);
-        tests/test_langid_toxicity.py checks both agree to 1e-9 on real text."""
+    as one sparse product: mean over its k folds of expit(-(a_k (w_k . x + b_k) + c_k));
+    tests/data/steps/test_langid_toxicity.py checks both agree to 1e-9 on real text."""
 
     def __init__(self, w: np.ndarray, b: np.ndarray, a: np.ndarray, c: np.ndarray):
         self.w, self.b, self.a, self.c = w, b, a, c
