@@ -110,9 +110,7 @@ def law_loss(p: dict[str, float], params: float, tokens: float) -> float:
     log_a = p["theta"][0] if "theta" in p else np.log(p["A"])
     log_b = p["theta"][1] if "theta" in p else np.log(p["B"])
     with np.errstate(over="ignore", invalid="ignore"):
-        return float(
-            p["E"] + np.exp(log_a - p["alpha"] * np.log(params)) + np.exp(log_b - p["beta"] * np.log(tokens))
-        )
+        return float(p["E"] + np.exp(log_a - p["alpha"] * np.log(params)) + np.exp(log_b - p["beta"] * np.log(tokens)))
 
 
 def law_allocation(p: dict[str, float]) -> dict[str, float]:
