@@ -47,7 +47,7 @@ from llmctl.data.steps.langid import LangIdConfig, LangIdFilter
 from llmctl.data.steps.pii import PIIConfig, PIIScrubber
 from llmctl.data.steps.toxicity import ToxicityConfig, ToxicityFilter
 from llmctl.errors import UsageError
-from llmctl.executor.local import Reporter, default_workers, run_tasks, using
+from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.store import fs
 from llmctl.store.dataset import Dataset, StageOutput
 from llmctl.store.integrity import verify_shard

@@ -46,8 +46,9 @@ from llmctl.data.dedup.base import exact_hash, normalize_text
 from llmctl.data.document import DETAIL_KEY, Document
 from llmctl.errors import UsageError
 from llmctl.store import fs
-from llmctl.store.dataset import MANIFEST, Dataset, atomic_write_json, file_sha256, now_iso
+from llmctl.store.dataset import MANIFEST, Dataset, file_sha256
 from llmctl.store.lock import exclusive_output
+from llmctl.store.manifest import write_manifest
 
 MODEL_FILE = "model.bin"
 HQ, LQ = "__label__hq", "__label__lq"
@@ -359,8 +360,7 @@ def train_quality(
         "inputs": {"positive": pos_lineage, "negative": neg_lineage},
         "model": {"path": MODEL_FILE, "sha256": file_sha256(out / MODEL_FILE)},
         "stats": stats,
-        "timings": {"finished": now_iso()},
     }
-    atomic_write_json(out / MANIFEST, manifest)
+    manifest = write_manifest(out, manifest)
     shutil.rmtree(out / "__pycache__", ignore_errors=True)
     return manifest

@@ -48,7 +48,7 @@ from llmctl.data.dedup.stages import (
     signature_task,
 )
 from llmctl.data.document import DOCUMENT_SCHEMA
-from llmctl.executor.local import Reporter, run_tasks
+from llmctl.executor import Reporter, run_tasks
 from llmctl.store import fs
 from llmctl.store.dataset import Dataset, StageOutput
 from llmctl.utils.progress import StageProgress

@@ -28,7 +28,7 @@ from llmctl.data.dedup.stages import (
     values_of,
     write_partitioned,
 )
-from llmctl.executor.local import Reporter
+from llmctl.executor import Reporter
 from llmctl.store.dataset import StageOutput
 
 PAIR_SCHEMA = pa.schema([("bucket", pa.uint32()), ("exact", pa.bool_()), ("a", pa.uint64()), ("b", pa.uint64())])
