@@ -17,7 +17,7 @@ import pytest
 from llmctl.data.document import DOCUMENT_SCHEMA
 from llmctl.data.filter import FilterConfig, FilterTask, filter_task, resolve_inputs, run_filter
 from llmctl.errors import UsageError
-from llmctl.executor.local import run_tasks
+from llmctl.executor import run_tasks
 from llmctl.store.dataset import Dataset, StageOutput
 
 pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out

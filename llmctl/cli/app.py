@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmctl import __version__
 from llmctl.cli.help import LlmctlGroup
 
 app = typer.Typer(
@@ -70,8 +71,6 @@ RayAddressOpt = Annotated[
 
 def _version(value: bool) -> None:
     if value:
-        from llmctl import __version__
-
         typer.echo(f"llmctl {__version__}")
         raise typer.Exit()
 

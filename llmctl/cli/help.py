@@ -127,7 +127,7 @@ def _config_defaults(cmd: Any) -> dict[str, Any]:
     call, and the defaults are read from `load(Config)` itself, so the help shows what a run
     without the flag uses (a stage's own training defaults included). Only commands with
     `--config` are probed: they resolve their config before doing anything."""
-    from llmctl import config as C
+    from llmctl import config as C  # yaml: kept out of --help
 
     fn = inspect.unwrap(cmd.callback) if cmd.callback else None
     if fn is None or not any(p.name == "config" for p in cmd.params):

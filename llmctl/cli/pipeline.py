@@ -22,7 +22,7 @@ def run_cmd(
     force: Annotated[bool, typer.Option("--force", help="Run stages even when they are up to date.")] = False,
 ) -> None:
     """Run a pipeline's stages in order; up-to-date stages are skipped, the first failure stops the run."""
-    from llmctl.cli.runner import run_pipeline
+    from llmctl.cli.runner import run_pipeline  # pyarrow: kept out of --help
 
     records = run_pipeline(
         pipeline,
@@ -45,7 +45,7 @@ def report_cmd(
 ) -> None:
     """Write one HTML page with PNG charts: filter funnel, tokens per split, loss curves, DPO margins,
     the eval table and the lineage from crawl files to the final checkpoint."""
-    from llmctl.report.build import build_report
+    from llmctl.report.build import build_report  # pyarrow: kept out of --help
 
     index = build_report(root, output)
     out.print(f"wrote {index}")

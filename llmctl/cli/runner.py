@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from llmctl.cli.app import app
 from llmctl.errors import UsageError
 from llmctl.store.dataset import MANIFEST, atomic_write_json, canonical_json, fingerprint_file
 from llmctl.store.lock import exclusive_output
@@ -193,8 +194,6 @@ def run_pipeline(
     echo=print,
 ) -> list[dict[str, Any]]:
     """Run the pipeline's stages in order; returns one record per stage (ran / skipped, seconds)."""
-    from llmctl.cli import app
-
     pipe = load_pipeline(path)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Commands: llmctl sweep [run] TOKENS | fit SWEEP | check SWEEP (issue 19). Registered on the shared app by importing this module."""
+"""Commands: llmctl sweep [run] TOKENS | fit SWEEP | check SWEEP. Registered on the shared app by importing this module."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llmctl.cli.app import ConfigOpt, ExecutorOpt, PrintConfigOpt, RayAddressOpt, SetOpt, app
-from llmctl.cli.common import out
+from llmctl.cli.common import out, print_config
 from llmctl.cli.help import LlmctlGroup
 from llmctl.errors import UsageError
 
@@ -128,9 +128,9 @@ def run_cmd(
     1x16,1x24,1x32,1x48,1x64,1x96, within 3% (benchmarks/sweep.py). Models of these widths train untied
     by default: pretrain the predicted shape with --set model.tie_embeddings=false to match.
     """
-    from llmctl import config as C
-    from llmctl.executor.local import using
-    from llmctl.sweep.run import SweepConfig, sweep
+    from llmctl import config as C  # yaml: kept out of --help
+    from llmctl.executor import using  # multiprocessing: likewise
+    from llmctl.sweep.run import SweepConfig, sweep  # pyarrow, sentencepiece: likewise
 
     flags = {
         "budgets": _floats(budgets, "--budgets"),
@@ -148,8 +148,6 @@ def run_cmd(
     }
     cfg = C.load(SweepConfig, config, set_, flags)
     if print_config_:
-        from llmctl.cli.common import print_config
-
         return print_config(cfg)
     with using(executor or "local", ray_address or "auto", workers):
         res = sweep(
@@ -183,7 +181,7 @@ def fit_cmd(
     Writes SWEEP/fit.json and SWEEP/plots/ (IsoFLOP curves, compute-optimal frontier, tokens per
     parameter) and predicts the best shape and its loss at a larger budget.
     """
-    from llmctl.sweep.fit import fit_sweep, summary_lines
+    from llmctl.sweep.fit import fit_sweep, summary_lines  # numpy, scipy: kept out of --help
 
     fit = fit_sweep(sweep_dir, predict=predict, bootstrap=bootstrap, seed=seed)
     for line in summary_lines(fit):
@@ -198,7 +196,7 @@ def check_cmd(
     ],
 ) -> None:
     """Train the predicted-optimal shape at the predicted budget and print predicted against actual validation loss."""
-    from llmctl.sweep.check import check_sweep
+    from llmctl.sweep.check import check_sweep  # pyarrow, sentencepiece: kept out of --help
 
     c = check_sweep(sweep_dir)
     p = c["point"]

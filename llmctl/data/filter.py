@@ -37,7 +37,7 @@ from llmctl.data.dedup.stages import work_output
 from llmctl.data.document import DETAIL_KEY, DOCUMENT_SCHEMA, Document, to_row
 from llmctl.data.extract import ENCODING_KEY, ExtractConfig, Rejected, Unreadable, read_input
 from llmctl.data.inputs import InputFile, resolve_inputs  # noqa: F401 - resolve_inputs is imported from here too
-from llmctl.executor.local import Reporter, default_workers, run_tasks, using
+from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.store import fs
 from llmctl.store.dataset import Dataset, StageOutput, abort_shards, close_shards, shard_name
 from llmctl.store.integrity import verify_shard

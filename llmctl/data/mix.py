@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from llmctl.data.mix_plan import MixConfig, Plan, make_plan, open_sources
 from llmctl.data.tokenize import TOKENS_SCHEMA
 from llmctl.errors import UsageError
-from llmctl.executor.local import Reporter, default_workers, run_tasks
+from llmctl.executor import Reporter, default_workers, run_tasks
 from llmctl.store import fs
 from llmctl.store.dataset import StageOutput, shard_name, write_shard
 from llmctl.store.integrity import open_parquet, verify_shard

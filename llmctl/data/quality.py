@@ -49,8 +49,9 @@ from llmctl.data.document import DETAIL_KEY, Document
 from llmctl.data.extract import ExtractConfig, input_kind, read_input
 from llmctl.errors import UsageError
 from llmctl.store import fs
-from llmctl.store.dataset import MANIFEST, Dataset, atomic_write_json, file_sha256, fingerprint_file, now_iso
+from llmctl.store.dataset import MANIFEST, Dataset, file_sha256, fingerprint_file
 from llmctl.store.lock import exclusive_output
+from llmctl.store.manifest import write_manifest
 
 MODEL_FILE = "model.bin"
 HQ, LQ = "__label__hq", "__label__lq"
@@ -355,8 +356,7 @@ def train_quality(
         "inputs": {"positive": pos_lineage, "negative": neg_lineage},
         "model": {"path": MODEL_FILE, "sha256": file_sha256(out / MODEL_FILE)},
         "stats": stats,
-        "timings": {"finished": now_iso()},
     }
-    atomic_write_json(out / MANIFEST, manifest)
+    manifest = write_manifest(out, manifest)
     shutil.rmtree(out / "__pycache__", ignore_errors=True)
     return manifest

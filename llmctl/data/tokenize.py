@@ -32,25 +32,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from llmctl import __version__
 from llmctl.config import output_fields, runtime, to_dict
 from llmctl.errors import UsageError
-from llmctl.executor.local import Reporter, default_workers, run_tasks, using
+from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.store import fs
 from llmctl.store.dataset import (
     MANIFEST,
     Dataset,
     StageOutput,
     abort_shards,
-    atomic_write_json,
     canonical_json,
     close_shards,
-    now_iso,
     sha256_text,
     shard_name,
 )
 from llmctl.store.integrity import open_parquet, read_state, verify_shard
 from llmctl.store.lock import exclusive_output
+from llmctl.store.manifest import write_manifest
 from llmctl.tokenizer.spm import Tokenizer, training_chunks
 from llmctl.utils.progress import StageProgress, note, note_resume
 
@@ -189,7 +187,6 @@ def run_train(
     }
     manifest = {
         "stage": "tokenizer",
-        "llmctl_version": __version__,
         "config": to_dict(cfg),
         "config_output": output_fields(cfg),
         "inputs": inputs,
@@ -197,13 +194,12 @@ def run_train(
         "fingerprint": tok.fingerprint,
         "stats": stats,
         "timings": {
-            "finished": now_iso(),
             "sample_seconds": round(sampled - started, 3),
             "train_seconds": round(trained - sampled, 3),
             "seconds": round(time.time() - started, 3),
         },
     }
-    atomic_write_json(tmp / MANIFEST, manifest)
+    manifest = write_manifest(tmp, manifest)
     if out.exists():
         fs.rmtree(out)
     if fs.is_local(out):

@@ -1,37 +1,26 @@
 """Run a stage's per-shard tasks on a Ray cluster: the same task function as the local executor.
 
-Ray adds what one machine's process pool does not have: scheduling over many machines, retries
-(`max_retries`, default 3 attempts in all, both when a task's worker process dies and when the
-task raises: a transient read error from an object store gets another try), and progress counts
-sent back to the driver through a small actor. A task writes its shard under a temporary name
-and marks itself done only at the end (llmctl.store.dataset), so a retried task starts over cleanly
-and the output equals a clean run's. A task that fails on every attempt is reported by name
-after the other tasks have finished; their output stays and a re-run resumes. A `UsageError`
-raised in a task is not retried: it stops the run as a `UsageError`. Each Ray task carries its
-shard's name (`ray list tasks`, the dashboard, the worker's process title).
-
-Address (`connect`): `auto` joins the cluster this machine belongs to (`RAY_ADDRESS`, else the
-one `ray start` recorded in /tmp/ray/ray_current_cluster, else a running local GCS), after
-checking with a 2 s TCP connect that it answers: when there is no cluster, or the recorded one is
-gone (its processes killed without `ray stop`), a local Ray instance with `workers` CPUs is
-started for the run (the latter with a one-line notice). `HOST:PORT` and `ray://HOST:10001`
-(Ray Client) are used as given, and one that does not answer within 3 s is a one-line
-UsageError, as is any failure of `ray.init` (e.g. a cluster with token authentication, when
-this machine has no token). Every node must be able to import llmctl and see the input and
-output paths: a shared filesystem, or fsspec URIs such as s3:// (llmctl.store.fs).
+Tasks are retried (`max_retries`: when a task's worker process dies and when the task raises),
+report progress to the driver through a small actor, and carry their shard's name. A task that
+fails on every attempt is reported by name once the others have finished; their output stays and
+a re-run resumes. A `UsageError` raised in a task is not retried. Every node must be able to import
+llmctl and see the input and output paths (a shared filesystem, or fsspec URIs: llmctl.store.fs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from llmctl.errors import TaskFailed, UsageError
+from llmctl.executor.base import TRACEBACK_ENV, Reporter
 from llmctl.utils.progress import StageProgress
 
 T = TypeVar("T")
@@ -43,7 +32,7 @@ EXPLICIT_PROBE_S = 3.0  # an address given by the user that does not answer is a
 
 def _import_ray():
     try:
-        import ray
+        import ray  # an optional extra (llmctl[ray]), heavy to import
     except ImportError:
         raise UsageError("--executor ray needs Ray: pip install 'llmctl[ray]'") from None
     return ray
@@ -78,7 +67,7 @@ def _answers(address: str, timeout: float) -> bool:
 def _auto_address(ray) -> tuple[str | None, str]:
     """The cluster `auto` means, found the way Ray finds it, and where it came from; None: none."""
     try:
-        from ray._private import services
+        from ray._private import services  # ray: optional, imported only once a run uses it
     except ImportError:
         return "auto", "ray"
     try:
@@ -133,10 +122,9 @@ def _check_gcs(address: str, shown: str, timeout: float = 10.0) -> None:
     refuses in a fraction of a second here, where ray.init retries for 20 s. Only a refusal is
     reported; anything else (no answer in `timeout`, a Ray internal that changed) is left to ray.init."""
     try:
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # ray: optional, imported only once a run uses it
     except ImportError:
         return
-    import threading
 
     result: list[BaseException | None] = []
 
@@ -168,12 +156,17 @@ def _init(ray, address: str, shown: str, **kwargs: Any) -> None:
 def connect(address: str | None, workers: int):
     """Connect to (or start) the Ray instance the stage runs on; returns the `ray` module.
 
-    Fails within seconds, as a one-line UsageError, when an address given by the user does not
-    answer; see the module docstring for `auto`."""
+    `auto` joins the cluster this machine belongs to (`RAY_ADDRESS`, else the one `ray start`
+    recorded in /tmp/ray/ray_current_cluster, else a running local GCS) once a 2 s TCP connect
+    shows it answers; when there is no cluster, or the recorded one is gone (killed without
+    `ray stop`), a local instance with `workers` CPUs is started for the run (the latter with a
+    one-line notice). `local` always starts one. `HOST:PORT` and `ray://HOST:10001` (Ray Client)
+    are used as given; one that does not answer within 3 s, and any failure of `ray.init` (e.g.
+    a token-authenticated cluster this machine has no token for), is a one-line UsageError.
+    """
     ray = _import_ray()
     if ray.is_initialized():
         return ray
-    import logging
 
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     local = dict(kwargs, num_cpus=workers, include_dashboard=False)
@@ -272,8 +265,6 @@ def run_tasks_ray(
 ) -> list[R]:
     """`fn(task, report)` for every task as Ray tasks, each named after its shard; results in task order."""
     ray = connect(address, workers)
-    from llmctl.executor.local import TRACEBACK_ENV, Reporter
-
     if names is None:
         names = [f"task {i}" for i in range(len(tasks))]
     counts = _counts_actor(ray)

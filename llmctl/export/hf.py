@@ -23,10 +23,14 @@ from pathlib import Path
 
 from llmctl.errors import UsageError
 from llmctl.export.hf_moe import moe_hf_config, moe_hf_state
+from llmctl.export.hf_tokenizer import tokenizer_json
 from llmctl.model.checkpoint import load_checkpoint, write_weights
 from llmctl.model.transformer import ModelConfig
-from llmctl.store.dataset import MANIFEST, atomic_write_json, atomic_write_text, now_iso
+from llmctl.store.dataset import atomic_write_json, atomic_write_text
 from llmctl.store.lock import exclusive_output
+from llmctl.store.manifest import MANIFEST, write_manifest
+from llmctl.tokenizer.base import BOS, CHAT_TEMPLATE_JINJA, CHAT_TOKENS, EOS, PAD, UNK
+from llmctl.tokenizer.spm import Tokenizer
 
 
 def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict:
@@ -64,9 +68,6 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: 
 
 def hf_tokenizer_config(max_len: int, split_special_tokens: bool = True) -> dict:
     """transformers' tokenizer_config.json for the export's tokenizer.json."""
-    from llmctl.tokenizer.chat import CHAT_TEMPLATE_JINJA
-    from llmctl.tokenizer.spm import BOS, CHAT_TOKENS, EOS, PAD, UNK
-
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS,
@@ -97,8 +98,6 @@ def export_hf(
     ids = {"bos": None, "eos": None, "pad": None}
     tok, stops = None, None
     if tok_dir is not None:
-        from llmctl.tokenizer.spm import Tokenizer
-
         tok = Tokenizer.load(tok_dir)
         ids = {"bos": tok.bos_id, "eos": tok.eos_id, "pad": tok.pad_id}
         stops = [tok.eos_id] + [
@@ -124,19 +123,17 @@ def export_hf(
         + "\n"
     )
     if tok is not None:
-        from llmctl.export.hf_tokenizer import tokenizer_json
-
         for f in Path(tok_dir).iterdir():
             if f.is_file() and f.name != MANIFEST:
                 shutil.copy2(f, out / f.name)
         atomic_write_text(out / "tokenizer.json", json.dumps(tokenizer_json(tok), ensure_ascii=False))
         atomic_write_json(out / "tokenizer_config.json", hf_tokenizer_config(cfg.max_seq_len, split_special_tokens))
-    atomic_write_json(
-        out / MANIFEST,
+    write_manifest(
+        out,
         {
             "stage": "export",
             "format": f"huggingface-{hf_cfg['model_type']}",
-            "created": now_iso(),
+            "config": {"split_special_tokens": split_special_tokens},
             "inputs": [{"path": str(Path(checkpoint).resolve()), "step": manifest.get("step")}],
             "model": cfg.to_dict(),
         },

@@ -29,11 +29,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmctl import __version__
 from llmctl.errors import UsageError
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.store import fs
-from llmctl.store.dataset import MANIFEST, atomic_write_json, now_iso
+from llmctl.store.manifest import MANIFEST, write_manifest
+from llmctl.tokenizer.spm import Tokenizer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -42,8 +42,6 @@ TRAIN_STATE = "train_state.pt"
 
 
 def tokenizer_vocab_size(tokenizer_dir: str | Path) -> int:
-    from llmctl.tokenizer.spm import Tokenizer
-
     return Tokenizer.load(tokenizer_dir).vocab_size
 
 
@@ -88,14 +86,7 @@ def save_checkpoint(
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
-        body = {
-            "stage": "checkpoint",
-            "llmctl_version": __version__,
-            "created": now_iso(),
-            "model": model_cfg.to_dict(),
-            **(manifest or {}),
-        }
-        atomic_write_json(tmp / MANIFEST, body)
+        write_manifest(tmp, {"stage": "checkpoint", "model": model_cfg.to_dict(), **(manifest or {})})
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports ENOSPC as a RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(

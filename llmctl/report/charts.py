@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmctl.utils.plot import style_axes
+from llmctl.utils.plot import pyplot, style_axes
 
 BLUE, ORANGE, GREY, GREEN = "#4c72b0", "#dd8452", "#999999", "#55a868"
 
@@ -29,10 +29,7 @@ def _bars(ax: Any, labels: list[str], vals: list[int], colors: list[str]) -> Non
 
 def funnel_figure(rows: list[dict[str, Any]]) -> Any:
     """Two panels: the totals (read, removed, unreadable, kept), then documents removed by each rule."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     docs = {r["row"]: int(r["docs"]) for r in rows}
     causes = [r for r in rows if r["row"] not in ("read", "kept")]
@@ -62,10 +59,7 @@ def funnel_figure(rows: list[dict[str, Any]]) -> Any:
 
 
 def tokens_figure(stats: dict[str, Any]) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     splits = [s for s in ("train", "val") if isinstance(stats.get(s), dict)]
     fig, ax = plt.subplots(figsize=(5, 3))

@@ -6,22 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmctl.report.charts import BLUE, ORANGE
+from llmctl.report.html import esc, img, table
+from llmctl.utils import plot
+from llmctl.utils.plot import pyplot, style_axes
 
-def mix_figure(table: list[dict[str, Any]]) -> Any:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def mix_figure(sources: list[dict[str, Any]]) -> Any:
+    plt = pyplot()
 
-    from llmctl.report.charts import BLUE, ORANGE
-    from llmctl.utils.plot import style_axes
-
-    names = [r["name"] for r in table]
+    names = [r["name"] for r in sources]
     y = range(len(names))
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.55 * len(names)))
-    ax.barh([i - 0.2 for i in y], [100 * r["target_proportion"] for r in table], 0.4, color=BLUE, label="target")
-    ax.barh([i + 0.2 for i in y], [100 * r["proportion"] for r in table], 0.4, color=ORANGE, label="realized")
-    for i, r in enumerate(table):
+    ax.barh([i - 0.2 for i in y], [100 * r["target_proportion"] for r in sources], 0.4, color=BLUE, label="target")
+    ax.barh([i + 0.2 for i in y], [100 * r["proportion"] for r in sources], 0.4, color=ORANGE, label="realized")
+    for i, r in enumerate(sources):
         ax.text(
             100 * max(r["proportion"], r["target_proportion"]) + 0.5,
             i,
@@ -31,7 +30,7 @@ def mix_figure(table: list[dict[str, Any]]) -> Any:
         )
     ax.set_yticks(list(y), names, fontsize=9)
     ax.invert_yaxis()
-    ax.set_xlim(0, 100 * max(max(r["proportion"], r["target_proportion"]) for r in table) * 1.35 + 1)
+    ax.set_xlim(0, 100 * max(max(r["proportion"], r["target_proportion"]) for r in sources) * 1.35 + 1)
     ax.set_xlabel("% of training tokens")
     style_axes(ax, x=None, y=None)
     ax.legend(fontsize=8, loc="lower right")
@@ -42,11 +41,8 @@ def mix_figure(table: list[dict[str, Any]]) -> Any:
 
 def mix_section(name: str, stats: dict[str, Any], out: Path) -> str:
     """HTML of the section: chart, then the table a user reads first."""
-    from llmctl.report.build import _table, esc, img
-    from llmctl.utils import plot
-
-    table = stats["mix"]["sources"]
-    png = plot.save(mix_figure(table), out / f"{name}_mix.png", dpi=110)
+    sources = stats["mix"]["sources"]
+    png = plot.save(mix_figure(sources), out / f"{name}_mix.png", dpi=110)
     rows = [
         [
             r["name"],
@@ -59,9 +55,9 @@ def mix_section(name: str, stats: dict[str, Any], out: Path) -> str:
             r["val_documents"],
             r["lineage"].get("fingerprint", "")[:12],
         ]
-        for r in table
+        for r in sources
     ]
-    tab = _table(
+    tab = table(
         [
             "source",
             "target",

@@ -13,6 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from llmctl.report.html import esc, img
+from llmctl.utils import plot
+from llmctl.utils.plot import pyplot, style_axes
+
 _LOAD = re.compile(r"^moe_load/L(\d+)/e(\d+)$")
 
 
@@ -36,12 +40,7 @@ def moe_figure(run: str | Path) -> Any | None:
     loads = expert_loads(recs)
     if not loads:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from llmctl.utils.plot import style_axes
+    plt = pyplot()
 
     steps = [r["step"] for r in recs]
     n = len(loads) + 1
@@ -68,9 +67,6 @@ def moe_figure(run: str | Path) -> Any | None:
 
 def moe_section(name: str, run: Path, out: Path) -> str:
     """The report's HTML for one run ('' for a dense run)."""
-    from llmctl.report.build import esc, img
-    from llmctl.utils import plot
-
     fig = moe_figure(run)
     if fig is None:
         return ""

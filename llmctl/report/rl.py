@@ -9,9 +9,12 @@ Samples from RUN/samples.jsonl: the last evaluation's rollout and held-out compl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from llmctl.report.html import esc, img, table
+from llmctl.utils import plot
+from llmctl.utils.plot import pyplot, style_axes
 
 REWARD_KEYS = ("reward", "objective/scores")
 KL_KEYS = ("kl", "objective/kl")
@@ -28,12 +31,7 @@ def _records(run: Path) -> list[dict[str, Any]]:
 
 
 def curves_figure(run: Path) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from llmctl.utils.plot import style_axes
+    plt = pyplot()
 
     recs = _records(run)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
@@ -61,17 +59,8 @@ def curves_figure(run: Path) -> Any:
     return fig
 
 
-def section(
-    name: str,
-    run: Path,
-    out: Path,
-    esc: Callable[[Any], str],
-    img: Callable[[str, str], str],
-    table: Callable[..., str],
-) -> str:
+def rl_section(name: str, run: Path, out: Path) -> str:
     """HTML for one rl run ('' when the run has no RL metrics)."""
-    from llmctl.utils import plot
-
     recs = _records(run) if (run / "metrics.jsonl").is_file() else []
     if not any(k in r for r in recs for k in REWARD_KEYS):
         return ""

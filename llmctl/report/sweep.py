@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
-from llmctl.sweep.run import PLAN
+from llmctl.errors import UsageError
+from llmctl.report.html import esc, img, table
+from llmctl.sweep.run import PLAN, read_table
 
 
 def sweep_dirs(root: Path) -> list[Path]:
@@ -18,10 +19,8 @@ def sweep_dirs(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and (d / PLAN).is_file())
 
 
-def sweep_section(d: Path, out: Path, esc: Any, img: Any, table: Any) -> str:
-    from llmctl.errors import UsageError
-    from llmctl.sweep.run import read_table
-
+def sweep_section(d: Path, out: Path) -> str:
+    """HTML for one sweep: its points, fits, plots (copied into OUT) and prediction."""
     parts = [f"<h2>Scaling-law sweep ({esc(d.name)})</h2>"]
     try:
         rows = read_table(d)

@@ -1,4 +1,4 @@
-"""The dataset contract every stage reads and writes (see DESIGN.md).
+"""The dataset contract every stage reads and writes.
 
 A dataset is a directory of Parquet shards plus `_manifest.json`, written last and atomically:
 the manifest is the completion marker. While a stage runs, the directory holds `_run.json`
@@ -12,13 +12,12 @@ Reading: `Dataset.open(path)` refuses a directory without a manifest, so a later
 reads half-written output, and a manifest it cannot trust: shard paths must stay inside the
 dataset (no `..`, nothing absolute) and every shard must have the size the manifest records (a
 `stat` each). A shard's SHA-256 is verified when it is read (`Dataset.verify`, `verify_shard`;
-LLMCTL_VERIFY=0 skips it: ~15% of pretrain's token load, see docs/reliability.md).
+LLMCTL_VERIFY=0 skips it; its cost is in docs/reliability.md).
 `Dataset.lineage()` gives the input record a later stage stores as its parent.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import time
@@ -29,10 +28,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from llmctl import __version__
 from llmctl.config import output_fields, to_dict
 from llmctl.errors import UsageError
 from llmctl.store import fs
+from llmctl.store.fs import atomic_write_json
 from llmctl.store.integrity import (  # noqa: F401 - file_sha256 and fingerprint_file are imported from here too
     file_sha256,
     fingerprint_file,
@@ -43,8 +42,8 @@ from llmctl.store.integrity import (  # noqa: F401 - file_sha256 and fingerprint
     read_state,
     verify_shard,
 )
+from llmctl.store.manifest import MANIFEST, now_iso, write_manifest
 
-MANIFEST = "_manifest.json"
 RUN_STATE = "_run.json"
 TASKS_DIR = "_tasks"
 ROW_GROUP_ROWS = 1024
@@ -65,14 +64,6 @@ def sha256_text(text: str) -> str:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a file so that readers see either the old content or the new, never a part."""
     fs.write_text_atomic(fs.to_path(path), text)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -381,7 +372,6 @@ class StageOutput:
         shards = files.pop("data", [])
         body = {
             "stage": self.stage,
-            "llmctl_version": __version__,
             "config": to_dict(self.config),
             "config_output": self._state["config"],
             "inputs": self.inputs,
@@ -395,12 +385,11 @@ class StageOutput:
         body["fingerprint"] = sha256_text(canonical_json({k: body[k] for k in ("signature", "shards", "files")}))
         body.update(extra or {})
         body["timings"] = {
-            "finished": now_iso(),
             "seconds": round(time.time() - self._started, 3),
             "resumed_tasks": self.resumed_tasks,
             **(timings or {}),
         }
-        atomic_write_json(self.path / MANIFEST, body)
+        body = write_manifest(self.path, body)
         fs.unlink(self.path / RUN_STATE)
         fs.rmtree(self.path / TASKS_DIR)
         self.manifest = body

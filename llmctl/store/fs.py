@@ -9,7 +9,7 @@ fsspec package installed: s3fs, gcsfs, ...). Training run directories stay local
   `upath.UPath` (universal_pathlib), which has the same API (`/`, `exists`, `read_text`, `glob`, ...).
 - Parquet goes through `read_table`, `parquet_file`, `read_schema`, `parquet_writer`, which hand
   pyarrow the fsspec filesystem of a URI.
-- The contract's two atomic steps (DESIGN.md) work on both: `replace(tmp, final)` is `os.replace`
+- The contract's two atomic steps work on both: `replace(tmp, final)` is `os.replace`
   locally and fsspec's move elsewhere (on an object store a move is a server-side copy then a delete:
   the final object appears whole or not at all); `write_text_atomic` writes a temporary file and
   moves it into place.
@@ -17,6 +17,7 @@ fsspec package installed: s3fs, gcsfs, ...). Training run directories stay local
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ def to_path(path: str | AnyPath) -> AnyPath:
     if not is_uri(path):
         return Path(path)
     try:
-        from upath import UPath
+        from upath import UPath  # fsspec: imported only for a URI, local paths never touch it
 
         p = UPath(path)
         p.fs  # noqa: B018 - fail here, with a clear message, when the protocol's package is missing
@@ -96,6 +97,11 @@ def exists(path: str | AnyPath) -> bool:
 def write_text_atomic(path: AnyPath, text: str) -> None:
     """Write a file so that readers see either the old content or the new, never a part."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | AnyPath, obj: Any) -> None:
+    """`obj` as JSON (indented, keys sorted), written as `write_text_atomic` writes."""
+    write_text_atomic(to_path(path), json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
 
 
 def write_bytes_atomic(path: AnyPath, data: bytes) -> None:

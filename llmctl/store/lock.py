@@ -154,7 +154,7 @@ class OutputLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"{self.path.parent}: cannot create the output's directory ({e.strerror})") from None
-        import fcntl
+        import fcntl  # POSIX only: imported where a local lock is taken
 
         for _ in range(100):  # retried only when a holder removed the file between our open and flock
             try:

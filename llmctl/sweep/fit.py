@@ -19,6 +19,7 @@ from llmctl.store.dataset import atomic_write_json
 from llmctl.sweep.grid import nearest_shape, point_at
 from llmctl.sweep.isoflop import bootstrap_isoflop, by_budget, check_points, d_opt_at, fit_isoflop, l_opt_at, n_opt_at
 from llmctl.sweep.law import bootstrap_law, fit_law, law_allocation, law_loss
+from llmctl.sweep.plot import plot_fit
 from llmctl.sweep.run import PLAN, SweepConfig, read_table
 
 FIT = "fit.json"
@@ -78,8 +79,6 @@ def fit_sweep(
     }
     root.joinpath("plots").mkdir(exist_ok=True)
     if plots:
-        from llmctl.sweep.plot import plot_fit
-
         fit["plots"] = plot_fit(rows, fit, root / "plots")
     atomic_write_json(root / FIT, fit)
     return fit

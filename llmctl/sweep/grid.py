@@ -91,9 +91,7 @@ class Point:
 
 @dataclass
 class GridConfig:
-    budgets: list[float] = field(
-        default_factory=lambda: [1e11, 3e11, 1e12]
-    )  # CPU-sized: ~4 min on 2 cores with the ladder
+    budgets: list[float] = field(default_factory=lambda: [1e11, 3e11, 1e12])  # CPU-sized (docs/sweep.md)
     points: int = 5  # shapes per budget
     tokens_per_param: float = 20.0  # where the grid is centred (Chinchilla's rule)
     lo: float = 0.3  # the grid spans lo..hi x the expected optimum N
@@ -125,7 +123,7 @@ def parse_sizes(sizes: list[str]) -> list[Shape]:
 
 
 def model_config(shape: Shape, vocab_size: int, seq_len: int):
-    from llmctl.model.transformer import ModelConfig
+    from llmctl.model.transformer import ModelConfig  # torch: kept out of sweep fit and report
 
     return ModelConfig(
         vocab_size=vocab_size, n_layer=shape.n_layer, n_head=shape.n_head, d_model=shape.d_model, max_seq_len=seq_len

@@ -21,6 +21,8 @@ import numpy as np
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
+from llmctl.sweep.isoflop import percentile_ci
+
 DELTA = 1e-3
 GRID = np.array(
     list(
@@ -123,8 +125,6 @@ def bootstrap_law(
     rows: list[dict[str, Any]], full: dict[str, Any], n: int, seed: int, at: tuple[float, float] | None = None
 ) -> dict[str, Any]:
     """Per-parameter 95% percentile intervals (and of the loss at (N, D) `at`): all points resampled."""
-    from llmctl.sweep.isoflop import percentile_ci
-
     rng = np.random.default_rng(seed)
     got: dict[str, list[float]] = {k: [] for k in ("E", "A", "B", "alpha", "beta", "loss")}
     start = [np.array(full["theta"])]

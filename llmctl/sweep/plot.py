@@ -10,16 +10,7 @@ from typing import Any
 import numpy as np
 
 from llmctl.sweep.isoflop import by_budget, d_opt_at, n_opt_at
-from llmctl.utils.plot import save
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from llmctl.utils.plot import pyplot, save
 
 
 def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str | None = None, logy: bool = False) -> Any:
@@ -38,7 +29,7 @@ def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str | None = Non
 
 
 def isoflop_figure(rows: list[dict[str, Any]], fit: dict[str, Any]) -> Any:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colors = plt.cm.viridis(np.linspace(0, 0.85, len(fit["approach2"]["budgets"])))
     for (c, g), b, col in zip(by_budget(rows).items(), fit["approach2"]["budgets"], colors):
@@ -57,7 +48,7 @@ def isoflop_figure(rows: list[dict[str, Any]], fit: dict[str, Any]) -> Any:
 
 
 def frontier_figure(fit: dict[str, Any]) -> Any:
-    plt = _plt()
+    plt = pyplot()
     a2, p = fit["approach2"], fit["prediction"]
     cs = np.array([b["budget"] for b in a2["budgets"]])
     grid = np.logspace(np.log10(cs.min()) - 0.2, np.log10(max(cs.max(), p["budget"])) + 0.2, 50)
@@ -84,7 +75,7 @@ def frontier_figure(fit: dict[str, Any]) -> Any:
 
 
 def tokens_per_param_figure(fit: dict[str, Any]) -> Any:
-    plt = _plt()
+    plt = pyplot()
     a2 = fit["approach2"]
     cs = [b["budget"] for b in a2["budgets"]]
     fig, ax = plt.subplots(figsize=(7, 3.4))

@@ -16,19 +16,25 @@ sees). Results do not depend on how they ran: each point is seeded by the same s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import yaml
 
 from llmctl.config import from_dict, output_fields, runtime, to_dict
 from llmctl.errors import UsageError
+from llmctl.executor import current_executor, run_tasks
 from llmctl.store.dataset import Dataset, StageOutput, atomic_write_json
 from llmctl.store.lock import exclusive_output
 from llmctl.sweep.grid import GridConfig, Point, plan_grid
+from llmctl.tokenizer.spm import Tokenizer
 
 PLAN = "_sweep.json"
 TABLE = "table"
@@ -131,8 +137,8 @@ def run_point(task: dict[str, Any], report: Any = None) -> dict[str, Any]:
 def _finished(task: dict[str, Any]) -> dict[str, Any] | None:
     """The summary of a point whose run finished with this config and inputs, read from its manifest (what
     pretrain itself would report as complete, without starting a process); None for any other run dir."""
-    from llmctl.train.pretrain import PretrainConfig, set_batch_size
-    from llmctl.train.run_dir import MANIFEST, prepare_run_dir
+    from llmctl.train.pretrain import PretrainConfig, set_batch_size  # torch: kept out of sweep fit and report
+    from llmctl.train.run_dir import MANIFEST, prepare_run_dir  # torch: likewise
 
     run = Path(task["run"])
     if not task.get("inputs") or not (run / MANIFEST).is_file():
@@ -146,10 +152,10 @@ def _finished(task: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _pretrain_here(task: dict[str, Any], log: Path) -> dict[str, Any]:
-    import torch
+    import torch  # kept out of sweep fit and report, which read tables only
 
-    from llmctl.train import distributed as D
-    from llmctl.train.pretrain import PretrainConfig, pretrain
+    from llmctl.train import distributed as D  # torch: likewise
+    from llmctl.train.pretrain import PretrainConfig, pretrain  # torch: likewise
 
     if task.get("threads"):
         torch.set_num_threads(task["threads"])
@@ -163,11 +169,6 @@ def _pretrain_here(task: dict[str, Any], log: Path) -> dict[str, Any]:
 def _pretrain_subprocess(task: dict[str, Any], log: Path) -> dict[str, Any]:
     """`llmctl pretrain TOKENS -t TOK -o RUN --config logs/NAME.yaml` in a fresh process (what --workers N runs:
     a process forked from one that already ran torch may hang in OpenMP)."""
-    import subprocess
-    import sys
-
-    import yaml
-
     conf = log.with_suffix(".yaml")
     conf.write_text(yaml.safe_dump(task["pretrain"], sort_keys=False))
     env = {**os.environ, **({"OMP_NUM_THREADS": str(task["threads"])} if task.get("threads") else {})}
@@ -189,8 +190,6 @@ def _pretrain_subprocess(task: dict[str, Any], log: Path) -> dict[str, Any]:
     if rc:
         last = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
         raise UsageError(f"point {task['name']}: pretrain exited with {rc}: {last[0] if last else ''} (log: {log})")
-    import json
-
     man = json.loads((Path(task["run"]) / "_manifest.json").read_text())
     return man["stats"]
 
@@ -223,8 +222,6 @@ def point_task(
 
 
 def vocab_of(tokenizer: str | Path) -> int:
-    from llmctl.tokenizer.spm import Tokenizer
-
     return Tokenizer.load(tokenizer).vocab_size
 
 
@@ -233,9 +230,6 @@ def sweep(
     tokens: str | Path, tokenizer: str | Path, output: str | Path, cfg: SweepConfig, workers: int = 1, echo: Any = print
 ) -> dict[str, Any]:
     """Plan the grid, train every point (resuming what a killed sweep left) and write SWEEP/table."""
-    from llmctl.executor.local import _DEFAULT, run_tasks
-    from llmctl.tokenizer.spm import Tokenizer
-
     root = Path(output).absolute()
     tokens, tokenizer = Path(tokens).absolute(), Path(tokenizer).absolute()  # the paths each point's pretrain records
     tok = Tokenizer.load(tokenizer)
@@ -257,7 +251,7 @@ def sweep(
         },
     )
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
-    local = _DEFAULT["executor"] == "local"  # Ray tasks run in fresh worker processes already
+    local = current_executor() == "local"  # Ray tasks run in fresh worker processes already
     inputs = [ds.lineage(), tok.lineage()]
     tasks = [
         point_task(p, cfg, tokens, tokenizer, root, threads=threads, subprocess=workers > 1 and local, inputs=inputs)
@@ -286,8 +280,6 @@ GRID_ONLY = ("budgets", "points", "tokens_per_param", "lo", "hi", "sizes")  # a 
 def check_same_training(root: Path, cfg: SweepConfig) -> None:
     """A re-run may add budgets or sizes, but must train points as the sweep did (its fit and check read
     the recorded config): otherwise a one-line error naming what changed, before anything is written."""
-    import json
-
     old = output_fields(from_dict(SweepConfig, json.loads((root / PLAN).read_text())["config"]))
     new = output_fields(cfg)
     changed = [k for k in new if k not in GRID_ONLY and new[k] != old.get(k)]

@@ -1,30 +1,14 @@
 """The llmctl tokenizer: a sentencepiece BPE model with byte fallback and reserved special tokens.
 
-Every later stage loads it with `Tokenizer.load(dir)`. A tokenizer directory holds:
-
-  tokenizer.model          the sentencepiece model (also what Hugging Face's LlamaTokenizer reads)
-  llmctl_tokenizer.json    vocab size, special tokens and options; written last by `save()`
-  tokenizer_config.json    \\ for `transformers.AutoTokenizer.from_pretrained(dir)`: no BOS added,
-  special_tokens_map.json  / no prefix space, and a chat template that renders `llmctl.tokenizer.chat`'s format
-  _manifest.json           lineage and training stats (written by `llmctl tokenize train`)
-
-Choices, and what they cost:
-- Exact round trip. Normalization is the identity rule with no dummy prefix and no whitespace
-  folding, and unknown characters fall back to their UTF-8 bytes (256 byte tokens), so
-  `decode(encode(t)) == t` for every `str` of Unicode scalar values (emoji, CJK, NUL, control
-  characters). Two corner cases are handled here rather than by sentencepiece: the character
-  U+2581 "▁", which sentencepiece uses for a space and would decode as " ", is encoded as its
-  three byte tokens; and a lone surrogate (not encodable as UTF-8, so it cannot come out of a
-  Parquet file, only from Python code) is replaced by U+FFFD, one per surrogate code unit.
-- Special tokens are sentencepiece *control* symbols: single ids that encoding text never
-  produces. User text containing "<|user|>" is tokenized as ordinary characters; only code that
-  inserts the ids (`llmctl.tokenizer.chat`, the token stage's EOS) can emit them.
-- Digits are split into single tokens (as in Llama and DeepSeek): arithmetic gets a consistent
-  view of numbers. Measured on held-out text at a 32k vocabulary (docs/tokenize.md): web text,
-  stories and dialogue change by under 1%, AlpacaEval answers by 4%, and GSM8K needs 49% more
-  tokens (2.92 instead of 4.34 bytes/token).
-- Newlines: sentencepiece's BPE never merges across "\\n", so each newline is its own token
-  (a byte-level BPE merges "\\n\\n" into one).
+A tokenizer directory holds `tokenizer.model` (the sentencepiece model, also what Hugging Face's
+LlamaTokenizer reads), `llmctl_tokenizer.json` (vocab size, special tokens and options; written
+last by `save()`), `tokenizer_config.json` and `special_tokens_map.json` (for
+`transformers.AutoTokenizer`: no BOS, no prefix space, the chat template of llmctl.tokenizer.base)
+and `_manifest.json` (lineage and stats, written by `llmctl tokenize train`). Guarantees:
+`decode(encode(t)) == t` for every string of Unicode scalar values (identity normalization, byte
+fallback; "\u2581" is encoded as its bytes, a lone surrogate becomes U+FFFD); special tokens are
+control symbols that encoding text never produces; digits are split one per token by default
+(docs/tokenize.md); newlines are never merged.
 """
 
 from __future__ import annotations
@@ -42,15 +26,25 @@ import sentencepiece as spm
 from llmctl.errors import UsageError
 from llmctl.store import fs
 from llmctl.store.dataset import atomic_write_json
+from llmctl.tokenizer.base import (
+    ASSISTANT,
+    BOS,
+    CHAT_TEMPLATE_JINJA,
+    CHAT_TOKENS,
+    END,
+    EOS,
+    PAD,
+    SPECIAL_TOKENS,
+    SYSTEM,
+    UNK,
+    USER,
+    encode_chat,
+)
 
 MODEL_FILE = "tokenizer.model"
 DESCRIPTION_FILE = "llmctl_tokenizer.json"
 FORMAT = "llmctl-sentencepiece-bpe-v1"
 
-UNK, BOS, EOS, PAD = "<unk>", "<|bos|>", "<|eos|>", "<|pad|>"
-SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
-CHAT_TOKENS = (SYSTEM, USER, ASSISTANT, END)
-SPECIAL_TOKENS = (BOS, EOS, PAD) + CHAT_TOKENS  # ids 1..7; 0 is <unk> (never produced with byte fallback)
 
 _META = "\u2581"  # sentencepiece's whitespace marker
 _META_BYTES = tuple(f"<0x{b:02X}>" for b in _META.encode("utf-8"))
@@ -169,8 +163,6 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write the model, the Hugging Face files, then the description (the completion marker)."""
-        from llmctl.tokenizer.chat import CHAT_TEMPLATE_JINJA
-
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         (p / DESCRIPTION_FILE).unlink(missing_ok=True)
@@ -290,10 +282,8 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ chat
     def apply_chat_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
-        """Ids of a conversation in llmctl's chat format (see `llmctl.tokenizer.chat`)."""
-        from llmctl.tokenizer.chat import apply_chat_template
-
-        return apply_chat_template(self, messages, add_generation_prompt=add_generation_prompt)
+        """Ids of a conversation in llmctl's chat format (llmctl.tokenizer.base)."""
+        return encode_chat(self, messages, add_generation_prompt)[0]
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, path={str(self.path) if self.path else None!r})"

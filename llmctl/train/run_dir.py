@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmctl import __version__
 from llmctl.config import output_fields
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import TRAIN_STATE, WEIGHTS
-from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json, now_iso
+from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json
 from llmctl.store.integrity import read_state
 from llmctl.store.lock import writer_lock
+from llmctl.store.manifest import write_manifest
 from llmctl.train import distributed as D
 from llmctl.train.loop import CHECKPOINTS
 from llmctl.utils.progress import note
@@ -149,17 +149,7 @@ class TrainingRun:
     def finish(self, summary: dict[str, Any], manifest: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
         """Write RUN/_manifest.json (rank 0) once the last step is done; returns the summary."""
         if self.plan is not None and summary["finished"]:
-            atomic_write_json(
-                self.path / MANIFEST,
-                {
-                    **manifest,
-                    "llmctl_version": __version__,
-                    "finished": now_iso(),
-                    "model": model,
-                    "stats": summary,
-                    "run_state": self.plan.state,
-                },
-            )
+            write_manifest(self.path, {**manifest, "model": model, "stats": summary, "run_state": self.plan.state})
         D.barrier()
         return summary
 

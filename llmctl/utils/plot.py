@@ -64,10 +64,20 @@ def loss_label(kind: str, config: dict[str, Any] | None = None) -> str:
     return "cross-entropy (nats/token)"
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
+    import matplotlib  # heavy: imported on the first chart, never by --help
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after use("Agg")
+
+    return plt
+
+
 def style_axes(ax: Any, x: str | None = "int", y: str | None = "num") -> None:
     """Tick style per axis: "int" (a count: integer ticks, no step 2.5; thousands separators),
     "num" (thousands separators from 1,000 on), None (left alone: a categorical axis)."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator  # matplotlib: kept out of --help
 
     for axis, kind in ((ax.xaxis, x), (ax.yaxis, y)):
         if kind == "int":
@@ -79,10 +89,7 @@ def style_axes(ax: Any, x: str | None = "int", y: str | None = "num") -> None:
 
 def loss_figure(runs: list[str | Path], x: str = "step") -> Any:
     """The loss chart of one or more runs (train EMA + validation markers), labelled by kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if x not in ("step", "tokens"):
         raise UsageError(f"--x must be step or tokens, got {x!r}")
@@ -115,10 +122,7 @@ def prefs_figure(run: str | Path) -> Any | None:
     """Reward margins and pairwise accuracy of a preference run (DPO: TRL's rewards/margins and
     rewards/accuracies; a reward model: margin and accuracy), train and held out, on two axes;
     None for a run that logs neither."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     recs = [json.loads(ln) for ln in (Path(run) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     kind, cfg = run_kind(run)
@@ -165,8 +169,7 @@ def prefs_figure(run: str | Path) -> Any | None:
 
 
 def save(fig: Any, out: str | Path, dpi: int = 120) -> Path:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from llmctl.errors import TaskFailed, UsageError
-from llmctl.executor.local import run_tasks
+from llmctl.executor import run_tasks
 
 
 @dataclass
@@ -54,7 +54,7 @@ def die_on_3(t: Shard, report) -> int:
 
 
 def test_task_label_prefers_label_then_name():
-    from llmctl.executor.local import task_label
+    from llmctl.executor.base import task_label
 
     assert task_label(Shard(2), 2) == "part-00002 (crawl-00002.warc.gz)"
 
@@ -112,7 +112,7 @@ def test_killed_worker_names_its_shard():
 
 
 def test_error_line():
-    from llmctl.executor.local import error_line
+    from llmctl.executor.base import error_line
 
     try:
         raise KeyError("col")
@@ -124,7 +124,7 @@ def test_error_line():
 
 def test_error_line_names_llmctl_files_whatever_the_checkout_folder_is_called(tmp_path, monkeypatch):
     # a clone in a folder named llmctl (what `git clone .../llmctl` makes): /x/llmctl/llmctl/...
-    from llmctl.executor import local as executor
+    from llmctl.executor import base as executor
 
     clone = tmp_path / "llmctl"
     (clone / "tests").mkdir(parents=True)

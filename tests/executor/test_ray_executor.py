@@ -17,7 +17,7 @@ import pytest
 import ray  # noqa: E402  (a test dependency: .[test])
 
 from llmctl.errors import TaskFailed, UsageError  # noqa: E402
-from llmctl.executor.local import run_tasks, using  # noqa: E402
+from llmctl.executor import run_tasks, using  # noqa: E402
 from llmctl.utils.progress import StageProgress  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: `make test` runs it, `make test-fast` leaves it out

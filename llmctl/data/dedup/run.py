@@ -49,7 +49,7 @@ from llmctl.data.dedup.stages import (
 )
 from llmctl.data.document import DOCUMENT_SCHEMA
 from llmctl.data.steps.gopher import word_count
-from llmctl.executor.local import Reporter, run_tasks
+from llmctl.executor import Reporter, run_tasks
 from llmctl.store import fs
 from llmctl.store.dataset import Dataset, StageOutput, abort_shards, close_shards, shard_name
 from llmctl.utils.progress import StageProgress

@@ -28,7 +28,7 @@ from llmctl.data.dedup.stages import (
     values_of,
     write_partitioned,
 )
-from llmctl.executor.local import Reporter
+from llmctl.executor import Reporter
 from llmctl.store import fs
 from llmctl.store.dataset import StageOutput, shard_name, write_shard
 

@@ -60,7 +60,7 @@ import numpy as np
 import pyarrow as pa
 
 from llmctl.data.dedup import base as D
-from llmctl.executor.local import Reporter
+from llmctl.executor import Reporter
 from llmctl.store import fs
 from llmctl.store.dataset import MANIFEST, RUN_STATE, StageOutput, shard_name, write_shard
 
