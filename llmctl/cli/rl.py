@@ -50,7 +50,7 @@ def rl_cmd(
         Optional[list[str]],
         typer.Option(
             "--reward",
-            help="Reward (repeatable): rm | exact_match (GSM8K final number, eval's extraction) | format ('#### N' answer line) | MODULE:FUNC.",
+            help="Reward (repeatable): rm | exact_match (GSM8K final number, eval's extraction) | format ('#### N' answer line) | length (minus the words: a length penalty) | MODULE:FUNC.",
             rich_help_panel=_RL,
         ),
     ] = None,

@@ -1,5 +1,5 @@
 """Each training registry is the one list of its names: the CLI help lists exactly them, the config
-accepts exactly them."""
+accepts exactly them; and the `length` RL reward."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from llmctl.train.dpo import DPOConfig
 from llmctl.train.dpo_loss import LOSS_TYPES
 from llmctl.train.rl.algos import ALGOS
 from llmctl.train.rl.core import GRPO_LOSS_TYPES
-from llmctl.train.rl.rewards import REWARDS, Rewards
+from llmctl.train.rl.rewards import REWARDS, Rewards, length_reward
 from llmctl.train.rl.trainer import RLConfig
 
 
@@ -70,3 +70,15 @@ def test_unknown_reward_names_the_registry():
 def test_rm_reward_needs_a_scorer():
     with pytest.raises(UsageError, match="reward rm needs --reward-model"):
         Rewards(["rm"])
+
+
+def test_length_reward_is_minus_the_words():
+    assert length_reward(["q", "q", "q"], ["one two three", "", "  a\nb  "]) == [-3.0, -0.0, -2.0]
+
+
+def test_length_penalty_weighs_against_another_reward():
+    rewards = Rewards(["format", "length"], [1.0, 0.1])
+    comps = ["so #### 4", "the sum is four so the answer is #### 4", "no answer"]
+    total, per = rewards(["q"] * 3, comps, [{"prompt": "q"}] * 3, [0, 1, 2])
+    assert per["length"] == [-3.0, -10.0, -2.0]
+    assert total == pytest.approx([1 - 0.3, 1 - 1.0, -0.2])

@@ -51,6 +51,12 @@ def format_reward(prompts: Sequence[Any], completions: Sequence[str], **_: Any) 
     return [float(bool(_FORMAT.search(c.strip()))) for c in completions]
 
 
+def length_reward(prompts: Sequence[Any], completions: Sequence[str], **_: Any) -> list[float]:
+    """Minus the completion's length in words: with `--reward-weight W`, a penalty of W a word (to
+    counter a reward model's taste for long answers)."""
+    return [-float(len(c.split())) for c in completions]
+
+
 def rm_reward(prompts: Sequence[Any], completions: Sequence[str], scorer: Any, **_: Any) -> list[float]:
     """The reward model's score of (prompt, completion) (`--reward-model RUN`)."""
     return scorer.score(prompts, completions)
@@ -66,6 +72,7 @@ REWARDS: dict[str, Reward] = {
     "rm": Reward(rm_reward, needs_scorer=True),
     "exact_match": Reward(exact_match_reward),
     "format": Reward(format_reward),
+    "length": Reward(length_reward),
 }
 
 
