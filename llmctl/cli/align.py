@@ -1,30 +1,35 @@
-"""Commands: llmctl sft, reward (train | score), dpo, data import (issue 6). Registered on the shared app by importing this module."""
+"""Commands: llmctl sft, reward (train | score), dpo, data import. Registered on the shared app by importing this module."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
-from llmctl.cli.common import print_config
+from llmctl.cli.common import (
+    CkptOpt,
+    DataArg,
+    DeviceOpt,
+    DtypeOpt,
+    EvalOpt,
+    FromOpt,
+    LrOpt,
+    MaxLenOpt,
+    OutOpt,
+    ResumeOpt,
+    SeedOpt,
+    StepsOpt,
+    StopOpt,
+    TpOpt,
+    ValOpt,
+    WarmupOpt,
+    run_trainer,
+    trainer_flags,
+)
 from llmctl.cli.help import LlmctlGroup
 
-# Options every alignment trainer shares (None = not given: the config file or default decides).
-DataArg = Annotated[str, typer.Argument(help="Dataset dir, .parquet or .jsonl file.")]
-FromOpt = Annotated[str, typer.Option("--from", help="Checkpoint (or run dir) to start from.")]
-OutOpt = Annotated[
-    str, typer.Option("--output", "-o", help="Run directory: metrics.jsonl, checkpoints/, _manifest.json.")
-]
-MaxLenOpt = Annotated[
-    Optional[int],
-    typer.Option("--max-len", help="Most tokens per example (longer: prompt cut left, response right; counted)."),
-]
-ValOpt = Annotated[
-    Optional[float], typer.Option("--val-fraction", help="Held-out share when the data has no split column.")
-]
-StepsOpt = Annotated[Optional[int], typer.Option(help="Optimizer steps.")]
+# The pair trainers' (reward, dpo) and sft's batch sizes; the other options: llmctl.cli.common.
 BatchOpt = Annotated[
     Optional[int],
     typer.Option(
@@ -42,103 +47,6 @@ SftBatchOpt = Annotated[
 SftMicroOpt = Annotated[
     Optional[int], typer.Option("--micro-batch", help="Packed windows (with --no-pack: examples) per forward per rank.")
 ]
-LrOpt = Annotated[Optional[float], typer.Option(help="Peak learning rate.")]
-WarmupOpt = Annotated[Optional[int], typer.Option("--warmup", help="Linear warmup steps.")]
-EvalOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Held-out metrics every N steps.")]
-CkptOpt = Annotated[Optional[int], typer.Option("--ckpt-every", help="Checkpoint every N steps.")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of the data order and split.")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="auto | cpu | cuda.")]
-DtypeOpt = Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on GPU) | fp32 | bf16.")]
-StopOpt = Annotated[
-    Optional[int],
-    typer.Option("--stop-after", help="Stop after N steps in this invocation (re-run the same command to continue)."),
-]
-TpOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--tp", help="Under torchrun: tensor-parallel degree N (a world/N data x N tensor mesh, FSDP2 over data)."
-    ),
-]
-ResumeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--resume",
-        help="Accepted for old scripts: re-running the same command resumes from the latest checkpoint anyway.",
-    ),
-]
-
-
-def _flags(
-    steps,
-    batch_size,
-    micro_batch,
-    lr,
-    warmup,
-    eval_every,
-    ckpt_every,
-    seed,
-    device,
-    dtype,
-    stop_after,
-    tp=None,
-    **extra: Any,
-) -> dict[str, Any]:
-    return {
-        "train.steps": steps,
-        "train.batch_size": batch_size,
-        "train.micro_batch": micro_batch,
-        "train.lr": lr,
-        "train.warmup_steps": warmup,
-        "train.eval_every": eval_every,
-        "train.ckpt_every": ckpt_every,
-        "train.seed": seed,
-        "train.device": device,
-        "train.dtype": dtype,
-        "train.stop_after": stop_after,
-        "train.tp": tp,
-        **extra,
-    }
-
-
-def _train(
-    cls: type,
-    config: Any,
-    set_: Any,
-    flags: dict[str, Any],
-    print_config_: bool,
-    run: Callable[[Any], dict[str, Any]],
-    keys: tuple[str, ...],
-) -> None:
-    """What every trainer command does: resolve its config (defaults, --config, --set, flags), print it
-    with --print-config, else run it (the process group shut down either way) and print the summary."""
-    from llmctl import config as C
-    from llmctl.train import distributed as D
-
-    cfg = C.load(cls, config, set_, flags)
-    if print_config_:
-        return print_config(cfg)
-    try:
-        s = run(cfg)
-    finally:
-        D.shutdown()
-    _done(s, keys)
-
-
-def _done(s: dict[str, Any], keys: tuple[str, ...]) -> None:
-    from llmctl.train import distributed as D
-
-    state = (
-        "already complete"
-        if s.get("complete")
-        else "finished"
-        if s["finished"]
-        else f"stopped at step {s['steps_done']} (re-run the same command to continue)"
-    )
-    vals = ", ".join(f"{k} {s[k]:.4f}" for k in keys if k in s)
-    D.print0(
-        f"{state}: loss {s.get('loss', float('nan')):.4f}{', ' + vals if vals else ''}; {s['seconds']:.1f} s; "
-        f"checkpoint {s['checkpoint']}"
-    )
 
 
 @app.command("sft")
@@ -174,13 +82,13 @@ def sft_cmd(
     Examples are packed into --max-len windows with block-diagonal attention; a held-out split gives val_loss.
     Runs alone or under torchrun; writes RUN/checkpoints/step_N that generate, eval and export take.
     """
-    from llmctl.train.sft import SFTConfig, run_sft
+    from llmctl.train.sft import SFTConfig, run_sft  # torch: kept out of --help
 
-    _train(
+    run_trainer(
         SFTConfig,
         config,
         set_,
-        _flags(
+        trainer_flags(
             steps,
             batch_size,
             micro_batch,
@@ -255,13 +163,13 @@ def reward_train_cmd(
 
     Logs held-out pairwise accuracy and margin (val_accuracy, val_margin in metrics.jsonl and the manifest).
     """
-    from llmctl.train.reward import RewardConfig, run_reward
+    from llmctl.train.reward import RewardConfig, run_reward  # torch: kept out of --help
 
-    _train(
+    run_trainer(
         RewardConfig,
         config,
         set_,
-        _flags(
+        trainer_flags(
             steps,
             batch_size,
             micro_batch,
@@ -292,7 +200,7 @@ def reward_score_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Score prompt/response rows into a `reward` column (pairs: `reward_chosen`, `reward_rejected`)."""
-    from llmctl.train.reward import score_dataset
+    from llmctl.train.reward import score_dataset  # torch: kept out of --help
 
     m = score_dataset(rm, data, output, overwrite=overwrite, batch_size=batch_size)
     st = m["stats"]
@@ -341,13 +249,13 @@ def dpo_cmd(
     Logs TRL's metrics: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
     logps/rejected (m_* per step, val_* on the held-out pairs).
     """
-    from llmctl.train.dpo import DPOConfig, run_dpo
+    from llmctl.train.dpo import DPOConfig, run_dpo  # torch: kept out of --help
 
-    _train(
+    run_trainer(
         DPOConfig,
         config,
         set_,
-        _flags(
+        trainer_flags(
             steps,
             batch_size,
             micro_batch,
@@ -413,7 +321,7 @@ def data_import_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Convert a JSONL/Parquet file into an `sft`, `prefs` or `docs` dataset with a manifest (lineage starts here)."""
-    from llmctl.data.chat_data import import_data
+    from llmctl.data.chat_data import import_data  # pyarrow: kept out of --help
 
     m = import_data(
         src,

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmctl.cli.align import (
+from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
+from llmctl.cli.common import (
     CkptOpt,
     DeviceOpt,
     DtypeOpt,
@@ -20,10 +21,9 @@ from llmctl.cli.align import (
     StopOpt,
     ValOpt,
     WarmupOpt,
-    _flags,
-    _train,
+    run_trainer,
+    trainer_flags,
 )
-from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
 
 PromptsArg = Annotated[
     str,
@@ -50,7 +50,7 @@ def rl_cmd(
         Optional[list[str]],
         typer.Option(
             "--reward",
-            help="Reward (repeatable): rm | exact_match (GSM8K final number, eval's extraction) | format ('#### N' answer line) | MODULE:FUNC.",
+            help="Reward (repeatable): rm | exact_match (GSM8K final number, eval's extraction) | format ('#### N' answer line) | length (minus the words: a length penalty) | MODULE:FUNC.",
             rich_help_panel=_RL,
         ),
     ] = None,
@@ -167,7 +167,7 @@ def rl_cmd(
     mean reward of greedy answers to held-out prompts (sampled ones with --set val_temperature=T --set
     val_samples=K), and RUN/samples.jsonl holds sampled completions with their rewards.
     """
-    from llmctl.train.rl.trainer import RLConfig, run_rl
+    from llmctl.train.rl.trainer import RLConfig, run_rl  # torch: kept out of --help
 
     extra = dict(
         algo=algo,
@@ -188,11 +188,11 @@ def rl_cmd(
         scale_rewards=False if no_scale_rewards else None,
         val_fraction=val_fraction,
     )
-    _train(
+    run_trainer(
         RLConfig,
         config,
         set_,
-        _flags(
+        trainer_flags(
             steps, batch_size, micro_batch, lr, warmup, eval_every, ckpt_every, seed, device, dtype, stop_after, **extra
         ),
         print_config_,

@@ -1,4 +1,4 @@
-"""Commands: llmctl pretrain, generate, export, plot (issue 5). Registered on the shared app by importing this module."""
+"""Commands: llmctl pretrain, generate, export, plot. Registered on the shared app by importing this module."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmctl import config as C  # called as C.load: `--help` swaps it to read the stage defaults
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
+from llmctl.cli.common import ResumeOpt, TpOpt, print_config, run_state
 
 
 @app.command("pretrain")
@@ -29,7 +31,7 @@ def pretrain_cmd(
     preset: Annotated[
         Optional[str],
         typer.Option(
-            help="Model size: tiny, 10m, 124m, 350m; Mixture-of-Experts: moe-tiny, moe-10m, olmoe, or --set model.n_experts=8 etc., see docs/moe.md (default tiny)."
+            help="Model shape: tiny | 10m | 124m | 350m | moe-tiny | moe-10m | olmoe (Mixture-of-Experts, docs/moe.md; or --set model.n_experts=8 etc.) (default tiny)."
         ),
     ] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Override the preset's layer count.")] = None,
@@ -68,20 +70,8 @@ def pretrain_cmd(
         bool, typer.Option("--activation-checkpointing", help="Recompute block activations in backward.")
     ] = False,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard with FSDP2 instead of DDP.")] = False,
-    tp: Annotated[
-        Optional[int],
-        typer.Option(
-            "--tp",
-            help="Under torchrun: tensor-parallel degree N; ranks form a (world/N data x N tensor) mesh, FSDP2 over data (default 1).",
-        ),
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Accepted for old scripts: re-running the same command resumes from the latest checkpoint anyway.",
-        ),
-    ] = False,
+    tp: TpOpt = None,
+    resume: ResumeOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
@@ -94,9 +84,8 @@ def pretrain_cmd(
     Writes RUN/metrics.jsonl, RUN/checkpoints/step_N (safetensors + config + tokenizer + resume state)
     and RUN/_manifest.json when finished.
     """
-    from llmctl import config as C
-    from llmctl.train import distributed as D
-    from llmctl.train.pretrain import PretrainConfig, pretrain
+    from llmctl.train import distributed as D  # torch: kept out of --help
+    from llmctl.train.pretrain import PretrainConfig, pretrain  # torch: kept out of --help
 
     flags = {
         "model.preset": preset,
@@ -126,23 +115,14 @@ def pretrain_cmd(
     }
     cfg = C.load(PretrainConfig, config, set_, flags)
     if print_config_:
-        from llmctl.cli.common import print_config
-
         return print_config(cfg)
     try:
         s = pretrain(tokens, tokenizer, output, cfg, resume=resume, overwrite=overwrite, mix=mix)
     finally:
         D.shutdown()
     val = f", val loss {s['val_loss']:.4f}" if "val_loss" in s else ""
-    state = (
-        "already complete"
-        if s.get("complete")
-        else "finished"
-        if s["finished"]
-        else f"stopped at step {s['steps_done']} (re-run the same command to continue)"
-    )
     D.print0(
-        f"{state}: loss {s.get('loss', float('nan')):.4f}{val}, {s.get('tokens', 0):,} tokens in {s['seconds']:.1f} s "
+        f"{run_state(s)}: loss {s.get('loss', float('nan')):.4f}{val}, {s.get('tokens', 0):,} tokens in {s['seconds']:.1f} s "
         f"({s['tokens_per_s_avg']:,.0f} tok/s); checkpoint {s['checkpoint']}"
     )
 
@@ -165,7 +145,7 @@ def generate_cmd(
     ] = False,
 ) -> None:
     """Continue PROMPT with a trained model (temperature, top-k, top-p; KV cache), or answer it with --chat."""
-    from llmctl.model.generate import generate_text
+    from llmctl.model.generate import generate_text  # torch: kept out of --help
 
     for i in range(num_samples):
         text = generate_text(
@@ -199,7 +179,7 @@ def export_cmd(
     ] = True,
 ) -> None:
     """Write a Hugging Face LlamaForCausalLM directory (safetensors, config.json, tokenizer.json + tokenizer files)."""
-    from llmctl.export.hf import export_hf
+    from llmctl.export.hf import export_hf  # torch: kept out of --help
 
     path = export_hf(checkpoint, output, overwrite=overwrite, split_special_tokens=split_special_tokens)
     typer.echo(f"exported {path} (load with transformers.AutoModelForCausalLM.from_pretrained)")
@@ -212,7 +192,7 @@ def plot_cmd(
     x: Annotated[str, typer.Option(help="x axis: step or tokens.")] = "step",
 ) -> None:
     """Render train and validation loss curves of one or more runs to a PNG."""
-    from llmctl.utils.plot import plot_runs
+    from llmctl.utils.plot import plot_runs  # matplotlib: kept out of --help
 
     path = plot_runs(runs, output, x=x)
     typer.echo(f"wrote {path}")

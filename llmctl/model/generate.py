@@ -19,7 +19,10 @@ from pathlib import Path
 
 import torch
 
+from llmctl.errors import UsageError
+from llmctl.model.checkpoint import load_checkpoint
 from llmctl.model.transformer import KVCache, Transformer
+from llmctl.tokenizer.spm import Tokenizer
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -90,7 +93,7 @@ def generate_batch(
     Prompts of different lengths are left-padded to the longest; an attention mask hides the
     padding (a pad query sees only itself, so no row of softmax is empty) and RoPE positions
     count each row's own tokens from 0, so a row computes what it would alone up to float
-    rounding (a greedy batch gives the tokens of one-at-a-time generation: tests/test_generate_batch.py).
+    rounding (a greedy batch gives the tokens of one-at-a-time generation: tests/model/test_generate_batch.py).
     A batch without padding takes the causal kernel with no mask, exactly as a single prompt does.
     A row stops at a stop id (not returned) or after max_new_tokens, or when it fills the model's
     context, or when `stop_fn(row's new ids)` says so after a token (that token is kept: eval's stop
@@ -210,10 +213,6 @@ def generate_text(
     With `chat=True` the prompt is one user turn in the chat template SFT, reward and DPO train on
     (`Tokenizer.apply_chat_template`, ending with the assistant tag), and the reply stops at `<|end|>`.
     """
-    from llmctl.errors import UsageError
-    from llmctl.model.checkpoint import load_checkpoint
-    from llmctl.tokenizer.spm import Tokenizer
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _, tok_dir, _ = load_checkpoint(checkpoint, device=device, tokenizer_dir=tokenizer_dir)
     if tok_dir is None:

@@ -6,9 +6,7 @@ that `llmctl.export.hf` is a key rename and the logits match `LlamaForCausalLM` 
 
 Packed training windows hold several documents. `forward(..., doc_ids=...)` makes attention
 block-diagonal (a token attends only to earlier tokens of its own document) and restarts RoPE
-positions at each document, so a packed window computes what the documents alone would. The
-price on CPU: an explicit mask sends SDPA from its fused causal kernel to the masked one, about
-10-20% slower at T=256; `doc_mask=False` in the pretrain config turns it off.
+positions at each document, so a packed window computes what the documents alone would. (`doc_mask=False` in the pretrain config turns it off).
 
 FLOPs per token follow the PaLM/nanoGPT estimate: 6 x (non-embedding params + lm head) for the
 matmuls forward+backward, plus 12 x n_layer x d_model x T for attention scores and values.

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from llmctl.train import parallel as P
 
 
 @dataclass
@@ -68,8 +71,6 @@ def init(device: str = "auto", tp: int = 1) -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    from llmctl.train import parallel as P
-
     P.check_layout(world, tp)
     mesh = P.build_mesh(dev.type, world, tp) if tp > 1 else None
     _DIST = Dist(rank, world, local, dev, tp, mesh)
@@ -131,28 +132,22 @@ def wrap(model: torch.nn.Module, fsdp: bool, loss_parallel: bool = False) -> tor
         return model
     mesh = None
     if d.tp > 1:
-        from llmctl.train import parallel as P
-
         P.apply_tp(model, d.mesh["tp"], loss_parallel)
         if d.dp == 1:
             return model
         fsdp, mesh = True, d.mesh["dp"]
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # only a parallel run loads it
 
         for block in model.layers:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     return DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain Transformer under torch.compile and DDP wrappers (FSDP2 keeps the module itself)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, DDP) else model
 
@@ -176,7 +171,10 @@ def grad_sync(model: torch.nn.Module, enabled: bool):
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded model weights on CPU (collective: every rank must call it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # only a parallel run loads it
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     if _DIST.world == 1:
         return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
@@ -186,7 +184,10 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def full_optim_state(model: torch.nn.Module, optim: torch.optim.Optimizer) -> dict:
     """The optimizer state keyed by parameter name, unsharded (collective)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # only a parallel run loads it
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_optimizer_state_dict(unwrap(model), optim, options=opts)
@@ -194,7 +195,11 @@ def full_optim_state(model: torch.nn.Module, optim: torch.optim.Optimizer) -> di
 
 def load_full_state(model: torch.nn.Module, optim: torch.optim.Optimizer, model_sd: dict, optim_sd: dict) -> None:
     """Load full (unsharded) model and optimizer state on every rank, sharding as needed."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # only a parallel run loads it
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True)
     set_model_state_dict(unwrap(model), model_sd, options=opts)

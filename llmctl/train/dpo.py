@@ -11,7 +11,7 @@ training (one forward per pair, the reference then freed), so a run of E epochs 
 reference passes and the reference's memory: the figure for a policy twice the size of a GPU's
 spare memory. The cache is deterministic and not stored: a resume recomputes it.
 
-Loss and metrics: `llmctl.train.dpo_loss` (sigmoid, robust, IPO; TRL's metric names). Step
+Loss and metrics: `llmctl.train.dpo_loss` (its LOSS_TYPES; TRL's metric names). Step
 metrics go to metrics.jsonl under those names (`rewards/accuracies`, ...); held-out metrics are
 `val_rewards/accuracies` etc.
 """
@@ -29,9 +29,8 @@ from llmctl.data.chat_data import Encoded, ItemBatches, read_rows
 from llmctl.errors import UsageError
 from llmctl.train import distributed as D
 from llmctl.train.dpo_loss import LOSS_TYPES, dpo_loss, dpo_metrics, response_logps
+from llmctl.train.finetune import IGNORE, collate_pairs, encode_prefs, load_start, run_training
 from llmctl.train.loop import TrainConfig
-from llmctl.train.reward import collate_pairs, encode_prefs
-from llmctl.train.sft import IGNORE, load_start, run_training
 
 METRIC_NAMES = (
     "rewards/chosen",
@@ -59,7 +58,7 @@ def _dpo_train() -> TrainConfig:
 @dataclass
 class DPOConfig:
     beta: float = 0.1
-    loss_type: str = "sigmoid"  # sigmoid | robust | ipo
+    loss_type: str = "sigmoid"  # a name in llmctl.train.dpo_loss.LOSS_TYPES
     label_smoothing: float = 0.0  # cDPO (sigmoid) / robust DPO noise rate, in [0, 0.5)
     ref: str | None = None  # reference checkpoint; None = the starting checkpoint
     cache_ref: bool = False  # compute reference log-probs once before training
@@ -86,7 +85,7 @@ def collate_dpo(pairs: list[tuple[Encoded, Encoded]], pad_id: int) -> dict[str, 
 
 def make_dpo_loss(cfg: DPOConfig, ref: torch.nn.Module | None):
     """loss_fn(model, batch) for the loop; uses batch['ref_logps'] when cached, else runs `ref`."""
-    average = cfg.loss_type == "ipo"
+    average = LOSS_TYPES[cfg.loss_type].average
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         logps = response_logps(model, batch["input_ids"], batch["labels"], average=average)
@@ -174,7 +173,7 @@ def run_dpo(
     autocast = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
     tr_cache = val_cache = None
     if cfg.cache_ref:
-        avg = cfg.loss_type == "ipo"
+        avg = LOSS_TYPES[cfg.loss_type].average
         tr_cache = reference_logps(ref, tr, cfg.train.micro_batch, tok.pad_id, avg, d.device, autocast)
         val_cache = reference_logps(ref, val, cfg.train.micro_batch, tok.pad_id, avg, d.device, autocast)
         ref = None

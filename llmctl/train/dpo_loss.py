@@ -1,24 +1,50 @@
 """The DPO loss family on sequence log-probabilities, with TRL's formulas and metric names.
 
-With h = (log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x)):
-  sigmoid (DPO, Rafailov et al. 2023):   -log sigmoid(beta h), with label smoothing e (cDPO):
-                                         -(1-e) log sigmoid(beta h) - e log sigmoid(-beta h)
-  robust  (Chowdhury et al. 2024):       (-(1-e) log sigmoid(beta h) + e log sigmoid(-beta h)) / (1 - 2e)
-  ipo     (Azar et al. 2023):            (h - 1/(2 beta))^2, on length-averaged log-probs (as TRL does)
-Implicit rewards: beta (log pi - log ref) of each response, detached. At policy == reference
+With h = (log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x)), each loss type in
+`LOSS_TYPES` maps (h, beta, label smoothing e) to per-pair losses. Implicit rewards: beta (log pi - log ref) of each response, detached. At policy == reference
 h = 0, so the sigmoid loss is log 2 = 0.6931 and both rewards are 0: what the first step of a
 run from the reference must show.
 
-Log-probs are summed over the response tokens (TRL's default), so a longer response has a
-larger |log p|; IPO averages per token instead, which is why TRL passes it averaged log-probs.
+Log-probs are summed over the response tokens (TRL's default); a loss type marked `average`
+(IPO) takes them averaged per token, as TRL passes them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid", "robust", "ipo")
+
+@dataclass(frozen=True)
+class LossType:
+    fn: Callable[[torch.Tensor, float, float], torch.Tensor]  # (h, beta, label_smoothing) -> per-pair losses
+    average: bool = False  # on per-token averaged log-probs instead of summed ones
+
+
+def _sigmoid(h: torch.Tensor, beta: float, e: float) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023); with label smoothing e, cDPO: -(1-e) log sigmoid(beta h) - e log sigmoid(-beta h)."""
+    return -F.logsigmoid(beta * h) * (1 - e) - F.logsigmoid(-beta * h) * e
+
+
+def _robust(h: torch.Tensor, beta: float, e: float) -> torch.Tensor:
+    """Robust DPO (Chowdhury et al. 2024): (-(1-e) log sigmoid(beta h) + e log sigmoid(-beta h)) / (1 - 2e)."""
+    return (-F.logsigmoid(beta * h) * (1 - e) + F.logsigmoid(-beta * h) * e) / (1 - 2 * e)
+
+
+def _ipo(h: torch.Tensor, beta: float, e: float) -> torch.Tensor:
+    """IPO (Azar et al. 2023): (h - 1/(2 beta))^2."""
+    return (h - 1 / (2 * beta)) ** 2
+
+
+# The loss types of `llmctl dpo --loss-type`; how to add one: llmctl/train/README.md
+LOSS_TYPES: dict[str, LossType] = {
+    "sigmoid": LossType(_sigmoid),
+    "robust": LossType(_robust),
+    "ipo": LossType(_ipo, average=True),
+}
 
 
 def sequence_logps(
@@ -58,15 +84,9 @@ def dpo_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-pair losses, chosen rewards, rejected rewards), all (B,)."""
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    e = label_smoothing
-    if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * h) * (1 - e) - F.logsigmoid(-beta * h) * e
-    elif loss_type == "robust":
-        losses = (-F.logsigmoid(beta * h) * (1 - e) + F.logsigmoid(-beta * h) * e) / (1 - 2 * e)
-    elif loss_type == "ipo":
-        losses = (h - 1 / (2 * beta)) ** 2
-    else:
+    if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+    losses = LOSS_TYPES[loss_type].fn(h, beta, label_smoothing)
     return losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach()
 
 

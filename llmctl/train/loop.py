@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file
 
 from llmctl.config import runtime
 from llmctl.errors import Interrupted, UsageError
@@ -242,8 +243,6 @@ def train(
     found = checkpoints(run_dir) if resume else []
     if found:
         st = load_train_state(found[-1])
-        from safetensors.torch import load_file
-
         weights = load_file(str(found[-1] / "model.safetensors"))
         if model_cfg.tie_embeddings:
             weights["lm_head.weight"] = weights["embed_tokens.weight"]

@@ -4,7 +4,7 @@ The mix file is the one `llmctl mix --config` reads. Its plan (llmctl.data.mix_p
 here exactly as `llmctl mix` computes it, and each split's documents are gathered from the sources
 into one array in the plan's order: what `load_token_split` returns for the materialized mix. The
 trainer's PackedBatches then shuffles and packs it as usual, so the token order, the windows and
-the data position in the resume state (one integer) are the materialized mix's (tests/test_mix.py).
+the data position in the resume state (one integer) are the materialized mix's (tests/data/test_mix.py).
 
 Memory: the mixture's token ids (4 bytes a token, a repeated document counted each time it
 appears), as for any pretrain input, plus one source's split while it is gathered.
@@ -21,6 +21,7 @@ from llmctl import config as C
 from llmctl.data.mix_plan import MixConfig, Plan, make_plan, open_sources
 from llmctl.errors import UsageError
 from llmctl.train import distributed as D
+from llmctl.train.base import load_token_split
 
 
 class StreamedMix:
@@ -47,8 +48,6 @@ class StreamedMix:
 
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(flat int32 ids, offsets) of the split's documents in the plan's order."""
-        from llmctl.train.pretrain import load_token_split
-
         lengths = self.plan.length[split]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         flat = np.zeros(int(offsets[-1]), np.int32)

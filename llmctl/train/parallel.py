@@ -70,15 +70,15 @@ def check_divisible(cfg: ModelConfig, tp: int) -> None:
 
 def build_mesh(device_type: str, world: int, tp: int):
     """The (dp, tp) DeviceMesh over all ranks; rank r sits at (r // tp, r % tp)."""
-    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.device_mesh import init_device_mesh  # only a parallel run loads it
 
     return init_device_mesh(device_type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
 
 
 def apply_tp(model: torch.nn.Module, tp_mesh, loss_parallel: bool) -> None:
     """Shard `model` (an llmctl Transformer, or a subclass with extra heads) over `tp_mesh`, in place."""
-    from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.parallel import (
+    from torch.distributed.tensor import Replicate, Shard  # only a parallel run loads it
+    from torch.distributed.tensor.parallel import (  # only a parallel run loads it
         ColwiseParallel,
         PrepareModuleInput,
         RowwiseParallel,
@@ -87,7 +87,7 @@ def apply_tp(model: torch.nn.Module, tp_mesh, loss_parallel: bool) -> None:
     )
 
     # Gathering a 2-D (FSDP x TP) parameter for a checkpoint takes two all-gathers, which torch warns
-    # about on every rank at every checkpoint; the checkpoint is exact (tests/test_tp.py), so quiet it.
+    # about on every rank at every checkpoint; the checkpoint is exact (tests/train/test_tp.py), so quiet it.
     logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     tied = model.lm_head.weight is model.embed_tokens.weight
     parallelize_module(
@@ -142,7 +142,7 @@ def loss_context(enabled: bool):
     """torch's loss_parallel() (cross-entropy on vocabulary-sharded logits) when enabled, else nothing."""
     if not enabled:
         return nullcontext()
-    from torch.distributed.tensor.parallel import loss_parallel
+    from torch.distributed.tensor.parallel import loss_parallel  # only a parallel run loads it
 
     return loss_parallel()
 
@@ -150,7 +150,7 @@ def loss_context(enabled: bool):
 def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     """torch's clip_grad_norm_, also when parameters live on different meshes (or some are plain
     tensors: a reward head outside the plan), which torch's own refuses to mix. Returns a plain tensor."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # only a parallel run loads it
 
     params = [p for p in params if p.grad is not None]
     groups: dict = {}

@@ -1,18 +1,11 @@
 """`llmctl pretrain`: next-token cross-entropy on packed windows of a token dataset.
 
-Packing: each epoch shuffles the training documents (seeded by seed and epoch), concatenates
-them (each already ends with EOS) and cuts the stream into windows of seq_len + 1 tokens with
-stride seq_len, so no token is dropped at document edges and none is padded (nanoGPT's scheme;
-it wastes nothing, where truncating TinyStories-length documents to one window each would
-drop about 35% of tokens at T=128). With `doc_mask` the model sees per-document positions and
-block-diagonal attention, so a window computes what its documents would alone.
-
-Data position: micro-batch g (counted over all ranks) holds windows g*B .. g*B+B-1; rank r takes
-micro-batches position + r, position + world + r, ... The state is that one integer, so a
-resume continues with the very next batch, and 1 rank or N ranks see the same global batches.
-
-Memory: the token ids of the training split are held in RAM as int32 (4 bytes/token: 1B tokens
-= 4 GB, plus one epoch's shuffled copy); past that, stream the shards instead.
+Each epoch shuffles the documents (seeded by seed and epoch), concatenates them (each ends with
+EOS) and cuts windows of seq_len + 1 tokens at stride seq_len: no token dropped, none padded.
+With `doc_mask` a window computes what its documents would alone. Micro-batch g (over all ranks)
+holds windows g*B .. g*B+B-1 and rank r takes position + r, position + world + r, ...: the data
+position is one integer, so a resume continues with the next batch on 1 or N ranks alike.
+The training split is held in RAM as int32 token ids (4 bytes a token).
 """
 
 from __future__ import annotations
@@ -22,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from llmctl.config import runtime, to_dict
@@ -31,8 +22,11 @@ from llmctl.errors import UsageError
 from llmctl.model.moe import inactive_params
 from llmctl.model.transformer import ModelConfig, Transformer, cross_entropy, preset_config
 from llmctl.store.dataset import Dataset
+from llmctl.tokenizer.spm import Tokenizer
 from llmctl.train import distributed as D
+from llmctl.train.base import load_token_split
 from llmctl.train.loop import TrainConfig, train
+from llmctl.train.mix_batches import StreamedMix
 from llmctl.train.parallel import check_divisible
 from llmctl.train.run_dir import training_run
 
@@ -50,7 +44,7 @@ class ModelSpec:
     rope_base: float | None = None
     rope_scale: float | None = None
     tie_embeddings: bool | None = None
-    # Mixture-of-Experts (llmctl.model.moe, docs/moe.md): --preset moe-tiny / moe-10m / olmoe, or these
+    # Mixture-of-Experts (llmctl.model.moe, docs/moe.md): a MoE preset, or these
     n_experts: int | None = None
     moe_top_k: int | None = None
     n_shared_experts: int | None = None
@@ -86,24 +80,6 @@ def model_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def load_token_split(ds: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All documents of one split: (flat int32 ids, offsets) in dataset order."""
-    flats, lengths = [], []
-    for batch in ds.iter_batches(["input_ids", "split"], batch_size=8192):
-        sel = batch.filter(pc.equal(batch.column("split"), split))
-        col = sel.column("input_ids")
-        if len(col) == 0:
-            continue
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
-        flats.append(col.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False))
-        lengths.append(pc.list_value_length(col).to_numpy(zero_copy_only=False))
-    if not flats:
-        return np.zeros(0, np.int32), np.zeros(1, np.int64)
-    lens = np.concatenate(lengths).astype(np.int64)
-    return np.concatenate(flats), np.concatenate([[0], np.cumsum(lens)])
 
 
 class PackedBatches:
@@ -205,8 +181,6 @@ def make_evaluate(flat: np.ndarray, offsets: np.ndarray, cfg: PretrainConfig, eo
 
 
 def _mix_source(mix: str | Path, tok: Any) -> Any:
-    from llmctl.train.mix_batches import StreamedMix
-
     m = StreamedMix(mix)
     if m.tokenizer.get("fingerprint") != tok.fingerprint:
         raise UsageError(
@@ -237,8 +211,6 @@ def pretrain(
     Re-running the same call continues the run from its latest checkpoint (`resume` is accepted
     for the CLI's --resume and changes nothing); on a finished run it returns that run's summary.
     `mix`: a mix file instead of `tokens`, streamed from its sources (llmctl.train.mix_batches)."""
-    from llmctl.tokenizer.spm import Tokenizer
-
     d = D.init(cfg.train.device, cfg.train.tp)
     run_dir = Path(run_dir)
     tok = Tokenizer.load(tokenizer_dir)

@@ -5,22 +5,16 @@ are packed first-fit, in a seeded order, into windows of `max_len` tokens (`batc
 `micro_batch` count these windows, as TRL's batch sizes count packed sequences; the run prints
 how many examples a step holds on average, `examples_per_step` in the manifest); each example keeps
 its own `doc_ids` value, so attention is block-diagonal and RoPE positions restart at 0 for
-every example: a packed window computes exactly what the examples alone would (tested to 1e-5).
-Packing GSM8K train (mean 190 tokens with an 8192-token BPE trained on GSM8K + HH-RLHF) into
-512-token windows fills 94.8% of the window, against 62.8% when each batch of 8 is padded to its
-longest example and 37.1% when every example is padded to 512 (docs/align.md).
+every example: a packed window computes exactly what the examples alone would.
 
 Loss: the mean next-token NLL over target positions whose token is trained (an assistant reply
 and its <|end|>); prompt, role markers, padding and the first token of each example get none.
 A micro-batch with no trained token raises instead of returning a silent zero. Under gradient
 accumulation the loop averages the micro-batch means (each micro-batch weighs the same).
-
-`load_start` and `run_training` are the stage plumbing reward and DPO share (the run directory: llmctl.train.run_dir).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmctl.config import to_dict
 from llmctl.data.chat_data import Encoded, ItemBatches, encode_conversation, read_rows, sft_conversations, split_of
 from llmctl.errors import UsageError
-from llmctl.store.dataset import fingerprint_file
 from llmctl.train import distributed as D
-from llmctl.train.loop import TrainConfig, train
-from llmctl.train.run_dir import training_run
-
-IGNORE = -100
+from llmctl.train.finetune import IGNORE, load_start, run_training
+from llmctl.train.loop import TrainConfig
 
 
 def _sft_train() -> TrainConfig:
@@ -156,76 +146,6 @@ def encode_sft(
         )
     counts.update(train=len(out["train"]), val=len(out["val"]))
     return out["train"], out["val"], counts
-
-
-# ----------------------------------------------------------------------------- stage plumbing (shared)
-
-
-def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """(model, model config, tokenizer, lineage) of the checkpoint training starts from; `max_len`,
-    when given, must fit the model's context."""
-    from llmctl.model.checkpoint import WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint
-    from llmctl.tokenizer.spm import Tokenizer
-    from llmctl.train.parallel import check_divisible
-
-    path = resolve_checkpoint(ckpt)
-    check_divisible(read_model_config(path), D.info().tp)  # --tp: before the model is built
-    model, mc, tok_dir, man = load_checkpoint(path)
-    if tok_dir is None:
-        raise UsageError(f"{path}: checkpoint has no tokenizer/ directory")
-    if max_len is not None and max_len > mc.max_seq_len:
-        raise UsageError(
-            f"max_len {max_len} exceeds the model's max_seq_len {mc.max_seq_len} ({path}): "
-            f"pass --max-len {mc.max_seq_len} or less"
-        )
-    lineage = {
-        "path": str(path.resolve()),
-        "stage": man.get("stage", "checkpoint"),
-        "fingerprint": fingerprint_file(path / WEIGHTS),
-    }
-    return model, mc, Tokenizer.load(tok_dir), lineage
-
-
-def run_training(
-    stage: str,
-    model: torch.nn.Module,
-    mc: Any,
-    tok: Any,
-    cfg: Any,
-    run_dir: str | Path,
-    inputs: list[dict],
-    loss_fn: Callable,
-    batches: Any,
-    evaluate: Callable | None,
-    stats: dict[str, Any],
-    resume: bool,
-    overwrite: bool,
-    extra: dict[str, Any] | None = None,
-    seq_len: int = 512,
-) -> dict[str, Any]:
-    """Hold the run dir, run the shared loop, write the run's _manifest.json; returns the summary.
-
-    Re-running the same command resumes (`resume` is accepted and changes nothing); a finished run
-    returns its summary without training (see llmctl.train.run_dir)."""
-    with training_run(stage, run_dir, cfg, inputs, overwrite) as run:
-        if run.complete:
-            return run.summary
-        manifest = {"stage": stage, "config": to_dict(cfg), "inputs": inputs, "data": stats, **(extra or {})}
-        summary = train(
-            model,
-            mc,
-            loss_fn,
-            batches,
-            cfg.train,
-            run_dir,
-            evaluate=evaluate,
-            tokenizer_dir=tok.path,
-            manifest=manifest,
-            resume=run.resume,
-            flops_per_token=model.flops_per_token(seq_len),
-            begin=run.begin,
-        )
-        return run.finish(summary, manifest, mc.to_dict())
 
 
 # ----------------------------------------------------------------------------- the stage

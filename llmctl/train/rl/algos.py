@@ -62,6 +62,14 @@ def _by_plan(model: torch.nn.Module, ro: dict[str, torch.Tensor], plan: list[lis
 
 
 class GRPO:
+    """G completions a prompt, advantages within each prompt's group; a reference only when beta != 0."""
+
+    grouped = True  # num_generations completions a prompt
+    value_head = False  # the policy is a plain Transformer
+    needs_ref = False  # a reference model only for the KL term (beta != 0)
+    default_epochs = 1  # TRL's num_iterations
+    default_beta = 0.04
+
     def __init__(self, cfg: Any, ref: torch.nn.Module | None):
         self.cfg, self.ref = cfg, ref
 
@@ -108,6 +116,14 @@ class GRPO:
 
 
 class PPO:
+    """One completion a prompt, a value head (ValueHeadLM), GAE and a KL penalty to the reference."""
+
+    grouped = False
+    value_head = True
+    needs_ref = True
+    default_epochs = 4  # TRL's num_ppo_epochs
+    default_beta = 0.05  # TRL's kl_coef
+
     def __init__(self, cfg: Any, ref: torch.nn.Module):
         self.cfg, self.ref = cfg, ref
         self.kl_ctl = R.AdaptiveKL(cfg.beta, cfg.target_kl, cfg.kl_horizon)
@@ -158,3 +174,7 @@ class PPO:
 
     def load_state_dict(self, st: dict[str, float]) -> None:
         self.kl_ctl.load_state_dict(st)
+
+
+# The algorithms of `llmctl rl --algo`; how to add one: README.md here.
+ALGOS: dict[str, type[GRPO] | type[PPO]] = {"grpo": GRPO, "ppo": PPO}

@@ -16,8 +16,7 @@ clipped policy loss max(-A r, -A clip(r, 1-e, 1+e)) and clipped value loss
 
 GRPO: advantages (r - mean of the prompt's G rewards) / (std + 1e-4) (torch.std: unbiased, as TRL),
 Dr. GRPO without the std; per-token loss -min(r A, clip(r) A) + beta k3; aggregated as
-`grpo` (mean over a completion's tokens, then over completions), `bnpo` (mean over all the
-batch's tokens) or `dr_grpo` (sum over tokens / (completions x max_new_tokens)).
+one of `GRPO_LOSS_TYPES`.
 """
 
 from __future__ import annotations
@@ -119,6 +118,25 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
     return adv.reshape(-1)
 
 
+def _mean_per_completion(per_token: torch.Tensor, m: torch.Tensor, max_new_tokens: int | None) -> torch.Tensor:
+    """grpo: the mean over a completion's tokens, then over completions."""
+    return ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).mean()
+
+
+def _mean_per_token(per_token: torch.Tensor, m: torch.Tensor, max_new_tokens: int | None) -> torch.Tensor:
+    """bnpo: the mean over all the batch's completion tokens."""
+    return (per_token * m).sum() / m.sum().clamp(min=1)
+
+
+def _sum_over_budget(per_token: torch.Tensor, m: torch.Tensor, max_new_tokens: int | None) -> torch.Tensor:
+    """dr_grpo (Dr. GRPO): the sum over tokens / (completions x max_new_tokens)."""
+    return (per_token * m).sum() / (per_token.size(0) * (max_new_tokens or per_token.size(1)))
+
+
+# GRPO's loss aggregations (`--loss-type`): f(per-token loss, completion mask, max_new_tokens) -> scalar
+GRPO_LOSS_TYPES = {"grpo": _mean_per_completion, "bnpo": _mean_per_token, "dr_grpo": _sum_over_budget}
+
+
 def grpo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -130,7 +148,10 @@ def grpo_loss(
     loss_type: str = "grpo",
     max_new_tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GRPO's clipped surrogate with a k3 KL term; `adv` is (B,) per completion."""
+    """GRPO's clipped surrogate with a k3 KL term, aggregated by `loss_type` (a GRPO_LOSS_TYPES name);
+    `adv` is (B,) per completion."""
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError(f"unknown GRPO loss_type {loss_type!r}; choose {', '.join(GRPO_LOSS_TYPES)}")
     ratio = torch.exp(logp - old_logp)
     a = adv[:, None].to(logp.dtype)
     per_token = -torch.minimum(ratio * a, torch.clamp(ratio, 1 - clip, 1 + clip) * a)
@@ -141,14 +162,7 @@ def grpo_loss(
         per_token = per_token + beta * kl
         stats["kl"] = masked_mean(kl, mask).detach()
     m = mask.to(per_token.dtype)
-    if loss_type == "grpo":
-        loss = ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).mean()
-    elif loss_type == "bnpo":
-        loss = (per_token * m).sum() / m.sum().clamp(min=1)
-    elif loss_type == "dr_grpo":
-        loss = (per_token * m).sum() / (per_token.size(0) * (max_new_tokens or per_token.size(1)))
-    else:
-        raise ValueError(f"unknown GRPO loss_type {loss_type!r}; choose grpo, bnpo or dr_grpo")
+    loss = GRPO_LOSS_TYPES[loss_type](per_token, m, max_new_tokens)
     clipped = ((ratio < 1 - clip) & (a < 0)) | ((ratio > 1 + clip) & (a > 0))
     stats["clip_ratio"] = masked_mean(clipped.float(), mask)
     stats["policy/ratio_min"] = ratio.detach().masked_fill(~mask, float("inf")).min()

@@ -1,34 +1,25 @@
-"""Reward functions for `llmctl rl`: the reward model, GSM8K exact match, a format reward, your own.
+"""Reward functions for `llmctl rl`: `REWARDS` names the built-in ones; MODULE:FUNC imports your own.
 
-A reward is named in `--reward` (repeatable; weights in `--reward-weight`, in the same order,
-default 1 each; the total is the weighted sum, as TRL's `reward_weights`):
-
-  rm            the reward model's score of (prompt, completion) (`--reward-model RUN`)
-  exact_match   1 when the completion's final number equals the reference's, else 0; the
-                extraction is `llmctl eval --task exact_match`'s (`llmctl.eval.tasks.exact_match.extract`:
-                the number after the last '####', else the last number); the reference is the
-                prompt row's `answer` (GSM8K layout), `reference` or `response` (SFT data) column
-  format        1 when the completion ends with '#### <number>' (GSM8K's answer line), else 0
-  MODULE:FUNC   a Python function, TRL's signature: f(prompts, completions, **columns) -> list of
-                floats (None = no reward from it for that item, counted as 0); `columns` are the
-                prompt rows' other columns, one list each
-
-A function that raises is a one-line error naming the reward and the prompt (its row index in
-the prompts dataset); a value that is not a finite number is one too.
+A reward is f(prompts, completions, **columns) -> one float per completion (TRL's signature; None
+counts as 0); `columns` are the prompt rows' other columns, one list each. `--reward` is
+repeatable, `--reward-weight` weighs them in order (default 1 each); the total is the weighted sum.
+A function that raises, or returns a value that is not a finite number, is a one-line error naming
+the reward and the prompt (its row index in the prompts dataset). How to add one: README.md here.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from llmctl.errors import UsageError
 from llmctl.eval.tasks.exact_match import extract
 
-BUILTIN = ("rm", "exact_match", "format")
 _FORMAT = re.compile(r"####\s*-?\$?\d[\d,]*(?:\.\d+)?\s*$")
 
 
@@ -40,6 +31,9 @@ def exact_match_reward(
     response: Sequence[Any] | None = None,
     **_: Any,
 ) -> list[float]:
+    """1 when the completion's final number equals the reference's, else 0. The extraction is `llmctl eval
+    --task exact_match`'s (the number after the last '####', else the last number); the reference is the
+    prompt row's `answer` (GSM8K layout), `reference` or `response` (SFT data) column."""
     refs = next((c for c in (answer, reference, response) if c is not None), None)
     if refs is None:
         raise UsageError(
@@ -53,7 +47,37 @@ def exact_match_reward(
 
 
 def format_reward(prompts: Sequence[Any], completions: Sequence[str], **_: Any) -> list[float]:
+    """1 when the completion ends with '#### <number>' (GSM8K's answer line), else 0."""
     return [float(bool(_FORMAT.search(c.strip()))) for c in completions]
+
+
+def length_reward(prompts: Sequence[Any], completions: Sequence[str], **_: Any) -> list[float]:
+    """Minus the completion's length in words: with `--reward-weight W`, a penalty of W a word (to
+    counter a reward model's taste for long answers)."""
+    return [-float(len(c.split())) for c in completions]
+
+
+def rm_reward(prompts: Sequence[Any], completions: Sequence[str], scorer: Any, **_: Any) -> list[float]:
+    """The reward model's score of (prompt, completion) (`--reward-model RUN`)."""
+    return scorer.score(prompts, completions)
+
+
+@dataclass(frozen=True)
+class Reward:
+    fn: Callable[..., Sequence[Any]]
+    needs_scorer: bool = False  # called with scorer=the reward model of --reward-model
+
+
+REWARDS: dict[str, Reward] = {
+    "rm": Reward(rm_reward, needs_scorer=True),
+    "exact_match": Reward(exact_match_reward),
+    "format": Reward(format_reward),
+    "length": Reward(length_reward),
+}
+
+
+def _choices() -> str:
+    return f"{', '.join(REWARDS)} or MODULE:FUNC"
 
 
 def _import(spec: str) -> Callable:
@@ -65,28 +89,26 @@ def _import(spec: str) -> Callable:
 
 
 class Rewards:
-    """The weighted sum of the named rewards; `scorer` is the reward model (RewardScorer) for `rm`."""
+    """The weighted sum of the named rewards (REWARDS names or MODULE:FUNC); `scorer` is the reward model
+    (RewardScorer) for the rewards that need one."""
 
     def __init__(self, names: Sequence[str], weights: Sequence[float] | None = None, scorer: Any = None):
         if not names:
-            raise UsageError("rl needs at least one --reward (rm, exact_match, format or MODULE:FUNC)")
+            raise UsageError(f"rl needs at least one --reward ({_choices()})")
         weights = list(weights) if weights else [1.0] * len(names)
         if len(weights) != len(names):
             raise UsageError(f"{len(names)} rewards but {len(weights)} --reward-weight values")
         self.names, self.weights, self.fns = list(names), weights, []
         for n in names:
-            if n == "rm":
-                if scorer is None:
-                    raise UsageError("reward rm needs --reward-model RUN (a `llmctl reward` run or checkpoint)")
-                self.fns.append(lambda prompts, completions, **_: scorer.score(prompts, completions))
-            elif n == "exact_match":
-                self.fns.append(exact_match_reward)
-            elif n == "format":
-                self.fns.append(format_reward)
+            if n in REWARDS:
+                r = REWARDS[n]
+                if r.needs_scorer and scorer is None:
+                    raise UsageError(f"reward {n} needs --reward-model RUN (a `llmctl reward` run or checkpoint)")
+                self.fns.append(functools.partial(r.fn, scorer=scorer) if r.needs_scorer else r.fn)
             elif ":" in n:
                 self.fns.append(_import(n))
             else:
-                raise UsageError(f"unknown reward {n!r}; choose rm, exact_match, format or MODULE:FUNC")
+                raise UsageError(f"unknown reward {n!r}; choose {_choices()}")
 
     def __call__(
         self, prompts: list[Any], completions: list[str], rows: list[dict[str, Any]], index: list[int]

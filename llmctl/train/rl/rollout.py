@@ -167,7 +167,7 @@ class RolloutBatches:
     ):
         d = D.info()
         self.model, self.prompts, self.tok, self.cfg, self.algo, self.rewards = model, prompts, tok, cfg, algo, rewards
-        self.g = cfg.num_generations if cfg.algo == "grpo" else 1
+        self.g = cfg.group
         self.stream = PromptStream(len(prompts), cfg.rollout_prompts, cfg.train.seed, d.rank, d.world)
         self.gen = torch.Generator(device=d.device).manual_seed(cfg.train.seed + 1000 + d.rank)
         self.mb, self.accum, self.device = cfg.train.micro_batch, accum, d.device

@@ -27,14 +27,17 @@ from typing import Any
 import torch
 
 from llmctl.errors import UsageError
+from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
 from llmctl.model.generate import generate_batch
+from llmctl.model.reward import load_reward_model
+from llmctl.store.dataset import fingerprint_file
 from llmctl.train import distributed as D
+from llmctl.train.finetune import load_start, run_training
 from llmctl.train.loop import TrainConfig
+from llmctl.train.rl.algos import ALGOS, ValueHeadLM
+from llmctl.train.rl.core import GRPO_LOSS_TYPES
 from llmctl.train.rl.rewards import Rewards
 from llmctl.train.rl.rollout import Prompt, RolloutBatches, load_prompts, write_samples
-from llmctl.train.sft import load_start, run_training
-
-ALGOS = ("grpo", "ppo")
 
 
 def _rl_train() -> TrainConfig:
@@ -53,8 +56,8 @@ def _rl_train() -> TrainConfig:
 
 @dataclass
 class RLConfig:
-    algo: str = "grpo"  # grpo | ppo
-    reward: list[str] = field(default_factory=lambda: ["rm"])  # rm | exact_match | format | MODULE:FUNC
+    algo: str = "grpo"  # a name in llmctl.train.rl.algos.ALGOS
+    reward: list[str] = field(default_factory=lambda: ["rm"])  # names in llmctl.train.rl.rewards.REWARDS, MODULE:FUNC
     reward_weights: list[float] = field(default_factory=list)  # default 1 each
     reward_model: str | None = None
     num_generations: int = 4  # G completions per prompt (GRPO)
@@ -75,7 +78,7 @@ class RLConfig:
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     missing_eos_penalty: float | None = None  # PPO: subtracted from the score of a completion that did not end
-    loss_type: str = "grpo"  # GRPO aggregation: grpo | bnpo | dr_grpo
+    loss_type: str = "grpo"  # GRPO aggregation: a name in llmctl.train.rl.core.GRPO_LOSS_TYPES
     scale_rewards: bool = True  # GRPO: divide by the group's std (Dr. GRPO: false)
     val_fraction: float = 0.05
     val_limit: int = 32
@@ -88,20 +91,21 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
-            raise UsageError(f"unknown --algo {self.algo!r}; choose grpo or ppo")
+            raise UsageError(f"unknown --algo {self.algo!r}; choose {' or '.join(ALGOS)}")
+        algo = ALGOS[self.algo]
         if self.epochs is None:
-            self.epochs = 1 if self.algo == "grpo" else 4
+            self.epochs = algo.default_epochs
         if self.beta is None:
-            self.beta = 0.04 if self.algo == "grpo" else 0.05
-        if self.algo == "grpo" and self.num_generations < 2:
+            self.beta = algo.default_beta
+        if algo.grouped and self.num_generations < 2:
             raise UsageError(
-                f"--algo grpo needs --num-generations 2 or more (got {self.num_generations}): "
+                f"--algo {self.algo} needs --num-generations 2 or more (got {self.num_generations}): "
                 "a group of one completion has no advantage"
             )
         if self.kl_estimator not in ("k1", "k3"):
             raise UsageError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1 or k3")
-        if self.loss_type not in ("grpo", "bnpo", "dr_grpo"):
-            raise UsageError(f"unknown loss_type {self.loss_type!r}; choose grpo, bnpo or dr_grpo")
+        if self.loss_type not in GRPO_LOSS_TYPES:
+            raise UsageError(f"unknown loss_type {self.loss_type!r}; choose {', '.join(GRPO_LOSS_TYPES)}")
         if self.val_temperature < 0 or self.val_samples < 1:
             raise UsageError("val_temperature must be >= 0 and val_samples >= 1")
         if self.max_new_tokens < 1 or self.epochs < 1 or self.rollout_prompts < 1:
@@ -111,7 +115,7 @@ class RLConfig:
 
     @property
     def group(self) -> int:
-        return self.num_generations if self.algo == "grpo" else 1
+        return self.num_generations if ALGOS[self.algo].grouped else 1
 
     def check_sizes(self, world: int) -> int:
         """Micro-batches per optimizer step on a rank; an error when the rollout does not split evenly."""
@@ -179,9 +183,7 @@ def held_out_reward(
 
 def _load_policy(from_ckpt: str | Path, algo: str):
     model, mc, tok, lineage = load_start(from_ckpt)
-    if algo == "ppo":
-        from llmctl.train.rl.algos import ValueHeadLM
-
+    if ALGOS[algo].value_head:
         vm = ValueHeadLM(mc)
         missing, unexpected = vm.load_state_dict(model.state_dict(), strict=False)
         assert missing == ["value_head.weight"] and not unexpected, (missing, unexpected)
@@ -194,10 +196,6 @@ def _scorer(cfg: RLConfig, tok: Any, device: Any):
         return None, None
     if not cfg.reward_model:
         raise UsageError("reward rm needs --reward-model RUN (a `llmctl reward` run or checkpoint)")
-    from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
-    from llmctl.store.dataset import fingerprint_file
-    from llmctl.train.reward import load_reward_model
-
     ck = resolve_checkpoint(cfg.reward_model)
     scorer = load_reward_model(ck, device=str(device))
     if scorer.tok.fingerprint != tok.fingerprint:
@@ -217,8 +215,6 @@ def run_rl(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """RL fine-tuning of a (usually SFT) checkpoint on prompts; returns the loop summary."""
-    from llmctl.train.rl.algos import GRPO, PPO
-
     d = D.init(cfg.train.device)
     if cfg.train.fsdp:
         raise UsageError("rl runs under DDP (torchrun) but not FSDP yet: drop --fsdp")
@@ -231,9 +227,9 @@ def run_rl(
         raise UsageError(f"{prompts}: {len(tr)} training prompts, fewer than one rollout ({cfg.rollout_prompts})")
     val = val[: cfg.val_limit]
     ref = None
-    if cfg.algo == "ppo" or cfg.beta != 0.0:
+    if ALGOS[cfg.algo].needs_ref or cfg.beta != 0.0:
         ref = load_start(from_ckpt)[0].to(d.device).eval().requires_grad_(False)
-    algo = PPO(cfg, ref) if cfg.algo == "ppo" else GRPO(cfg, ref)
+    algo = ALGOS[cfg.algo](cfg, ref)
     model.to(d.device)
     torch.manual_seed(cfg.train.seed)
     batches = RolloutBatches(model, tr, tok, cfg, algo, rewards, accum)
