@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.errors import UsageError
+from llmctl.eval.base import file_lineage, read_jsonl
+from llmctl.eval.tasks.mc import MCConfig, data_files, read_items
+from llmctl.store.dataset import Dataset
+from llmctl.tokenizer.spm import Tokenizer
 
 TASK = "contamination"
 _WORD = re.compile(r"\w+")
@@ -48,9 +52,6 @@ def grams(ws: list[str], n: int) -> Iterable[tuple[str, ...]]:
 
 
 def eval_items(cfg: ContaminationConfig) -> tuple[list[str], list[dict[str, Any]]]:
-    from llmctl.eval.tasks.mc import MCConfig, data_files, read_items
-    from llmctl.store.dataset import fingerprint_file
-
     p = Path(cfg.data)
     files = data_files(MCConfig(data=cfg.data)) if p.is_dir() else [p]
     items: list[str] = []
@@ -58,14 +59,12 @@ def eval_items(cfg: ContaminationConfig) -> tuple[list[str], list[dict[str, Any]
         if f.suffix == ".csv":
             items += [" ".join([it["question"], *it["choices"]]) for it in read_items(f)]
         elif f.suffix in (".jsonl", ".json"):
-            from llmctl.eval.tasks.exact_match import read_jsonl
-
             items += [" ".join(str(r.get(k, "")) for k in cfg.fields) for r in read_jsonl(f)]
         else:
             raise UsageError(f"{f}: contamination data must be .csv or .jsonl")
     if cfg.limit:
         items = items[: cfg.limit]
-    lineage = [{"path": str(f.resolve()), "stage": "file", "fingerprint": fingerprint_file(f)} for f in files]
+    lineage = [file_lineage(f) for f in files]
     return items, lineage
 
 
@@ -101,9 +100,9 @@ def _train_texts(ds: Any, decode: Any) -> Iterable[str]:
                 yield v if col == "text" else decode(v)
 
 
-def run(lm: Any, cfg: ContaminationConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list]:
-    from llmctl.store.dataset import Dataset
-
+def run(
+    lm: Any, cfg: ContaminationConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list]:
     if not cfg.train:
         raise UsageError("contamination needs a training dataset: --train-data DIR")
     if cfg.n < 1:
@@ -114,8 +113,6 @@ def run(lm: Any, cfg: ContaminationConfig, batch_size: int, progress: Any = None
         if "input_ids" not in ds.column_names:
             raise UsageError(f"{cfg.train}: has neither a text nor an input_ids column")
         if cfg.tokenizer:
-            from llmctl.tokenizer.spm import Tokenizer
-
             decode = Tokenizer.load(cfg.tokenizer).decode
         elif lm is not None:
             decode = lm.codec.decode

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.errors import UsageError
+from llmctl.eval.base import file_lineage, mean_stderr
 from llmctl.eval.lm import LM
-from llmctl.eval.tasks.mc import mean_stderr
+from llmctl.store.dataset import Dataset
 
 TASK = "degeneration"
 
@@ -65,8 +66,6 @@ def distinct(texts: list[list[str]], n: int) -> float:
 
 
 def read_prompts(path: str, limit: int, prompt_words: int) -> tuple[list[str], dict[str, Any]]:
-    from llmctl.store.dataset import Dataset, fingerprint_file
-
     p = Path(path)
     if p.is_file():
         out = []
@@ -80,7 +79,7 @@ def read_prompts(path: str, limit: int, prompt_words: int) -> tuple[list[str], d
             out.append(str(rec[key]))
             if limit and len(out) >= limit:
                 break
-        return out, {"path": str(p.resolve()), "stage": "file", "fingerprint": fingerprint_file(p)}
+        return out, file_lineage(p)
     ds = Dataset.open(p, columns=["text"])
     out = []
     for row in ds.iter_rows(["text"]):
@@ -92,7 +91,9 @@ def read_prompts(path: str, limit: int, prompt_words: int) -> tuple[list[str], d
     return out, ds.lineage()
 
 
-def run(lm: LM, cfg: DegenerationConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list]:
+def run(
+    lm: LM, cfg: DegenerationConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list]:
     prompts, lineage = read_prompts(cfg.prompts, cfg.limit, cfg.prompt_words)
     if not prompts:
         raise UsageError(f"{cfg.prompts}: no prompts")

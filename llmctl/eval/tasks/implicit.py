@@ -26,15 +26,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from llmctl.data.chat_data import encode_responses, to_messages
 from llmctl.errors import UsageError
+from llmctl.eval.base import is_hf_dir, mean_stderr
+from llmctl.eval.lm import LlmctlLM
+from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+from llmctl.store.dataset import MANIFEST, fingerprint_file
 
 
 def dpo_reference(model_path: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(reference lineage, DPO config) recorded by the DPO run of an llmctl checkpoint, else None."""
-    from llmctl.eval.lm import is_hf_dir
-    from llmctl.model.checkpoint import resolve_checkpoint
-    from llmctl.store.dataset import MANIFEST
-
     if is_hf_dir(model_path):
         return None
     p = resolve_checkpoint(model_path)
@@ -50,9 +51,6 @@ def dpo_reference(model_path: str | Path) -> tuple[dict[str, Any], dict[str, Any
 
 
 def _checked_reference(ref: dict[str, Any]) -> Path:
-    from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
-    from llmctl.store.dataset import fingerprint_file
-
     p = Path(ref["path"])
     if not p.exists():
         raise UsageError(f"the DPO run's reference {p} is gone; pass one with --set prefs.reference=CKPT")
@@ -67,8 +65,6 @@ def _checked_reference(ref: dict[str, Any]) -> Path:
 
 def response_logps(lm: Any, tok: Any, pairs: list, max_len: int, batch_size: int) -> list[tuple[float, float]]:
     """(log p(chosen|prompt), log p(rejected|prompt)) per pair, summed over the reply tokens."""
-    from llmctl.data.chat_data import encode_responses, to_messages
-
     inputs, targets = [], []
     for prompt, chosen, rejected in pairs:
         for e in encode_responses(tok, to_messages(prompt), [chosen, rejected], max_len):
@@ -85,9 +81,6 @@ def implicit_metrics(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(result rows, per-pair values, lineage of the policy and reference) for `pairs`; `policy` is
     MODEL already loaded as an `LlmctlLM` (the runner's), else it is loaded here."""
-    from llmctl.eval.lm import LlmctlLM
-    from llmctl.eval.tasks.mc import mean_stderr
-
     found = dpo_reference(model_path)
     beta, max_len = 0.1, 0
     if found:

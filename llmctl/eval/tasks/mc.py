@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from llmctl.errors import UsageError
+from llmctl.eval.base import Samples, file_lineage, mean_stderr
 from llmctl.eval.lm import LM
 
 TASK = "mc"
@@ -95,8 +96,6 @@ def read_items(path: Path, limit: int = 0) -> list[dict[str, Any]]:
     elif path.suffix in (".jsonl", ".json"):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         rows = pq.read_table(path).to_pylist()
     else:
         raise UsageError(f"{path}: unsupported multiple-choice file (use .csv, .jsonl or .parquet)")
@@ -207,14 +206,6 @@ def encode_pair(lm: LM, context: str, continuation: str) -> tuple[list[int], lis
     return ctx, whole[len(ctx) :]
 
 
-def mean_stderr(xs: list[float]) -> float:
-    n = len(xs)
-    if n < 2:
-        return float("nan")
-    mu = sum(xs) / n
-    return math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1) / n)
-
-
 SAMPLES_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -247,16 +238,15 @@ def argmax(xs: list[float]) -> int:
     return max(range(len(xs)), key=lambda i: (xs[i], -i))
 
 
-def run(lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
-    from llmctl.eval.runner import Samples
-    from llmctl.store.dataset import fingerprint_file
-
+def run(
+    lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list, Samples]:
     choice_length("", cfg.norm)
     items, requests, lineage = [], [], []
     for f in data_files(cfg):
         fs = fewshot_file(cfg, f)
         shots = read_items(fs, cfg.shots) if fs else []
-        lineage.append({"path": str(f.resolve()), "stage": "file", "fingerprint": fingerprint_file(f)})
+        lineage.append(file_lineage(f))
         for k, item in enumerate(read_items(f, cfg.limit)):
             ctx = build_context(item, _subject(f), shots, cfg.choices)
             conts = choice_strings(item, cfg.choices)

@@ -41,7 +41,9 @@ from typing import Any
 import pyarrow as pa
 
 from llmctl.errors import UsageError
+from llmctl.eval.base import Samples
 from llmctl.eval.lm import LM
+from llmctl.store.dataset import Dataset
 
 TASK = "perplexity"
 
@@ -71,8 +73,6 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
 
 def load_documents(lm: LM, cfg: PerplexityConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per document: id, text, token ids and UTF-8 bytes; and the dataset's lineage."""
-    from llmctl.store.dataset import Dataset
-
     if not cfg.data:
         raise UsageError("perplexity needs a dataset: --ppl-data DIR (a token dataset or a documents dataset)")
     ds = Dataset.open(cfg.data)
@@ -129,9 +129,9 @@ SAMPLES_SCHEMA = pa.schema(
 )
 
 
-def run(lm: LM, cfg: PerplexityConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
-    from llmctl.eval.runner import Samples
-
+def run(
+    lm: LM, cfg: PerplexityConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list, Samples]:
     docs, lineage = load_documents(lm, cfg)
     context = min(cfg.context or lm.max_len, lm.max_len)
     stride = cfg.stride or context
