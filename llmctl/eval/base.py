@@ -68,6 +68,24 @@ def file_lineage(path: str | Path) -> dict[str, Any]:
     return {"path": str(p.resolve()), "stage": "file", "fingerprint": fingerprint_file(p)}
 
 
+def read_prompts(path: str | Path, limit: int = 0) -> tuple[list[str], dict[str, Any]]:
+    """The instruction, prompt or question of each row of a JSONL file (at most `limit`), and its lineage."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: no such prompts file")
+    out = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            key = next((k for k in ("instruction", "prompt", "question") if k in rec), None)
+            if key is None or not isinstance(rec[key], str):
+                raise UsageError(f"{p}: rows need a string instruction, prompt or question")
+            out.append(rec[key])
+        if limit and len(out) >= limit:
+            break
+    return out, file_lineage(p)
+
+
 def is_hf_dir(path: str | Path) -> bool:
     """A Hugging Face model directory (a config.json not written by llmctl)."""
     cfg = Path(path) / "config.json"

@@ -34,7 +34,7 @@ from safetensors import safe_open
 
 from llmctl.data.chat_data import _pref_row, read_rows, split_of
 from llmctl.errors import UsageError
-from llmctl.eval.base import Samples, file_lineage, is_hf_dir, mean_stderr, model_lineage
+from llmctl.eval.base import Samples, is_hf_dir, mean_stderr, model_lineage, read_prompts
 from llmctl.eval.lm import LM, load_lm
 from llmctl.eval.tasks.implicit import implicit_metrics
 from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
@@ -181,23 +181,6 @@ def run_prefs(
     if progress:
         progress.advance(len(pairs))
     return rows, lineages, Samples(SAMPLES_SCHEMA, per_pair)
-
-
-def read_prompts(path: str, limit: int) -> tuple[list[str], dict[str, Any]]:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: no such prompts file")
-    out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            key = next((k for k in ("instruction", "prompt", "question") if k in rec), None)
-            if key is None or not isinstance(rec[key], str):
-                raise UsageError(f"{p}: rows need a string instruction, prompt or question")
-            out.append(rec[key])
-        if limit and len(out) >= limit:
-            break
-    return out, file_lineage(p)
 
 
 def respond(lm: Any, prompts: list[str], cfg: WinrateConfig, progress: Any, batch_size: int = 1) -> list[str]:
