@@ -97,6 +97,14 @@ TASKS: dict[str, Task] = {
             flags=(("--prompts", "prompts"), ("--reward-model", "reward_model"), ("--baseline", "baseline")),
             required=("prompts", "baseline"),
         ),
+        Task(
+            "stop_rate",
+            "stop_rate",
+            "StopRateConfig",
+            flags=(("--prompts", "prompts"),),
+            required=("prompts",),
+            check="check",
+        ),
     )
 }
 
