@@ -1,28 +1,10 @@
 """The scoring interface every eval task uses, over an llmctl checkpoint or a Hugging Face model dir.
 
-`LM.loglikelihood(requests)` returns, for each (context ids, continuation ids), the summed
-log-probability of the continuation and whether it is the greedy continuation, exactly as
-lm-evaluation-harness's `loglikelihood` does (the input is context + continuation minus the last
-token, cut from the left to the context length; an empty context becomes <|eos|>, where lm-eval
-uses the tokenizer's BOS when it has one: llmctl models never see BOS). `LM.generate` continues a prompt token by token
-with a KV cache, greedy or sampled.
-
-Batch-size invariance: requests are sorted by length (longest first, ties by index) and padded
-on the right. A causal model never looks right, so padding cannot change a real position's
-logits mathematically; numerically, a matmul over a different number of rows may round
-differently in the last bit, so every forward runs on rows of one fixed padded length per
-request (`_bucket`: the request's length rounded up to a multiple of 64 tokens), and each row of a
-batch is computed exactly as it would be alone (checked in tests/test_eval_lm.py: batch 1 and 3
-give bit-identical values). The cost of the rounding: at most 63 padded positions per row
-(~32 on average, under 10% of a 0-shot MMLU prompt of ~100-600 tokens, less for 5-shot).
-
-Generation (`generate_many`) runs llmctl checkpoints in batches of `batch_size` prompts through
-the shared engine (`llmctl.model.generate.generate_batch`: left padding, a padding-aware mask, per-row
-RoPE positions) with one `torch.Generator` per prompt seeded with `seed + item index`, so a
-prompt gets the tokens it gets alone, whatever the batch size (greedy and sampled, checked in
-tests/test_generate_batch.py; padded rows differ from a lone row only in float rounding, which
-could flip an exact tie between two logits and nothing else). Hugging Face models generate one
-prompt at a time.
+`LM.loglikelihood` returns lm-evaluation-harness's `loglikelihood` per (context, continuation): the
+summed log-probability of the continuation and whether it is greedy. `LM.score` and
+`LM.generate_many` give the same numbers and tokens whatever the batch size: rows are padded to a
+fixed width of their own (`_bucket`), and each prompt is sampled with its own generator (seed per
+item). llmctl checkpoints generate in batches through `llmctl.model.generate.generate_batch`.
 """
 
 from __future__ import annotations

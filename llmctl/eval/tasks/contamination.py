@@ -1,18 +1,11 @@
-"""Test/train contamination: the share of eval items with an n-gram (13 by default, as in GPT-3's
-decontamination) that also occurs in a training dataset.
+"""Test/train contamination: the share of eval items with an n-gram (13 by default) that also occurs
+in a training dataset.
 
-Text on both sides is lower-cased and split into word characters (`\\w+`), so punctuation,
-case and whitespace differences do not hide an overlap. Every n-gram of every eval item goes in
-one in-memory set (MMLU val: 1,531 items, ~60k 13-grams, a few MB); the training dataset is then
-streamed through the dataset contract, one record batch at a time, each document's n-grams
-intersected with that set (a C-level `set(zip(...)) & keys`), so memory does not grow with the
-training set: MMLU val against 7.8 MB of text (43,000 documents, 1.55 M words) takes 1.5 s, about
-1 M words/s on one core. An item shorter than n words cannot be checked: it
-is counted in `too_short` and left out of the share.
-
-Eval data: an MMLU-layout CSV or directory (question + choices), or JSONL (`fields`, default
-the question). Training data: a dataset with `text`, or a token dataset (decoded with the
-model's tokenizer or `contamination.tokenizer`).
+Both sides are lower-cased and split into `\\w+` words. The eval items' n-grams are held in memory;
+the training dataset is streamed batch by batch, so memory does not grow with it. An item shorter
+than n words cannot be checked: it is counted in `too_short_items` and left out of the share.
+Eval data: MMLU-layout CSV or directory, or JSONL (`fields`); training data: a dataset with `text`,
+or a token dataset (decoded with the model's tokenizer or `contamination.tokenizer`).
 """
 
 from __future__ import annotations

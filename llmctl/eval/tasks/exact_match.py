@@ -1,18 +1,10 @@
 """Generation tasks scored by exact match after an extraction rule (GSM8K by default).
 
-Data: JSONL with `question` and `answer` (GSM8K's layout: the reference number follows `####`).
-Prompt: `format=plain` writes "Question: {question}\\nAnswer:" (k shots from `fewshot_data` before
-it, each with its full reference answer, separated by blank lines); `format=chat` sends the
-question as one user turn through the tokenizer's chat template (llmctl's for a checkpoint,
-`apply_chat_template` for a Hugging Face dir). Decoding is greedy by default and stops at the
-tokenizer's stop ids, a blank line or "Question:" (plain format), or `max_new_tokens`.
-
-Extraction: the number after the last "####" in the output if there is one, else the last
-number in it (commas, "$" and a trailing "." removed); a prediction matches when it equals the
-reference as a number (so "18.00" == "18"). Metric `exact_match` with lm-eval's stderr.
-
-Per-item output (RESULTS/_samples/exact_match): per problem the prompt as text, the generated
-output (cut at the stop strings), the extracted prediction, the reference and the match.
+Data: JSONL with `question` and `answer` (the reference number after `####`). `format=plain` prompts
+"Question: {question}\\nAnswer:" after k shots from `fewshot_data`; `format=chat` sends the question
+as one user turn through the chat template. Decoding is greedy by default and stops at a stop id,
+a blank line or "Question:" (plain), or `max_new_tokens`. A prediction (`extract`) matches when it
+equals the reference as a number. Metrics: `exact_match`, `mean_new_tokens`.
 """
 
 from __future__ import annotations

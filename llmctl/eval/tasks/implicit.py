@@ -1,22 +1,10 @@
 """A policy's preference on pairs from its own log-probabilities: DPO's implicit reward.
 
-For a pair (x, y_c, y_r) and a policy pi with reference ref, DPO's implicit reward of a reply is
-beta * (log pi(y|x) - log ref(y|x)) (Rafailov et al. 2023), so the policy prefers y_c when
-    h = (log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x)) > 0.
-`implicit_accuracy` is the share of pairs with h > 0 and `implicit_margin` the mean of beta * h:
-TRL's `rewards/accuracies` and `rewards/margins` on held-out pairs, except that a tie (h == 0)
-counts one half, not zero: the reference itself (every h exactly 0) scores 0.5, chance, rather
-than 0. `likelihood_accuracy` (the share of pairs with log pi(y_c|x) > log pi(y_r|x), no
-reference) is given for the policy and the reference: it says whether the policy ranks the replies
-better in plain probability, which DPO does not optimise (a longer reply has a lower log-prob).
-
-Log-probs are summed over the reply tokens and its <|end|>, on the chat encoding and truncation
-DPO trains on (`llmctl.data.chat_data.encode_responses`, the DPO run's `max_len`), scored with
-`llmctl.eval.lm.LM.score` (fixed-width rows, so the numbers do not depend on the batch size).
-
-The reference of a DPO checkpoint is the one its run recorded (`reference` in its manifest,
-with the fingerprint of its weights; a reference that changed since is refused); `prefs.reference`
-names one for any other llmctl checkpoint (an SFT model against its pretrained start, say).
+h = (log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x)) (Rafailov et al. 2023).
+`implicit_accuracy`: share of pairs with h > 0 (a tie counts 0.5), `implicit_margin`: mean beta * h;
+`likelihood_accuracy` (log pi(y_c|x) > log pi(y_r|x)) for the policy and the reference. Log-probs
+are summed over the reply tokens on DPO's chat encoding and `max_len`. The reference is the one a
+DPO run recorded (refused if its weights changed since), or `prefs.reference`.
 """
 
 from __future__ import annotations

@@ -1,25 +1,10 @@
-"""Preference metrics: a reward model's, and a policy's own (DPO's implicit reward), and win rate.
+"""Preference metrics: a reward model's, a policy's own (DPO's implicit reward), and win rate.
 
-`prefs` on preference pairs reports what the models given can say:
-- with a reward model (MODEL itself, or `--reward-model`): `accuracy`, the share of pairs where
-  r(prompt, chosen) > r(prompt, rejected) (a tie counts as wrong), and `mean_margin`, with each
-  pair encoded as `llmctl reward` trains on it (one prompt cut for both replies, the run's
-  max_len), so on the pairs it held out this is its own `val_accuracy`;
-- when MODEL is a language model (an llmctl checkpoint, not a reward model): its
-  `likelihood_accuracy`, and for a DPO model (against the reference its run recorded, or
-  `prefs.reference`) `implicit_accuracy`, `implicit_margin` and the reference's
-  `reference_likelihood_accuracy` (`llmctl.eval.tasks.implicit`).
-Data: `prompt`/`chosen`/`rejected` rows (a dataset dir,
-JSONL or Parquet) or raw HH-RLHF `chosen`/`rejected` transcripts (split at the last assistant
-turn by `llmctl.data.chat_data`). `split=val` keeps the rows `llmctl reward` held out (their
-`split` column, else the same seeded hash with the same `val_fraction` and `seed`); `split=all`
-scores every pair (for a file the reward model never saw).
-
-`winrate`: the evaluated model and a `baseline` model answer the same prompts (one user turn,
-each through its own chat template, greedy by default); the reward model judges each pair:
-win = 1 if r(model) > r(baseline), 0.5 on a tie, 0 otherwise. Reported: win rate with its
-standard error, and the mean response length in words of each side, because reward models tend
-to prefer longer answers (seed 001's length bias is then visible next to the win rate).
+`prefs` on preference pairs: with a reward model (MODEL, or `reward_model`) `accuracy`
+(r(chosen) > r(rejected); a tie is wrong) and `mean_margin`, each pair encoded as `llmctl reward`
+trains on it; for a language model MODEL the metrics of `llmctl.eval.tasks.implicit`. `split=val`
+keeps the pairs the trained model held out. `winrate`: MODEL and `baseline` answer the same prompts,
+the reward model judges each pair (win 1, tie 0.5); also the mean words and rewards of each side.
 """
 
 from __future__ import annotations
