@@ -1,4 +1,5 @@
-"""Commands: llmctl eval (issue 7). Registered on the shared app by importing this module."""
+"""Commands: llmctl eval. Registered on the shared app by importing this module; the task names and
+the task options a shared flag sets come from the registry `llmctl.eval.tasks.TASKS`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmctl import config as C
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, SetOpt, app
+from llmctl.cli.common import out, print_results
+from llmctl.eval.tasks import TASKS, tasks_with_flag
+
+
+def _names(flag: str) -> str:
+    """'a', 'a and b', 'a, b and c': the tasks a shared flag feeds, for its help."""
+    names = tasks_with_flag(flag)
+    return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 @app.command("eval")
@@ -18,7 +28,7 @@ def eval_cmd(
         typer.Option(
             "--task",
             "-t",
-            help="perplexity | mc | exact_match | degeneration | contamination | prefs | winrate (repeatable).",
+            help=" | ".join(TASKS) + " (repeatable).",
         ),
     ] = None,
     ppl_data: Annotated[
@@ -47,7 +57,7 @@ def eval_cmd(
     prompts: Annotated[
         Optional[str],
         typer.Option(
-            "--prompts", help="degeneration and winrate: JSONL prompts (or a documents dataset for degeneration)."
+            "--prompts", help=f"{_names('--prompts')}: JSONL prompts (or a documents dataset for degeneration)."
         ),
     ] = None,
     prefs_data: Annotated[
@@ -96,38 +106,26 @@ def eval_cmd(
     The results dataset has one row per (task, metric): value, stderr, n. Other task options go
     through --set, e.g. --set perplexity.stride=128 --set degeneration.temperature=0.7.
     """
-    from llmctl import config as C
-    from llmctl.cli.common import out, print_results
-    from llmctl.eval.runner import EvalConfig, run_eval
+    from llmctl.eval.runner import EvalConfig, run_eval  # torch: kept out of --help
 
-    flags = {
-        "tasks": task,
-        "perplexity.data": ppl_data,
-        "mc.data": mc_data,
-        "mc.shots": shots,
-        "mc.choices": choices,
-        "exact_match.data": em_data,
-        "degeneration.prompts": prompts,
-        "winrate.prompts": prompts,
-        "prefs.data": prefs_data,
-        "contamination.data": items,
-        "contamination.train": train_data,
-        "prefs.reward_model": reward_model,
-        "winrate.reward_model": reward_model,
-        "winrate.baseline": baseline,
-        "batch_size": batch_size,
-        "tokenizer": tokenizer,
-        "device": device,
+    shared = {
+        "--ppl-data": ppl_data,
+        "--mc-data": mc_data,
+        "--shots": shots,
+        "--choices": choices,
+        "--em-data": em_data,
+        "--prompts": prompts,
+        "--prefs-data": prefs_data,
+        "--items": items,
+        "--train-data": train_data,
+        "--reward-model": reward_model,
+        "--baseline": baseline,
     }
+    flags = {"tasks": task, "batch_size": batch_size, "tokenizer": tokenizer, "device": device}
+    flags.update({f"{t.name}.{option}": shared[flag] for t in TASKS.values() for flag, option in t.flags})
     if limit is not None:  # every task's limit, except one a --set names (--limit 20 --set prefs.limit=0)
         named = C.parse_set(set_)
-        flags.update(
-            {
-                f"{t}.limit": limit
-                for t in ("perplexity", "mc", "exact_match", "degeneration", "contamination", "prefs", "winrate")
-                if "limit" not in named.get(t, {})
-            }
-        )
+        flags.update({f"{t}.limit": limit for t in TASKS if "limit" not in named.get(t, {})})
     cfg = C.load(EvalConfig, config, set_, flags)
     m = run_eval(model, output, cfg, overwrite=overwrite)
     print_results(m["stats"]["results"])

@@ -1,6 +1,6 @@
 """llmctl eval: perplexity, multiple choice, exact match, degeneration, contamination, reward-model
-preference accuracy and win rate (issue 7).
+preference accuracy, win rate and stop rate.
 
-`runner.run_eval` loads the model once (`lm.load_lm`) and runs each task module against the
-`lm.LM` scoring interface; each task returns rows of (task, metric, value, stderr, n).
+`runner.run_eval` loads the model once (`lm.load_lm`) and runs each task of the registry
+(`tasks.TASKS`) against the `lm.LM` interface; each task returns rows of (task, metric, value, stderr, n).
 """

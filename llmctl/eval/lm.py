@@ -1,33 +1,14 @@
 """The scoring interface every eval task uses, over an llmctl checkpoint or a Hugging Face model dir.
 
-`LM.loglikelihood(requests)` returns, for each (context ids, continuation ids), the summed
-log-probability of the continuation and whether it is the greedy continuation, exactly as
-lm-evaluation-harness's `loglikelihood` does (the input is context + continuation minus the last
-token, cut from the left to the context length; an empty context becomes <|eos|>, where lm-eval
-uses the tokenizer's BOS when it has one: llmctl models never see BOS). `LM.generate` continues a prompt token by token
-with a KV cache, greedy or sampled.
-
-Batch-size invariance: requests are sorted by length (longest first, ties by index) and padded
-on the right. A causal model never looks right, so padding cannot change a real position's
-logits mathematically; numerically, a matmul over a different number of rows may round
-differently in the last bit, so every forward runs on rows of one fixed padded length per
-request (`_bucket`: the request's length rounded up to a multiple of 64 tokens), and each row of a
-batch is computed exactly as it would be alone (checked in tests/test_eval_lm.py: batch 1 and 3
-give bit-identical values). The cost of the rounding: at most 63 padded positions per row
-(~32 on average, under 10% of a 0-shot MMLU prompt of ~100-600 tokens, less for 5-shot).
-
-Generation (`generate_many`) runs llmctl checkpoints in batches of `batch_size` prompts through
-the shared engine (`llmctl.model.generate.generate_batch`: left padding, a padding-aware mask, per-row
-RoPE positions) with one `torch.Generator` per prompt seeded with `seed + item index`, so a
-prompt gets the tokens it gets alone, whatever the batch size (greedy and sampled, checked in
-tests/test_generate_batch.py; padded rows differ from a lone row only in float rounding, which
-could flip an exact tie between two logits and nothing else). Hugging Face models generate one
-prompt at a time.
+`LM.loglikelihood` returns lm-evaluation-harness's `loglikelihood` per (context, continuation): the
+summed log-probability of the continuation and whether it is greedy. `LM.score` and
+`LM.generate_many` give the same numbers and tokens whatever the batch size: rows are padded to a
+fixed width of their own (`_bucket`), and each prompt is sampled with its own generator (seed per
+item). llmctl checkpoints generate in batches through `llmctl.model.generate.generate_batch`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from llmctl.errors import UsageError
+from llmctl.eval.base import is_hf_dir
+from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint
+from llmctl.model.generate import filter_logits, generate_batch
+from llmctl.model.transformer import KVCache
+from llmctl.store.dataset import fingerprint_file
+from llmctl.tokenizer.spm import Tokenizer
 
 PAD_MULTIPLE = 64
 
@@ -200,8 +187,6 @@ class LM:
 def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator) -> int:
     """One token from (V,) logits: argmax at temperature 0, else `llmctl.model.generate`'s top-k / nucleus
     filter and a draw from `gen` (so a checkpoint samples here what `llmctl generate` samples)."""
-    from llmctl.model.generate import filter_logits
-
     logits = logits.float().cpu()[None]
     if temperature <= 0:
         return int(logits.argmax(-1))
@@ -214,10 +199,6 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, g
 
 class LlmctlLM(LM):
     def __init__(self, path: str | Path, device: str = "cpu", tokenizer_dir: str | Path | None = None):
-        from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint
-        from llmctl.store.dataset import fingerprint_file
-        from llmctl.tokenizer.spm import Tokenizer
-
         self.path = resolve_checkpoint(path)
         self.model, self.cfg, tok_dir, _ = load_checkpoint(self.path, device=device, tokenizer_dir=tokenizer_dir)
         if tok_dir is None:
@@ -245,8 +226,6 @@ class LlmctlLM(LM):
         return self.model(ids)
 
     def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:
-        from llmctl.model.transformer import KVCache
-
         cache = KVCache(self.cfg, 1, self.max_len, device=self.device)
         logits = self.model(torch.tensor([prompt], device=self.device), kv_cache=cache)
         return logits[0, -1], cache
@@ -271,8 +250,6 @@ class LlmctlLM(LM):
     ) -> list[list[int]]:
         """Batches of `batch_size` prompts through `llmctl.model.generate.generate_batch`, one generator per
         prompt (seeds[i]), so a prompt's tokens do not depend on the batch it is in."""
-        from llmctl.model.generate import generate_batch
-
         seeds = list(seeds) if seeds is not None else [0] * len(prompts)
         stops = tuple(self.codec.stop_ids if stop_ids is None else stop_ids)
         stop_fn = (lambda ids: any(s in self.codec.decode(ids) for s in stop_text)) if stop_text else None
@@ -306,10 +283,8 @@ class HFLM(LM):
     """transformers AutoModelForCausalLM + AutoTokenizer from a local directory (offline)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", tokenizer_dir: str | Path | None = None):
-        import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from llmctl.store.dataset import fingerprint_file
+        import transformers  # transformers: only for Hugging Face dirs, kept out of the llmctl checkpoint path
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # likewise
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
@@ -374,17 +349,6 @@ class HFLM(LM):
     def step(self, token: int, state: Any) -> tuple[torch.Tensor, Any]:
         o = self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=state, use_cache=True)
         return o.logits[0, -1].float(), o.past_key_values
-
-
-def is_hf_dir(path: str | Path) -> bool:
-    p = Path(path)
-    cfg = p / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("format") != "llmctl"
-    except json.JSONDecodeError:
-        return False
 
 
 def load_lm(path: str | Path, device: str = "cpu", tokenizer_dir: str | Path | None = None) -> LM:

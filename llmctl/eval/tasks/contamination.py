@@ -1,18 +1,11 @@
-"""Test/train contamination: the share of eval items with an n-gram (13 by default, as in GPT-3's
-decontamination) that also occurs in a training dataset.
+"""Test/train contamination: the share of eval items with an n-gram (13 by default) that also occurs
+in a training dataset.
 
-Text on both sides is lower-cased and split into word characters (`\\w+`), so punctuation,
-case and whitespace differences do not hide an overlap. Every n-gram of every eval item goes in
-one in-memory set (MMLU val: 1,531 items, ~60k 13-grams, a few MB); the training dataset is then
-streamed through the dataset contract, one record batch at a time, each document's n-grams
-intersected with that set (a C-level `set(zip(...)) & keys`), so memory does not grow with the
-training set: MMLU val against 7.8 MB of text (43,000 documents, 1.55 M words) takes 1.5 s, about
-1 M words/s on one core. An item shorter than n words cannot be checked: it
-is counted in `too_short` and left out of the share.
-
-Eval data: an MMLU-layout CSV or directory (question + choices), or JSONL (`fields`, default
-the question). Training data: a dataset with `text`, or a token dataset (decoded with the
-model's tokenizer or `contamination.tokenizer`).
+Both sides are lower-cased and split into `\\w+` words. The eval items' n-grams are held in memory;
+the training dataset is streamed batch by batch, so memory does not grow with it. An item shorter
+than n words cannot be checked: it is counted in `too_short_items` and left out of the share.
+Eval data: MMLU-layout CSV or directory, or JSONL (`fields`); training data: a dataset with `text`,
+or a token dataset (decoded with the model's tokenizer or `contamination.tokenizer`).
 """
 
 from __future__ import annotations
@@ -24,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.errors import UsageError
+from llmctl.eval.base import file_lineage, read_jsonl
+from llmctl.eval.tasks.mc import MCConfig, data_files, read_items
+from llmctl.store.dataset import Dataset
+from llmctl.tokenizer.spm import Tokenizer
 
 TASK = "contamination"
 _WORD = re.compile(r"\w+")
@@ -48,9 +45,6 @@ def grams(ws: list[str], n: int) -> Iterable[tuple[str, ...]]:
 
 
 def eval_items(cfg: ContaminationConfig) -> tuple[list[str], list[dict[str, Any]]]:
-    from llmctl.eval.tasks.mc import MCConfig, data_files, read_items
-    from llmctl.store.dataset import fingerprint_file
-
     p = Path(cfg.data)
     files = data_files(MCConfig(data=cfg.data)) if p.is_dir() else [p]
     items: list[str] = []
@@ -58,14 +52,12 @@ def eval_items(cfg: ContaminationConfig) -> tuple[list[str], list[dict[str, Any]
         if f.suffix == ".csv":
             items += [" ".join([it["question"], *it["choices"]]) for it in read_items(f)]
         elif f.suffix in (".jsonl", ".json"):
-            from llmctl.eval.tasks.exact_match import read_jsonl
-
             items += [" ".join(str(r.get(k, "")) for k in cfg.fields) for r in read_jsonl(f)]
         else:
             raise UsageError(f"{f}: contamination data must be .csv or .jsonl")
     if cfg.limit:
         items = items[: cfg.limit]
-    lineage = [{"path": str(f.resolve()), "stage": "file", "fingerprint": fingerprint_file(f)} for f in files]
+    lineage = [file_lineage(f) for f in files]
     return items, lineage
 
 
@@ -101,9 +93,9 @@ def _train_texts(ds: Any, decode: Any) -> Iterable[str]:
                 yield v if col == "text" else decode(v)
 
 
-def run(lm: Any, cfg: ContaminationConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list]:
-    from llmctl.store.dataset import Dataset
-
+def run(
+    lm: Any, cfg: ContaminationConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list]:
     if not cfg.train:
         raise UsageError("contamination needs a training dataset: --train-data DIR")
     if cfg.n < 1:
@@ -114,8 +106,6 @@ def run(lm: Any, cfg: ContaminationConfig, batch_size: int, progress: Any = None
         if "input_ids" not in ds.column_names:
             raise UsageError(f"{cfg.train}: has neither a text nor an input_ids column")
         if cfg.tokenizer:
-            from llmctl.tokenizer.spm import Tokenizer
-
             decode = Tokenizer.load(cfg.tokenizer).decode
         elif lm is not None:
             decode = lm.codec.decode

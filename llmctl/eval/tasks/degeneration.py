@@ -1,18 +1,10 @@
-"""Text degeneration on sampled continuations (Holtzman et al. 2020, "The Curious Case of Neural
-Text Degeneration"): how repetitive and how varied the model's own text is for a sampling setting.
+"""Text degeneration on sampled continuations (Holtzman et al. 2020): how repetitive and how varied
+the model's own text is for a sampling setting.
 
-Prompts: the first `prompt_words` words of each document of a dataset with a `text` column, or
-the `instruction`/`prompt`/`question` field of a JSONL file (e.g. AlpacaEval prompts). Each
-prompt is continued for `max_new_tokens` with the given temperature/top-k/top-p and a seed per
-item (`seed + index`), so the samples are reproducible and independent of the batch size.
-
-Metrics, on whitespace words of the continuations (tokenizer-independent, so models compare):
-- `repetition_{n}`: share of a continuation's n-grams that already occurred earlier in the same
-  continuation, averaged over continuations (greedy decoding of a small model typically scores
-  0.3-0.7 at n=4; human text ~0.01-0.05);
-- `distinct_1`, `distinct_2`: distinct n-grams / total n-grams over all continuations (Li et
-  al. 2016); low values = generic, repetitive text;
-- `mean_words`: the continuation length, since the other three move with it.
+Prompts: a JSONL file's `instruction`/`prompt`/`question`, or the first `prompt_words` words of a
+dataset's documents; each is continued with seed `seed + index`. Metrics on whitespace words:
+`repetition_{n}` (share of a continuation's n-grams seen earlier in it, averaged), `distinct_1`,
+`distinct_2` (distinct / total n-grams over all continuations, Li et al. 2016), `mean_words`.
 """
 
 from __future__ import annotations
@@ -23,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.errors import UsageError
+from llmctl.eval.base import file_lineage, mean_stderr
 from llmctl.eval.lm import LM
-from llmctl.eval.tasks.mc import mean_stderr
+from llmctl.store.dataset import Dataset
 
 TASK = "degeneration"
 
@@ -65,8 +58,6 @@ def distinct(texts: list[list[str]], n: int) -> float:
 
 
 def read_prompts(path: str, limit: int, prompt_words: int) -> tuple[list[str], dict[str, Any]]:
-    from llmctl.store.dataset import Dataset, fingerprint_file
-
     p = Path(path)
     if p.is_file():
         out = []
@@ -80,7 +71,7 @@ def read_prompts(path: str, limit: int, prompt_words: int) -> tuple[list[str], d
             out.append(str(rec[key]))
             if limit and len(out) >= limit:
                 break
-        return out, {"path": str(p.resolve()), "stage": "file", "fingerprint": fingerprint_file(p)}
+        return out, file_lineage(p)
     ds = Dataset.open(p, columns=["text"])
     out = []
     for row in ds.iter_rows(["text"]):
@@ -92,7 +83,9 @@ def read_prompts(path: str, limit: int, prompt_words: int) -> tuple[list[str], d
     return out, ds.lineage()
 
 
-def run(lm: LM, cfg: DegenerationConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list]:
+def run(
+    lm: LM, cfg: DegenerationConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list]:
     prompts, lineage = read_prompts(cfg.prompts, cfg.limit, cfg.prompt_words)
     if not prompts:
         raise UsageError(f"{cfg.prompts}: no prompts")

@@ -1,33 +1,23 @@
 """Generation tasks scored by exact match after an extraction rule (GSM8K by default).
 
-Data: JSONL with `question` and `answer` (GSM8K's layout: the reference number follows `####`).
-Prompt: `format=plain` writes "Question: {question}\\nAnswer:" (k shots from `fewshot_data` before
-it, each with its full reference answer, separated by blank lines); `format=chat` sends the
-question as one user turn through the tokenizer's chat template (llmctl's for a checkpoint,
-`apply_chat_template` for a Hugging Face dir). Decoding is greedy by default and stops at the
-tokenizer's stop ids, a blank line or "Question:" (plain format), or `max_new_tokens`.
-
-Extraction: the number after the last "####" in the output if there is one, else the last
-number in it (commas, "$" and a trailing "." removed); a prediction matches when it equals the
-reference as a number (so "18.00" == "18"). Metric `exact_match` with lm-eval's stderr.
-
-Per-item output (RESULTS/_samples/exact_match): per problem the prompt as text, the generated
-output (cut at the stop strings), the extracted prediction, the reference and the match.
+Data: JSONL with `question` and `answer` (the reference number after `####`). `format=plain` prompts
+"Question: {question}\\nAnswer:" after k shots from `fewshot_data`; `format=chat` sends the question
+as one user turn through the chat template. Decoding is greedy by default and stops at a stop id,
+a blank line or "Question:" (plain), or `max_new_tokens`. A prediction (`extract`) matches when it
+equals the reference as a number. Metrics: `exact_match`, `mean_new_tokens`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from llmctl.errors import UsageError
+from llmctl.eval.base import Samples, file_lineage, mean_stderr, read_jsonl
 from llmctl.eval.lm import LM
-from llmctl.eval.tasks.mc import mean_stderr
 
 TASK = "exact_match"
 _NUM = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -63,20 +53,9 @@ def extract(text: str) -> float | None:
     return _to_number(found[-1]) if found else None
 
 
-def read_jsonl(path: str | Path, limit: int = 0) -> list[dict[str, Any]]:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: no such JSONL file")
-    rows = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UsageError(f"{p}:{i + 1}: not a JSON object") from None
-        if limit and len(rows) >= limit:
-            break
-    return rows
+def check(cfg: ExactMatchConfig) -> None:
+    if cfg.shots and not cfg.fewshot_data:
+        raise UsageError("exact_match with shots > 0 needs --set exact_match.fewshot_data=FILE.jsonl")
 
 
 def prompt_ids(lm: LM, question: str, shots: list[dict[str, Any]], fmt: str) -> list[int]:
@@ -104,10 +83,9 @@ SAMPLES_SCHEMA = pa.schema(
 )
 
 
-def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
-    from llmctl.eval.runner import Samples
-    from llmctl.store.dataset import fingerprint_file
-
+def run(
+    lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list, Samples]:
     rows = read_jsonl(cfg.data, cfg.limit)
     if not rows or any("question" not in r or "answer" not in r for r in rows):
         raise UsageError(f"{cfg.data}: needs JSONL rows with question and answer")
@@ -147,7 +125,7 @@ def run(lm: LM, cfg: ExactMatchConfig, batch_size: int, progress: Any = None) ->
             }
         )
     n = len(rows)
-    lineage = [{"path": str(Path(cfg.data).resolve()), "stage": "file", "fingerprint": fingerprint_file(cfg.data)}]
+    lineage = [file_lineage(cfg.data)]
     return (
         [
             {"task": TASK, "metric": "exact_match", "value": sum(hits) / n, "stderr": mean_stderr(hits), "n": n},

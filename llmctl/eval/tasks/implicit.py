@@ -1,22 +1,10 @@
 """A policy's preference on pairs from its own log-probabilities: DPO's implicit reward.
 
-For a pair (x, y_c, y_r) and a policy pi with reference ref, DPO's implicit reward of a reply is
-beta * (log pi(y|x) - log ref(y|x)) (Rafailov et al. 2023), so the policy prefers y_c when
-    h = (log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x)) > 0.
-`implicit_accuracy` is the share of pairs with h > 0 and `implicit_margin` the mean of beta * h:
-TRL's `rewards/accuracies` and `rewards/margins` on held-out pairs, except that a tie (h == 0)
-counts one half, not zero: the reference itself (every h exactly 0) scores 0.5, chance, rather
-than 0. `likelihood_accuracy` (the share of pairs with log pi(y_c|x) > log pi(y_r|x), no
-reference) is given for the policy and the reference: it says whether the policy ranks the replies
-better in plain probability, which DPO does not optimise (a longer reply has a lower log-prob).
-
-Log-probs are summed over the reply tokens and its <|end|>, on the chat encoding and truncation
-DPO trains on (`llmctl.data.chat_data.encode_responses`, the DPO run's `max_len`), scored with
-`llmctl.eval.lm.LM.score` (fixed-width rows, so the numbers do not depend on the batch size).
-
-The reference of a DPO checkpoint is the one its run recorded (`reference` in its manifest,
-with the fingerprint of its weights; a reference that changed since is refused); `prefs.reference`
-names one for any other llmctl checkpoint (an SFT model against its pretrained start, say).
+h = (log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x)) (Rafailov et al. 2023).
+`implicit_accuracy`: share of pairs with h > 0 (a tie counts 0.5), `implicit_margin`: mean beta * h;
+`likelihood_accuracy` (log pi(y_c|x) > log pi(y_r|x)) for the policy and the reference. Log-probs
+are summed over the reply tokens on DPO's chat encoding and `max_len`. The reference is the one a
+DPO run recorded (refused if its weights changed since), or `prefs.reference`.
 """
 
 from __future__ import annotations
@@ -26,15 +14,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from llmctl.data.chat_data import encode_responses, to_messages
 from llmctl.errors import UsageError
+from llmctl.eval.base import is_hf_dir, mean_stderr
+from llmctl.eval.lm import LlmctlLM
+from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+from llmctl.store.dataset import MANIFEST, fingerprint_file
 
 
 def dpo_reference(model_path: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(reference lineage, DPO config) recorded by the DPO run of an llmctl checkpoint, else None."""
-    from llmctl.eval.lm import is_hf_dir
-    from llmctl.model.checkpoint import resolve_checkpoint
-    from llmctl.store.dataset import MANIFEST
-
     if is_hf_dir(model_path):
         return None
     p = resolve_checkpoint(model_path)
@@ -50,9 +39,6 @@ def dpo_reference(model_path: str | Path) -> tuple[dict[str, Any], dict[str, Any
 
 
 def _checked_reference(ref: dict[str, Any]) -> Path:
-    from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
-    from llmctl.store.dataset import fingerprint_file
-
     p = Path(ref["path"])
     if not p.exists():
         raise UsageError(f"the DPO run's reference {p} is gone; pass one with --set prefs.reference=CKPT")
@@ -67,8 +53,6 @@ def _checked_reference(ref: dict[str, Any]) -> Path:
 
 def response_logps(lm: Any, tok: Any, pairs: list, max_len: int, batch_size: int) -> list[tuple[float, float]]:
     """(log p(chosen|prompt), log p(rejected|prompt)) per pair, summed over the reply tokens."""
-    from llmctl.data.chat_data import encode_responses, to_messages
-
     inputs, targets = [], []
     for prompt, chosen, rejected in pairs:
         for e in encode_responses(tok, to_messages(prompt), [chosen, rejected], max_len):
@@ -85,9 +69,6 @@ def implicit_metrics(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(result rows, per-pair values, lineage of the policy and reference) for `pairs`; `policy` is
     MODEL already loaded as an `LlmctlLM` (the runner's), else it is loaded here."""
-    from llmctl.eval.lm import LlmctlLM
-    from llmctl.eval.tasks.mc import mean_stderr
-
     found = dpo_reference(model_path)
     beta, max_len = 0.1, 0
     if found:

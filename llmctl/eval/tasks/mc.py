@@ -1,46 +1,26 @@
 """Multiple-choice tasks scored by log-likelihood, as lm-evaluation-harness does (MMLU layout).
 
-Data: a headerless CSV `question,A,B,C,D,answer` (the MMLU layout as is), a directory of such
-CSVs (one subject per file, `abstract_algebra_val.csv` -> "abstract algebra"), or JSONL/Parquet
-with `question`, `A`..`D` (or a `choices` list) and `answer` (a letter or an index).
-
-Prompt (lm-eval's `mmlu` default task, `choices=letters`)::
-
-    The following are multiple choice questions (with answers) about {subject}.\\n\\n
-    [k shots: {question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer: {letter}\\n\\n]...
-    {question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer:
-
-and the continuations " A", " B", " C", " D". With `choices=text` the continuations are " " + the
-choice text instead (the cloze form; acc_norm matters there). Shots are the first k rows of the
-same subject in `fewshot_data` (default: the `dev/` directory beside an MMLU split directory, or
-the `SUBJECT_dev` file in the same folder; such dev files are never scored as questions).
-
-Tokenization is lm-eval's `_encode_pair`: trailing spaces of the context move to the
-continuation, then continuation ids = encode(context + continuation)[len(encode(context)):], so
-a tokenizer that merges across the boundary is handled identically. `acc` = argmax of the summed
-log-likelihood; `acc_norm` = argmax of log-likelihood / length of the choice text in characters,
-as lm-eval (`norm=bytes`: UTF-8 bytes instead; the two differ only on non-ASCII choices, such
-as MMLU formal_logic's text choices with ∨ ⊃ ≡ • ∀: see docs/eval.md). Ties go to the first choice, as numpy's argmax. stderr = sample
-standard deviation / sqrt(n), as lm-eval reports.
-
-Per-item output (`samples`, written by the runner to RESULTS/_samples/mc): per question its
-subject, the context and continuation strings, each continuation's log-likelihood, greedy flag
-and length, the picks (`pred`, `pred_norm`) and the gold index, so a result can be compared
-with lm-eval's `--log_samples` item by item.
+Data: a headerless CSV `question,A,B,C,D,answer`, a directory of them (`data_files`: MMLU's
+layouts), or JSONL/Parquet with `question`, `A`..`D` (or `choices`) and `answer`. The prompt is
+lm-eval's `mmlu` prompt with k shots from the subject's dev file; continuations are " A".." D"
+(`choices=letters`) or the choice texts (`choices=text`), encoded as lm-eval's `_encode_pair`.
+`acc`: argmax of the summed log-likelihood; `acc_norm`: per character (`norm=chars`, lm-eval) or
+UTF-8 byte (`norm=bytes`) of the choice; ties go to the first choice. Per-item output: `SAMPLES_SCHEMA`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from llmctl.errors import UsageError
+from llmctl.eval.base import Samples, file_lineage, mean_stderr
 from llmctl.eval.lm import LM
 
 TASK = "mc"
@@ -95,8 +75,6 @@ def read_items(path: Path, limit: int = 0) -> list[dict[str, Any]]:
     elif path.suffix in (".jsonl", ".json"):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         rows = pq.read_table(path).to_pylist()
     else:
         raise UsageError(f"{path}: unsupported multiple-choice file (use .csv, .jsonl or .parquet)")
@@ -207,14 +185,6 @@ def encode_pair(lm: LM, context: str, continuation: str) -> tuple[list[int], lis
     return ctx, whole[len(ctx) :]
 
 
-def mean_stderr(xs: list[float]) -> float:
-    n = len(xs)
-    if n < 2:
-        return float("nan")
-    mu = sum(xs) / n
-    return math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1) / n)
-
-
 SAMPLES_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -247,16 +217,15 @@ def argmax(xs: list[float]) -> int:
     return max(range(len(xs)), key=lambda i: (xs[i], -i))
 
 
-def run(lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
-    from llmctl.eval.runner import Samples
-    from llmctl.store.dataset import fingerprint_file
-
+def run(
+    lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list, Samples]:
     choice_length("", cfg.norm)
     items, requests, lineage = [], [], []
     for f in data_files(cfg):
         fs = fewshot_file(cfg, f)
         shots = read_items(fs, cfg.shots) if fs else []
-        lineage.append({"path": str(f.resolve()), "stage": "file", "fingerprint": fingerprint_file(f)})
+        lineage.append(file_lineage(f))
         for k, item in enumerate(read_items(f, cfg.limit)):
             ctx = build_context(item, _subject(f), shots, cfg.choices)
             conts = choice_strings(item, cfg.choices)

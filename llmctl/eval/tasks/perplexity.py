@@ -1,34 +1,11 @@
 """Perplexity and bits per byte on a token dataset's val split or on a document dataset.
 
-Per document, the scored tokens are the document's ids (a token dataset's ids as stored, ending
-with <|eos|>; a document's text encoded without BOS/EOS), each predicted from what precedes it,
-with one `prefix` token before the first (`bos`: the tokenizer's BOS, or its EOS when it has
-none, as lm-eval's `prefix_token_id`).
-
-Default: lm-evaluation-harness's `loglikelihood_rolling` protocol, so `llmctl eval` and lm-eval
-report the same number for the same model and text: prefix = the tokenizer's BOS, and disjoint
-windows of the model's context L (the first scores tokens 1..L after the prefix, each next one
-the following L tokens with the one token before them as context; the last, shorter window
-keeps a full L tokens of input, as lm-eval's `get_rolling_token_windows` + `make_disjoint_window`).
-benchmarks/eval_parity.py checks the figure against lm-eval 0.4.13 itself (docs/eval.md).
-
-The alternative, `prefix=eos` and `stride=L/2` (llmctl's default before; the Hugging Face
-perplexity recipe), fits llmctl models better: they are trained on documents separated by
-<|eos|> and never see BOS, and after the first window each scores `stride` tokens with the L -
-stride tokens before them as context, so every token has >= L/2 of context, at ~2x the compute.
-On benchmarks/eval_parity.py's model (context 256, documents ~3x longer) it measures 1.642
-bits/byte against lm-eval's 1.660, 1.1% lower (`--set perplexity.prefix=eos --set perplexity.stride=128`).
-
-Metrics: loss = sum NLL / tokens (nats), perplexity = exp(loss), bits_per_byte = sum NLL /
-(UTF-8 bytes of the text) / ln 2, and lm-eval's `word_perplexity` = exp(sum NLL / words) and
-`byte_perplexity` = exp(sum NLL / bytes) (words: whitespace-separated, as lm-eval's
-`re.split(r"\\s+")`). Loss and perplexity depend on the tokenizer (a vocabulary with longer
-tokens has fewer, harder predictions); bits per byte does not, so it is the number to compare
-across models with different tokenizers. The stderr of the loss is the per-token standard
-deviation / sqrt(tokens) (tokens treated as independent: a lower bound).
-
-Per-item output (RESULTS/_samples/perplexity): per document its id, text, tokens, bytes, words,
-windows and summed log-likelihood (lm-eval's per-document `loglikelihood_rolling` value).
+Each document (a token dataset's ids as stored; a text encoded without BOS/EOS) is scored after one
+`prefix` token (`bos`: the tokenizer's BOS, else its EOS, as lm-eval's `prefix_token_id`). Windows
+are lm-evaluation-harness's `loglikelihood_rolling` (disjoint windows of the context L) by default,
+or, with `stride` < L, sliding windows that score `stride` new tokens each (`prefix=eos`,
+`stride=L/2` fits llmctl models, which never see BOS: docs/eval.md). Metrics: `loss` (nats/token),
+`perplexity`, `bits_per_byte`, `byte_perplexity`, `word_perplexity` (lm-eval's), `documents`.
 """
 
 from __future__ import annotations
@@ -41,7 +18,9 @@ from typing import Any
 import pyarrow as pa
 
 from llmctl.errors import UsageError
+from llmctl.eval.base import Samples
 from llmctl.eval.lm import LM
+from llmctl.store.dataset import Dataset
 
 TASK = "perplexity"
 
@@ -71,8 +50,6 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
 
 def load_documents(lm: LM, cfg: PerplexityConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per document: id, text, token ids and UTF-8 bytes; and the dataset's lineage."""
-    from llmctl.store.dataset import Dataset
-
     if not cfg.data:
         raise UsageError("perplexity needs a dataset: --ppl-data DIR (a token dataset or a documents dataset)")
     ds = Dataset.open(cfg.data)
@@ -129,9 +106,9 @@ SAMPLES_SCHEMA = pa.schema(
 )
 
 
-def run(lm: LM, cfg: PerplexityConfig, batch_size: int, progress: Any = None) -> tuple[list[dict[str, Any]], list, Any]:
-    from llmctl.eval.runner import Samples
-
+def run(
+    lm: LM, cfg: PerplexityConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list, Samples]:
     docs, lineage = load_documents(lm, cfg)
     context = min(cfg.context or lm.max_len, lm.max_len)
     stride = cfg.stride or context

@@ -1,25 +1,10 @@
-"""Preference metrics: a reward model's, and a policy's own (DPO's implicit reward), and win rate.
+"""Preference metrics: a reward model's, a policy's own (DPO's implicit reward), and win rate.
 
-`prefs` on preference pairs reports what the models given can say:
-- with a reward model (MODEL itself, or `--reward-model`): `accuracy`, the share of pairs where
-  r(prompt, chosen) > r(prompt, rejected) (a tie counts as wrong), and `mean_margin`, with each
-  pair encoded as `llmctl reward` trains on it (one prompt cut for both replies, the run's
-  max_len), so on the pairs it held out this is its own `val_accuracy`;
-- when MODEL is a language model (an llmctl checkpoint, not a reward model): its
-  `likelihood_accuracy`, and for a DPO model (against the reference its run recorded, or
-  `prefs.reference`) `implicit_accuracy`, `implicit_margin` and the reference's
-  `reference_likelihood_accuracy` (`llmctl.eval.tasks.implicit`).
-Data: `prompt`/`chosen`/`rejected` rows (a dataset dir,
-JSONL or Parquet) or raw HH-RLHF `chosen`/`rejected` transcripts (split at the last assistant
-turn by `llmctl.data.chat_data`). `split=val` keeps the rows `llmctl reward` held out (their
-`split` column, else the same seeded hash with the same `val_fraction` and `seed`); `split=all`
-scores every pair (for a file the reward model never saw).
-
-`winrate`: the evaluated model and a `baseline` model answer the same prompts (one user turn,
-each through its own chat template, greedy by default); the reward model judges each pair:
-win = 1 if r(model) > r(baseline), 0.5 on a tie, 0 otherwise. Reported: win rate with its
-standard error, and the mean response length in words of each side, because reward models tend
-to prefer longer answers (seed 001's length bias is then visible next to the win rate).
+`prefs` on preference pairs: with a reward model (MODEL, or `reward_model`) `accuracy`
+(r(chosen) > r(rejected); a tie is wrong) and `mean_margin`, each pair encoded as `llmctl reward`
+trains on it; for a language model MODEL the metrics of `llmctl.eval.tasks.implicit`. `split=val`
+keeps the pairs the trained model held out. `winrate`: MODEL and `baseline` answer the same prompts,
+the reward model judges each pair (win 1, tie 0.5); also the mean words and rewards of each side.
 """
 
 from __future__ import annotations
@@ -30,9 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from safetensors import safe_open
 
+from llmctl.data.chat_data import _pref_row, read_rows, split_of
 from llmctl.errors import UsageError
-from llmctl.eval.tasks.mc import mean_stderr
+from llmctl.eval.base import Samples, is_hf_dir, mean_stderr, model_lineage, read_prompts
+from llmctl.eval.lm import LM, load_lm
+from llmctl.eval.tasks.implicit import implicit_metrics
+from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+from llmctl.model.reward import load_reward_model
+from llmctl.store.dataset import MANIFEST
 
 
 @dataclass
@@ -59,10 +51,6 @@ class WinrateConfig:
 
 def training_split(path: str | Path) -> tuple[float, int] | None:
     """(val_fraction, seed) a `llmctl reward` / `dpo` / `sft` run split its data with, if `path` is one."""
-    from llmctl.eval.lm import is_hf_dir
-    from llmctl.model.checkpoint import resolve_checkpoint
-    from llmctl.store.dataset import MANIFEST
-
     if not path or is_hf_dir(path):
         return None
     m = resolve_checkpoint(path) / MANIFEST
@@ -77,8 +65,6 @@ def pref_rows(
 ) -> tuple[list[tuple[list[dict[str, str]], str, str]], dict[str, Any]]:
     """The pairs to score; with split=val, rows without a split column are split by the same hash
     (val_fraction, seed) as the run that trained the model (`trained`), so held out means held out."""
-    from llmctl.data.chat_data import _pref_row, read_rows, split_of
-
     frac = cfg.val_fraction if cfg.val_fraction is not None else trained[0] if trained else 0.05
     seed = cfg.seed if cfg.seed is not None else trained[1] if trained else 0
     rows, lineage = read_rows(cfg.data)
@@ -101,8 +87,6 @@ def pref_rows(
 
 
 def _rm(path: str, device: str = "cpu") -> Any:
-    from llmctl.train.reward import load_reward_model
-
     if not path:
         raise UsageError("a reward model is needed: --set prefs.reward_model=DIR (or winrate.reward_model)")
     return load_reward_model(path, device=device)
@@ -110,11 +94,6 @@ def _rm(path: str, device: str = "cpu") -> Any:
 
 def is_reward_model(path: str | Path) -> bool:
     """An llmctl checkpoint (or run dir) whose weights have a score head."""
-    from safetensors import safe_open
-
-    from llmctl.eval.lm import is_hf_dir
-    from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
-
     if is_hf_dir(path):
         return False
     with safe_open(str(resolve_checkpoint(path) / WEIGHTS), "pt") as f:
@@ -138,20 +117,17 @@ SAMPLES_SCHEMA = pa.schema(
 
 
 def run_prefs(
-    model_path: str, cfg: PrefsConfig, batch_size: int, progress: Any = None, device: str = "cpu", lm: Any = None
-) -> tuple[list[dict[str, Any]], list, Any]:
-    from llmctl.eval.lm import is_hf_dir
-    from llmctl.eval.runner import Samples
-    from llmctl.eval.tasks.implicit import implicit_metrics
-
-    model_is_rm = is_reward_model(model_path)
-    rm_path = cfg.reward_model or (model_path if model_is_rm else "")
-    lm_metrics = not model_is_rm and not is_hf_dir(model_path)
+    lm: LM | None, cfg: PrefsConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list, Samples]:
+    """Metrics of MODEL (`model`) as a reward model and/or a policy; `lm` is MODEL if already loaded."""
+    model_is_rm = is_reward_model(model)
+    rm_path = cfg.reward_model or (model if model_is_rm else "")
+    lm_metrics = not model_is_rm and not is_hf_dir(model)
     if not rm_path and not lm_metrics:
         raise UsageError(
-            f"{model_path}: a Hugging Face model directory has no prefs metrics of its own; pass --reward-model"
+            f"{model}: a Hugging Face model directory has no prefs metrics of its own; pass --reward-model"
         )
-    pairs, lineage = pref_rows(cfg, training_split(model_path) or training_split(rm_path))
+    pairs, lineage = pref_rows(cfg, training_split(model) or training_split(rm_path))
     if progress:
         progress.start("prefs", len(pairs))
     per_pair = [
@@ -167,10 +143,8 @@ def run_prefs(
     lineages = [lineage]
     n = len(pairs)
     if rm_path:
-        from llmctl.eval.runner import model_lineage
-
         rm = _rm(rm_path, device)
-        if rm_path != model_path:
+        if rm_path != model:
             lineages.append(model_lineage(rm_path, "reward-model"))
         rc, rr = rm.score_pairs(
             [p for p, _, _ in pairs], [c for _, c, _ in pairs], [r for _, _, r in pairs], batch_size
@@ -184,7 +158,7 @@ def run_prefs(
         for d, a, b in zip(per_pair, rc, rr):
             d.update(reward_chosen=a, reward_rejected=b)
     if lm_metrics:
-        more, values, lin = implicit_metrics(model_path, pairs, cfg.reference, batch_size, device, policy=lm)
+        more, values, lin = implicit_metrics(model, pairs, cfg.reference, batch_size, device, policy=lm)
         rows += more
         lineages += lin
         for d, v in zip(per_pair, values):
@@ -192,25 +166,6 @@ def run_prefs(
     if progress:
         progress.advance(len(pairs))
     return rows, lineages, Samples(SAMPLES_SCHEMA, per_pair)
-
-
-def read_prompts(path: str, limit: int) -> tuple[list[str], dict[str, Any]]:
-    from llmctl.store.dataset import fingerprint_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: no such prompts file")
-    out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            key = next((k for k in ("instruction", "prompt", "question") if k in rec), None)
-            if key is None or not isinstance(rec[key], str):
-                raise UsageError(f"{p}: rows need a string instruction, prompt or question")
-            out.append(rec[key])
-        if limit and len(out) >= limit:
-            break
-    return out, {"path": str(p.resolve()), "stage": "file", "fingerprint": fingerprint_file(p)}
 
 
 def respond(lm: Any, prompts: list[str], cfg: WinrateConfig, progress: Any, batch_size: int = 1) -> list[str]:
@@ -228,10 +183,8 @@ def respond(lm: Any, prompts: list[str], cfg: WinrateConfig, progress: Any, batc
 
 
 def run_winrate(
-    lm: Any, cfg: WinrateConfig, batch_size: int, progress: Any = None, device: str = "cpu"
+    lm: LM, cfg: WinrateConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
 ) -> tuple[list[dict[str, Any]], list]:
-    from llmctl.eval.lm import load_lm
-
     if not cfg.baseline:
         raise UsageError("winrate needs a baseline model: --set winrate.baseline=DIR")
     rm = _rm(cfg.reward_model, device)

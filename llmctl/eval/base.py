@@ -1,0 +1,104 @@
+"""What eval tasks share: the result row schema, per-item samples, standard errors, input readers
+and lineage records. Everything here is independent of the model backend (`llmctl.eval.lm`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from llmctl.errors import UsageError
+from llmctl.model.checkpoint import resolve_checkpoint
+from llmctl.store.dataset import fingerprint_file
+
+# One row per (task, metric): `stderr` is null where none is defined, `n` counts what the metric
+# averages over (items, tokens or bytes).
+RESULT_SCHEMA = pa.schema(
+    [
+        ("task", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("stderr", pa.float64()),
+        ("n", pa.int64()),
+    ]
+)
+
+
+@dataclass
+class Samples:
+    """A task's per-item rows and their schema."""
+
+    schema: pa.Schema
+    rows: list[dict[str, Any]]
+
+
+def mean_stderr(xs: list[float]) -> float:
+    """Standard error of the mean: sample standard deviation / sqrt(n); NaN for fewer than 2 values."""
+    n = len(xs)
+    if n < 2:
+        return float("nan")
+    mu = sum(xs) / n
+    return math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1) / n)
+
+
+def read_jsonl(path: str | Path, limit: int = 0) -> list[dict[str, Any]]:
+    """The objects of a JSONL file, blank lines skipped, at most `limit` (0 = all)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: no such JSONL file")
+    rows = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UsageError(f"{p}:{i + 1}: not a JSON object") from None
+        if limit and len(rows) >= limit:
+            break
+    return rows
+
+
+def file_lineage(path: str | Path) -> dict[str, Any]:
+    """The lineage record of a raw input file: its path and content fingerprint."""
+    p = Path(path)
+    return {"path": str(p.resolve()), "stage": "file", "fingerprint": fingerprint_file(p)}
+
+
+def read_prompts(path: str | Path, limit: int = 0) -> tuple[list[str], dict[str, Any]]:
+    """The instruction, prompt or question of each row of a JSONL file (at most `limit`), and its lineage."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: no such prompts file")
+    out = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            key = next((k for k in ("instruction", "prompt", "question") if k in rec), None)
+            if key is None or not isinstance(rec[key], str):
+                raise UsageError(f"{p}: rows need a string instruction, prompt or question")
+            out.append(rec[key])
+        if limit and len(out) >= limit:
+            break
+    return out, file_lineage(p)
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    """A Hugging Face model directory (a config.json not written by llmctl)."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") != "llmctl"
+    except json.JSONDecodeError:
+        return False
+
+
+def model_lineage(path: str | Path, stage: str = "model") -> dict[str, Any]:
+    """Path and weights fingerprint of a model directory (an llmctl run dir: its latest checkpoint)."""
+    p = Path(path) if is_hf_dir(path) else resolve_checkpoint(path)
+    w = sorted(p.glob("*.safetensors"))
+    return {"path": str(p.resolve()), "stage": stage, "fingerprint": fingerprint_file(w[0]) if w else ""}
