@@ -92,6 +92,23 @@ ResumeOpt = Annotated[
 ]
 
 
+OptimizerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--optimizer",
+        help="adamw | muon (Muon on the hidden matrices, AdamW on the rest; default adamw).",
+    ),
+]
+LogToOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--log-to",
+        help="Also log metrics, config and lineage to: tensorboard, wandb (offline unless WANDB_MODE says "
+        "otherwise); comma-separated.",
+    ),
+]
+
+
 def trainer_flags(
     steps,
     batch_size,
@@ -105,6 +122,8 @@ def trainer_flags(
     dtype,
     stop_after,
     tp=None,
+    optimizer=None,
+    log_to=None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The shared options as `llmctl.config.load` flags (`train.*` keys), plus the command's own `extra`."""
@@ -121,6 +140,8 @@ def trainer_flags(
         "train.dtype": dtype,
         "train.stop_after": stop_after,
         "train.tp": tp,
+        "train.optimizer": optimizer,
+        "train.log_to": log_to,
         **extra,
     }
 

@@ -8,7 +8,7 @@ import typer
 
 from llmctl import config as C  # called as C.load: `--help` swaps it to read the stage defaults
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
-from llmctl.cli.common import ResumeOpt, TpOpt, print_config, run_state
+from llmctl.cli.common import LogToOpt, OptimizerOpt, ResumeOpt, TpOpt, print_config, run_state
 
 
 @app.command("pretrain")
@@ -72,6 +72,8 @@ def pretrain_cmd(
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard with FSDP2 instead of DDP.")] = False,
     tp: TpOpt = None,
     resume: ResumeOpt = False,
+    optimizer: OptimizerOpt = None,
+    log_to: LogToOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
@@ -112,6 +114,8 @@ def pretrain_cmd(
         "train.activation_checkpointing": act_ckpt or None,
         "train.fsdp": fsdp or None,
         "train.tp": tp,
+        "train.optimizer": optimizer,
+        "train.log_to": log_to,
     }
     cfg = C.load(PretrainConfig, config, set_, flags)
     if print_config_:

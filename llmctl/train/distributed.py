@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -182,6 +183,14 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(unwrap(model), options=opts)
 
 
+def _torch_optims(optim: Any) -> Any:
+    """The torch optimizer (or list of them) behind llmctl's optimizer (llmctl.train.optim.Composite)."""
+    inner = getattr(optim, "optimizers", None)
+    if inner is None:
+        return optim
+    return inner[0] if len(inner) == 1 else inner
+
+
 def full_optim_state(model: torch.nn.Module, optim: torch.optim.Optimizer) -> dict:
     """The optimizer state keyed by parameter name, unsharded (collective)."""
     from torch.distributed.checkpoint.state_dict import (  # only a parallel run loads it
@@ -190,7 +199,7 @@ def full_optim_state(model: torch.nn.Module, optim: torch.optim.Optimizer) -> di
     )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_optimizer_state_dict(unwrap(model), optim, options=opts)
+    return get_optimizer_state_dict(unwrap(model), _torch_optims(optim), options=opts)
 
 
 def load_full_state(model: torch.nn.Module, optim: torch.optim.Optimizer, model_sd: dict, optim_sd: dict) -> None:
@@ -203,4 +212,4 @@ def load_full_state(model: torch.nn.Module, optim: torch.optim.Optimizer, model_
 
     opts = StateDictOptions(full_state_dict=True)
     set_model_state_dict(unwrap(model), model_sd, options=opts)
-    set_optimizer_state_dict(unwrap(model), optim, optim_sd, options=opts)
+    set_optimizer_state_dict(unwrap(model), _torch_optims(optim), optim_sd, options=opts)

@@ -45,6 +45,9 @@ from llmctl.model.transformer import ModelConfig
 from llmctl.store.dataset import atomic_write_text
 from llmctl.train import distributed as D
 from llmctl.train import parallel as P
+from llmctl.train.optim import OPTIMIZERS, Composite, set_schedule
+from llmctl.train.optim import build_optimizer as _build_optimizer
+from llmctl.train.tracking import Trackers, parse_trackers
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -70,6 +73,11 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    optimizer: str = "adamw"  # adamw | muon (llmctl.train.optim.OPTIMIZERS)
+    muon_lr: float = 0.02  # muon: the hidden matrices' peak learning rate (the schedule scales it as lr)
+    muon_momentum: float = 0.95
+    muon_momentum_start: float = 0.85
+    muon_momentum_warmup: int = 300  # steps from muon_momentum_start to muon_momentum
     seed: int = 1337
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     eval_every: int = 100
@@ -83,6 +91,7 @@ class TrainConfig:
     device: str = runtime("auto")
     peak_tflops: float | None = runtime(None)  # per device, for MFU
     stop_after: int | None = runtime(None)  # stop after this many steps in this invocation (preemptible jobs)
+    log_to: str = runtime("")  # also log to these trackers: tensorboard, wandb (comma-separated)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "wsd", "constant"):
@@ -91,6 +100,9 @@ class TrainConfig:
             raise UsageError(f"unknown dtype {self.dtype!r}; choose auto, fp32 or bf16")
         if self.steps < 1 or self.batch_size < 1 or self.micro_batch < 1:
             raise UsageError("steps, batch_size and micro_batch must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        parse_trackers(self.log_to)
 
     def grad_accum(self, world: int) -> int:
         per_step = self.micro_batch * world
@@ -126,15 +138,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matmul weights only (not on norms or embeddings, nor a tied lm head)."""
-    decay, no_decay = [], []
-    for name, p in D.unwrap(model).named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> Composite:
+    """The optimizer `cfg.optimizer` names over the model's trainable parameters (llmctl.train.optim)."""
+    return _build_optimizer(list(D.unwrap(model).named_parameters()), cfg)
 
 
 def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
@@ -233,7 +239,10 @@ def train(
     D.unwrap(model).activation_checkpointing = cfg.activation_checkpointing
     wrapped = D.wrap(model, cfg.fsdp, loss_parallel)
     vocab_sharded = lambda: P.loss_context(loss_parallel and d.tp > 1)  # noqa: E731
+    if cfg.optimizer == "muon" and (cfg.fsdp or d.tp > 1):
+        raise UsageError("--optimizer muon runs on one process or under DDP; not with --fsdp or --tp yet")
     optim = build_optimizer(wrapped, cfg)
+    trackers = Trackers(cfg.log_to, run_dir, (manifest or {}).get("config") or {}, (manifest or {}).get("inputs") or {})
     fwd = torch.compile(wrapped) if cfg.compile else wrapped
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and d.device.type == "cuda")
     autocast = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
@@ -274,6 +283,7 @@ def train(
         if d.master:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            trackers.log(rec)
 
     def save(step: int) -> Path:
         ensure_begun()
@@ -337,8 +347,7 @@ def train(
         with progress:
             for step in range(start, stop_at):
                 lr = lr_at(step, cfg)
-                for g in optim.param_groups:
-                    g["lr"] = lr
+                set_schedule(optim, step, lr, cfg)
                 loss_sum = torch.zeros((), device=d.device)
                 extra: dict[str, float] = {}
                 step_tokens = 0
@@ -403,6 +412,8 @@ def train(
                 t_last = time.time()  # tokens/s counts training only, not validation or checkpoint time
     except KeyboardInterrupt:
         raise Interrupted(_interrupt_message(run_dir, began, start, cfg)) from None
+    finally:
+        trackers.close()
     seconds = time.time() - t_start
     summary.update(
         {

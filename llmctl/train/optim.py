@@ -1,0 +1,106 @@
+"""The optimizers a training run can use, in one registry (`OPTIMIZERS`).
+
+`adamw`: AdamW, weight decay on matmul weights only (not on norms, biases or embeddings).
+`muon`: torch's Muon (Newton-Schulz orthogonalized momentum, lr scaled by sqrt(max(1, rows/cols)))
+on the 2-D hidden matrices of the transformer blocks, AdamW on the rest (embeddings, the output
+head, norms, routers, 3-D expert weights). Muon's groups run at `muon_lr / lr` times the schedule's
+learning rate and their momentum warms up linearly from `muon_momentum_start` to `muon_momentum`
+over `muon_momentum_warmup` steps (the speedruns' recipe).
+
+Both are returned as one `Optimizer`-like object: `param_groups` (each may carry `lr_ratio`),
+`step()`, `zero_grad()`, and `optimizers` (the torch optimizers, for distributed state dicts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from llmctl.errors import UsageError
+
+
+class Composite:
+    """Several torch optimizers stepped as one (their param groups in order)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+
+def _decay_split(named: list[tuple[str, torch.nn.Parameter]]) -> tuple[list, list]:
+    decay, no_decay = [], []
+    for name, p in named:
+        (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
+    return decay, no_decay
+
+
+def _adamw(params: list, no_decay: list, cfg: Any, drop_empty: bool = False) -> torch.optim.AdamW:
+    groups = [{"params": params, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if drop_empty:  # torch's distributed state dicts refuse an empty group beside another optimizer
+        groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+
+
+def build_adamw(named: list[tuple[str, torch.nn.Parameter]], cfg: Any) -> Composite:
+    decay, no_decay = _decay_split(named)
+    return Composite([_adamw(decay, no_decay, cfg)])
+
+
+def is_hidden_matrix(name: str, p: torch.nn.Parameter) -> bool:
+    """A 2-D weight inside a transformer block, other than an MoE router: what Muon optimizes."""
+    return p.ndim == 2 and name.startswith("layers.") and "router" not in name and "gate.weight" not in name
+
+
+def build_muon(named: list[tuple[str, torch.nn.Parameter]], cfg: Any) -> Composite:
+    hidden = [p for n, p in named if is_hidden_matrix(n, p)]
+    rest = [(n, p) for n, p in named if not is_hidden_matrix(n, p)]
+    if not hidden:
+        raise UsageError("--optimizer muon: the model has no 2-D hidden matrices to optimize with Muon")
+    muon = torch.optim.Muon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum)
+    for g in muon.param_groups:
+        g["lr_ratio"] = cfg.muon_lr / cfg.lr
+        g["momentum_schedule"] = True
+    decay, no_decay = _decay_split(rest)
+    return Composite([muon, _adamw(decay, no_decay, cfg, drop_empty=True)])
+
+
+OPTIMIZERS: dict[str, Callable[[list[tuple[str, torch.nn.Parameter]], Any], Composite]] = {
+    "adamw": build_adamw,
+    "muon": build_muon,
+}
+
+
+def build_optimizer(named: list[tuple[str, torch.nn.Parameter]], cfg: Any) -> Composite:
+    """The optimizer `cfg.optimizer` names over the trainable `(name, parameter)` pairs."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.optimizer]([(n, p) for n, p in named if p.requires_grad], cfg)
+
+
+def muon_momentum_at(step: int, cfg: Any) -> float:
+    """Linear warmup of Muon's momentum from `muon_momentum_start` to `muon_momentum`."""
+    if step >= cfg.muon_momentum_warmup:
+        return cfg.muon_momentum
+    frac = step / max(1, cfg.muon_momentum_warmup)
+    return cfg.muon_momentum_start + frac * (cfg.muon_momentum - cfg.muon_momentum_start)
+
+
+def set_schedule(optim: Composite, step: int, lr: float, cfg: Any) -> None:
+    """Each group's learning rate (the schedule's times its ratio) and Muon's momentum for `step`."""
+    for g in optim.param_groups:
+        g["lr"] = lr * g["lr_ratio"] if "lr_ratio" in g else lr
+        if g.get("momentum_schedule"):
+            g["momentum"] = muon_momentum_at(step, cfg)
