@@ -30,7 +30,7 @@ class Layout:
         return self.dp > 1 and (self.fsdp or self.tp > 1)
 
     def __str__(self) -> str:
-        kind = "fsdp" if self.sharded else ("ddp" if self.dp > 1 else "single")
+        kind = "fsdp" if self.sharded else "ddp" if self.dp > 1 else "tp" if self.tp > 1 else "one process"
         return f"{self.world} = dp{self.dp} x tp{self.tp} ({kind})"
 
 

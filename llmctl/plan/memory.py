@@ -21,6 +21,7 @@ MoE layers are measured at a balanced expert load; a measured imbalance adds
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -61,14 +62,26 @@ def meta_model(cfg: ModelConfig) -> Transformer:
         return Transformer(cfg)
 
 
-def _tp_splits(p: nn.Parameter) -> bool:
-    return p.ndim >= 2  # the tensor-parallel plan splits every matmul weight and the embedding, not the norms
+def _local_shape(name: str, p: nn.Parameter, tp: int) -> list[int]:
+    """The shape of `p` on one tensor-parallel rank: the plan splits matmul weights and the embedding
+    (o_proj and the dense down_proj over their input dimension, the rest over their output), not the norms."""
+    shape = list(p.shape)
+    if tp > 1 and p.ndim >= 2:
+        shape[1 if name.endswith(("o_proj.weight", "mlp.down_proj.weight")) else 0] //= tp
+    return shape
 
 
 def param_elements(model: nn.Module, layout: Layout) -> float:
-    """Parameter elements one rank holds."""
-    n = sum(p.numel() / (layout.tp if _tp_splits(p) else 1) for p in model.parameters())
-    return n / layout.dp if layout.sharded else n
+    """Parameter elements one rank holds. FSDP2 splits each parameter's first dimension into dp equal
+    chunks, padding the last: a first dimension smaller than dp (64 stacked experts on 256 ranks) is
+    held one row per rank, not 1/dp of it."""
+    total = 0
+    for name, p in model.named_parameters():
+        shape = _local_shape(name, p, layout.tp)
+        if layout.sharded:
+            shape[0] = math.ceil(shape[0] / layout.dp)
+        total += math.prod(shape)
+    return total
 
 
 class _Saved:
@@ -98,12 +111,22 @@ class _Saved:
         return sum(self.seen.values())
 
 
+_SAVED: dict[tuple, tuple[list[int], int]] = {}  # a layout changes none of it: reused across layouts
+
+
 def saved_activations(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: torch.dtype) -> tuple[list[int], int]:
     """(bytes each block saves, bytes the final norm, lm head and loss save) for one micro-batch on one
     rank without parallelism. The model runs on fake CPU tensors (shapes only, meta storage), so
     attention takes the fused kernel a real run takes (saving its output and log-sum-exp, not the
     T x T weights that the meta device's math fallback would). Blocks of one kind (dense or MoE) save
     the same, so the first `moe_every` layers stand for all."""
+    key = (repr(cfg), micro_batch, seq_len, dtype)
+    if key not in _SAVED:
+        _SAVED[key] = _saved_activations(cfg, micro_batch, seq_len, dtype)
+    return _SAVED[key]
+
+
+def _saved_activations(cfg: ModelConfig, micro_batch: int, seq_len: int, dtype: torch.dtype) -> tuple[list[int], int]:
     low = dtype != torch.float32
     kinds = replace(cfg, n_layer=min(cfg.n_layer, cfg.moe_every if cfg.n_experts else 1))
     with FakeTensorMode(), torch.autocast("cpu", dtype=dtype, enabled=low):
