@@ -59,7 +59,7 @@ def _grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
 def register_cpu_formulas() -> None:
     """Register flop_counter formulas for aten's CPU flash attention (+ backward) and grouped_mm (idempotent)."""
     aten = torch.ops.aten
-    if aten._grouped_mm.default in flop_counter.flop_registry:
+    if aten._grouped_mm in flop_counter.flop_registry:
         return
 
     @flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
