@@ -46,10 +46,12 @@ def plan_cmd(
     ] = False,
     dtype: Annotated[str, typer.Option(help="bf16 (autocast, fp32 master weights) | fp32.")] = "bf16",
     gpu: Annotated[
-        Optional[list[str]], typer.Option("--gpu", help="Target GPU (repeatable; default h100); see --gpu-file.")
+        Optional[list[str]],
+        typer.Option("--gpu", help="Target GPU, repeatable (h100 when none is given); see --gpu-file."),
     ] = None,
     gpu_file: Annotated[
-        Optional[str], typer.Option(help="YAML/JSON {name: {memory_gib, bf16_tflops}} adding to the GPU table.")
+        Optional[str],
+        typer.Option(help="YAML or JSON file adding GPUs to the table: name: memory_gib, bf16_tflops (docs/plan.md)."),
     ] = None,
     mfu: Annotated[float, typer.Option(help="Assumed model FLOPs utilisation for the time estimates.")] = 0.4,
 ) -> None:

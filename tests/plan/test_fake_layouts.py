@@ -47,3 +47,20 @@ def test_layout_trains_one_step_and_holds_the_planned_shard(name, world, tp, fsd
     assert out["logits"].to_local().shape[-1] if tp > 1 else out["logits"].shape[-1] == vocab
     planned = param_elements(meta_model(cfg), layout)
     assert out["local_params"] == pytest.approx(planned, rel=0.02)  # FSDP2 pads uneven shards a little
+
+
+def test_a_broken_tensor_parallel_plan_fails(monkeypatch):
+    """o_proj split by output instead of input (Colwise for Rowwise): the fake step must not pass."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor import parallel as tp_mod
+
+    real = tp_mod.parallelize_module
+
+    def broken(module, mesh, plan):
+        if "self_attn.o_proj" in plan:
+            plan = {**plan, "self_attn.o_proj": tp_mod.ColwiseParallel(output_layouts=Shard(1))}
+        return real(module, mesh, plan)
+
+    monkeypatch.setattr(tp_mod, "parallelize_module", broken)
+    with pytest.raises(RuntimeError, match="reduction dim"):
+        fake_step(config("350m"), 64, 8, seq_len=128)
