@@ -15,6 +15,7 @@ from llmctl.cli import evaluate as _evaluate  # noqa: E402,F401
 from llmctl.cli import filter as _filter  # noqa: E402,F401
 from llmctl.cli import mix as _mix  # noqa: E402,F401
 from llmctl.cli import pipeline as _pipeline  # noqa: E402,F401
+from llmctl.cli import plan as _plan  # noqa: E402,F401
 from llmctl.cli import quality as _quality  # noqa: E402,F401
 from llmctl.cli import rl as _rl  # noqa: E402,F401
 from llmctl.cli import sweep as _sweep  # noqa: E402,F401

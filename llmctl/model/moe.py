@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 
 from llmctl.errors import UsageError
 
@@ -52,10 +53,28 @@ def is_moe_layer(cfg: Any, layer: int) -> bool:
     return cfg.n_experts > 0 and (layer + 1) % cfg.moe_every == 0
 
 
+def shape_only(t: torch.Tensor) -> bool:
+    """A meta or fake tensor (memory plans, fake-process-group checks): shapes without values."""
+    return t.device.type == "meta" or is_fake(t)
+
+
+def _balanced(total: int, n_experts: int) -> list[int]:
+    base, extra = divmod(total, n_experts)
+    return [base + (i < extra) for i in range(n_experts)]
+
+
+def expert_counts(flat: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Assignments per expert. Shape-only tensors have no routing to count, so a balanced load stands
+    in for them: the load llmctl.plan assumes."""
+    if shape_only(flat):
+        return torch.tensor(_balanced(flat.numel(), n_experts), device=flat.device)
+    return torch.bincount(flat, minlength=n_experts)
+
+
 def load_balancing_loss(router_logits: torch.Tensor, topk_idx: torch.Tensor, n_experts: int) -> torch.Tensor:
     """E * sum_i f_i * P_i; router_logits (N, E), topk_idx (N, k)."""
     probs = router_logits.float().softmax(-1)
-    f = torch.bincount(topk_idx.reshape(-1), minlength=n_experts).float() / topk_idx.numel()
+    f = expert_counts(topk_idx.reshape(-1), n_experts).float() / topk_idx.numel()
     return n_experts * (f * probs.mean(0)).sum()
 
 
@@ -81,7 +100,7 @@ _grouped_failed = False
 
 
 def _grouped_available(x: torch.Tensor) -> bool:
-    if _grouped_failed or not hasattr(F, "grouped_mm"):
+    if _grouped_failed or not hasattr(F, "grouped_mm") or shape_only(x):
         return False
     if x.device.type == "cuda":
         return torch.cuda.get_device_capability(x.device) >= (8, 0)
@@ -113,7 +132,8 @@ class Experts(nn.Module):
 
     def _loop(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         outs = []
-        for e, xe in enumerate(xs.split(counts.tolist())):  # one host sync per layer, not per expert
+        sizes = _balanced(len(xs), len(counts)) if shape_only(counts) else counts.tolist()
+        for e, xe in enumerate(xs.split(sizes)):  # one host sync per layer, not per expert
             h = F.silu(xe @ self.gate_proj[e].T) * (xe @ self.up_proj[e].T)
             outs.append(h @ self.down_proj[e].T)
         return torch.cat(outs)
@@ -159,7 +179,7 @@ class MoE(nn.Module):
         logits, w, idx = self.route(x)
         flat = idx.reshape(-1)  # assignment a = token * k + slot
         order = flat.argsort(stable=True)  # by expert, token order kept within an expert
-        counts = torch.bincount(flat, minlength=self.n)
+        counts = expert_counts(flat, self.n)
         dropped = torch.zeros((), device=x.device)
         if self.capacity > 0:
             cap = math.ceil(self.capacity * flat.numel() / self.n)
@@ -181,7 +201,7 @@ class MoE(nn.Module):
                     "aux": self.lb_coef * lb + self.z_coef * z,
                     "lb": lb.detach(),
                     "z": z.detach(),
-                    "load": (torch.bincount(flat, minlength=self.n).float() / flat.numel()).detach(),
+                    "load": (expert_counts(flat, self.n).float() / flat.numel()).detach(),
                     "dropped": dropped.detach(),
                 }
             )

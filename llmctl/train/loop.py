@@ -42,6 +42,7 @@ from llmctl.errors import Interrupted, UsageError
 from llmctl.model.checkpoint import load_train_state, save_checkpoint
 from llmctl.model.moe import add_imbalance, discard_records, router_losses
 from llmctl.model.transformer import ModelConfig
+from llmctl.plan.layout import check_batch
 from llmctl.store.dataset import atomic_write_text
 from llmctl.train import distributed as D
 from llmctl.train import parallel as P
@@ -105,12 +106,7 @@ class TrainConfig:
         parse_trackers(self.log_to)
 
     def grad_accum(self, world: int) -> int:
-        per_step = self.micro_batch * world
-        if self.batch_size % per_step:
-            raise UsageError(
-                f"batch of {self.batch_size} sequences is not a multiple of micro_batch {self.micro_batch} x {world} rank(s)"
-            )
-        return self.batch_size // per_step
+        return check_batch(self.batch_size, self.micro_batch, world)
 
 
 class Batches(Protocol):

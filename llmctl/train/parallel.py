@@ -32,40 +32,17 @@ import torch
 
 from llmctl.errors import UsageError
 from llmctl.model.transformer import ModelConfig
+from llmctl.plan import layout
 
 
 def check_layout(world: int, tp: int) -> None:
-    """One line when the tensor-parallel degree does not fit the process count."""
-    if tp < 1:
-        raise UsageError(f"--tp must be at least 1 (got {tp})")
-    if tp > 1 and world == 1:
-        raise UsageError(
-            f"--tp {tp} needs {tp} processes or more: run under `torchrun --nproc_per_node {tp} -m llmctl ...`"
-        )
-    if world % tp:
-        raise UsageError(
-            f"--tp {tp} does not divide the {world} processes (data x tensor parallel needs world = dp x tp)"
-        )
+    """One line when the tensor-parallel degree does not fit the process count (llmctl.plan.layout's check)."""
+    layout.check_world(world, tp)
 
 
 def check_divisible(cfg: ModelConfig, tp: int) -> None:
-    """One-line UsageError when a shape the tensor-parallel plans split does not divide by tp."""
-    if tp == 1:
-        return
-    shapes = [
-        ("n_head", cfg.n_head),
-        ("n_kv_head", cfg.n_kv_head),
-        ("vocab_size", cfg.vocab_size),
-        ("d_model", cfg.d_model),
-        ("d_ff", cfg.d_ff),
-    ]
-    bad = [f"{name}={value}" for name, value in shapes if value % tp]
-    if bad:
-        raise UsageError(
-            f"--tp {tp}: {', '.join(bad)} not divisible by {tp} (tensor parallelism splits attention "
-            f"heads, kv heads, the vocabulary and the widths evenly over the {tp} ranks); "
-            f"choose another --tp or model shape"
-        )
+    """One-line UsageError when a shape the tensor-parallel plans split does not divide by tp (or MoE with tp)."""
+    layout.check_shapes(cfg, tp)
 
 
 def build_mesh(device_type: str, world: int, tp: int):
