@@ -123,6 +123,14 @@ def filter_cmd(
             help="Cut lines found in more than --line-max-docs documents from all but the first.",
         ),
     ] = False,
+    line_dedup_all: Annotated[
+        bool,
+        typer.Option(
+            "--line-dedup-all",
+            rich_help_panel="Dedup",
+            help="With --line-dedup: cut every copy of such a line, the first document's too (CCNet).",
+        ),
+    ] = False,
     line_max_docs: Annotated[
         Optional[int],
         typer.Option(rich_help_panel="Dedup", help="A line in more documents than this is boilerplate (default 10)."),
@@ -246,6 +254,7 @@ def filter_cmd(
         "decontaminate.mode": decontaminate_mode,
         "dedup.line": True if line_dedup else None,
         "dedup.line_max_docs": line_max_docs,
+        "dedup.line_keep_first": False if line_dedup_all else None,
         "write_rejected": False if no_rejected else None,
         "dedup.exact": exact if exact is not None else dedup,
         "dedup.minhash": minhash if minhash is not None else dedup,
