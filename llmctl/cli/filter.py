@@ -226,7 +226,7 @@ def filter_cmd(
     inputs after the per-shard steps.
 
     Writes OUT/part-*.parquet (the kept documents: pandas, pyarrow, duckdb or datasets pointed at
-    OUT read those only), OUT/stats.json (per step: documents in and out, time, reasons) and
+    OUT read those only), OUT/_stats.json (per step: documents in and out, time, reasons) and
     OUT/_manifest.json (config, inputs, funnel); removed documents go to
     the dataset OUT.rejected beside it, each with the rule that removed it (a duplicate: with the
     id of the document it repeats). Re-running the same command resumes an interrupted run.

@@ -17,7 +17,7 @@ OUT/_work/docs instead, and llmctl.data.dedup.run then writes OUT/part-N from it
 and MinHash dedup; see docs/dedup.md). OUT/_work is removed once the manifest is written
 (`dedup.keep_work` keeps it). The quality step runs per shard, before dedup.
 
-The url step, when on, runs as each record is read, before its page is extracted. OUT/stats.json
+The url step, when on, runs as each record is read, before its page is extracted. OUT/_stats.json
 (written before the manifest) has per-step statistics: for each step its documents in and out,
 the seconds spent in it (summed over tasks and workers) and, per drop reason, documents and bytes;
 see `step_stats`.
@@ -218,11 +218,11 @@ def _absolute(v: Any) -> Any:
     return os.path.abspath(v) if isinstance(v, str) and fs.is_local(v) else v
 
 
-STATS_FILE = "stats.json"
+STATS_FILE = "_stats.json"
 
 
 def step_stats(stats: dict[str, int], cfg: Any, dedup_seconds: float | None) -> dict[str, Any]:
-    """OUT/stats.json: the funnel per step, from the merged task counters.
+    """OUT/_stats.json: the funnel per step, from the merged task counters.
 
     `steps` lists, in the order they ran, `extract` (input: every record read), the url step
     (when on; it runs on records as they are read, so extract's input excludes what it drops),

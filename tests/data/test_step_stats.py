@@ -1,4 +1,4 @@
-"""OUT/stats.json: per-step documents in and out, time and reasons, merged over tasks and workers,
+"""OUT/_stats.json: per-step documents in and out, time and reasons, merged over tasks and workers,
 adding up to the funnel of the manifest."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def run(tmp_path: Path, name: str, copies: int, workers: int) -> tuple[dict, dic
     cfg = FilterConfig(workers=workers)
     cfg.url.blocklist = [str(block)]
     m = run_filter([str(d)], tmp_path / name, cfg, progress=False)
-    return m, json.loads((tmp_path / name / "stats.json").read_text())
+    return m, json.loads((tmp_path / name / "_stats.json").read_text())
 
 
 def test_stats_add_up_to_the_funnel_and_merge_over_workers(tmp_path):

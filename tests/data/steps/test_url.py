@@ -99,7 +99,7 @@ def test_blocked_pages_are_rejected_before_extraction(tmp_path, monkeypatch):
     assert len(calls) == 1  # only the page no list blocks was extracted
     funnel = {r["row"]: r["docs"] for r in m["stats"]["funnel"]}
     assert funnel == {"read": 4, "rejected.url.blocklist": 3, "kept": 1}
-    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    stats = json.loads((tmp_path / "out" / "_stats.json").read_text())
     url = stats["steps"][0]
     assert (url["step"], url["docs_in"], url["docs_out"]) == ("url", 4, 1)
     assert [i.get("stage") for i in m["inputs"]].count("url.blocklist") == 2
