@@ -209,14 +209,21 @@ class DecontFilter:
         doc.meta[DETAIL_KEY] = " ".join(ws[pos : pos + self.cfg.n])
         return f"decont.{self.sets[s].name}"
 
+    def first_match(self, ws: list[str]) -> tuple[int, int] | None:
+        """(word position, set index) of the first n-gram of `ws` in the index, else None."""
+        n, index, firsts = self.cfg.n, self.index, self.firsts
+        for i in range(len(ws) - n + 1):
+            if ws[i] in firsts and (hit := index.get(tuple(ws[i : i + n]))) is not None:
+                return i, hit[0]
+        return None
+
     def __call__(self, doc: Document, stats: Counter[str]) -> str | None:
-        if self.cfg.mode == "drop":
-            ws = words(doc.text)
-            n, index, firsts = self.cfg.n, self.index, self.firsts
-            for i in range(len(ws) - n + 1):
-                if ws[i] in firsts and (hit := index.get(tuple(ws[i : i + n]))) is not None:
-                    return self._reason(doc, ws, i, hit[0])
+        ws = words(doc.text)
+        hit = self.first_match(ws)
+        if hit is None:
             return None
+        if self.cfg.mode == "drop":
+            return self._reason(doc, ws, *hit)
         text = doc.text
         first: str | None = None
         for _ in range(SPAN_ROUNDS):
