@@ -1,4 +1,4 @@
-"""Commands: llmctl quality train / predict (the fastText quality classifier)."""
+"""Commands: llmctl quality annotate / train / predict (LLM grades and the fastText quality classifier)."""
 
 from __future__ import annotations
 
@@ -92,3 +92,38 @@ def predict_cmd(
         texts = [line.rstrip("\n") for line in sys.stdin]
     for score, text in zip(score_texts(load_model(model), texts), texts):
         out.print(f"{score:.4f}\t{text[:70]!r}", soft_wrap=True)
+
+
+@quality_app.command("annotate")
+def annotate_cmd(
+    inputs: Annotated[list[str], typer.Argument(help="Documents: llmctl datasets, .jsonl[.gz] or .parquet files.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Grades dataset directory.")],
+    judge_url: Annotated[
+        Optional[str],
+        typer.Option(help="OpenAI-compatible server of the judge (http://127.0.0.1:8000/v1): POST /chat/completions."),
+    ] = None,
+    judge: Annotated[Optional[str], typer.Option(help="The judge model's name on that server.")] = None,
+    prompt: Annotated[
+        Optional[str], typer.Option(help="Grading prompt file with {text} (default: llmctl's annotate_prompt.txt).")
+    ] = None,
+    sample: Annotated[Optional[int], typer.Option(help="Documents to grade, a seeded sample (default: all).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight (default 4).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Grade documents 0-5 with a judge model (FineWeb-Edu's recipe); re-running resumes.
+
+    Writes a dataset of id, text, grade (null when the answer gives none), answer and judge."""
+    from llmctl.data.annotate import AnnotateConfig, annotate  # pyarrow: kept out of --help
+
+    flags = {"judge_url": judge_url, "judge": judge, "prompt": prompt, "sample": sample, "concurrency": concurrency}
+    cfg = C.load(AnnotateConfig, config, set_, flags)
+    m = annotate(inputs, output, cfg, overwrite=overwrite)
+    s = m["stats"]
+    grades = " ".join(f"{g}:{n}" for g, n in s["grades"].items())
+    out.print(
+        f"graded {s['graded']:,} of {s['sampled']:,} documents ({grades}); "
+        f"{s['unparsed']:,} answers without a grade ({s['resumed_answers']:,} answers from an earlier run)"
+    )
+    out.print(f"wrote {output}")
