@@ -97,7 +97,7 @@ def filter_cmd(
         Optional[str],
         typer.Option(
             rich_help_panel="URL and decontamination",
-            help="drop: remove the document (default); span: cut only the matching spans out of it.",
+            help="span: cut only the matching spans out of a document; drop: remove the whole document (default drop).",
         ),
     ] = None,
     no_rejected: Annotated[
@@ -226,10 +226,11 @@ def filter_cmd(
     inputs after the per-shard steps.
 
     Writes OUT/part-*.parquet (the kept documents: pandas, pyarrow, duckdb or datasets pointed at
-    OUT read those only), OUT/_stats.json (per step: documents in and out, time, reasons) and
-    OUT/_manifest.json (config, inputs, funnel); removed documents go to
+    OUT read those only) and OUT/_manifest.json (config, inputs, funnel); removed documents go to
     the dataset OUT.rejected beside it, each with the rule that removed it (a duplicate: with the
     id of the document it repeats). Re-running the same command resumes an interrupted run.
+
+    OUT/_stats.json has each step's documents in and out, seconds, and drop reasons.
     """
     from llmctl.data.filter import FilterConfig, run_filter  # pyarrow: kept out of --help
 

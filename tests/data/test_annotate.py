@@ -3,11 +3,13 @@ parsed from its answers, unparsed answers counted, and a killed run resumes with
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +19,8 @@ from llmctl.cli import app
 from llmctl.data import annotate as A
 from llmctl.errors import UsageError
 from llmctl.store.dataset import Dataset
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 DOCS = {  # id -> (text, the judge's answer)
     "tut": ("A tutorial on fractions, step by step.", "Clear and well organised.\nScore: 4"),
@@ -160,3 +164,42 @@ def test_output_rows_are_readable_with_pyarrow(tmp_path, docs):
         judge.close()
     t = pq.read_table(tmp_path / "g")
     assert t.num_rows == 2 and t.schema.names == ["id", "text", "grade", "answer", "judge"]
+
+
+@pytest.mark.slow  # 576 documents graded over HTTP, then fastText
+def test_quality_train_on_grades_agrees_with_them(tmp_path):
+    """The FineWeb-Edu chain on the quality fixtures: a judge grades reference pages 3-5 and crawl
+    pages 0-2; a classifier trained at --threshold 3 recovers that on its held-out split."""
+    rows = []
+    for side in ("hq", "lq"):
+        with gzip.open(FIXTURES / f"quality_{side}.jsonl.gz", "rt", encoding="utf-8") as f:
+            rows += [dict(json.loads(line), side=side) for line in f]
+    graded = {r["text"][:200]: (3 if r["side"] == "hq" else 0) + i % 3 for i, r in enumerate(rows)}
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in rows))
+    answers = {t: f"Score: {g}" for t, g in graded.items()}
+    saved = dict(DOCS)
+    DOCS.clear()
+    DOCS.update({k: (k, a) for k, a in answers.items()})
+    judge = Judge()
+    try:
+        m = A.annotate([str(src)], tmp_path / "grades", config(judge.url, concurrency=4))
+    finally:
+        judge.close()
+        DOCS.clear()
+        DOCS.update(saved)
+    assert m["stats"]["graded"] == len(rows)
+    r = CliRunner().invoke(
+        app, ["quality", "train", str(tmp_path / "grades"), "--threshold", "3", "-o", str(tmp_path / "model")]
+    )
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "model" / "_manifest.json").read_text())["stats"]
+    n_pos = sum(g >= 3 for g in graded.values())
+    assert s["train_docs"]["hq"] + s["heldout_docs"]["hq"] <= n_pos  # the graded >= 3 side, less duplicates
+    assert (
+        s["train_docs"]["hq"] + s["heldout_docs"]["hq"] + s["train_docs"]["lq"] + s["heldout_docs"]["lq"]
+        == len(rows) - s["duplicates_dropped"]
+    )
+    h = s["heldout"]
+    assert h["accuracy"] >= 0.9 and h["spearman"] > 0.6, h  # measured: 0.973 and 0.761 (grades 3-5 vs 0-2)
+    assert f"Spearman {h['spearman']}" in r.output
