@@ -144,3 +144,23 @@ def test_output_is_the_same_for_one_and_two_workers(tmp_path):
         rejected = sorted((tmp_path / f"w{w}.rejected").glob("part-*.parquet"))
         outs.append((m["stats"]["funnel"], [pq.read_table(p).to_pylist() for p in [*ds.shards, *rejected]]))
     assert outs[0] == outs[1] and len(outs[0][1]) == 4
+
+
+@pytest.mark.slow  # starts a local Ray instance
+def test_output_is_the_same_on_ray(tmp_path):
+    ray = pytest.importorskip("ray")
+    inputs = crawl(tmp_path)
+    outs = []
+    for executor in ("local", "ray"):
+        cfg = config([str(MMLU), str(GSM8K)], workers=2, mode="span")
+        cfg.executor, cfg.ray_address = executor, None
+        try:
+            m = run_filter(inputs, tmp_path / executor, cfg, progress=False)
+        finally:
+            ray.shutdown()
+        files = [
+            *Dataset.open(tmp_path / executor).shards,
+            *sorted((tmp_path / f"{executor}.rejected").glob("*.parquet")),
+        ]
+        outs.append((m["stats"]["funnel"], m["stats"]["counters"], [pq.read_table(p).to_pylist() for p in files]))
+    assert outs[0] == outs[1] and outs[0][1]["decont.mmlu.docs_edited"] == 6
