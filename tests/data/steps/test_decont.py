@@ -78,6 +78,11 @@ def test_bundled_names_and_bad_eval_sets(tmp_path):
         step(sets=[str(tmp_path / "missing.jsonl")])
     with pytest.raises(UsageError, match="decontaminate.mode"):
         step("cut")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": "a", "text": CLEAN}) + "\n")
+    with pytest.raises(UsageError, match="no text field"):
+        run_filter([str(docs)], tmp_path / "out", config([str(bad)]), progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.rejected").exists()  # nothing written
 
 
 def crawl(tmp_path: Path, n_files: int = 2) -> list[str]:
