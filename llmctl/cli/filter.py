@@ -72,6 +72,34 @@ def filter_cmd(
     pii_bare_phones: Annotated[
         bool, typer.Option("--pii-bare-phones", help="Also scrub bare 10-digit phone numbers (5551234567).")
     ] = False,
+    url_blocklist: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            rich_help_panel="URL and decontamination",
+            help="A file of domains (subdomains match too) and URLs whose documents are removed, before extraction (repeatable).",
+        ),
+    ] = None,
+    url_allowlist: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            rich_help_panel="URL and decontamination",
+            help="A file of domains and URLs always kept, whatever the blocklist or banned URL words say (repeatable).",
+        ),
+    ] = None,
+    decontaminate: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            rich_help_panel="URL and decontamination",
+            help="An eval set (CSV/JSONL/Parquet file, folder, mmlu, gsm8k): remove documents sharing a 13-gram with one of its items (repeatable).",
+        ),
+    ] = None,
+    decontaminate_mode: Annotated[
+        Optional[str],
+        typer.Option(
+            rich_help_panel="URL and decontamination",
+            help="span: cut only the matching spans out of a document; drop: remove the whole document (default drop).",
+        ),
+    ] = None,
     no_rejected: Annotated[
         bool, typer.Option("--no-rejected", help="Do not keep removed documents (in OUT.rejected).")
     ] = False,
@@ -93,6 +121,14 @@ def filter_cmd(
             "--line-dedup",
             rich_help_panel="Dedup",
             help="Cut lines found in more than --line-max-docs documents from all but the first.",
+        ),
+    ] = False,
+    line_dedup_all: Annotated[
+        bool,
+        typer.Option(
+            "--line-dedup-all",
+            rich_help_panel="Dedup",
+            help="With --line-dedup: cut every copy of such a line, the first document's too (CCNet).",
         ),
     ] = False,
     line_max_docs: Annotated[
@@ -182,7 +218,7 @@ def filter_cmd(
         bool, typer.Option("--print-config", help="Print the resolved config as YAML and exit.")
     ] = False,
 ) -> None:
-    """Extract text from a crawl, keep the documents that pass langid, Gopher, C4, PII (toxicity, quality) steps, then dedup.
+    """Extract text from a crawl, keep the documents that pass langid, Gopher, C4, PII (URL, toxicity, decontamination, quality) steps, then dedup.
 
     Pages are decoded in their own charset (HTTP header, BOM, <meta>, else detection). langid
     (fastText lid.176) keeps English by default: the C4 and Gopher rules are English rules.
@@ -193,6 +229,8 @@ def filter_cmd(
     OUT read those only) and OUT/_manifest.json (config, inputs, funnel); removed documents go to
     the dataset OUT.rejected beside it, each with the rule that removed it (a duplicate: with the
     id of the document it repeats). Re-running the same command resumes an interrupted run.
+
+    OUT/_stats.json has each step's documents in and out, seconds, and drop reasons.
     """
     from llmctl.data.filter import FilterConfig, run_filter  # pyarrow: kept out of --help
 
@@ -211,8 +249,13 @@ def filter_cmd(
         "langid.languages": [x.strip() for x in languages.split(",") if x.strip()] if languages is not None else None,
         "toxicity.enabled": toxicity,
         "toxicity.threshold": toxicity_threshold,
+        "url.blocklist": url_blocklist or None,
+        "url.allowlist": url_allowlist or None,
+        "decontaminate.sets": [p for v in decontaminate for p in v.split(",") if p] if decontaminate else None,
+        "decontaminate.mode": decontaminate_mode,
         "dedup.line": True if line_dedup else None,
         "dedup.line_max_docs": line_max_docs,
+        "dedup.line_keep_first": False if line_dedup_all else None,
         "write_rejected": False if no_rejected else None,
         "dedup.exact": exact if exact is not None else dedup,
         "dedup.minhash": minhash if minhash is not None else dedup,

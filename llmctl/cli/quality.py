@@ -1,4 +1,4 @@
-"""Commands: llmctl quality train / predict (the fastText quality classifier)."""
+"""Commands: llmctl quality annotate / train / predict (LLM grades and the fastText quality classifier)."""
 
 from __future__ import annotations
 
@@ -22,19 +22,27 @@ app.add_typer(quality_app, name="quality")
 
 @quality_app.command("train")
 def train_cmd(
+    output: Annotated[str, typer.Option("--output", "-o", help="Model directory (model.bin + _manifest.json).")],
+    graded: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="Graded datasets from `llmctl quality annotate` (instead of --positive/--negative)."),
+    ] = None,
     positive: Annotated[
-        list[str],
+        Optional[list[str]],
         typer.Option(
             "--positive",
             "-p",
             help="Datasets or .jsonl[.gz]/.parquet/.txt files of positive text (label hq, or --label).",
         ),
-    ],
+    ] = None,
     negative: Annotated[
-        list[str],
+        Optional[list[str]],
         typer.Option("--negative", "-n", help="Datasets or files of negative text (raw crawl for a quality model)."),
-    ],
-    output: Annotated[str, typer.Option("--output", "-o", help="Model directory (model.bin + _manifest.json).")],
+    ] = None,
+    target: Annotated[Optional[str], typer.Option(help="Graded input: the grade column (default grade).")] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option(help="Graded input: grade >= this is positive (hq), below negative (default 3).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     holdout: Annotated[Optional[float], typer.Option(help="Held-out fraction of each side (default 0.2).")] = None,
@@ -53,16 +61,29 @@ def train_cmd(
     """Train a fastText classifier and print precision, recall and F1 on a seeded held-out split.
 
     A quality model by default (hq vs lq); with --label, a classifier for any label, which
-    `llmctl filter --quality-model DIR` applies (--quality-keep below drops high scores)."""
+    `llmctl filter --quality-model DIR` applies (--quality-keep below drops high scores). Given
+    GRADED datasets (FineWeb-Edu's recipe), it learns grade >= --threshold against below, and also
+    prints the Spearman correlation of its score with the held-out grades."""
     from llmctl.data.quality import QualityTrainConfig, train_quality  # numpy, pyarrow: kept out of --help
 
     cfg = C.load(
         QualityTrainConfig,
         config,
         set_,
-        {"holdout": holdout, "epoch": epoch, "lr": lr, "seed": seed, "label": label, "text_field": text_field},
+        {
+            "holdout": holdout,
+            "epoch": epoch,
+            "lr": lr,
+            "seed": seed,
+            "label": label,
+            "text_field": text_field,
+            "target": target,
+            "grade_threshold": threshold,
+        },
     )
-    m = train_quality(positive, negative, output, cfg, overwrite=overwrite)
+    if bool(graded) == bool(positive or negative):
+        raise typer.BadParameter("give GRADED datasets, or --positive and --negative")
+    m = train_quality(positive or [], negative or [], output, cfg, overwrite=overwrite, graded=graded)
     s = m["stats"]
     h = s["heldout"]
     (p, n_train), (n, m_train) = s["train_docs"].items()
@@ -74,6 +95,7 @@ def train_cmd(
     out.print(
         f"held out {n_held_p:,} {p} + {n_held_n:,} {n}: precision {h['precision']:.3f} "
         f"recall {h['recall']:.3f} F1 {h['f1']:.3f} accuracy {h['accuracy']:.3f}"
+        + (f" Spearman {h['spearman']}" if "spearman" in h else "")
     )
     out.print(f"wrote {output}/model.bin and {output}/_manifest.json")
 
@@ -92,3 +114,38 @@ def predict_cmd(
         texts = [line.rstrip("\n") for line in sys.stdin]
     for score, text in zip(score_texts(load_model(model), texts), texts):
         out.print(f"{score:.4f}\t{text[:70]!r}", soft_wrap=True)
+
+
+@quality_app.command("annotate")
+def annotate_cmd(
+    inputs: Annotated[list[str], typer.Argument(help="Documents: llmctl datasets, .jsonl[.gz] or .parquet files.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Grades dataset directory.")],
+    judge_url: Annotated[
+        Optional[str],
+        typer.Option(help="OpenAI-compatible server of the judge (http://127.0.0.1:8000/v1): POST /chat/completions."),
+    ] = None,
+    judge: Annotated[Optional[str], typer.Option(help="The judge model's name on that server.")] = None,
+    prompt: Annotated[
+        Optional[str], typer.Option(help="Grading prompt file with {text} (default: llmctl's annotate_prompt.txt).")
+    ] = None,
+    sample: Annotated[Optional[int], typer.Option(help="Documents to grade, a seeded sample (default: all).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight (default 4).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Grade documents 0-5 with a judge model (FineWeb-Edu's recipe); re-running resumes.
+
+    Writes a dataset of id, text, grade (null when the answer gives none), answer and judge."""
+    from llmctl.data.annotate import AnnotateConfig, annotate  # pyarrow: kept out of --help
+
+    flags = {"judge_url": judge_url, "judge": judge, "prompt": prompt, "sample": sample, "concurrency": concurrency}
+    cfg = C.load(AnnotateConfig, config, set_, flags)
+    m = annotate(inputs, output, cfg, overwrite=overwrite)
+    s = m["stats"]
+    grades = " ".join(f"{g}:{n}" for g, n in s["grades"].items())
+    out.print(
+        f"graded {s['graded']:,} of {s['sampled']:,} documents ({grades}); "
+        f"{s['unparsed']:,} answers without a grade ({s['resumed_answers']:,} answers from an earlier run)"
+    )
+    out.print(f"wrote {output}")

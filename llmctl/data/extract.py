@@ -18,7 +18,7 @@ import gzip
 import io
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -29,7 +29,7 @@ import xxhash
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from resiliparse.extract.html2text import extract_plain_text
 
-from llmctl.data.document import Document
+from llmctl.data.document import DETAIL_KEY, Document
 from llmctl.data.encoding import bom_encoding, decode_html
 from llmctl.errors import UsageError
 from llmctl.store.fs import open_binary
@@ -67,6 +67,15 @@ class Rejected:
 
 
 Record = Document | Unreadable | Rejected
+Check = Callable[[Document], "str | None"]  # before extraction: a reason to reject the page (URL rules), or None
+
+
+def _checked(doc: Document, check: Check | None) -> Rejected | None:
+    """The page rejected by `check` (called on the document before its text is extracted), or None."""
+    if check is None:
+        return None
+    reason = check(doc)
+    return None if reason is None else Rejected(doc, reason, doc.meta.pop(DETAIL_KEY, None))
 
 
 def make_id(*parts: str) -> str:
@@ -191,7 +200,9 @@ def html_to_text(body: bytes, charset: str | None, cfg: ExtractConfig) -> tuple[
     ), how
 
 
-def _warc_records(data: bytes, source: str, kind: str, cfg: ExtractConfig, offset: int) -> Iterator[Record]:
+def _warc_records(
+    data: bytes, source: str, kind: str, cfg: ExtractConfig, offset: int, check: Check | None = None
+) -> Iterator[Record]:
     want = WarcRecordType.conversion if kind == "wet" else WarcRecordType.response
     for rec in ArchiveIterator(io.BytesIO(data), record_types=want, parse_http=(kind == "warc")):
         if _record_is_truncated(data, rec.stream_pos):  # a plain .warc cut inside its last record
@@ -201,6 +212,9 @@ def _warc_records(data: bytes, source: str, kind: str, cfg: ExtractConfig, offse
         url = rec.headers.get("WARC-Target-URI")
         date = rec.headers.get("WARC-Date")
         doc = Document(id=make_id(rid), text="", source=source, url=url, date=date)
+        if (rejected := _checked(doc, check)) is not None:
+            yield rejected
+            continue
         if rec.content_length > cfg.max_payload_bytes:
             yield Unreadable("too_large", rec.content_length)
             continue
@@ -249,7 +263,9 @@ def _record_is_truncated(data: bytes, start: int = 0) -> bool:
     return False
 
 
-def read_warc(path: str | Path, source: str, kind: str, cfg: ExtractConfig, report=None) -> Iterator[Record]:
+def read_warc(
+    path: str | Path, source: str, kind: str, cfg: ExtractConfig, report=None, check: Check | None = None
+) -> Iterator[Record]:
     if str(path).endswith(".gz"):
         offset = 0
         for data, error, nbytes in iter_gzip_members(path, cfg.max_payload_bytes + (1 << 16)):
@@ -260,12 +276,12 @@ def read_warc(path: str | Path, source: str, kind: str, cfg: ExtractConfig, repo
             elif data.startswith(b"WARC/") and _record_is_truncated(data):
                 yield Unreadable("truncated_record", nbytes)
             else:
-                yield from _warc_records(data, source, kind, cfg, offset)
+                yield from _warc_records(data, source, kind, cfg, offset, check)
             offset += nbytes
         return
     with open_binary(path) as f:
         data = f.read()  # plain WARC: small test files
-    yield from _warc_records(data, source, kind, cfg, 0)
+    yield from _warc_records(data, source, kind, cfg, 0, check)
     if report:
         report(bytes=len(data))
 
@@ -279,7 +295,9 @@ def _open_text(path: str | Path) -> tuple[IO[bytes], IO[bytes]]:
     return (gzip.GzipFile(fileobj=raw, mode="rb") if str(path).endswith(".gz") else raw), raw
 
 
-def read_jsonl(path: str | Path, source: str, cfg: ExtractConfig, report=None) -> Iterator[Record]:
+def read_jsonl(
+    path: str | Path, source: str, cfg: ExtractConfig, report=None, check: Check | None = None
+) -> Iterator[Record]:
     limit = cfg.max_text_chars * 4 + 4096
     f, handle = _open_text(path)
     lineno = 0
@@ -317,13 +335,15 @@ def read_jsonl(path: str | Path, source: str, cfg: ExtractConfig, report=None) -
             if not isinstance(text, str):
                 yield Unreadable("no_text_field", len(raw))
                 continue
-            yield from _row_doc(obj, text, source, f"line{lineno}", cfg)
+            yield from _row_doc(obj, text, source, f"line{lineno}", cfg, check)
     finally:
         f.close()
         handle.close()
 
 
-def _row_doc(row: dict, text: str, source: str, locator: str, cfg: ExtractConfig) -> Iterator[Record]:
+def _row_doc(
+    row: dict, text: str, source: str, locator: str, cfg: ExtractConfig, check: Check | None = None
+) -> Iterator[Record]:
     if len(text) > cfg.max_text_chars:
         yield Unreadable("too_large", len(text))
         return
@@ -336,6 +356,9 @@ def _row_doc(row: dict, text: str, source: str, locator: str, cfg: ExtractConfig
         url=str(url) if url is not None else None,
         date=str(row["date"]) if row.get("date") is not None else None,
     )
+    if (rejected := _checked(doc, check)) is not None:
+        yield rejected
+        return
     yield doc if text.strip() else Rejected(doc, "extract.empty")
 
 
@@ -348,7 +371,9 @@ def parquet_columns(path: str | Path) -> list[str]:
         raise UsageError(f"{path}: not a readable Parquet file ({(str(e).strip().splitlines() or ['?'])[0]})") from None
 
 
-def read_parquet(path: str | Path, source: str, cfg: ExtractConfig, report=None) -> Iterator[Record]:
+def read_parquet(
+    path: str | Path, source: str, cfg: ExtractConfig, report=None, check: Check | None = None
+) -> Iterator[Record]:
     pf = pq.ParquetFile(open_binary(path))
     names = pf.schema_arrow.names
     cols = [c for c in (cfg.text_field, cfg.id_field, cfg.url_field, "source", "date") if c in names]
@@ -361,19 +386,25 @@ def read_parquet(path: str | Path, source: str, cfg: ExtractConfig, report=None)
             if not isinstance(text, str):
                 yield Unreadable("no_text_field")
             else:
-                yield from _row_doc(row, text, source, f"row{row_index}", cfg)
+                yield from _row_doc(row, text, source, f"row{row_index}", cfg, check)
             row_index += 1
         if report:
             report(bytes=int(nbytes * batch.num_rows / total))
 
 
-def read_input(path: str | Path, source: str, cfg: ExtractConfig, report=None) -> Iterator[Record]:
-    """All records of one input file, in file order."""
+def read_input(
+    path: str | Path, source: str, cfg: ExtractConfig, report=None, check: Check | None = None
+) -> Iterator[Record]:
+    """All records of one input file, in file order.
+
+    `check`, when given, sees each record's document first (a WARC/WET page's before its payload
+    is read and extracted: no text yet), and a reason it returns rejects the record there.
+    """
     kind = input_kind(path)
     if kind in ("warc", "wet"):
-        return read_warc(path, source, kind, cfg, report)
+        return read_warc(path, source, kind, cfg, report, check)
     if kind == "jsonl":
-        return read_jsonl(path, source, cfg, report)
+        return read_jsonl(path, source, cfg, report, check)
     if kind == "parquet":
-        return read_parquet(path, source, cfg, report)
+        return read_parquet(path, source, cfg, report, check)
     raise ValueError(f"unsupported input: {path}")

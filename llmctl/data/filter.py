@@ -16,6 +16,11 @@ Gopher, PII, the fastText quality score) write their kept documents to the inter
 OUT/_work/docs instead, and llmctl.data.dedup.run then writes OUT/part-N from it (exact, C4-span
 and MinHash dedup; see docs/dedup.md). OUT/_work is removed once the manifest is written
 (`dedup.keep_work` keeps it). The quality step runs per shard, before dedup.
+
+The url step, when on, runs as each record is read, before its page is extracted. OUT/_stats.json
+(written before the manifest) has per-step statistics: for each step its documents in and out,
+the seconds spent in it (summed over tasks and workers) and, per drop reason, documents and bytes;
+see `step_stats`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ from llmctl.data.dedup.stages import work_output
 from llmctl.data.document import DETAIL_KEY, DOCUMENT_SCHEMA, Document, to_row
 from llmctl.data.extract import ENCODING_KEY, ExtractConfig, Rejected, Unreadable, read_input
 from llmctl.data.inputs import InputFile, resolve_inputs  # noqa: F401 - resolve_inputs is imported from here too
+from llmctl.data.steps.decont import summary as decont_summary
 from llmctl.executor import Reporter, default_workers, run_tasks, using
 from llmctl.store import fs
 from llmctl.store.dataset import Dataset, StageOutput, abort_shards, close_shards, shard_name
@@ -90,17 +97,41 @@ class FilterTask:
         return f"{self.name} ({self.input.source or self.input.path})"
 
 
+def _url_check(step: Any, stats: Counter[str]) -> Callable[[Document], str | None]:
+    """The url step as a check before extraction, counting its documents and time."""
+
+    def check(doc: Document) -> str | None:
+        t0 = time.perf_counter_ns()
+        reason = step(doc, stats)
+        stats["step.url.docs_in"] += 1
+        stats["step.url.ns"] += time.perf_counter_ns() - t0
+        return reason
+
+    return check
+
+
 def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
     """Filter one input file into one output shard (+ its rejected shard); returns its stats."""
     started = time.time()
     cfg = task.cfg
     steps = build_steps(cfg)
     stats: Counter[str] = Counter()
+    url = next((s for s in steps if s.name == "url"), None)  # runs before extraction
+    timed = [
+        (s, f"step.{_REASON_STEP[s.name]}.docs_in", f"step.{_REASON_STEP[s.name]}.ns") for s in steps if s is not url
+    ]
     data_w = task.out.shard_writer(f"{task.name}.parquet", DOCUMENT_SCHEMA)
     rej_w = R.shard_writer(task.out.path, task.name) if cfg.write_rejected else None
     try:
         verify_shard(task.input.path, task.input.sha256)
-        for rec in read_input(task.input.path, task.input.source or task.input.path, cfg.extract, report):
+        check = _url_check(url, stats) if url is not None else None
+        records = read_input(task.input.path, task.input.source or task.input.path, cfg.extract, report, check)
+        while True:
+            t0 = time.perf_counter_ns()
+            rec = next(records, None)
+            stats["step.extract.ns"] += time.perf_counter_ns() - t0
+            if rec is None:
+                break
             report(docs=1)
             if isinstance(rec, Unreadable):
                 _count(stats, f"unreadable.{rec.reason}", rec.nbytes)
@@ -110,7 +141,8 @@ def filter_task(task: FilterTask, report: Reporter) -> dict[str, Any]:
                 _reject(stats, rej_w, rec.doc, rec.reason, rec.detail)
                 continue
             _count_encoding(stats, rec)
-            reason = _run_steps(steps, rec, stats)
+            stats["step.extract.docs_out"] += 1
+            reason = _run_steps(timed, rec, stats)
             if reason is None:
                 _count(stats, "kept", len(rec.text.encode("utf-8")))
                 data_w.write(to_row(rec))
@@ -131,9 +163,12 @@ def _count_encoding(stats: Counter[str], doc: Document) -> None:
         stats[f"extract.encoding.{how}"] += 1
 
 
-def _run_steps(steps: list, doc: Document, stats: Counter[str]) -> str | None:
-    for step in steps:
+def _run_steps(timed: list[tuple[Any, str, str]], doc: Document, stats: Counter[str]) -> str | None:
+    for step, docs_in, ns in timed:
+        t0 = time.perf_counter_ns()
         reason = step(doc, stats)
+        stats[ns] += time.perf_counter_ns() - t0
+        stats[docs_in] += 1
         if reason is not None:
             return reason
     return None
@@ -176,12 +211,72 @@ def funnel(stats: dict[str, int], step_order: list[str]) -> list[dict[str, Any]]
     return rows
 
 
+def _absolute(v: Any) -> Any:
+    """A config path (or list of paths) with its local paths made absolute."""
+    if isinstance(v, (list, tuple)):
+        return [_absolute(x) for x in v]
+    return os.path.abspath(v) if isinstance(v, str) and fs.is_local(v) else v
+
+
+STATS_FILE = "_stats.json"
+
+
+def step_stats(stats: dict[str, int], cfg: Any, dedup_seconds: float | None) -> dict[str, Any]:
+    """OUT/_stats.json: the funnel per step, from the merged task counters.
+
+    `steps` lists, in the order they ran, `extract` (input: every record read), the url step
+    (when on; it runs on records as they are read, so extract's input excludes what it drops),
+    each per-document step, and `dedup` (when on). Each has `docs_in`, `docs_out`, `seconds` and
+    `reasons` ({reason: {docs, bytes}}), and `docs_in - docs_out` is the sum of its reasons' docs;
+    every funnel row but read and kept is the reason of exactly one step.
+    """
+    reasons: dict[str, dict[str, dict[str, int]]] = {}
+    for k, v in stats.items():
+        if not k.startswith(("rejected.", "unreadable.")) or not k.endswith((".docs", ".bytes")):
+            continue
+        cause, _, unit = k.rpartition(".")
+        kind, _, reason = cause.partition(".")
+        family = reason.split(".")[0]
+        step = "extract" if kind == "unreadable" or family == "extract" else _REASON_STEP.get(family, family)
+        reasons.setdefault(step, {}).setdefault(cause, {"docs": 0, "bytes": 0})[unit] = v
+
+    def dropped(step: str) -> int:
+        return sum(r["docs"] for r in reasons.get(step, {}).values())
+
+    def row(step: str, docs_in: int, ns: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "docs_in": docs_in,
+            "docs_out": docs_in - dropped(step),
+            "seconds": round(ns / 1e9, 6),
+            "reasons": dict(sorted(reasons.get(step, {}).items())),
+        }
+
+    rows = []
+    if "step.url.docs_in" in stats or "url" in reasons:
+        rows.append(row("url", stats.get("step.url.docs_in", 0), stats.get("step.url.ns", 0)))
+    read = stats.get("read.docs", 0)
+    rows.append(row("extract", read - dropped("url"), stats.get("step.extract.ns", 0) - stats.get("step.url.ns", 0)))
+    ran = [n for n in S.STEP_NAMES if f"step.{n}.docs_in" in stats and n != "url"]
+    order = list(cfg.steps) + ["quality"]
+    for name in sorted(ran, key=lambda n: order.index(n) if n in order else len(order)):
+        rows.append(row(name, stats[f"step.{name}.docs_in"], stats.get(f"step.{name}.ns", 0)))
+    if dedup_seconds is not None:
+        docs_in = stats.get("kept.docs", 0) + dropped("dedup")
+        rows.append(row("dedup", docs_in, int(dedup_seconds * 1e9)))
+    return {
+        "read": {"docs": read, "bytes": stats.get("read.bytes", 0)},
+        "kept": {"docs": stats.get("kept.docs", 0), "bytes": stats.get("kept.bytes", 0)},
+        "steps": rows,
+    }
+
+
 def _run_per_shard(
     files: list[InputFile], out: StageOutput, cfg: FilterConfig, workers: int, progress: bool | None
 ) -> list[str]:
     for spec in S.STEPS:  # workers may run in another directory: the files steps read, made absolute
         section = getattr(cfg, spec.name)
-        local = {k: os.path.abspath(v) for k in spec.paths if (v := getattr(section, k)) and fs.is_local(v)}
+        local = {k: _absolute(v) for k in spec.paths if (v := getattr(section, k))}
         if section.enabled and local:
             cfg = replace(cfg, **{spec.name: replace(section, **local)})
     tasks = [FilterTask(i, f, out, cfg) for i, f in enumerate(files)]
@@ -227,9 +322,10 @@ def _run_filter(
     for f in files:
         if f.lineage not in lineage:
             lineage.append(f.lineage)
-    for spec in S.STEPS:  # the files the steps that are on read (a quality model)
+    for spec in S.STEPS:  # the files the steps that are on read (a quality model, eval sets)
         if spec.lineage is not None and getattr(cfg, spec.name).enabled:
-            lineage.append(spec.lineage(getattr(cfg, spec.name)))
+            rec = spec.lineage(getattr(cfg, spec.name))
+            lineage += rec if isinstance(rec, list) else [rec]
     if dedup_on:
         lineage += [Dataset.open(a, stage="filter", columns=["id", "text"]).lineage() for a in cfg.dedup.against]
     out = fs.to_path(output)
@@ -266,7 +362,9 @@ def _run_filter(
     )
     assert accounted == stats["read.docs"], "funnel does not add up"
     counters = {
-        k: v for k, v in sorted(stats.items()) if not k.startswith(("read.", "kept.", "rejected.", "unreadable."))
+        k: v
+        for k, v in sorted(stats.items())
+        if not k.startswith(("read.", "kept.", "rejected.", "unreadable.", "step."))
     }
     summary = {
         "funnel": funnel(dict(stats), list(cfg.steps) + ["quality", "dedup"]),
@@ -277,6 +375,10 @@ def _run_filter(
     }
     if extra:
         summary["dedup"] = {k: v for k, v in extra.items() if k != "timings"}
+    if cfg.decontaminate.enabled:
+        summary["decontaminate"] = decont_summary(cfg.decontaminate)
+    dedup_seconds = sum(v for k, v in extra.get("timings", {}).items() if isinstance(v, (int, float)))
+    fs.atomic_write_json(out / STATS_FILE, step_stats(dict(stats), cfg, dedup_seconds if dedup_on else None))
     rej = R.finalize(rejected, stage, names, out)
     if rej is not None:
         summary["rejected"] = {"dataset": R.rejected_dir(out).name, "documents": rej["num_rows"]}

@@ -87,6 +87,8 @@ class QualityTrainConfig:
     label: str = "hq"  # the positive label: hq (quality), or any (toxic, nsfw, code, ...)
     negative_label: str | None = None  # None: lq for hq, else not_<label>
     text_field: str = "text"  # the text column of JSONL / Parquet inputs
+    target: str = "grade"  # graded inputs (`quality annotate`): the column of the grade
+    grade_threshold: float = 3.0  # graded inputs: positive when target >= this, negative below
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -235,6 +237,31 @@ def _read_texts(paths: list[str], side: str, text_field: str = "text") -> tuple[
     return texts, lineage
 
 
+def read_graded(
+    paths: list[str], target: str, threshold: float, max_chars: int
+) -> tuple[list[str], list[str], dict[str, float], list]:
+    """(positive texts, negative texts, normalized text (cut to max_chars) -> grade, lineage) of graded datasets
+    (`quality annotate` output): positive when `target` >= `threshold`; rows without a grade are left out."""
+    pos: list[str] = []
+    neg: list[str] = []
+    grades: dict[str, float] = {}
+    lineage = []
+    for p in paths:
+        if not fs.to_path(p).is_dir():
+            raise UsageError(f"{p}: expected a graded dataset (llmctl quality annotate -o DIR)")
+        ds = Dataset.open(p)
+        if target not in ds.column_names or "text" not in ds.column_names:
+            raise UsageError(f"{p}: has no {target!r} or text column; --target names the grade column")
+        lineage.append(ds.lineage())
+        for r in ds.iter_rows(["text", target]):
+            g = r[target]
+            if g is None or r["text"] is None:
+                continue
+            (pos if g >= threshold else neg).append(r["text"])
+            grades[normalize_text(r["text"])[:max_chars]] = float(g)
+    return pos, neg, grades, lineage
+
+
 def _prf(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     tp = int((truth & pred).sum())
     precision = tp / max(1, int(pred.sum()))
@@ -278,8 +305,13 @@ def train_quality(
     out: str | Path,
     cfg: QualityTrainConfig | None = None,
     overwrite: bool = False,
+    graded: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train the classifier into directory `out`; returns its manifest (with held-out figures)."""
+    """Train the classifier into directory `out`; returns its manifest (with held-out figures).
+
+    With `graded` (datasets of `quality annotate`) instead of positive/negative, the sides are the
+    documents graded at or above `cfg.grade_threshold` and below it, and the held-out figures
+    add the Spearman correlation of the score with the grade."""
     import fasttext  # fasttext: kept out of --help and of the filter's import
 
     cfg = cfg or QualityTrainConfig()
@@ -288,8 +320,13 @@ def train_quality(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out}: exists and is not empty; pass --overwrite to replace it")
-    pos, pos_lineage = _read_texts(positive, "positive", cfg.text_field)
-    neg, neg_lineage = _read_texts(negative, "negative", cfg.text_field)
+    grade_of: dict[str, float] = {}
+    if graded:
+        pos, neg, grade_of, pos_lineage = read_graded(graded, cfg.target, cfg.grade_threshold, cfg.max_chars)
+        neg_lineage = []
+    else:
+        pos, pos_lineage = _read_texts(positive, "positive", cfg.text_field)
+        neg, neg_lineage = _read_texts(negative, "negative", cfg.text_field)
     seen: set[int] = set()
     POS, NEG = cfg.labels
     sides: dict[str, list[str]] = {POS: [], NEG: []}
@@ -341,6 +378,13 @@ def train_quality(
     truth = np.array([label == POS for label, _ in held])
     scores = score_texts(model, [t for _, t in held], cfg.max_chars, label=POS)
     metrics = _prf(truth, scores >= cfg.threshold)
+    if graded:
+        from scipy.stats import spearmanr  # scipy: kept out of the filter workers' import
+
+        held_grades = [grade_of.get(t) for _, t in held]
+        ok = [i for i, g in enumerate(held_grades) if g is not None]
+        rho = spearmanr([scores[i] for i in ok], [held_grades[i] for i in ok]).statistic if len(ok) > 2 else None
+        metrics["spearman"] = None if rho is None or np.isnan(rho) else round(float(rho), 4)
     p, n = (x.removeprefix("__label__") for x in (POS, NEG))
     stats = {
         "heldout": metrics,
@@ -353,7 +397,7 @@ def train_quality(
     manifest = {
         "stage": "quality",
         "config": to_dict(cfg),
-        "inputs": {"positive": pos_lineage, "negative": neg_lineage},
+        "inputs": {"graded": pos_lineage} if graded else {"positive": pos_lineage, "negative": neg_lineage},
         "model": {"path": MODEL_FILE, "sha256": file_sha256(out / MODEL_FILE)},
         "stats": stats,
     }

@@ -59,6 +59,7 @@ class DedupConfig:
     # from all of them but the first (a document left too short: reason dedup.line)
     line: bool = False
     line_max_docs: int = 10
+    line_keep_first: bool = True  # false: cut every copy, the first document's too (CCNet, CS336)
     minhash: bool = True  # MinHash near duplicates (reason dedup.minhash)
     scope: str = "self"  # self: within this run; self+against: also against the `against` datasets
     against: list[str] = field(default_factory=list)  # earlier llmctl filter outputs (count as earlier)
@@ -217,5 +218,6 @@ def line_hashes(text: str) -> list[tuple[int, int]]:
 
 
 def drop_lines(text: str, drop: set[int]) -> str:
-    """`text` without the lines whose number is in `drop` (the rest unchanged)."""
-    return "\n".join(line for ln, line in enumerate(text.split("\n")) if ln not in drop).strip("\n")
+    """`text` without the lines whose number is in `drop`, each with its newline; the rest, blank
+    lines and the document's trailing newline included, unchanged."""
+    return "\n".join(line for ln, line in enumerate(text.split("\n")) if ln not in drop)

@@ -236,13 +236,21 @@ def run_dedup(
         ln_st = _stage(
             work,
             "lines",
-            {"line_max_docs": dc.line_max_docs, "partitions": parts, "layout": layout},
+            {
+                "line_max_docs": dc.line_max_docs,
+                "keep_first": dc.line_keep_first,
+                "partitions": parts,
+                "layout": layout,
+            },
             [sig.lineage(), cl.lineage()],
         )
         lp = _run_stage(
             ln_st,
             line_task,
-            [LineTask(p, shards, line_paths, dec_paths, dc.line_max_docs, ln_st) for p in range(parts)],
+            [
+                LineTask(p, shards, line_paths, dec_paths, dc.line_max_docs, ln_st, dc.line_keep_first)
+                for p in range(parts)
+            ],
             workers,
             progress,
             "dedup lines",

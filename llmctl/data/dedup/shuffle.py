@@ -229,6 +229,7 @@ class LineTask:
     dec_paths: dict[int, str]
     max_docs: int  # a line in more documents than this is cut from all but the first
     out: StageOutput
+    keep_first: bool = True  # false: cut from the first document too
 
     @property
     def name(self) -> str:
@@ -237,7 +238,8 @@ class LineTask:
 
 def line_task(t: LineTask, report: Reporter) -> dict[str, int]:
     """Lines of this hash partition found in more than `max_docs` documents: every occurrence
-    outside the first document (in the stable order) is listed."""
+    outside the first document (in the stable order) is listed, or every occurrence when not
+    `keep_first`."""
     hs, os_, ps, total = _surviving(t, report)
     n = len(hs)
     new_hash = np.r_[True, hs[1:] != hs[:-1]] if n else np.zeros(0, bool)
@@ -245,7 +247,8 @@ def line_task(t: LineTask, report: Reporter) -> dict[str, int]:
     group = np.cumsum(new_hash) - 1
     docs_per_hash = np.bincount(group, weights=new_doc, minlength=int(new_hash.sum())) if n else np.zeros(0)
     first = os_[np.flatnonzero(new_hash)][group] if n else np.zeros(0, np.uint64)
-    drop = (docs_per_hash[group] > t.max_docs) & (os_ != first) if n else np.zeros(0, bool)
+    repeated = docs_per_hash[group] > t.max_docs if n else np.zeros(0, bool)
+    drop = repeated & (os_ != first) if t.keep_first else repeated
     files = _write_drops(t, os_[drop], ps[drop], first[drop])
     stats = {
         "lines": total,

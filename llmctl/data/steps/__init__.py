@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmctl.data.quality import QualityConfig, QualityFilter, model_lineage
+from llmctl.data.steps import decont
 from llmctl.data.steps.c4 import C4Config, C4Filter
 from llmctl.data.steps.gopher import (
     GopherQualityConfig,
@@ -33,9 +34,10 @@ class StepSpec:
     `name` is its name in `steps` and its config section (`--set NAME.key=value`); `config` is the
     section's dataclass, whose `enabled` says whether the step runs; `step(config)` builds the step
     (llmctl.data.document.Step), whose `name` attribute starts its drop reasons ("gopher_rep.*").
-    `columns` are the DOCUMENT_SCHEMA columns it fills; `paths` the config fields holding a file
-    (made absolute before workers start); `lineage(config)`, when given, is the lineage record of
-    the file it reads, added to the output's inputs when the step is on.
+    `columns` are the DOCUMENT_SCHEMA columns it fills; `paths` the config fields holding a file or
+    a list of files (made absolute before workers start); `lineage(config)`, when given, is the
+    lineage record (or list of records) of the files it reads, added to the output's inputs when
+    the step is on.
     """
 
     name: str
@@ -43,7 +45,7 @@ class StepSpec:
     step: type
     columns: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
-    lineage: Callable[[Any], dict[str, Any]] | None = None
+    lineage: Callable[[Any], dict[str, Any] | list[dict[str, Any]]] | None = None
 
     @property
     def reason(self) -> str:
@@ -52,13 +54,14 @@ class StepSpec:
 
 
 STEPS: tuple[StepSpec, ...] = (
-    StepSpec("url", UrlConfig, UrlFilter, paths=("blocklist",), lineage=blocklist_lineage),
+    StepSpec("url", UrlConfig, UrlFilter, paths=("blocklist", "allowlist"), lineage=blocklist_lineage),
     StepSpec("langid", LangIdConfig, LangIdFilter, columns=("language", "language_score")),
     StepSpec("gopher_repetition", GopherRepetitionConfig, GopherRepetitionFilter),
     StepSpec("gopher_quality", GopherQualityConfig, GopherQualityFilter),
     StepSpec("c4", C4Config, C4Filter),
     StepSpec("pii", PIIConfig, PIIScrubber, columns=("pii_email", "pii_phone", "pii_ip")),
     StepSpec("toxicity", ToxicityConfig, ToxicityFilter, columns=("toxicity_score",)),
+    StepSpec("decontaminate", decont.DecontConfig, decont.DecontFilter, paths=("sets",), lineage=decont.lineage),
     StepSpec(
         "quality",
         QualityConfig,

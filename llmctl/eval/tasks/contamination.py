@@ -1,21 +1,22 @@
 """Test/train contamination: the share of eval items with an n-gram (13 by default) that also occurs
 in a training dataset.
 
-Both sides are lower-cased and split into `\\w+` words. The eval items' n-grams are held in memory;
-the training dataset is streamed batch by batch, so memory does not grow with it. An item shorter
-than n words cannot be checked: it is counted in `too_short_items` and left out of the share.
+Both sides are lower-cased and split into `\\w+` words (llmctl.data.ngrams, shared with
+`filter --decontaminate`). The eval items' n-grams are held in memory; the training dataset is
+streamed batch by batch, so memory does not grow with it. An item shorter than n words cannot be
+checked: it is counted in `too_short_items` and left out of the share.
 Eval data: MMLU-layout CSV or directory, or JSONL (`fields`); training data: a dataset with `text`,
 or a token dataset (decoded with the model's tokenizer or `contamination.tokenizer`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmctl.data.ngrams import grams, words
 from llmctl.errors import UsageError
 from llmctl.eval.base import file_lineage, read_jsonl
 from llmctl.eval.tasks.mc import MCConfig, data_files, read_items
@@ -23,7 +24,6 @@ from llmctl.store.dataset import Dataset
 from llmctl.tokenizer.spm import Tokenizer
 
 TASK = "contamination"
-_WORD = re.compile(r"\w+")
 
 
 @dataclass
@@ -34,14 +34,6 @@ class ContaminationConfig:
     n: int = 13
     limit: int = 0  # eval items (0 = all)
     tokenizer: str = ""  # to decode a token dataset when no model is loaded
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def grams(ws: list[str], n: int) -> Iterable[tuple[str, ...]]:
-    return zip(*(ws[i:] for i in range(n)))
 
 
 def eval_items(cfg: ContaminationConfig) -> tuple[list[str], list[dict[str, Any]]]:

@@ -51,12 +51,13 @@ def shards(tmp_path_factory) -> list[str]:
     return paths
 
 
-def run(paths, out, workers=1, parts=None) -> dict:
+def run(paths, out, workers=1, parts=None, keep_first=True) -> dict:
     c = FilterConfig(workers=workers)
     c.c4.enabled = c.gopher_repetition.enabled = c.pii.enabled = c.langid.enabled = False
     c.gopher_quality.enabled = True  # its word count is the length rule a cut document is checked with again
     c.dedup.exact = c.dedup.minhash = c.dedup.c4_span = False
     c.dedup.line, c.dedup.line_max_docs, c.dedup.partitions = True, 2, parts
+    c.dedup.line_keep_first = keep_first
     return run_filter(paths, out, c, progress=False)
 
 
@@ -92,3 +93,21 @@ def test_line_dedup_output_identical_for_workers_and_partitions(shards, tmp_path
 def test_line_hashes_normalize():
     assert [h for _, h in D.line_hashes("Home | About\n\n---\nhome about!")] == [D.line_hashes("home about")[0][1]] * 2
     assert D.drop_lines("a\nb\nc", {1}) == "a\nc"
+
+
+def test_drop_lines_keeps_the_trailing_newline_and_blank_lines():
+    assert D.drop_lines("a\nb\nc\n", {1}) == "a\nc\n"
+    assert D.drop_lines("menu\nbody\n", {0}) == "body\n"
+    assert D.drop_lines("a\n\nb\nmenu\n", {3}) == "a\n\nb\n"
+    assert D.drop_lines("no newline\nmenu", {1}) == "no newline"
+
+
+def test_every_copy_cut_when_keep_first_is_off(shards, tmp_path):
+    m = run(shards, tmp_path / "out", keep_first=False)
+    t = texts(tmp_path / "out")
+    for i in "abce":
+        assert MENU.lower() not in t[i].lower(), i  # the first document loses it too
+    assert t["a"] == f"{paragraphs(8)[0]}\n{SHARED}"
+    assert rejected(tmp_path / "out")["short"][0] == "dedup.line"
+    c = m["stats"]["counters"]
+    assert c["dedup.line.docs_edited"] == 4 and c["dedup.line.lines_cut"] == 5

@@ -18,6 +18,7 @@ from llmctl.data.steps import STEP_NAMES, STEPS
 # its own flag, or `--set NAME.key=value` when a flag would only clutter --help.
 SWITCHES = {
     "url": ["--set", "url.blocklist=blocked.txt"],
+    "decontaminate": ["--decontaminate", "mmlu"],
     "langid": ["--no-langid"],
     "gopher_repetition": ["--no-gopher"],
     "gopher_quality": ["--no-gopher"],
