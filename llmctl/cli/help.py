@@ -37,6 +37,8 @@ ORDER = (
     "rl",
     "eval",
     "export",
+    "serve",
+    "chat",
     "plot",
     "sweep",
     "data",
