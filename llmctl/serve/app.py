@@ -283,11 +283,13 @@ class Server:
         except QueueFull as e:
             for r in reqs:
                 r.cancel()
-            raise ApiError(429, f"server busy: {e}; retry later", "rate_limit_exceeded", code="rate_limit_exceeded")
+            raise ApiError(
+                429, f"server busy: {e}; retry later", "rate_limit_exceeded", code="rate_limit_exceeded"
+            ) from None
         except ValueError as e:
             for r in reqs:
                 r.cancel()
-            raise ApiError(400, str(e))
+            raise ApiError(400, str(e)) from None
         return q, reqs
 
     def _apply(self, choices: list[_Choice], prompt_lps: dict, n: int, k: int, ev: tuple) -> int | None:
@@ -315,9 +317,9 @@ class Server:
             while left:
                 try:
                     k, ev = await asyncio.wait_for(q.get(), 0.1)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if await request.is_disconnected():
-                        raise ApiError(499, "client disconnected")
+                        raise ApiError(499, "client disconnected") from None
                     continue
                 i = self._apply(choices, prompt_lps, n, k, ev)
                 if i is not None and choices[i].finish is not None and ev[0] == "done":
