@@ -144,6 +144,10 @@ class Server:
     # ------------------------------------------------------------------ errors
     async def _invalid(self, request: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
+        if err.get("type") == "json_invalid":
+            return JSONResponse(
+                error_body(f"invalid JSON body: {err['msg']}", "invalid_request_error"), status_code=400
+            )
         loc = [str(x) for x in err.get("loc", ()) if x != "body"]
         param = ".".join(loc) or None
         msg = f"{param}: {err['msg']}" if param else f"invalid request body: {err['msg']}"
@@ -313,17 +317,18 @@ class Server:
         choices = [_Choice() for _ in range(len(jobs) * n)]
         prompt_lps: dict = {}
         try:
-            left = len(choices)
+            left, checked = len(choices), time.monotonic()
             while left:
+                if time.monotonic() - checked > 0.1:  # a client that went away cancels its request
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        raise ApiError(499, "client disconnected")
                 try:
                     k, ev = await asyncio.wait_for(q.get(), 0.1)
                 except TimeoutError:
-                    if await request.is_disconnected():
-                        raise ApiError(499, "client disconnected") from None
                     continue
-                i = self._apply(choices, prompt_lps, n, k, ev)
-                if i is not None and choices[i].finish is not None and ev[0] == "done":
-                    left -= 1
+                self._apply(choices, prompt_lps, n, k, ev)
+                left -= ev[0] == "done"
         finally:
             for r in reqs:
                 r.cancel()

@@ -149,6 +149,7 @@ class Engine:
         self.cond = threading.Condition()
         self.stopping = False
         self.failed: str | None = None
+        self.generated = 0  # tokens drawn since start (all requests)
         self.thread = threading.Thread(target=self._loop, name="llmctl-engine", daemon=True)
         self.thread.start()
 
@@ -265,6 +266,7 @@ class Engine:
             tops = list(zip(ti.tolist(), tv.double().tolist()))
         row.out.append(tok)
         row.next = tok
+        self.generated += 1
         row.req.emit(("token", row.choice, tok, lp, tops))
         if p.stop_texts and any(s in self.decode(row.out) for s in p.stop_texts):
             self._finish(row, "stop")

@@ -5,17 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import openai
 import pytest
+from serve_helpers import client
 
 from llmctl.eval.lm import LlmctlLM
 from llmctl.model.generate import generate, generate_text
 
 PROMPT = "Once upon a time there was a little"
-
-
-def client(url: str, key: str = "none") -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
 
 
 def test_models_and_health(served):
