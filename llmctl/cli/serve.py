@@ -88,10 +88,10 @@ def chat_cmd(
     ] = None,
 ) -> None:
     """Chat with a model in the terminal: /reset, /system TEXT, /temperature X, /exit; Ctrl-C stops an answer."""
-    from llmctl.serve.chat import LocalChat, RemoteChat, chat_loop  # torch: kept out of --help
-
     if (model is None) == (url is None):
         raise UsageError("give a MODEL directory or --url of a running server (one of them)")
+    from llmctl.serve.chat import LocalChat, RemoteChat, chat_loop  # torch: kept out of --help
+
     engine = None
     if url:
         try:
