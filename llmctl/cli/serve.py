@@ -18,8 +18,8 @@ def _engine(model: str, tokenizer: str | None, max_running: int, max_queued: int
     # torch, fastapi: kept out of --help
     import torch
 
-    from llmctl.serve.app import load_model
     from llmctl.serve.engine import Engine
+    from llmctl.serve.load import load_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -30,7 +30,9 @@ def _engine(model: str, tokenizer: str | None, max_running: int, max_queued: int
 
 @app.command("serve")
 def serve_cmd(
-    model: Annotated[str, typer.Argument(help="An llmctl checkpoint or run directory.")],
+    model: Annotated[
+        str, typer.Argument(help="An llmctl checkpoint or run directory, or a Hugging Face Llama directory.")
+    ],
     host: Annotated[str, typer.Option(help="Address to bind (localhost only unless told otherwise).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     model_name: Annotated[

@@ -22,21 +22,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmctl.errors import UsageError
-from llmctl.eval.base import is_hf_dir
-from llmctl.eval.lm import LlmctlLM, TextCodec
+from llmctl.eval.lm import TextCodec
 from llmctl.serve.engine import Engine, Params, QueueFull
 from llmctl.serve.protocol import ApiError, ChatRequest, CompletionRequest, error_body
 
 MAX_BODY = 4 * 1024 * 1024
-
-
-def load_model(path: str, tokenizer_dir: str | None = None, device: str = "cpu") -> tuple[Any, TextCodec, str]:
-    """(model, tokenizer codec, resolved path) of an llmctl checkpoint or run directory."""
-    if is_hf_dir(path):
-        raise UsageError(f"{path}: a Hugging Face directory; serve the llmctl checkpoint it was exported from")
-    lm = LlmctlLM(path, device, tokenizer_dir)
-    return lm.model, lm.codec, str(lm.path)
 
 
 class Guard:
@@ -431,4 +421,4 @@ class Server:
                 r.cancel()
 
 
-__all__ = ["MAX_BODY", "Guard", "Server", "load_model", "cut_at_stop", "safe_len"]
+__all__ = ["MAX_BODY", "Guard", "Server", "cut_at_stop", "safe_len"]

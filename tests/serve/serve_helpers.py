@@ -17,8 +17,9 @@ from eval_helpers import save_tokenizer
 
 from llmctl.model.checkpoint import save_checkpoint
 from llmctl.model.transformer import ModelConfig, Transformer
-from llmctl.serve.app import Server, load_model
+from llmctl.serve.app import Server
 from llmctl.serve.engine import Engine
+from llmctl.serve.load import load_model
 
 CTX = 512
 

@@ -42,9 +42,9 @@ def test_serve_command(checkpoint):
     assert f"serving {checkpoint}" in out
 
 
-def test_serve_refuses_a_hugging_face_directory(tmp_path, monkeypatch, capsys):
+def test_serve_refuses_a_non_llama_hugging_face_directory(tmp_path, monkeypatch, capsys):
     (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
     monkeypatch.setattr(sys, "argv", ["llmctl", "serve", str(tmp_path)])
     with pytest.raises(SystemExit) as e:
         main()
-    assert e.value.code == 2 and "Hugging Face directory" in capsys.readouterr().err
+    assert e.value.code == 2 and "LlamaForCausalLM directories" in capsys.readouterr().err
