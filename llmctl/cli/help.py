@@ -37,8 +37,6 @@ ORDER = (
     "rl",
     "eval",
     "export",
-    "serve",
-    "chat",
     "plot",
     "sweep",
     "data",
