@@ -34,6 +34,17 @@ def test_greedy_completion_and_chat_equal_llmctl_generate(served, checkpoint):
     chat = c.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": q}], max_tokens=30, temperature=0
     )
+    assert chat.choices[0].message.content == generate_text(checkpoint, q, max_tokens=30, temperature=0, chat=True)
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_greedy_chat_equals_the_generate_command(served, checkpoint):
+    url, _ = served
+    q = "Tell me about dogs."
+    chat = client(url).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": q}], max_tokens=30, temperature=0
+    )
     cli = subprocess.run(
         [sys.executable, "-m", "llmctl", "generate", str(checkpoint), q, "--chat", "--temperature", "0", "-n", "30"],
         capture_output=True,
@@ -41,7 +52,6 @@ def test_greedy_completion_and_chat_equal_llmctl_generate(served, checkpoint):
         check=True,
     )
     assert chat.choices[0].message.content == cli.stdout.rstrip("\n")
-    assert chat.choices[0].message.role == "assistant"
 
 
 def test_stream_concatenation_equals_the_answer(served):
