@@ -59,15 +59,7 @@ def test_in_process_chat(checkpoint, lm):
     try:
         converse(LocalChat(engine, lm.codec), lm)
         # Ctrl-C during an answer: that answer stops and is left out, the chat goes on
-        out: list[str] = []
-
-        def write(s: str) -> None:
-            out.append(s)
-            if len(out) == 3:  # the help line, then the first piece of the answer
-                raise KeyboardInterrupt
-
-        history = chat_loop(LocalChat(engine, lm.codec), read=script(["/temperature 1", "Hi!", "/exit"]), write=write)
-        assert "[stopped]" in "".join(out) and history == []
+        assert interrupted(LocalChat(engine, lm.codec)) == []
         deadline = time.time() + 5
         while engine.stats()["running"] and time.time() < deadline:
             time.sleep(0.01)
@@ -76,9 +68,28 @@ def test_in_process_chat(checkpoint, lm):
         engine.close()
 
 
+def interrupted(backend) -> list[dict]:
+    """Ctrl-C at the first piece of an answer: the answer stops and is left out of the history."""
+    out: list[str] = []
+
+    def write(s: str) -> None:
+        out.append(s)
+        if len(out) == 3:  # the help line, the temperature line, then the first piece of the answer
+            raise KeyboardInterrupt
+
+    history = chat_loop(backend, read=script(["/temperature 1", "Hi!", "/exit"]), write=write)
+    assert "[stopped]" in "".join(out)
+    return history
+
+
 def test_chat_against_a_server(served, lm):
-    url, _ = served
+    url, server = served
     converse(RemoteChat(url), lm)
+    assert health(url)["running"] == 0
+    assert interrupted(RemoteChat(url)) == []  # the closed connection cancels the answer on the server
+    deadline = time.time() + 5
+    while health(url)["running"] and time.time() < deadline:
+        time.sleep(0.01)
     assert health(url)["running"] == 0
 
 
