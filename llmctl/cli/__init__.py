@@ -18,6 +18,7 @@ from llmctl.cli import pipeline as _pipeline  # noqa: E402,F401
 from llmctl.cli import plan as _plan  # noqa: E402,F401
 from llmctl.cli import quality as _quality  # noqa: E402,F401
 from llmctl.cli import rl as _rl  # noqa: E402,F401
+from llmctl.cli import serve as _serve  # noqa: E402,F401
 from llmctl.cli import sweep as _sweep  # noqa: E402,F401
 from llmctl.cli import tokenize as _tokenize  # noqa: E402,F401
 from llmctl.cli import train as _train  # noqa: E402,F401
