@@ -112,6 +112,8 @@ def run_reward(
 ) -> dict[str, Any]:
     """Train a reward model from a checkpoint on preference pairs; returns the loop summary."""
     d = D.init(cfg.train.device, cfg.train.tp)
+    if cfg.train.lora.r:
+        raise UsageError("reward: LoRA is not supported yet (the score head would need saving too): drop --lora-r")
     base, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
     torch.manual_seed(cfg.train.seed)
     model = RewardModel(mc)

@@ -32,7 +32,7 @@ from typing import Any
 
 from llmctl.config import output_fields
 from llmctl.errors import UsageError
-from llmctl.model.checkpoint import TRAIN_STATE, WEIGHTS
+from llmctl.model.checkpoint import TRAIN_STATE, weights_file
 from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json
 from llmctl.store.integrity import read_state
 from llmctl.store.lock import writer_lock
@@ -103,7 +103,7 @@ def prepare_run_dir(run_dir: Path, stage: str, cfg: Any, inputs: list[dict], ove
 
 
 def _complete(ckpt: Path) -> bool:
-    return all((ckpt / n).is_file() for n in (MANIFEST, WEIGHTS, TRAIN_STATE))
+    return all((ckpt / n).is_file() for n in (MANIFEST, TRAIN_STATE)) and weights_file(ckpt).is_file()
 
 
 def clean_checkpoints(run_dir: Path) -> list[str]:
