@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import warnings
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 from align_helpers import tiny_checkpoint
 
+from llmctl.cli import main
 from llmctl.errors import UsageError
 from llmctl.export.hf import export_hf
 from llmctl.model.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
@@ -124,18 +124,21 @@ def test_merged_export_equals_the_adapter_model(tmp_path):
         assert (merged(ids) - model(ids)).abs().max().item() < 1e-5
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llmctl", *args], capture_output=True, text=True, timeout=120)
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
+    """Run `llmctl ARGS` in this process (the console entry point): (exit code, stderr lines)."""
+    monkeypatch.setattr(sys, "argv", ["llmctl", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code, capsys.readouterr().err.strip().splitlines()
 
 
-def test_export_merge_without_adapters_and_lora_export_without_merge_are_one_line_errors(tmp_path):
+def test_export_merge_without_adapters_and_lora_export_without_merge_are_one_line_errors(tmp_path, monkeypatch, capsys):
     base, ck, _ = _lora_checkpoint(tmp_path)
-    r = _cli("export", str(base), "-o", str(tmp_path / "out1"), "--merge")
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "no LoRA adapters" in lines[0], r.stderr
-    r = _cli("export", str(ck), "-o", str(tmp_path / "out2"))
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "--merge" in lines[0], r.stderr
+    code, lines = cli(monkeypatch, capsys, "export", str(base), "-o", str(tmp_path / "out1"), "--merge")
+    assert code == 2 and len(lines) == 1 and "no LoRA adapters" in lines[0], lines
+    code, lines = cli(monkeypatch, capsys, "export", str(ck), "-o", str(tmp_path / "out2"))
+    assert code == 2 and len(lines) == 1 and "--merge" in lines[0], lines
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
 
 
