@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 
 import pytest
@@ -173,3 +175,23 @@ def test_unknown_lora_target_on_the_command_line_is_one_line_and_writes_nothing(
     lines = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(lines) == 1 and "foo_proj match no linear layer" in lines[0], lines
     assert not out.exists()
+
+
+@pytest.mark.slow  # two torchrun processes
+def test_lora_sft_under_ddp_equals_one_process(tmp_path):
+    ck = tiny_checkpoint(tmp_path / "ck")
+    _, data = _sft_data(tmp_path, n=24)
+    args = ["sft", str(data), "--from", str(ck), "--steps", "3", "--batch-size", "4", "--micro-batch", "2"]
+    args += ["--lr", "1e-2", "--warmup", "1", "--eval-every", "3", "--max-len", "256", "--lora-r", "4", "--val-fraction", "0.25"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for out, pre in (("one", []), ("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
+        cmd = [sys.executable, *pre, "-m", "llmctl", *args, "-o", str(tmp_path / out)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    one, ddp = (
+        [json.loads(ln) for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "ddp")
+    )
+    for k in ("loss", "val_loss"):
+        a, b = ([r[k] for r in recs if k in r] for recs in (one, ddp))
+        assert len(a) == (3 if k == "loss" else 1) and a == pytest.approx(b, rel=1e-5, abs=1e-6), (k, a, b)
+    assert (tmp_path / "ddp" / "checkpoints" / "step_0000003" / ADAPTER_WEIGHTS).is_file()
