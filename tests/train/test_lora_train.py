@@ -182,7 +182,20 @@ def test_lora_sft_under_ddp_equals_one_process(tmp_path):
     ck = tiny_checkpoint(tmp_path / "ck")
     _, data = _sft_data(tmp_path, n=24)
     args = ["sft", str(data), "--from", str(ck), "--steps", "3", "--batch-size", "4", "--micro-batch", "2"]
-    args += ["--lr", "1e-2", "--warmup", "1", "--eval-every", "3", "--max-len", "256", "--lora-r", "4", "--val-fraction", "0.25"]
+    args += [
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "1",
+        "--eval-every",
+        "3",
+        "--max-len",
+        "256",
+        "--lora-r",
+        "4",
+        "--val-fraction",
+        "0.25",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for out, pre in (("one", []), ("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
         cmd = [sys.executable, *pre, "-m", "llmctl", *args, "-o", str(tmp_path / out)]
