@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from align_helpers import tiny_checkpoint
+from safetensors import safe_open
 
 from llmctl.cli import main
 from llmctl.errors import UsageError
@@ -74,8 +75,6 @@ def test_unknown_target_is_a_one_line_error(tmp_path):
 def test_checkpoint_holds_the_adapters_only_in_peft_names(tmp_path):
     _, ck, model = _lora_checkpoint(tmp_path)
     assert not (ck / WEIGHTS).exists() and (ck / ADAPTER_WEIGHTS).is_file()
-    from safetensors import safe_open
-
     with safe_open(str(ck / ADAPTER_WEIGHTS), "pt") as f:
         keys = set(f.keys())
     want = {f"base_model.model.model.{n}" for n, p in model.named_parameters() if p.requires_grad}

@@ -14,12 +14,17 @@ import torch.nn.functional as F
 from align_helpers import GSM8K, synthetic_prefs, tiny_checkpoint, tokenizer, write_jsonl
 from rl_helpers import config as rl_config
 from rl_helpers import setup as rl_setup
+from safetensors import safe_open
 
 import llmctl.model.checkpoint as checkpoint_mod
+from llmctl import config as C
 from llmctl.cli import main
+from llmctl.errors import UsageError
 from llmctl.model.checkpoint import WEIGHTS, load_checkpoint
 from llmctl.model.lora import ADAPTER_WEIGHTS, LoraConfig, has_lora
 from llmctl.train.dpo import DPOConfig, run_dpo
+from llmctl.train.pretrain import PretrainConfig
+from llmctl.train.reward import RewardConfig, run_reward
 from llmctl.train.rl.trainer import run_rl
 from llmctl.train.sft import SFTConfig, encode_sft, labels_for, run_sft
 
@@ -71,8 +76,6 @@ def test_lora_sft_lowers_held_out_loss_by_more_than_two_standard_errors(tmp_path
     assert summary["val_loss"] < before.mean().item()
     # the checkpoint holds the adapters only: exactly the parameters that trained
     assert not (run_ck / WEIGHTS).exists() and (run_ck / ADAPTER_WEIGHTS).is_file()
-    from safetensors import safe_open
-
     with safe_open(str(run_ck / ADAPTER_WEIGHTS), "pt") as f:
         saved = {k.removeprefix("base_model.model.model.") for k in f.keys()}
     assert saved == {n for n, _ in after_model.named_parameters() if "lora_" in n}
@@ -208,3 +211,18 @@ def test_lora_sft_under_ddp_equals_one_process(tmp_path):
         a, b = ([r[k] for r in recs if k in r] for recs in (one, ddp))
         assert len(a) == (3 if k == "loss" else 1) and a == pytest.approx(b, rel=1e-5, abs=1e-6), (k, a, b)
     assert (tmp_path / "ddp" / "checkpoints" / "step_0000003" / ADAPTER_WEIGHTS).is_file()
+
+
+def test_stages_without_lora_support_refuse_it_in_one_line(tmp_path):
+    with pytest.raises(UsageError, match="pretrain trains the whole model"):
+        C.load(PretrainConfig, None, ["train.lora.r=4"])
+    cfg = C.load(RewardConfig, None, ["train.lora.r=4"])
+    with pytest.raises(UsageError, match="reward: LoRA is not supported"):
+        run_reward(tmp_path / "prefs.jsonl", tmp_path / "ck", tmp_path / "rm", cfg)
+    assert not (tmp_path / "rm").exists()
+    with pytest.raises(UsageError, match="use grpo"):
+        run_rl(
+            tmp_path / "p.jsonl", tmp_path / "ck", tmp_path / "ppo", rl_config("ppo", train={"lora": LoraConfig(r=4)})
+        )
+    with pytest.raises(UsageError, match="--lora-r must be"):
+        LoraConfig(r=-1)
