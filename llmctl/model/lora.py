@@ -35,6 +35,7 @@ from llmctl.store import fs
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model.model."  # PeftModel -> LlamaForCausalLM -> LlamaModel (llmctl's names)
+HEAD_PREFIX = "base_model.model."  # a fully trained head (PEFT's modules_to_save), e.g. PPO's value_head
 DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
@@ -178,9 +179,13 @@ def is_adapter_key(name: str) -> bool:
     return ".lora_A." in name or ".lora_B." in name
 
 
-def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The adapter tensors of a model state dict, under llmctl's names."""
-    return {k: v for k, v in state.items() if is_adapter_key(k)}
+def _is_head_key(name: str, heads: Any) -> bool:
+    return any(name.startswith(h + ".") for h in heads)
+
+
+def adapter_state(state: dict[str, torch.Tensor], heads: Any = ()) -> dict[str, torch.Tensor]:
+    """The adapter tensors (and those of the fully trained `heads`) of a model state dict, under llmctl's names."""
+    return {k: v for k, v in state.items() if is_adapter_key(k) or _is_head_key(k, heads)}
 
 
 def peft_config(spec: dict[str, Any], targets: list[str], base: str | None) -> dict[str, Any]:
@@ -196,46 +201,60 @@ def peft_config(spec: dict[str, Any], targets: list[str], base: str | None) -> d
         "inference_mode": True,
         "use_rslora": False,
         "use_dora": False,
-        "modules_to_save": None,
+        "modules_to_save": list(spec.get("heads") or []) or None,
         "base_model_name_or_path": base,
     }
 
 
-def lora_spec(cfg: LoraConfig) -> dict[str, Any]:
-    """What a LoRA run records (manifest and checkpoint config.json) besides its base."""
-    return {"r": cfg.r, "alpha": cfg.scale_alpha, "dropout": cfg.dropout, "targets": cfg.target_list()}
+def lora_spec(cfg: LoraConfig, heads: Any = ()) -> dict[str, Any]:
+    """What a LoRA run records (manifest and checkpoint config.json) besides its base; `heads` are
+    modules trained in full beside the adapters (PPO's value head) and saved with them."""
+    spec = {"r": cfg.r, "alpha": cfg.scale_alpha, "dropout": cfg.dropout, "targets": cfg.target_list()}
+    return {**spec, "heads": list(heads)} if heads else spec
 
 
 def save_adapter(path: str | Path, state: dict[str, torch.Tensor], spec: dict[str, Any]) -> None:
     """Write PATH/adapter_model.safetensors (PEFT key names) and PATH/adapter_config.json from a model
     state dict (its non-adapter tensors are ignored) and a `lora_spec` (+ "base": {"path": ...})."""
     path = Path(path)
-    ad = adapter_state(state)
-    if not ad:
+    heads = spec.get("heads") or ()
+    ad = adapter_state(state, heads)
+    if not any(is_adapter_key(k) for k in ad):
         raise UsageError("no LoRA adapter weights to save")
-    tensors = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in ad.items()}
+    tensors = {
+        (PEFT_PREFIX if is_adapter_key(k) else HEAD_PREFIX) + k: v.detach().to("cpu").contiguous()
+        for k, v in ad.items()
+    }
     save_file(tensors, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     os.chmod(path / ADAPTER_WEIGHTS, fs.default_file_mode())
-    targets = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in ad})
+    targets = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in ad if is_adapter_key(k)})
     base = (spec.get("base") or {}).get("path")
     (path / ADAPTER_CONFIG).write_text(json.dumps(peft_config(spec, targets, base), indent=2) + "\n")
 
 
 def read_adapter(path: str | Path) -> dict[str, torch.Tensor]:
-    """The adapter tensors of PATH/adapter_model.safetensors under llmctl's names."""
+    """The adapter (and trained head) tensors of PATH/adapter_model.safetensors under llmctl's names."""
     state = load_file(str(Path(path) / ADAPTER_WEIGHTS))
-    bad = [k for k in state if not k.startswith(PEFT_PREFIX) or not is_adapter_key(k)]
-    if bad:
-        raise UsageError(f"{path}: {ADAPTER_WEIGHTS} has keys PEFT's LoRA format does not use: {bad[:2]}")
-    return {k[len(PEFT_PREFIX) :]: v for k, v in state.items()}
+    out = {}
+    for k, v in state.items():
+        if k.startswith(PEFT_PREFIX) and is_adapter_key(k):
+            out[k[len(PEFT_PREFIX) :]] = v
+        elif k.startswith(HEAD_PREFIX) and not k.startswith(PEFT_PREFIX):
+            out[k[len(HEAD_PREFIX) :]] = v
+        else:
+            raise UsageError(f"{path}: {ADAPTER_WEIGHTS} has a key PEFT's LoRA format does not use: {k}")
+    return out
 
 
 def load_adapter(model: nn.Module, path: str | Path, spec: dict[str, Any]) -> nn.Module:
-    """Apply the adapters of PATH (a LoRA checkpoint or PEFT adapter dir) to `model` and load their weights."""
+    """Apply the adapters of PATH (a LoRA checkpoint or PEFT adapter dir) to `model` and load their weights;
+    a trained head the model lacks (a PPO run's value head, loaded as a language model) is left out."""
     cfg = LoraConfig(r=spec["r"], alpha=spec["alpha"], dropout=spec["dropout"], targets=",".join(spec["targets"]))
     apply_lora(model, cfg)
-    state = read_adapter(path)
-    own = {k for k in model.state_dict() if is_adapter_key(k)}
+    names = set(model.state_dict())
+    state = {k: v for k, v in read_adapter(path).items() if is_adapter_key(k) or k in names}
+    heads = spec.get("heads") or ()
+    own = {k for k in names if is_adapter_key(k) or _is_head_key(k, heads)}
     if set(state) != own:
         missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
         raise UsageError(

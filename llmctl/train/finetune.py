@@ -46,16 +46,21 @@ def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, 
     return model, mc, Tokenizer.load(tok_dir), lineage
 
 
-def use_lora(model: torch.nn.Module, cfg: TrainConfig, base: dict[str, Any], stage: str) -> dict[str, Any]:
-    """With `cfg.lora.r` > 0: adapters on the targeted layers, everything else frozen; returns the run
-    manifest's {"lora": spec + base lineage} (which makes its checkpoints adapter-only), else {}."""
+def use_lora(
+    model: torch.nn.Module, cfg: TrainConfig, base: dict[str, Any], stage: str, heads: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """With `cfg.lora.r` > 0: adapters on the targeted layers, everything else frozen but `heads`
+    (trained in full and saved with the adapters); returns the run manifest's {"lora": spec + base
+    lineage} (which makes its checkpoints adapter-only), else {}."""
     if not cfg.lora.r:
         return {}
     if cfg.tp > 1 or cfg.fsdp:
         raise UsageError(f"{stage}: LoRA runs alone or under DDP (torchrun), not with --tp or --fsdp yet")
     layers = apply_lora(model, cfg.lora, seed=cfg.seed)
+    for h in heads:
+        model.get_submodule(h).requires_grad_(True)
     n_train, n_all = trainable_summary(model)
-    spec = lora_spec(cfg.lora)
+    spec = lora_spec(cfg.lora, heads)
     D.print0(
         f"{stage}: LoRA r {spec['r']}, alpha {spec['alpha']:g}, dropout {spec['dropout']:g} on {len(layers)} layers "
         f"({','.join(spec['targets'])}); {n_train:,} of {n_all:,} parameters train ({100 * n_train / n_all:.2f}%)"

@@ -166,6 +166,21 @@ def test_grpo_with_lora_keeps_kl_to_the_adapters_off_base(tmp_path, monkeypatch)
     assert (tmp_path / "rl" / "checkpoints" / "step_0000002" / ADAPTER_WEIGHTS).is_file()
 
 
+def test_ppo_with_lora_trains_and_saves_its_value_head_beside_the_adapters(tmp_path, monkeypatch):
+    ck, prompts = rl_setup(tmp_path)
+    cfg = rl_config("ppo", steps=2, train={"lora": LoraConfig(r=4), "lr": 1e-2})
+    loads = _count_loads(monkeypatch)
+    assert run_rl(prompts, ck, tmp_path / "ppo", cfg)["finished"] and len(loads) == 1  # reference = adapters off
+    step = tmp_path / "ppo" / "checkpoints" / "step_0000002"
+    with safe_open(str(step / ADAPTER_WEIGHTS), "pt") as f:
+        head = f.get_tensor("base_model.model.value_head.weight")
+        assert all(k.startswith("base_model.model.model.layers.") for k in f.keys() if "value_head" not in k)
+    assert head.abs().sum() > 0  # zero at the start: it trained
+    assert json.loads((step / "adapter_config.json").read_text())["modules_to_save"] == ["value_head"]
+    lm = load_checkpoint(step)[0]  # as a language model: the value head is left out
+    assert has_lora(lm) and not hasattr(lm, "value_head")
+
+
 def test_unknown_lora_target_on_the_command_line_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     ck = tiny_checkpoint(tmp_path / "ck")
     _, data = _sft_data(tmp_path, n=8)
@@ -220,9 +235,5 @@ def test_stages_without_lora_support_refuse_it_in_one_line(tmp_path):
     with pytest.raises(UsageError, match="reward: LoRA is not supported"):
         run_reward(tmp_path / "prefs.jsonl", tmp_path / "ck", tmp_path / "rm", cfg)
     assert not (tmp_path / "rm").exists()
-    with pytest.raises(UsageError, match="use grpo"):
-        run_rl(
-            tmp_path / "p.jsonl", tmp_path / "ck", tmp_path / "ppo", rl_config("ppo", train={"lora": LoraConfig(r=4)})
-        )
     with pytest.raises(UsageError, match="--lora-r must be"):
         LoraConfig(r=-1)

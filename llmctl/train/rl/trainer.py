@@ -220,10 +220,8 @@ def run_rl(
     if cfg.train.fsdp:
         raise UsageError("rl runs under DDP (torchrun) but not FSDP yet: drop --fsdp")
     accum = cfg.check_sizes(d.world)
-    if cfg.train.lora.r and ALGOS[cfg.algo].value_head:
-        raise UsageError(f"rl --algo {cfg.algo} trains a value head, which LoRA runs do not save yet: use grpo")
     model, mc, tok, ck_lineage = _load_policy(from_ckpt, cfg.algo)
-    lora = use_lora(model, cfg.train, ck_lineage, "rl")
+    lora = use_lora(model, cfg.train, ck_lineage, "rl", heads=("value_head",) if ALGOS[cfg.algo].value_head else ())
     scorer, rm_lineage = _scorer(cfg, tok, d.device)
     rewards = Rewards(cfg.reward, cfg.reward_weights, scorer)
     tr, val, data_lineage, counts = load_prompts(prompts, tok, cfg.max_prompt_len, cfg.val_fraction, cfg.train.seed)
