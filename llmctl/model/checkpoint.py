@@ -200,7 +200,9 @@ def load_checkpoint(
         tok = None
     spec = lora_of(path)
     if spec:
-        return _load_lora(path, spec, device, tok)
+        if "score_head" in (spec.get("heads") or []):
+            raise UsageError(f"{path}: a reward model (LoRA run with a score head), not a language model")
+        return load_lora_checkpoint(path, spec, device, tok)
     model = Transformer(cfg)
     state = load_file(str(path / WEIGHTS))
     state.pop("value_head.weight", None)  # `llmctl rl --algo ppo`'s value head: not part of the language model
@@ -215,9 +217,11 @@ def load_checkpoint(
     return model.to(device).eval(), cfg, tok, manifest
 
 
-def _load_lora(
-    path: Path, spec: dict[str, Any], device: str | torch.device, tok: Path | None
+def load_lora_checkpoint(
+    path: Path, spec: dict[str, Any], device: str | torch.device = "cpu", tok: Path | None = None
 ) -> tuple[Transformer, ModelConfig, Path | None, dict[str, Any]]:
+    """A LoRA checkpoint as a language model: its base (fingerprint checked) with the adapters applied;
+    trained heads (value, score) are left out."""
     base = spec["base"]
     bpath = Path(base["path"])
     if not bpath.is_dir() or fingerprint_file(weights_file(bpath)) != base["fingerprint"]:

@@ -22,9 +22,11 @@ from llmctl.cli import main
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import WEIGHTS, load_checkpoint
 from llmctl.model.lora import ADAPTER_WEIGHTS, LoraConfig, has_lora
+from llmctl.model.reward import load_reward_model
 from llmctl.train.dpo import DPOConfig, run_dpo
+from llmctl.train.finetune import encode_prefs
 from llmctl.train.pretrain import PretrainConfig
-from llmctl.train.reward import RewardConfig, run_reward
+from llmctl.train.reward import RewardConfig, make_rm_evaluate, run_reward
 from llmctl.train.rl.trainer import run_rl
 from llmctl.train.sft import SFTConfig, encode_sft, labels_for, run_sft
 
@@ -181,6 +183,32 @@ def test_ppo_with_lora_trains_and_saves_its_value_head_beside_the_adapters(tmp_p
     assert has_lora(lm) and not hasattr(lm, "value_head")
 
 
+@pytest.mark.slow
+def test_reward_model_with_lora_learns_and_scores_as_validated(tmp_path):
+    tok = tokenizer()
+    ck = tiny_checkpoint(tmp_path / "ck")
+    rows = synthetic_prefs(120)
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    cfg = RewardConfig(max_len=64, val_fraction=0.25)
+    cfg.train.steps, cfg.train.batch_size, cfg.train.micro_batch, cfg.train.lr = 15, 8, 8, 1e-2
+    cfg.train.warmup_steps, cfg.train.eval_every, cfg.train.log_every = 2, 15, 100
+    cfg.train.lora = LoraConfig(r=4)
+    summary = run_reward(data, ck, tmp_path / "rm", cfg)
+    assert summary["val_accuracy"] >= 0.8, summary  # chance is 0.5
+    step = tmp_path / "rm" / "checkpoints" / "step_0000015"
+    assert not (step / WEIGHTS).exists()
+    with safe_open(str(step / ADAPTER_WEIGHTS), "pt") as f:
+        assert "base_model.model.score_head.weight" in f.keys()
+    scorer = load_reward_model(tmp_path / "rm")  # base + merged adapters + score head
+    _, val, _ = encode_prefs(tok, rows, 64, 0.25, cfg.train.seed)
+    with torch.no_grad():
+        again = make_rm_evaluate(val, 8, tok.pad_id)(scorer.model)
+    assert again["val_accuracy"] == pytest.approx(summary["val_accuracy"], abs=1e-9)
+    assert again["val_loss"] == pytest.approx(summary["val_loss"], abs=1e-4)
+    with pytest.raises(UsageError, match="not a language model"):
+        load_checkpoint(tmp_path / "rm")
+
+
 def test_unknown_lora_target_on_the_command_line_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     ck = tiny_checkpoint(tmp_path / "ck")
     _, data = _sft_data(tmp_path, n=8)
@@ -228,12 +256,8 @@ def test_lora_sft_under_ddp_equals_one_process(tmp_path):
     assert (tmp_path / "ddp" / "checkpoints" / "step_0000003" / ADAPTER_WEIGHTS).is_file()
 
 
-def test_stages_without_lora_support_refuse_it_in_one_line(tmp_path):
+def test_pretrain_and_bad_lora_options_are_one_line_errors(tmp_path):
     with pytest.raises(UsageError, match="pretrain trains the whole model"):
         C.load(PretrainConfig, None, ["train.lora.r=4"])
-    cfg = C.load(RewardConfig, None, ["train.lora.r=4"])
-    with pytest.raises(UsageError, match="reward: LoRA is not supported"):
-        run_reward(tmp_path / "prefs.jsonl", tmp_path / "ck", tmp_path / "rm", cfg)
-    assert not (tmp_path / "rm").exists()
     with pytest.raises(UsageError, match="--lora-r must be"):
         LoraConfig(r=-1)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from llmctl.errors import UsageError
-from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+from llmctl.model.checkpoint import resolve_checkpoint, weights_file
 from llmctl.model.generate import generate_batch
 from llmctl.model.lora import BaseReference
 from llmctl.model.reward import load_reward_model
@@ -204,7 +204,7 @@ def _scorer(cfg: RLConfig, tok: Any, device: Any):
             f"reward model {cfg.reward_model} has another tokenizer than the policy "
             f"({scorer.tok.fingerprint[:12]} vs {tok.fingerprint[:12]}): train it from the same SFT run"
         )
-    return scorer, {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(ck / WEIGHTS)}
+    return scorer, {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(weights_file(ck))}
 
 
 def run_rl(
