@@ -58,7 +58,6 @@ def _example_nll(model, examples) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_lora_sft_lowers_held_out_loss_by_more_than_two_standard_errors(tmp_path, seed):
     tok = tokenizer()
@@ -183,7 +182,6 @@ def test_ppo_with_lora_trains_and_saves_its_value_head_beside_the_adapters(tmp_p
     assert has_lora(lm) and not hasattr(lm, "value_head")
 
 
-@pytest.mark.slow
 def test_reward_model_with_lora_learns_and_scores_as_validated(tmp_path):
     tok = tokenizer()
     ck = tiny_checkpoint(tmp_path / "ck")
