@@ -4,7 +4,8 @@
 o_proj, gate_proj, up_proj, down_proj) with a `LoRALinear` that keeps the frozen `weight` (and
 `bias`) under the same names and adds y += (alpha / r) * B(A(dropout(x))), A (r x in) Kaiming-uniform
 as PEFT initialises it, B (out x r) zeros, so a fresh adapter leaves the model unchanged. Every
-other parameter is frozen: only `lora_A`/`lora_B` train, and only they are saved.
+other parameter is frozen: only `lora_A`/`lora_B` train and are saved, plus any head a stage trains
+in full (the reward model's score head, PPO's value head: PEFT's `modules_to_save`).
 
 An adapter directory is what PEFT writes for a LlamaForCausalLM: `adapter_config.json` and
 `adapter_model.safetensors` with keys `base_model.model.model.<llmctl name>.lora_{A,B}.weight`, so

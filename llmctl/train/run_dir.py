@@ -66,7 +66,11 @@ class RunPlan:
 
 
 def run_state(stage: str, cfg: Any, inputs: list[dict]) -> dict[str, Any]:
-    state = {"stage": stage, "config": output_fields(cfg), "inputs": [i["fingerprint"] for i in inputs]}
+    config = output_fields(cfg)
+    train = config.get("train")
+    if isinstance(train, dict) and not (train.get("lora") or {}).get("r"):
+        train.pop("lora", None)  # LoRA off: the state runs recorded before train.lora existed, so they resume
+    state = {"stage": stage, "config": config, "inputs": [i["fingerprint"] for i in inputs]}
     return json.loads(json.dumps(state, default=str))  # as it reads back from _run.json
 
 

@@ -28,6 +28,7 @@ from llmctl.train.finetune import encode_prefs
 from llmctl.train.pretrain import PretrainConfig
 from llmctl.train.reward import RewardConfig, make_rm_evaluate, run_reward
 from llmctl.train.rl.trainer import run_rl
+from llmctl.train.run_dir import run_state
 from llmctl.train.sft import SFTConfig, encode_sft, labels_for, run_sft
 
 
@@ -259,3 +260,11 @@ def test_pretrain_and_bad_lora_options_are_one_line_errors(tmp_path):
         C.load(PretrainConfig, None, ["train.lora.r=4"])
     with pytest.raises(UsageError, match="--lora-r must be"):
         LoraConfig(r=-1)
+
+
+def test_full_fine_tuning_runs_keep_the_run_state_they_had_before_lora():
+    """A run recorded before train.lora existed resumes: LoRA off leaves the recorded state unchanged."""
+    assert "lora" not in run_state("sft", SFTConfig(), [])["config"]["train"]
+    cfg = SFTConfig()
+    cfg.train.lora = LoraConfig(r=4)
+    assert run_state("sft", cfg, [])["config"]["train"]["lora"]["r"] == 4
