@@ -83,6 +83,23 @@ TpOpt = Annotated[
         help="Under torchrun: tensor-parallel degree N; ranks form a (world/N data x N tensor) mesh, FSDP2 over data.",
     ),
 ]
+LoraROpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--lora-r", help="LoRA rank: train low-rank adapters only (saved in PEFT's format); 0 = full fine-tuning."
+    ),
+]
+LoraAlphaOpt = Annotated[
+    Optional[float], typer.Option("--lora-alpha", help="LoRA scaling alpha (update x alpha/r; default 2r).")
+]
+LoraDropoutOpt = Annotated[Optional[float], typer.Option("--lora-dropout", help="Dropout on the LoRA adapters' input.")]
+LoraTargetsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--lora-targets",
+        help="Comma-separated layers to adapt (default q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).",
+    ),
+]
 ResumeOpt = Annotated[
     bool,
     typer.Option(
@@ -124,6 +141,10 @@ def trainer_flags(
     tp=None,
     optimizer=None,
     log_to=None,
+    lora_r=None,
+    lora_alpha=None,
+    lora_dropout=None,
+    lora_targets=None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The shared options as `llmctl.config.load` flags (`train.*` keys), plus the command's own `extra`."""
@@ -142,6 +163,10 @@ def trainer_flags(
         "train.tp": tp,
         "train.optimizer": optimizer,
         "train.log_to": log_to,
+        "train.lora.r": lora_r,
+        "train.lora.alpha": lora_alpha,
+        "train.lora.dropout": lora_dropout,
+        "train.lora.targets": lora_targets,
         **extra,
     }
 

@@ -181,11 +181,15 @@ def export_cmd(
             "split_special_tokens); --no-split-special-tokens: they become special ids, the usual Hugging Face behaviour.",
         ),
     ] = True,
+    merge: Annotated[
+        bool,
+        typer.Option("--merge", help="A LoRA run: fold its adapters into the base weights and export the result."),
+    ] = False,
 ) -> None:
     """Write a Hugging Face LlamaForCausalLM directory (safetensors, config.json, tokenizer.json + tokenizer files)."""
     from llmctl.export.hf import export_hf  # torch: kept out of --help
 
-    path = export_hf(checkpoint, output, overwrite=overwrite, split_special_tokens=split_special_tokens)
+    path = export_hf(checkpoint, output, overwrite=overwrite, split_special_tokens=split_special_tokens, merge=merge)
     typer.echo(f"exported {path} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from llmctl.errors import UsageError
 from llmctl.eval.base import is_hf_dir
-from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint
+from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint, weights_file
 from llmctl.model.generate import filter_logits, generate_batch
 from llmctl.model.transformer import KVCache
 from llmctl.store.dataset import fingerprint_file
@@ -217,7 +217,7 @@ class LlmctlLM(LM):
         self.max_len = self.cfg.max_seq_len
         self.device = torch.device(device)
         self.name = str(self.path)
-        self._fp = fingerprint_file(self.path / "model.safetensors")
+        self._fp = fingerprint_file(weights_file(self.path))
 
     def lineage(self) -> dict[str, Any]:
         return {"path": str(self.path.resolve()), "stage": "checkpoint", "fingerprint": self._fp}

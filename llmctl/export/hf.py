@@ -25,6 +25,7 @@ from llmctl.errors import UsageError
 from llmctl.export.hf_moe import moe_hf_config, moe_hf_state
 from llmctl.export.hf_tokenizer import tokenizer_json
 from llmctl.model.checkpoint import load_checkpoint, write_weights
+from llmctl.model.lora import has_lora, merge_lora
 from llmctl.model.transformer import ModelConfig
 from llmctl.store.dataset import atomic_write_json, atomic_write_text
 from llmctl.store.lock import exclusive_output
@@ -86,15 +87,24 @@ def hf_tokenizer_config(max_len: int, split_special_tokens: bool = True) -> dict
 
 @exclusive_output("out", discard_unfinished=True)
 def export_hf(
-    checkpoint: str | Path, out: str | Path, overwrite: bool = False, split_special_tokens: bool = True
+    checkpoint: str | Path,
+    out: str | Path,
+    overwrite: bool = False,
+    split_special_tokens: bool = True,
+    merge: bool = False,
 ) -> Path:
-    """Write OUT/{model.safetensors, config.json, generation_config.json, tokenizer files}."""
+    """Write OUT/{model.safetensors, config.json, generation_config.json, tokenizer files}; `merge`
+    folds a LoRA run's adapters into the base weights (required for a LoRA run)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UsageError(f"{out}: exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(out)
     model, cfg, tok_dir, manifest = load_checkpoint(checkpoint)
+    if merge:
+        merge_lora(model, checkpoint)
+    elif has_lora(model):
+        raise UsageError(f"{checkpoint}: a LoRA run holds adapters only: pass --merge to export base + adapters")
     ids = {"bos": None, "eos": None, "pad": None}
     tok, stops = None, None
     if tok_dir is not None:

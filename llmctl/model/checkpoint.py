@@ -3,6 +3,9 @@
 Layout of a checkpoint directory::
 
     model.safetensors     the weights (a tied lm_head is stored once, as embed_tokens)
+    adapter_model.safetensors, adapter_config.json
+                          instead of model.safetensors in a LoRA run: the adapters only, in PEFT's
+                          format (llmctl.model.lora); config.json's "lora" names the base checkpoint
     config.json           ModelConfig fields + {"format": "llmctl"}
     tokenizer/            a copy of the tokenizer directory the model was trained with
     train_state.pt        (resumable checkpoints only) optimizer, schedule step, RNG, data position
@@ -30,8 +33,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmctl.errors import UsageError
+from llmctl.model import lora as L
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.store import fs
+from llmctl.store.integrity import fingerprint_file
 from llmctl.store.manifest import MANIFEST, write_manifest
 from llmctl.tokenizer.spm import Tokenizer
 
@@ -72,6 +77,9 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint directory atomically; `model` may be a module or a full state dict.
 
+    With `manifest["lora"]` (a LoRA run's spec, see llmctl.model.lora.lora_spec, plus its "base"
+    lineage) only the adapter tensors are written, as a PEFT adapter directory.
+
     A failed write (a full disk, a quota) removes its temporary directory and is one line naming
     the cause; a checkpoint already at `path`, and every other one, is left as it was."""
     path = Path(path)
@@ -80,8 +88,13 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        write_weights(_weights_for_saving(state, model_cfg), tmp / WEIGHTS)
-        (tmp / CONFIG).write_text(json.dumps({"format": "llmctl", **model_cfg.to_dict()}, indent=2) + "\n")
+        spec = (manifest or {}).get("lora")  # a LoRA run: its adapters only
+        if spec:
+            L.save_adapter(tmp, state, spec)
+        else:
+            write_weights(_weights_for_saving(state, model_cfg), tmp / WEIGHTS)
+        extra = {"lora": spec} if spec else {}
+        (tmp / CONFIG).write_text(json.dumps({"format": "llmctl", **model_cfg.to_dict(), **extra}, indent=2) + "\n")
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
         if train_state is not None:
@@ -134,9 +147,21 @@ def write_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
     os.chmod(path, fs.default_file_mode())
 
 
+def weights_file(path: str | Path) -> Path:
+    """The checkpoint's weights: model.safetensors, or a LoRA run's adapter_model.safetensors."""
+    path = Path(path)
+    return path / WEIGHTS if (path / WEIGHTS).is_file() else path / L.ADAPTER_WEIGHTS
+
+
+def lora_of(path: str | Path) -> dict[str, Any] | None:
+    """A LoRA checkpoint's spec (r, alpha, dropout, targets, base), else None."""
+    f = Path(path) / CONFIG
+    return json.loads(f.read_text()).get("lora") if f.is_file() else None
+
+
 def read_model_config(path: str | Path) -> ModelConfig:
     path = Path(path)
-    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+    if not (path / CONFIG).is_file() or not weights_file(path).is_file():
         raise UsageError(f"{path}: not an llmctl checkpoint (no {CONFIG} + {WEIGHTS})")
     data = json.loads((path / CONFIG).read_text())
     if data.get("format") != "llmctl":
@@ -149,7 +174,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such checkpoint directory")
-    if (p / WEIGHTS).is_file():
+    if weights_file(p).is_file():
         return p
     steps = sorted((p / "checkpoints").glob("step_*")) if (p / "checkpoints").is_dir() else []
     if steps:
@@ -173,6 +198,11 @@ def load_checkpoint(
         check_vocab(cfg, tok, where=path)
     else:
         tok = None
+    spec = lora_of(path)
+    if spec:
+        if "score_head" in (spec.get("heads") or []):
+            raise UsageError(f"{path}: a reward model (LoRA run with a score head), not a language model")
+        return load_lora_checkpoint(path, spec, device, tok)
     model = Transformer(cfg)
     state = load_file(str(path / WEIGHTS))
     state.pop("value_head.weight", None)  # `llmctl rl --algo ppo`'s value head: not part of the language model
@@ -183,6 +213,23 @@ def load_checkpoint(
         raise UsageError(
             f"{path}: weights do not match config.json (missing {missing[:2]}, unexpected {unexpected[:2]})"
         )
+    manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).is_file() else {}
+    return model.to(device).eval(), cfg, tok, manifest
+
+
+def load_lora_checkpoint(
+    path: Path, spec: dict[str, Any], device: str | torch.device = "cpu", tok: Path | None = None
+) -> tuple[Transformer, ModelConfig, Path | None, dict[str, Any]]:
+    """A LoRA checkpoint as a language model: its base (fingerprint checked) with the adapters applied;
+    trained heads (value, score) are left out."""
+    base = spec["base"]
+    bpath = Path(base["path"])
+    if not bpath.is_dir() or fingerprint_file(weights_file(bpath)) != base["fingerprint"]:
+        raise UsageError(f"{path}: its LoRA base {bpath} is missing or its weights changed since training")
+    model, cfg, _, _ = load_checkpoint(bpath)
+    if L.has_lora(model):  # a base that is itself a LoRA run: its adapters are part of the base
+        L.merge_lora(model)
+    L.load_adapter(model, path, spec)
     manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).is_file() else {}
     return model.to(device).eval(), cfg, tok, manifest
 

@@ -19,7 +19,15 @@ from safetensors.torch import load_file
 
 from llmctl.data.chat_data import Encoded, encode_pair, encode_responses, to_messages
 from llmctl.errors import UsageError
-from llmctl.model.checkpoint import TOKENIZER_DIR, WEIGHTS, read_model_config, resolve_checkpoint
+from llmctl.model.checkpoint import (
+    TOKENIZER_DIR,
+    WEIGHTS,
+    load_lora_checkpoint,
+    lora_of,
+    read_model_config,
+    resolve_checkpoint,
+)
+from llmctl.model.lora import merge_lora, read_adapter
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.tokenizer.spm import Tokenizer
 
@@ -93,6 +101,16 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardScorer:
     """A reward checkpoint (or a `llmctl reward` run dir: its latest checkpoint) ready to score."""
     p = resolve_checkpoint(path)
     mc = read_model_config(p)
+    spec = lora_of(p)
+    if spec and "score_head" in (spec.get("heads") or []):  # a LoRA reward run: base + adapters + score head
+        lm = merge_lora(load_lora_checkpoint(p, spec)[0])  # its base with the adapters folded in
+        model = RewardModel(mc)
+        missing, _ = model.load_state_dict(lm.state_dict(), strict=False)
+        assert missing == ["score_head.weight"], missing
+        model.score_head.weight.data.copy_(read_adapter(p)["score_head.weight"])
+        return _scorer(model, p, device)
+    if spec:
+        raise UsageError(f"{p}: not a reward model (no score_head; train one with `llmctl reward`)")
     state = load_file(str(p / WEIGHTS))
     if "score_head.weight" not in state:
         raise UsageError(f"{p}: not a reward model (no score_head; train one with `llmctl reward`)")
@@ -100,6 +118,10 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardScorer:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     model = RewardModel(mc)
     model.load_state_dict(state)
+    return _scorer(model, p, device)
+
+
+def _scorer(model: RewardModel, p: Path, device: str) -> RewardScorer:
     man = p / "_manifest.json"
     max_len = json.loads(man.read_text()).get("config", {}).get("max_len") if man.is_file() else None
     return RewardScorer(model, Tokenizer.load(p / TOKENIZER_DIR), max_len=max_len, device=device)

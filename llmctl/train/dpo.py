@@ -27,9 +27,10 @@ import torch
 
 from llmctl.data.chat_data import Encoded, ItemBatches, read_rows
 from llmctl.errors import UsageError
+from llmctl.model.lora import BaseReference
 from llmctl.train import distributed as D
 from llmctl.train.dpo_loss import LOSS_TYPES, dpo_loss, dpo_metrics, response_logps
-from llmctl.train.finetune import IGNORE, collate_pairs, encode_prefs, load_start, run_training
+from llmctl.train.finetune import IGNORE, collate_pairs, encode_prefs, load_start, run_training, use_lora
 from llmctl.train.loop import TrainConfig
 
 METRIC_NAMES = (
@@ -162,11 +163,16 @@ def run_dpo(
     """DPO from a (usually SFT) checkpoint on preference pairs; returns the loop summary."""
     d = D.init(cfg.train.device, cfg.train.tp)
     model, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
+    lora = use_lora(model, cfg.train, ck_lineage, "dpo")
     ref_src = cfg.ref or from_ckpt
-    ref, ref_mc, _, ref_lineage = load_start(ref_src)
-    if ref_mc.vocab_size != mc.vocab_size:
-        raise UsageError(f"reference {ref_src} has vocab_size {ref_mc.vocab_size}, policy {mc.vocab_size}")
-    ref = ref.to(d.device).eval().requires_grad_(False)
+    if lora and not cfg.ref:  # the policy with its adapters off is the starting checkpoint: no second copy
+        model.to(d.device)
+        ref, ref_lineage = BaseReference(model), ck_lineage
+    else:
+        ref, ref_mc, _, ref_lineage = load_start(ref_src)
+        if ref_mc.vocab_size != mc.vocab_size:
+            raise UsageError(f"reference {ref_src} has vocab_size {ref_mc.vocab_size}, policy {mc.vocab_size}")
+        ref = ref.to(d.device).eval().requires_grad_(False)
     rows, data_lineage = read_rows(data)
     tr, val, counts = encode_prefs(tok, rows, cfg.max_len, cfg.val_fraction, cfg.train.seed, str(data))
     use_bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and d.device.type == "cuda")
@@ -210,7 +216,7 @@ def run_dpo(
         counts,
         resume,
         overwrite,
-        extra={"reference": ref_lineage},
+        extra={"reference": ref_lineage, **lora},
         seq_len=cfg.max_len,
     )
     return {**summary, "data": counts}

@@ -1,4 +1,4 @@
-"""What the fine-tuning stages (sft, reward, dpo, rl) share: the start checkpoint, the run, pair batches."""
+"""What the fine-tuning stages (sft, reward, dpo, rl) share: the start checkpoint, LoRA, the run, pair batches."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 from llmctl.config import to_dict
 from llmctl.data.chat_data import Encoded, encode_responses, pref_triples, split_of
 from llmctl.errors import UsageError
-from llmctl.model.checkpoint import WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint
+from llmctl.model.checkpoint import load_checkpoint, read_model_config, resolve_checkpoint, weights_file
+from llmctl.model.lora import apply_lora, has_lora, lora_spec, merge_lora, trainable_summary
 from llmctl.store.dataset import fingerprint_file
 from llmctl.tokenizer.spm import Tokenizer
 from llmctl.train import distributed as D
-from llmctl.train.loop import train
+from llmctl.train.loop import TrainConfig, train
 from llmctl.train.parallel import check_divisible
 from llmctl.train.run_dir import training_run
 
@@ -24,10 +25,12 @@ IGNORE = -100  # label of a position that gets no loss (F.cross_entropy's ignore
 
 def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
     """(model, model config, tokenizer, lineage) of the checkpoint training starts from; `max_len`,
-    when given, must fit the model's context."""
+    when given, must fit the model's context. A LoRA run's checkpoint starts with its adapters merged."""
     path = resolve_checkpoint(ckpt)
     check_divisible(read_model_config(path), D.info().tp)  # --tp: before the model is built
     model, mc, tok_dir, man = load_checkpoint(path)
+    if has_lora(model):
+        merge_lora(model)
     if tok_dir is None:
         raise UsageError(f"{path}: checkpoint has no tokenizer/ directory")
     if max_len is not None and max_len > mc.max_seq_len:
@@ -38,9 +41,31 @@ def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, 
     lineage = {
         "path": str(path.resolve()),
         "stage": man.get("stage", "checkpoint"),
-        "fingerprint": fingerprint_file(path / WEIGHTS),
+        "fingerprint": fingerprint_file(weights_file(path)),
     }
     return model, mc, Tokenizer.load(tok_dir), lineage
+
+
+def use_lora(
+    model: torch.nn.Module, cfg: TrainConfig, base: dict[str, Any], stage: str, heads: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """With `cfg.lora.r` > 0: adapters on the targeted layers, everything else frozen but `heads`
+    (trained in full and saved with the adapters); returns the run manifest's {"lora": spec + base
+    lineage} (which makes its checkpoints adapter-only), else {}."""
+    if not cfg.lora.r:
+        return {}
+    if cfg.tp > 1 or cfg.fsdp:
+        raise UsageError(f"{stage}: LoRA runs alone or under DDP (torchrun), not with --tp or --fsdp yet")
+    layers = apply_lora(model, cfg.lora, seed=cfg.seed)
+    for h in heads:
+        model.get_submodule(h).requires_grad_(True)
+    n_train, n_all = trainable_summary(model)
+    spec = lora_spec(cfg.lora, heads)
+    D.print0(
+        f"{stage}: LoRA r {spec['r']}, alpha {spec['alpha']:g}, dropout {spec['dropout']:g} on {len(layers)} layers "
+        f"({','.join(spec['targets'])}); {n_train:,} of {n_all:,} parameters train ({100 * n_train / n_all:.2f}%)"
+    )
+    return {"lora": {**spec, "base": base}}
 
 
 def run_training(

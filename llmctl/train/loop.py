@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +39,8 @@ from safetensors.torch import load_file
 
 from llmctl.config import runtime
 from llmctl.errors import Interrupted, UsageError
-from llmctl.model.checkpoint import load_train_state, save_checkpoint
+from llmctl.model.checkpoint import load_train_state, lora_of, save_checkpoint
+from llmctl.model.lora import LoraConfig, read_adapter
 from llmctl.model.moe import add_imbalance, discard_records, router_losses
 from llmctl.model.transformer import ModelConfig
 from llmctl.plan.layout import check_batch
@@ -93,6 +94,7 @@ class TrainConfig:
     peak_tflops: float | None = runtime(None)  # per device, for MFU
     stop_after: int | None = runtime(None)  # stop after this many steps in this invocation (preemptible jobs)
     log_to: str = runtime("")  # also log to these trackers: tensorboard, wandb (comma-separated)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # fine-tuning stages: r > 0 trains adapters only
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "wsd", "constant"):
@@ -248,9 +250,12 @@ def train(
     found = checkpoints(run_dir) if resume else []
     if found:
         st = load_train_state(found[-1])
-        weights = load_file(str(found[-1] / "model.safetensors"))
-        if model_cfg.tie_embeddings:
-            weights["lm_head.weight"] = weights["embed_tokens.weight"]
+        if lora_of(found[-1]):  # a LoRA run's checkpoint holds the adapters; the base is the model's own
+            weights = {**D.full_state_dict(wrapped), **read_adapter(found[-1])}
+        else:
+            weights = load_file(str(found[-1] / "model.safetensors"))
+            if model_cfg.tie_embeddings:
+                weights["lm_head.weight"] = weights["embed_tokens.weight"]
         D.load_full_state(wrapped, optim, weights, st["optimizer"])
         batches.load_state_dict(st["data"])
         torch.set_rng_state(st["rng"])

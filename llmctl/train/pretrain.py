@@ -68,6 +68,8 @@ class PretrainConfig:
     val_tokens: int = 65536  # validation tokens (the first windows of the val split)
 
     def __post_init__(self) -> None:
+        if self.train.lora.r:
+            raise UsageError("pretrain trains the whole model: LoRA (train.lora.r) is for sft, dpo and rl")
         if self.seq_len > 0 and self.batch_tokens % self.seq_len == 0:  # else pretrain() says what is wrong
             self.train.batch_size = self.batch_tokens // self.seq_len
 

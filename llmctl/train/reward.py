@@ -20,12 +20,12 @@ import torch.nn.functional as F
 
 from llmctl.data.chat_data import Encoded, ItemBatches, read_rows
 from llmctl.errors import UsageError
-from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+from llmctl.model.checkpoint import resolve_checkpoint, weights_file
 from llmctl.model.reward import RewardModel, RewardScorer, load_reward_model, score
 from llmctl.store.dataset import StageOutput, fingerprint_file
 from llmctl.store.lock import exclusive_output
 from llmctl.train import distributed as D
-from llmctl.train.finetune import collate_pairs, encode_prefs, load_start, run_training
+from llmctl.train.finetune import collate_pairs, encode_prefs, load_start, run_training, use_lora
 from llmctl.train.loop import TrainConfig
 
 # Names this module has always offered, kept for callers that import them from here.
@@ -117,6 +117,7 @@ def run_reward(
     model = RewardModel(mc)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     assert missing == ["score_head.weight"] and not unexpected, (missing, unexpected)
+    lora = use_lora(model, cfg.train, ck_lineage, "reward", heads=("score_head",))
     rows, data_lineage = read_rows(data)
     tr, val, counts = encode_prefs(tok, rows, cfg.max_len, cfg.val_fraction, cfg.train.seed, str(data))
     # batch_size and micro_batch count pairs (as TRL's batch sizes do): a forward sees 2 x micro_batch rows.
@@ -147,7 +148,7 @@ def run_reward(
         counts,
         resume,
         overwrite,
-        extra={"model_kind": "reward"},
+        extra={"model_kind": "reward", **lora},
         seq_len=cfg.max_len,
     )
     return {**summary, "data": counts}
@@ -171,7 +172,7 @@ def score_dataset(
             f"{data}: expected `prompt` + `response` (or + `chosen` + `rejected`); found {', '.join(sorted(cols))}"
         )
     ck = resolve_checkpoint(rm_dir)
-    rm_lineage = {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(ck / WEIGHTS)}
+    rm_lineage = {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(weights_file(ck))}
     so = StageOutput(out, "reward_score", _ScoreCfg(), inputs=[lineage, rm_lineage], overwrite=overwrite)
     if so.complete:
         return so.manifest

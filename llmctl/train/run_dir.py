@@ -32,7 +32,7 @@ from typing import Any
 
 from llmctl.config import output_fields
 from llmctl.errors import UsageError
-from llmctl.model.checkpoint import TRAIN_STATE, WEIGHTS
+from llmctl.model.checkpoint import TRAIN_STATE, weights_file
 from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json
 from llmctl.store.integrity import read_state
 from llmctl.store.lock import writer_lock
@@ -66,7 +66,14 @@ class RunPlan:
 
 
 def run_state(stage: str, cfg: Any, inputs: list[dict]) -> dict[str, Any]:
-    state = {"stage": stage, "config": output_fields(cfg), "inputs": [i["fingerprint"] for i in inputs]}
+    config = output_fields(cfg)
+    train = config.get("train")
+    if isinstance(train, dict) and not (train.get("lora") or {}).get("r"):
+        train.pop("lora", None)  # LoRA off: the state runs recorded before train.lora existed, so they resume
+    if isinstance(train, dict) and train.get("optimizer") == "adamw":  # likewise for the optimizer choice
+        for k in [k for k in train if k == "optimizer" or k.startswith("muon_")]:
+            train.pop(k)
+    state = {"stage": stage, "config": config, "inputs": [i["fingerprint"] for i in inputs]}
     return json.loads(json.dumps(state, default=str))  # as it reads back from _run.json
 
 
@@ -103,7 +110,7 @@ def prepare_run_dir(run_dir: Path, stage: str, cfg: Any, inputs: list[dict], ove
 
 
 def _complete(ckpt: Path) -> bool:
-    return all((ckpt / n).is_file() for n in (MANIFEST, WEIGHTS, TRAIN_STATE))
+    return all((ckpt / n).is_file() for n in (MANIFEST, TRAIN_STATE)) and weights_file(ckpt).is_file()
 
 
 def clean_checkpoints(run_dir: Path) -> list[str]:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from llmctl.data.chat_data import Encoded, ItemBatches, encode_conversation, read_rows, sft_conversations, split_of
 from llmctl.errors import UsageError
 from llmctl.train import distributed as D
-from llmctl.train.finetune import IGNORE, load_start, run_training
+from llmctl.train.finetune import IGNORE, load_start, run_training, use_lora
 from llmctl.train.loop import TrainConfig
 
 
@@ -162,6 +162,7 @@ def run_sft(
     """Fine-tune a checkpoint on SFT data; returns the loop summary plus data counts."""
     d = D.init(cfg.train.device, cfg.train.tp)
     model, mc, tok, ck_lineage = load_start(from_ckpt, cfg.max_len)
+    lora = use_lora(model, cfg.train, ck_lineage, "sft")
     rows, data_lineage = read_rows(data)
     tr, val, counts = encode_sft(tok, rows, cfg.max_len, cfg.val_fraction, cfg.train.seed, str(data))
     lengths = [len(e.ids) for e in tr]
@@ -208,6 +209,7 @@ def run_sft(
         counts,
         resume,
         overwrite,
+        extra=lora,
         seq_len=cfg.max_len,
     )
     return {**summary, "data": counts}

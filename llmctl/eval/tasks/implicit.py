@@ -18,7 +18,7 @@ from llmctl.data.chat_data import encode_responses, to_messages
 from llmctl.errors import UsageError
 from llmctl.eval.base import is_hf_dir, mean_stderr
 from llmctl.eval.lm import LlmctlLM
-from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+from llmctl.model.checkpoint import resolve_checkpoint, weights_file
 from llmctl.store.dataset import MANIFEST, fingerprint_file
 
 
@@ -43,7 +43,7 @@ def _checked_reference(ref: dict[str, Any]) -> Path:
     if not p.exists():
         raise UsageError(f"the DPO run's reference {p} is gone; pass one with --set prefs.reference=CKPT")
     p = resolve_checkpoint(p)
-    if ref.get("fingerprint") and fingerprint_file(p / WEIGHTS) != ref["fingerprint"]:
+    if ref.get("fingerprint") and fingerprint_file(weights_file(p)) != ref["fingerprint"]:
         raise UsageError(
             f"the DPO run's reference {p} has changed since (its weights' fingerprint differs); "
             "pass the original with --set prefs.reference=CKPT"

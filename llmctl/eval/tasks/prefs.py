@@ -22,7 +22,7 @@ from llmctl.errors import UsageError
 from llmctl.eval.base import Samples, is_hf_dir, mean_stderr, model_lineage, read_prompts
 from llmctl.eval.lm import LM, load_lm
 from llmctl.eval.tasks.implicit import implicit_metrics
-from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+from llmctl.model.checkpoint import WEIGHTS, lora_of, resolve_checkpoint
 from llmctl.model.reward import load_reward_model
 from llmctl.store.dataset import MANIFEST
 
@@ -96,7 +96,11 @@ def is_reward_model(path: str | Path) -> bool:
     """An llmctl checkpoint (or run dir) whose weights have a score head."""
     if is_hf_dir(path):
         return False
-    with safe_open(str(resolve_checkpoint(path) / WEIGHTS), "pt") as f:
+    ck = resolve_checkpoint(path)
+    spec = lora_of(ck)
+    if spec:  # a LoRA run: its score head is saved beside the adapters
+        return "score_head" in (spec.get("heads") or [])
+    with safe_open(str(ck / WEIGHTS), "pt") as f:
         return "score_head.weight" in f.keys()
 
 

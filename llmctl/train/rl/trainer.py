@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from llmctl.errors import UsageError
-from llmctl.model.checkpoint import WEIGHTS, resolve_checkpoint
+from llmctl.model.checkpoint import resolve_checkpoint, weights_file
 from llmctl.model.generate import generate_batch
+from llmctl.model.lora import BaseReference
 from llmctl.model.reward import load_reward_model
 from llmctl.store.dataset import fingerprint_file
 from llmctl.train import distributed as D
-from llmctl.train.finetune import load_start, run_training
+from llmctl.train.finetune import load_start, run_training, use_lora
 from llmctl.train.loop import TrainConfig
 from llmctl.train.rl.algos import ALGOS, ValueHeadLM
 from llmctl.train.rl.core import GRPO_LOSS_TYPES
@@ -203,7 +204,7 @@ def _scorer(cfg: RLConfig, tok: Any, device: Any):
             f"reward model {cfg.reward_model} has another tokenizer than the policy "
             f"({scorer.tok.fingerprint[:12]} vs {tok.fingerprint[:12]}): train it from the same SFT run"
         )
-    return scorer, {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(ck / WEIGHTS)}
+    return scorer, {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(weights_file(ck))}
 
 
 def run_rl(
@@ -220,6 +221,7 @@ def run_rl(
         raise UsageError("rl runs under DDP (torchrun) but not FSDP yet: drop --fsdp")
     accum = cfg.check_sizes(d.world)
     model, mc, tok, ck_lineage = _load_policy(from_ckpt, cfg.algo)
+    lora = use_lora(model, cfg.train, ck_lineage, "rl", heads=("value_head",) if ALGOS[cfg.algo].value_head else ())
     scorer, rm_lineage = _scorer(cfg, tok, d.device)
     rewards = Rewards(cfg.reward, cfg.reward_weights, scorer)
     tr, val, data_lineage, counts = load_prompts(prompts, tok, cfg.max_prompt_len, cfg.val_fraction, cfg.train.seed)
@@ -228,7 +230,10 @@ def run_rl(
     val = val[: cfg.val_limit]
     ref = None
     if ALGOS[cfg.algo].needs_ref or cfg.beta != 0.0:
-        ref = load_start(from_ckpt)[0].to(d.device).eval().requires_grad_(False)
+        if lora:  # the policy with its adapters off is the starting checkpoint: no second copy
+            ref = BaseReference(model.to(d.device))
+        else:
+            ref = load_start(from_ckpt)[0].to(d.device).eval().requires_grad_(False)
     algo = ALGOS[cfg.algo](cfg, ref)
     model.to(d.device)
     torch.manual_seed(cfg.train.seed)
@@ -269,7 +274,7 @@ def run_rl(
         counts,
         resume,
         overwrite,
-        extra={"algo": cfg.algo},
+        extra={"algo": cfg.algo, **lora},
         seq_len=cfg.max_prompt_len + cfg.max_new_tokens,
     )
     return {**summary, "data": counts}
