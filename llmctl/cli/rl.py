@@ -123,7 +123,9 @@ def rl_cmd(
     loss_type: Annotated[
         Optional[str],
         typer.Option(
-            "--loss-type", help="GRPO aggregation: grpo | bnpo | dr_grpo | dapo (token-level over the optimizer step, TRL's default) (default grpo).", rich_help_panel=_RL
+            "--loss-type",
+            help="GRPO aggregation: grpo | bnpo | dr_grpo | dapo (token-level over the optimizer step, TRL's default) (default grpo).",
+            rich_help_panel=_RL,
         ),
     ] = None,
     no_scale_rewards: Annotated[

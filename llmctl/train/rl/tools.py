@@ -197,7 +197,6 @@ class ToolBox:
             if head in self.tools:
                 name, body = head, rest
         self.counts["calls"] += 1
-        t0 = time.perf_counter()
         try:
             out = self.tools[name](body)
             out = str(out)
@@ -213,12 +212,10 @@ class ToolBox:
         except Exception as e:  # an in-process tool that raised: cut off, the rollout goes on
             self.counts["error"] += 1
             return f"error: {type(e).__name__}"
-        finally:
-            self.counts["seconds"] += time.perf_counter() - t0
 
     def stats(self) -> dict[str, float]:
         """tools/calls, tools/cutoff/REASON (since the last call), then resets the counts."""
-        st = {"tools/calls": float(self.counts["calls"]), "tools/seconds": float(self.counts["seconds"])}
+        st = {"tools/calls": float(self.counts["calls"])}
         st.update({f"tools/cutoff/{r}": float(self.counts[r]) for r in CUTOFF_REASONS})
         self.counts.clear()
         return st
