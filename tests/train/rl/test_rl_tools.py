@@ -229,7 +229,8 @@ def test_resume_mid_rollout_is_exact_with_tools_and_dynamic_sampling(tmp_path, m
     run_rl(prompts, ck, tmp_path / "part", H.config("grpo", steps=6, **kw, train=tr))
     drop = ("tokens_per_s", "elapsed_s", "gen_tokens_per_s")
     read = lambda p: [  # noqa: E731
-        {k: v for k, v in json.loads(ln).items() if k not in drop} for ln in (p / "metrics.jsonl").read_text().splitlines()
+        {k: v for k, v in json.loads(ln).items() if k not in drop}
+        for ln in (p / "metrics.jsonl").read_text().splitlines()
     ]
     a, b = read(tmp_path / "full"), read(tmp_path / "part")
     assert a == b and any(r.get("tools/calls", 0) > 0 for r in a) and any("dynamic/groups_drawn" in r for r in a)
