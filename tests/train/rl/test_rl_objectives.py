@@ -256,3 +256,32 @@ def test_dynamic_sampling_keeps_full_batches_of_groups_with_variance(tmp_path):
     plain, _, _ = rollout(tmp_path / "plain", **kw)
     next(plain)
     assert plain.rollout["frac_reward_zero_std"].item() > 0  # without it, flat groups reach the loss
+
+
+def help_names(flag: str) -> list[str]:
+    """The names `llmctl rl FLAG`'s help lists (`label: name (note) | name ...`)."""
+    import re
+
+    from typer.main import get_command
+
+    from llmctl.cli import app
+
+    text = next(p.help for p in get_command(app).get_command(None, "rl").params if flag in p.opts)
+    segs = text.split(" | ")
+    segs[0] = segs[0].rsplit(": ", 1)[-1]
+    return [re.match(r"[\w][\w:.-]*", s).group(0).rstrip(".") for s in segs]
+
+
+def test_help_lists_the_registries_and_the_config_checks_them():
+    from llmctl.errors import UsageError
+    from llmctl.train.rl.tools import TOOLS
+
+    assert help_names("--importance-sampling") == list(R.IMPORTANCE_LEVELS)
+    assert help_names("--tool") == [*TOOLS, "MODULE:FUNC"]
+    assert "dapo" in help_names("--loss-type")
+    with pytest.raises(UsageError, match="choose token, sequence"):
+        H.config("grpo", importance_sampling="segment")
+    with pytest.raises(UsageError, match="--dynamic-sampling: GRPO options"):
+        H.config("ppo", dynamic_sampling=True)
+    with pytest.raises(UsageError, match="overlong-penalty 8 must be in"):
+        H.config("grpo", overlong_penalty=8)  # max_new_tokens 8
