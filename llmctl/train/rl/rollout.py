@@ -408,7 +408,7 @@ def sample(
 
     if tools is None:
         return gen_fn(prompts, cfg.max_new_tokens), None
-    out = generate_with_tools(gen_fn, prompts, cfg.max_new_tokens, tok, tools)
+    out = generate_with_tools(gen_fn, prompts, cfg.max_new_tokens, tok, tools, model.cfg.max_seq_len)
     return out, out.model_mask
 
 

@@ -239,25 +239,33 @@ class ToolGenerated:
 
 
 def generate_with_tools(
-    generate: Callable[..., Any], prompts: Sequence[Sequence[int]], max_new_tokens: int, tok: Any, box: ToolBox
+    generate: Callable[..., Any],
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    tok: Any,
+    box: ToolBox,
+    context: int | None = None,
 ) -> ToolGenerated:
     """Completions that may call `box`'s tools, in rounds: `generate(prefixes, max_new_tokens, stop_fn)`
     (generate_batch's contract) continues every unfinished row; a row that ends a round with a
     pending call gets the tool's output and `>>` appended and continues in the next round. The
     completion (model and tool tokens) is at most max_new_tokens long; a row over `box.max_calls`
-    calls ends at its extra call (cut off, counted as max_calls, not ended)."""
+    calls ends at its extra call (cut off, counted as max_calls, not ended). With `context`, a row's
+    prompt + completion stays within it."""
     n = len(prompts)
     comp: list[list[int]] = [[] for _ in range(n)]
     mine: list[list[bool]] = [[] for _ in range(n)]
     calls, ended, stops = [0] * n, [False] * n, [None] * n
     new_tokens, t0 = 0, time.perf_counter()
 
-    def stop_fn(ids: list[int]) -> bool:
-        return box.pending(tok.decode(ids)) is not None
+    cap = [max_new_tokens if context is None else max(1, min(max_new_tokens, context - len(p))) for p in prompts]
+
+    def stop_fn(ids: list[int]) -> bool:  # the whole round's text only when its last token ends in "="
+        return tok.decode(ids[-1:]).endswith(CALL_END) and box.pending(tok.decode(ids)) is not None
 
     active = list(range(n))
     while active:
-        budget = [max_new_tokens - len(comp[i]) for i in active]
+        budget = [cap[i] - len(comp[i]) for i in active]
         out = generate([list(prompts[i]) + comp[i] for i in active], max(budget), stop_fn)
         new_tokens += out.new_tokens
         nxt = []
@@ -269,16 +277,16 @@ def generate_with_tools(
                 ended[i], stops[i] = True, out.stops[j]
                 continue
             body = box.pending(tok.decode(toks))
-            if body is None or len(comp[i]) >= max_new_tokens:
+            if body is None or len(comp[i]) >= cap[i]:
                 continue  # the length limit (or the model's context)
             if calls[i] >= box.max_calls:
                 box.counts["max_calls"] += 1
                 continue
             calls[i] += 1
-            ids = tok.encode(box.call(body) + CALL_CLOSE)[: max_new_tokens - len(comp[i])]
+            ids = tok.encode(box.call(body) + CALL_CLOSE)[: cap[i] - len(comp[i])]
             comp[i] += ids
             mine[i] += [False] * len(ids)
-            if len(comp[i]) < max_new_tokens:
+            if len(comp[i]) < cap[i]:
                 nxt.append(i)
         active = nxt
     return ToolGenerated(comp, mine, ended, stops, new_tokens, time.perf_counter() - t0)
