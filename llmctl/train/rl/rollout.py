@@ -9,6 +9,11 @@ frozen quantities the losses need (old log-probs, reference log-probs, values, a
 `algo.prepare`). Then it serves `epochs` passes over the rollout in seeded mini-batch orders,
 one optimizer step per `batch_size` completions, and starts the next rollout when they are done.
 
+With `--dynamic-sampling` a rollout keeps only groups whose rewards differ, drawing further
+prompts (see `RolloutBatches._draw`); with `--tool` the completions are sampled in rounds that
+pause at tool calls (llmctl.train.rl.tools), and the rollout's `lmask` (the loss mask; also
+without tokens of truncated completions under `--mask-truncated`) leaves the tool tokens out.
+
 Old log-probs are computed in exactly the micro-batches the first epoch trains on (same rows,
 same padded width), so at the first micro-batch of a rollout the ratio pi/pi_old is exactly 1.
 
