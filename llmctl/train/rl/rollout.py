@@ -10,8 +10,8 @@ frozen quantities the losses need (old log-probs, reference log-probs, values, a
 one optimizer step per `batch_size` completions, and starts the next rollout when they are done.
 
 With `--dynamic-sampling` a rollout keeps only groups whose rewards differ, drawing further
-prompts (see `RolloutBatches._draw`); with `--tool` the completions are sampled in rounds that
-pause at tool calls (llmctl.train.rl.tools), and the rollout's `lmask` (the loss mask; also
+prompts (see `RolloutBatches._draw`); with `--tool` a tool's output is fed to a sequence that calls it
+while the others go on sampling (llmctl.train.rl.tools), and the rollout's `lmask` (the loss mask; also
 without tokens of truncated completions under `--mask-truncated`) leaves the tool tokens out.
 
 Old log-probs are computed in exactly the micro-batches the first epoch trains on (same rows,
@@ -395,9 +395,9 @@ def sample(
     temperature: float,
 ) -> tuple[Any, list[list[bool]] | None]:
     """(generate_batch's result, which completion tokens the model wrote) for the prompts: plain
-    sampling (None: all of them), or in rounds with tool calls when `tools` is given."""
+    sampling (None: all of them), or with tool calls when `tools` is given."""
 
-    def gen_fn(prefixes: list[list[int]], max_new: int, stop_fn: Any = None) -> Any:
+    def gen_fn(prefixes: list[list[int]], max_new: int, **kw: Any) -> Any:
         return generate_batch(
             model,
             prefixes,
@@ -408,13 +408,12 @@ def sample(
             generator=gen,
             stop_ids=tok.stop_ids,
             pad_id=tok.pad_id,
-            stop_fn=stop_fn,
+            **kw,
         )
 
     if tools is None:
         return gen_fn(prompts, cfg.max_new_tokens), None
-    out = generate_with_tools(gen_fn, prompts, cfg.max_new_tokens, tok, tools, model.cfg.max_seq_len)
-    return out, out.model_mask
+    return generate_with_tools(gen_fn, prompts, cfg.max_new_tokens, tok, tools)
 
 
 def write_samples(run_dir: Path, step: int, kind: str, samples: list[dict[str, Any]]) -> None:

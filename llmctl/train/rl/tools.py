@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -221,72 +220,28 @@ class ToolBox:
         return st
 
 
-@dataclass
-class ToolGenerated:
-    """What `generate_with_tools` returns: per row the completion ids (stop id excluded), which of
-    them the model wrote (False: tool output), whether it ended at a stop id, and that stop id."""
-
-    tokens: list[list[int]]
-    model_mask: list[list[bool]]
-    ended: list[bool]
-    stops: list[int | None]
-    new_tokens: int = 0
-    seconds: float = 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / max(self.seconds, 1e-9)
-
-
 def generate_with_tools(
-    generate: Callable[..., Any],
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    tok: Any,
-    box: ToolBox,
-    context: int | None = None,
-) -> ToolGenerated:
-    """Completions that may call `box`'s tools, in rounds: `generate(prefixes, max_new_tokens, stop_fn)`
-    (generate_batch's contract) continues every unfinished row; a row that ends a round with a
-    pending call gets the tool's output and `>>` appended and continues in the next round. The
-    completion (model and tool tokens) is at most max_new_tokens long; a row over `box.max_calls`
-    calls ends at its extra call (cut off, counted as max_calls, not ended). With `context`, a row's
-    prompt + completion stays within it."""
-    n = len(prompts)
-    comp: list[list[int]] = [[] for _ in range(n)]
-    mine: list[list[bool]] = [[] for _ in range(n)]
-    calls, ended, stops = [0] * n, [False] * n, [None] * n
-    new_tokens, t0 = 0, time.perf_counter()
+    generate: Callable[..., Any], prompts: Sequence[Sequence[int]], max_new_tokens: int, tok: Any, box: ToolBox
+) -> tuple[Any, list[list[bool]]]:
+    """(generate_batch's result, per completion id whether the model wrote it) for completions that may
+    call `box`'s tools. `generate(prompts, max_new_tokens, force_fn=...)` is generate_batch's
+    contract: when a row's text ends with a call `<<ARG=`, the tool runs and its output and `>>` are
+    fed to that row as its next tokens while the other rows go on sampling. Tool tokens count
+    toward max_new_tokens (and the model's context); a row's call beyond `box.max_calls` ends that
+    completion there (cut off, counted as max_calls, not ended)."""
+    calls = [0] * len(prompts)
 
-    cap = [max_new_tokens if context is None else max(1, min(max_new_tokens, context - len(p))) for p in prompts]
+    def force_fn(i: int, ids: list[int]) -> list[int] | bool | None:
+        if not tok.decode(ids[-1:]).endswith(CALL_END):  # decode the row's text only at a "="
+            return None
+        body = box.pending(tok.decode(ids))
+        if body is None:
+            return None
+        if calls[i] >= box.max_calls:
+            box.counts["max_calls"] += 1
+            return False
+        calls[i] += 1
+        return tok.encode(box.call(body) + CALL_CLOSE)
 
-    def stop_fn(ids: list[int]) -> bool:  # the whole round's text only when its last token ends in "="
-        return tok.decode(ids[-1:]).endswith(CALL_END) and box.pending(tok.decode(ids)) is not None
-
-    active = list(range(n))
-    while active:
-        budget = [cap[i] - len(comp[i]) for i in active]
-        out = generate([list(prompts[i]) + comp[i] for i in active], max(budget), stop_fn)
-        new_tokens += out.new_tokens
-        nxt = []
-        for j, i in enumerate(active):
-            toks = out.tokens[j][: budget[j]]
-            comp[i] += toks
-            mine[i] += [True] * len(toks)
-            if out.stops[j] is not None and len(toks) == len(out.tokens[j]) and len(toks) < budget[j]:
-                ended[i], stops[i] = True, out.stops[j]
-                continue
-            body = box.pending(tok.decode(toks))
-            if body is None or len(comp[i]) >= cap[i]:
-                continue  # the length limit (or the model's context)
-            if calls[i] >= box.max_calls:
-                box.counts["max_calls"] += 1
-                continue
-            calls[i] += 1
-            ids = tok.encode(box.call(body) + CALL_CLOSE)[: cap[i] - len(comp[i])]
-            comp[i] += ids
-            mine[i] += [False] * len(ids)
-            if len(comp[i]) < cap[i]:
-                nxt.append(i)
-        active = nxt
-    return ToolGenerated(comp, mine, ended, stops, new_tokens, time.perf_counter() - t0)
+    out = generate(prompts, max_new_tokens, force_fn=force_fn)
+    return out, [[not f for f in row] for row in out.forced]

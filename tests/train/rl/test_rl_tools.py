@@ -113,16 +113,37 @@ def test_unknown_tool_is_a_usage_error():
     assert list(TOOLS) == ["calculator"]
 
 
-def scripted(tok, texts):
-    """A generate(prefixes, max_new, stop_fn) that writes texts[k] in round k for every row (then ends)."""
-    rounds = iter(texts)
+def scripted(tok, text, stop=True):
+    """A generate(prompts, max_new, force_fn) with generate_batch's force_fn contract whose every row
+    "samples" the tokens of `text` (then a stop id, with stop=True; else it repeats text)."""
 
-    def gen(prefixes, max_new, stop_fn=None):
-        text = next(rounds, None)
-        toks = tok.encode(text)[:max_new] if text is not None else []
-        ended = text is None or not text.endswith("=")
-        stop = tok.stop_ids[0] if ended else None
-        return Generated([list(toks) for _ in prefixes], [ended] * len(prefixes), [stop] * len(prefixes), 0, 0.0)
+    def gen(prompts, max_new, force_fn=None):
+        toks, ended, stops, forced = [], [], [], []
+        for i in range(len(prompts)):
+            model = tok.encode(text)
+            out, fed, queue, k, end = [], [], [], 0, False
+            while len(out) < max_new:
+                if queue:
+                    out.append(queue.pop(0))
+                    fed.append(True)
+                    continue
+                if k == len(model):
+                    if stop:
+                        end = True
+                        break
+                    k = 0
+                out.append(model[k])
+                fed.append(False)
+                k += 1
+                feed = force_fn(i, out)
+                if feed is False:
+                    break
+                queue = list(feed or [])
+            toks.append(out)
+            ended.append(end)
+            stops.append(tok.stop_ids[0] if end else None)
+            forced.append(fed)
+        return Generated(toks, ended, stops, sum(map(len, toks)), 0.0, forced)
 
     return gen
 
@@ -135,33 +156,70 @@ def tok(tmp_path):
     return load_start(ck)[2]
 
 
-def test_tool_output_is_appended_and_marked_as_not_the_models(tok):
+def test_tool_output_is_fed_and_marked_as_not_the_models(tok):
     box = ToolBox(["calculator"])
-    out = generate_with_tools(scripted(tok, ["so <<12*34=", " answer #### 408"]), [[5, 6]], 64, tok, box)
-    comp, mine = out.tokens[0], out.model_mask[0]
+    out, mine = generate_with_tools(scripted(tok, "so <<12*34= answer #### 408"), [[5, 6]], 64, tok, box)
+    comp = out.tokens[0]
     assert tok.decode(comp) == "so <<12*34=408>> answer #### 408"
-    assert tok.decode([t for t, m in zip(comp, mine) if not m]) == "408>>"
+    assert tok.decode([t for t, m in zip(comp, mine[0]) if not m]) == "408>>"
     assert out.ended == [True] and box.stats()["tools/calls"] == 1
 
 
 def test_a_completion_calling_a_hundred_times_is_cut_off_at_max_calls(tok):
     box = ToolBox(["calculator"], max_calls=4)
-    out = generate_with_tools(scripted(tok, ["<<1+1="] * 100), [[5], [6]], 200, tok, box)
+    out, _ = generate_with_tools(scripted(tok, "<<1+1=", stop=False), [[5], [6]], 200, tok, box)
     st = box.stats()
     assert st["tools/calls"] == 8 and st["tools/cutoff/max_calls"] == 2  # 4 calls each, the 5th cut off
     assert out.ended == [False, False]
     assert tok.decode(out.tokens[0]) == "<<1+1=2>>" * 4 + "<<1+1="
 
 
+def test_generate_batch_feeds_forced_ids_while_the_other_rows_sample(tmp_path):
+    """A row fed ids by force_fn continues exactly as if those ids were in its prompt; the other rows of
+    the batch sample what they would without it; without force_fn nothing changes."""
+    from llmctl.model.generate import generate_batch
+    from llmctl.train.sft import load_start
+
+    ck, _ = H.setup(tmp_path)
+    model, _, tok, _ = load_start(ck)
+    prompts = [tok.encode("What is 2 plus 3?"), tok.encode("Hi there"), tok.encode("x")]
+    plain = generate_batch(model, prompts, 12, temperature=0)
+    assert plain.forced is None
+    feed = tok.encode("408>>")
+
+    def force_fn(i, ids):
+        return feed if i == 0 and len(ids) == 2 else None
+
+    out = generate_batch(model, prompts, 12, temperature=0, force_fn=force_fn)
+    assert out.tokens[1:] == plain.tokens[1:]  # the other rows: unchanged
+    row = out.tokens[0]
+    assert row[:2] == plain.tokens[0][:2] and row[2 : 2 + len(feed)] == feed
+    assert out.forced[0] == [False, False] + [True] * len(feed) + [False] * (len(row) - 2 - len(feed))
+    alone = generate_batch(model, [prompts[0] + row[: 2 + len(feed)]], 12 - 2 - len(feed), temperature=0)
+    assert row[2 + len(feed) :] == alone.tokens[0]  # as if the fed ids had been in the prompt
+
+
 def call_then_answer(real, tok):
-    """generate_batch, except that a row which has not called yet writes `<<2*3=` (a random tiny model
-    would never call the tool by itself)."""
+    """generate_batch with a force_fn that first feeds every row `<<2*3=` as if the model wrote it (a
+    random tiny model would never call the tool by itself), then lets force_fn serve the call."""
 
     def gen(model, prompts, *a, **kw):
-        out = real(model, prompts, *a, **kw)
-        for i, p in enumerate(prompts):
-            if ">>" not in tok.decode(p) and kw.get("stop_fn") is not None:
-                out.tokens[i], out.stops[i], out.ended[i] = tok.encode("<<2*3="), None, False
+        ff = kw.get("force_fn")
+        if ff is None:
+            return real(model, prompts, *a, **kw)
+        head = tok.encode("<<2*3=")
+        started = set()
+
+        def wrapped(i, ids):
+            if i not in started:
+                started.add(i)
+                return head + (ff(i, ids + head) or [])
+            return ff(i, ids)
+
+        out = real(model, prompts, *a, **{**kw, "force_fn": wrapped})
+        for i, row in enumerate(out.forced):  # the scripted call counts as the model's text
+            for j in range(1, min(len(row), 1 + len(head))):
+                row[j] = False
         return out
 
     return gen
@@ -187,7 +245,7 @@ def test_tool_tokens_are_out_of_the_loss_and_the_kl(tmp_path, monkeypatch):
     for i in range(16):
         comp = ro["completion"][i][ro["cmask"][i]].tolist()
         tool = ro["completion"][i][ro["cmask"][i] & ~ro["lmask"][i]].tolist()
-        assert tok.decode(comp).startswith("<<2*3=6>>") and tok.decode(tool) == "6>>"
+        assert "<<2*3=6>>" in tok.decode(comp) and tok.decode(tool) == "6>>"
     # the loss and its KL see the model's tokens only: changing the reference at tool tokens changes nothing
     loss, st = batches.algo.loss(model, b)
     b2 = dict(b, ref_logp=torch.where(b["lmask"] | ~b["cmask"], b["ref_logp"], b["ref_logp"] - 5.0))
