@@ -261,7 +261,7 @@ def test_tools_are_grpo_options_and_bad_limits_are_usage_errors():
 
 
 @pytest.mark.slow
-def test_resume_mid_rollout_is_exact_with_tools_and_dynamic_sampling(tmp_path, monkeypatch):
+def test_resume_mid_rollout_is_exact_with_tools_dynamic_sampling_and_every_objective_option(tmp_path, monkeypatch):
     import llmctl.train.rl.rollout as RR
     from llmctl.train.rl.trainer import run_rl
     from llmctl.train.sft import load_start
@@ -279,6 +279,8 @@ def test_resume_mid_rollout_is_exact_with_tools_and_dynamic_sampling(tmp_path, m
         loss_type="dapo",
         mask_truncated=True,
         epsilon_high=0.28,
+        importance_sampling="sequence",
+        overlong_penalty=4,
     )
     tr = dict(ckpt_every=6, eval_every=6)
     run_rl(prompts, ck, tmp_path / "full", H.config("grpo", steps=6, **kw, train=tr))
@@ -292,3 +294,4 @@ def test_resume_mid_rollout_is_exact_with_tools_and_dynamic_sampling(tmp_path, m
     ]
     a, b = read(tmp_path / "full"), read(tmp_path / "part")
     assert a == b and any(r.get("tools/calls", 0) > 0 for r in a) and any("dynamic/groups_drawn" in r for r in a)
+    assert all("rewards/overlong/mean" in r and "entropy" in r for r in a if "loss" in r)
