@@ -129,7 +129,9 @@ def rl_cmd(
     loss_type: Annotated[
         Optional[str],
         typer.Option(
-            "--loss-type", help="GRPO aggregation: grpo | bnpo | dr_grpo (default grpo).", rich_help_panel=_RL
+            "--loss-type",
+            help="GRPO aggregation: grpo | bnpo | dr_grpo | dapo (token-level over the optimizer step, TRL's default) (default grpo).",
+            rich_help_panel=_RL,
         ),
     ] = None,
     no_scale_rewards: Annotated[
@@ -140,6 +142,58 @@ def rl_cmd(
             rich_help_panel=_RL,
         ),
     ] = False,
+    importance_sampling: Annotated[
+        Optional[str],
+        typer.Option(
+            "--importance-sampling",
+            help="GRPO importance weights: token (default) | sequence (GSPO: one length-normalised ratio per completion).",
+            rich_help_panel=_RL,
+        ),
+    ] = None,
+    epsilon_high: Annotated[
+        Optional[float],
+        typer.Option(
+            "--epsilon-high",
+            help="GRPO: clip the ratio at 1 + this above (DAPO's clip-higher, e.g. 0.28); default the lower 0.2.",
+            rich_help_panel=_RL,
+        ),
+    ] = None,
+    mask_truncated: Annotated[
+        bool,
+        typer.Option(
+            "--mask-truncated",
+            help="GRPO: completions that hit --max-new-tokens without a stop token get no loss.",
+            rich_help_panel=_RL,
+        ),
+    ] = False,
+    overlong_penalty: Annotated[
+        Optional[int],
+        typer.Option(
+            "--overlong-penalty",
+            help="DAPO's soft overlong punishment: a reward falling from 0 to -1 over the last N tokens before --max-new-tokens.",
+            rich_help_panel=_RL,
+        ),
+    ] = None,
+    dynamic_sampling: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic-sampling",
+            help="GRPO: drop groups whose rewards are all equal and draw more prompts (up to --set max_draws=4 draws a rollout).",
+            rich_help_panel=_RL,
+        ),
+    ] = False,
+    tool: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--tool",
+            help="Tool the policy may call as <<ARG= (repeatable): calculator (arithmetic only) | MODULE:FUNC (a subprocess per call).",
+            rich_help_panel=_RL,
+        ),
+    ] = None,
+    max_tool_calls: Annotated[
+        Optional[int],
+        typer.Option("--max-tool-calls", help="Tool calls per completion (default 4).", rich_help_panel=_RL),
+    ] = None,
     val_fraction: ValOpt = None,
     steps: StepsOpt = None,
     batch_size: Annotated[
@@ -198,6 +252,13 @@ def rl_cmd(
         target_kl=target_kl,
         loss_type=loss_type,
         scale_rewards=False if no_scale_rewards else None,
+        importance_sampling=importance_sampling,
+        epsilon_high=epsilon_high,
+        mask_truncated=True if mask_truncated else None,
+        overlong_penalty=overlong_penalty,
+        dynamic_sampling=True if dynamic_sampling else None,
+        tools=tool or None,
+        max_tool_calls=max_tool_calls,
         val_fraction=val_fraction,
     )
     run_trainer(

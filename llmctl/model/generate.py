@@ -50,6 +50,7 @@ class Generated:
     stops: list[int | None]  # the stop id each row ended at (None: it hit the limit)
     new_tokens: int = 0
     seconds: float = 0.0
+    forced: list[list[bool]] | None = None  # with a force_fn: per new id, whether force_fn fed it
 
     @property
     def tokens_per_s(self) -> float:
@@ -87,6 +88,7 @@ def generate_batch(
     pad_id: int = 0,
     use_cache: bool = True,
     stop_fn: Callable[[list[int]], bool] | None = None,
+    force_fn: Callable[[int, list[int]], list[int] | bool | None] | None = None,
 ) -> Generated:
     """Continue every prompt of a batch at once (the one engine of generate, eval and rl).
 
@@ -97,7 +99,12 @@ def generate_batch(
     A batch without padding takes the causal kernel with no mask, exactly as a single prompt does.
     A row stops at a stop id (not returned) or after max_new_tokens, or when it fills the model's
     context, or when `stop_fn(row's new ids)` says so after a token (that token is kept: eval's stop
-    strings); finished rows ride along until every row is done."""
+    strings); finished rows ride along until every row is done.
+
+    `force_fn(i, row i's new ids)`, called after each sampled token of a running row, may return ids
+    to feed that row next, one a step in place of its samples, while the other rows go on sampling
+    (a tool's output); they count toward the row's limit and `Generated.forced` marks them. It
+    returns None to go on sampling, False to end the row there (not at a stop id)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt token per row")
     model.eval()
@@ -129,10 +136,19 @@ def generate_batch(
     ended, done = [False] * b, [False] * b
     stopped: list[int | None] = [None] * b
     stops = set(int(s) for s in stop_ids)
+    queue: list[list[int]] = [[] for _ in range(b)]  # ids force_fn gave a row, still to feed
+    forced: list[list[bool]] | None = [[] for _ in range(b)] if force_fn is not None else None
     for t in range(steps):
         nxt = _draw(logits.float(), temperature, top_k, top_p, gen)
-        for i, tok in enumerate(nxt.tolist()):
+        drawn = nxt.tolist()
+        for i, tok in enumerate(drawn):
             if done[i]:
+                continue
+            if forced is not None and queue[i]:
+                drawn[i] = queue[i].pop(0)
+                out[i].append(drawn[i])
+                forced[i].append(True)
+                done[i] = len(out[i]) >= limit[i]
                 continue
             if tok in stops:
                 done[i] = ended[i] = True
@@ -140,8 +156,18 @@ def generate_batch(
                 continue
             out[i].append(tok)
             done[i] = len(out[i]) >= limit[i] or (stop_fn is not None and stop_fn(out[i]))
+            if forced is not None:
+                forced[i].append(False)
+                if not done[i]:
+                    feed = force_fn(i, out[i])
+                    if feed is False:
+                        done[i] = True
+                    elif feed:
+                        queue[i] = list(feed)
         if all(done) or t == steps - 1:
             break
+        if forced is not None:
+            nxt = torch.tensor(drawn, device=device)
         nxt = nxt.masked_fill(torch.tensor(done, device=device), pad_id)[:, None]
         valid[:, width + t] = True
         ids = torch.cat([ids, nxt], dim=1)
@@ -159,7 +185,7 @@ def generate_batch(
             logits = model(nxt, positions=pos, kv_cache=cache, attn_mask=valid[:, None, None, : width + t + 1])[:, -1]
         else:
             logits = model(nxt, kv_cache=cache)[:, -1]
-    return Generated(out, ended, stopped, sum(len(o) for o in out), time.perf_counter() - t0)
+    return Generated(out, ended, stopped, sum(len(o) for o in out), time.perf_counter() - t0, forced)
 
 
 @torch.no_grad()

@@ -61,6 +61,19 @@ def _by_plan(model: torch.nn.Module, ro: dict[str, torch.Tensor], plan: list[lis
     return (logp, vals) if values else logp
 
 
+def _step_tokens(ro: dict[str, torch.Tensor], cfg: Any) -> torch.Tensor:
+    """dapo's normaliser as each micro-batch's loss divides by it, (B,): the rollout's loss tokens over
+    all ranks / its optimizer steps per epoch (TRL's num_items_in_batch / steps_per_generation), over
+    accum x world, since the loop averages micro-batch losses over both."""
+    mask = ro.get("lmask", ro["cmask"])
+    tot = torch.tensor([float(mask.sum()), float(mask.size(0))], dtype=torch.float64)
+    D.all_reduce_sum(tot)
+    world = D.info().world
+    per_step = tot[0].item() * cfg.train.batch_size / tot[1].item()
+    accum = cfg.train.grad_accum(world)
+    return torch.full((mask.size(0),), per_step / (accum * world), dtype=torch.float32, device=mask.device)
+
+
 class GRPO:
     """G completions a prompt, advantages within each prompt's group; a reference only when beta != 0."""
 
@@ -81,6 +94,8 @@ class GRPO:
             out["ref_logp"] = _by_plan(self.ref, ro, plan0, False)
         scores = ro["scores"]
         out["adv"] = R.group_advantages(scores, cfg.num_generations, scale=cfg.scale_rewards)
+        if getattr(cfg, "loss_type", "grpo") == "dapo":
+            out["num_items"] = _step_tokens(ro, cfg)
         grp = scores.view(-1, cfg.num_generations)
         std = grp.std(dim=1)
         stats = {
@@ -93,20 +108,24 @@ class GRPO:
 
     def loss(self, model, b):
         cfg = self.cfg
-        logp = completion_logps(model, b)
+        logp, ent = completion_logps(model, b, entropy=True)
         old = b["old_logp"] if "old_logp" in b else logp.detach()
+        mask = b.get("lmask", b["cmask"])
         loss, st = R.grpo_loss(
             logp,
             old,
             b["adv"],
-            b["cmask"],
+            mask,
             cfg.cliprange,
             cfg.beta,
             b.get("ref_logp"),
             cfg.loss_type,
             cfg.max_new_tokens,
+            cfg.epsilon_high,
+            cfg.importance_sampling,
+            b["num_items"][0] if "num_items" in b else None,
         )
-        return loss, {**_stats_of(b), **st}
+        return loss, {**_stats_of(b), **st, "entropy": R.masked_mean(ent, mask)}
 
     def state_dict(self) -> dict[str, float]:
         return {}
@@ -158,7 +177,7 @@ class PPO:
 
     def loss(self, model, b):
         cfg, mask = self.cfg, b["cmask"]
-        logp, values = completion_logps(model, b, values=True)
+        logp, values, ent = completion_logps(model, b, values=True, entropy=True)
         pg, st = R.ppo_policy_loss(logp, b["old_logp"], b["adv"], mask, cfg.cliprange)
         vf, st2 = R.ppo_value_loss(values, b["old_values"], b["returns"], mask, cfg.cliprange_value)
         return pg + cfg.vf_coef * vf, {
@@ -167,6 +186,7 @@ class PPO:
             **st2,
             "loss/policy_avg": pg.detach(),
             "loss/value_avg": vf.detach(),
+            "entropy": R.masked_mean(ent, mask),
         }
 
     def state_dict(self) -> dict[str, float]:

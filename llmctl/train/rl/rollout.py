@@ -9,6 +9,11 @@ frozen quantities the losses need (old log-probs, reference log-probs, values, a
 `algo.prepare`). Then it serves `epochs` passes over the rollout in seeded mini-batch orders,
 one optimizer step per `batch_size` completions, and starts the next rollout when they are done.
 
+With `--dynamic-sampling` a rollout keeps only groups whose rewards differ, drawing further
+prompts (see `RolloutBatches._draw`); with `--tool` a tool's output is fed to a sequence that calls it
+while the others go on sampling (llmctl.train.rl.tools), and the rollout's `lmask` (the loss mask; also
+without tokens of truncated completions under `--mask-truncated`) leaves the tool tokens out.
+
 Old log-probs are computed in exactly the micro-batches the first epoch trains on (same rows,
 same padded width), so at the first micro-batch of a rollout the ratio pi/pi_old is exactly 1.
 
@@ -32,6 +37,8 @@ from llmctl.errors import UsageError
 from llmctl.model.generate import generate_batch
 from llmctl.store.dataset import atomic_write_text
 from llmctl.train import distributed as D
+from llmctl.train.rl import core as R
+from llmctl.train.rl.tools import ToolBox, generate_with_tools
 
 SAMPLES = "samples.jsonl"
 
@@ -104,20 +111,26 @@ def sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: in
     return {"input_ids": ids, "keep": keep, "completion": comp, "cmask": cmask}
 
 
-def completion_logps(model: torch.nn.Module, b: dict[str, torch.Tensor], values: bool = False):
-    """(B, Tc) log-probs of the completion tokens (and the value head's (B, Tc) values when asked).
+def completion_logps(model: torch.nn.Module, b: dict[str, torch.Tensor], values: bool = False, entropy: bool = False):
+    """(B, Tc) log-probs of the completion tokens, then (when asked) the value head's (B, Tc) values and
+    the policy's (B, Tc) entropy at each completion position (detached); a tuple when more than one.
 
     The lm head runs on the positions in `keep` only; they are each row's completion positions in
     order, so the flat results fill `cmask` row-major."""
     out = model(b["input_ids"], keep=b["keep"], return_values=True) if values else model(b["input_ids"], keep=b["keep"])
     logits, v = out if values else (out, None)
     cm = b["cmask"]
-    lp = torch.log_softmax(logits.float(), -1).gather(-1, b["completion"][cm][:, None])[:, 0]
+    lsm = torch.log_softmax(logits.float(), -1)
+    lp = lsm.gather(-1, b["completion"][cm][:, None])[:, 0]
     logp = torch.zeros(cm.shape, dtype=lp.dtype, device=lp.device).masked_scatter(cm, lp)
-    if not values:
-        return logp
-    vals = torch.zeros(cm.shape, dtype=v.dtype, device=v.device).masked_scatter(cm, v.float())
-    return logp, vals
+    res = [logp]
+    if values:
+        res.append(torch.zeros(cm.shape, dtype=v.dtype, device=v.device).masked_scatter(cm, v.float()))
+    if entropy:
+        with torch.no_grad():
+            ent = -(lsm.exp() * lsm).sum(-1)
+        res.append(torch.zeros(cm.shape, dtype=ent.dtype, device=ent.device).masked_scatter(cm, ent))
+    return res[0] if len(res) == 1 else tuple(res)
 
 
 class PromptStream:
@@ -177,6 +190,7 @@ class RolloutBatches:
         self.samples: list[dict[str, Any]] = []
         self.gen_tokens_per_s = 0.0
         self.flat, self.flat_warned = 0, False  # rollouts in a row whose every group had equal rewards (GRPO)
+        self.tools = make_toolbox(cfg)
 
     # -- the loop's interface
     def __next__(self) -> dict[str, torch.Tensor]:
@@ -212,24 +226,10 @@ class RolloutBatches:
         self.samples = json.loads(st["samples"])
 
     # -- a rollout phase
-    @torch.no_grad()
-    def _roll(self) -> None:
+    def _sample(self, items: list[Prompt]) -> dict[str, Any]:
+        """Completions of `items` with their rewards (the overlong penalty included), as lists."""
         cfg, tok = self.cfg, self.tok
-        mine = [self.prompts[i] for i in self.stream.take()]
-        items = [p for p in mine for _ in range(self.g)]  # a prompt's G completions adjacent
-        was_training = self.model.training
-        out = generate_batch(
-            self.model,
-            [p.ids for p in items],
-            cfg.max_new_tokens,
-            cfg.temperature,
-            cfg.top_k or None,
-            cfg.top_p if cfg.top_p < 1 else None,
-            generator=self.gen,
-            stop_ids=tok.stop_ids,
-            pad_id=tok.pad_id,
-        )
-        self.model.train(was_training)
+        out, model_mask = sample(self.model, [p.ids for p in items], cfg, tok, self.gen, self.tools, cfg.temperature)
         comps = [c + ([s] if s is not None else []) for c, s in zip(out.tokens, out.stops)]  # the stop token is trained
         texts = [tok.decode(c) for c in out.tokens]
         total, per = self.rewards(
@@ -238,9 +238,82 @@ class RolloutBatches:
             [p.row for p in items],
             [p.index for p in items],
         )
+        if cfg.overlong_penalty:
+            pen = R.overlong_penalty(torch.tensor([len(c) for c in comps]), cfg.max_new_tokens, cfg.overlong_penalty)
+            per["overlong"] = pen.tolist()
+            total = [t + q for t, q in zip(total, per["overlong"])]
+        if model_mask is not None:
+            model_mask = [m + ([True] if s is not None else []) for m, s in zip(model_mask, out.stops)]
+        return {
+            "items": items,
+            "comps": comps,
+            "texts": texts,
+            "total": total,
+            "per": per,
+            "ended": list(out.ended),
+            "model_mask": model_mask,
+            "tokens": out.new_tokens,
+            "seconds": out.seconds,
+        }
+
+    def _draw(self) -> tuple[dict[str, Any], dict[str, float]]:
+        """This rank's rollout: one draw of prompts, or with dynamic sampling, groups whose rewards all
+        agree dropped and further prompts drawn (all ranks draw together) until every rank has its
+        full share of groups with a reward spread or `max_draws` draws were made (then the flat groups
+        of the last draws fill the gap, counted as dynamic/flat_kept)."""
+        cfg, g = self.cfg, self.g
+        if not cfg.dynamic_sampling:
+            return self._sample([p for i in self.stream.take() for p in [self.prompts[i]] * g]), {}
+        want = cfg.rollout_prompts // D.info().world
+        kept: list[dict[str, Any]] = []
+        spare: list[dict[str, Any]] = []
+        draws = drawn = 0
+        tokens = seconds = 0.0
+        while True:
+            draws += 1
+            got = self._sample([p for i in self.stream.take() for p in [self.prompts[i]] * g])
+            tokens, seconds = tokens + got["tokens"], seconds + got["seconds"]
+            for k in range(len(got["items"]) // g):
+                grp = _select(got, range(k * g, (k + 1) * g))
+                drawn += 1
+                vals = grp["total"]
+                (kept if max(vals) > min(vals) else spare).append(grp)
+            short = torch.tensor([float(len(kept) < want)])
+            D.all_reduce_sum(short)
+            if short.item() == 0 or draws >= cfg.max_draws:
+                break
+        flat_kept = max(0, want - len(kept))
+        groups = kept[:want] + spare[:flat_kept]
+        merged = {k: [x for grp in groups for x in grp[k]] for k in ("items", "comps", "texts", "total", "ended")}
+        merged["per"] = {n: [x for grp in groups for x in grp["per"][n]] for n in groups[0]["per"]}
+        merged["model_mask"] = [x for grp in groups for x in grp["model_mask"]] if groups[0]["model_mask"] else None
+        merged["tokens"], merged["seconds"] = tokens, seconds
+        cnt = torch.tensor([float(drawn), float(draws), float(flat_kept)])
+        D.all_reduce_sum(cnt)
+        return merged, {
+            "dynamic/groups_drawn": cnt[0].item(),
+            "dynamic/draws": cnt[1].item() / D.info().world,
+            "dynamic/flat_kept": cnt[2].item(),
+        }
+
+    @torch.no_grad()
+    def _roll(self) -> None:
+        cfg, tok = self.cfg, self.tok
+        was_training = self.model.training
+        got, dyn = self._draw()
+        self.model.train(was_training)
+        items, comps, texts, total, per = got["items"], got["comps"], got["texts"], got["total"], got["per"]
         ro = sequences([p.ids for p in items], comps, tok.pad_id)
         ro["scores"] = torch.tensor(total, dtype=torch.float32)
-        ro["ended"] = torch.tensor(out.ended)
+        ro["ended"] = torch.tensor(got["ended"])
+        if got["model_mask"] is not None or cfg.mask_truncated:
+            lmask = ro["cmask"].clone()
+            if got["model_mask"] is not None:  # tool output: no loss, no KL
+                for i, m in enumerate(got["model_mask"]):
+                    lmask[i, : len(m)] &= torch.tensor(m, dtype=torch.bool)
+            if cfg.mask_truncated:  # completions that hit max_new_tokens: no loss
+                lmask &= ro["ended"][:, None]
+            ro["lmask"] = lmask
         n = len(items)
         g = torch.Generator().manual_seed(cfg.train.seed + 7919 * self.rollouts + D.info().rank)
         perms = [torch.randperm(n, generator=g).tolist() for _ in range(cfg.epochs)]
@@ -250,16 +323,20 @@ class RolloutBatches:
         self.model.train(was_training)
         lengths = [len(c) for c in comps]  # with the stop token, as TRL counts
         stats.update({f"rewards/{k}/mean": sum(v) / len(v) for k, v in per.items()})
+        tps = got["tokens"] / max(got["seconds"], 1e-9)
         stats.update(
             {
                 "completions/mean_length": sum(lengths) / n,
                 "completions/max_length": float(max(lengths)),
                 "completions/min_length": float(min(lengths)),
-                "completions/clipped_ratio": 1 - sum(out.ended) / n,
-                "gen_tokens_per_s": out.tokens_per_s,
+                "completions/clipped_ratio": 1 - sum(got["ended"]) / n,
+                "gen_tokens_per_s": tps,
+                **dyn,
             }
         )
-        self.gen_tokens_per_s = out.tokens_per_s
+        if self.tools is not None:
+            stats.update(self.tools.stats())
+        self.gen_tokens_per_s = tps
         self._check_signal(stats)
         self.rollout = {**ro, **tensors, **{k: torch.tensor(float(v), device=self.device) for k, v in stats.items()}}
         self.plan, self.cursor = plan, 0
@@ -290,6 +367,53 @@ class RolloutBatches:
                 "fires needs a model that sometimes succeeds (SFT on the task first, raise --temperature or "
                 "--num-generations); one that always fires has nothing left to teach"
             )
+
+
+def _select(got: dict[str, Any], idx: range) -> dict[str, Any]:
+    """The rows `idx` of a `_sample` result."""
+    out = {k: [got[k][i] for i in idx] for k in ("items", "comps", "texts", "total", "ended")}
+    out["per"] = {n: [v[i] for i in idx] for n, v in got["per"].items()}
+    out["model_mask"] = [got["model_mask"][i] for i in idx] if got["model_mask"] is not None else None
+    out["tokens"], out["seconds"] = got["tokens"], got["seconds"]
+    return out
+
+
+def make_toolbox(cfg: Any) -> ToolBox | None:
+    """The run's tools (cfg.tools), or None without any."""
+    if not cfg.tools:
+        return None
+    return ToolBox(cfg.tools, cfg.max_tool_calls, cfg.tool_timeout, cfg.tool_max_output)
+
+
+def sample(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    cfg: Any,
+    tok: Any,
+    gen: torch.Generator,
+    tools: ToolBox | None,
+    temperature: float,
+) -> tuple[Any, list[list[bool]] | None]:
+    """(generate_batch's result, which completion tokens the model wrote) for the prompts: plain
+    sampling (None: all of them), or with tool calls when `tools` is given."""
+
+    def gen_fn(prefixes: list[list[int]], max_new: int, **kw: Any) -> Any:
+        return generate_batch(
+            model,
+            prefixes,
+            max_new,
+            temperature,
+            cfg.top_k or None,
+            cfg.top_p if cfg.top_p < 1 else None,
+            generator=gen,
+            stop_ids=tok.stop_ids,
+            pad_id=tok.pad_id,
+            **kw,
+        )
+
+    if tools is None:
+        return gen_fn(prompts, cfg.max_new_tokens), None
+    return generate_with_tools(gen_fn, prompts, cfg.max_new_tokens, tok, tools)
 
 
 def write_samples(run_dir: Path, step: int, kind: str, samples: list[dict[str, Any]]) -> None:

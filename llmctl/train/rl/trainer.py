@@ -28,7 +28,6 @@ import torch
 
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import resolve_checkpoint, weights_file
-from llmctl.model.generate import generate_batch
 from llmctl.model.lora import BaseReference
 from llmctl.model.reward import load_reward_model
 from llmctl.store.dataset import fingerprint_file
@@ -36,9 +35,10 @@ from llmctl.train import distributed as D
 from llmctl.train.finetune import load_start, run_training, use_lora
 from llmctl.train.loop import TrainConfig
 from llmctl.train.rl.algos import ALGOS, ValueHeadLM
-from llmctl.train.rl.core import GRPO_LOSS_TYPES
+from llmctl.train.rl.core import GRPO_LOSS_TYPES, IMPORTANCE_LEVELS
 from llmctl.train.rl.rewards import Rewards
-from llmctl.train.rl.rollout import Prompt, RolloutBatches, load_prompts, write_samples
+from llmctl.train.rl.rollout import Prompt, RolloutBatches, load_prompts, make_toolbox, sample, write_samples
+from llmctl.train.rl.tools import ToolBox
 
 
 def _rl_train() -> TrainConfig:
@@ -81,6 +81,16 @@ class RLConfig:
     missing_eos_penalty: float | None = None  # PPO: subtracted from the score of a completion that did not end
     loss_type: str = "grpo"  # GRPO aggregation: a name in llmctl.train.rl.core.GRPO_LOSS_TYPES
     scale_rewards: bool = True  # GRPO: divide by the group's std (Dr. GRPO: false)
+    importance_sampling: str = "token"  # GRPO: a name in llmctl.train.rl.core.IMPORTANCE_LEVELS (sequence = GSPO)
+    epsilon_high: float | None = None  # GRPO: upper clip 1 + epsilon_high (DAPO's clip-higher); default cliprange
+    mask_truncated: bool = False  # GRPO: completions that hit max_new_tokens without a stop get no loss
+    overlong_penalty: int = 0  # DAPO's soft overlong punishment over the last N tokens before max_new_tokens (0 = off)
+    dynamic_sampling: bool = False  # GRPO: drop groups with equal rewards, draw more prompts (DAPO)
+    max_draws: int = 4  # dynamic sampling: at most this many prompt draws per rollout
+    tools: list[str] = field(default_factory=list)  # names in llmctl.train.rl.tools.TOOLS, MODULE:FUNC
+    max_tool_calls: int = 4  # per completion; a further call ends the completion
+    tool_timeout: float = 5.0  # seconds per MODULE:FUNC call
+    tool_max_output: int = 1024  # bytes of a tool's output
     val_fraction: float = 0.05
     val_limit: int = 32
     val_temperature: float = (
@@ -107,6 +117,28 @@ class RLConfig:
             raise UsageError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1 or k3")
         if self.loss_type not in GRPO_LOSS_TYPES:
             raise UsageError(f"unknown loss_type {self.loss_type!r}; choose {', '.join(GRPO_LOSS_TYPES)}")
+        if self.importance_sampling not in IMPORTANCE_LEVELS:
+            raise UsageError(
+                f"unknown importance_sampling {self.importance_sampling!r}; choose {', '.join(IMPORTANCE_LEVELS)}"
+            )
+        grpo_only = {
+            "--importance-sampling sequence": self.importance_sampling != "token",
+            "--epsilon-high": self.epsilon_high is not None,
+            "--mask-truncated": self.mask_truncated,
+            "--dynamic-sampling": self.dynamic_sampling,
+            "--tool": bool(self.tools),
+        }
+        if not algo.grouped and any(grpo_only.values()):
+            used = ", ".join(k for k, v in grpo_only.items() if v)
+            raise UsageError(f"{used}: GRPO options (--algo grpo), not for --algo {self.algo}")
+        if self.epsilon_high is not None and self.epsilon_high <= 0:
+            raise UsageError(f"epsilon_high must be positive (got {self.epsilon_high})")
+        if not 0 <= self.overlong_penalty < self.max_new_tokens:
+            raise UsageError(
+                f"--overlong-penalty {self.overlong_penalty} must be in [0, --max-new-tokens {self.max_new_tokens})"
+            )
+        if self.max_draws < 1:
+            raise UsageError("max_draws must be 1 or more")
         if self.val_temperature < 0 or self.val_samples < 1:
             raise UsageError("val_temperature must be >= 0 and val_samples >= 1")
         if self.max_new_tokens < 1 or self.epochs < 1 or self.rollout_prompts < 1:
@@ -142,11 +174,17 @@ def _val_prompt(p: Prompt) -> Any:
 
 @torch.no_grad()
 def held_out_reward(
-    model: torch.nn.Module, prompts: list[Prompt], tok: Any, rewards: Rewards, cfg: RLConfig, batch: int = 32
+    model: torch.nn.Module,
+    prompts: list[Prompt],
+    tok: Any,
+    rewards: Rewards,
+    cfg: RLConfig,
+    batch: int = 32,
+    tools: ToolBox | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """This rank's share of `prompts` answered greedily (or, with val_temperature > 0, val_samples
-    sampled answers each, from the same seed at every evaluation): summed rewards (all-reduced) -> means,
-    and samples."""
+    sampled answers each, from the same seed at every evaluation), calling `tools` when given: summed
+    rewards (all-reduced) -> means, and samples."""
     d = D.info()
     mine = [p for p in prompts[d.rank :: d.world] for _ in range(cfg.val_samples if cfg.val_temperature > 0 else 1)]
     names = rewards.names
@@ -155,17 +193,7 @@ def held_out_reward(
     gen = torch.Generator(device=d.device).manual_seed(cfg.train.seed + 2000 + d.rank)
     for s in range(0, len(mine), batch):
         chunk = mine[s : s + batch]
-        out = generate_batch(
-            model,
-            [p.ids for p in chunk],
-            cfg.max_new_tokens,
-            temperature=cfg.val_temperature,
-            top_k=cfg.top_k or None,
-            top_p=cfg.top_p if cfg.top_p < 1 else None,
-            generator=gen,
-            stop_ids=tok.stop_ids,
-            pad_id=tok.pad_id,
-        )
+        out, _ = sample(model, [p.ids for p in chunk], cfg, tok, gen, tools, cfg.val_temperature)
         texts = [tok.decode(t) for t in out.tokens]
         total, per = rewards([_val_prompt(p) for p in chunk], texts, [p.row for p in chunk], [p.index for p in chunk])
         length = sum(len(t) + (stop is not None) for t, stop in zip(out.tokens, out.stops))  # stop token counted
@@ -220,6 +248,7 @@ def run_rl(
     if cfg.train.fsdp:
         raise UsageError("rl runs under DDP (torchrun) but not FSDP yet: drop --fsdp")
     accum = cfg.check_sizes(d.world)
+    val_tools = make_toolbox(cfg)  # an unknown tool fails here, before anything loads
     model, mc, tok, ck_lineage = _load_policy(from_ckpt, cfg.algo)
     lora = use_lora(model, cfg.train, ck_lineage, "rl", heads=("value_head",) if ALGOS[cfg.algo].value_head else ())
     scorer, rm_lineage = _scorer(cfg, tok, d.device)
@@ -239,12 +268,12 @@ def run_rl(
     torch.manual_seed(cfg.train.seed)
     batches = RolloutBatches(model, tr, tok, cfg, algo, rewards, accum)
     if val:
-        start_reward, _ = held_out_reward(model, val, tok, rewards, cfg)
+        start_reward, _ = held_out_reward(model, val, tok, rewards, cfg, tools=val_tools)
         counts["val_reward_start"] = round(start_reward["val_reward"], 6)
     run_path = Path(run_dir)
 
     def evaluate(_fwd: torch.nn.Module) -> dict[str, float]:
-        res, samples = held_out_reward(model, val, tok, rewards, cfg)
+        res, samples = held_out_reward(model, val, tok, rewards, cfg, tools=val_tools)
         if d.master:
             step = batches.served // accum
             write_samples(run_path, step, "rollout", batches.samples)

@@ -1,0 +1,247 @@
+"""Tools a policy calls mid-completion in `llmctl rl --tool`: `TOOLS` names the built-in ones; MODULE:FUNC imports yours.
+
+The call format is GSM8K's calculator annotation: the model writes `<<ARG=`; generation pauses
+for that sequence, the tool runs on ARG, its output and the closing `>>` are appended as tool
+tokens, and generation resumes (`<<48/2=` + `24>>`). With several tools, ARG starts with the
+tool's name and a space (`<<calculator 48/2=`). Tool tokens are part of the completion the
+reward reads, but they are excluded from the loss and from the KL (`generate_with_tools` returns
+which tokens the model wrote). SFT data teaches the format: assistant turns with the annotations
+written out (`"... <<48/2=24>> ..."`).
+
+A tool is f(arg: str) -> str. The built-in `calculator` evaluates arithmetic only, by walking the
+parsed expression's tree (numbers, + - * / // % **, parentheses); it never runs model text as
+Python. A MODULE:FUNC tool runs in a fresh Python subprocess for each call, with a time limit and
+an output limit (the subprocess cannot write more than the limit). A call that times out, raises
+or exceeds the output limit, and a call beyond `max_calls` in one completion, is cut off: the
+model gets `error: REASON` (or, past max_calls, the completion ends there), the reason is
+counted, and the rollout goes on.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmctl.errors import UsageError
+
+CALL_OPEN, CALL_END, CALL_CLOSE = "<<", "=", ">>"
+CUTOFF_REASONS = ("timeout", "error", "output_limit", "max_calls")
+
+_BIN = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_MAX_EXPR, _MAX_MAG = 200, 1e100
+
+
+class ToolError(Exception):
+    """A tool's refusal of its argument (the model gets `error: <message>`)."""
+
+
+def _walk(node: ast.AST) -> float | int:
+    if isinstance(node, ast.Expression):
+        return _walk(node.body)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_walk(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
+        a, b = _walk(node.left), _walk(node.right)
+        if isinstance(node.op, ast.Pow) and (abs(b) > 64 or abs(a) > 1e6):
+            raise ToolError("power too large")
+        try:
+            v = _BIN[type(node.op)](a, b)
+        except ZeroDivisionError:
+            raise ToolError("division by zero") from None
+        if isinstance(v, complex) or abs(v) > _MAX_MAG:
+            raise ToolError("result out of range")
+        return v
+    raise ToolError(f"not arithmetic: {type(node).__name__}")
+
+
+def calculator(arg: str) -> str:
+    """The value of an arithmetic expression (numbers, + - * / // % **, parentheses; thousands commas
+    allowed): an integer when whole, else up to 10 significant digits."""
+    expr = arg.replace(",", "").strip()
+    if not expr or len(expr) > _MAX_EXPR:
+        raise ToolError("empty or too long")
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except (SyntaxError, ValueError):
+        raise ToolError("not arithmetic") from None
+    v = _walk(tree)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ToolError("result out of range")
+        if v.is_integer():
+            return str(int(v))
+        return f"{v:.10g}"
+    return str(v)
+
+
+# The built-in tools of `llmctl rl --tool` (run in-process: they only parse, never execute, their argument)
+TOOLS: dict[str, Callable[[str], str]] = {"calculator": calculator}
+
+_RUNNER = (
+    "import importlib, sys\n"
+    "mod, fn = sys.argv[1].split(':', 1)\n"
+    "f = getattr(importlib.import_module(mod), fn)\n"
+    "sys.stdout.write(str(f(sys.stdin.read())))\n"
+)
+
+
+@dataclass
+class SubprocessTool:
+    """MODULE:FUNC called in a fresh Python subprocess per call (cwd and sys.path of this process)."""
+
+    spec: str
+    timeout: float
+    max_output: int
+
+    def __call__(self, arg: str) -> str:
+        limit = self.max_output + 1
+
+        def _limits() -> None:  # the child cannot write more than `limit` bytes to a file
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-c", _RUNNER, self.spec],
+                    input=arg.encode(),
+                    stdout=out,
+                    stderr=err,
+                    timeout=self.timeout,
+                    preexec_fn=_limits,
+                    env=env,
+                )
+            except subprocess.TimeoutExpired:
+                raise ToolCutoff("timeout") from None
+            out.seek(0)
+            data = out.read(limit)
+            if len(data) > self.max_output or proc.returncode == -signal.SIGXFSZ:
+                raise ToolCutoff("output_limit")
+            if proc.returncode != 0:
+                err.seek(0)
+                tail = err.read(4096).decode(errors="replace").strip().splitlines()
+                raise ToolCutoff("error", tail[-1] if tail else f"exit status {proc.returncode}")
+        return data.decode(errors="replace")
+
+
+class ToolCutoff(Exception):
+    """A call cut off for `reason` (one of CUTOFF_REASONS)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+@dataclass
+class ToolBox:
+    """The tools of a run, their limits, and the counts of calls and cut-offs (`stats()`)."""
+
+    names: Sequence[str]
+    max_calls: int = 4
+    timeout: float = 5.0
+    max_output: int = 1024
+    tools: dict[str, Callable[[str], str]] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            raise UsageError("no --tool given")
+        if self.max_calls < 1 or self.timeout <= 0 or self.max_output < 1:
+            raise UsageError("max_tool_calls, tool_timeout and tool_max_output must be positive")
+        for n in self.names:
+            if n in TOOLS:
+                self.tools[n] = TOOLS[n]
+            elif ":" in n:
+                self.tools[n] = SubprocessTool(n, self.timeout, self.max_output)
+            else:
+                raise UsageError(f"unknown tool {n!r}; choose {', '.join(TOOLS)} or MODULE:FUNC")
+
+    def pending(self, text: str) -> str | None:
+        """The argument of a call `text` ends with (an unclosed `<<ARG=`), else None."""
+        if not text.endswith(CALL_END):
+            return None
+        i = text.rfind(CALL_OPEN)
+        if i < 0 or CALL_CLOSE in text[i:]:
+            return None
+        return text[i + len(CALL_OPEN) : -len(CALL_END)]
+
+    def call(self, body: str) -> str:
+        """The text the model gets for a call body (its output, or `error: ...`); counts the call."""
+        name = next(iter(self.tools))
+        if len(self.tools) > 1:
+            head, _, rest = body.partition(" ")
+            if head in self.tools:
+                name, body = head, rest
+        self.counts["calls"] += 1
+        try:
+            out = self.tools[name](body)
+            out = str(out)
+            if len(out.encode()) > self.max_output:
+                raise ToolCutoff("output_limit")
+            return out
+        except ToolCutoff as e:
+            self.counts[e.reason] += 1
+            return f"error: {e}"
+        except ToolError as e:
+            self.counts["error"] += 1
+            return f"error: {e}"
+        except Exception as e:  # an in-process tool that raised: cut off, the rollout goes on
+            self.counts["error"] += 1
+            return f"error: {type(e).__name__}"
+
+    def stats(self) -> dict[str, float]:
+        """tools/calls, tools/cutoff/REASON (since the last call), then resets the counts."""
+        st = {"tools/calls": float(self.counts["calls"])}
+        st.update({f"tools/cutoff/{r}": float(self.counts[r]) for r in CUTOFF_REASONS})
+        self.counts.clear()
+        return st
+
+
+def generate_with_tools(
+    generate: Callable[..., Any], prompts: Sequence[Sequence[int]], max_new_tokens: int, tok: Any, box: ToolBox
+) -> tuple[Any, list[list[bool]]]:
+    """(generate_batch's result, per completion id whether the model wrote it) for completions that may
+    call `box`'s tools. `generate(prompts, max_new_tokens, force_fn=...)` is generate_batch's
+    contract: when a row's text ends with a call `<<ARG=`, the tool runs and its output and `>>` are
+    fed to that row as its next tokens while the other rows go on sampling. Tool tokens count
+    toward max_new_tokens (and the model's context); a row's call beyond `box.max_calls` ends that
+    completion there (cut off, counted as max_calls, not ended)."""
+    calls = [0] * len(prompts)
+
+    def force_fn(i: int, ids: list[int]) -> list[int] | bool | None:
+        if not tok.decode(ids[-1:]).endswith(CALL_END):  # decode the row's text only at a "="
+            return None
+        body = box.pending(tok.decode(ids))
+        if body is None:
+            return None
+        if calls[i] >= box.max_calls:
+            box.counts["max_calls"] += 1
+            return False
+        calls[i] += 1
+        return tok.encode(box.call(body) + CALL_CLOSE)
+
+    out = generate(prompts, max_new_tokens, force_fn=force_fn)
+    return out, [[not f for f in row] for row in out.forced]
