@@ -159,7 +159,8 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     for `cfg.rope_scaling` as Hugging Face transformers computes them (modeling_rope_utils:
     linear, llama3, yarn). None = plain RoPE (llmctl's own `rope_scale` divides positions instead)."""
     dim, base = cfg.head_dim, cfg.rope_base
-    inv = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    # explicit device: a model built under `torch.device("meta")` (streamed import) still needs real tables
+    inv = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
     rs = cfg.rope_scaling or {}
     kind = rs.get("rope_type", rs.get("type", "default"))
     if kind not in ROPE_TYPES:
@@ -201,9 +202,9 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
     extrap = 1 - ramp
-    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+    pos_freqs = base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)
     return (1.0 / (factor * pos_freqs)) * (1 - extrap) + (1.0 / pos_freqs) * extrap, float(attn)
 
 
@@ -218,7 +219,9 @@ def rope_cos_sin(
     """cos/sin tables (B, T, head_dim) for integer positions (B, T); Llama's half-split layout.
     `inv_freq` (from `rope_inv_freq`) replaces the plain frequencies of `base`."""
     if inv_freq is None:
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+        inv_freq = 1.0 / (
+            base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+        )
     angles = (positions.float() / scale)[..., None] * inv_freq.to(positions.device)
     emb = torch.cat([angles, angles], dim=-1)
     if attn_factor != 1.0:
@@ -392,9 +395,9 @@ class Transformer(nn.Module):
                 f"{self.cfg.sliding_window} (sliding-window attention is not implemented)"
             )
         inv, attn_factor = self._rope if self._rope is not None else (None, 1.0)
-        cos, sin = rope_cos_sin(
-            positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scale, inv, attn_factor
-        )
+        if inv is not None and inv.device != positions.device:
+            self._rope = inv, attn_factor = inv.to(positions.device), attn_factor
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scale, inv, attn_factor)
         x = self.embed_tokens(input_ids)
         for block in self.layers:
             if self.activation_checkpointing and self.training:
