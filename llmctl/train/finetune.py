@@ -12,8 +12,9 @@ from llmctl.config import to_dict
 from llmctl.data.chat_data import Encoded, encode_responses, pref_triples, split_of
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint
+from llmctl.model.hf_import import hf_model_config, is_hf_dir
 from llmctl.store.dataset import fingerprint_file
-from llmctl.tokenizer.spm import Tokenizer
+from llmctl.tokenizer.load import load_tokenizer
 from llmctl.train import distributed as D
 from llmctl.train.loop import train
 from llmctl.train.parallel import check_divisible
@@ -23,10 +24,12 @@ IGNORE = -100  # label of a position that gets no loss (F.cross_entropy's ignore
 
 
 def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """(model, model config, tokenizer, lineage) of the checkpoint training starts from; `max_len`,
-    when given, must fit the model's context."""
-    path = resolve_checkpoint(ckpt)
-    check_divisible(read_model_config(path), D.info().tp)  # --tp: before the model is built
+    """(model, model config, tokenizer, lineage) of the checkpoint training starts from (or of a
+    Hugging Face model directory, llmctl.model.hf_import, in fp32); `max_len`, when given, must fit
+    the model's context."""
+    hf = is_hf_dir(ckpt)
+    path = Path(ckpt) if hf else resolve_checkpoint(ckpt)
+    check_divisible(hf_model_config(path) if hf else read_model_config(path), D.info().tp)  # before the model is built
     model, mc, tok_dir, man = load_checkpoint(path)
     if tok_dir is None:
         raise UsageError(f"{path}: checkpoint has no tokenizer/ directory")
@@ -38,9 +41,9 @@ def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, 
     lineage = {
         "path": str(path.resolve()),
         "stage": man.get("stage", "checkpoint"),
-        "fingerprint": fingerprint_file(path / WEIGHTS),
+        "fingerprint": fingerprint_file(path / WEIGHTS) if not hf else man["files"],
     }
-    return model, mc, Tokenizer.load(tok_dir), lineage
+    return model, mc, load_tokenizer(tok_dir), lineage
 
 
 def run_training(

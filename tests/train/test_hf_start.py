@@ -1,0 +1,99 @@
+"""Training and generating from a Hugging Face model directory: `--from HF_DIR` works end to end,
+the data is encoded in the model's own chat template, and the result exports back to the source class."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+from hf_helpers import qwen2_chat_dir  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from llmctl.cli.app import app  # noqa: E402
+from llmctl.data.chat_data import encode_conversation  # noqa: E402
+from llmctl.model.checkpoint import load_checkpoint  # noqa: E402
+from llmctl.tokenizer.load import load_tokenizer  # noqa: E402
+
+CONV = [
+    {"role": "user", "content": "what is two plus two?"},
+    {"role": "assistant", "content": "it is four."},
+]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return qwen2_chat_dir(tmp_path_factory.mktemp("qwen2") / "m")
+
+
+def test_sft_example_is_the_models_own_template(hf_dir):
+    tok = load_tokenizer(hf_dir)
+    e = encode_conversation(tok, CONV, 256)
+    want = AutoTokenizer.from_pretrained(hf_dir).apply_chat_template(CONV, tokenize=True, return_dict=True)
+    # ChatML writes "\n" after <|im_end|>; the SFT example ends at the end-of-turn token
+    assert e.ids == list(want["input_ids"])[:-1]
+    assert tok.decode([i for i, m in zip(e.ids, e.mask) if m], skip_special=False) == "it is four.<|im_end|>"
+
+
+@pytest.mark.slow
+def test_sft_from_hf_dir_then_export(hf_dir, tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": CONV}) + "\n" for _ in range(40)))
+    run = tmp_path / "run"
+    r = CliRunner().invoke(
+        app,
+        [
+            "sft",
+            str(data),
+            "--from",
+            str(hf_dir),
+            "-o",
+            str(run),
+            "--steps",
+            "2",
+            "--max-len",
+            "64",
+            "--micro-batch",
+            "2",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    model, cfg, tok_dir, _ = load_checkpoint(run)
+    assert cfg.hf_arch == "Qwen2ForCausalLM" and (tok_dir / "tokenizer.json").is_file()
+    assert not list(tok_dir.glob("*.safetensors"))  # only the tokenizer files were copied
+    r = CliRunner().invoke(app, ["export", str(run), "-o", str(tmp_path / "hf")])
+    assert r.exit_code == 0, r.output
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert type(back).__name__ == "Qwen2ForCausalLM"
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").chat_template is not None
+
+
+def test_generate_chat_from_hf_dir(hf_dir):
+    r = CliRunner().invoke(app, ["generate", str(hf_dir), "hello", "--chat", "--temperature", "0", "-n", "5"])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["no-weights", "gpt2"])
+def test_sft_bad_hf_dir_is_one_line_and_writes_nothing(hf_dir, tmp_path, kind):
+    d = tmp_path / "bad"
+    d.mkdir()
+    c = json.loads((hf_dir / "config.json").read_text())
+    if kind == "gpt2":
+        c["architectures"] = ["GPT2LMHeadModel"]
+        (d / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes())
+    (d / "config.json").write_text(json.dumps(c))
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"messages": CONV}) + "\n")
+    cmd = [sys.executable, "-m", "llmctl", "sft", str(data), "--from", str(d), "-o", str(tmp_path / "run")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, (r.returncode, r.stderr)
+    assert ("no safetensors weights" if kind == "no-weights" else "unsupported architecture GPT2LMHeadModel") in lines[
+        0
+    ]
+    assert not (tmp_path / "run").exists()
