@@ -21,7 +21,7 @@ from llmctl.data.chat_data import Encoded, encode_pair, encode_responses, to_mes
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import TOKENIZER_DIR, WEIGHTS, read_model_config, resolve_checkpoint
 from llmctl.model.transformer import ModelConfig, Transformer
-from llmctl.tokenizer.spm import Tokenizer
+from llmctl.tokenizer.load import load_tokenizer
 
 
 class RewardModel(Transformer):
@@ -102,7 +102,7 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardScorer:
     model.load_state_dict(state)
     man = p / "_manifest.json"
     max_len = json.loads(man.read_text()).get("config", {}).get("max_len") if man.is_file() else None
-    return RewardScorer(model, Tokenizer.load(p / TOKENIZER_DIR), max_len=max_len, device=device)
+    return RewardScorer(model, load_tokenizer(p / TOKENIZER_DIR), max_len=max_len, device=device)
 
 
 def score(rm: str | Path | RewardScorer, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:

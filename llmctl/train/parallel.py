@@ -52,6 +52,8 @@ def check_divisible(cfg: ModelConfig, tp: int) -> None:
     """One-line UsageError when a shape the tensor-parallel plans split does not divide by tp."""
     if tp == 1:
         return
+    if cfg.qk_norm or cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias:
+        raise UsageError(f"--tp {tp}: projection biases and q/k norms (an imported model) are not tensor-parallel yet")
     shapes = [
         ("n_head", cfg.n_head),
         ("n_kv_head", cfg.n_kv_head),

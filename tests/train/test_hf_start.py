@@ -97,3 +97,86 @@ def test_sft_bad_hf_dir_is_one_line_and_writes_nothing(hf_dir, tmp_path, kind):
         0
     ]
     assert not (tmp_path / "run").exists()
+
+
+LLAMA3 = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+ROWS = [
+    {
+        "prompt": [{"role": "user", "content": "what is two plus two?"}],
+        "completion": [{"role": "assistant", "content": "it is four."}],
+    },
+    {
+        "prompt": [{"role": "system", "content": "you are a helpful assistant."}, {"role": "user", "content": "hello"}],
+        "completion": [{"role": "assistant", "content": "hello world, the sky is blue."}],
+    },
+    {
+        "prompt": [{"role": "user", "content": "what is the sky?"}],
+        "completion": [{"role": "assistant", "content": "blue"}],
+    },
+]
+
+
+@pytest.mark.slow
+def test_sft_first_loss_equals_trl(tmp_path):
+    """TRL's SFTTrainer (completion-only loss, prompt-completion rows, a Llama-3 template: nothing
+    follows <|eot_id|>) logs the same first-step loss as llmctl's SFT loss on the same batch."""
+    pytest.importorskip("trl")
+    import torch
+    from datasets import Dataset
+    from hf_helpers import bpe
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
+
+    from llmctl.train.finetune import load_start
+    from llmctl.train.sft import collate_windows, sft_loss
+
+    d = tmp_path / "m"
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe(),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|endoftext|>",
+        chat_template=LLAMA3,
+    )
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trl"),
+        completion_only_loss=True,
+        max_steps=1,
+        logging_steps=1,
+        per_device_train_batch_size=len(ROWS),
+        use_cpu=True,
+        report_to=[],
+        bf16=False,
+        packing=False,
+        save_strategy="no",
+        seed=0,
+    )
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(ROWS), processing_class=tok)
+    trainer.train()
+    want = trainer.state.log_history[0]["loss"]
+
+    m, _, t, _ = load_start(d)
+    examples = [encode_conversation(t, r["prompt"] + r["completion"], 256) for r in ROWS]
+    loss, info = sft_loss(m, collate_windows(examples, [[i] for i in range(len(ROWS))], t.pad_id))
+    assert info["response_tokens"] == sum(len(t.encode(r["completion"][0]["content"])) + 1 for r in ROWS)
+    assert loss.item() == pytest.approx(want, abs=1e-5)
