@@ -10,14 +10,20 @@ import sys
 import pytest
 
 pytest.importorskip("transformers")
-from hf_helpers import qwen2_chat_dir  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from hf_helpers import bpe, qwen2_chat_dir  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from llmctl.cli.app import app  # noqa: E402
-from llmctl.data.chat_data import encode_conversation  # noqa: E402
+from llmctl.data.chat_data import encode_conversation, encode_responses  # noqa: E402
 from llmctl.model.checkpoint import load_checkpoint  # noqa: E402
 from llmctl.tokenizer.load import load_tokenizer  # noqa: E402
+from llmctl.train.dpo import collate_dpo  # noqa: E402
+from llmctl.train.dpo_loss import response_logps  # noqa: E402
+from llmctl.train.finetune import load_start  # noqa: E402
+from llmctl.train.sft import collate_windows, sft_loss  # noqa: E402
 
 CONV = [
     {"role": "user", "content": "what is two plus two?"},
@@ -120,21 +126,9 @@ ROWS = [
 ]
 
 
-@pytest.mark.slow
-def test_sft_first_loss_equals_trl(tmp_path):
-    """TRL's SFTTrainer (completion-only loss, prompt-completion rows, a Llama-3 template: nothing
-    follows <|eot_id|>) logs the same first-step loss as llmctl's SFT loss on the same batch."""
-    pytest.importorskip("trl")
-    import torch
-    from datasets import Dataset
-    from hf_helpers import bpe
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
-    from trl import SFTConfig, SFTTrainer
+def llama3_dir(d):
+    """A LlamaForCausalLM with a Llama-3-style chat template (nothing after <|eot_id|>)."""
 
-    from llmctl.train.finetune import load_start
-    from llmctl.train.sft import collate_windows, sft_loss
-
-    d = tmp_path / "m"
     tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe(),
         bos_token="<|begin_of_text|>",
@@ -157,6 +151,17 @@ def test_sft_first_loss_equals_trl(tmp_path):
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
     tok.save_pretrained(d)
+    return d, tok
+
+
+@pytest.mark.slow
+def test_sft_first_loss_equals_trl(tmp_path):
+    """TRL's SFTTrainer (completion-only loss, prompt-completion rows, a Llama-3 template: nothing
+    follows <|eot_id|>) logs the same first-step loss as llmctl's SFT loss on the same batch."""
+    pytest.importorskip("trl")
+    from trl import SFTConfig, SFTTrainer
+
+    d, tok = llama3_dir(tmp_path / "m")
     args = SFTConfig(
         output_dir=str(tmp_path / "trl"),
         completion_only_loss=True,
@@ -180,3 +185,53 @@ def test_sft_first_loss_equals_trl(tmp_path):
     loss, info = sft_loss(m, collate_windows(examples, [[i] for i in range(len(ROWS))], t.pad_id))
     assert info["response_tokens"] == sum(len(t.encode(r["completion"][0]["content"])) + 1 for r in ROWS)
     assert loss.item() == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_dpo_first_logps_equal_trl(tmp_path):
+    """TRL's DPOTrainer on conversational pairs logs, at step 0 (policy = reference: loss log 2),
+    the batch means of the summed response log-probs that llmctl computes for the same pairs."""
+    pytest.importorskip("trl")
+    from trl import DPOConfig, DPOTrainer
+
+    d, tok = llama3_dir(tmp_path / "m")
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "what is two plus two?"}],
+            "chosen": [{"role": "assistant", "content": "it is four."}],
+            "rejected": [{"role": "assistant", "content": "the sky is blue."}],
+        },
+        {
+            "prompt": [{"role": "user", "content": "hello"}],
+            "chosen": [{"role": "assistant", "content": "hello world"}],
+            "rejected": [{"role": "assistant", "content": "what?"}],
+        },
+    ]
+    args = DPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        max_steps=1,
+        logging_steps=1,
+        per_device_train_batch_size=len(rows),
+        use_cpu=True,
+        report_to=[],
+        bf16=False,
+        save_strategy="no",
+        seed=0,
+        beta=0.1,
+    )
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["loss"] == pytest.approx(0.693147, abs=1e-5)
+
+    m, _, t, _ = load_start(d)
+    pairs = [
+        tuple(encode_responses(t, r["prompt"], [r["chosen"][0]["content"], r["rejected"][0]["content"]], 256))
+        for r in rows
+    ]
+    b = collate_dpo(pairs, t.pad_id)  # rows: every chosen, then every rejected
+    with torch.no_grad():
+        logps = response_logps(m, b["input_ids"], b["labels"])
+    assert logps[: len(rows)].mean().item() == pytest.approx(log["logps/chosen"], abs=1e-4)
+    assert logps[len(rows) :].mean().item() == pytest.approx(log["logps/rejected"], abs=1e-4)
