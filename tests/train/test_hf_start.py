@@ -18,6 +18,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from llmctl.cli.app import app  # noqa: E402
 from llmctl.data.chat_data import encode_conversation, encode_responses  # noqa: E402
+from llmctl.eval.lm import load_lm  # noqa: E402
 from llmctl.model.checkpoint import load_checkpoint  # noqa: E402
 from llmctl.tokenizer.load import load_tokenizer  # noqa: E402
 from llmctl.train.dpo import collate_dpo  # noqa: E402
@@ -71,6 +72,9 @@ def test_sft_from_hf_dir_then_export(hf_dir, tmp_path):
     model, cfg, tok_dir, _ = load_checkpoint(run)
     assert cfg.hf_arch == "Qwen2ForCausalLM" and (tok_dir / "tokenizer.json").is_file()
     assert not list(tok_dir.glob("*.safetensors"))  # only the tokenizer files were copied
+    lm = load_lm(run)  # eval of the run: llmctl's engine with the model's own chat template
+    want = AutoTokenizer.from_pretrained(hf_dir).apply_chat_template(CONV[:1], add_generation_prompt=True)
+    assert lm.codec.chat(CONV[:1]) == list(want["input_ids"] if hasattr(want, "keys") else want)
     r = CliRunner().invoke(app, ["export", str(run), "-o", str(tmp_path / "hf")])
     assert r.exit_code == 0, r.output
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
