@@ -199,7 +199,7 @@ def load_hf(
         dtype = max(set(file_dtypes), key=file_dtypes.count)
     elif isinstance(dtype, str):
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype).to_empty(device=device)  # the dtype on the meta device: no second copy
     if cfg.tie_embeddings:  # to_empty makes a new tensor per name: tie again
         model.lm_head.weight = model.embed_tokens.weight
     params = model.state_dict()

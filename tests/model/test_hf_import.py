@@ -206,3 +206,31 @@ def test_tokenizer_larger_than_embeddings(tmp_path, models):
     with pytest.raises(UsageError) as e:
         load_checkpoint(d)
     assert "ids up to 199 but the model's embeddings have 128 rows" in one_line(e)
+
+
+def test_older_config_format_reads_the_same(tmp_path, models):
+    """Hub files written before transformers 5: top-level rope_theta, rope_scaling with `type`, torch_dtype."""
+    d = copy(models, "qwen2", tmp_path / "m")
+    c = json.loads((d / "config.json").read_text())
+    rp = c.pop("rope_parameters")
+    c["rope_theta"] = rp.pop("rope_theta")
+    c["rope_scaling"] = {"type": rp.pop("rope_type"), **rp}
+    c["torch_dtype"] = c.pop("dtype", "float32")
+    (d / "config.json").write_text(json.dumps(c))
+    old, new = hf_model_config(d), hf_model_config(models["qwen2"][0])
+    assert old.rope_scaling == new.rope_scaling and old.rope_base == new.rope_base
+    model, *_ = load_hf(d)
+    ids = torch.randint(0, 128, (1, 150), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), models["qwen2"][1](ids).logits, atol=1e-4, rtol=0)
+
+
+def test_sliding_window_longer_sequences_are_refused(tmp_path):
+    ref = build(MistralConfig(**{**COMMON, "sliding_window": 16}), tmp_path / "m")
+    model, cfg, *_ = load_hf(tmp_path / "m")
+    assert cfg.sliding_window == 16
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref(ids).logits, atol=1e-4, rtol=0)  # within the window: exact
+    with pytest.raises(UsageError, match="exceeds the model's sliding window 16"):
+        model(torch.randint(0, 128, (1, 17)))
