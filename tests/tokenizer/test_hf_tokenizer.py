@@ -5,6 +5,8 @@ their end-of-turn token. Tokenizers are trained here (nothing is downloaded)."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -122,8 +124,6 @@ def test_response_ids_and_stops(dirs, style):
 
 
 def test_generation_config_stop_ids(dirs, tmp_path):
-    import shutil
-
     d = tmp_path / "t"
     shutil.copytree(dirs["llama3"], d)
     (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 6]}))
@@ -134,8 +134,6 @@ def test_generation_config_stop_ids(dirs, tmp_path):
 def test_no_template_and_no_tokenizer_are_one_line_errors(dirs, tmp_path):
     with pytest.raises(UsageError, match="no tokenizer.json"):
         HFTokenizer(tmp_path)
-    import shutil
-
     d = tmp_path / "t"
     shutil.copytree(dirs["llama3"], d)
     (d / "chat_template.jinja").unlink(missing_ok=True)
@@ -144,3 +142,29 @@ def test_no_template_and_no_tokenizer_are_one_line_errors(dirs, tmp_path):
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
     with pytest.raises(UsageError, match="has no chat template"):
         HFTokenizer(d).encode_chat(CONVERSATION[:2])
+
+
+REAL = {"qwen2_5": "<|im_end|>", "qwen3": "<|im_end|>", "llama3_1": "<|eot_id|>", "llama3_2": "<|eot_id|>"}
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_shipped_model_templates(dirs, tmp_path, name):
+    """The chat templates of Qwen2.5, Qwen3, Llama 3.1 and 3.2 as TRL ships them (tools, dates,
+    <think> handling): ids equal transformers', the mask is the replies and their end tokens."""
+    trl = pytest.importorskip("trl")
+    src = Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja"
+    if not src.is_file():
+        pytest.skip(f"this TRL has no {src.name}")
+    base = PreTrainedTokenizerFast.from_pretrained(dirs["chatml"])
+    base.chat_template, base.eos_token = src.read_text(), REAL[name]
+    base.bos_token = "<|begin_of_text|>"
+    base.save_pretrained(tmp_path)
+    ref, tok = AutoTokenizer.from_pretrained(tmp_path), HFTokenizer(tmp_path)
+    msgs = CONVERSATION[:5]
+    for n in (2, 3, 5):
+        for gen in (False, True):
+            want = ref.apply_chat_template(msgs[:n], tokenize=True, add_generation_prompt=gen, return_dict=True)
+            assert tok.encode_chat(msgs[:n], gen)[0] == list(want["input_ids"])
+    ids, mask = tok.encode_chat(msgs)
+    end = REAL[name]
+    assert tok.decode([i for i, m in zip(ids, mask) if m], skip_special=False) == f"it is four.{end}hello world{end}"
