@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 transformers = pytest.importorskip("transformers")
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 
 from llmctl.errors import UsageError  # noqa: E402
@@ -168,3 +168,29 @@ def test_shipped_model_templates(dirs, tmp_path, name):
     ids, mask = tok.encode_chat(msgs)
     end = REAL[name]
     assert tok.decode([i for i, m in zip(ids, mask) if m], skip_special=False) == f"it is four.{end}hello world{end}"
+
+
+def test_sentencepiece_style_tokenizer_and_mistral_template(tmp_path):
+    """Llama-2/Mistral style: a "▁"-prepending normalizer, byte fallback, `[INST]` turns, replies ended by eos."""
+    t = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    t.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    t.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "[INST]", "[/INST]"])
+    t.train_from_iterator(["hello world, what is two plus two? it is four."] * 50, trainer)
+    template = (
+        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+        "{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>", chat_template=template
+    ).save_pretrained(tmp_path)
+    ref, tok = AutoTokenizer.from_pretrained(tmp_path), HFTokenizer(tmp_path)
+    conv = [CONVERSATION[1], CONVERSATION[2], {"role": "user", "content": "hello"}, CONVERSATION[4]]
+    ids, mask = tok.encode_chat(conv)
+    assert ids == list(ref.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"])
+    # the word-boundary marker that starts a reply is part of the reply as the model writes it
+    assert tok.decode([i for i, m in zip(ids, mask) if m], skip_special=False) == "it is four.</s> hello world</s>"
+    assert tok.response_ids(conv[:1], "it is four.")[-1] == tok.eos_id
