@@ -78,9 +78,11 @@ def hf_model_config(path: str | Path) -> ModelConfig:
     kind = rp.get("rope_type", rp.get("type", "default"))
     if kind not in ROPE_TYPES:
         raise UsageError(f"{path}: rope_type {kind!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
+    if hf.get("partial_rotary_factor", 1.0) != 1.0:
+        raise UsageError(f"{path}: partial_rotary_factor != 1 is not supported")
     scaling["rope_type"] = kind
     family = SUPPORTED[arch]
-    bias = bool(hf.get("attention_bias", False))
+    bias = bool(hf.get("attention_bias", False)) and family in ("llama", "qwen3")  # Mistral has none
     heads = hf["num_attention_heads"]
     try:
         return ModelConfig(
@@ -97,7 +99,7 @@ def hf_model_config(path: str | Path) -> ModelConfig:
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             init_std=float(hf.get("initializer_range", 0.02)),
             qkv_bias=family == "qwen2" or bias,
-            o_bias=bias and family != "qwen2",
+            o_bias=bias,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             qk_norm=family == "qwen3",
             rope_scaling=None if kind == "default" else scaling,
