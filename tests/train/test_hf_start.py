@@ -239,3 +239,43 @@ def test_dpo_first_logps_equal_trl(tmp_path):
         logps = response_logps(m, b["input_ids"], b["labels"])
     assert logps[: len(rows)].mean().item() == pytest.approx(log["logps/chosen"], abs=1e-4)
     assert logps[len(rows) :].mean().item() == pytest.approx(log["logps/rejected"], abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["dpo", "reward", "rl"])
+def test_preference_and_rl_stages_from_hf_dir(hf_dir, tmp_path, stage):
+    """dpo, reward and GRPO run from a Hugging Face directory (responses in the model's own template)."""
+    rows = [
+        {
+            "prompt": f"what is {i} plus two?",
+            "chosen": "it is four.",
+            "rejected": "the sky is blue.",
+            "response": "four",
+        }
+        for i in range(24)
+    ]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    small = ["--steps", "2", "--batch-size", "4", "--micro-batch", "4", "--eval-every", "0", "--max-len", "64"]
+    extra = {
+        "dpo": [],
+        "reward": [],
+        "rl": [
+            "--algo",
+            "grpo",
+            "-G",
+            "2",
+            "--reward",
+            "exact_match",
+            "--rollout-prompts",
+            "4",
+            "--max-new-tokens",
+            "4",
+        ],
+    }[stage]
+    if stage == "rl":
+        small = [a for a in small if a not in ("--max-len", "64")]
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, [stage, str(data), "--from", str(hf_dir), "-o", str(run), *small, *extra])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert (run / "_manifest.json").is_file()
