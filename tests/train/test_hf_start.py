@@ -279,3 +279,44 @@ def test_preference_and_rl_stages_from_hf_dir(hf_dir, tmp_path, stage):
     r = CliRunner().invoke(app, [stage, str(data), "--from", str(hf_dir), "-o", str(run), *small, *extra])
     assert r.exit_code == 0, (r.output, r.exception)
     assert (run / "_manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_continued_pretraining_from_hf_dir(hf_dir, tmp_path):
+    """`tokenize encode -t HF_DIR` then `pretrain --from HF_DIR`: training starts from the source's
+    weights and keeps its architecture; a window longer than its context is one line."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(
+        "".join(json.dumps({"text": f"hello world, what is two plus two? it is four. {i}"}) + "\n" for i in range(64))
+    )
+    cli = CliRunner()
+    r = cli.invoke(app, ["data", "import", str(docs), "-o", str(tmp_path / "d"), "--format", "docs"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    r = cli.invoke(app, ["tokenize", "encode", str(tmp_path / "d"), "-t", str(hf_dir), "-o", str(tmp_path / "tok")])
+    assert r.exit_code == 0, (r.output, r.exception)
+    run = tmp_path / "run"
+    args = ["pretrain", str(tmp_path / "tok"), "-t", str(hf_dir), "-o", str(run), "--from", str(hf_dir)]
+    small = ["--steps", "2", "--seq-len", "32", "--batch-tokens", "128", "--micro-batch", "4", "--eval-every", "0"]
+    r = cli.invoke(app, args + small + ["--lr", "1e-9", "--warmup", "0"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    trained, cfg, *_ = load_checkpoint(run)
+    assert cfg.hf_arch == "Qwen2ForCausalLM"
+    source, *_ = load_checkpoint(hf_dir)  # lr 1e-9: the weights are still the source's
+    for (name, a), (_, b) in zip(trained.state_dict().items(), source.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    r = cli.invoke(
+        app,
+        [
+            "pretrain",
+            str(tmp_path / "tok"),
+            "-t",
+            str(hf_dir),
+            "-o",
+            str(tmp_path / "r2"),
+            "--from",
+            str(hf_dir),
+            "--seq-len",
+            "1024",
+        ],
+    )
+    assert r.exit_code != 0 and "exceeds the model's max_seq_len 256" in str(r.exception)
