@@ -68,7 +68,7 @@ class PretrainConfig:
     batch_tokens: int = 8192  # tokens per optimizer step over all ranks; sets train.batch_size
     doc_mask: bool = True
     val_tokens: int = 65536  # validation tokens (the first windows of the val split)
-    init_from: str | None = None  # continue from this checkpoint or Hugging Face model dir (its shape); None = a new model
+    init_from: str | None = None  # a checkpoint or Hugging Face model dir to continue from; None = a new model
 
     def __post_init__(self) -> None:
         if self.seq_len > 0 and self.batch_tokens % self.seq_len == 0:  # else pretrain() says what is wrong
