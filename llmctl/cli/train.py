@@ -34,6 +34,13 @@ def pretrain_cmd(
             help="Model shape: tiny | 10m | 124m | 350m | moe-tiny | moe-10m | olmoe (Mixture-of-Experts, docs/moe.md; or --set model.n_experts=8 etc.) (default tiny)."
         ),
     ] = None,
+    from_: Annotated[
+        Optional[str],
+        typer.Option(
+            "--from",
+            help="Continue pretraining a checkpoint or a Hugging Face model directory (its shape; -t its tokenizer).",
+        ),
+    ] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Override the preset's layer count.")] = None,
     n_head: Annotated[Optional[int], typer.Option(help="Override the preset's attention heads.")] = None,
     n_kv_head: Annotated[
@@ -91,6 +98,7 @@ def pretrain_cmd(
 
     flags = {
         "model.preset": preset,
+        "init_from": from_,
         "model.n_layer": n_layer,
         "model.n_head": n_head,
         "model.n_kv_head": n_kv_head,

@@ -168,12 +168,20 @@ def fit(
     return Encoded(p_ids + resp_ids[:keep_r], p_mask + resp_mask[:keep_r], True)
 
 
+def response_ids(tok: Any, prompt: list[dict[str, str]], response: str) -> list[int]:
+    """An assistant reply's ids through its end-of-turn token: `<|end|>` in llmctl's format, the
+    model's own template for a Hugging Face tokenizer (`HFTokenizer.response_ids`)."""
+    if hasattr(tok, "response_ids"):
+        return tok.response_ids(prompt, response)
+    return tok.encode(response) + [tok.special_ids["<|end|>"]]
+
+
 def encode_conversation(tok: Any, messages: list[dict[str, str]], max_len: int) -> Encoded:
     """A conversation ending with an assistant turn; prompt part = everything before that turn's content."""
     if not messages or messages[-1]["role"] != "assistant":
         raise UsageError("an SFT conversation must end with an assistant turn")
     p_ids, p_mask = encode_chat(tok, messages[:-1], add_generation_prompt=True)
-    r_ids = tok.encode(messages[-1]["content"]) + [tok.special_ids["<|end|>"]]
+    r_ids = response_ids(tok, messages[:-1], messages[-1]["content"])
     return fit(p_ids, p_mask, r_ids, [True] * len(r_ids), max_len)
 
 
@@ -186,8 +194,7 @@ def encode_responses(tok: Any, prompt: list[dict[str, str]], responses: list[str
     """Prompt + each response, the prompt cut the same way for all (as the longest response needs),
     so chosen and rejected of a pair are always compared on the same context."""
     p_ids, _ = encode_chat(tok, prompt, add_generation_prompt=True)
-    end = tok.special_ids["<|end|>"]
-    rs = [tok.encode(r) + [end] for r in responses]
+    rs = [response_ids(tok, prompt, r) for r in responses]
     longest = max(len(r) for r in rs)
     keep_p = len(p_ids) if len(p_ids) + longest <= max_len else min(len(p_ids), max(max_len - longest, max_len // 2))
     cut = keep_p < len(p_ids)

@@ -49,6 +49,7 @@ from llmctl.store.dataset import (
 from llmctl.store.integrity import open_parquet, read_state, verify_shard
 from llmctl.store.lock import exclusive_output
 from llmctl.store.manifest import write_manifest
+from llmctl.tokenizer.load import load_tokenizer
 from llmctl.tokenizer.spm import Tokenizer, training_chunks
 from llmctl.utils.progress import StageProgress, note, note_resume
 
@@ -265,7 +266,7 @@ def _empty_stats() -> dict[str, dict[str, int]]:
 def encode_task(task: EncodeTask, report: Reporter) -> dict[str, Any]:
     """Encode one document shard into one token shard; returns per-split counts."""
     started = time.time()
-    tok = Tokenizer.load(task.tokenizer_dir)
+    tok = load_tokenizer(task.tokenizer_dir)
     eos, cfg = tok.eos_id, task.cfg
     stats = _empty_stats()
     skipped = 0
@@ -375,7 +376,7 @@ def _run_encode(
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     ds = _open_inputs([str(dataset)])[0]
-    tok = Tokenizer.load(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     workers = cfg.workers or default_workers()
     fs.check_shared(out, workers, cfg.executor)
     stage = StageOutput(fs.to_path(out), "tokens", cfg, [ds.lineage(), tok.lineage()], overwrite=overwrite)

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import resolve_checkpoint
+from llmctl.model.hf_import import is_hf_dir
 from llmctl.store.dataset import fingerprint_file
 
 # One row per (task, metric): `stderr` is null where none is defined, `n` counts what the metric
@@ -84,17 +85,6 @@ def read_prompts(path: str | Path, limit: int = 0) -> tuple[list[str], dict[str,
         if limit and len(out) >= limit:
             break
     return out, file_lineage(p)
-
-
-def is_hf_dir(path: str | Path) -> bool:
-    """A Hugging Face model directory (a config.json not written by llmctl)."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("format") != "llmctl"
-    except json.JSONDecodeError:
-        return False
 
 
 def model_lineage(path: str | Path, stage: str = "model") -> dict[str, Any]:

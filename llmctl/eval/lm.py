@@ -24,7 +24,7 @@ from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint, weights
 from llmctl.model.generate import filter_logits, generate_batch
 from llmctl.model.transformer import KVCache
 from llmctl.store.dataset import fingerprint_file
-from llmctl.tokenizer.spm import Tokenizer
+from llmctl.tokenizer.load import load_tokenizer
 
 PAD_MULTIPLE = 64
 
@@ -203,7 +203,7 @@ class LlmctlLM(LM):
         self.model, self.cfg, tok_dir, _ = load_checkpoint(self.path, device=device, tokenizer_dir=tokenizer_dir)
         if tok_dir is None:
             raise UsageError(f"{path}: checkpoint has no tokenizer/ directory; pass --tokenizer")
-        tok = Tokenizer.load(tok_dir)
+        tok = load_tokenizer(tok_dir)
         self.tokenizer = tok
         self.codec = TextCodec(
             tok.encode,

@@ -25,6 +25,7 @@ from llmctl.errors import UsageError
 from llmctl.export.hf_moe import moe_hf_config, moe_hf_state
 from llmctl.export.hf_tokenizer import tokenizer_json
 from llmctl.model.checkpoint import load_checkpoint, write_weights
+from llmctl.model.hf_import import copy_tokenizer_files
 from llmctl.model.lora import has_lora, merge_lora
 from llmctl.model.transformer import ModelConfig
 from llmctl.store.dataset import atomic_write_json, atomic_write_text
@@ -105,6 +106,8 @@ def export_hf(
         merge_lora(model, checkpoint)
     elif has_lora(model):
         raise UsageError(f"{checkpoint}: a LoRA run holds adapters only: pass --merge to export base + adapters")
+    if cfg.hf_arch is not None:
+        return _export_imported(checkpoint, out, model, cfg, tok_dir, manifest)
     ids = {"bos": None, "eos": None, "pad": None}
     tok, stops = None, None
     if tok_dir is not None:
@@ -144,6 +147,37 @@ def export_hf(
             "stage": "export",
             "format": f"huggingface-{hf_cfg['model_type']}",
             "config": {"split_special_tokens": split_special_tokens},
+            "inputs": [{"path": str(Path(checkpoint).resolve()), "step": manifest.get("step")}],
+            "model": cfg.to_dict(),
+        },
+    )
+    return out
+
+
+def _export_imported(checkpoint, out: Path, model, cfg: ModelConfig, tok_dir, manifest) -> Path:
+    """A model imported from Hugging Face goes back to its source architecture class: the source
+    config.json (with this model's dtype and tying), the same tensor names, its own tokenizer and
+    chat-template files verbatim."""
+    state = {}
+    for k, v in model.state_dict().items():
+        if k == "lm_head.weight":
+            if not cfg.tie_embeddings:
+                state[k] = v.contiguous()
+        else:
+            state[f"model.{k}"] = v.contiguous()
+    dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    hf_cfg = {**(cfg.hf_config or {}), "dtype": dtype, "tie_word_embeddings": cfg.tie_embeddings}
+    hf_cfg.pop("torch_dtype", None)
+    out.mkdir(parents=True, exist_ok=True)
+    write_weights(state, out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+    if tok_dir is not None:
+        copy_tokenizer_files(tok_dir, out)
+    write_manifest(
+        out,
+        {
+            "stage": "export",
+            "format": f"huggingface-{hf_cfg.get('model_type', 'llama')}",
             "inputs": [{"path": str(Path(checkpoint).resolve()), "step": manifest.get("step")}],
             "model": cfg.to_dict(),
         },

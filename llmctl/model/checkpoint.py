@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmctl.errors import UsageError
+from llmctl.model import hf_import
 from llmctl.model import lora as L
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.store import fs
@@ -95,7 +96,9 @@ def save_checkpoint(
             write_weights(_weights_for_saving(state, model_cfg), tmp / WEIGHTS)
         extra = {"lora": spec} if spec else {}
         (tmp / CONFIG).write_text(json.dumps({"format": "llmctl", **model_cfg.to_dict(), **extra}, indent=2) + "\n")
-        if tokenizer_dir is not None:
+        if tokenizer_dir is not None and hf_import.is_hf_dir(tokenizer_dir):  # an imported model's own dir
+            hf_import.copy_tokenizer_files(tokenizer_dir, tmp / TOKENIZER_DIR)
+        elif tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
@@ -190,11 +193,20 @@ def load_checkpoint(
     """Load (model in eval mode, its config, its tokenizer dir, its manifest).
 
     `tokenizer_dir` overrides the checkpoint's own tokenizer copy; its vocabulary must match.
+    A Hugging Face model directory (llmctl.model.hf_import) loads too, in fp32.
     """
+    if hf_import.is_hf_dir(path):
+        model, cfg, tok, manifest = hf_import.load_hf(path, device)
+        if tokenizer_dir is not None:
+            hf_import.check_tokenizer(tokenizer_dir, cfg)
+            tok = Path(tokenizer_dir)
+        return model, cfg, tok, manifest
     path = resolve_checkpoint(path)
     cfg = read_model_config(path)
     tok = Path(tokenizer_dir) if tokenizer_dir is not None else path / TOKENIZER_DIR
-    if tokenizer_dir is not None or tok.is_dir():
+    if cfg.hf_arch is not None and tok.is_dir():  # an imported model: its own tokenizer.json
+        hf_import.check_tokenizer(tok, cfg)
+    elif tokenizer_dir is not None or tok.is_dir():
         check_vocab(cfg, tok, where=path)
     else:
         tok = None

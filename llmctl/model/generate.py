@@ -22,7 +22,7 @@ import torch
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import load_checkpoint
 from llmctl.model.transformer import KVCache, Transformer
-from llmctl.tokenizer.spm import Tokenizer
+from llmctl.tokenizer.load import load_tokenizer
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -237,13 +237,14 @@ def generate_text(
     """Load a checkpoint and its tokenizer, continue `prompt`, return only the new text.
 
     With `chat=True` the prompt is one user turn in the chat template SFT, reward and DPO train on
-    (`Tokenizer.apply_chat_template`, ending with the assistant tag), and the reply stops at `<|end|>`.
+    (`apply_chat_template`, ending with the assistant tag: the model's own template for a Hugging Face
+    directory), and the reply stops at the end of the turn.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _, tok_dir, _ = load_checkpoint(checkpoint, device=device, tokenizer_dir=tokenizer_dir)
     if tok_dir is None:
         raise UsageError(f"{checkpoint}: has no tokenizer; pass --tokenizer")
-    tok = Tokenizer.load(tok_dir)
+    tok = load_tokenizer(tok_dir)
     ids = prompt_ids(tok, prompt, chat)
     new = generate(model, ids, max_tokens, temperature, top_k, top_p, seed, stop_ids=tok.stop_ids)
     return tok.decode(new)

@@ -29,7 +29,7 @@ from llmctl.model.checkpoint import (
 )
 from llmctl.model.lora import merge_lora, read_adapter
 from llmctl.model.transformer import ModelConfig, Transformer
-from llmctl.tokenizer.spm import Tokenizer
+from llmctl.tokenizer.load import load_tokenizer
 
 
 class RewardModel(Transformer):
@@ -124,7 +124,7 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardScorer:
 def _scorer(model: RewardModel, p: Path, device: str) -> RewardScorer:
     man = p / "_manifest.json"
     max_len = json.loads(man.read_text()).get("config", {}).get("max_len") if man.is_file() else None
-    return RewardScorer(model, Tokenizer.load(p / TOKENIZER_DIR), max_len=max_len, device=device)
+    return RewardScorer(model, load_tokenizer(p / TOKENIZER_DIR), max_len=max_len, device=device)
 
 
 def score(rm: str | Path | RewardScorer, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:

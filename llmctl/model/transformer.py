@@ -55,6 +55,16 @@ class ModelConfig:
     moe_capacity_factor: float = 0.0  # 0 = dropless; else tokens over capacity are dropped (and counted)
     moe_jitter: float = 0.0  # multiplicative router-input noise in training (Switch)
     moe_impl: str = "auto"  # auto | loop | grouped (torch grouped_mm)
+    # Architecture variants of imported Hugging Face models (llmctl.model.hf_import); the defaults are llmctl's own.
+    head_dim: int | None = None  # None = d_model // n_head; q/k/v/o project to n_head * head_dim
+    qkv_bias: bool = False  # biases on q/k/v_proj (Qwen2; Llama/Qwen3 attention_bias)
+    o_bias: bool = False  # a bias on o_proj (Llama/Qwen3 attention_bias)
+    mlp_bias: bool = False  # biases on gate/up/down_proj (Llama mlp_bias)
+    qk_norm: bool = False  # per-head RMSNorm of queries and keys before RoPE (Qwen3)
+    rope_scaling: dict[str, Any] | None = None  # HF rope parameters: {"rope_type": "linear"|"llama3"|"yarn", ...}
+    sliding_window: int | None = None  # recorded from the source; sequences longer than it are refused
+    hf_arch: str | None = None  # the source architecture ("Qwen2ForCausalLM"); None = llmctl's own model
+    hf_config: dict[str, Any] | None = None  # the source config.json, written back by export
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -63,17 +73,17 @@ class ModelConfig:
             self.d_ff = 16 * math.ceil(8 * self.d_model / 3 / 16)
         if self.moe_d_ff is None:
             self.moe_d_ff = self.d_ff
-        if self.d_model % self.n_head:
-            raise UsageError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.head_dim is None:
+            if self.d_model % self.n_head:
+                raise UsageError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+            self.head_dim = self.d_model // self.n_head
         if self.n_head % self.n_kv_head:
             raise UsageError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
-        if (self.d_model // self.n_head) % 2:
-            raise UsageError(f"head dim {self.d_model // self.n_head} must be even for RoPE")
+        if self.head_dim % 2:
+            raise UsageError(f"head dim {self.head_dim} must be even for RoPE")
+        if self.rope_scaling is not None:
+            rope_inv_freq(self)  # validates the rope type and its options
         check_moe_config(self)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,13 +147,85 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """RoPE inverse frequencies (head_dim / 2,) and the attention factor that multiplies cos/sin,
+    for `cfg.rope_scaling` as Hugging Face transformers computes them (modeling_rope_utils:
+    linear, llama3, yarn). None = plain RoPE (llmctl's own `rope_scale` divides positions instead)."""
+    dim, base = cfg.head_dim, cfg.rope_base
+    # explicit device: a model built under `torch.device("meta")` (streamed import) still needs real tables
+    inv = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    rs = cfg.rope_scaling or {}
+    kind = rs.get("rope_type", rs.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise UsageError(f"unsupported rope_type {kind!r}; supported: {', '.join(ROPE_TYPES)}")
+    if rs.get("partial_rotary_factor", 1.0) != 1.0:
+        raise UsageError("partial_rotary_factor != 1 is not supported")
+    factor = float(rs.get("factor") or 1.0)
+    if kind == "default":
+        return inv, 1.0
+    if kind == "linear":
+        return inv / factor, 1.0
+    orig = rs.get("original_max_position_embeddings")
+    if kind == "llama3":
+        low_ff, high_ff = float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+        low_wl, high_wl = orig / low_ff, orig / high_ff
+        wavelen = 2 * math.pi / inv
+        out = torch.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (orig / wavelen - low_ff) / (high_ff - low_ff)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+        return torch.where(medium, smoothed, out), 1.0
+    # yarn
+    orig = orig or cfg.max_seq_len
+    if rs.get("factor") is None:
+        factor = cfg.max_seq_len / orig
+    attn = rs.get("attention_factor")
+    ms, msad = rs.get("mscale"), rs.get("mscale_all_dim")
+    if attn is None:
+        attn = _yarn_mscale(factor, ms) / _yarn_mscale(factor, msad) if ms and msad else _yarn_mscale(factor)
+    beta_fast, beta_slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
+    truncate = rs.get("truncate", True)
+
+    def corr_dim(rot: float) -> float:
+        return (dim * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = corr_dim(beta_fast), corr_dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
+    extrap = 1 - ramp
+    pos_freqs = base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)
+    return (1.0 / (factor * pos_freqs)) * (1 - extrap) + (1.0 / pos_freqs) * extrap, float(attn)
+
+
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, base: float, scale: float
+    positions: torch.Tensor,
+    head_dim: int,
+    base: float,
+    scale: float,
+    inv_freq: torch.Tensor | None = None,
+    attn_factor: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables (B, T, head_dim) for integer positions (B, T); Llama's half-split layout."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = (positions.float() / scale)[..., None] * inv_freq
+    """cos/sin tables (B, T, head_dim) for integer positions (B, T); Llama's half-split layout.
+    `inv_freq` (from `rope_inv_freq`) replaces the plain frequencies of `base`."""
+    if inv_freq is None:
+        inv_freq = 1.0 / (
+            base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+        )
+    angles = (positions.float() / scale)[..., None] * inv_freq.to(positions.device)
     emb = torch.cat([angles, angles], dim=-1)
+    if attn_factor != 1.0:
+        return emb.cos() * attn_factor, emb.sin() * attn_factor
     return emb.cos(), emb.sin()
 
 
@@ -179,17 +261,23 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg, self.layer = cfg, layer
         hd = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * hd, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * hd, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * hd, bias=False)
-        self.o_proj = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=False)
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, cfg.norm_eps)
+            self.k_norm = RMSNorm(hd, cfg.norm_eps)
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None):
         b, t, _ = x.shape
         hd, nh, nkv = self.cfg.head_dim, self.cfg.n_head, self.cfg.n_kv_head
         # -1 heads: under tensor parallelism each rank holds n_head/tp query and n_kv_head/tp kv heads
-        q = self.q_proj(x).view(b, t, -1, hd).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, -1, hd).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, -1, hd)
+        k = self.k_proj(x).view(b, t, -1, hd)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, t, -1, hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
@@ -207,9 +295,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -252,13 +340,19 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.activation_checkpointing = False
+        self._rope: tuple[torch.Tensor, float] | None = None
+        if cfg.rope_scaling is not None:
+            self._rope = rope_inv_freq(cfg)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) for matmuls and embeddings; output projections scaled by 1/sqrt(2 n_layer)."""
+        """Normal(0, init_std) for matmuls and embeddings; output projections scaled by 1/sqrt(2 n_layer);
+        ones for norms, zeros for biases."""
         std = self.cfg.init_std
         for name, p in self.named_parameters():
-            if p.ndim == 1:
+            if name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif p.ndim == 1:
                 nn.init.ones_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")):
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer))
@@ -295,7 +389,15 @@ class Transformer(nn.Module):
             mask = torch.ones(t, past + t, dtype=torch.bool, device=input_ids.device).tril(diagonal=past)
         if attn_mask is not None:
             mask = attn_mask
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scale)
+        if self.cfg.sliding_window is not None and int(positions.max()) >= self.cfg.sliding_window:
+            raise UsageError(
+                f"sequence of {int(positions.max()) + 1} tokens exceeds the model's sliding window "
+                f"{self.cfg.sliding_window} (sliding-window attention is not implemented)"
+            )
+        inv, attn_factor = self._rope if self._rope is not None else (None, 1.0)
+        if inv is not None and inv.device != positions.device:
+            self._rope = inv, attn_factor = inv.to(positions.device), attn_factor
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_scale, inv, attn_factor)
         x = self.embed_tokens(input_ids)
         for block in self.layers:
             if self.activation_checkpointing and self.training:

@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmctl.tokenizer.base import CHAT_TEMPLATE_JINJA, ROLES, ChatTokenizer, check_messages, encode_chat
+from llmctl.tokenizer import base
+from llmctl.tokenizer.base import CHAT_TEMPLATE_JINJA, ROLES, ChatTokenizer, check_messages
+
+
+def encode_chat(
+    tok: ChatTokenizer, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
+) -> tuple[list[int], list[bool]]:
+    """Ids of a conversation and the SFT mask: in llmctl's chat format, or in a Hugging Face
+    model's own template when the tokenizer has one (`llmctl.tokenizer.hf.HFTokenizer.encode_chat`)."""
+    if hasattr(tok, "encode_chat"):
+        return tok.encode_chat(messages, add_generation_prompt)
+    return base.encode_chat(tok, messages, add_generation_prompt)
 
 
 def apply_chat_template(

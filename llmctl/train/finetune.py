@@ -12,9 +12,10 @@ from llmctl.config import to_dict
 from llmctl.data.chat_data import Encoded, encode_responses, pref_triples, split_of
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import load_checkpoint, read_model_config, resolve_checkpoint, weights_file
+from llmctl.model.hf_import import hf_model_config, is_hf_dir
 from llmctl.model.lora import apply_lora, has_lora, lora_spec, merge_lora, trainable_summary
 from llmctl.store.dataset import fingerprint_file
-from llmctl.tokenizer.spm import Tokenizer
+from llmctl.tokenizer.load import load_tokenizer
 from llmctl.train import distributed as D
 from llmctl.train.loop import TrainConfig, train
 from llmctl.train.parallel import check_divisible
@@ -24,10 +25,12 @@ IGNORE = -100  # label of a position that gets no loss (F.cross_entropy's ignore
 
 
 def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """(model, model config, tokenizer, lineage) of the checkpoint training starts from; `max_len`,
-    when given, must fit the model's context. A LoRA run's checkpoint starts with its adapters merged."""
-    path = resolve_checkpoint(ckpt)
-    check_divisible(read_model_config(path), D.info().tp)  # --tp: before the model is built
+    """(model, model config, tokenizer, lineage) of the checkpoint training starts from (or of a
+    Hugging Face model directory, llmctl.model.hf_import, in fp32); `max_len`, when given, must fit
+    the model's context. A LoRA run's checkpoint starts with its adapters merged."""
+    hf = is_hf_dir(ckpt)
+    path = Path(ckpt) if hf else resolve_checkpoint(ckpt)
+    check_divisible(hf_model_config(path) if hf else read_model_config(path), D.info().tp)  # before the model is built
     model, mc, tok_dir, man = load_checkpoint(path)
     if has_lora(model):
         merge_lora(model)
@@ -41,9 +44,9 @@ def load_start(ckpt: str | Path, max_len: int | None = None) -> tuple[Any, Any, 
     lineage = {
         "path": str(path.resolve()),
         "stage": man.get("stage", "checkpoint"),
-        "fingerprint": fingerprint_file(weights_file(path)),
+        "fingerprint": fingerprint_file(weights_file(path)) if not hf else man["files"],
     }
-    return model, mc, Tokenizer.load(tok_dir), lineage
+    return model, mc, load_tokenizer(tok_dir), lineage
 
 
 def use_lora(

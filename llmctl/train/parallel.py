@@ -41,7 +41,10 @@ def check_layout(world: int, tp: int) -> None:
 
 
 def check_divisible(cfg: ModelConfig, tp: int) -> None:
-    """One-line UsageError when a shape the tensor-parallel plans split does not divide by tp (or MoE with tp)."""
+    """One-line UsageError when a shape the tensor-parallel plans split does not divide by tp (or MoE with tp),
+    or the model has what the plans do not split yet (projection biases, q/k norms)."""
+    if tp > 1 and (cfg.qk_norm or cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias):
+        raise UsageError(f"--tp {tp}: projection biases and q/k norms (an imported model) are not tensor-parallel yet")
     layout.check_shapes(cfg, tp)
 
 

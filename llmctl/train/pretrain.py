@@ -19,10 +19,12 @@ import torch
 
 from llmctl.config import runtime, to_dict
 from llmctl.errors import UsageError
+from llmctl.model.checkpoint import load_checkpoint, read_model_config, resolve_checkpoint
+from llmctl.model.hf_import import hf_model_config, is_hf_dir
 from llmctl.model.moe import inactive_params
 from llmctl.model.transformer import ModelConfig, Transformer, cross_entropy, preset_config
-from llmctl.store.dataset import Dataset
-from llmctl.tokenizer.spm import Tokenizer
+from llmctl.store.dataset import Dataset, fingerprint_file
+from llmctl.tokenizer.load import load_tokenizer
 from llmctl.train import distributed as D
 from llmctl.train.base import load_token_split
 from llmctl.train.loop import TrainConfig, train
@@ -66,6 +68,7 @@ class PretrainConfig:
     batch_tokens: int = 8192  # tokens per optimizer step over all ranks; sets train.batch_size
     doc_mask: bool = True
     val_tokens: int = 65536  # validation tokens (the first windows of the val split)
+    init_from: str | None = None  # a checkpoint or Hugging Face model dir to continue from; None = a new model
 
     def __post_init__(self) -> None:
         if self.train.lora.r:
@@ -78,6 +81,19 @@ def model_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
     spec = {k: v for k, v in to_dict(cfg.model).items() if k != "preset"}
     mc = preset_config(cfg.model.preset, vocab_size, **spec)
     mc.max_seq_len = max(mc.max_seq_len, cfg.seq_len)
+    return mc
+
+
+def start_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
+    """The model's config: the preset's, or that of `init_from` (which must hold the tokenizer and the window)."""
+    if not cfg.init_from:
+        return model_config(cfg, vocab_size)
+    src = cfg.init_from
+    mc = hf_model_config(src) if is_hf_dir(src) else read_model_config(resolve_checkpoint(src))
+    if vocab_size > mc.vocab_size:
+        raise UsageError(f"--from {src}: its {mc.vocab_size} embeddings do not hold the tokenizer's {vocab_size} ids")
+    if cfg.seq_len > mc.max_seq_len:
+        raise UsageError(f"--from {src}: seq_len {cfg.seq_len} exceeds the model's max_seq_len {mc.max_seq_len}")
     return mc
 
 
@@ -215,10 +231,10 @@ def pretrain(
     `mix`: a mix file instead of `tokens`, streamed from its sources (llmctl.train.mix_batches)."""
     d = D.init(cfg.train.device, cfg.train.tp)
     run_dir = Path(run_dir)
-    tok = Tokenizer.load(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     if (tokens is None) == (mix is None):
         raise UsageError("give a token dataset or --mix FILE (one of the two)")
-    check_divisible(model_config(cfg, tok.vocab_size), d.tp)  # before any rank builds the model
+    check_divisible(start_config(cfg, tok.vocab_size), d.tp)  # before any rank builds the model
     source = (
         _mix_source(mix, tok)
         if mix is not None
@@ -227,6 +243,10 @@ def pretrain(
     set_batch_size(cfg)
     accum = cfg.train.grad_accum(d.dp)
     inputs = [*(source.lineage() if mix is not None else [source.lineage()]), tok.lineage()]
+    if cfg.init_from:
+        src = Path(cfg.init_from) if is_hf_dir(cfg.init_from) else resolve_checkpoint(cfg.init_from)
+        weights = sorted(src.glob("*.safetensors"))
+        inputs.append({"path": str(src.resolve()), "stage": "init", "fingerprint": fingerprint_file(weights[0])})
     with training_run("pretrain", run_dir, cfg, inputs, overwrite) as run:
         if run.complete:
             return run.summary
@@ -253,9 +273,13 @@ def pretrain(
         if evaluate is None:
             D.print0("warning: no validation split (or shorter than one window): no validation loss")
 
-        mc = model_config(cfg, tok.vocab_size)
-        torch.manual_seed(cfg.train.seed)
-        model = Transformer(mc)  # built on CPU in fp32 so the init does not depend on the device
+        if cfg.init_from:
+            model, mc, _, _ = load_checkpoint(cfg.init_from)  # fp32 on CPU, as a new model is built
+            model.train()
+        else:
+            mc = model_config(cfg, tok.vocab_size)
+            torch.manual_seed(cfg.train.seed)
+            model = Transformer(mc)  # built on CPU in fp32 so the init does not depend on the device
         fpt = model.flops_per_token(cfg.seq_len)
         D.print0(
             f"model: {model.num_params():,} parameters ({model.num_params(True):,} non-embedding), "
