@@ -43,7 +43,10 @@ def eval_cmd(
         ),
     ] = None,
     shots: Annotated[
-        Optional[int], typer.Option("--shots", help="mc and lm-eval: few-shot examples per question (mc default 0; lm-eval: the task's).")
+        Optional[int],
+        typer.Option(
+            "--shots", help="mc and lm-eval: few-shot examples per question (mc default 0; lm-eval: the task's)."
+        ),
     ] = None,
     choices: Annotated[
         Optional[str],
@@ -82,11 +85,14 @@ def eval_cmd(
         Optional[str], typer.Option("--baseline", help="winrate and judge: the model MODEL is compared with.")
     ] = None,
     judge: Annotated[
-        Optional[str], typer.Option("--judge", help="judge: the judging model (llmctl checkpoint or HF dir), in process.")
+        Optional[str],
+        typer.Option("--judge", help="judge: the judging model (llmctl checkpoint or HF dir), in process."),
     ] = None,
     judge_url: Annotated[
         Optional[str],
-        typer.Option("--judge-url", help="judge: an OpenAI-compatible server judging instead (key from $OPENAI_API_KEY)."),
+        typer.Option(
+            "--judge-url", help="judge: an OpenAI-compatible server judging instead (key from $OPENAI_API_KEY)."
+        ),
     ] = None,
     judge_model: Annotated[
         Optional[str], typer.Option("--judge-model", help="judge: the model name sent to --judge-url.")
@@ -153,5 +159,9 @@ def eval_cmd(
     cfg = C.load(EvalConfig, config, set_, flags)
     m = run_eval(model, output, cfg, overwrite=overwrite)
     print_results(m["stats"]["results"])
+    if m["stats"].get("core_tasks"):
+        out.print(
+            f"core: centred accuracy averaged over {', '.join(m['stats']['core_tasks'])}", markup=False, highlight=False
+        )
     t = m["timings"]
     out.print(f"results -> {output} ({t.get('seconds', '?')} s)", markup=False, highlight=False)

@@ -14,6 +14,7 @@ value in [1, 2] is allowed).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,7 +76,9 @@ def lc_winrate(preference: Sequence[float], len_model: Sequence[int], len_baseli
             fit_intercept=False,
         )
         model.set_fit_request(sample_weight=True)
-        model.fit(Xd, yd, sample_weight=prob, groups=groups, true_sample_weight=None, true_prob=prob)
+        with warnings.catch_warnings():  # scikit-learn >= 1.8 deprecates `penalty`; alpaca_eval's call uses it
+            warnings.simplefilter("ignore", FutureWarning)
+            model.fit(Xd, yd, sample_weight=prob, groups=groups, true_sample_weight=None, true_prob=prob)
         at_zero = np.column_stack([np.zeros(n), np.ones(n)])
         pred = model.predict_proba(at_zero)[:, 1]
     finally:

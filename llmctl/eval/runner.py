@@ -219,7 +219,42 @@ def _run_tasks(out: Any, tasks: list[str], lm: Any, cfg: Any) -> dict[str, Any]:
             all_rows += [_clean(r) for r in rows]
             extra_inputs += lineage
             timings[f"{name}_seconds"] = secs
-    return out.finalize(tasks, RESULT_SCHEMA, stats={"results": all_rows, "task_inputs": extra_inputs}, timings=timings)
+    core, core_tasks = core_row(all_rows)
+    if core:
+        all_rows.append(core)
+        w = out.shard_writer("core.parquet", RESULT_SCHEMA)
+        w.write(core)
+        out.finish_task("core", {"data": [{"path": "core.parquet", **w.close()}]})
+        tasks = [*tasks, "core"]
+    return out.finalize(
+        tasks,
+        RESULT_SCHEMA,
+        stats={"results": all_rows, "task_inputs": extra_inputs, "core_tasks": core_tasks},
+        timings=timings,
+    )
+
+
+def core_row(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:
+    """The `core` summary over the multiple-choice tasks that ran (those with `acc` and `chance`
+    rows, lm-eval's `acc,none` included): the mean of (acc - chance) / (1 - chance), as nanochat's
+    CORE centres each task by its chance level; and the tasks it averaged."""
+    acc, chance = {}, {}
+    for r in rows:
+        if r["metric"] in ("acc", "acc,none"):
+            acc[r["task"]] = r["value"]
+        elif r["metric"] == "chance":
+            chance[r["task"]] = r["value"]
+    names = [t for t in acc if t in chance and chance[t] < 1]
+    if not names:
+        return None, []
+    centred = [(acc[t] - chance[t]) / (1 - chance[t]) for t in names]
+    return {
+        "task": "core",
+        "metric": "centered_acc",
+        "value": sum(centred) / len(centred),
+        "stderr": None,
+        "n": len(names),
+    }, names
 
 
 def write_samples(out: Any, task: str, samples: Samples, lineage: list, cfg: Any) -> Path:

@@ -137,3 +137,20 @@ def test_unknown_task_and_missing_dataset_are_one_line(setup, tmp_path):
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
     assert "no-such-org/no-such-dataset" in r.stderr and "dataset_path: json" in r.stderr
     assert not (tmp_path / "y").exists()
+
+
+def test_core_row_over_the_mc_tasks_that_ran(setup):
+    from lm_eval_helpers import FIX
+
+    ck, _, inc, tmp = setup
+    cfg = _cfg(inc, limit=4)
+    cfg.tasks = ["mc", "lm-eval:mmlu_local,ppl_local"]
+    cfg.mc.data, cfg.mc.limit = str(FIX / "mmlu"), 4
+    m = run_eval(ck, tmp / "core", cfg)
+    t = _table(m)
+    assert t[("mc", "chance")][0] == t[("mmlu_local", "chance")][0] == 0.25  # four choices everywhere
+    want = ((t[("mc", "acc")][0] - 0.25) / 0.75 + (t[("mmlu_local", "acc,none")][0] - 0.25) / 0.75) / 2
+    assert t[("core", "centered_acc")][0] == pytest.approx(want)
+    assert t[("core", "centered_acc")][2] == 2
+    assert m["stats"]["core_tasks"] == ["mc", "mmlu_local"]
+    assert Dataset.open(tmp / "core").num_rows == len(m["stats"]["results"])

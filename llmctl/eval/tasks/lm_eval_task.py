@@ -231,6 +231,12 @@ def run(
             metric, filt = key.split(",", 1)
             err = _num(res.get(f"{metric}_stderr,{filt}"))
             rows.append({"task": task, "metric": key, "value": float(val), "stderr": err, "n": n_docs.get(task, 0)})
+    for task, docs in r.get("samples", {}).items():  # multiple choice: one request per choice
+        if r.get("configs", {}).get(task, {}).get("output_type") == "multiple_choice" and docs:
+            chance = [1.0 / max(1, len(d.get("arguments") or [])) for d in docs]
+            rows.append(
+                {"task": task, "metric": "chance", "value": sum(chance) / len(chance), "stderr": None, "n": len(docs)}
+            )
     samples = []
     for task, docs in r.get("samples", {}).items():
         for d in docs:
