@@ -101,6 +101,13 @@ def eval_cmd(
         Optional[str],
         typer.Option("--judge-prompt", help="judge: prompt file with {instruction}, {output_a}, {output_b}."),
     ] = None,
+    chat: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--chat",
+            help="lm-eval: the model's chat template, shots as earlier turns (lm-eval's --apply_chat_template --fewshot_as_multiturn).",
+        ),
+    ] = None,
     lm_eval_include: Annotated[
         Optional[str],
         typer.Option("--lm-eval-include", help="lm-eval: a folder of lm-eval task YAMLs (lm-eval's --include_path)."),
@@ -146,6 +153,7 @@ def eval_cmd(
         "--reward-model": reward_model,
         "--baseline": baseline,
         "--lm-eval-include": lm_eval_include,
+        "--chat": chat,
         "--judge": judge,
         "--judge-url": judge_url,
         "--judge-model": judge_model,

@@ -86,7 +86,7 @@ def test_matches_lm_eval_hf(setup):
                 else:
                     assert math.isclose(got, val, rel_tol=1e-6), (task, key, got, val)
                 checked += 1
-    assert {t for t, _ in ours} == {"mmlu_local", "gsm8k_local", "ppl_local"}
+    assert {t for t, _ in ours} == {"mmlu_local", "gsm8k_local", "ppl_local", "core"}
     assert checked >= 2 * 10
     assert ours[("mmlu_local", "acc,none")][2] == 6
     s = Dataset.open(tmp / "res_ck" / "_samples" / "lm_eval")
@@ -154,3 +154,69 @@ def test_core_row_over_the_mc_tasks_that_ran(setup):
     assert t[("core", "centered_acc")][2] == 2
     assert m["stats"]["core_tasks"] == ["mc", "mmlu_local"]
     assert Dataset.open(tmp / "core").num_rows == len(m["stats"]["results"])
+
+
+@pytest.mark.slow
+def test_chat_prompts_equal_lm_eval_hf_token_for_token(setup):
+    """--chat against lm-eval's --apply_chat_template --fewshot_as_multiturn on a dir exported with
+    split_special_tokens=False (the default export reads markers typed in text as text, so lm-eval's
+    hf model would see `<|user|>` as characters there)."""
+    import json as _json
+
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoTokenizer
+
+    from llmctl.eval.lm import load_lm
+    from llmctl.export.hf import export_hf
+
+    ck, _, inc, tmp = setup
+    hf = tmp / "hf_nosplit"
+    if not hf.exists():
+        export_hf(ck, hf, split_special_tokens=False)
+    lm = load_lm(ck)
+    tok = AutoTokenizer.from_pretrained(hf)
+    msgs = [
+        {"role": "user", "content": "Question: 2+2?\nAnswer:"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "Question: 3+3?\nAnswer:"},
+    ]
+    text = lm.codec.chat_text(msgs, True)
+    assert text == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert lm.codec.encode_special(text) == lm.codec.chat(msgs) == tok.encode(text, add_special_tokens=False)
+
+    cfg = _cfg(inc, limit=4)
+    cfg.tasks, cfg.lm_eval.shots, cfg.lm_eval.chat = ["lm-eval:mmlu_local,gsm8k_local"], 2, True
+    ours = run_eval(ck, tmp / "chat", cfg)
+    ref = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={hf},dtype=float32",
+        tasks=["mmlu_local", "gsm8k_local"],
+        num_fewshot=2,
+        limit=4,
+        batch_size=4,
+        device="cpu",
+        task_manager=TaskManager(include_path=str(inc), include_defaults=False),
+        apply_chat_template=True,
+        fewshot_as_multiturn=True,
+        log_samples=True,
+    )
+    rows = Dataset.open(tmp / "chat" / "_samples" / "lm_eval").read_shard(0).to_pylist()
+    n_ctx = 0
+    for task, docs in ref["samples"].items():
+        mine = {(r["doc_id"], r["filtered_resps"]): r for r in rows if r["task"] == task}
+        for d in docs:
+            r = next(v for (i, _), v in mine.items() if i == d["doc_id"])
+            args = _json.loads(r["arguments"])
+            theirs = [[a for a in x] for x in d["arguments"]]
+            assert [a[0] for a in args] == [a[0] for a in theirs]  # the same prompt text
+            for a in theirs:
+                ctx = a[0]
+                assert "<|user|>" in ctx and "<|assistant|>" in ctx
+                assert tok.encode(ctx, add_special_tokens=False) == lm.codec.encode_special(ctx)
+                n_ctx += 1
+    assert n_ctx >= 4 * 4 + 4
+    t = _table(ours)
+    for task, res in ref["results"].items():
+        for key, val in res.items():
+            if "," in key and isinstance(val, float) and key.split(",")[0] in ("acc", "acc_norm", "exact_match"):
+                assert t[(task, key)][0] == val, (task, key)

@@ -124,7 +124,7 @@ TASKS: dict[str, Task] = {
             "lm_eval",
             "lm_eval_task",
             "LmEvalConfig",
-            flags=(("--lm-eval-include", "include"), ("--shots", "shots")),
+            flags=(("--lm-eval-include", "include"), ("--shots", "shots"), ("--chat", "chat")),
             check="check",
         ),
     )

@@ -43,6 +43,7 @@ class LmEvalConfig:
     shots: int | None = None  # lm-eval's --num_fewshot (None: the task's own default)
     limit: int = 0  # lm-eval's --limit: items per task (0 = all)
     seed: int | None = None  # all four of lm-eval's seeds (None: lm-eval's defaults 0, 1234, 1234, 1234)
+    chat: bool = False  # --chat: lm-eval's --apply_chat_template --fewshot_as_multiturn (shots as earlier turns)
 
 
 def _import_lm_eval() -> Any:
@@ -53,8 +54,12 @@ def _import_lm_eval() -> Any:
     return lm_eval
 
 
-def harness_lm(lm: Any, batch_size: int, seed: int = 0, progress: Any = None) -> Any:
-    """An lm-eval `LM` over llmctl's `lm` (built here so lm-eval is imported only when used)."""
+def harness_lm(lm: Any, batch_size: int, seed: int = 0, progress: Any = None, chat: bool = False) -> Any:
+    """An lm-eval `LM` over llmctl's `lm` (built here so lm-eval is imported only when used). With
+    `chat`, contexts are the chat template's text and its markers are read as special tokens, as
+    lm-eval's `hf` model encodes them."""
+    if chat and (lm.codec.chat_text is None or lm.codec.encode_special is None):
+        raise UsageError(f"{lm.name}: its tokenizer has no chat template; --chat needs one")
     _import_lm_eval()
     from lm_eval.api.model import LM as _HarnessBase  # lm-eval: optional, imported with the task
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # likewise
@@ -65,13 +70,24 @@ def harness_lm(lm: Any, batch_size: int, seed: int = 0, progress: Any = None) ->
             self.lm, self.bs, self.seed = lm, batch_size, seed
             c = lm.codec
             self.prefix = c.bos_id if c.bos_id is not None else c.eos_id
+            self.enc = c.encode_special if chat else c.encode
+
+        @property
+        def tokenizer_name(self) -> str:
+            return self.lm.codec.fingerprint or str(self.lm.name)
+
+        def chat_template(self, chat_template: bool | str = False) -> str:
+            return self.lm.codec.chat_template if chat_template else ""
+
+        def apply_chat_template(self, chat_history: list, add_generation_prompt: bool = True) -> str:
+            return self.lm.codec.chat_text(list(chat_history), add_generation_prompt)
 
         def _advance(self, n: int, tokens: int = 0) -> None:
             if progress:
                 progress.advance(n, tokens)
 
         def _pair(self, ctx: str, cont: str) -> tuple[list[int], list[int]]:
-            enc = self.lm.codec.encode
+            enc = self.enc
             if ctx == "":
                 return [self.prefix], enc(cont)
             n = len(ctx) - len(ctx.rstrip())
@@ -86,7 +102,7 @@ def harness_lm(lm: Any, batch_size: int, seed: int = 0, progress: Any = None) ->
         def loglikelihood_rolling(self, requests: list) -> list[float]:
             pairs, owner = [], []
             for i, r in enumerate(requests):
-                toks = self.lm.codec.encode(r.args[0])
+                toks = self.enc(r.args[0])
                 for w in get_rolling_token_windows(toks, self.prefix, self.lm.max_len, 1):
                     pairs.append(make_disjoint_window(w))
                     owner.append(i)
@@ -112,7 +128,7 @@ def harness_lm(lm: Any, batch_size: int, seed: int = 0, progress: Any = None) ->
             out = [""] * len(requests)
             for (until, mx, temp, top_p), items in groups.items():
                 keep = max(1, self.lm.max_len - mx)
-                prompts = [self.lm.codec.encode(c)[-keep:] for _, c, _ in items]
+                prompts = [self.enc(c)[-keep:] for _, c, _ in items]
                 toks = self.lm.generate_many(
                     prompts,
                     mx,
@@ -198,7 +214,7 @@ def run(
     seeds = (0, 1234, 1234, 1234) if cfg.seed is None else (cfg.seed,) * 4
     if progress:
         progress.start("lm-eval:" + ",".join(cfg.tasks), 0)
-    hlm = harness_lm(lm, batch_size, seeds[0], progress)
+    hlm = harness_lm(lm, batch_size, seeds[0], progress, cfg.chat)
     try:
         r = lm_eval.simple_evaluate(
             model=hlm,
@@ -211,8 +227,8 @@ def run(
             numpy_random_seed=seeds[1],
             torch_random_seed=seeds[2],
             fewshot_random_seed=seeds[3],
-            apply_chat_template=False,
-            fewshot_as_multiturn=False,
+            apply_chat_template=cfg.chat,
+            fewshot_as_multiturn=cfg.chat,
         )
     except UsageError:
         raise
