@@ -99,7 +99,10 @@ def eval_cmd(
     ] = None,
     judge_prompt: Annotated[
         Optional[str],
-        typer.Option("--judge-prompt", help="judge: prompt file with {instruction}, {output_a}, {output_b}."),
+        typer.Option(
+            "--judge-prompt",
+            help="judge: the judge prompt file (default llmctl/eval/judge_prompt.txt; keep its three placeholders).",
+        ),
     ] = None,
     chat: Annotated[
         Optional[bool],
