@@ -101,6 +101,7 @@ def test_batch_size_does_not_change_results(setup):
     assert _table(a) == _table(b)
 
 
+@pytest.mark.slow
 def test_unknown_task_and_missing_dataset_are_one_line(setup, tmp_path):
     ck, _, inc, _ = setup
     cfg = _cfg(inc)
