@@ -88,8 +88,15 @@ class LM:
         on_batch: Callable[[int, int], None] | None = None,
     ) -> list[tuple[list[float], bool]]:
         """Per request: log-probs of `targets` (the last len(targets) positions of `inputs`, shifted),
-        and whether every target is the argmax. `inputs[i]` already excludes the last target."""
-        order = sorted(range(len(inputs)), key=lambda i: (-len(inputs[i]), i))
+        and whether every target is the argmax. `inputs[i]` already excludes the last target.
+        Requests with the same input (the choices of a multiple-choice question whose continuations
+        are one token) share one row, as lm-eval's `hf` model groups them."""
+        first: dict[tuple[int, ...], int] = {}
+        share = [first.setdefault(tuple(x), i) for i, x in enumerate(inputs)]
+        owners: dict[int, list[int]] = {}
+        for i, u in enumerate(share):
+            owners.setdefault(u, []).append(i)
+        order = sorted(owners, key=lambda i: (-len(inputs[i]), i))
         out: list[Any] = [None] * len(inputs)
         batches: list[list[int]] = []
         for i in order:  # a batch holds rows of one padded width only, so a row's width never
@@ -108,15 +115,16 @@ class LM:
                 ids[r, : len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
             logits = self.logits(ids.to(self.device), [len(inputs[i]) for i in idx])
             logp = F.log_softmax(logits.float(), dim=-1)
-            for r, i in enumerate(idx):
-                n, k = len(inputs[i]), len(targets[i])
-                lp = logp[r, n - k : n]
-                tgt = torch.tensor(targets[i], dtype=torch.long, device=lp.device)
-                vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
-                greedy = bool((lp.argmax(-1) == tgt).all())
-                out[i] = (vals, greedy)
+            for r, u in enumerate(idx):
+                for i in owners[u]:
+                    n, k = len(inputs[i]), len(targets[i])
+                    lp = logp[r, n - k : n]
+                    tgt = torch.tensor(targets[i], dtype=torch.long, device=lp.device)
+                    vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
+                    greedy = bool((lp.argmax(-1) == tgt).all())
+                    out[i] = (vals, greedy)
             if on_batch:
-                on_batch(len(idx), sum(len(inputs[i]) for i in idx))
+                on_batch(sum(len(owners[u]) for u in idx), sum(len(inputs[i]) for i in idx))
         return out
 
     def loglikelihood(
