@@ -28,7 +28,8 @@ def eval_cmd(
         typer.Option(
             "--task",
             "-t",
-            help=" | ".join(TASKS) + " (repeatable).",
+            help=" | ".join(t for t in TASKS if t != "lm_eval")
+            + " | lm-eval:NAME[,NAME...] (lm-evaluation-harness tasks) (repeatable).",
         ),
     ] = None,
     ppl_data: Annotated[
@@ -42,7 +43,10 @@ def eval_cmd(
         ),
     ] = None,
     shots: Annotated[
-        Optional[int], typer.Option("--shots", help="mc: few-shot examples per question (default 0).")
+        Optional[int],
+        typer.Option(
+            "--shots", help="mc and lm-eval: few-shot examples per question (mc default 0; lm-eval: the task's)."
+        ),
     ] = None,
     choices: Annotated[
         Optional[str],
@@ -78,7 +82,38 @@ def eval_cmd(
         ),
     ] = None,
     baseline: Annotated[
-        Optional[str], typer.Option("--baseline", help="winrate: the model MODEL is compared with.")
+        Optional[str], typer.Option("--baseline", help="winrate and judge: the model MODEL is compared with.")
+    ] = None,
+    judge: Annotated[
+        Optional[str],
+        typer.Option("--judge", help="judge: the judging model (llmctl checkpoint or HF dir), in process."),
+    ] = None,
+    judge_url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--judge-url", help="judge: an OpenAI-compatible server judging instead (key from $OPENAI_API_KEY)."
+        ),
+    ] = None,
+    judge_model: Annotated[
+        Optional[str], typer.Option("--judge-model", help="judge: the model name sent to --judge-url.")
+    ] = None,
+    judge_prompt: Annotated[
+        Optional[str],
+        typer.Option(
+            "--judge-prompt",
+            help="judge: the judge prompt file (default llmctl/eval/judge_prompt.txt; keep its three placeholders).",
+        ),
+    ] = None,
+    chat: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--chat",
+            help="lm-eval: the model's chat template, shots as earlier turns (lm-eval's --apply_chat_template --fewshot_as_multiturn).",
+        ),
+    ] = None,
+    lm_eval_include: Annotated[
+        Optional[str],
+        typer.Option("--lm-eval-include", help="lm-eval: a folder of lm-eval task YAMLs (lm-eval's --include_path)."),
     ] = None,
     limit: Annotated[
         Optional[int],
@@ -120,6 +155,12 @@ def eval_cmd(
         "--train-data": train_data,
         "--reward-model": reward_model,
         "--baseline": baseline,
+        "--lm-eval-include": lm_eval_include,
+        "--chat": chat,
+        "--judge": judge,
+        "--judge-url": judge_url,
+        "--judge-model": judge_model,
+        "--judge-prompt": judge_prompt,
     }
     flags = {"tasks": task, "batch_size": batch_size, "tokenizer": tokenizer, "device": device}
     flags.update({f"{t.name}.{option}": shared[flag] for t in TASKS.values() for flag, option in t.flags})
@@ -129,5 +170,9 @@ def eval_cmd(
     cfg = C.load(EvalConfig, config, set_, flags)
     m = run_eval(model, output, cfg, overwrite=overwrite)
     print_results(m["stats"]["results"])
+    if m["stats"].get("core_tasks"):
+        out.print(
+            f"core: centred accuracy averaged over {', '.join(m['stats']['core_tasks'])}", markup=False, highlight=False
+        )
     t = m["timings"]
     out.print(f"results -> {output} ({t.get('seconds', '?')} s)", markup=False, highlight=False)

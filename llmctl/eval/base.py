@@ -3,6 +3,7 @@ and lineage records. Everything here is independent of the model backend (`llmct
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import pyarrow as pa
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import resolve_checkpoint
 from llmctl.model.hf_import import is_hf_dir
-from llmctl.store.dataset import fingerprint_file
+from llmctl.store.dataset import Dataset, fingerprint_file
 
 # One row per (task, metric): `stderr` is null where none is defined, `n` counts what the metric
 # averages over (items, tokens or bytes).
@@ -92,3 +93,25 @@ def model_lineage(path: str | Path, stage: str = "model") -> dict[str, Any]:
     p = Path(path) if is_hf_dir(path) else resolve_checkpoint(path)
     w = sorted(p.glob("*.safetensors"))
     return {"path": str(p.resolve()), "stage": stage, "fingerprint": fingerprint_file(w[0]) if w else ""}
+
+
+def path_lineage(path: str | Path) -> dict[str, Any]:
+    """The lineage record of any input path: a file's content fingerprint, a dataset's fingerprint,
+    a model's weights, or for another directory the fingerprints of all its (non-hidden) files."""
+    p = Path(path)
+    if p.is_file():
+        return file_lineage(p)
+    if Dataset.is_dataset(p):
+        try:
+            return Dataset.open(p).lineage()
+        except UsageError:  # an unfinished or damaged dataset: fingerprint its files
+            pass
+    if is_hf_dir(p) or (p / "config.json").is_file() or (p / "checkpoints").is_dir():
+        try:
+            return model_lineage(p)
+        except UsageError:
+            pass
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file() and not any(part.startswith(".") for part in x.parts)):
+        h.update(f"{f.relative_to(p)}\0{fingerprint_file(f)}\n".encode())
+    return {"path": str(p.resolve()), "stage": "directory", "fingerprint": h.hexdigest()}

@@ -10,6 +10,7 @@ item). llmctl checkpoints generate in batches through `llmctl.model.generate.gen
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,11 @@ from llmctl.model.checkpoint import load_checkpoint, resolve_checkpoint, weights
 from llmctl.model.generate import filter_logits, generate_batch
 from llmctl.model.transformer import KVCache
 from llmctl.store.dataset import fingerprint_file
+from llmctl.tokenizer.chat import CHAT_TEMPLATE_JINJA, render_chat
 from llmctl.tokenizer.load import load_tokenizer
 
 PAD_MULTIPLE = 64
+_MARKER = re.compile(r"(<\|[A-Za-z_]+\|>)")
 
 
 @dataclass
@@ -40,6 +43,11 @@ class TextCodec:
     fingerprint: str
     bos_id: int | None = None
     chat: Callable[[list[dict[str, str]]], list[int]] | None = None  # messages -> ids + generation prompt
+    # the same conversation as its template text, and an encoder reading the template's markers in
+    # text as their special ids: encode_special(chat_text(m)) == chat(m) (lm-eval's chat mode)
+    chat_text: Callable[[list[dict[str, str]], bool], str] | None = None  # (messages, add_generation_prompt)
+    encode_special: Callable[[str], list[int]] | None = None
+    chat_template: str = ""
 
 
 def _bucket(n: int) -> int:
@@ -80,8 +88,15 @@ class LM:
         on_batch: Callable[[int, int], None] | None = None,
     ) -> list[tuple[list[float], bool]]:
         """Per request: log-probs of `targets` (the last len(targets) positions of `inputs`, shifted),
-        and whether every target is the argmax. `inputs[i]` already excludes the last target."""
-        order = sorted(range(len(inputs)), key=lambda i: (-len(inputs[i]), i))
+        and whether every target is the argmax. `inputs[i]` already excludes the last target.
+        Requests with the same input (the choices of a multiple-choice question whose continuations
+        are one token) share one row, as lm-eval's `hf` model groups them."""
+        first: dict[tuple[int, ...], int] = {}
+        share = [first.setdefault(tuple(x), i) for i, x in enumerate(inputs)]
+        owners: dict[int, list[int]] = {}
+        for i, u in enumerate(share):
+            owners.setdefault(u, []).append(i)
+        order = sorted(owners, key=lambda i: (-len(inputs[i]), i))
         out: list[Any] = [None] * len(inputs)
         batches: list[list[int]] = []
         for i in order:  # a batch holds rows of one padded width only, so a row's width never
@@ -100,15 +115,16 @@ class LM:
                 ids[r, : len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
             logits = self.logits(ids.to(self.device), [len(inputs[i]) for i in idx])
             logp = F.log_softmax(logits.float(), dim=-1)
-            for r, i in enumerate(idx):
-                n, k = len(inputs[i]), len(targets[i])
-                lp = logp[r, n - k : n]
-                tgt = torch.tensor(targets[i], dtype=torch.long, device=lp.device)
-                vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
-                greedy = bool((lp.argmax(-1) == tgt).all())
-                out[i] = (vals, greedy)
+            for r, u in enumerate(idx):
+                for i in owners[u]:
+                    n, k = len(inputs[i]), len(targets[i])
+                    lp = logp[r, n - k : n]
+                    tgt = torch.tensor(targets[i], dtype=torch.long, device=lp.device)
+                    vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
+                    greedy = bool((lp.argmax(-1) == tgt).all())
+                    out[i] = (vals, greedy)
             if on_batch:
-                on_batch(len(idx), sum(len(inputs[i]) for i in idx))
+                on_batch(sum(len(owners[u]) for u in idx), sum(len(inputs[i]) for i in idx))
         return out
 
     def loglikelihood(
@@ -213,6 +229,9 @@ class LlmctlLM(LM):
             tok.fingerprint,
             tok.bos_id,
             lambda m: tok.apply_chat_template(m, add_generation_prompt=True),
+            render_chat,
+            self._encode_special,
+            CHAT_TEMPLATE_JINJA,
         )
         self.max_len = self.cfg.max_seq_len
         self.device = torch.device(device)
@@ -221,6 +240,15 @@ class LlmctlLM(LM):
 
     def lineage(self) -> dict[str, Any]:
         return {"path": str(self.path.resolve()), "stage": "checkpoint", "fingerprint": self._fp}
+
+    def _encode_special(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for i, part in enumerate(_MARKER.split(text)):
+            if i % 2 and part in self.tokenizer.special_ids:
+                ids.append(self.tokenizer.special_ids[part])
+            elif part:
+                ids += self.tokenizer.encode(part)
+        return ids
 
     def logits(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         return self.model(ids)
@@ -309,6 +337,9 @@ class HFLM(LM):
             "",
             self.tok.bos_token_id,
             self._chat if self.tok.chat_template else None,
+            self._chat_text if self.tok.chat_template else None,
+            self._encode_special,
+            self.tok.chat_template or "",
         )
         mc = self.model.config
         self.max_len = int(getattr(mc, "max_position_embeddings", None) or getattr(mc, "n_positions", 2048))
@@ -336,6 +367,18 @@ class HFLM(LM):
         finally:
             tok.split_special_tokens = split
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def _chat_text(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def _encode_special(self, text: str) -> list[int]:
+        tok = self.tok
+        split = getattr(tok, "split_special_tokens", False)
+        tok.split_special_tokens = False
+        try:
+            return list(tok.encode(text, add_special_tokens=False))
+        finally:
+            tok.split_special_tokens = split
 
     def logits(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         # Right padding with a full mask: a causal model's real positions never see the pads, and a

@@ -12,10 +12,11 @@ of readers of the results (pyarrow, pandas and duckdb skip `_`-prefixed paths).
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
-from dataclasses import field, make_dataclass
+from dataclasses import field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from llmctl.config import runtime
 from llmctl.errors import UsageError
-from llmctl.eval.base import RESULT_SCHEMA, Samples, model_lineage
+from llmctl.eval.base import RESULT_SCHEMA, Samples, model_lineage, path_lineage
 from llmctl.eval.lm import load_lm
 from llmctl.eval.tasks import TASKS
 from llmctl.store.dataset import StageOutput
@@ -31,6 +32,7 @@ from llmctl.store.lock import exclusive_output
 from llmctl.utils.progress import console
 
 SAMPLES_DIR = "_samples"
+LM_EVAL_PREFIX = "lm-eval:"
 
 EvalConfig = make_dataclass(
     "EvalConfig",
@@ -97,10 +99,22 @@ def _run_task(name: str, lm: Any, cfg: Any, progress: TaskProgress) -> tuple:
 @exclusive_output("output", discard_unfinished=True)
 def run_eval(model: str | Path, output: str | Path, cfg: Any, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate `model` on `cfg.tasks` (an `EvalConfig`); returns the results manifest (rows in
-    manifest['stats']['results']). Bad options raise UsageError before the model loads."""
+    manifest['stats']['results']). Bad options raise UsageError before the model loads.
+    `lm-eval:NAME[,NAME...]` in `cfg.tasks` runs those lm-evaluation-harness tasks (task `lm_eval`,
+    the names go to `cfg.lm_eval.tasks`)."""
+    expanded = []
+    for t in cfg.tasks:
+        if t.startswith(LM_EVAL_PREFIX):
+            names = [n.strip() for n in t[len(LM_EVAL_PREFIX) :].split(",") if n.strip()]
+            cfg.lm_eval.tasks = list(dict.fromkeys([*cfg.lm_eval.tasks, *names]))
+            t = "lm_eval"
+        expanded.append(t)
+    cfg.tasks = expanded
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown or not cfg.tasks:
-        raise UsageError(f"unknown eval task {unknown[0] if unknown else '(none)'}; choose from {', '.join(TASKS)}")
+        raise UsageError(
+            f"unknown eval task {unknown[0] if unknown else '(none)'}; choose from {', '.join(TASKS)}, lm-eval:NAME"
+        )
     if cfg.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     tasks = list(dict.fromkeys(cfg.tasks))
@@ -121,6 +135,9 @@ def run_eval(model: str | Path, output: str | Path, cfg: Any, overwrite: bool = 
     inputs = [lm.lineage()] if lm else []
     if not inputs and any(TASKS[t].model == "path" for t in tasks):
         inputs = [model_lineage(model)]
+    inputs += task_inputs(tasks, cfg)
+    if not overwrite:
+        _refuse_changed_inputs(Path(output), inputs)
     fresh = not Path(output).exists()
     out = StageOutput(Path(output), "eval", cfg, inputs=inputs, overwrite=overwrite)
     if out.complete:
@@ -131,6 +148,45 @@ def run_eval(model: str | Path, output: str | Path, cfg: Any, overwrite: bool = 
         if fresh and not any(out.task_done(t) for t in tasks):  # bad input before any result: leave nothing
             shutil.rmtree(output, ignore_errors=True)
         raise
+
+
+def task_inputs(tasks: list[str], cfg: Any) -> list[dict[str, Any]]:
+    """A lineage record for every path a task's options name (data files and datasets, reward
+    model, baseline, judge, prompts, judge prompt, lm-eval task folder), fingerprinted before
+    anything runs: they are part of the output's signature, so results are reused only while every
+    input is unchanged."""
+    out = []
+    for t in tasks:
+        section = getattr(cfg, t)
+        for f in fields(section) if is_dataclass(section) else ():
+            v = getattr(section, f.name)
+            if isinstance(v, str) and v and "://" not in v and Path(v).exists():
+                out.append({**path_lineage(v), "task": t, "option": f.name})
+    return out
+
+
+def _refuse_changed_inputs(output: Path, inputs: list[dict[str, Any]]) -> None:
+    """One line naming the inputs whose content changed since `output` was written from them."""
+    state = next((output / n for n in ("_manifest.json", "_run.json") if (output / n).is_file()), None)
+    if state is None:
+        return
+    try:
+        old = {
+            (i.get("path"), i.get("task"), i.get("option")): i.get("fingerprint")
+            for i in json.loads(state.read_text()).get("inputs", [])
+        }
+    except (OSError, ValueError, AttributeError):
+        return
+    changed = [
+        i["path"]
+        for i in inputs
+        if old.get((i.get("path"), i.get("task"), i.get("option")), i["fingerprint"]) != i["fingerprint"]
+    ]
+    if changed:
+        raise UsageError(
+            f"{output}: holds results of other inputs ({', '.join(dict.fromkeys(changed))} changed since); "
+            "pass --overwrite to re-run, or choose another output path"
+        )
 
 
 def _run_tasks(out: Any, tasks: list[str], lm: Any, cfg: Any) -> dict[str, Any]:
@@ -163,7 +219,42 @@ def _run_tasks(out: Any, tasks: list[str], lm: Any, cfg: Any) -> dict[str, Any]:
             all_rows += [_clean(r) for r in rows]
             extra_inputs += lineage
             timings[f"{name}_seconds"] = secs
-    return out.finalize(tasks, RESULT_SCHEMA, stats={"results": all_rows, "task_inputs": extra_inputs}, timings=timings)
+    core, core_tasks = core_row(all_rows)
+    if core:
+        all_rows.append(core)
+        w = out.shard_writer("core.parquet", RESULT_SCHEMA)
+        w.write(core)
+        out.finish_task("core", {"data": [{"path": "core.parquet", **w.close()}]})
+        tasks = [*tasks, "core"]
+    return out.finalize(
+        tasks,
+        RESULT_SCHEMA,
+        stats={"results": all_rows, "task_inputs": extra_inputs, "core_tasks": core_tasks},
+        timings=timings,
+    )
+
+
+def core_row(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:
+    """The `core` summary over the multiple-choice tasks that ran (those with `acc` and `chance`
+    rows, lm-eval's `acc,none` included): the mean of (acc - chance) / (1 - chance), as nanochat's
+    CORE centres each task by its chance level; and the tasks it averaged."""
+    acc, chance = {}, {}
+    for r in rows:
+        if r["metric"] in ("acc", "acc,none"):
+            acc[r["task"]] = r["value"]
+        elif r["metric"] == "chance":
+            chance[r["task"]] = r["value"]
+    names = [t for t in acc if t in chance and chance[t] < 1]
+    if not names:
+        return None, []
+    centred = [(acc[t] - chance[t]) / (1 - chance[t]) for t in names]
+    return {
+        "task": "core",
+        "metric": "centered_acc",
+        "value": sum(centred) / len(centred),
+        "stderr": None,
+        "n": len(names),
+    }, names
 
 
 def write_samples(out: Any, task: str, samples: Samples, lineage: list, cfg: Any) -> Path:

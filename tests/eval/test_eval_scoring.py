@@ -245,7 +245,8 @@ def test_mc_text_choices_acc_and_acc_norm_follow_loglikelihoods(tmp_path, norm):
     if norm == "bytes":
         cfg.mc.norm = "bytes"
     rows = {r["metric"]: r["value"] for r in run_eval(ck, tmp_path / "res", cfg)["stats"]["results"]}
-    assert rows == pytest.approx({"acc": acc / 6, "acc_norm": acc_norm / 6})
+    want = {"acc": acc / 6, "acc_norm": acc_norm / 6, "chance": 0.25, "centered_acc": (acc / 6 - 0.25) / 0.75}
+    assert rows == pytest.approx(want)  # chance: four choices; centered_acc: the core row over mc alone
     samples = pq.read_table(tmp_path / "res" / "_samples" / "mc" / "part-00000.parquet").to_pylist()
     assert [r["gold"] for r in samples] == gold and [r["pred_norm"] for r in samples] == picks[norm]
     assert [r["loglikelihoods"] for r in samples] == [pytest.approx(ll, abs=1e-4) for ll in lls_all]

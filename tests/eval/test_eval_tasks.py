@@ -195,9 +195,9 @@ def test_cli_writes_results_dataset_and_prints_table(tmp_path):
     ds = Dataset.open(tmp_path / "r", stage="eval", columns=["task", "metric", "value", "stderr", "n"])
     n = {(r["task"], r["metric"]): r["n"] for r in ds.iter_rows()}
     assert n[("mc", "acc")] == 5 and n[("perplexity", "documents")] == 3  # --set TASK.limit beats --limit
-    assert (
-        ds.num_rows == 8
-    )  # perplexity: loss, perplexity, bits_per_byte, byte_perplexity, word_perplexity, documents; mc: 2
+    # perplexity: loss, perplexity, bits_per_byte, byte_perplexity, word_perplexity, documents;
+    # mc: acc, acc_norm, chance; core: centered_acc
+    assert ds.num_rows == 10
     bad = subprocess.run(
         [
             sys.executable,

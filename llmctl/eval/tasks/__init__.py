@@ -105,6 +105,28 @@ TASKS: dict[str, Task] = {
             required=("prompts",),
             check="check",
         ),
+        Task(
+            "judge",
+            "judge",
+            "JudgeConfig",
+            flags=(
+                ("--prompts", "prompts"),
+                ("--baseline", "baseline"),
+                ("--judge", "judge"),
+                ("--judge-url", "judge_url"),
+                ("--judge-model", "judge_model"),
+                ("--judge-prompt", "prompt_file"),
+            ),
+            required=("prompts", "baseline"),
+            check="check",
+        ),
+        Task(
+            "lm_eval",
+            "lm_eval_task",
+            "LmEvalConfig",
+            flags=(("--lm-eval-include", "include"), ("--shots", "shots"), ("--chat", "chat")),
+            check="check",
+        ),
     )
 }
 

@@ -272,4 +272,6 @@ def run(
         {"task": TASK, "metric": m, "value": sum(v) / n, "stderr": mean_stderr(v), "n": n}
         for m, v in (("acc", acc), ("acc_norm", acc_norm))
     ]
+    chance = [1.0 / len(item["lengths"]) for item in items]  # the accuracy of a uniform guess
+    rows.append({"task": TASK, "metric": "chance", "value": sum(chance) / n, "stderr": None, "n": n})
     return rows, lineage, Samples(SAMPLES_SCHEMA, samples)
