@@ -193,7 +193,7 @@ def _run_per_shard(
     return [t.name for t in tasks]
 
 
-@exclusive_output("out", discard_unfinished=True)
+@exclusive_output(lambda a: [a["out"], R.rejected_dir(a["out"])], discard_unfinished=True)
 def run_filter(
     inputs: list[str],
     out: str | Path,

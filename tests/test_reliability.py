@@ -1,0 +1,242 @@
+"""Reliability attacks on bundled data: a run killed at the worst moment, planted symlinks, flipped
+bytes, a second writer, bad options. Each one must end in a usable output or one line on stderr,
+with nothing outside the output written."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from llmctl.data.filter import run_filter
+from llmctl.data.rejected import rejected_dir
+from llmctl.errors import UsageError
+from llmctl.store.dataset import MANIFEST, RUN_STATE, TASKS_DIR, Dataset, StageOutput
+from llmctl.store.lock import OutputLock, OutputLocked, lock_path, writer_lock
+
+REPO = Path(__file__).resolve().parents[1]
+STORIES = REPO / "examples" / "text" / "tinystories.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def docs_jsonl(tmp_path_factory) -> Path:
+    """The first 40 bundled TinyStories documents, with a repeat so that the filter rejects some."""
+    with gzip.open(STORIES, "rt", encoding="utf-8") as f:
+        lines = [next(f) for _ in range(40)]
+    p = tmp_path_factory.mktemp("in") / "docs.jsonl"
+    p.write_text("".join(lines + lines[:3]), encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def clean(docs_jsonl, tmp_path_factory) -> dict:
+    """The manifest of an uninterrupted filter run (what every recovered run must reproduce)."""
+    out = tmp_path_factory.mktemp("clean") / "docs"
+    run_filter([str(docs_jsonl)], out)
+    return {
+        "out": json.loads((out / MANIFEST).read_text()),
+        "rejected": json.loads((rejected_dir(out) / MANIFEST).read_text()),
+    }
+
+
+def _cli_killed(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """`llmctl ARGS` in a child that SIGKILLs itself when `os.replace` targets KILL_AT (just before
+    the rename) or KILL_AFTER (just after it)."""
+    code = textwrap.dedent(
+        """
+        import os, signal, sys
+        at, after, real = os.environ.get("KILL_AT"), os.environ.get("KILL_AFTER"), os.replace
+        def replace(src, dst, *a, **k):
+            if at and str(dst) == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            r = real(src, dst, *a, **k)
+            if after and str(dst) == after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return r
+        os.replace = replace
+        from llmctl.cli import main
+        sys.argv = ["llmctl", *sys.argv[1:]]
+        main()
+        """
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args], env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True
+    )
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
+    return r
+
+
+# ----------------------------------------------------------------------------- killed runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["out", "rejected"])
+def test_kill_between_tasks_mkdir_and_run_json_resumes(where, docs_jsonl, clean, tmp_path):
+    out = tmp_path / "docs"
+    target = (out if where == "out" else rejected_dir(out)) / RUN_STATE
+    _cli_killed(["filter", str(docs_jsonl), "-o", str(out)], {"KILL_AT": str(target)}, tmp_path)
+    run_filter([str(docs_jsonl)], out)
+    assert json.loads((out / MANIFEST).read_text())["fingerprint"] == clean["out"]["fingerprint"]
+    rej = json.loads((rejected_dir(out) / MANIFEST).read_text())
+    assert rej["fingerprint"] == clean["rejected"]["fingerprint"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["out", "rejected"])
+def test_kill_after_manifest_rerun_cleans_run_state(where, docs_jsonl, clean, tmp_path):
+    out = tmp_path / "docs"
+    target = (out if where == "out" else rejected_dir(out)) / MANIFEST
+    _cli_killed(["filter", str(docs_jsonl), "-o", str(out)], {"KILL_AFTER": str(target)}, tmp_path)
+    assert (target.parent / RUN_STATE).exists()  # the kill landed between the manifest and the clean-up
+    run_filter([str(docs_jsonl)], out)
+    for d in (out, rejected_dir(out)):
+        assert sorted(p.name for p in d.iterdir()) == [MANIFEST, "part-00000.parquet"]
+    assert json.loads((out / MANIFEST).read_text())["fingerprint"] == clean["out"]["fingerprint"]
+    assert json.loads((rejected_dir(out) / MANIFEST).read_text())["fingerprint"] == clean["rejected"]["fingerprint"]
+
+
+@dataclass
+class Cfg:
+    """A stage config with one output field."""
+
+    threshold: int = 3
+
+
+def test_scaffold_only_dir_is_ours(tmp_path):
+    """What a kill inside the set-up leaves (an empty `_tasks/` and a half-written `_run.json`) is
+    llmctl's own: started afresh, without --overwrite."""
+    d = tmp_path / "out"
+    (d / TASKS_DIR).mkdir(parents=True)
+    (d / f".{RUN_STATE}.tmp-12345").write_text("{")
+    so = StageOutput(d, "test", Cfg(), [])
+    assert not so.complete and so.resumed_tasks == 0
+    assert sorted(p.name for p in d.iterdir()) == [RUN_STATE, TASKS_DIR]
+
+
+def test_scaffold_with_a_foreign_file_is_refused(tmp_path):
+    d = tmp_path / "out"
+    (d / TASKS_DIR).mkdir(parents=True)
+    (d / "notes.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="holds no llmctl output"):
+        StageOutput(d, "test", Cfg(), [])
+    assert (d / "notes.txt").read_text() == "keep me"
+
+
+# ----------------------------------------------------------------------------- symlinks
+
+
+def test_lock_symlink_refused_target_untouched(docs_jsonl, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "docs"
+    lock_path(out).symlink_to(victim)
+    with pytest.raises(UsageError, match="is a symlink; llmctl lock files are regular files"):
+        run_filter([str(docs_jsonl)], out)
+    assert victim.read_text() == "precious\n"
+    assert not out.exists()
+
+
+def test_lock_fifo_refused(tmp_path):
+    out = tmp_path / "docs"
+    os.mkfifo(lock_path(out))
+    with pytest.raises(UsageError, match="not a regular file"):
+        OutputLock(out).acquire()
+
+
+@pytest.mark.parametrize("name", [TASKS_DIR, RUN_STATE])
+def test_tasks_symlink_refused(name, tmp_path):
+    d = tmp_path / "out"
+    StageOutput(d, "test", Cfg(), [])  # a started run: _run.json + _tasks/
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    keep = (d / name).read_bytes() if name == RUN_STATE else None
+    moved = elsewhere / name
+    os.replace(d / name, moved)
+    (d / name).symlink_to(moved)
+    before = sorted(p.name for p in elsewhere.rglob("*"))
+    with pytest.raises(UsageError, match="is a symlink; llmctl writes its files only inside the output"):
+        so = StageOutput(d, "test", Cfg(), [])
+        so.finish_task("part-00000", files={})
+    assert sorted(p.name for p in elsewhere.rglob("*")) == before
+    if keep is not None:
+        assert moved.read_bytes() == keep
+
+
+def test_shard_symlink_outside_dataset_refused(docs_jsonl, tmp_path):
+    out = tmp_path / "docs"
+    run_filter([str(docs_jsonl)], out)
+    shard = out / "part-00000.parquet"
+    outside = tmp_path / "outside.parquet"
+    outside.write_bytes(shard.read_bytes())  # identical bytes: size and checksum both match
+    shard.unlink()
+    shard.symlink_to(outside)
+    with pytest.raises(UsageError, match="a symlink leading outside the dataset"):
+        Dataset.open(out)
+
+
+def test_shard_symlink_inside_dataset_allowed(docs_jsonl, tmp_path):
+    out = tmp_path / "docs"
+    run_filter([str(docs_jsonl)], out)
+    shard = out / "part-00000.parquet"
+    os.replace(shard, out / "real.parquet")
+    shard.symlink_to("real.parquet")
+    assert Dataset.open(out).num_rows == json.loads((out / MANIFEST).read_text())["num_rows"]
+
+
+# ----------------------------------------------------------------------------- one writer for everything written
+
+
+def _filter_holding_locks(docs: Path, out: Path) -> subprocess.Popen:
+    """A real `run_filter(docs, out)` in a child, paused inside the stage (its locks taken)."""
+    code = textwrap.dedent(
+        """
+        import sys, time
+        import llmctl.data.filter as F
+        def hold(*a, **k):
+            print("held", flush=True)
+            time.sleep(120)
+        F._run_filter = hold
+        F.run_filter([sys.argv[1]], sys.argv[2])
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, str(docs), str(out)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_overwrite_rejected_while_filter_runs_is_refused(docs_jsonl, tmp_path):
+    """`filter -o OUT` also writes OUT.rejected: while it runs, a run writing OUT.rejected is
+    refused (it would remove the folder under the running filter)."""
+    out = tmp_path / "docs"
+    child = _filter_holding_locks(docs_jsonl, out)
+    try:
+        with pytest.raises(OutputLocked):
+            run_filter([str(docs_jsonl)], rejected_dir(out), overwrite=True)
+        with pytest.raises(OutputLocked):
+            run_filter([str(docs_jsonl)], out, overwrite=True)
+    finally:
+        child.kill()
+        child.wait()
+    assert not rejected_dir(rejected_dir(out)).exists()
+
+
+def test_lock_write_enospc_leaves_no_file(tmp_path, monkeypatch):
+    out = tmp_path / "docs"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(UsageError, match="cannot write the lock"):
+        with writer_lock(out):
+            pass
+    assert not lock_path(out).exists()
