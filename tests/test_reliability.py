@@ -240,3 +240,54 @@ def test_lock_write_enospc_leaves_no_file(tmp_path, monkeypatch):
         with writer_lock(out):
             pass
     assert not lock_path(out).exists()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _flip_middle_byte(f: Path) -> None:
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    import torch
+
+    from llmctl.model.checkpoint import save_checkpoint
+    from llmctl.model.transformer import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, n_layer=1, n_head=2, d_model=16, max_seq_len=16)
+    return save_checkpoint(tmp_path / "ck", Transformer(cfg), cfg, train_state={"step": 3, "w": torch.ones(4)})
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "train_state.pt"])
+def test_checkpoint_flipped_byte_refused(name, checkpoint, monkeypatch):
+    import torch
+
+    from llmctl.model.checkpoint import load_checkpoint, load_train_state
+
+    model, *_ = load_checkpoint(checkpoint)  # intact: loads, and round-trips the weights
+    assert load_train_state(checkpoint)["step"] == 3
+    _flip_middle_byte(checkpoint / name)
+    load = load_checkpoint if name == "model.safetensors" else load_train_state
+    with pytest.raises(UsageError, match=f"{name}: does not match the SHA-256"):
+        load(checkpoint)
+    monkeypatch.setenv("LLMCTL_VERIFY", "0")  # the documented escape hatch reads it unchecked
+    if name == "model.safetensors":
+        flipped, *_ = load_checkpoint(checkpoint)
+        diff = [k for k, v in model.state_dict().items() if not torch.equal(v, flipped.state_dict()[k])]
+        assert len(diff) >= 1
+
+
+def test_checkpoint_without_checksums_loads_with_notice(checkpoint, capsys):
+    from llmctl.model.checkpoint import load_checkpoint
+
+    m = json.loads((checkpoint / MANIFEST).read_text())
+    del m["checksums"]
+    (checkpoint / MANIFEST).write_text(json.dumps(m))
+    load_checkpoint(checkpoint)
+    load_checkpoint(checkpoint)
+    assert capsys.readouterr().err.count("records no checksums") == 1

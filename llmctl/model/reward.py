@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from llmctl.data.chat_data import Encoded, encode_pair, encode_responses, to_messages
 from llmctl.errors import UsageError
-from llmctl.model.checkpoint import TOKENIZER_DIR, WEIGHTS, read_model_config, resolve_checkpoint
+from llmctl.model.checkpoint import TOKENIZER_DIR, WEIGHTS, read_model_config, resolve_checkpoint, verified
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.tokenizer.spm import Tokenizer
 
@@ -93,7 +93,7 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardScorer:
     """A reward checkpoint (or a `llmctl reward` run dir: its latest checkpoint) ready to score."""
     p = resolve_checkpoint(path)
     mc = read_model_config(p)
-    state = load_file(str(p / WEIGHTS))
+    state = load_file(str(verified(p, WEIGHTS)))
     if "score_head.weight" not in state:
         raise UsageError(f"{p}: not a reward model (no score_head; train one with `llmctl reward`)")
     if mc.tie_embeddings:

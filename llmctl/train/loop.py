@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 
 from llmctl.config import runtime
 from llmctl.errors import Interrupted, UsageError
-from llmctl.model.checkpoint import load_train_state, save_checkpoint
+from llmctl.model.checkpoint import WEIGHTS, load_train_state, save_checkpoint, verified
 from llmctl.model.moe import add_imbalance, discard_records, router_losses
 from llmctl.model.transformer import ModelConfig
 from llmctl.store.dataset import atomic_write_text
@@ -243,7 +243,7 @@ def train(
     found = checkpoints(run_dir) if resume else []
     if found:
         st = load_train_state(found[-1])
-        weights = load_file(str(found[-1] / "model.safetensors"))
+        weights = load_file(str(verified(found[-1], WEIGHTS)))
         if model_cfg.tie_embeddings:
             weights["lm_head.weight"] = weights["embed_tokens.weight"]
         D.load_full_state(wrapped, optim, weights, st["optimizer"])
