@@ -75,6 +75,28 @@ def _cli_killed(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.C
     return r
 
 
+def cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """`llmctl ARGS` in this process, as the console script runs it: (exit code, stdout, stderr)."""
+    from llmctl.cli import main
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["llmctl", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str, message: str) -> bool:
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith("llmctl: error:") and message in lines[0], lines[0]
+    return True
+
+
 # ----------------------------------------------------------------------------- killed runs
 
 
@@ -291,3 +313,61 @@ def test_checkpoint_without_checksums_loads_with_notice(checkpoint, capsys):
     load_checkpoint(checkpoint)
     load_checkpoint(checkpoint)
     assert capsys.readouterr().err.count("records no checksums") == 1
+
+
+# ----------------------------------------------------------------------------- training stages
+
+
+def _hold_lock_in_child(path: Path) -> subprocess.Popen:
+    code = "import sys, time\nfrom llmctl.store.lock import OutputLock\nOutputLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)"
+    child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo", "reward", "rl"])
+def test_training_lock_before_data(stage, tmp_path):
+    """A second run into RUN stops at the lock, before it reads its checkpoint or data (here both
+    are missing: the lock must be what refuses it)."""
+    from llmctl.train.dpo import DPOConfig, run_dpo
+    from llmctl.train.pretrain import PretrainConfig, pretrain
+    from llmctl.train.reward import RewardConfig, run_reward
+    from llmctl.train.rl.trainer import RLConfig, run_rl
+    from llmctl.train.sft import SFTConfig, run_sft
+
+    run, missing = tmp_path / "run", str(tmp_path / "missing")
+    calls = {
+        "pretrain": lambda: pretrain(missing, missing, run, PretrainConfig()),
+        "sft": lambda: run_sft(missing, missing, run, SFTConfig()),
+        "dpo": lambda: run_dpo(missing, missing, run, DPOConfig()),
+        "reward": lambda: run_reward(missing, missing, run, RewardConfig()),
+        "rl": lambda: run_rl(missing, missing, run, RLConfig()),
+    }
+    child = _hold_lock_in_child(run)
+    try:
+        with pytest.raises(OutputLocked, match="another llmctl run is writing this output"):
+            calls[stage]()
+    finally:
+        child.kill()
+        child.wait()
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr", "-1"], "lr must be positive"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--device", "cuda"], "no CUDA GPU is available"),
+    ],
+)
+def test_pretrain_bad_options_one_line(args, message, tmp_path, monkeypatch, capsys):
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is available here")
+    code, _, err = cli(
+        ["pretrain", "tok", "--tokenizer", "tk", "-o", str(tmp_path / "run"), *args], monkeypatch, capsys
+    )
+    assert code == 2 and one_line_error(err, message)
+    assert not (tmp_path / "run").exists()

@@ -91,6 +91,15 @@ class TrainConfig:
             raise UsageError(f"unknown dtype {self.dtype!r}; choose auto, fp32 or bf16")
         if self.steps < 1 or self.batch_size < 1 or self.micro_batch < 1:
             raise UsageError("steps, batch_size and micro_batch must be positive")
+        if not self.lr > 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise UsageError(
+                f"lr must be positive, warmup_steps, weight_decay and grad_clip at least 0 (got lr {self.lr}, "
+                f"warmup_steps {self.warmup_steps}, weight_decay {self.weight_decay}, grad_clip {self.grad_clip})"
+            )
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UsageError(f"beta1 and beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise UsageError(f"unknown device {self.device!r}; choose auto, cpu, cuda or mps")
 
     def grad_accum(self, world: int) -> int:
         per_step = self.micro_batch * world

@@ -28,7 +28,7 @@ from llmctl.train.base import load_token_split
 from llmctl.train.loop import TrainConfig, train
 from llmctl.train.mix_batches import StreamedMix
 from llmctl.train.parallel import check_divisible
-from llmctl.train.run_dir import training_run
+from llmctl.train.run_dir import training_run, training_stage
 
 
 @dataclass
@@ -197,6 +197,7 @@ def set_batch_size(cfg: PretrainConfig) -> PretrainConfig:
     return cfg
 
 
+@training_stage("run_dir")
 def pretrain(
     tokens: str | Path | None,
     tokenizer_dir: str | Path,

@@ -22,10 +22,12 @@ manifest a checkpoint gets last.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from llmctl.errors import UsageError
 from llmctl.model.checkpoint import TRAIN_STATE, WEIGHTS
 from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json
 from llmctl.store.integrity import read_state
-from llmctl.store.lock import writer_lock
+from llmctl.store.lock import exclusive_output, writer_lock
 from llmctl.store.manifest import write_manifest
 from llmctl.train import distributed as D
 from llmctl.train.loop import CHECKPOINTS
@@ -184,3 +186,21 @@ def training_run(
         if status == "complete" and d.master:
             note(f"{path}: already complete (same config and inputs); nothing to do")
         yield TrainingRun(path, status, plan, {**(done or {}), "complete": True} if status == "complete" else None)
+
+
+def training_stage(param: str = "run_dir") -> Callable:
+    """Decorate a training stage so that rank 0 holds RUN's writer lock (RUN: the argument `param`)
+    from the stage's first line: a second run into RUN is refused with one line before it loads a
+    model or reads data. `training_run` takes the same lock again (it is re-entrant); under
+    torchrun the other ranks wait for rank 0's decision there."""
+
+    def deco(fn: Callable) -> Callable:
+        locked = exclusive_output(param)(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return (locked if int(os.environ.get("RANK", "0")) == 0 else fn)(*args, **kwargs)
+
+        return wrapper
+
+    return deco

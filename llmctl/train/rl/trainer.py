@@ -38,6 +38,7 @@ from llmctl.train.rl.algos import ALGOS, ValueHeadLM
 from llmctl.train.rl.core import GRPO_LOSS_TYPES
 from llmctl.train.rl.rewards import Rewards
 from llmctl.train.rl.rollout import Prompt, RolloutBatches, load_prompts, write_samples
+from llmctl.train.run_dir import training_stage
 
 
 def _rl_train() -> TrainConfig:
@@ -206,6 +207,7 @@ def _scorer(cfg: RLConfig, tok: Any, device: Any):
     return scorer, {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(ck / WEIGHTS)}
 
 
+@training_stage("run_dir")
 def run_rl(
     prompts: str | Path,
     from_ckpt: str | Path,
