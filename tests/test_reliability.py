@@ -371,3 +371,110 @@ def test_pretrain_bad_options_one_line(args, message, tmp_path, monkeypatch, cap
     )
     assert code == 2 and one_line_error(err, message)
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+@pytest.fixture(scope="module")
+def sweep_data(tmp_path_factory):
+    from pretrain_helpers import make_tokenizer, write_tokens
+
+    tmp = tmp_path_factory.mktemp("sweepdata")
+    tok = make_tokenizer(tmp / "tok", vocab_size=400, docs=100)
+    docs = [tok.encode(t) + [tok.eos_id] for t in ["one story", "another story", "a third one"]]
+    return {
+        "tok": tmp / "tok",
+        "tokens": write_tokens(tmp / "tokens", tok, docs=40),
+        "other": write_tokens(tmp / "other", tok, docs=30),
+        "no_val": _tokens_without_val(tmp / "noval", docs),
+    }
+
+
+def _tokens_without_val(out: Path, docs: list[list[int]]) -> Path:
+    from pretrain_helpers import TOKENS_SCHEMA, _Cfg
+
+    so = StageOutput(out, "tokens", _Cfg(), inputs=[])
+    w = so.shard_writer("part-00000.parquet", TOKENS_SCHEMA)
+    for i, ids in enumerate(docs):
+        w.write({"id": f"s{i}", "input_ids": ids, "split": "train"})
+    so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
+    so.finalize(["part-00000"], TOKENS_SCHEMA)
+    return out
+
+
+def _sweep_cfg(**kw):
+    from llmctl.sweep.run import SweepConfig
+
+    return SweepConfig(
+        **{"budgets": [1.5e8, 3e8], "seq_len": 32, "batch_tokens": 256, "min_steps": 25, "val_tokens": 1024, **kw}
+    )
+
+
+def test_sweep_points_zero_refused(sweep_data, tmp_path):
+    from llmctl.sweep.run import sweep
+
+    with pytest.raises(UsageError, match="--points: give at least 1 model size"):
+        sweep(sweep_data["tokens"], sweep_data["tok"], tmp_path / "sw", _sweep_cfg(points=0))
+    assert not (tmp_path / "sw").exists()
+
+
+def test_sweep_no_val_split_refused_before_training(sweep_data, tmp_path, monkeypatch):
+    import llmctl.sweep.run as R
+
+    monkeypatch.setattr(R, "run_point", lambda *a, **k: pytest.fail("a point was trained"))
+    with pytest.raises(UsageError, match="has no val split"):
+        R.sweep(sweep_data["no_val"], sweep_data["tok"], tmp_path / "sw", _sweep_cfg(sizes=["1x16", "1x24", "1x32"]))
+    assert not (tmp_path / "sw").exists()
+
+
+def test_sweep_failure_before_any_point_leaves_nothing(sweep_data, tmp_path, monkeypatch):
+    import llmctl.sweep.run as R
+
+    def fails(*a, **k):
+        raise UsageError("the first point failed")
+
+    monkeypatch.setattr(R, "run_point", fails)
+    with pytest.raises(UsageError, match="the first point failed"):
+        R.sweep(sweep_data["tokens"], sweep_data["tok"], tmp_path / "sw", _sweep_cfg(sizes=["1x16", "1x24"]))
+    assert not (tmp_path / "sw").exists()
+
+
+def test_sweep_rerun_other_tokens_keeps_plan(sweep_data, tmp_path, monkeypatch):
+    import llmctl.sweep.run as R
+
+    calls = []
+    monkeypatch.setattr(R, "run_point", lambda t, *a: calls.append(t) or pytest.skip("unreachable"))
+    root = tmp_path / "sw"
+    cfg = _sweep_cfg(sizes=["1x16", "1x24"])
+    # the plan a first sweep on `tokens` wrote (its points are still to run)
+    (root / "points").mkdir(parents=True)
+    ds, tok = Dataset.open(sweep_data["tokens"]), R.Tokenizer.load(sweep_data["tok"])
+    plan = {"config": R.to_dict(cfg), "inputs": [ds.lineage(), tok.lineage()], "points": []}
+    (root / R.PLAN).write_text(json.dumps(plan))
+    before = (root / R.PLAN).read_bytes()
+    with pytest.raises(UsageError, match="holds a sweep trained on other tokens"):
+        R.sweep(sweep_data["other"], sweep_data["tok"], root, cfg)
+    assert (root / R.PLAN).read_bytes() == before and not calls
+
+
+def test_sweep_rerun_removes_stale_point_lock(sweep_data, tmp_path, monkeypatch):
+    """A worker killed while it held a point's lock leaves `points/.NAME.lock`: the next run of
+    that point takes it over and removes it, also when the point turns out finished."""
+    import llmctl.sweep.run as R
+    from llmctl.sweep.grid import plan_grid
+
+    cfg = _sweep_cfg(sizes=["1x16"])
+    p = plan_grid(cfg, 400)[0]
+    task = R.point_task(p, cfg, sweep_data["tokens"], sweep_data["tok"], tmp_path / "sw")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = lock_path(task["run"])
+    stale.parent.mkdir(parents=True)
+    import socket
+
+    stale.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "command": "llmctl sweep"}))
+    monkeypatch.setattr(R, "_finished", lambda t: {"val_loss": 2.5, "loss": 2.4, "complete": True})
+    row = R.run_point(task)
+    assert row["val_loss"] == 2.5 and row["complete"]
+    assert not stale.exists()
