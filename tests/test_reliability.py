@@ -478,3 +478,64 @@ def test_sweep_rerun_removes_stale_point_lock(sweep_data, tmp_path, monkeypatch)
     row = R.run_point(task)
     assert row["val_loss"] == 2.5 and row["complete"]
     assert not stale.exists()
+
+
+# ----------------------------------------------------------------------------- chat data
+
+
+NO_ROLE = {"prompt": [{"content": "hi"}], "chosen": "a", "rejected": "b"}
+
+
+def test_import_message_without_role_skipped_and_counted(tmp_path, monkeypatch, capsys):
+    from align_helpers import synthetic_prefs, write_jsonl
+
+    src = write_jsonl(tmp_path / "prefs.jsonl", [NO_ROLE, *synthetic_prefs(4)])
+    code, out, err = cli(
+        ["data", "import", str(src), "--format", "prefs", "-o", str(tmp_path / "imp")], monkeypatch, capsys
+    )
+    assert code == 0 and "Traceback" not in err, err
+    m = json.loads((tmp_path / "imp" / MANIFEST).read_text())
+    assert m["stats"]["kept"] == 4 and m["stats"]["skipped"] == {"malformed messages": 1}
+    only_bad = write_jsonl(tmp_path / "bad.jsonl", [NO_ROLE])
+    code, _, err = cli(
+        ["data", "import", str(only_bad), "--format", "prefs", "-o", str(tmp_path / "i2")], monkeypatch, capsys
+    )
+    assert code == 2 and one_line_error(err, "no usable rows")
+    assert not (tmp_path / "i2").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_ck(tmp_path_factory) -> Path:
+    from align_helpers import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("ck") / "ck", n_layer=1, d_model=16)
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "reward"])
+def test_message_without_role_one_line(stage, tiny_ck, tmp_path, monkeypatch, capsys):
+    from align_helpers import write_jsonl
+
+    row = {"messages": [{"content": "hi"}, {"role": "assistant", "content": "yo"}]} if stage == "sft" else NO_ROLE
+    data = write_jsonl(tmp_path / "d.jsonl", [row])
+    code, out, err = cli([stage, str(data), "--from", str(tiny_ck), "-o", str(tmp_path / "run")], monkeypatch, capsys)
+    assert code == 2 and one_line_error(err, "row 1: message 0: expected {'role': ..., 'content': ...}")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("stage", ["dpo", "reward"])
+def test_identical_pairs_dropped_and_counted(stage, tiny_ck, tmp_path, monkeypatch, capsys):
+    from align_helpers import synthetic_prefs, write_jsonl
+
+    rows = synthetic_prefs(12)
+    same = [{**r, "rejected": r["chosen"] + "  "} for r in rows[:3]]
+    data = write_jsonl(tmp_path / "d.jsonl", rows + same)
+    run = tmp_path / "run"
+    args = [stage, str(data), "--from", str(tiny_ck), "-o", str(run), "--steps", "1", "--batch-size", "2"]
+    code, out, err = cli([*args, "--micro-batch", "2", "--val-fraction", "0"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "dropped 3 pair(s) whose chosen and rejected replies are identical" in out
+    m = json.loads((run / MANIFEST).read_text())
+    assert m["data"]["dropped_identical_replies"] == 3 and m["data"]["train"] == 12
+    data = write_jsonl(tmp_path / "same.jsonl", same)
+    code, _, err = cli([stage, str(data), "--from", str(tiny_ck), "-o", str(tmp_path / "r2")], monkeypatch, capsys)
+    assert code == 2 and one_line_error(err, "3 with identical replies")
