@@ -539,3 +539,69 @@ def test_identical_pairs_dropped_and_counted(stage, tiny_ck, tmp_path, monkeypat
     data = write_jsonl(tmp_path / "same.jsonl", same)
     code, _, err = cli([stage, str(data), "--from", str(tiny_ck), "-o", str(tmp_path / "r2")], monkeypatch, capsys)
     assert code == 2 and one_line_error(err, "3 with identical replies")
+
+
+# ----------------------------------------------------------------------------- token datasets
+
+
+def _tokens(out: Path, ids_type, rows: list, inputs: list | None = None) -> Path:
+    """A finished `tokens` dataset with `input_ids` of Arrow type `ids_type` (built with pyarrow)."""
+    import pyarrow as pa
+    from pretrain_helpers import _Cfg
+
+    schema = pa.schema([("id", pa.string()), ("input_ids", ids_type), ("split", pa.string())])
+    so = StageOutput(out, "tokens", _Cfg(), inputs=inputs or [])
+    w = so.shard_writer("part-00000.parquet", schema)
+    for i, ids in enumerate(rows):
+        w.write({"id": f"s{i}", "input_ids": ids, "split": "val" if i % 4 == 0 else "train"})
+    so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
+    so.finalize(["part-00000"], schema)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["float", "string"])
+@pytest.mark.parametrize("stage", ["pretrain", "mix"])
+def test_non_integer_input_ids_one_line(kind, stage, sweep_data, tmp_path, monkeypatch, capsys):
+    import pyarrow as pa
+
+    ids_type, conv = (pa.list_(pa.float64()), float) if kind == "float" else (pa.list_(pa.string()), str)
+    tokens = _tokens(tmp_path / "tokens", ids_type, [[conv(i) for i in range(20)]] * 8)
+    out = tmp_path / "out"
+    if stage == "pretrain":
+        args = ["pretrain", str(tokens), "-t", str(sweep_data["tok"]), "-o", str(out), "--steps", "1"]
+    else:
+        args = ["mix", "--source", f"a={tokens}", "-o", str(out)]
+    code, _, err = cli(args, monkeypatch, capsys)
+    assert code == 2 and one_line_error(err, "input_ids is list<")
+    assert "expected a list of integers" in err and not out.exists()
+
+
+def test_tokens_from_other_tokenizer_refused(sweep_data, tmp_path, monkeypatch, capsys):
+    from pretrain_helpers import stories
+
+    from llmctl.tokenizer.spm import Tokenizer
+
+    mine = Tokenizer.load(sweep_data["tok"])
+    other = Tokenizer.train(stories(200)[100:], mine.vocab_size)  # the same vocabulary size, other merges
+    other.save(tmp_path / "other")
+    other = Tokenizer.load(tmp_path / "other")
+    assert other.vocab_size == mine.vocab_size and other.fingerprint != mine.fingerprint
+    rows = [mine.encode(t) + [mine.eos_id] for t in stories(16)]
+    tokens = _tokens(tmp_path / "tokens", pa_int_list(), rows, inputs=[mine.lineage()])
+    args = ["pretrain", str(tokens), "-o", str(tmp_path / "run"), "--steps", "1"]
+    code, _, err = cli([*args, "-t", str(tmp_path / "other")], monkeypatch, capsys)
+    assert code == 2 and one_line_error(err, "was tokenized with")
+    assert not (tmp_path / "run").exists()
+
+
+def pa_int_list():
+    import pyarrow as pa
+
+    return pa.list_(pa.int32())
+
+
+def test_mix_duplicate_source_name_refused(sweep_data, tmp_path, monkeypatch, capsys):
+    args = ["mix", "--source", f"a={sweep_data['tokens']}", "--source", f"a={sweep_data['other']}"]
+    code, _, err = cli([*args, "-o", str(tmp_path / "mix")], monkeypatch, capsys)
+    assert code == 2 and one_line_error(err, "--source 'a' given twice")
+    assert not (tmp_path / "mix").exists()

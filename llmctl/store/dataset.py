@@ -162,6 +162,16 @@ class Dataset:
     def column_names(self) -> list[str]:
         return [f["name"] for f in self.manifest.get("schema", [])]
 
+    def check_int_lists(self, column: str = "input_ids") -> None:
+        """One-line `UsageError` unless `column` holds lists of integers (token ids) in the shards."""
+        t = self.schema.field(column).type if column in self.schema.names else None
+        if t is None or not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_integer(t.value_type):
+            raise UsageError(f"{self.path}: {column} is {t}, expected a list of integers (token ids)")
+
+    def recorded_input(self, stage: str) -> dict[str, Any] | None:
+        """The input of stage `stage` (e.g. "tokenizer") this dataset's manifest records, if any."""
+        return next((i for i in self.manifest.get("inputs") or [] if i.get("stage") == stage), None)
+
     def lineage(self) -> dict[str, Any]:
         """How a later stage records this dataset as its input."""
         return {"path": fs.display(self.path), "stage": self.stage, "fingerprint": self.fingerprint}

@@ -21,10 +21,9 @@ from llmctl.config import runtime, to_dict
 from llmctl.errors import UsageError
 from llmctl.model.moe import inactive_params
 from llmctl.model.transformer import ModelConfig, Transformer, cross_entropy, preset_config
-from llmctl.store.dataset import Dataset
 from llmctl.tokenizer.spm import Tokenizer
 from llmctl.train import distributed as D
-from llmctl.train.base import load_token_split
+from llmctl.train.base import load_token_split, open_tokens
 from llmctl.train.loop import TrainConfig, train
 from llmctl.train.mix_batches import StreamedMix
 from llmctl.train.parallel import check_divisible
@@ -218,11 +217,7 @@ def pretrain(
     if (tokens is None) == (mix is None):
         raise UsageError("give a token dataset or --mix FILE (one of the two)")
     check_divisible(model_config(cfg, tok.vocab_size), d.tp)  # before any rank builds the model
-    source = (
-        _mix_source(mix, tok)
-        if mix is not None
-        else Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
-    )
+    source = _mix_source(mix, tok) if mix is not None else open_tokens(tokens, tok)
     set_batch_size(cfg)
     accum = cfg.train.grad_accum(d.dp)
     inputs = [*(source.lineage() if mix is not None else [source.lineage()]), tok.lineage()]
