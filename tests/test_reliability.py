@@ -605,3 +605,40 @@ def test_mix_duplicate_source_name_refused(sweep_data, tmp_path, monkeypatch, ca
     code, _, err = cli([*args, "-o", str(tmp_path / "mix")], monkeypatch, capsys)
     assert code == 2 and one_line_error(err, "--source 'a' given twice")
     assert not (tmp_path / "mix").exists()
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_plot_of_run_with_dollar_in_name(tmp_path):
+    """A `$` in a run's folder name is drawn as text (matplotlib would read `$...` as mathtext)."""
+    from llmctl.utils.plot import plot_runs
+
+    for name in ("r$un", "a$^$b", "x$_{$"):
+        run = tmp_path / name
+        run.mkdir()
+        recs = [{"step": s, "tokens": 64 * s, "loss": 5.0 - 0.1 * s} for s in range(1, 6)] + [
+            {"step": 5, "val_loss": 4.6}
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        out = plot_runs([run], tmp_path / f"{name}.png")
+        assert out.stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- filter options
+
+
+def test_filter_unknown_language_refused(docs_jsonl, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "docs"
+    code, _, err = cli(["filter", str(docs_jsonl), "-o", str(out), "--languages", "xx"], monkeypatch, capsys)
+    assert code == 2 and one_line_error(err, "--languages: xx is no language code the model knows")
+    assert not out.exists() and not rejected_dir(out).exists()
+
+
+def test_filter_some_unknown_language_and_nothing_kept_noticed(docs_jsonl, tmp_path, monkeypatch, capsys):
+    """`de,xx` on English stories: `xx` is named at the start, and the end says nothing was kept and why."""
+    out = tmp_path / "docs"
+    code, _, err = cli(["filter", str(docs_jsonl), "-o", str(out), "--languages", "de,xx"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "--languages: xx unknown to the language model" in err
+    assert "no document was kept of 43 read; most were removed by langid (" in err

@@ -218,7 +218,9 @@ def _run_filter(
     overwrite: bool,
     progress: bool | None,
 ) -> dict[str, Any]:
-    build_steps(cfg)  # validate step names and load the quality model before touching the output
+    for step in build_steps(cfg):  # validate step names and load the quality model before touching the output
+        for message in getattr(step, "notices", ()):
+            note(message, progress)
     dedup_on = cfg.dedup.enabled
     if dedup_on:
         validate_dedup(cfg.dedup)
@@ -277,6 +279,18 @@ def _run_filter(
     }
     if extra:
         summary["dedup"] = {k: v for k, v in extra.items() if k != "timings"}
+    if stats["read.docs"] and not stats["kept.docs"]:
+        top = max(
+            (
+                (k[len("rejected.") : -len(".docs")], v)
+                for k, v in stats.items()
+                if k.startswith("rejected.") and k.endswith(".docs")
+            ),
+            key=lambda kv: kv[1],
+            default=None,
+        )
+        why = f"; most were removed by {top[0]} ({top[1]:,})" if top else ""
+        note(f"{output}: no document was kept of {stats['read.docs']:,} read{why}", progress)
     rej = R.finalize(rejected, stage, names, out)
     if rej is not None:
         summary["rejected"] = {"dataset": R.rejected_dir(out).name, "documents": rej["num_rows"]}
