@@ -642,3 +642,20 @@ def test_filter_some_unknown_language_and_nothing_kept_noticed(docs_jsonl, tmp_p
     assert code == 0, err
     assert "--languages: xx unknown to the language model" in err
     assert "no document was kept of 43 read; most were removed by langid (" in err
+
+
+def test_shard_write_enospc_names_path(tmp_path):
+    import pyarrow as pa
+
+    from llmctl.store.dataset import ShardWriter
+
+    w = ShardWriter(tmp_path / "part-00000.parquet", pa.schema([("text", pa.string())]), row_group_rows=2)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    w._writer.write_table = full
+    w.write({"text": "a"})
+    with pytest.raises(UsageError, match=r"part-00000.parquet: cannot write \(No space left on device\)"):
+        w.write({"text": "b"})
+    assert list(tmp_path.iterdir()) == []

@@ -18,6 +18,7 @@ LLMCTL_VERIFY=0 skips it; its cost is in docs/reliability.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -228,22 +229,37 @@ class ShardWriter:
 
     def write_table(self, table: pa.Table) -> None:
         self._flush()
-        self._writer.write_table(table.cast(self.schema), row_group_size=self.row_group_rows)
+        with self._disk_errors():
+            self._writer.write_table(table.cast(self.schema), row_group_size=self.row_group_rows)
         self.rows += table.num_rows
 
     def _flush(self) -> None:
         if self._buffer:
-            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
+            with self._disk_errors():
+                self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
             self.rows += len(self._buffer)
             self._buffer = []
             self._buffered_bytes = 0
 
+    @contextlib.contextmanager
+    def _disk_errors(self) -> Iterator[None]:
+        """A write the filesystem refuses (a full disk, a quota) is one line naming the shard; the
+        temporary file is removed."""
+        try:
+            yield
+        except OSError as e:
+            with contextlib.suppress(Exception):
+                self.abort()
+            why = e.strerror or first_line(e)
+            raise UsageError(f"{self.path}: cannot write ({why}); free some space and re-run to resume") from None
+
     def close(self) -> dict[str, Any]:
         """Finish the file, rename it into place, and return its record for the manifest."""
         self._flush()
-        self._writer.close()
-        digest = file_sha256(self.tmp)
-        fs.replace(self.tmp, self.path)
+        with self._disk_errors():
+            self._writer.close()
+            digest = file_sha256(self.tmp)
+            fs.replace(self.tmp, self.path)
         return {"rows": self.rows, "bytes": fs.size(self.path), "sha256": digest}
 
     def abort(self) -> None:
