@@ -75,6 +75,10 @@ def _cli_killed(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.C
     return r
 
 
+TINY_PRETRAIN = ["--steps", "1", "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq-len", "16"]
+TINY_PRETRAIN += ["--batch-tokens", "32", "--micro-batch", "2", "--warmup", "0", "--eval-every", "1"]
+
+
 def cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """`llmctl ARGS` in this process, as the console script runs it: (exit code, stdout, stderr)."""
     from llmctl.cli import main
@@ -361,14 +365,13 @@ def test_training_lock_before_data(stage, tmp_path):
         (["--device", "cuda"], "no CUDA GPU is available"),
     ],
 )
-def test_pretrain_bad_options_one_line(args, message, tmp_path, monkeypatch, capsys):
+def test_pretrain_bad_options_one_line(args, message, sweep_data, tmp_path, monkeypatch, capsys):
     import torch
 
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA GPU is available here")
-    code, _, err = cli(
-        ["pretrain", "tok", "--tokenizer", "tk", "-o", str(tmp_path / "run"), *args], monkeypatch, capsys
-    )
+    run = ["pretrain", str(sweep_data["tokens"]), "--tokenizer", str(sweep_data["tok"]), "-o", str(tmp_path / "run")]
+    code, _, err = cli([*run, *TINY_PRETRAIN, *args], monkeypatch, capsys)
     assert code == 2 and one_line_error(err, message)
     assert not (tmp_path / "run").exists()
 
@@ -444,7 +447,7 @@ def test_sweep_rerun_other_tokens_keeps_plan(sweep_data, tmp_path, monkeypatch):
     import llmctl.sweep.run as R
 
     calls = []
-    monkeypatch.setattr(R, "run_point", lambda t, *a: calls.append(t) or pytest.skip("unreachable"))
+    monkeypatch.setattr(R, "run_point", lambda t, *a: calls.append(t) or pytest.fail("a point ran"))
     root = tmp_path / "sw"
     cfg = _sweep_cfg(sizes=["1x16", "1x24"])
     # the plan a first sweep on `tokens` wrote (its points are still to run)
@@ -564,11 +567,14 @@ def _tokens(out: Path, ids_type, rows: list, inputs: list | None = None) -> Path
 def test_non_integer_input_ids_one_line(kind, stage, sweep_data, tmp_path, monkeypatch, capsys):
     import pyarrow as pa
 
+    from llmctl.tokenizer.spm import Tokenizer
+
+    tok = Tokenizer.load(sweep_data["tok"])
     ids_type, conv = (pa.list_(pa.float64()), float) if kind == "float" else (pa.list_(pa.string()), str)
-    tokens = _tokens(tmp_path / "tokens", ids_type, [[conv(i) for i in range(20)]] * 8)
+    tokens = _tokens(tmp_path / "tokens", ids_type, [[conv(i) for i in range(50)]] * 40, inputs=[tok.lineage()])
     out = tmp_path / "out"
     if stage == "pretrain":
-        args = ["pretrain", str(tokens), "-t", str(sweep_data["tok"]), "-o", str(out), "--steps", "1"]
+        args = ["pretrain", str(tokens), "-t", str(sweep_data["tok"]), "-o", str(out), *TINY_PRETRAIN]
     else:
         args = ["mix", "--source", f"a={tokens}", "-o", str(out)]
     code, _, err = cli(args, monkeypatch, capsys)
@@ -588,7 +594,7 @@ def test_tokens_from_other_tokenizer_refused(sweep_data, tmp_path, monkeypatch, 
     assert other.vocab_size == mine.vocab_size and other.fingerprint != mine.fingerprint
     rows = [mine.encode(t) + [mine.eos_id] for t in stories(16)]
     tokens = _tokens(tmp_path / "tokens", pa_int_list(), rows, inputs=[mine.lineage()])
-    args = ["pretrain", str(tokens), "-o", str(tmp_path / "run"), "--steps", "1"]
+    args = ["pretrain", str(tokens), "-o", str(tmp_path / "run"), *TINY_PRETRAIN]
     code, _, err = cli([*args, "-t", str(tmp_path / "other")], monkeypatch, capsys)
     assert code == 2 and one_line_error(err, "was tokenized with")
     assert not (tmp_path / "run").exists()
@@ -601,7 +607,11 @@ def pa_int_list():
 
 
 def test_mix_duplicate_source_name_refused(sweep_data, tmp_path, monkeypatch, capsys):
-    args = ["mix", "--source", f"a={sweep_data['tokens']}", "--source", f"a={sweep_data['other']}"]
+    from llmctl.tokenizer.spm import Tokenizer
+
+    tok = Tokenizer.load(sweep_data["tok"])
+    a, b = (_tokens(tmp_path / n, pa_int_list(), [[5, 6, 7, 8]] * 9, inputs=[tok.lineage()]) for n in ("a", "b"))
+    args = ["mix", "--source", f"a={a}", "--source", f"a={b}"]
     code, _, err = cli([*args, "-o", str(tmp_path / "mix")], monkeypatch, capsys)
     assert code == 2 and one_line_error(err, "--source 'a' given twice")
     assert not (tmp_path / "mix").exists()

@@ -165,6 +165,8 @@ class Dataset:
 
     def check_int_lists(self, column: str = "input_ids") -> None:
         """One-line `UsageError` unless `column` holds lists of integers (token ids) in the shards."""
+        if not self.shards:
+            return
         t = self.schema.field(column).type if column in self.schema.names else None
         if t is None or not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_integer(t.value_type):
             raise UsageError(f"{self.path}: {column} is {t}, expected a list of integers (token ids)")
