@@ -669,3 +669,19 @@ def test_shard_write_enospc_names_path(tmp_path):
     with pytest.raises(UsageError, match=r"part-00000.parquet: cannot write \(No space left on device\)"):
         w.write({"text": "b"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_run_killed_while_writing_run_json_starts_afresh(tmp_path):
+    """A training run killed inside its first write leaves `RUN/._run.json.tmp-PID` only: llmctl's
+    own, so the same command starts the run (it was refused as a foreign folder)."""
+    from llmctl.train.run_dir import prepare_run_dir
+    from llmctl.train.sft import SFTConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / f".{RUN_STATE}.tmp-4242").write_text('{"sta')
+    plan = prepare_run_dir(run, "sft", SFTConfig(), [], overwrite=False)
+    assert plan.status == "fresh" and plan.replace
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="holds no llmctl run"):
+        prepare_run_dir(run, "sft", SFTConfig(), [], overwrite=False)

@@ -35,6 +35,7 @@ from llmctl.store.dataset import Dataset, StageOutput, atomic_write_json
 from llmctl.store.lock import exclusive_output, writer_lock
 from llmctl.sweep.grid import GridConfig, Point, plan_grid
 from llmctl.tokenizer.spm import Tokenizer
+from llmctl.train.base import open_tokens
 
 PLAN = "_sweep.json"
 TABLE = "table"
@@ -238,7 +239,7 @@ def sweep(
     root = Path(output).absolute()
     tokens, tokenizer = Path(tokens).absolute(), Path(tokenizer).absolute()  # the paths each point's pretrain records
     tok = Tokenizer.load(tokenizer)
-    ds = Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
+    ds = open_tokens(tokens, tok)
     points = plan_grid(cfg, tok.vocab_size)
     check_val_split(ds)
     inputs = [ds.lineage(), tok.lineage()]

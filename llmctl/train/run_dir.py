@@ -35,7 +35,7 @@ from typing import Any
 from llmctl.config import output_fields
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import TRAIN_STATE, WEIGHTS
-from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json
+from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json, is_llmctl_scaffold
 from llmctl.store.integrity import read_state
 from llmctl.store.lock import exclusive_output, writer_lock
 from llmctl.store.manifest import write_manifest
@@ -80,7 +80,7 @@ def prepare_run_dir(run_dir: Path, stage: str, cfg: Any, inputs: list[dict], ove
         raise UsageError(f"{run_dir}: exists and is not a directory")
     has_run = any((run_dir / n).exists() for n in (RUN_STATE, MANIFEST, CHECKPOINTS))
     if not has_run:
-        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite and not is_llmctl_scaffold(run_dir):
             raise UsageError(f"{run_dir}: directory is not empty and holds no llmctl run; choose another path")
         return RunPlan(run_dir, "fresh", state, replace=run_dir.is_dir() and any(run_dir.iterdir()))
     recorded = read_state(run_dir / RUN_STATE, overwrite) if (run_dir / RUN_STATE).is_file() else None
