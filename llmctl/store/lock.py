@@ -11,8 +11,8 @@ dropping its own lock, and the output holds nothing but the data contract's file
 How it is taken:
 - Local paths: `flock` on the lock file (released by the kernel when the process dies, also on
   SIGKILL; the file is opened without following a symlink and used only when it is a regular
-  file, so a planted link never truncates its target), then a check that the locked file is still the one at the path (a holder removes it
-  on release). A lock file left by a killed run is taken over with a notice; one naming a live
+  file, so a planted link never truncates its target), then a check that the locked file is
+  still the one at the path (a holder removes it on release). A lock file left by a killed run is taken over with a notice; one naming a live
   process is respected; one written on another host is not second-guessed (it names its host
   and how to remove it).
 - fsspec URIs: the lock object is created with exclusive create (`open(..., "xb")`: S3's
