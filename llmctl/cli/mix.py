@@ -106,10 +106,12 @@ def mix_cmd(
     cfg = C.load(MixConfig, config, set_, flags)
     if source:
         table: dict[str, Any] = dict(cfg.sources)
+        given: set[str] = set()  # a --source replaces the config file's source of its name, not another --source
         for spec in source:
             name, entry = parse_source(spec)
-            if name in table and source.count(spec) > 1:
-                raise UsageError(f"--source {name!r} given twice")
+            if name in given:
+                raise UsageError(f"--source {name!r} given twice; each source needs its own name")
+            given.add(name)
             table[name] = entry
         cfg.sources = table
     cfg.sources = apply_weights(cfg.sources, weight or [])

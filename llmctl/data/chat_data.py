@@ -40,6 +40,7 @@ from llmctl.errors import UsageError
 from llmctl.store.dataset import Dataset, StageOutput, abort_shards, close_shards, fingerprint_file, shard_name
 from llmctl.store.integrity import read_parquet
 from llmctl.store.lock import exclusive_output
+from llmctl.tokenizer.base import check_messages
 from llmctl.tokenizer.chat import encode_chat
 from llmctl.utils.progress import note
 
@@ -98,13 +99,18 @@ def read_rows(path: str | Path, skipped: dict[str, int] | None = None) -> tuple[
     raise UsageError(f"{p}: expected a dataset directory, a .parquet or a .jsonl file")
 
 
-def to_messages(prompt: Any) -> list[dict[str, str]]:
-    """A prompt as a conversation: a string is one user turn."""
+def to_messages(prompt: Any, where: str = "prompt") -> list[dict[str, str]]:
+    """A prompt as a conversation: a string is one user turn; a list must hold {role, content}
+    messages with a known role and text content (else a one-line `UsageError` naming `where`)."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     if isinstance(prompt, (list, tuple)):
+        try:
+            check_messages(prompt)
+        except UsageError as e:
+            raise UsageError(f"{where}: {e}") from None
         return [{"role": m["role"], "content": m["content"]} for m in prompt]
-    raise UsageError(f"a prompt must be a string or a list of messages, got {type(prompt).__name__}")
+    raise UsageError(f"{where}: a prompt must be a string or a list of messages, got {type(prompt).__name__}")
 
 
 def _key(obj: Any) -> str:
@@ -127,11 +133,16 @@ def sft_conversations(rows: list[dict[str, Any]], where: str = "data") -> list[l
     cols = set(rows[0])
     out = []
     if "messages" in cols:
-        for r in rows:
-            out.append(to_messages(r["messages"]))
+        for i, r in enumerate(rows):
+            out.append(to_messages(r.get("messages"), f"{where}: row {i + 1}"))
     elif {"prompt", "response"} <= cols:
-        for r in rows:
-            out.append(to_messages(r["prompt"]) + [{"role": "assistant", "content": r["response"]}])
+        for i, r in enumerate(rows):
+            if not isinstance(r.get("response"), str):
+                raise UsageError(f"{where}: row {i + 1}: response must be text, got {type(r.get('response')).__name__}")
+            out.append(
+                to_messages(r.get("prompt"), f"{where}: row {i + 1}")
+                + [{"role": "assistant", "content": r["response"]}]
+            )
     else:
         raise UsageError(f"{where}: expected SFT columns {SFT_COLUMNS}; found {', '.join(sorted(cols))}")
     return out
@@ -143,7 +154,18 @@ def pref_triples(rows: list[dict[str, Any]], where: str = "data") -> list[tuple[
     cols = set(rows[0])
     if not {"prompt", "chosen", "rejected"} <= cols:
         raise UsageError(f"{where}: expected preference columns {PREF_COLUMNS}; found {', '.join(sorted(cols))}")
-    return [(to_messages(r["prompt"]), r["chosen"], r["rejected"]) for r in rows]
+    out = []
+    for i, r in enumerate(rows):
+        at = f"{where}: row {i + 1}"
+        if not all(isinstance(r.get(k), str) for k in ("chosen", "rejected")):
+            raise UsageError(f"{at}: chosen and rejected must be text")
+        out.append((to_messages(r.get("prompt"), at), r["chosen"], r["rejected"]))
+    return out
+
+
+def is_degenerate(chosen: str, rejected: str) -> bool:
+    """A pair whose replies are the same text (but for surrounding space): it carries no preference."""
+    return chosen.strip() == rejected.strip()
 
 
 # ----------------------------------------------------------------------------- encoding + truncation
@@ -290,6 +312,9 @@ def hh_to_pref(chosen: str, rejected: str) -> tuple[dict[str, Any] | None, str]:
     return {"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": r[-1]["content"]}, ""
 
 
+MALFORMED = "malformed messages"  # a message that is not {role, content} with a known role and text
+
+
 def _sft_row(r: dict[str, Any]) -> list[dict[str, str]] | None:
     if "messages" in r:
         return to_messages(r["messages"])
@@ -306,7 +331,7 @@ def _pref_row(r: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     if "prompt" in r and "chosen" in r and "rejected" in r:
         if not all(isinstance(r[k], str) for k in ("chosen", "rejected")):
             return None, "chosen/rejected not text"
-        if r["chosen"].strip() == r["rejected"].strip():
+        if is_degenerate(r["chosen"], r["rejected"]):
             return None, DEGENERATE
         return {"prompt": to_messages(r["prompt"]), "chosen": r["chosen"], "rejected": r["rejected"]}, ""
     if "chosen" in r and "rejected" in r:
@@ -338,11 +363,16 @@ def import_data(
         return so.manifest
     kept: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
-        if fmt == "sft":
-            msgs = _sft_row(r)
-            row, why = ({"messages": msgs}, "") if msgs else (None, "no prompt/response, question/answer or messages")
-        else:
-            row, why = _pref_row(r)
+        try:
+            if fmt == "sft":
+                msgs = _sft_row(r)
+                row, why = (
+                    ({"messages": msgs}, "") if msgs else (None, "no prompt/response, question/answer or messages")
+                )
+            else:
+                row, why = _pref_row(r)
+        except UsageError:  # a bad record inside a usable file: counted and skipped
+            row, why = None, MALFORMED
         if row is None:
             skipped[why] = skipped.get(why, 0) + 1
             continue

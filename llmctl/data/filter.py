@@ -288,7 +288,7 @@ def _run_per_shard(
     return [t.name for t in tasks]
 
 
-@exclusive_output("out", discard_unfinished=True)
+@exclusive_output(lambda a: [a["out"], R.rejected_dir(a["out"])], discard_unfinished=True)
 def run_filter(
     inputs: list[str],
     out: str | Path,
@@ -313,7 +313,9 @@ def _run_filter(
     overwrite: bool,
     progress: bool | None,
 ) -> dict[str, Any]:
-    build_steps(cfg)  # validate step names and load the quality model before touching the output
+    for step in build_steps(cfg):  # validate step names and load the quality model before touching the output
+        for message in getattr(step, "notices", ()):
+            note(message, progress)
     dedup_on = cfg.dedup.enabled
     if dedup_on:
         validate_dedup(cfg.dedup)
@@ -379,6 +381,18 @@ def _run_filter(
         summary["decontaminate"] = decont_summary(cfg.decontaminate)
     dedup_seconds = sum(v for k, v in extra.get("timings", {}).items() if isinstance(v, (int, float)))
     fs.atomic_write_json(out / STATS_FILE, step_stats(dict(stats), cfg, dedup_seconds if dedup_on else None))
+    if stats["read.docs"] and not stats["kept.docs"]:
+        top = max(
+            (
+                (k[len("rejected.") : -len(".docs")], v)
+                for k, v in stats.items()
+                if k.startswith("rejected.") and k.endswith(".docs")
+            ),
+            key=lambda kv: kv[1],
+            default=None,
+        )
+        why = f"; most were removed by {top[0]} ({top[1]:,})" if top else ""
+        note(f"{output}: no document was kept of {stats['read.docs']:,} read{why}", progress)
     rej = R.finalize(rejected, stage, names, out)
     if rej is not None:
         summary["rejected"] = {"dataset": R.rejected_dir(out).name, "documents": rej["num_rows"]}

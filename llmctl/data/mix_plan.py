@@ -158,6 +158,7 @@ def open_source(name: str, spec: Any) -> Source:
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or v != v):
             raise UsageError(f"source {name!r}: {key} must be a number >= 0, got {v!r}")
     ds = Dataset.open(spec["path"], stage="tokens", columns=["input_ids", "split"])
+    ds.check_int_lists("input_ids")
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {"train": [], "val": []}
     for i in range(len(ds.shards)):
         t = open_parquet(ds.verify(i)).read(columns=["input_ids", "split"])

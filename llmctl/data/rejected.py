@@ -18,13 +18,11 @@ did not write is refused before anything is written.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from llmctl.data.document import REJECTED_SCHEMA
-from llmctl.errors import UsageError
 from llmctl.store import fs
-from llmctl.store.dataset import MANIFEST, RUN_STATE, ShardWriter, StageOutput
+from llmctl.store.dataset import ShardWriter, StageOutput, check_target
 
 STAGE = "filter.rejected"
 SUFFIX = ".rejected"
@@ -45,30 +43,10 @@ def shard_path(out: Any, name: str) -> Any:
     return rejected_dir(out) / f"{name}.parquet"
 
 
-def _ours(d: Any) -> bool:
-    """Whether directory `d` holds (part of) an llmctl rejected dataset."""
-    for marker in (MANIFEST, RUN_STATE):
-        f = d / marker
-        if f.is_file():
-            try:
-                return json.loads(f.read_text(encoding="utf-8")).get("stage") == STAGE
-            except (ValueError, OSError):
-                return False
-    return False
-
-
 def check(out: Any) -> None:
-    """Refuse, before OUT is touched, an OUT.rejected that is a file or a folder llmctl did not write."""
-    d = rejected_dir(out)
-    if not d.exists():
-        return
-    if not d.is_dir():
-        raise UsageError(f"{d}: exists and is not a directory (llmctl filter keeps removed documents there)")
-    if any(d.iterdir()) and not _ours(d):
-        raise UsageError(
-            f"{d}: directory is not empty and holds no llmctl output (llmctl filter keeps removed "
-            "documents there); move it away or choose another output path"
-        )
+    """Refuse, before OUT is touched, an OUT.rejected that is a file or a folder llmctl did not write
+    (the scaffold of a killed start counts as llmctl's: it is started afresh)."""
+    check_target(rejected_dir(out), STAGE, what=" (llmctl filter keeps removed documents there)")
 
 
 def open_output(out: Any, cfg: Any, inputs: list[dict[str, Any]], main: StageOutput) -> StageOutput | None:
@@ -87,6 +65,8 @@ def finalize(rej: StageOutput | None, main: StageOutput, names: list[str], of: A
     """Write OUT.rejected's manifest from the shards OUT's task records list; returns it."""
     if rej is None:
         return None
+    if rej.complete:  # a run killed between OUT.rejected's manifest and OUT's: nothing left to write
+        return rej.manifest
     reasons: dict[str, int] = {}
     for name in names:
         rec = main.task_record(name)

@@ -9,7 +9,11 @@ Layout of a checkpoint directory::
     config.json           ModelConfig fields + {"format": "llmctl"}
     tokenizer/            a copy of the tokenizer directory the model was trained with
     train_state.pt        (resumable checkpoints only) optimizer, schedule step, RNG, data position
-    _manifest.json        stage, config, inputs (lineage), stats; written last = completion marker
+    _manifest.json        stage, config, inputs (lineage), stats, and the size and SHA-256 of the
+                          weights, config and train state; written last = completion marker
+
+Every reader of a checkpoint's weights or train state goes through `verified`, which checks the
+file's SHA-256 against the manifest first (LLMCTL_VERIFY=0 skips it, as for dataset shards).
 
 Nothing is pickled: `train_state.pt` holds only tensors and plain types and is read back with
 `torch.load(weights_only=True)`, which refuses anything else. A checkpoint is written into a
@@ -25,6 +29,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,7 @@ from llmctl.model import hf_import
 from llmctl.model import lora as L
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.store import fs
-from llmctl.store.integrity import fingerprint_file
+from llmctl.store.integrity import file_sha256, fingerprint_file, verify_checksums
 from llmctl.store.manifest import MANIFEST, write_manifest
 from llmctl.tokenizer.spm import Tokenizer
 
@@ -45,6 +50,8 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER_DIR = "tokenizer"
 TRAIN_STATE = "train_state.pt"
+CHECKSUMS = "checksums"  # manifest key: {file name: {"bytes", "sha256"}} of the files in CHECKED
+CHECKED = (WEIGHTS, CONFIG, TRAIN_STATE, L.ADAPTER_WEIGHTS, L.ADAPTER_CONFIG)
 
 
 def tokenizer_vocab_size(tokenizer_dir: str | Path) -> int:
@@ -102,7 +109,12 @@ def save_checkpoint(
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
-        write_manifest(tmp, {"stage": "checkpoint", "model": model_cfg.to_dict(), **(manifest or {})})
+        sums = {
+            n: {"bytes": (tmp / n).stat().st_size, "sha256": file_sha256(tmp / n)}
+            for n in CHECKED
+            if (tmp / n).is_file()
+        }
+        write_manifest(tmp, {"stage": "checkpoint", "model": model_cfg.to_dict(), **(manifest or {}), CHECKSUMS: sums})
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports ENOSPC as a RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(
@@ -118,6 +130,40 @@ def save_checkpoint(
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
     return path
+
+
+def verified(path: str | Path, name: str) -> Path:
+    """`path/name` once its bytes match the SHA-256 the checkpoint's manifest records (LLMCTL_VERIFY=0
+    skips the check, as for dataset shards); a one-line `UsageError` naming the file when they do
+    not. A checkpoint written before checksums were recorded is read with a notice."""
+    f = Path(path) / name
+    try:
+        sums = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8")).get(CHECKSUMS)
+    except (OSError, ValueError):
+        sums = None
+    rec = sums.get(name) if isinstance(sums, dict) else None
+    if not isinstance(rec, dict):
+        if sums is None and str(path) not in _unchecked:
+            _unchecked.add(str(path))
+            print(
+                f"llmctl: {path}: this checkpoint records no checksums; its files are read unverified", file=sys.stderr
+            )
+        return f
+    if not verify_checksums():
+        return f
+    try:
+        ok = f.stat().st_size == rec.get("bytes") and file_sha256(f) == rec.get("sha256")
+    except OSError as e:
+        raise UsageError(f"{f}: cannot read ({e.strerror})") from None
+    if not ok:
+        raise UsageError(
+            f"{f}: does not match the SHA-256 in {Path(path) / MANIFEST} (corrupt or changed after it "
+            "was written); use another checkpoint or re-run the training that made it"
+        )
+    return f
+
+
+_unchecked: set[str] = set()  # checkpoints already reported as having no checksums
 
 
 class CheckpointWriteError(UsageError):
@@ -216,7 +262,7 @@ def load_checkpoint(
             raise UsageError(f"{path}: a reward model (LoRA run with a score head), not a language model")
         return load_lora_checkpoint(path, spec, device, tok)
     model = Transformer(cfg)
-    state = load_file(str(path / WEIGHTS))
+    state = load_file(str(verified(path, WEIGHTS)))
     state.pop("value_head.weight", None)  # `llmctl rl --algo ppo`'s value head: not part of the language model
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
@@ -251,4 +297,4 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     f = Path(path) / TRAIN_STATE
     if not f.is_file():
         raise UsageError(f"{path}: has no {TRAIN_STATE}; it cannot be resumed")
-    return torch.load(f, map_location="cpu", weights_only=True)
+    return torch.load(verified(path, TRAIN_STATE), map_location="cpu", weights_only=True)

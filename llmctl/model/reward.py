@@ -26,6 +26,7 @@ from llmctl.model.checkpoint import (
     lora_of,
     read_model_config,
     resolve_checkpoint,
+    verified,
 )
 from llmctl.model.lora import merge_lora, read_adapter
 from llmctl.model.transformer import ModelConfig, Transformer
@@ -111,7 +112,7 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> RewardScorer:
         return _scorer(model, p, device)
     if spec:
         raise UsageError(f"{p}: not a reward model (no score_head; train one with `llmctl reward`)")
-    state = load_file(str(p / WEIGHTS))
+    state = load_file(str(verified(p, WEIGHTS)))
     if "score_head.weight" not in state:
         raise UsageError(f"{p}: not a reward model (no score_head; train one with `llmctl reward`)")
     if mc.tie_embeddings:

@@ -18,6 +18,7 @@ LLMCTL_VERIFY=0 skips it; its cost is in docs/reliability.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -114,8 +115,14 @@ class Dataset:
         a truncated or missing shard is a one-line error before a stage writes anything (on a URI:
         one listing, not a request per shard)."""
         listed = None if fs.is_local(self.path) else fs.sizes_below(self.path)
+        root = self.path.resolve() if listed is None else None
         for rec in self.manifest["shards"]:
             shard = self.path / rec["path"]
+            if root is not None and not shard.resolve().is_relative_to(root):
+                raise UsageError(
+                    f"{shard}: a symlink leading outside the dataset ({shard.resolve()}); "
+                    "a dataset's shards live inside its directory"
+                )
             try:
                 n = fs.size(shard) if listed is None else listed[fs.key_of(shard.fs, shard)]
             except (KeyError, OSError):
@@ -155,6 +162,18 @@ class Dataset:
     @property
     def column_names(self) -> list[str]:
         return [f["name"] for f in self.manifest.get("schema", [])]
+
+    def check_int_lists(self, column: str = "input_ids") -> None:
+        """One-line `UsageError` unless `column` holds lists of integers (token ids) in the shards."""
+        if not self.shards:
+            return
+        t = self.schema.field(column).type if column in self.schema.names else None
+        if t is None or not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_integer(t.value_type):
+            raise UsageError(f"{self.path}: {column} is {t}, expected a list of integers (token ids)")
+
+    def recorded_input(self, stage: str) -> dict[str, Any] | None:
+        """The input of stage `stage` (e.g. "tokenizer") this dataset's manifest records, if any."""
+        return next((i for i in self.manifest.get("inputs") or [] if i.get("stage") == stage), None)
 
     def lineage(self) -> dict[str, Any]:
         """How a later stage records this dataset as its input."""
@@ -212,22 +231,37 @@ class ShardWriter:
 
     def write_table(self, table: pa.Table) -> None:
         self._flush()
-        self._writer.write_table(table.cast(self.schema), row_group_size=self.row_group_rows)
+        with self._disk_errors():
+            self._writer.write_table(table.cast(self.schema), row_group_size=self.row_group_rows)
         self.rows += table.num_rows
 
     def _flush(self) -> None:
         if self._buffer:
-            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
+            with self._disk_errors():
+                self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
             self.rows += len(self._buffer)
             self._buffer = []
             self._buffered_bytes = 0
 
+    @contextlib.contextmanager
+    def _disk_errors(self) -> Iterator[None]:
+        """A write the filesystem refuses (a full disk, a quota) is one line naming the shard; the
+        temporary file is removed."""
+        try:
+            yield
+        except OSError as e:
+            with contextlib.suppress(Exception):
+                self.abort()
+            why = e.strerror or first_line(e)
+            raise UsageError(f"{self.path}: cannot write ({why}); free some space and re-run to resume") from None
+
     def close(self) -> dict[str, Any]:
         """Finish the file, rename it into place, and return its record for the manifest."""
         self._flush()
-        self._writer.close()
-        digest = file_sha256(self.tmp)
-        fs.replace(self.tmp, self.path)
+        with self._disk_errors():
+            self._writer.close()
+            digest = file_sha256(self.tmp)
+            fs.replace(self.tmp, self.path)
         return {"rows": self.rows, "bytes": fs.size(self.path), "sha256": digest}
 
     def abort(self) -> None:
@@ -235,6 +269,63 @@ class ShardWriter:
             self._writer.close()
         finally:
             fs.unlink(self.tmp)
+
+
+_OWN_NAMES = (TASKS_DIR, RUN_STATE, MANIFEST, "_work")  # entries of an output llmctl writes into, never through a link
+
+
+def _is_tmp(name: str) -> bool:
+    """llmctl's temporary file names: `.NAME.tmp-PID` (atomic writes) and `.NAME.tmp` (shards)."""
+    return name.startswith(".") and ".tmp" in name
+
+
+def is_llmctl_scaffold(d: Any) -> bool:
+    """Whether directory `d` holds only what llmctl creates before an output's `_run.json` exists:
+    temporary files, and a `_tasks/` of task records and temporary files (a run killed while it
+    set the output up). Such a directory is llmctl's own, unfinished, and is started afresh."""
+    for e in d.iterdir():
+        if fs.is_local(e) and e.is_symlink():
+            return False
+        if e.name == TASKS_DIR and e.is_dir():
+            if not all(f.is_file() and (f.suffix == ".json" or _is_tmp(f.name)) for f in e.iterdir()):
+                return False
+        elif not (e.is_file() and _is_tmp(e.name)):
+            return False
+    return True
+
+
+def holds_llmctl_output(d: Any, stage: str | None = None) -> bool:
+    """Whether directory `d` holds (part of) an llmctl output: a `_manifest.json` or `_run.json`
+    (of `stage`, when given), or llmctl's scaffold of a killed start (`is_llmctl_scaffold`)."""
+    for marker in (MANIFEST, RUN_STATE):
+        f = d / marker
+        if f.is_file():
+            if stage is None:
+                return True
+            try:
+                return json.loads(f.read_text(encoding="utf-8")).get("stage") == stage
+            except (ValueError, OSError):
+                return False
+    return is_llmctl_scaffold(d)
+
+
+def check_target(p: Any, stage: str | None = None, what: str = "") -> None:
+    """Refuse, before anything is written, an output path that llmctl must not write into: a file,
+    a non-empty directory that holds no llmctl output (of `stage`, when given), or one whose
+    `_tasks`, `_run.json`, `_manifest.json` or `_work` is a symbolic link (llmctl writes only inside
+    its output). `what` is appended to the message (what the path is for)."""
+    if not p.exists():
+        return
+    if not p.is_dir():
+        raise UsageError(f"{p}: output path exists and is not a directory{what}")
+    if fs.is_local(p):
+        for name in _OWN_NAMES:
+            if (p / name).is_symlink():
+                raise UsageError(f"{p / name}: is a symlink; llmctl writes its files only inside the output: remove it")
+    if any(p.iterdir()) and not holds_llmctl_output(p, stage):
+        raise UsageError(
+            f"{p}: directory is not empty and holds no llmctl output{what}; move it away or choose another path"
+        )
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -286,14 +377,13 @@ class StageOutput:
     # -- set-up: fresh, resume, complete, or refuse
     def _prepare(self) -> None:
         p = self.path
-        if p.exists() and not p.is_dir():
-            raise UsageError(f"{p}: output path exists and is not a directory")
+        check_target(p)
         mpath, rpath = p / MANIFEST, p / RUN_STATE
         previous: dict[str, Any] | None = None
         if mpath.is_file() or rpath.is_file():
             previous = read_state(mpath if mpath.is_file() else rpath, self.overwrite)
-        elif p.is_dir() and any(p.iterdir()):
-            raise UsageError(f"{p}: directory is not empty and holds no llmctl output; choose another path")
+        elif p.is_dir() and any(p.iterdir()):  # check_target let it through: llmctl's scaffold of a killed start
+            fs.rmtree(p)
         if previous is not None and previous.get("signature") != self.signature:
             if not self.overwrite:
                 old = {
@@ -310,9 +400,10 @@ class StageOutput:
             previous = None
         if previous is not None and mpath.is_file():
             self.manifest = previous
+            self._drop_run_state()  # a run killed between its manifest and this clean-up
             return
-        fs.mkdirs(p / TASKS_DIR)
-        if not rpath.is_file():
+        if not rpath.is_file():  # _run.json first: a directory with _tasks/ always has it
+            fs.mkdirs(p)
             atomic_write_json(
                 rpath,
                 {
@@ -322,8 +413,16 @@ class StageOutput:
                     "started": now_iso(),
                 },
             )
+        fs.mkdirs(p / TASKS_DIR)
         self.resumed_tasks = len(list((p / TASKS_DIR).glob("*.json")))
         for tmp in p.rglob(".*.tmp*"):  # leftovers of a killed run
+            fs.unlink(tmp)
+
+    def _drop_run_state(self) -> None:
+        """Remove the in-progress state (`_run.json`, `_tasks/`, temporary files) of a finished output."""
+        fs.unlink(self.path / RUN_STATE)
+        fs.rmtree(self.path / TASKS_DIR)
+        for tmp in self.path.glob(".*.tmp*"):
             fs.unlink(tmp)
 
     @property
@@ -390,8 +489,7 @@ class StageOutput:
             **(timings or {}),
         }
         body = write_manifest(self.path, body)
-        fs.unlink(self.path / RUN_STATE)
-        fs.rmtree(self.path / TASKS_DIR)
+        self._drop_run_state()  # after the manifest: a kill before it keeps the resume state
         self.manifest = body
         return body
 

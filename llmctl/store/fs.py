@@ -108,7 +108,11 @@ def write_bytes_atomic(path: AnyPath, data: bytes) -> None:
     p = to_path(path)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     if isinstance(p, Path):
-        with open(tmp, "wb") as f:
+        tmp.unlink(
+            missing_ok=True
+        )  # a leftover of a killed process with the same pid (a link is removed, not followed)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

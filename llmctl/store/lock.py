@@ -10,8 +10,9 @@ dropping its own lock, and the output holds nothing but the data contract's file
 
 How it is taken:
 - Local paths: `flock` on the lock file (released by the kernel when the process dies, also on
-  SIGKILL), then a check that the locked file is still the one at the path (a holder removes it
-  on release). A lock file left by a killed run is taken over with a notice; one naming a live
+  SIGKILL; the file is opened without following a symlink and used only when it is a regular
+  file, so a planted link never truncates its target), then a check that the locked file is
+  still the one at the path (a holder removes it on release). A lock file left by a killed run is taken over with a notice; one naming a live
   process is respected; one written on another host is not second-guessed (it names its host
   and how to remove it).
 - fsspec URIs: the lock object is created with exclusive create (`open(..., "xb")`: S3's
@@ -33,6 +34,7 @@ import inspect
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -158,9 +160,16 @@ class OutputLock:
 
         for _ in range(100):  # retried only when a holder removed the file between our open and flock
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise UsageError(
+                        f"{self.key}: is a symlink; llmctl lock files are regular files: remove it"
+                    ) from None
                 raise UsageError(f"{fs.display(self.output)}: cannot write here ({e.strerror})") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise UsageError(f"{self.key}: is not a regular file; llmctl lock files are regular files: remove it")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -197,9 +206,14 @@ class OutputLock:
                 if rec
                 else f"replacing an unreadable lock file {self.key}"
             )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder_record()) + "\n").encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder_record()) + "\n").encode(), 0)
+            os.fsync(fd)
+        except OSError as e:  # a full disk: leave no empty lock file behind
+            self._fd = fd
+            self.release()
+            raise UsageError(f"{self.key}: cannot write the lock ({e.strerror})") from None
         self._fd = fd
         out = fs.to_path(self.output).resolve()
         if out.exists() and not (out.is_dir() and os.access(out, os.W_OK | os.X_OK)):
@@ -251,7 +265,8 @@ class OutputLock:
         if fs.is_local(self.path):
             if self._fd is not None:
                 with contextlib.suppress(OSError):
-                    os.unlink(self.path)  # while still holding it, so no one locks a file on its way out
+                    if os.lstat(self.path).st_ino == os.fstat(self._fd).st_ino:  # still ours, not a replacement
+                        os.unlink(self.path)  # while still holding it, so no one locks a file on its way out
                 os.close(self._fd)
                 self._fd = None
         else:
@@ -311,8 +326,9 @@ def exclusive_output(param: str | Callable[[dict[str, Any]], Any], discard_unfin
     """Decorate a stage function so that it runs holding the writer lock of its output.
 
     `param` names the argument holding the output path, or is a function of all bound arguments
-    that returns it (e.g. a default derived from another argument). `discard_unfinished`: see
-    `writer_lock`."""
+    that returns it (e.g. a default derived from another argument), or a list whose first item is
+    the output and whose others are paths the stage writes beside it (each is locked, in one fixed
+    order). `discard_unfinished`: see `writer_lock`, applied to the output."""
 
     def deco(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
@@ -322,7 +338,10 @@ def exclusive_output(param: str | Callable[[dict[str, Any]], Any], discard_unfin
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()
             out = param(bound.arguments) if callable(param) else bound.arguments[param]
-            with writer_lock(out, discard_unfinished=discard_unfinished):
+            outs = list(out) if isinstance(out, (list, tuple)) else [out]
+            with contextlib.ExitStack() as stack:
+                for o in sorted(outs, key=lambda o: str(lock_path(o))):  # one order everywhere: no deadlock
+                    stack.enter_context(writer_lock(o, discard_unfinished=discard_unfinished and o is outs[0]))
                 return fn(*args, **kwargs)
 
         return wrapper

@@ -207,6 +207,8 @@ def plan_grid(cfg: GridConfig, vocab_size: int) -> list[Point]:
         raise UsageError(f"batch_tokens {cfg.batch_tokens} is not a multiple of seq_len {cfg.seq_len}")
     if not 0 < cfg.lo < cfg.hi:
         raise UsageError(f"the grid's span needs 0 < lo < hi, got lo={cfg.lo}, hi={cfg.hi}")
+    if cfg.points < 1 and not cfg.sizes:
+        raise UsageError(f"--points: give at least 1 model size per budget (3 or more for a fit), got {cfg.points}")
     shapes = candidate_shapes(cfg, vocab_size)
     return [p for b in sorted(cfg.budgets) for p in budget_points(float(b), cfg, shapes)]
 

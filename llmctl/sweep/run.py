@@ -32,9 +32,10 @@ from llmctl.config import from_dict, output_fields, runtime, to_dict
 from llmctl.errors import UsageError
 from llmctl.executor import current_executor, run_tasks
 from llmctl.store.dataset import Dataset, StageOutput, atomic_write_json
-from llmctl.store.lock import exclusive_output
+from llmctl.store.lock import exclusive_output, writer_lock
 from llmctl.sweep.grid import GridConfig, Point, plan_grid
 from llmctl.tokenizer.spm import Tokenizer
+from llmctl.train.base import open_tokens
 
 PLAN = "_sweep.json"
 TABLE = "table"
@@ -116,7 +117,8 @@ def run_point(task: dict[str, Any], report: Any = None) -> dict[str, Any]:
     log = Path(task["log"])
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.time()
-    s = _finished(task)
+    with writer_lock(task["run"]):  # takes over (and removes on release) the lock a killed worker left
+        s = _finished(task)
     if s is None:
         s = _pretrain_subprocess(task, log) if task.get("subprocess") else _pretrain_here(task, log)
     if "val_loss" not in s:
@@ -225,20 +227,26 @@ def vocab_of(tokenizer: str | Path) -> int:
     return Tokenizer.load(tokenizer).vocab_size
 
 
-@exclusive_output("output")
+@exclusive_output("output", discard_unfinished=True)
 def sweep(
     tokens: str | Path, tokenizer: str | Path, output: str | Path, cfg: SweepConfig, workers: int = 1, echo: Any = print
 ) -> dict[str, Any]:
-    """Plan the grid, train every point (resuming what a killed sweep left) and write SWEEP/table."""
+    """Plan the grid, train every point (resuming what a killed sweep left) and write SWEEP/table.
+
+    Everything is checked before SWEEP is written (the grid, a val split in the tokens, a re-run
+    training as the sweep did on the same tokens and tokenizer); a sweep that fails before its
+    first point finished leaves no SWEEP behind."""
     root = Path(output).absolute()
     tokens, tokenizer = Path(tokens).absolute(), Path(tokenizer).absolute()  # the paths each point's pretrain records
     tok = Tokenizer.load(tokenizer)
-    ds = Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
+    ds = open_tokens(tokens, tok)
     points = plan_grid(cfg, tok.vocab_size)
+    check_val_split(ds)
+    inputs = [ds.lineage(), tok.lineage()]
     if root.exists() and any(root.iterdir()) and not (root / PLAN).is_file():
         raise UsageError(f"{root}: directory is not empty and holds no sweep; choose another path")
     if (root / PLAN).is_file():
-        check_same_training(root, cfg)
+        check_same_training(root, cfg, inputs)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         root / PLAN,
@@ -246,13 +254,13 @@ def sweep(
             "config": to_dict(cfg),
             "tokens": str(Path(tokens).absolute()),
             "tokenizer": str(Path(tokenizer).absolute()),
+            "inputs": inputs,
             "vocab_size": tok.vocab_size,
             "points": [p.to_dict() for p in points],
         },
     )
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
     local = current_executor() == "local"  # Ray tasks run in fresh worker processes already
-    inputs = [ds.lineage(), tok.lineage()]
     tasks = [
         point_task(p, cfg, tokens, tokenizer, root, threads=threads, subprocess=workers > 1 and local, inputs=inputs)
         for p in points
@@ -277,12 +285,32 @@ def sweep(
 GRID_ONLY = ("budgets", "points", "tokens_per_param", "lo", "hi", "sizes")  # a re-run may extend the grid
 
 
-def check_same_training(root: Path, cfg: SweepConfig) -> None:
+def check_val_split(ds: Dataset) -> None:
+    """Each point is scored by its validation loss: refuse, before training, tokens with no "val" row."""
+    for batch in ds.iter_batches(columns=["split"]):
+        if "val" in batch.column(0).to_pylist():
+            return
+    raise UsageError(
+        f"{ds.path}: the token dataset has no val split, and a sweep compares points by their "
+        "validation loss; tokenize with --val-fraction > 0"
+    )
+
+
+def check_same_training(root: Path, cfg: SweepConfig, inputs: list[dict[str, Any]] | None = None) -> None:
     """A re-run may add budgets or sizes, but must train points as the sweep did (its fit and check read
-    the recorded config): otherwise a one-line error naming what changed, before anything is written."""
-    old = output_fields(from_dict(SweepConfig, json.loads((root / PLAN).read_text())["config"]))
+    the recorded config) on the same tokens and tokenizer (by fingerprint): otherwise a one-line error
+    naming what changed, before anything is written."""
+    plan = json.loads((root / PLAN).read_text())
+    old = output_fields(from_dict(SweepConfig, plan["config"]))
     new = output_fields(cfg)
     changed = [k for k in new if k not in GRID_ONLY and new[k] != old.get(k)]
+    recorded = {i.get("stage"): i.get("fingerprint") for i in plan.get("inputs") or []}
+    for i in inputs or []:
+        if i.get("stage") in recorded and recorded[i.get("stage")] != i.get("fingerprint"):
+            raise UsageError(
+                f"{root}: holds a sweep trained on other {i.get('stage')} ({i.get('path')} has changed or is "
+                "another one); re-run it with the tokens and tokenizer it was planned with, or choose another directory"
+            )
     if changed:
         was = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed[:4])
         raise UsageError(

@@ -1,12 +1,30 @@
-"""What the pretraining stages share: one split of a token dataset as a flat array."""
+"""What the pretraining stages share: a token dataset opened and checked, one split of it as a flat array."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from llmctl.errors import UsageError
 from llmctl.store.dataset import Dataset
+
+
+def open_tokens(path: Any, tok: Any = None) -> Dataset:
+    """A `tokens` dataset whose `input_ids` are lists of integers and, when `tok` is given and the
+    manifest records its tokenizer, made with `tok` (by fingerprint: another tokenizer of the same
+    vocabulary size is refused too); a one-line `UsageError` otherwise."""
+    ds = Dataset.open(path, stage="tokens", columns=["input_ids", "split"])
+    ds.check_int_lists("input_ids")
+    made = ds.recorded_input("tokenizer")
+    if tok is not None and made is not None and made.get("fingerprint") != tok.fingerprint:
+        raise UsageError(
+            f"{ds.path}: was tokenized with {made.get('path')}, not with {tok.path} (another tokenizer: "
+            "its ids mean other tokens); pass the tokenizer it was made with, or re-encode"
+        )
+    return ds
 
 
 def load_token_split(ds: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from llmctl.train import distributed as D
 from llmctl.train.dpo_loss import LOSS_TYPES, dpo_loss, dpo_metrics, response_logps
 from llmctl.train.finetune import IGNORE, collate_pairs, encode_prefs, load_start, run_training, use_lora
 from llmctl.train.loop import TrainConfig
+from llmctl.train.run_dir import training_stage
 
 METRIC_NAMES = (
     "rewards/chosen",
@@ -152,6 +153,7 @@ def make_dpo_evaluate(pairs: list, cfg: DPOConfig, pad_id: int, loss_fn, ref_cac
     return evaluate
 
 
+@training_stage("run_dir")
 def run_dpo(
     data: str | Path,
     from_ckpt: str | Path,

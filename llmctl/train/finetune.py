@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from llmctl.config import to_dict
-from llmctl.data.chat_data import Encoded, encode_responses, pref_triples, split_of
+from llmctl.data.chat_data import Encoded, encode_responses, is_degenerate, pref_triples, split_of
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import load_checkpoint, read_model_config, resolve_checkpoint, weights_file
 from llmctl.model.hf_import import hf_model_config, is_hf_dir
@@ -122,8 +122,11 @@ def encode_prefs(
     """(train pairs, val pairs, counts); a pair is (chosen Encoded, rejected Encoded)."""
     triples = pref_triples(rows, where)
     out: dict[str, list] = {"train": [], "val": []}
-    counts = {"pairs": len(triples), "truncated": 0, "dropped_no_trainable_token": 0}
+    counts = {"pairs": len(triples), "truncated": 0, "dropped_no_trainable_token": 0, "dropped_identical_replies": 0}
     for r, (p, c, rj) in zip(rows, triples):
+        if is_degenerate(c, rj):  # no preference to learn (DPO loss log 2, zero gradient)
+            counts["dropped_identical_replies"] += 1
+            continue
         ec, er = encode_responses(tok, p, [c, rj], max_len)
         counts["truncated"] += ec.truncated or er.truncated
         if not any(ec.mask[1:]) or not any(er.mask[1:]):
@@ -132,8 +135,14 @@ def encode_prefs(
         out[split_of(r, (p, c, rj), val_fraction, seed)].append((ec, er))
     if not out["train"]:
         raise UsageError(
-            f"{where}: no usable training pair ({counts['dropped_no_trainable_token']} dropped, "
+            f"{where}: no usable training pair ({counts['dropped_no_trainable_token']} dropped with no "
+            f"trainable token, {counts['dropped_identical_replies']} with identical replies, "
             f"{len(out['val'])} held out)"
+        )
+    if counts["dropped_identical_replies"]:
+        D.print0(
+            f"{where}: dropped {counts['dropped_identical_replies']} pair(s) whose chosen and rejected replies "
+            "are identical (no preference to learn)"
         )
     counts.update(train=len(out["train"]), val=len(out["val"]))
     return out["train"], out["val"], counts

@@ -39,8 +39,8 @@ from safetensors.torch import load_file
 
 from llmctl.config import runtime
 from llmctl.errors import Interrupted, UsageError
-from llmctl.model.checkpoint import load_train_state, lora_of, save_checkpoint
-from llmctl.model.lora import LoraConfig, read_adapter
+from llmctl.model.checkpoint import WEIGHTS, load_train_state, lora_of, save_checkpoint, verified
+from llmctl.model.lora import ADAPTER_WEIGHTS, LoraConfig, read_adapter
 from llmctl.model.moe import add_imbalance, discard_records, router_losses
 from llmctl.model.transformer import ModelConfig
 from llmctl.plan.layout import check_batch
@@ -106,6 +106,15 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         parse_trackers(self.log_to)
+        if not self.lr > 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise UsageError(
+                f"lr must be positive, warmup_steps, weight_decay and grad_clip at least 0 (got lr {self.lr}, "
+                f"warmup_steps {self.warmup_steps}, weight_decay {self.weight_decay}, grad_clip {self.grad_clip})"
+            )
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UsageError(f"beta1 and beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise UsageError(f"unknown device {self.device!r}; choose auto, cpu, cuda or mps")
 
     def grad_accum(self, world: int) -> int:
         return check_batch(self.batch_size, self.micro_batch, world)
@@ -251,9 +260,10 @@ def train(
     if found:
         st = load_train_state(found[-1])
         if lora_of(found[-1]):  # a LoRA run's checkpoint holds the adapters; the base is the model's own
+            verified(found[-1], ADAPTER_WEIGHTS)
             weights = {**D.full_state_dict(wrapped), **read_adapter(found[-1])}
         else:
-            weights = load_file(str(found[-1] / "model.safetensors"))
+            weights = load_file(str(verified(found[-1], WEIGHTS)))
             if model_cfg.tie_embeddings:
                 weights["lm_head.weight"] = weights["embed_tokens.weight"]
         D.load_full_state(wrapped, optim, weights, st["optimizer"])

@@ -23,14 +23,14 @@ from llmctl.model.checkpoint import load_checkpoint, read_model_config, resolve_
 from llmctl.model.hf_import import hf_model_config, is_hf_dir
 from llmctl.model.moe import inactive_params
 from llmctl.model.transformer import ModelConfig, Transformer, cross_entropy, preset_config
-from llmctl.store.dataset import Dataset, fingerprint_file
+from llmctl.store.dataset import fingerprint_file
 from llmctl.tokenizer.load import load_tokenizer
 from llmctl.train import distributed as D
-from llmctl.train.base import load_token_split
+from llmctl.train.base import load_token_split, open_tokens
 from llmctl.train.loop import TrainConfig, train
 from llmctl.train.mix_batches import StreamedMix
 from llmctl.train.parallel import check_divisible
-from llmctl.train.run_dir import training_run
+from llmctl.train.run_dir import training_run, training_stage
 
 
 @dataclass
@@ -215,6 +215,7 @@ def set_batch_size(cfg: PretrainConfig) -> PretrainConfig:
     return cfg
 
 
+@training_stage("run_dir")
 def pretrain(
     tokens: str | Path | None,
     tokenizer_dir: str | Path,
@@ -235,11 +236,7 @@ def pretrain(
     if (tokens is None) == (mix is None):
         raise UsageError("give a token dataset or --mix FILE (one of the two)")
     check_divisible(start_config(cfg, tok.vocab_size), d.tp)  # before any rank builds the model
-    source = (
-        _mix_source(mix, tok)
-        if mix is not None
-        else Dataset.open(tokens, stage="tokens", columns=["input_ids", "split"])
-    )
+    source = _mix_source(mix, tok) if mix is not None else open_tokens(tokens, tok)
     set_batch_size(cfg)
     accum = cfg.train.grad_accum(d.dp)
     inputs = [*(source.lineage() if mix is not None else [source.lineage()]), tok.lineage()]

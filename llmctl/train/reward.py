@@ -27,6 +27,7 @@ from llmctl.store.lock import exclusive_output
 from llmctl.train import distributed as D
 from llmctl.train.finetune import collate_pairs, encode_prefs, load_start, run_training, use_lora
 from llmctl.train.loop import TrainConfig
+from llmctl.train.run_dir import training_stage
 
 # Names this module has always offered, kept for callers that import them from here.
 __all__ = [
@@ -102,6 +103,7 @@ class RewardConfig:
     train: TrainConfig = field(default_factory=_rm_train)
 
 
+@training_stage("run_dir")
 def run_reward(
     data: str | Path,
     from_ckpt: str | Path,

@@ -22,10 +22,12 @@ manifest a checkpoint gets last.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,9 @@ from typing import Any
 from llmctl.config import output_fields
 from llmctl.errors import UsageError
 from llmctl.model.checkpoint import TRAIN_STATE, weights_file
-from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json
+from llmctl.store.dataset import MANIFEST, RUN_STATE, atomic_write_json, is_llmctl_scaffold
 from llmctl.store.integrity import read_state
-from llmctl.store.lock import writer_lock
+from llmctl.store.lock import exclusive_output, writer_lock
 from llmctl.store.manifest import write_manifest
 from llmctl.train import distributed as D
 from llmctl.train.loop import CHECKPOINTS
@@ -85,7 +87,7 @@ def prepare_run_dir(run_dir: Path, stage: str, cfg: Any, inputs: list[dict], ove
         raise UsageError(f"{run_dir}: exists and is not a directory")
     has_run = any((run_dir / n).exists() for n in (RUN_STATE, MANIFEST, CHECKPOINTS))
     if not has_run:
-        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite and not is_llmctl_scaffold(run_dir):
             raise UsageError(f"{run_dir}: directory is not empty and holds no llmctl run; choose another path")
         return RunPlan(run_dir, "fresh", state, replace=run_dir.is_dir() and any(run_dir.iterdir()))
     recorded = read_state(run_dir / RUN_STATE, overwrite) if (run_dir / RUN_STATE).is_file() else None
@@ -191,3 +193,21 @@ def training_run(
         if status == "complete" and d.master:
             note(f"{path}: already complete (same config and inputs); nothing to do")
         yield TrainingRun(path, status, plan, {**(done or {}), "complete": True} if status == "complete" else None)
+
+
+def training_stage(param: str = "run_dir") -> Callable:
+    """Decorate a training stage so that rank 0 holds RUN's writer lock (RUN: the argument `param`)
+    from the stage's first line: a second run into RUN is refused with one line before it loads a
+    model or reads data. `training_run` takes the same lock again (it is re-entrant); under
+    torchrun the other ranks wait for rank 0's decision there."""
+
+    def deco(fn: Callable) -> Callable:
+        locked = exclusive_output(param)(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return (locked if int(os.environ.get("RANK", "0")) == 0 else fn)(*args, **kwargs)
+
+        return wrapper
+
+    return deco

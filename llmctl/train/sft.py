@@ -27,6 +27,7 @@ from llmctl.errors import UsageError
 from llmctl.train import distributed as D
 from llmctl.train.finetune import IGNORE, load_start, run_training, use_lora
 from llmctl.train.loop import TrainConfig
+from llmctl.train.run_dir import training_stage
 
 
 def _sft_train() -> TrainConfig:
@@ -151,6 +152,7 @@ def encode_sft(
 # ----------------------------------------------------------------------------- the stage
 
 
+@training_stage("run_dir")
 def run_sft(
     data: str | Path,
     from_ckpt: str | Path,

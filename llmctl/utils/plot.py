@@ -65,10 +65,12 @@ def loss_label(kind: str, config: dict[str, Any] | None = None) -> str:
 
 
 def pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend (files only, no display)."""
+    """matplotlib.pyplot on the Agg backend (files only, no display). Text is drawn as given: a
+    `$` in a run's path or name is not read as mathtext (which fails on `r$un`)."""
     import matplotlib  # heavy: imported on the first chart, never by --help
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt  # after use("Agg")
 
     return plt

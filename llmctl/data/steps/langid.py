@@ -103,6 +103,18 @@ class LangIdFilter:
         self.cfg = cfg
         self.keep = frozenset(cfg.languages)
         self.model = load_model(cfg.model)
+        known = {label.removeprefix("__label__") for label in self.model.get_labels()}
+        unknown = sorted(self.keep - known)
+        if unknown and unknown == sorted(self.keep):
+            raise UsageError(
+                f"--languages: {', '.join(unknown)} is no language code the model knows, so every document "
+                "would be dropped; use ISO 639 codes such as en, de, zh (or --languages '' to keep all)"
+            )
+        self.notices = (
+            [f"--languages: {', '.join(unknown)} unknown to the language model; no document is kept as such"]
+            if unknown
+            else []
+        )
 
     def __call__(self, doc: Document, stats: Counter[str]) -> str | None:
         lang, score = predict(self.model, doc.text, self.cfg.max_chars)

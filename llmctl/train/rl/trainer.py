@@ -39,6 +39,7 @@ from llmctl.train.rl.core import GRPO_LOSS_TYPES, IMPORTANCE_LEVELS
 from llmctl.train.rl.rewards import Rewards
 from llmctl.train.rl.rollout import Prompt, RolloutBatches, load_prompts, make_toolbox, sample, write_samples
 from llmctl.train.rl.tools import ToolBox
+from llmctl.train.run_dir import training_stage
 
 
 def _rl_train() -> TrainConfig:
@@ -235,6 +236,7 @@ def _scorer(cfg: RLConfig, tok: Any, device: Any):
     return scorer, {"path": str(ck.resolve()), "stage": "reward", "fingerprint": fingerprint_file(weights_file(ck))}
 
 
+@training_stage("run_dir")
 def run_rl(
     prompts: str | Path,
     from_ckpt: str | Path,
