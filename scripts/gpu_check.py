@@ -85,7 +85,7 @@ def measured_peak(model, device, dtype, batch, seq_len, vocab) -> float:
     from torch.distributed._tools.mem_tracker import MemTracker  # private torch tool: the CPU stand-in only
 
     tracker = MemTracker()
-    tracker.track_external(model, opt)
+    tracker.track_external(model, *getattr(opt, "optimizers", [opt]))
     with tracker:
         step()
     (peak,) = tracker.get_tracker_snapshot("peak").values()

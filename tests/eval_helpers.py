@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pyarrow as pa
 import torch
 from tokenize_helpers import tinystories_docs, write_documents  # noqa: F401  (re-exported)
 
-from llmctl.model.checkpoint import save_checkpoint
+from llmctl.model.checkpoint import load_checkpoint, save_checkpoint
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.store.dataset import StageOutput
 from llmctl.tokenizer.spm import Tokenizer, training_chunks
@@ -58,3 +59,14 @@ def write_tokens(out: Path, docs: list[list[int]], splits: list[str]) -> Path:
     so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
     so.finalize(["part-00000"], schema)
     return out
+
+
+def resave_weights(path: Path, weights: dict[str, torch.Tensor]) -> Path:
+    """Write edited weights back into checkpoint PATH through save_checkpoint (which records their checksums)."""
+    model, mc, tok_dir, _ = load_checkpoint(path)
+    model.load_state_dict(weights)
+    tok = path.parent / f".{path.name}-tokenizer"
+    shutil.copytree(tok_dir, tok, dirs_exist_ok=True)
+    save_checkpoint(path, model, mc, tokenizer_dir=tok)
+    shutil.rmtree(tok)
+    return path

@@ -109,8 +109,9 @@ def test_readme_stage_by_stage_block_runs_as_written(toy_run, in_repo_copy):
         elif args[0] == "report" and args[1:] == ["out/toy"]:
             args = ["report", str(root)]
         text = run([*args, *SMALL.get(args[0], "").split()])
-        if args[0] == "eval":
-            assert "mc" in text and "winrate" in text
+        if args[0] == "eval":  # every task asked for is in the table (lm-eval:NAME under its NAME)
+            asked = [args[i + 1].split(":")[-1].split(",")[0] for i, a in enumerate(args) if a == "--task"]
+            assert asked and all(t in text for t in asked), (asked, text)
     assert (in_repo_copy / "hf" / "base" / "config.json").is_file() and (in_repo_copy / "loss.png").is_file()
     assert (root / "report" / "index.html").is_file()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from llmctl.data.filter import run_filter
+from llmctl.data.filter import STATS_FILE, run_filter
 from llmctl.data.rejected import rejected_dir
 from llmctl.errors import UsageError
 from llmctl.store.dataset import MANIFEST, RUN_STATE, TASKS_DIR, Dataset, StageOutput
@@ -122,8 +122,8 @@ def test_kill_after_manifest_rerun_cleans_run_state(where, docs_jsonl, clean, tm
     _cli_killed(["filter", str(docs_jsonl), "-o", str(out)], {"KILL_AFTER": str(target)}, tmp_path)
     assert (target.parent / RUN_STATE).exists()  # the kill landed between the manifest and the clean-up
     run_filter([str(docs_jsonl)], out)
-    for d in (out, rejected_dir(out)):
-        assert sorted(p.name for p in d.iterdir()) == [MANIFEST, "part-00000.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, STATS_FILE, "part-00000.parquet"]
+    assert sorted(p.name for p in rejected_dir(out).iterdir()) == [MANIFEST, "part-00000.parquet"]
     assert json.loads((out / MANIFEST).read_text())["fingerprint"] == clean["out"]["fingerprint"]
     assert json.loads((rejected_dir(out) / MANIFEST).read_text())["fingerprint"] == clean["rejected"]["fingerprint"]
 

@@ -146,7 +146,7 @@ def rl_cmd(
         Optional[str],
         typer.Option(
             "--importance-sampling",
-            help="GRPO importance weights: token (default) | sequence (GSPO: one length-normalised ratio per completion).",
+            help="GRPO importance weights: token | sequence (GSPO: one length-normalised ratio per completion; default token).",
             rich_help_panel=_RL,
         ),
     ] = None,

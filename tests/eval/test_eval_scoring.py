@@ -11,10 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from eval_helpers import VOCAB, tiny_checkpoint, tinystories_docs, tokenizer, write_documents, write_tokens  # noqa: E402
+from eval_helpers import (  # noqa: E402
+    VOCAB,
+    resave_weights,
+    tiny_checkpoint,
+    tinystories_docs,
+    tokenizer,
+    write_documents,
+    write_tokens,
+)
 
 from llmctl.errors import UsageError  # noqa: E402
 from llmctl.eval.lm import load_lm  # noqa: E402
@@ -41,7 +49,7 @@ def unigram_checkpoint(path: Path, tmp: Path, logits: torch.Tensor) -> Path:
     w["embed_tokens.weight"].fill_(1.0)
     d = w["embed_tokens.weight"].shape[1]
     w["lm_head.weight"] = (logits[:, None] / d).expand(-1, d).contiguous()
-    save_file(w, str(path / "model.safetensors"), metadata={"format": "pt"})
+    resave_weights(path, w)
     return path
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from eval_helpers import tiny_checkpoint, tokenizer  # noqa: E402
+from eval_helpers import resave_weights, tiny_checkpoint, tokenizer  # noqa: E402
 
 from llmctl.errors import UsageError  # noqa: E402
 from llmctl.eval.lm import load_lm  # noqa: E402
@@ -37,7 +37,7 @@ def stopping_checkpoint(tmp: Path) -> Path:
     w = load_file(str(ck / "model.safetensors"))
     for s in tokenizer().stop_ids:
         w["lm_head.weight"][s] *= 2.2
-    save_file(w, str(ck / "model.safetensors"), metadata={"format": "pt"})
+    resave_weights(ck, w)
     return ck
 
 

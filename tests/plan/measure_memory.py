@@ -25,7 +25,7 @@ def measured_peak(cfg: ModelConfig, micro_batch: int, seq_len: int, ac: bool = F
     opt = build_optimizer(model, TrainConfig())
     x = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len))
     tracker = MemTracker()
-    tracker.track_external(model, opt)
+    tracker.track_external(model, *getattr(opt, "optimizers", [opt]))
     for step in range(2):
         if step:
             tracker.reset_mod_stats()

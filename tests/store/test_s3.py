@@ -58,8 +58,9 @@ def test_filter_and_encode_on_s3(s3, tmp_path):
     assert remote["shards"] == local["shards"] and remote["files"] == local["files"] and local["num_rows"] > 0
     assert sorted(s3.find("llmctl-test/docs")) == [
         "llmctl-test/docs/_manifest.json",
+        "llmctl-test/docs/_stats.json",
         "llmctl-test/docs/part-00000.parquet",
-    ]  # no _work, _tasks, _run.json or temporary left
+    ]  # the per-step statistics beside the manifest; no _work, _tasks, _run.json or temporary left
     # removed documents are in the dataset beside it
     assert sorted(s3.find("llmctl-test/docs.rejected")) == [
         "llmctl-test/docs.rejected/_manifest.json",
