@@ -12,15 +12,15 @@ import pytest
 
 from llmctl.eval.lc_winrate import lc_winrate
 
-pytest.importorskip("alpaca_eval")
-pytest.importorskip("sklearn")
+try:  # alpaca_eval imports pkg_resources (gone from recent setuptools) only for version helpers
+    import pkg_resources  # noqa: F401
+except ImportError:
+    sys.modules["pkg_resources"] = types.ModuleType("pkg_resources")
+import alpaca_eval.metrics.glm_winrate as glm_winrate  # noqa: E402  (a test dependency: .[test])
 
 
 def _alpaca(pref, len_model, len_base, tmp_path):
-    # alpaca_eval imports pkg_resources (gone from recent setuptools) only for version helpers
-    sys.modules.setdefault("pkg_resources", types.ModuleType("pkg_resources"))
-    import alpaca_eval.metrics.glm_winrate as g
-
+    g = glm_winrate
     n = len(pref)
     stub = tmp_path / "df_gamed.csv"  # the network-only AlpacaEval table; the minimal formula never uses it
     pd.DataFrame(
