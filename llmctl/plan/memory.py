@@ -73,7 +73,7 @@ def _local_shape(name: str, p: nn.Parameter, tp: int) -> list[int]:
     """The shape of `p` on one tensor-parallel rank: the plan splits matmul weights and the embedding
     (o_proj and the dense down_proj over their input dimension, the rest over their output), not the norms."""
     shape = list(p.shape)
-    if tp > 1 and p.ndim >= 2:
+    if tp > 1 and p.ndim >= 2 and ".lora_" not in name:  # LoRA adapters: counted replicated (small)
         shape[1 if name.endswith(("o_proj.weight", "mlp.down_proj.weight")) else 0] //= tp
     return shape
 
