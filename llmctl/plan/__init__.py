@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmctl.model.lora import LoraConfig
 from llmctl.model.transformer import ModelConfig
 from llmctl.plan.flops import flops_per_token
 from llmctl.plan.gpus import GPU, get_gpu, load_gpus
@@ -30,6 +31,8 @@ class Plan:
     memory: Memory
     gpu: GPU | None = None
     mfu: float = 0.4
+    lora: LoraConfig | None = None
+    n_trainable: int = 0
 
     @property
     def tokens_per_step(self) -> int:
@@ -66,11 +69,14 @@ def plan(
     activation_checkpointing: bool = False,
     gpu: GPU | None = None,
     mfu: float = 0.4,
+    lora: LoraConfig | None = None,
 ) -> Plan:
-    """The plan of training `cfg` on `layout`; a layout the trainer would refuse raises its UsageError first."""
+    """The plan of training `cfg` on `layout`, in full or (`lora` with rank > 0) as a LoRA fine-tune of
+    its frozen base; a layout the trainer would refuse raises its UsageError first. FLOPs are those of
+    the model with its adapters (a frozen base still back-propagates through its activations)."""
     accum = check_layout(cfg, layout, batch_size, micro_batch)
-    model = meta_model(cfg)
-    mem = plan_memory(cfg, layout, micro_batch, seq_len, dtype, activation_checkpointing, model=model)
+    model = meta_model(cfg, lora)
+    mem = plan_memory(cfg, layout, micro_batch, seq_len, dtype, activation_checkpointing, model=model, lora=lora)
     return Plan(
         cfg=cfg,
         layout=layout,
@@ -85,6 +91,8 @@ def plan(
         memory=mem,
         gpu=gpu,
         mfu=mfu,
+        lora=lora if lora is not None and lora.r else None,
+        n_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
 
 

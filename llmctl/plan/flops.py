@@ -3,7 +3,8 @@
 Forward + backward of a matmul costs 6 x (its weight's elements) per token: 2 forward, 4 backward
 (the input and the weight gradients). Every nn.Linear counts (the lm head too, tied or not); the
 embedding lookup does not; routed experts count k / n_experts of their weights (each token visits
-k). Attention adds 12 x n_layer x n_head x head_dim x T per token: QK^T and AV over all T keys,
+k). A frozen weight (a LoRA fine-tune's base) costs 4: its weight gradient is not computed, the input
+gradient still is. Attention adds 12 x n_layer x n_head x head_dim x T per token: QK^T and AV over all T keys,
 forward and backward (the full square, as torch.utils.flop_counter and PaLM's estimate count it).
 
 `register_cpu_formulas()` teaches torch.utils.flop_counter the two kernels it has no formula for:
@@ -20,15 +21,18 @@ from torch.utils import flop_counter
 from llmctl.model.moe import Experts, MoE
 
 
-def matmul_params_per_token(model: nn.Module) -> float:
-    """Weight elements one token multiplies through: Linear weights, plus k/E of each expert stack."""
+def matmul_params_per_token(model: nn.Module, trainable: bool = False) -> float:
+    """Weight elements one token multiplies through: Linear weights, plus k/E of each expert stack
+    (`trainable`: only those that require grad)."""
     total = 0.0
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            total += module.weight.numel()
+            if module.weight.requires_grad or not trainable:
+                total += module.weight.numel()
         elif isinstance(module, MoE):
             experts: Experts = module.experts
-            total += sum(p.numel() for p in experts.parameters()) * module.k / module.n
+            ps = [p for p in experts.parameters() if p.requires_grad or not trainable]
+            total += sum(p.numel() for p in ps) * module.k / module.n
     return total
 
 
@@ -36,7 +40,7 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token of a window of `seq_len` tokens."""
     c = model.cfg
     attention = 12 * c.n_layer * c.n_head * c.head_dim * seq_len
-    return 6 * matmul_params_per_token(model) + attention
+    return 4 * matmul_params_per_token(model) + 2 * matmul_params_per_token(model, trainable=True) + attention
 
 
 def step_seconds(flops_per_step: float, peak_flops: float, mfu: float) -> float:

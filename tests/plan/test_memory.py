@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from measure_memory import measured_peak
 
+from llmctl.model.lora import LoraConfig
 from llmctl.model.transformer import ModelConfig
 from llmctl.plan.layout import Layout
 from llmctl.plan.memory import plan_memory
@@ -42,3 +43,12 @@ def test_plan_peak_within_10_percent_under_fsdp2_on_two_ranks(tmp_path):
     measured = json.loads((tmp_path / "peak.json").read_text())["peak"]
     planned = plan_memory(DENSE, Layout(2, 1, fsdp=True), 4, 128, "fp32").peak
     assert planned == pytest.approx(measured, rel=0.10)
+
+
+@pytest.mark.slow
+def test_lora_plan_peak_within_10_percent_of_measured():
+    """Base frozen (no grads, no AdamW state), adapters on every default target trained."""
+    measured = measured_peak(DENSE, micro_batch=4, seq_len=128, lora_r=8)
+    mem = plan_memory(DENSE, Layout(), 4, 128, "fp32", lora=LoraConfig(r=8))
+    assert mem.grads < mem.params / 10 and mem.optimizer == 2 * mem.grads
+    assert mem.peak == pytest.approx(measured, rel=0.10)
