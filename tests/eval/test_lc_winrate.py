@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import types
 import warnings
@@ -12,11 +13,16 @@ import pytest
 
 from llmctl.eval.lc_winrate import lc_winrate
 
-try:  # alpaca_eval imports pkg_resources (gone from recent setuptools) only for version helpers
-    import pkg_resources  # noqa: F401
-except ImportError:
+# alpaca_eval imports pkg_resources (gone from recent setuptools) only for version helpers: a
+# stand-in while it is imported, taken away again so that nothing else in the session sees it
+_STAND_IN = "pkg_resources" not in sys.modules and importlib.util.find_spec("pkg_resources") is None
+if _STAND_IN:
     sys.modules["pkg_resources"] = types.ModuleType("pkg_resources")
-import alpaca_eval.metrics.glm_winrate as glm_winrate  # noqa: E402  (a test dependency: .[test])
+try:
+    import alpaca_eval.metrics.glm_winrate as glm_winrate  # a test dependency: .[test]
+finally:
+    if _STAND_IN:
+        del sys.modules["pkg_resources"]
 
 
 def _alpaca(pref, len_model, len_base, tmp_path):
