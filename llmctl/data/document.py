@@ -23,6 +23,15 @@ class Document:
     url: str | None = None
     date: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    _words: tuple[str, list[str]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def words(self) -> list[str]:
+        """`text.split()`, computed once for the current text (a step that changes `text` gets new
+        words). Callers must not modify the list."""
+        cached = self._words
+        if cached is None or cached[0] is not self.text:
+            cached = self._words = (self.text, self.text.split())
+        return cached[1]
 
 
 class Step(Protocol):

@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import re
 import string
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import accumulate
+
+import numpy as np
 
 from llmctl.data.document import Document
 
@@ -89,7 +91,7 @@ class GopherQualityFilter:
         if not cfg.enabled:
             return None
         text = doc.text
-        tokens = text.split()
+        tokens = doc.words()
         words = [t for t in tokens if _has_word(t)]
         n_words = len(words)
         if n_words == 0 or (cfg.min_doc_words and n_words < cfg.min_doc_words):
@@ -150,41 +152,122 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return n_dup, chars
 
 
-def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    return list(zip(*(words[i:] for i in range(n))))
+class NGrams:
+    """The n-grams of a word list as integer ids, built level by level (n = 1, 2, ...).
+
+    Level 1 numbers the distinct words; level n numbers the distinct pairs (n-1-gram id at i,
+    word id at i+n-1), so two positions share an id exactly when their n-grams are equal (no
+    hashing, no tuples). For each level: `ids` (one per position), `first` (the first position of
+    each id) and `counts`.
+    """
+
+    def __init__(self, words: list[str]):
+        index = {w: i for i, w in enumerate(dict.fromkeys(words))}
+        self.vocab = max(len(index), 1)
+        self._word_ids = np.fromiter(map(index.__getitem__, words), np.int64, len(words))
+        lens = np.fromiter(map(len, words), np.int64, len(words))
+        self.cum = np.concatenate(([0], np.cumsum(lens)))  # cum[j] - cum[i]: letters of words[i:j]
+        self._levels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @staticmethod
+    def _number(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ids of equal keys, the first position of each id, and its count (one stable sort)."""
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        start = np.empty(len(keys), bool)
+        start[:1] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=start[1:])
+        ids = np.empty(len(keys), np.int64)
+        ids[order] = np.cumsum(start) - 1
+        starts = np.flatnonzero(start)
+        return ids, order[starts], np.diff(np.append(starts, len(keys)))
+
+    def level(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, first, counts) of the n-grams (empty arrays when there are fewer than n words).
+
+        The n-gram at i is the pair of (n-1)-grams at i and i+1; when either occurs once, so does
+        the n-gram, so only the positions where both repeat are sorted.
+        """
+        if n not in self._levels:
+            if n == 1:
+                self._levels[1] = self._number(self._word_ids)
+            else:
+                prev, _, prev_counts = self.level(n - 1)
+                size = len(prev) - 1
+                if size <= 0:
+                    empty = np.zeros(0, np.int64)
+                    self._levels[n] = (empty, empty, empty)
+                    return self._levels[n]
+                repeated = prev_counts[prev] > 1
+                both = np.flatnonzero(repeated[:-1] & repeated[1:])
+                once = np.ones(size, bool)
+                once[both] = False
+                single = np.flatnonzero(once)
+                ids_b, first_b, counts_b = self._number(prev[both] * len(prev_counts) + prev[both + 1])
+                ids = np.empty(size, np.int64)
+                ids[both] = ids_b
+                ids[single] = len(first_b) + np.arange(len(single))
+                first = np.concatenate((both[first_b], single))
+                counts = np.concatenate((counts_b, np.ones(len(single), np.int64)))
+                self._levels[n] = (ids, first, counts)
+        return self._levels[n]
+
+    def top_chars(self, n: int) -> int:
+        """Characters covered by the most frequent n-gram (the first to appear among ties):
+        count x (its words' letters + n-1 spaces)."""
+        _, first, counts = self.level(n)
+        if not len(counts):
+            return 0
+        top = counts.max()
+        pos = int(first[counts == top].min())
+        return int(top) * (int(self.cum[pos + n] - self.cum[pos]) + n - 1)
+
+    def dup_chars(self, n: int) -> int:
+        """Characters in duplicated n-grams, left to right, jumping n words after each duplicate.
+
+        Only positions whose n-gram appeared before can be duplicates, so the scan visits those;
+        an n-gram counts as seen when one of its earlier positions was visited, and the first
+        position of an n-gram is visited unless a jump skipped it.
+        """
+        ids, first, counts = self.level(n)
+        if len(first) == len(ids):
+            return 0
+        later = np.ones(len(ids), bool)
+        later[first] = False
+        positions = np.flatnonzero(later)
+        multi = np.flatnonzero(counts > 1)  # only n-grams that occur again can be seen again
+        by_first = np.argsort(first[multi])
+        firsts = first[multi[by_first]].tolist()
+        rank = np.empty(len(first), np.int64)
+        rank[multi[by_first]] = np.arange(len(multi))  # seen[] is indexed by the rank of a first position
+        seen = bytearray(b"\x01") * len(multi)  # 0: the n-gram's first position was skipped
+        hits = []
+        i = 0
+        for c, g in zip(positions.tolist(), rank[ids[positions]].tolist()):
+            if c < i:
+                continue
+            if seen[g]:
+                hits.append(c)
+                i = c + n
+                j = bisect_right(firsts, c)
+                while j < len(firsts) and firsts[j] < i:
+                    seen[j] = 0
+                    j += 1
+            else:
+                seen[g] = 1
+                i = c + 1
+        at = np.array(hits, np.int64)
+        return int((self.cum[at + n] - self.cum[at]).sum()) + len(hits) * (n - 1)
 
 
 def top_ngram_chars(words: list[str], n: int) -> int:
     """Characters covered by the most frequent n-gram: count x length (0 if fewer than n words)."""
-    grams = Counter(_ngrams(words, n))
-    if not grams:
-        return 0
-    gram, count = grams.most_common(1)[0]
-    return count * (sum(map(len, gram)) + n - 1)
+    return NGrams(words).top_chars(n)
 
 
-def dup_ngram_chars(words: list[str], n: int, cum: list[int] | None = None) -> int:
-    """Characters in duplicated n-grams, overlapping duplicates counted once (datatrove's scan).
-
-    `cum` is the running sum of word lengths with a leading 0 (computed when not given).
-    """
-    grams = _ngrams(words, n)
-    if len(set(grams)) == len(grams):
-        return 0
-    if cum is None:
-        cum = [0, *accumulate(map(len, words))]
-    seen: set[tuple[str, ...]] = set()
-    chars = i = 0
-    total = len(grams)
-    while i < total:
-        g = grams[i]
-        if g in seen:
-            chars += cum[i + n] - cum[i] + n - 1
-            i += n
-        else:
-            seen.add(g)
-            i += 1
-    return chars
+def dup_ngram_chars(words: list[str], n: int) -> int:
+    """Characters in duplicated n-grams, overlapping duplicates counted once (datatrove's scan)."""
+    return NGrams(words).dup_chars(n)
 
 
 @dataclass
@@ -237,16 +320,15 @@ class GopherRepetitionFilter:
         if cfg.dup_line_char_frac and chars / size > cfg.dup_line_char_frac:
             return "gopher_rep.dup_line_char_frac"
 
-        words = text.split()
+        grams = NGrams(doc.words())
         for n, frac in self.top_n_grams:
-            if frac and top_ngram_chars(words, n) / size > frac:
+            if frac and grams.top_chars(n) / size > frac:
                 return f"gopher_rep.top_{n}gram"
 
-        cum = [0, *accumulate(map(len, words))]
         for n, frac in self.dup_n_grams:
             if not frac:
                 continue
-            chars = dup_ngram_chars(words, n, cum)
+            chars = grams.dup_chars(n)
             if chars == 0:
                 break  # no duplicated n-gram means no duplicated longer n-gram either
             if chars / size > frac:

