@@ -5,14 +5,15 @@
 Both sides read the same WARC files and run the same kinds of steps: HTML extraction (llmctl:
 resiliparse; datatrove: Trafilatura, its default), language ID keeping English (fastText lid.176
 on both sides, threshold 0.65), C4 quality rules (5 words per line, 3 sentences, as the reference
-implementation), Gopher quality, Gopher repetition, PII; llmctl also runs its toxicity step
-(`--toxicity`; datatrove has none). datatrove 0.10.1 is installed by this script into
+implementation), Gopher quality, Gopher repetition, PII. llmctl's toxicity step (datatrove has none) is off in the compared runs;
+`--toxicity-row` adds an llmctl run with `--toxicity` per worker count, reported separately. datatrove 0.10.1 is installed by this script into
 benchmarks/.venvs/datatrove (see ../shared/PEERS.md for the offline set-up: its bad-words list is
 put where it looks, HF_HUB_OFFLINE=1; its LanguageFilter downloads lid.176.bin at run time, so the
 lid.176.ftz that llmctl ships and its langid step loads, is put where it
 looks, under the .bin's name). llmctl's dedup and quality steps are off so the work compared is
 the same. Prints documents/s and MB/s
-(of uncompressed WARC) per core, peak RSS, llmctl's funnel, and the ratio.
+(of uncompressed WARC) per core, peak RSS, llmctl's funnel, the ratio and the load average
+(1 minute) before and after the runs: figures are only comparable on a quiet machine.
 """
 
 from __future__ import annotations
@@ -153,7 +154,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=4, help="copies of the crawl (4 x 49.6 MB = ~200 MB of WARC)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--skip-datatrove", action="store_true")
+    ap.add_argument("--toxicity-row", action="store_true", help="also time llmctl with --toxicity")
     args = ap.parse_args()
+    load_before = os.getloadavg()
 
     work = Path(tempfile.mkdtemp(prefix="llmctl-bench-filter-"))
     inp, records, nbytes = prepare_input(Path(args.crawl), args.repeat, work)
@@ -161,14 +164,17 @@ def main() -> None:
     llmctl = [sys.executable, "-m", "llmctl"]
     rows = []
     funnel = None
+    tox_rows = []
     for w in args.workers:
-        out = work / f"llmctl-w{w}"
-        secs, rss, _ = timed(
-            llmctl + ["filter", str(inp), "-o", str(out), "--workers", str(w), "--no-dedup", "--toxicity"]
-        )
-        m = json.loads((out / "_manifest.json").read_text())
-        funnel = m["stats"]["funnel"]
-        rows.append(("llmctl", w, secs, rss, m["num_rows"]))
+        for tox in (False, True) if args.toxicity_row else (False,):
+            out = work / f"llmctl-w{w}-{tox}"
+            cmd = llmctl + ["filter", str(inp), "-o", str(out), "--workers", str(w), "--no-dedup"]
+            secs, rss, _ = timed(cmd + (["--toxicity"] if tox else []))
+            m = json.loads((out / "_manifest.json").read_text())
+            if not tox:
+                funnel = m["stats"]["funnel"]
+            (tox_rows if tox else rows).append(("llmctl +toxicity" if tox else "llmctl", w, secs, rss, m["num_rows"]))
+            shutil.rmtree(out, ignore_errors=True)
     dt_rows = []
     if not args.skip_datatrove:
         py = ensure_datatrove()
@@ -189,13 +195,17 @@ def main() -> None:
             dt_rows.append(("datatrove", w, secs, rss, kept))
     print("\n| tool | workers | seconds | docs/s | docs/s per core | MB/s per core | peak RSS MB | kept |")
     print("|---|---|---|---|---|---|---|---|")
-    for tool, w, secs, rss, kept in rows + dt_rows:
+    for tool, w, secs, rss, kept in rows + tox_rows + dt_rows:
         print(
             f"| {tool} | {w} | {secs:.1f} | {records / secs:.1f} | {records / secs / w:.1f} | "
             f"{nbytes / 1e6 / secs / w:.2f} | {rss} | {kept} |"
         )
     for (_, w, s1, *_), (_, _, s2, *_) in zip(rows, dt_rows):
-        print(f"\nllmctl / datatrove documents/s with {w} worker(s): {s2 / s1:.1f}x")
+        print(f"\nllmctl / datatrove documents/s per core with {w} worker(s), language ID on both: {s2 / s1:.1f}x")
+    for (_, w, s1, *_), (_, _, s2, *_) in zip(tox_rows, dt_rows):
+        print(f"llmctl --toxicity / datatrove with {w} worker(s): {s2 / s1:.1f}x")
+    load_after = os.getloadavg()
+    print(f"\nload average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print("\nllmctl funnel (last run):")
     for r in funnel or []:
         print(f"  {r['row']:<40} {r['docs']:>7}")

@@ -92,7 +92,7 @@ class GopherQualityFilter:
             return None
         text = doc.text
         tokens = doc.words()
-        words = [t for t in tokens if _has_word(t)]
+        words = [t for t in tokens if t.isalnum() or _has_word(t)]  # isalnum: a fast yes
         n_words = len(words)
         if n_words == 0 or (cfg.min_doc_words and n_words < cfg.min_doc_words):
             return "gopher.word_count"
@@ -123,7 +123,7 @@ class GopherQualityFilter:
                 return "gopher.ellipsis_lines"
 
         if cfg.max_non_alpha_words_ratio:
-            alpha = sum(1 for t in tokens if _has_alpha(t))
+            alpha = sum(1 for t in tokens if t.isalpha() or _has_alpha(t))
             if alpha / len(tokens) < cfg.max_non_alpha_words_ratio:
                 return "gopher.alpha_words"
 

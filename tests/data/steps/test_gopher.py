@@ -295,3 +295,22 @@ def test_50k_word_pages():
         repetition(page, **ones, top_n_grams=[[2, 1], [3, 1], [4, 1]], dup_n_grams=[[n, 1.0] for n in range(5, 11)])
         is None
     )
+
+
+def test_ngram_counts_on_highly_repeated_words():
+    """Vocabularies of 1-4 words: duplicates everywhere, jumps that skip first occurrences."""
+    rng = random.Random(1)
+    for trial in range(400):
+        vocab = [f"w{i}" * rng.randint(1, 3) for i in range(rng.randint(1, 4))]
+        words = [rng.choice(vocab) for _ in range(rng.randint(0, 120))]
+        for n in range(1, 11):
+            if n > 1:
+                assert dup_ngram_chars(words, n) == _naive_dup(words, n), (trial, n)
+            assert top_ngram_chars(words, n) == _naive_top(words, n), (trial, n)
+
+
+def test_document_words_follow_the_text():
+    doc = Document("d", "a b  c")
+    assert doc.words() == ["a", "b", "c"] and doc.words() is doc.words()
+    doc.text = "x y"
+    assert doc.words() == ["x", "y"]
