@@ -124,24 +124,42 @@ def annotate_cmd(
         Optional[str],
         typer.Option(help="OpenAI-compatible server of the judge (http://127.0.0.1:8000/v1): POST /chat/completions."),
     ] = None,
-    judge: Annotated[Optional[str], typer.Option(help="The judge model's name on that server.")] = None,
+    judge: Annotated[
+        Optional[str],
+        typer.Option(
+            help="The judge: a local model (llmctl checkpoint, run dir or Llama HF dir) run in this process; with --judge-url, its name on that server."
+        ),
+    ] = None,
     prompt: Annotated[
         Optional[str], typer.Option(help="Grading prompt file with {text} (default: llmctl's annotate_prompt.txt).")
     ] = None,
     sample: Annotated[Optional[int], typer.Option(help="Documents to grade, a seeded sample (default: all).")] = None,
     concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight (default 4).")] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="A local judge: documents graded in one batched generation (default 8).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Grade documents 0-5 with a judge model (FineWeb-Edu's recipe); re-running resumes.
 
-    Writes a dataset of id, text, grade (null when the answer gives none), answer and judge."""
+    The judge is a local model (--judge MODEL: greedy, batched generation in this process) or an
+    OpenAI-compatible server (--judge-url URL --judge NAME). Writes a dataset of id, text, grade
+    (null when the answer gives none), answer and judge."""
     from llmctl.data.annotate import AnnotateConfig, annotate  # pyarrow: kept out of --help
 
-    flags = {"judge_url": judge_url, "judge": judge, "prompt": prompt, "sample": sample, "concurrency": concurrency}
+    flags = {
+        "judge_url": judge_url,
+        "judge": judge,
+        "prompt": prompt,
+        "sample": sample,
+        "concurrency": concurrency,
+        "batch_size": batch_size,
+    }
     cfg = C.load(AnnotateConfig, config, set_, flags)
-    m = annotate(inputs, output, cfg, overwrite=overwrite)
+    local = LocalJudge(cfg.judge, cfg.max_tokens, cfg.batch_size) if cfg.judge and not cfg.judge_url else None
+    m = annotate(inputs, output, cfg, overwrite=overwrite, judge=local)
     s = m["stats"]
     grades = " ".join(f"{g}:{n}" for g, n in s["grades"].items())
     out.print(
@@ -149,3 +167,36 @@ def annotate_cmd(
         f"{s['unparsed']:,} answers without a grade ({s['resumed_answers']:,} answers from an earlier run)"
     )
     out.print(f"wrote {output}")
+
+
+class LocalJudge:
+    """A judge model run in this process (annotate's GradingJudge): an llmctl checkpoint, run dir
+    or Llama HF directory (llmctl.serve.load), asked with greedy batched generation
+    (llmctl.model.generate.generate_batch) in batches of `batch_size` documents.
+
+    The prompt is one user turn in the model's chat template when it has one, else plain text;
+    a prompt longer than the context less `max_tokens` (at least half the context) keeps its last
+    tokens, where the grading instruction is."""
+
+    def __init__(self, path: str, max_tokens: int, batch_size: int):
+        import torch  # torch: kept out of --help
+
+        from llmctl.serve.load import load_model
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.codec, self.where = load_model(path, device=device)
+        self.max_tokens, self.batch_size = max_tokens, batch_size
+        self.last_error = ""
+
+    def _ids(self, prompt: str) -> list[int]:
+        ids = self.codec.chat([{"role": "user", "content": prompt}]) if self.codec.chat else self.codec.encode(prompt)
+        ctx = self.model.cfg.max_seq_len
+        return (ids or [self.codec.eos_id])[-max(ctx // 2, ctx - self.max_tokens) :]
+
+    def answers(self, prompts: list[str]):
+        from llmctl.model.generate import generate_batch  # torch: kept out of --help
+
+        for start in range(0, len(prompts), self.batch_size):
+            batch = [self._ids(p) for p in prompts[start : start + self.batch_size]]
+            done = generate_batch(self.model, batch, self.max_tokens, temperature=0.0, stop_ids=self.codec.stop_ids)
+            yield from (self.codec.decode(t) for t in done.tokens)

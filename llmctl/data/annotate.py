@@ -2,7 +2,8 @@
 
 `annotate(docs, out, cfg)` grades a seeded sample of documents (llmctl datasets, JSONL or Parquet
 files) with a judge served over an OpenAI-compatible HTTP API (`judge_url`, `POST
-{judge_url}/chat/completions`, temperature 0). The prompt is a text file with a `{text}`
+{judge_url}/chat/completions`, temperature 0), or with any `GradingJudge` passed as `judge` (the
+CLI's in-process model: `llmctl quality annotate --judge MODEL` without --judge-url). The prompt is a text file with a `{text}`
 placeholder (`prompt`; llmctl ships resources/annotate_prompt.txt); the document's text is cut to
 `max_chars`. The grade is the last "Score: N" (or "Grade: N") with N in 0-5 in the answer, or the
 answer itself when it is just a digit 0-5; any other answer is kept with grade null and counted as
@@ -22,10 +23,11 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import xxhash
@@ -55,7 +57,7 @@ _SCORE = re.compile(r"(?:score|grade)\s*[:=]?\s*\**\s*([0-5])(?!\d|\.\d)", re.I)
 
 @dataclass
 class AnnotateConfig:
-    judge: str = ""  # the model name the judge server is asked for
+    judge: str = ""  # the model name the judge server is asked for; without judge_url, a local model to load
     judge_url: str = ""  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
     prompt: str = ""  # a text file with {text}; "" = llmctl's resources/annotate_prompt.txt
     sample: int = 0  # documents to grade, a seeded sample (0 = all)
@@ -65,6 +67,7 @@ class AnnotateConfig:
     timeout: float = runtime(60.0)  # seconds per request
     retries: int = runtime(2)  # more tries of a failed request
     concurrency: int = runtime(4)  # requests in flight
+    batch_size: int = runtime(8)  # a local judge: documents generated for at once
     text_field: str = "text"  # JSONL/Parquet column with the text
 
 
@@ -102,20 +105,35 @@ def sample(docs: list[tuple[str, str]], n: int, seed: int) -> list[tuple[str, st
     return [unique[i] for i in (order[:n] if n else order)]
 
 
-class Judge:
-    """An OpenAI-compatible chat endpoint, asked one document at a time."""
+class GradingJudge(Protocol):
+    """What annotate asks: `answers(prompts)` yields one answer per prompt, in order, as they come
+    (None for a prompt it could not answer, with the reason in `last_error`); `where` names the
+    judge in messages."""
 
-    def __init__(self, cfg: AnnotateConfig, template: str):
+    where: str
+    last_error: str
+
+    def answers(self, prompts: list[str]) -> Iterator[str | None]: ...
+
+
+class Judge:
+    """An OpenAI-compatible chat endpoint, asked one document at a time (`concurrency` in flight)."""
+
+    def __init__(self, cfg: AnnotateConfig):
         self.cfg = cfg
-        self.template = template
         self.url = cfg.judge_url.rstrip("/") + "/chat/completions"
+        self.where = self.url
         self.last_error = ""
 
-    def ask(self, text: str) -> str | None:
+    def answers(self, prompts: list[str]) -> Iterator[str | None]:
+        with ThreadPoolExecutor(self.cfg.concurrency) as pool:
+            yield from pool.map(self.ask, prompts)
+
+    def ask(self, prompt: str) -> str | None:
         """The judge's answer, or None when every try failed."""
         body = {
             "model": self.cfg.judge,
-            "messages": [{"role": "user", "content": self.template.replace("{text}", text[: self.cfg.max_chars])}],
+            "messages": [{"role": "user", "content": prompt}],
             "temperature": 0,
             "max_tokens": self.cfg.max_tokens,
         }
@@ -158,13 +176,28 @@ def _answered(log: Path) -> dict[str, str]:
     return done
 
 
+def prompt_for(template: str, text: str, max_chars: int) -> str:
+    """The grading prompt of one document: the template with its text, cut to `max_chars`."""
+    return template.replace("{text}", text[:max_chars])
+
+
 @exclusive_output("out")  # no discard: a killed run's answers are what it resumes from
-def annotate(inputs: list[str], out: str | Path, cfg: AnnotateConfig, overwrite: bool = False) -> dict[str, Any]:
-    """Grade a sample of the documents of `inputs` with the judge; returns the output manifest."""
-    if not cfg.judge_url:
-        raise UsageError("quality annotate needs --judge-url URL (an OpenAI-compatible server) and --judge MODEL")
-    if cfg.sample < 0 or cfg.concurrency < 1 or cfg.retries < 0:
-        raise UsageError("--sample must be >= 0, concurrency >= 1 and retries >= 0")
+def annotate(
+    inputs: list[str],
+    out: str | Path,
+    cfg: AnnotateConfig,
+    overwrite: bool = False,
+    judge: GradingJudge | None = None,
+) -> dict[str, Any]:
+    """Grade a sample of the documents of `inputs` with the judge; returns the output manifest.
+
+    `judge`: the judge to ask (default: the HTTP server at `cfg.judge_url`)."""
+    if judge is None and not cfg.judge_url:
+        raise UsageError(
+            "quality annotate needs --judge MODEL (a local model) or --judge-url URL (an OpenAI-compatible server)"
+        )
+    if cfg.sample < 0 or cfg.concurrency < 1 or cfg.retries < 0 or cfg.batch_size < 1:
+        raise UsageError("--sample must be >= 0, concurrency and batch_size >= 1, retries >= 0")
     template, prompt_path = _template(cfg)
     docs, lineage = read_docs(inputs, cfg.text_field)
     lineage.append(
@@ -179,12 +212,13 @@ def annotate(inputs: list[str], out: str | Path, cfg: AnnotateConfig, overwrite:
     log = stage.path / TASKS_DIR / ANSWERS
     answers = _answered(log)
     resumed = len(answers)
-    judge = Judge(cfg, template)
+    judge = judge if judge is not None else Judge(cfg)
     asking = [(i, t) for i, t in todo if i not in answers]
     failed = 0
     started = time.time()
-    with open(log, "a", encoding="utf-8") as f, ThreadPoolExecutor(cfg.concurrency) as pool:
-        for (doc_id, _), answer in zip(asking, pool.map(lambda d: judge.ask(d[1]), asking)):
+    with open(log, "a", encoding="utf-8") as f:
+        prompts = [prompt_for(template, t, cfg.max_chars) for _, t in asking]
+        for (doc_id, _), answer in zip(asking, judge.answers(prompts)):
             if answer is None:
                 failed += 1
                 continue
@@ -193,7 +227,7 @@ def annotate(inputs: list[str], out: str | Path, cfg: AnnotateConfig, overwrite:
             f.flush()
     if failed:
         raise UsageError(
-            f"{failed} of {len(asking)} requests to {judge.url} failed ({judge.last_error}); the {len(answers)} "
+            f"{failed} of {len(asking)} requests to {judge.where} failed ({judge.last_error}); the {len(answers)} "
             "answers so far are kept: run the same command again to ask about the rest"
         )
     rows = [
