@@ -183,7 +183,8 @@ def filter_cmd(
     quality_threshold: Annotated[
         Optional[float],
         typer.Option(
-            rich_help_panel="Quality classifier", help="Keep documents with quality_score >= this (default 0.5)."
+            rich_help_panel="Quality classifier",
+            help="Keep documents with quality_score >= this: a probability (default 0.5), or a grade for a model trained on grades (default: its --threshold).",
         ),
     ] = None,
     quality_keep: Annotated[

@@ -43,6 +43,12 @@ def train_cmd(
     threshold: Annotated[
         Optional[float], typer.Option(help="Graded input: grade >= this is positive (hq), below negative (default 3).")
     ] = None,
+    head: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Graded input: classes (score = expected grade, default), ridge (regression on sentence vectors) or binary (P(grade >= threshold))."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     holdout: Annotated[Optional[float], typer.Option(help="Held-out fraction of each side (default 0.2).")] = None,
@@ -62,8 +68,10 @@ def train_cmd(
 
     A quality model by default (hq vs lq); with --label, a classifier for any label, which
     `llmctl filter --quality-model DIR` applies (--quality-keep below drops high scores). Given
-    GRADED datasets (FineWeb-Edu's recipe), it learns grade >= --threshold against below, and also
-    prints the Spearman correlation of its score with the held-out grades."""
+    GRADED datasets (FineWeb-Edu's recipe), it predicts the grade (--head classes or ridge; `llmctl
+    filter --quality-threshold 3` then keeps a predicted grade >= 3) or, with --head binary, the
+    probability of grade >= --threshold; it also prints the Spearman correlation of its score with
+    the held-out grades."""
     from llmctl.data.quality import QualityTrainConfig, train_quality  # numpy, pyarrow: kept out of --help
 
     cfg = C.load(
@@ -79,6 +87,7 @@ def train_cmd(
             "text_field": text_field,
             "target": target,
             "grade_threshold": threshold,
+            "head": head,
         },
     )
     if bool(graded) == bool(positive or negative):
@@ -96,7 +105,11 @@ def train_cmd(
         f"held out {n_held_p:,} {p} + {n_held_n:,} {n}: precision {h['precision']:.3f} "
         f"recall {h['recall']:.3f} F1 {h['f1']:.3f} accuracy {h['accuracy']:.3f}"
         + (f" Spearman {h['spearman']}" if "spearman" in h else "")
+        + (f" MAE {h['mae']}" if "mae" in h else "")
     )
+    if "grade_head" in s:
+        g = s["grade_head"]
+        out.print(f"scores are predicted grades ({g['head']} head); accuracy at grade {g['threshold']:g}")
     out.print(f"wrote {output}/model.bin and {output}/_manifest.json")
 
 
@@ -107,7 +120,7 @@ def predict_cmd(
         list[str], typer.Argument(help="Texts to score, or '-' to read one document per line from stdin.")
     ],
 ) -> None:
-    """Print the quality score (probability of reference-quality text) of each text."""
+    """Print the score of each text: the probability of the model's label (hq), or the predicted grade of a grade model."""
     from llmctl.data.quality import load_model, score_texts  # numpy, pyarrow: kept out of --help
 
     if texts == ["-"]:

@@ -56,12 +56,16 @@ from llmctl.store.manifest import write_manifest
 MODEL_FILE = "model.bin"
 HQ, LQ = "__label__hq", "__label__lq"
 SAMPLING = ("threshold", "pareto")
+HEADS = ("classes", "ridge", "binary")
+GRADE_LABEL = "__label__g"  # head=classes labels: __label__g0 ... __label__g5
 
 
 @dataclass
 class QualityConfig:
     model: str | None = None  # a `llmctl quality train` directory (or a fastText .bin); None = step off
-    threshold: float = 0.5  # sampling=threshold: keep when quality_score >= threshold (keep=above)
+    # sampling=threshold: keep when quality_score >= threshold (keep=above); None: 0.5 for a probability
+    # model, the grade it was trained at (`quality train --threshold`) for a grade model
+    threshold: float | None = None
     keep: str = "above"  # above: keep high scores (quality); below: keep scores < threshold (a toxic/nsfw model)
     sampling: str = "threshold"  # threshold | pareto (GPT-3: keep when Pareto(alpha) > 1 - score)
     alpha: float = 9.0
@@ -89,6 +93,11 @@ class QualityTrainConfig:
     text_field: str = "text"  # the text column of JSONL / Parquet inputs
     target: str = "grade"  # graded inputs (`quality annotate`): the column of the grade
     grade_threshold: float = 3.0  # graded inputs: positive when target >= this, negative below
+    # graded inputs: what the model predicts. classes: fastText on one label per grade, score = the
+    # expected grade; ridge: a ridge regression of the grade on that model's sentence vectors;
+    # binary: fastText on grade >= grade_threshold against below, score = its probability
+    head: str = "classes"
+    ridge_alpha: float = 1.0  # head=ridge: the L2 penalty
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -145,26 +154,50 @@ def load_model(path: str | Path):
             raise UsageError(
                 f"{path}: not a fastText model ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
             ) from None
-        model.llmctl_label = positive_label(path, model.get_labels())
+        model.llmctl_label, model.llmctl_grade = model_head(path, model.get_labels())
         _MODELS[key] = model
     return _MODELS[key]
 
 
-def positive_label(path: str | Path, labels: list[str]) -> str:
-    """The label a model scores: its manifest's (`llmctl quality train --label`), else hq."""
+def model_head(path: str | Path, labels: list[str]) -> tuple[str, dict[str, Any] | None]:
+    """(the label a probability model scores, the grade head of a grade model or None), from the
+    model's manifest (`llmctl quality train --label`, `--head`); a bare .bin scores hq."""
     manifest = fs.to_path(path) / MANIFEST
-    label = HQ
-    if manifest.is_file():
-        label = json.loads(manifest.read_text()).get("stats", {}).get("label", HQ)
+    stats = json.loads(manifest.read_text()).get("stats", {}) if manifest.is_file() else {}
+    grade = stats.get("grade_head")
+    if grade is not None:
+        if not any(lab.startswith(GRADE_LABEL) for lab in labels):
+            raise UsageError(f"{path}: a grade model without grade labels (retrain it with `llmctl quality train`)")
+        return "grade", grade
+    label = stats.get("label", HQ)
     if label not in labels:
         raise UsageError(f"{path}: fastText model has no {label} label (train it with `llmctl quality train`)")
-    return label
+    return label, None
 
 
-def score_texts(model, texts: list[str], max_chars: int = 20_000, label: str | None = None) -> np.ndarray:
-    """Probability of the model's positive label (`hq` by default) for each text (normalized here, as at training)."""
-    label = label or getattr(model, "llmctl_label", HQ)
+def _expected_grades(labels, probs) -> np.ndarray:
+    return np.array(
+        [sum(int(lab[len(GRADE_LABEL) :]) * float(q) for lab, q in zip(ls, ps)) for ls, ps in zip(labels, probs)],
+        dtype=np.float32,
+    )
+
+
+def score_texts(
+    model, texts: list[str], max_chars: int = 20_000, label: str | None = None, grade: dict[str, Any] | None = None
+) -> np.ndarray:
+    """Each text's score (normalized here, as at training): the predicted grade for a grade model
+    (head classes: the expected grade under the grade labels' probabilities; ridge: the
+    regression on the sentence vector), else the probability of the positive label (`hq` by default)."""
+    grade = grade if grade is not None else getattr(model, "llmctl_grade", None)
     norm = [normalize_text(t)[:max_chars] for t in texts]
+    if grade is not None and grade["head"] == "ridge":
+        if not norm:
+            return np.zeros(0, np.float32)
+        vectors = np.stack([model.get_sentence_vector(t) for t in norm])
+        return (vectors @ np.asarray(grade["weights"]) + grade["bias"]).astype(np.float32)
+    if grade is not None:
+        return _expected_grades(*model.predict(norm, k=-1))
+    label = label or getattr(model, "llmctl_label", HQ)
     labels, probs = model.predict(norm, k=-1)
     return np.array(
         [float(p[list(lab).index(label)]) if label in lab else 0.0 for lab, p in zip(labels, probs)], dtype=np.float32
@@ -187,12 +220,17 @@ class QualityFilter:
             raise UsageError(f"--alpha must be positive, got {cfg.alpha}")
         self.cfg = cfg
         self.model = load_model(cfg.model)  # type: ignore[arg-type]
+        grade = self.model.llmctl_grade
+        if grade is not None and cfg.sampling == "pareto":
+            raise UsageError(f"{cfg.model}: a grade model; --quality-sampling pareto needs a probability model")
+        default = grade["threshold"] if grade is not None else 0.5
+        self.threshold = float(cfg.threshold if cfg.threshold is not None else default)
 
     def keep(self, doc_id: str, score: float) -> bool:
         if self.cfg.keep == "below":
-            return score < self.cfg.threshold
+            return score < self.threshold
         if self.cfg.sampling == "threshold":
-            return score >= self.cfg.threshold
+            return score >= self.threshold
         rng = np.random.default_rng([self.cfg.seed, xxhash.xxh3_64_intdigest(doc_id.encode("utf-8"))])
         return bool(rng.pareto(self.cfg.alpha) > 1.0 - score)
 
@@ -275,6 +313,16 @@ def _prf(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
+def _ridge(model, texts: list[str], grades: list[float], alpha: float) -> dict[str, Any]:
+    """Ridge regression of the grade on the model's sentence vectors (closed form, with an unpenalised intercept)."""
+    x = np.stack([model.get_sentence_vector(t) for t in texts]).astype(np.float64)
+    y = np.asarray(grades, dtype=np.float64)
+    mx, my = x.mean(0), y.mean()
+    xc = x - mx
+    w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - my))
+    return {"weights": [round(float(v), 8) for v in w], "bias": round(float(my - mx @ w), 8)}
+
+
 # fastText (0.9.x, also fasttext-numpy2) initialises only the first tenth of its input matrix when
 # trained with one thread (DenseMatrix::uniform fills `thread` of ten blocks); the rest is whatever
 # the allocator hands back. A fresh process gets zeroed pages from mmap, so the model is the same on
@@ -317,6 +365,9 @@ def train_quality(
     cfg = cfg or QualityTrainConfig()
     if not 0.0 < cfg.holdout < 1.0:
         raise UsageError(f"holdout must be between 0 and 1, got {cfg.holdout}")
+    if cfg.head not in HEADS:
+        raise UsageError(f"--head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
+    grade_head = bool(graded) and cfg.head != "binary"
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out}: exists and is not empty; pass --overwrite to replace it")
@@ -358,6 +409,8 @@ def train_quality(
         train_file = os.path.join(tmp, "train.txt")
         with open(train_file, "w", encoding="utf-8") as f:
             for label, text in train:
+                if grade_head:  # one label per grade; the split is the same as the binary head's
+                    label = f"{GRADE_LABEL}{int(round(grade_of[text]))}"
                 f.write(f"{label} {text}\n")
         tmp_model = os.path.join(tmp, MODEL_FILE)
         train_fasttext(
@@ -376,8 +429,18 @@ def train_quality(
         model = fasttext.load_model(tmp_model)
         os.replace(tmp_model, out / MODEL_FILE)
     truth = np.array([label == POS for label, _ in held])
-    scores = score_texts(model, [t for _, t in held], cfg.max_chars, label=POS)
-    metrics = _prf(truth, scores >= cfg.threshold)
+    head: dict[str, Any] | None = None
+    if grade_head:
+        head = {"head": cfg.head, "threshold": cfg.grade_threshold}
+        if cfg.head == "ridge":
+            head.update(_ridge(model, [t for _, t in train], [grade_of[t] for _, t in train], cfg.ridge_alpha))
+        scores = score_texts(model, [t for _, t in held], cfg.max_chars, grade=head)
+        metrics = _prf(truth, scores >= cfg.grade_threshold)
+        held_true = np.array([grade_of[t] for _, t in held])
+        metrics["mae"] = round(float(np.abs(scores - held_true).mean()), 4)
+    else:
+        scores = score_texts(model, [t for _, t in held], cfg.max_chars, label=POS)
+        metrics = _prf(truth, scores >= cfg.threshold)
     if graded:
         from scipy.stats import spearmanr  # scipy: kept out of the filter workers' import
 
@@ -389,6 +452,7 @@ def train_quality(
     stats = {
         "heldout": metrics,
         "label": POS,
+        **({"grade_head": head} if head is not None else {}),
         "train_docs": {p: sum(lab == POS for lab, _ in train), n: sum(lab == NEG for lab, _ in train)},
         "heldout_docs": {p: int(truth.sum()), n: int((~truth).sum())},
         "duplicates_dropped": duplicates,

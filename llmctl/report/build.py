@@ -15,6 +15,7 @@ from typing import Any
 
 from llmctl.errors import UsageError
 from llmctl.report import charts
+from llmctl.report.filter_stats import filter_stats_section
 from llmctl.report.html import CSS, esc, img, table
 from llmctl.report.mix import mix_section
 from llmctl.report.moe import moe_section
@@ -131,6 +132,7 @@ def build_report(root: str | Path, output: str | Path | None = None) -> Path:
                 else ""
             )
             parts.append(f"<h2>Filter funnel ({esc(name)})</h2>{img(png.name, 'filter funnel')}{where}")
+            parts.append(filter_stats_section(name, d))
         elif kind == "tokens" and isinstance(st.get("mix"), dict):
             parts.append(mix_section(name, st, out))
         elif kind == "tokens" and isinstance(st.get("train"), dict):
