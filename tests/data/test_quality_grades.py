@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
+from eval_helpers import tiny_checkpoint
 from sklearn.linear_model import Ridge
 from typer.testing import CliRunner
 
@@ -118,3 +121,39 @@ def test_pareto_with_a_grade_model_is_one_line(chain, tmp_path):
                                  str(chain[0] / "classes"), "--quality-sampling", "pareto"])  # fmt: skip
     assert isinstance(r.exception, UsageError) and "grade model" in str(r.exception)
     assert not (tmp_path / "x").exists()
+
+
+def test_readme_chain_runs_as_written(in_repo_copy, tmp_path_factory):
+    """README.md's annotate -> train -> filter block, each command as written, on examples/crawl
+    (the first file of ../shared/data/crawl) with the heuristic judge on a free port and, for the
+    in-process line, a tiny llmctl checkpoint at runs/sft."""
+    md = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", md, re.S) if "quality annotate out/pages" in b)
+    lines = [ln for ln in block.splitlines() if ln.startswith("llmctl ")]
+    assert [ln.split()[1:3] for ln in lines] == [
+        ["filter", "../shared/data/crawl"],
+        ["quality", "annotate"],
+        ["quality", "train"],
+        ["filter", "../shared/data/crawl"],
+        ["quality", "annotate"],
+    ]
+    tiny_checkpoint(in_repo_copy / "runs" / "sft", tmp_path_factory.mktemp("tok"))
+    server, url = _judge_module().serve()
+    try:
+        for line in lines:
+            line = line.replace("../shared/data/crawl", "examples/crawl").replace("http://127.0.0.1:8001/v1", url)
+            args = shlex.split(line, comments=True)[1:]
+            cli(*args, *(["--set", "max_tokens=4"] if "--judge" in args and "runs/sft" in args else []))
+    finally:
+        server.shutdown()
+    s = json.loads((in_repo_copy / "out" / "edu" / "_manifest.json").read_text())["stats"]
+    assert s["grade_head"]["head"] == "classes" and "spearman" in s["heldout"]
+    kept = list(Dataset.open(in_repo_copy / "out" / "docs_edu").iter_rows())
+    low = [
+        r
+        for r in Dataset.open(in_repo_copy / "out" / "docs_edu.rejected").iter_rows()
+        if r["reason"] == "quality.low_score"
+    ]
+    assert low and all(r["quality_score"] < 3 for r in low) and all(r["quality_score"] >= 3 for r in kept)
+    local = Dataset.open(in_repo_copy / "out" / "grades_local")
+    assert local.manifest["stats"]["sampled"] == local.manifest["num_rows"] > 0
