@@ -43,6 +43,7 @@ import string
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import filterfalse
 
 import numpy as np
 
@@ -92,14 +93,15 @@ class GopherQualityFilter:
             return None
         text = doc.text
         tokens = doc.words()
-        words = [t for t in tokens if t.isalnum() or _has_word(t)]  # isalnum: a fast yes
-        n_words = len(words)
+        # tokens without a word character: only the not-alphanumeric ones are searched (in C, filterfalse)
+        punct = [t for t in filterfalse(str.isalnum, tokens) if not _has_word(t)]
+        n_words = len(tokens) - len(punct)
         if n_words == 0 or (cfg.min_doc_words and n_words < cfg.min_doc_words):
             return "gopher.word_count"
         if cfg.max_doc_words and n_words > cfg.max_doc_words:
             return "gopher.word_count"
 
-        avg_len = sum(map(len, words)) / n_words
+        avg_len = (sum(map(len, tokens)) - sum(map(len, punct))) / n_words
         if (cfg.min_avg_word_length and avg_len < cfg.min_avg_word_length) or (
             cfg.max_avg_word_length and avg_len > cfg.max_avg_word_length
         ):
@@ -123,14 +125,14 @@ class GopherQualityFilter:
                 return "gopher.ellipsis_lines"
 
         if cfg.max_non_alpha_words_ratio:
-            alpha = sum(1 for t in tokens if t.isalpha() or _has_alpha(t))
+            alpha = len(tokens) - sum(1 for t in filterfalse(str.isalpha, tokens) if not _has_alpha(t))
             if alpha / len(tokens) < cfg.max_non_alpha_words_ratio:
                 return "gopher.alpha_words"
 
         if cfg.min_stop_words:
             found = 0
-            for w in words:
-                if w.strip(_PUNCT).lower() in self.stop_words:
+            for w in tokens:  # a punctuation token is no word: checked only when it matches
+                if w.strip(_PUNCT).lower() in self.stop_words and (w.isalnum() or _has_word(w)):
                     found += 1
                     if found >= cfg.min_stop_words:
                         break

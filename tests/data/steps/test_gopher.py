@@ -172,6 +172,9 @@ def test_stop_words():
     assert quality(text + " The end.") == "gopher.stop_words"  # one stop word
     assert quality(text + " The end, with Billy.") is None  # "The" and "with" (case, punctuation)
     assert quality(text, min_stop_words=0) is None
+    # a punctuation token is not a word, so not a stop word either, whatever the list says
+    assert quality(text + " § §", stop_words=["§"]) == "gopher.stop_words"
+    assert quality(text + " §x §x", stop_words=["§x"]) is None
 
 
 def test_disabled_quality_step():
