@@ -2,9 +2,11 @@
 
 `LM.loglikelihood` returns lm-evaluation-harness's `loglikelihood` per (context, continuation): the
 summed log-probability of the continuation and whether it is greedy. `LM.score` and
-`LM.generate_many` give the same numbers and tokens whatever the batch size: rows are padded to a
-fixed width of their own (`_bucket`), and each prompt is sampled with its own generator (seed per
-item). llmctl checkpoints generate in batches through `llmctl.model.generate.generate_batch`.
+`LM.generate_many` give the same numbers and tokens whatever the batch size: a row is right-padded
+to a width that depends on its own length only (`pad_width`), rows of one width share a forward,
+the lm head runs only where a target is read (llmctl checkpoints), and each prompt is sampled with
+its own generator (seed per item). llmctl checkpoints generate in batches of similar prompt length
+through `llmctl.model.generate.generate_batch`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from llmctl.store.dataset import fingerprint_file
 from llmctl.tokenizer.chat import CHAT_TEMPLATE_JINJA, render_chat
 from llmctl.tokenizer.load import load_tokenizer
 
-PAD_MULTIPLE = 64
+PAD_MULTIPLE = 16  # the finest padding step; longer rows pad to a step of 1/16 of their length
 _MARKER = re.compile(r"(<\|[A-Za-z_]+\|>)")
 
 
@@ -50,8 +52,12 @@ class TextCodec:
     chat_template: str = ""
 
 
-def _bucket(n: int) -> int:
-    return PAD_MULTIPLE * math.ceil(n / PAD_MULTIPLE)
+def pad_width(n: int, max_len: int) -> int:
+    """The width a row of `n` tokens is right-padded to when scored: a function of `n` alone, so a
+    row's numbers never depend on the rows batched with it. Rounded up to a multiple of 16, or of
+    2^(bits(n) - 5) from 512 tokens (under 1/16 of padding), never past the context unless n is."""
+    step = max(PAD_MULTIPLE, 1 << max(0, n.bit_length() - 5))
+    return min(step * math.ceil(n / step), max(n, max_len))
 
 
 class LM:
@@ -65,8 +71,8 @@ class LM:
     def logits(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
-        """Logits (V,) after the prompt and a cache state for `step`."""
+    def start(self, prompt: list[int], room: int = 0) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
+        """Logits (V,) after the prompt and a cache state for `step` with room for `room` more tokens."""
         raise NotImplementedError
 
     def step(self, token: int, state: Any) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
@@ -76,7 +82,12 @@ class LM:
         raise NotImplementedError
 
     def _width(self, n: int) -> int:
-        return min(_bucket(n), max(n, self.max_len))
+        return pad_width(n, self.max_len)
+
+    def target_logprobs(self, ids: torch.Tensor, lengths: list[int], spans: list[int]) -> list[torch.Tensor]:
+        """Per row r: log-softmax (spans[r], V) at the last spans[r] of its lengths[r] real positions."""
+        logp = F.log_softmax(self.logits(ids, lengths).float(), dim=-1)
+        return [logp[r, n - k : n] for r, (n, k) in enumerate(zip(lengths, spans))]
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -113,18 +124,19 @@ class LM:
             ids = torch.zeros(len(idx), width, dtype=torch.long)
             for r, i in enumerate(idx):
                 ids[r, : len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
-            logits = self.logits(ids.to(self.device), [len(inputs[i]) for i in idx])
-            logp = F.log_softmax(logits.float(), dim=-1)
+            lengths = [len(inputs[i]) for i in idx]
+            spans = [max(len(targets[i]) for i in owners[u]) for u in idx]
+            logps = self.target_logprobs(ids.to(self.device), lengths, spans)
             for r, u in enumerate(idx):
                 for i in owners[u]:
-                    n, k = len(inputs[i]), len(targets[i])
-                    lp = logp[r, n - k : n]
+                    k = len(targets[i])
+                    lp = logps[r][spans[r] - k :]
                     tgt = torch.tensor(targets[i], dtype=torch.long, device=lp.device)
                     vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
                     greedy = bool((lp.argmax(-1) == tgt).all())
                     out[i] = (vals, greedy)
             if on_batch:
-                on_batch(sum(len(owners[u]) for u in idx), sum(len(inputs[i]) for i in idx))
+                on_batch(sum(len(owners[u]) for u in idx), sum(lengths))
         return out
 
     def loglikelihood(
@@ -162,7 +174,7 @@ class LM:
         stops = set(self.codec.stop_ids if stop_ids is None else stop_ids)
         prompt = prompt[-max(1, self.max_len - max_new_tokens) :]
         gen = torch.Generator().manual_seed(seed)
-        logits, state = self.start(prompt)
+        logits, state = self.start(prompt, max_new_tokens)
         out: list[int] = []
         for _ in range(max_new_tokens):
             tok = sample(logits, temperature, top_k, top_p, gen)
@@ -253,8 +265,21 @@ class LlmctlLM(LM):
     def logits(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         return self.model(ids)
 
-    def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:
-        cache = KVCache(self.cfg, 1, self.max_len, device=self.device)
+    def target_logprobs(self, ids: torch.Tensor, lengths: list[int], spans: list[int]) -> list[torch.Tensor]:
+        """The lm head and its log-softmax only at the positions read: per row, its last spans[r]
+        real positions rounded up to a multiple of 8 (one head matmul per row, whose shape depends on
+        that row alone), instead of (B, T, V) logits over every position."""
+        h = self.model.hidden_states(ids)
+        out = []
+        for r, (n, k) in enumerate(zip(lengths, spans)):
+            kb = min(n, 8 * math.ceil(k / 8))
+            logp = F.log_softmax(self.model.lm_head(h[r, n - kb : n]).float(), dim=-1)
+            out.append(logp[kb - k :])
+        return out
+
+    def start(self, prompt: list[int], room: int = 0) -> tuple[torch.Tensor, Any]:
+        """The cache holds the prompt and `room` more tokens (not the whole context)."""
+        cache = KVCache(self.cfg, 1, min(self.max_len, len(prompt) + max(1, room)), device=self.device)
         logits = self.model(torch.tensor([prompt], device=self.device), kv_cache=cache)
         return logits[0, -1], cache
 
@@ -276,19 +301,22 @@ class LlmctlLM(LM):
         batch_size: int = 1,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> list[list[int]]:
-        """Batches of `batch_size` prompts through `llmctl.model.generate.generate_batch`, one generator per
+        """Batches of `batch_size` prompts of similar length (longest first, as lm-eval's `hf` sorts
+        them: little left padding) through `llmctl.model.generate.generate_batch`, one generator per
         prompt (seeds[i]), so a prompt's tokens do not depend on the batch it is in."""
         seeds = list(seeds) if seeds is not None else [0] * len(prompts)
         stops = tuple(self.codec.stop_ids if stop_ids is None else stop_ids)
         stop_fn = (lambda ids: any(s in self.codec.decode(ids) for s in stop_text)) if stop_text else None
         cut = [p[-max(1, self.max_len - max_new_tokens) :] for p in prompts]
-        out: list[list[int]] = []
-        for s in range(0, len(cut), max(1, batch_size)):
-            chunk = cut[s : s + max(1, batch_size)]
-            gens = [torch.Generator(device=self.device).manual_seed(sd) for sd in seeds[s : s + len(chunk)]]
+        order = sorted(range(len(cut)), key=lambda i: (-len(cut[i]), i))
+        out: list[list[int]] = [[] for _ in cut]
+        bs = max(1, batch_size)
+        for s in range(0, len(order), bs):
+            idx = order[s : s + bs]
+            gens = [torch.Generator(device=self.device).manual_seed(seeds[i]) for i in idx]
             g = generate_batch(
                 self.model,
-                chunk,
+                [cut[i] for i in idx],
                 max_new_tokens,
                 temperature,
                 top_k or None,
@@ -298,9 +326,10 @@ class LlmctlLM(LM):
                 pad_id=self.tokenizer.pad_id,
                 stop_fn=stop_fn,
             )
-            out += g.tokens
+            for i, t in zip(idx, g.tokens):
+                out[i] = t
             if on_batch:
-                on_batch(len(chunk), g.new_tokens)
+                on_batch(len(idx), g.new_tokens)
         return out
 
 
@@ -385,7 +414,7 @@ class HFLM(LM):
         # mask of all ones keeps transformers on the same (causal) kernel for every batch.
         return self.model(input_ids=ids, use_cache=False).logits.float()
 
-    def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:
+    def start(self, prompt: list[int], room: int = 0) -> tuple[torch.Tensor, Any]:
         o = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
         return o.logits[0, -1].float(), o.past_key_values
 
