@@ -139,14 +139,18 @@ class LM:
                 on_batch(sum(len(owners[u]) for u in idx), sum(lengths))
         return out
 
+    packs = False  # score_packed: a question's choices in one row after their shared context
+
     def loglikelihood(
         self,
         requests: Sequence[tuple[list[int], list[int]]],
         batch_size: int,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> list[tuple[float, bool]]:
-        """lm-eval's loglikelihood: sum log p(continuation | context), is_greedy."""
-        inputs, targets = [], []
+        """lm-eval's loglikelihood: sum log p(continuation | context), is_greedy. On a backend that
+        packs, requests with one context and a continuation longer than a token (a question's text
+        choices) are scored in one row: the context once, then each continuation attending to it."""
+        inputs, targets, ctxs = [], [], []
         for ctx, cont in requests:
             if not cont:
                 raise UsageError("a continuation must have at least one token")
@@ -155,7 +159,40 @@ class LM:
             whole = (ctx + cont)[-(self.max_len + 1) :]
             inputs.append(whole[:-1])
             targets.append(cont)
-        return [(math.fsum(v), g) for v, g in self.score(inputs, targets, batch_size, on_batch)]
+            ctxs.append(ctx)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        if self.packs:
+            for i, c in enumerate(ctxs):
+                groups.setdefault(tuple(c), []).append(i)
+        packed = [
+            g
+            for c, g in groups.items()
+            if len(g) > 1
+            and any(len(targets[i]) > 1 for i in g)
+            and len(c) + sum(len(targets[i]) - 1 for i in g) <= self.max_len
+        ]
+        rest = sorted(set(range(len(requests))) - {i for g in packed for i in g})
+        out: list[Any] = [None] * len(requests)
+        if packed:
+            for g, vals in zip(
+                packed, self.score_packed([(ctxs[g[0]], [targets[i] for i in g]) for g in packed], batch_size, on_batch)
+            ):
+                for i, v in zip(g, vals):
+                    out[i] = v
+        if rest:
+            for i, v in zip(
+                rest, self.score([inputs[i] for i in rest], [targets[i] for i in rest], batch_size, on_batch)
+            ):
+                out[i] = v
+        return [(math.fsum(v), g) for v, g in out]
+
+    def score_packed(
+        self,
+        groups: Sequence[tuple[list[int], list[list[int]]]],
+        batch_size: int,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[list[tuple[list[float], bool]]]:  # pragma: no cover - only for backends that pack
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -275,6 +312,72 @@ class LlmctlLM(LM):
             kb = min(n, 8 * math.ceil(k / 8))
             logp = F.log_softmax(self.model.lm_head(h[r, n - kb : n]).float(), dim=-1)
             out.append(logp[kb - k :])
+        return out
+
+    packs = True
+
+    @torch.no_grad()
+    def score_packed(
+        self,
+        groups: Sequence[tuple[list[int], list[list[int]]]],
+        batch_size: int,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[list[tuple[list[float], bool]]]:
+        """Per group (context, continuations): one row, the context then each continuation but its
+        last token, positions restarting after the context for each, and a mask letting a
+        continuation see the context and itself only; a continuation's first token is read at the
+        context's last position. Rows pad to `pad_width` of their own length (batch-independent)."""
+        rows = []
+        for ctx, conts in groups:
+            n = len(ctx)
+            toks, pos, seg, reads = list(ctx), list(range(n)), [0] * n, []
+            for j, cont in enumerate(conts):
+                start = len(toks)
+                toks += cont[:-1]
+                pos += range(n, n + len(cont) - 1)
+                seg += [j + 1] * (len(cont) - 1)
+                reads.append([n - 1] + list(range(start, start + len(cont) - 1)))
+            rows.append((toks, pos, seg, reads))
+        order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]), i))
+        batches: list[list[int]] = []
+        for i in order:
+            w = self._width(len(rows[i][0]))
+            if batches and len(batches[-1]) < batch_size and self._width(len(rows[batches[-1][0]][0])) == w:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        out: list[Any] = [None] * len(rows)
+        for idx in batches:
+            w = self._width(len(rows[idx[0]][0]))
+            ids = torch.zeros(len(idx), w, dtype=torch.long)
+            positions = torch.zeros(len(idx), w, dtype=torch.long)
+            segment = torch.full((len(idx), w), -1, dtype=torch.long)
+            for r, i in enumerate(idx):
+                toks, pos, seg, _ = rows[i]
+                ids[r, : len(toks)] = torch.tensor(toks)
+                positions[r, : len(toks)] = torch.tensor(pos)
+                segment[r, : len(toks)] = torch.tensor(seg)
+            causal = torch.ones(w, w, dtype=torch.bool).tril()
+            q, k = segment[:, :, None], segment[:, None, :]
+            mask = causal & (k >= 0) & ((k == 0) | (k == q)) & (q >= 0)
+            mask |= torch.eye(w, dtype=torch.bool)  # a pad query sees itself: no empty softmax row
+            h = self.model.hidden_states(
+                ids.to(self.device), positions=positions.to(self.device), attn_mask=mask[:, None].to(self.device)
+            )
+            for r, i in enumerate(idx):
+                _, _, _, reads = rows[i]
+                flat = [p for rd in reads for p in rd]
+                logp = F.log_softmax(self.model.lm_head(h[r, flat]).float(), dim=-1)
+                res, at = [], 0
+                for cont, rd in zip(groups[i][1], reads):
+                    lp = logp[at : at + len(rd)]
+                    at += len(rd)
+                    tgt = torch.tensor(cont, dtype=torch.long, device=lp.device)
+                    vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
+                    res.append((vals, bool((lp.argmax(-1) == tgt).all())))
+                out[i] = res
+            if on_batch:
+                on_batch(sum(len(groups[i][1]) for i in idx), sum(len(rows[i][0]) for i in idx))
         return out
 
     def start(self, prompt: list[int], room: int = 0) -> tuple[torch.Tensor, Any]:
