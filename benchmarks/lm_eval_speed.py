@@ -4,9 +4,10 @@
                                                  [--seq 512] [--shots 1] [--gen-tokens 32] [--out FILE.json]
 
 One process: a random llmctl model (vocab 512, `--layers` x `--d-model`, context `--seq`) saved as a
-checkpoint and exported with `llmctl.export.hf.export_hf`; three local lm-eval tasks over the
-bundled fixtures (tests/eval/lm_eval_helpers.py: MMLU slice multiple choice, GSM8K-style
-generation with `--gen-tokens` new tokens, loglikelihood_rolling perplexity). Each round runs
+checkpoint and exported with `llmctl.export.hf.export_hf`; four local lm-eval tasks over the
+bundled fixtures (tests/eval/lm_eval_helpers.py: MMLU slice multiple choice over the letters and
+over the choices' texts, GSM8K-style generation with `--gen-tokens` new tokens,
+loglikelihood_rolling perplexity). Each round runs
 `lm_eval.simple_evaluate` once on llmctl's adapter (`llmctl.eval.tasks.lm_eval_task.harness_lm`
 over the checkpoint) and once on `model="hf"` (the exported dir, float32, same batch size),
 alternating which goes first, each loading its model inside the timing; a warm-up run of each
@@ -36,7 +37,7 @@ import torch  # noqa: E402
 from eval_helpers import tiny_checkpoint  # noqa: E402
 from lm_eval_helpers import write_tasks  # noqa: E402
 
-TASKS = ["mmlu_local", "gsm8k_local", "ppl_local"]
+TASKS = ["mmlu_local", "mmlu_text_local", "gsm8k_local", "ppl_local"]
 
 
 def main() -> None:
@@ -70,6 +71,9 @@ def main() -> None:
     inc = write_tasks(tmp / "tasks", n_ppl=min(a.limit, 20))
     y = (inc / "gsm8k_local.yaml").read_text().replace("max_gen_toks: 8", f"max_gen_toks: {a.gen_tokens}")
     (inc / "gsm8k_local.yaml").write_text(y)
+    m = (inc / "mmlu_local.yaml").read_text().replace("task: mmlu_local", "task: mmlu_text_local")
+    m = m.replace('doc_to_choice: ["A", "B", "C", "D"]', 'doc_to_choice: "{{[A, B, C, D]}}"')
+    (inc / "mmlu_text_local.yaml").write_text(m)  # the choices' texts: multi-token continuations
     tm = TaskManager(include_path=str(inc), include_defaults=False)
     kw = dict(
         tasks=TASKS,
