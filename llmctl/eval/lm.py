@@ -60,6 +60,41 @@ def pad_width(n: int, max_len: int) -> int:
     return min(step * math.ceil(n / step), max(n, max_len))
 
 
+MIN_PREFIX = 64  # rows sharing at least this many leading tokens compute them once
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prefix_clusters(rows: dict[int, list[int]], spans: dict[int, int]) -> list[tuple[int, list[int]]]:
+    """(prefix length, row keys) for each run of rows, in token order, whose common leading tokens
+    (at least MIN_PREFIX, and ending before any row's first read position len - span) can be
+    computed once: few-shot prompts sharing their shots. A function of the rows alone."""
+    keys = sorted(rows, key=lambda i: (rows[i], i))
+    out: list[tuple[int, list[int]]] = []
+    if not keys:
+        return out
+    run, cur = [keys[0]], len(rows[keys[0]]) - spans[keys[0]]
+    for prev, nxt in zip(keys, keys[1:]):
+        p = min(cur, _lcp(rows[prev], rows[nxt]), len(rows[nxt]) - spans[nxt])
+        if p >= MIN_PREFIX:
+            run.append(nxt)
+            cur = p
+        else:
+            if len(run) > 1:
+                out.append((cur, run))
+            run, cur = [nxt], len(rows[nxt]) - spans[nxt]
+    if len(run) > 1:
+        out.append((cur, run))
+    return out
+
+
 class LM:
     """A causal LM behind one call: `logits(ids (B, T)) -> (B, T, V) fp32`, plus a KV-cached step."""
 
@@ -107,8 +142,27 @@ class LM:
         owners: dict[int, list[int]] = {}
         for i, u in enumerate(share):
             owners.setdefault(u, []).append(i)
-        order = sorted(owners, key=lambda i: (-len(inputs[i]), i))
+        span = {u: max(len(targets[i]) for i in g) for u, g in owners.items()}
         out: list[Any] = [None] * len(inputs)
+
+        def emit(u: int, logp: torch.Tensor) -> None:  # logp: (span[u], V) at the row's last positions
+            for i in owners[u]:
+                k = len(targets[i])
+                lp = logp[span[u] - k :]
+                tgt = torch.tensor(targets[i], dtype=torch.long, device=lp.device)
+                vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
+                out[i] = (vals, bool((lp.argmax(-1) == tgt).all()))
+
+        clusters = prefix_clusters({u: inputs[u] for u in owners}, span) if self.packs else []
+        for plen, run in clusters:
+            for u, logp, n_tok in self.score_prefixed(
+                [inputs[u] for u in run], [span[u] for u in run], plen, batch_size
+            ):
+                emit(run[u], logp)
+                if on_batch:
+                    on_batch(len(owners[run[u]]), n_tok)
+        done = {u for _, run in clusters for u in run}
+        order = sorted((u for u in owners if u not in done), key=lambda i: (-len(inputs[i]), i))
         batches: list[list[int]] = []
         for i in order:  # a batch holds rows of one padded width only, so a row's width never
             if (
@@ -125,19 +179,17 @@ class LM:
             for r, i in enumerate(idx):
                 ids[r, : len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
             lengths = [len(inputs[i]) for i in idx]
-            spans = [max(len(targets[i]) for i in owners[u]) for u in idx]
-            logps = self.target_logprobs(ids.to(self.device), lengths, spans)
+            logps = self.target_logprobs(ids.to(self.device), lengths, [span[u] for u in idx])
             for r, u in enumerate(idx):
-                for i in owners[u]:
-                    k = len(targets[i])
-                    lp = logps[r][spans[r] - k :]
-                    tgt = torch.tensor(targets[i], dtype=torch.long, device=lp.device)
-                    vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
-                    greedy = bool((lp.argmax(-1) == tgt).all())
-                    out[i] = (vals, greedy)
+                emit(u, logps[r])
             if on_batch:
                 on_batch(sum(len(owners[u]) for u in idx), sum(lengths))
         return out
+
+    def score_prefixed(
+        self, rows: list[list[int]], spans: list[int], plen: int, batch_size: int
+    ) -> list[tuple[int, torch.Tensor, int]]:  # pragma: no cover - only for backends that pack
+        raise NotImplementedError
 
     packs = False  # score_packed: a question's choices in one row after their shared context
 
@@ -315,6 +367,44 @@ class LlmctlLM(LM):
         return out
 
     packs = True
+
+    @torch.no_grad()
+    def score_prefixed(
+        self, rows: list[list[int]], spans: list[int], plen: int, batch_size: int
+    ) -> list[tuple[int, torch.Tensor, int]]:
+        """Rows sharing their first `plen` tokens: the prefix runs once (its keys and values cached),
+        then each row's rest, right-padded to `pad_width` of its own length, in batches of one width
+        against a copy of that cache. (row index, log-softmax (spans[r], V) at its last positions,
+        tokens computed) per row."""
+        dtype = next(self.model.parameters()).dtype
+        pre = KVCache(self.cfg, 1, plen, device=self.device, dtype=dtype)
+        self.model.hidden_states(torch.tensor([rows[0][:plen]], device=self.device), kv_cache=pre)
+        order = sorted(range(len(rows)), key=lambda r: (-len(rows[r]), r))
+        batches: list[list[int]] = []
+        for r in order:
+            w = self._width(len(rows[r]) - plen)
+            if batches and len(batches[-1]) < batch_size and self._width(len(rows[batches[-1][0]]) - plen) == w:
+                batches[-1].append(r)
+            else:
+                batches.append([r])
+        out = []
+        for idx in batches:
+            w = self._width(len(rows[idx[0]]) - plen)
+            ids = torch.zeros(len(idx), w, dtype=torch.long)
+            for j, r in enumerate(idx):
+                ids[j, : len(rows[r]) - plen] = torch.tensor(rows[r][plen:], dtype=torch.long)
+            cache = KVCache(self.cfg, len(idx), plen + w, device=self.device, dtype=dtype)
+            for layer in range(self.cfg.n_layer):
+                cache.k[layer][:, :, :plen] = pre.k[layer][:, :, :plen]
+                cache.v[layer][:, :, :plen] = pre.v[layer][:, :, :plen]
+            cache.pos = plen
+            h = self.model.hidden_states(ids.to(self.device), kv_cache=cache)
+            for j, r in enumerate(idx):
+                n, k = len(rows[r]) - plen, spans[r]
+                kb = min(n, 8 * math.ceil(k / 8))
+                logp = F.log_softmax(self.model.lm_head(h[j, n - kb : n]).float(), dim=-1)
+                out.append((r, logp[kb - k :], n))
+        return out
 
     @torch.no_grad()
     def score_packed(
