@@ -4,8 +4,10 @@
 summed log-probability of the continuation and whether it is greedy. `LM.score` and
 `LM.generate_many` give the same numbers and tokens whatever the batch size: a row is right-padded
 to a width that depends on its own length only (`pad_width`), rows of one width share a forward,
-the lm head runs only where a target is read (llmctl checkpoints), and each prompt is sampled with
-its own generator (seed per item). llmctl checkpoints generate in batches of similar prompt length
+and each prompt is sampled with its own generator (seed per item). llmctl checkpoints also run the
+lm head only where a target is read, compute leading tokens shared by several rows once
+(`prefix_clusters`: few-shot prompts) and score a question's multi-token choices in one row after
+their context (`score_packed`); both are functions of the requests alone, never of the batch. llmctl checkpoints generate in batches of similar prompt length
 through `llmctl.model.generate.generate_batch`.
 """
 
