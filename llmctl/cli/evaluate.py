@@ -108,7 +108,7 @@ def eval_cmd(
         Optional[bool],
         typer.Option(
             "--chat",
-            help="lm-eval: the model's chat template, shots as earlier turns (lm-eval's --apply_chat_template --fewshot_as_multiturn).",
+            help="mc, exact_match, lm-eval: the model's chat template, shots as earlier turns, the answer as its reply (lm-eval's --apply_chat_template --fewshot_as_multiturn).",
         ),
     ] = None,
     lm_eval_include: Annotated[

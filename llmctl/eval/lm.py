@@ -2,9 +2,13 @@
 
 `LM.loglikelihood` returns lm-evaluation-harness's `loglikelihood` per (context, continuation): the
 summed log-probability of the continuation and whether it is greedy. `LM.score` and
-`LM.generate_many` give the same numbers and tokens whatever the batch size: rows are padded to a
-fixed width of their own (`_bucket`), and each prompt is sampled with its own generator (seed per
-item). llmctl checkpoints generate in batches through `llmctl.model.generate.generate_batch`.
+`LM.generate_many` give the same numbers and tokens whatever the batch size: a row is right-padded
+to a width that depends on its own length only (`pad_width`), rows of one width share a forward,
+and each prompt is sampled with its own generator (seed per item). llmctl checkpoints also run the
+lm head only where a target is read, compute leading tokens shared by several rows once
+(`prefix_clusters`: few-shot prompts) and score a question's multi-token choices in one row after
+their context (`score_packed`); both are functions of the requests alone, never of the batch. llmctl checkpoints generate in batches of similar prompt length
+through `llmctl.model.generate.generate_batch`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from llmctl.store.dataset import fingerprint_file
 from llmctl.tokenizer.chat import CHAT_TEMPLATE_JINJA, render_chat
 from llmctl.tokenizer.load import load_tokenizer
 
-PAD_MULTIPLE = 64
+PAD_MULTIPLE = 16  # the finest padding step; longer rows pad to a step of 1/16 of their length
 _MARKER = re.compile(r"(<\|[A-Za-z_]+\|>)")
 
 
@@ -50,8 +54,47 @@ class TextCodec:
     chat_template: str = ""
 
 
-def _bucket(n: int) -> int:
-    return PAD_MULTIPLE * math.ceil(n / PAD_MULTIPLE)
+def pad_width(n: int, max_len: int) -> int:
+    """The width a row of `n` tokens is right-padded to when scored: a function of `n` alone, so a
+    row's numbers never depend on the rows batched with it. Rounded up to a multiple of 16, or of
+    2^(bits(n) - 5) from 512 tokens (under 1/16 of padding), never past the context unless n is."""
+    step = max(PAD_MULTIPLE, 1 << max(0, n.bit_length() - 5))
+    return min(step * math.ceil(n / step), max(n, max_len))
+
+
+MIN_PREFIX = 64  # rows sharing at least this many leading tokens compute them once
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prefix_clusters(rows: dict[int, list[int]], spans: dict[int, int]) -> list[tuple[int, list[int]]]:
+    """(prefix length, row keys) for each run of rows, in token order, whose common leading tokens
+    (at least MIN_PREFIX, and ending before any row's first read position len - span) can be
+    computed once: few-shot prompts sharing their shots. A function of the rows alone."""
+    keys = sorted(rows, key=lambda i: (rows[i], i))
+    out: list[tuple[int, list[int]]] = []
+    if not keys:
+        return out
+    run, cur = [keys[0]], len(rows[keys[0]]) - spans[keys[0]]
+    for prev, nxt in zip(keys, keys[1:]):
+        p = min(cur, _lcp(rows[prev], rows[nxt]), len(rows[nxt]) - spans[nxt])
+        if p >= MIN_PREFIX:
+            run.append(nxt)
+            cur = p
+        else:
+            if len(run) > 1:
+                out.append((cur, run))
+            run, cur = [nxt], len(rows[nxt]) - spans[nxt]
+    if len(run) > 1:
+        out.append((cur, run))
+    return out
 
 
 class LM:
@@ -65,8 +108,8 @@ class LM:
     def logits(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
-        """Logits (V,) after the prompt and a cache state for `step`."""
+    def start(self, prompt: list[int], room: int = 0) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
+        """Logits (V,) after the prompt and a cache state for `step` with room for `room` more tokens."""
         raise NotImplementedError
 
     def step(self, token: int, state: Any) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
@@ -76,7 +119,12 @@ class LM:
         raise NotImplementedError
 
     def _width(self, n: int) -> int:
-        return min(_bucket(n), max(n, self.max_len))
+        return pad_width(n, self.max_len)
+
+    def target_logprobs(self, ids: torch.Tensor, lengths: list[int], spans: list[int]) -> list[torch.Tensor]:
+        """Per row r: log-softmax (spans[r], V) at the last spans[r] of its lengths[r] real positions."""
+        logp = F.log_softmax(self.logits(ids, lengths).float(), dim=-1)
+        return [logp[r, n - k : n] for r, (n, k) in enumerate(zip(lengths, spans))]
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -96,8 +144,27 @@ class LM:
         owners: dict[int, list[int]] = {}
         for i, u in enumerate(share):
             owners.setdefault(u, []).append(i)
-        order = sorted(owners, key=lambda i: (-len(inputs[i]), i))
+        span = {u: max(len(targets[i]) for i in g) for u, g in owners.items()}
         out: list[Any] = [None] * len(inputs)
+
+        def emit(u: int, logp: torch.Tensor) -> None:  # logp: (span[u], V) at the row's last positions
+            for i in owners[u]:
+                k = len(targets[i])
+                lp = logp[span[u] - k :]
+                tgt = torch.tensor(targets[i], dtype=torch.long, device=lp.device)
+                vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
+                out[i] = (vals, bool((lp.argmax(-1) == tgt).all()))
+
+        clusters = prefix_clusters({u: inputs[u] for u in owners}, span) if self.packs else []
+        for plen, run in clusters:
+            for u, logp, n_tok in self.score_prefixed(
+                [inputs[u] for u in run], [span[u] for u in run], plen, batch_size
+            ):
+                emit(run[u], logp)
+                if on_batch:
+                    on_batch(len(owners[run[u]]), n_tok)
+        done = {u for _, run in clusters for u in run}
+        order = sorted((u for u in owners if u not in done), key=lambda i: (-len(inputs[i]), i))
         batches: list[list[int]] = []
         for i in order:  # a batch holds rows of one padded width only, so a row's width never
             if (
@@ -113,19 +180,20 @@ class LM:
             ids = torch.zeros(len(idx), width, dtype=torch.long)
             for r, i in enumerate(idx):
                 ids[r, : len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
-            logits = self.logits(ids.to(self.device), [len(inputs[i]) for i in idx])
-            logp = F.log_softmax(logits.float(), dim=-1)
+            lengths = [len(inputs[i]) for i in idx]
+            logps = self.target_logprobs(ids.to(self.device), lengths, [span[u] for u in idx])
             for r, u in enumerate(idx):
-                for i in owners[u]:
-                    n, k = len(inputs[i]), len(targets[i])
-                    lp = logp[r, n - k : n]
-                    tgt = torch.tensor(targets[i], dtype=torch.long, device=lp.device)
-                    vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
-                    greedy = bool((lp.argmax(-1) == tgt).all())
-                    out[i] = (vals, greedy)
+                emit(u, logps[r])
             if on_batch:
-                on_batch(sum(len(owners[u]) for u in idx), sum(len(inputs[i]) for i in idx))
+                on_batch(sum(len(owners[u]) for u in idx), sum(lengths))
         return out
+
+    def score_prefixed(
+        self, rows: list[list[int]], spans: list[int], plen: int, batch_size: int
+    ) -> list[tuple[int, torch.Tensor, int]]:  # pragma: no cover - only for backends that pack
+        raise NotImplementedError
+
+    packs = False  # score_packed: a question's choices in one row after their shared context
 
     def loglikelihood(
         self,
@@ -133,8 +201,10 @@ class LM:
         batch_size: int,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> list[tuple[float, bool]]:
-        """lm-eval's loglikelihood: sum log p(continuation | context), is_greedy."""
-        inputs, targets = [], []
+        """lm-eval's loglikelihood: sum log p(continuation | context), is_greedy. On a backend that
+        packs, requests with one context and a continuation longer than a token (a question's text
+        choices) are scored in one row: the context once, then each continuation attending to it."""
+        inputs, targets, ctxs = [], [], []
         for ctx, cont in requests:
             if not cont:
                 raise UsageError("a continuation must have at least one token")
@@ -143,7 +213,40 @@ class LM:
             whole = (ctx + cont)[-(self.max_len + 1) :]
             inputs.append(whole[:-1])
             targets.append(cont)
-        return [(math.fsum(v), g) for v, g in self.score(inputs, targets, batch_size, on_batch)]
+            ctxs.append(ctx)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        if self.packs:
+            for i, c in enumerate(ctxs):
+                groups.setdefault(tuple(c), []).append(i)
+        packed = [
+            g
+            for c, g in groups.items()
+            if len(g) > 1
+            and any(len(targets[i]) > 1 for i in g)
+            and len(c) + sum(len(targets[i]) - 1 for i in g) <= self.max_len
+        ]
+        rest = sorted(set(range(len(requests))) - {i for g in packed for i in g})
+        out: list[Any] = [None] * len(requests)
+        if packed:
+            for g, vals in zip(
+                packed, self.score_packed([(ctxs[g[0]], [targets[i] for i in g]) for g in packed], batch_size, on_batch)
+            ):
+                for i, v in zip(g, vals):
+                    out[i] = v
+        if rest:
+            for i, v in zip(
+                rest, self.score([inputs[i] for i in rest], [targets[i] for i in rest], batch_size, on_batch)
+            ):
+                out[i] = v
+        return [(math.fsum(v), g) for v, g in out]
+
+    def score_packed(
+        self,
+        groups: Sequence[tuple[list[int], list[list[int]]]],
+        batch_size: int,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[list[tuple[list[float], bool]]]:  # pragma: no cover - only for backends that pack
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -162,7 +265,7 @@ class LM:
         stops = set(self.codec.stop_ids if stop_ids is None else stop_ids)
         prompt = prompt[-max(1, self.max_len - max_new_tokens) :]
         gen = torch.Generator().manual_seed(seed)
-        logits, state = self.start(prompt)
+        logits, state = self.start(prompt, max_new_tokens)
         out: list[int] = []
         for _ in range(max_new_tokens):
             tok = sample(logits, temperature, top_k, top_p, gen)
@@ -253,8 +356,125 @@ class LlmctlLM(LM):
     def logits(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         return self.model(ids)
 
-    def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:
-        cache = KVCache(self.cfg, 1, self.max_len, device=self.device)
+    def target_logprobs(self, ids: torch.Tensor, lengths: list[int], spans: list[int]) -> list[torch.Tensor]:
+        """The lm head and its log-softmax only at the positions read: per row, its last spans[r]
+        real positions rounded up to a multiple of 8 (one head matmul per row, whose shape depends on
+        that row alone), instead of (B, T, V) logits over every position."""
+        h = self.model.hidden_states(ids)
+        out = []
+        for r, (n, k) in enumerate(zip(lengths, spans)):
+            kb = min(n, 8 * math.ceil(k / 8))
+            logp = F.log_softmax(self.model.lm_head(h[r, n - kb : n]).float(), dim=-1)
+            out.append(logp[kb - k :])
+        return out
+
+    packs = True
+
+    @torch.no_grad()
+    def score_prefixed(
+        self, rows: list[list[int]], spans: list[int], plen: int, batch_size: int
+    ) -> list[tuple[int, torch.Tensor, int]]:
+        """Rows sharing their first `plen` tokens: the prefix runs once (its keys and values cached),
+        then each row's rest, right-padded to `pad_width` of its own length, in batches of one width
+        against a copy of that cache. (row index, log-softmax (spans[r], V) at its last positions,
+        tokens computed) per row."""
+        dtype = next(self.model.parameters()).dtype
+        pre = KVCache(self.cfg, 1, plen, device=self.device, dtype=dtype)
+        self.model.hidden_states(torch.tensor([rows[0][:plen]], device=self.device), kv_cache=pre)
+        order = sorted(range(len(rows)), key=lambda r: (-len(rows[r]), r))
+        batches: list[list[int]] = []
+        for r in order:
+            w = self._width(len(rows[r]) - plen)
+            if batches and len(batches[-1]) < batch_size and self._width(len(rows[batches[-1][0]]) - plen) == w:
+                batches[-1].append(r)
+            else:
+                batches.append([r])
+        out = []
+        for idx in batches:
+            w = self._width(len(rows[idx[0]]) - plen)
+            ids = torch.zeros(len(idx), w, dtype=torch.long)
+            for j, r in enumerate(idx):
+                ids[j, : len(rows[r]) - plen] = torch.tensor(rows[r][plen:], dtype=torch.long)
+            cache = KVCache(self.cfg, len(idx), plen + w, device=self.device, dtype=dtype)
+            for layer in range(self.cfg.n_layer):
+                cache.k[layer][:, :, :plen] = pre.k[layer][:, :, :plen]
+                cache.v[layer][:, :, :plen] = pre.v[layer][:, :, :plen]
+            cache.pos = plen
+            h = self.model.hidden_states(ids.to(self.device), kv_cache=cache)
+            for j, r in enumerate(idx):
+                n, k = len(rows[r]) - plen, spans[r]
+                kb = min(n, 8 * math.ceil(k / 8))
+                logp = F.log_softmax(self.model.lm_head(h[j, n - kb : n]).float(), dim=-1)
+                out.append((r, logp[kb - k :], n))
+        return out
+
+    @torch.no_grad()
+    def score_packed(
+        self,
+        groups: Sequence[tuple[list[int], list[list[int]]]],
+        batch_size: int,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[list[tuple[list[float], bool]]]:
+        """Per group (context, continuations): one row, the context then each continuation but its
+        last token, positions restarting after the context for each, and a mask letting a
+        continuation see the context and itself only; a continuation's first token is read at the
+        context's last position. Rows pad to `pad_width` of their own length (batch-independent)."""
+        rows = []
+        for ctx, conts in groups:
+            n = len(ctx)
+            toks, pos, seg, reads = list(ctx), list(range(n)), [0] * n, []
+            for j, cont in enumerate(conts):
+                start = len(toks)
+                toks += cont[:-1]
+                pos += range(n, n + len(cont) - 1)
+                seg += [j + 1] * (len(cont) - 1)
+                reads.append([n - 1] + list(range(start, start + len(cont) - 1)))
+            rows.append((toks, pos, seg, reads))
+        order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]), i))
+        batches: list[list[int]] = []
+        for i in order:
+            w = self._width(len(rows[i][0]))
+            if batches and len(batches[-1]) < batch_size and self._width(len(rows[batches[-1][0]][0])) == w:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        out: list[Any] = [None] * len(rows)
+        for idx in batches:
+            w = self._width(len(rows[idx[0]][0]))
+            ids = torch.zeros(len(idx), w, dtype=torch.long)
+            positions = torch.zeros(len(idx), w, dtype=torch.long)
+            segment = torch.full((len(idx), w), -1, dtype=torch.long)
+            for r, i in enumerate(idx):
+                toks, pos, seg, _ = rows[i]
+                ids[r, : len(toks)] = torch.tensor(toks)
+                positions[r, : len(toks)] = torch.tensor(pos)
+                segment[r, : len(toks)] = torch.tensor(seg)
+            causal = torch.ones(w, w, dtype=torch.bool).tril()
+            q, k = segment[:, :, None], segment[:, None, :]
+            mask = causal & (k >= 0) & ((k == 0) | (k == q)) & (q >= 0)
+            mask |= torch.eye(w, dtype=torch.bool)  # a pad query sees itself: no empty softmax row
+            h = self.model.hidden_states(
+                ids.to(self.device), positions=positions.to(self.device), attn_mask=mask[:, None].to(self.device)
+            )
+            for r, i in enumerate(idx):
+                _, _, _, reads = rows[i]
+                flat = [p for rd in reads for p in rd]
+                logp = F.log_softmax(self.model.lm_head(h[r, flat]).float(), dim=-1)
+                res, at = [], 0
+                for cont, rd in zip(groups[i][1], reads):
+                    lp = logp[at : at + len(rd)]
+                    at += len(rd)
+                    tgt = torch.tensor(cont, dtype=torch.long, device=lp.device)
+                    vals = lp.gather(1, tgt[:, None])[:, 0].double().cpu().tolist()
+                    res.append((vals, bool((lp.argmax(-1) == tgt).all())))
+                out[i] = res
+            if on_batch:
+                on_batch(sum(len(groups[i][1]) for i in idx), sum(len(rows[i][0]) for i in idx))
+        return out
+
+    def start(self, prompt: list[int], room: int = 0) -> tuple[torch.Tensor, Any]:
+        """The cache holds the prompt and `room` more tokens (not the whole context)."""
+        cache = KVCache(self.cfg, 1, min(self.max_len, len(prompt) + max(1, room)), device=self.device)
         logits = self.model(torch.tensor([prompt], device=self.device), kv_cache=cache)
         return logits[0, -1], cache
 
@@ -276,19 +496,22 @@ class LlmctlLM(LM):
         batch_size: int = 1,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> list[list[int]]:
-        """Batches of `batch_size` prompts through `llmctl.model.generate.generate_batch`, one generator per
+        """Batches of `batch_size` prompts of similar length (longest first, as lm-eval's `hf` sorts
+        them: little left padding) through `llmctl.model.generate.generate_batch`, one generator per
         prompt (seeds[i]), so a prompt's tokens do not depend on the batch it is in."""
         seeds = list(seeds) if seeds is not None else [0] * len(prompts)
         stops = tuple(self.codec.stop_ids if stop_ids is None else stop_ids)
         stop_fn = (lambda ids: any(s in self.codec.decode(ids) for s in stop_text)) if stop_text else None
         cut = [p[-max(1, self.max_len - max_new_tokens) :] for p in prompts]
-        out: list[list[int]] = []
-        for s in range(0, len(cut), max(1, batch_size)):
-            chunk = cut[s : s + max(1, batch_size)]
-            gens = [torch.Generator(device=self.device).manual_seed(sd) for sd in seeds[s : s + len(chunk)]]
+        order = sorted(range(len(cut)), key=lambda i: (-len(cut[i]), i))
+        out: list[list[int]] = [[] for _ in cut]
+        bs = max(1, batch_size)
+        for s in range(0, len(order), bs):
+            idx = order[s : s + bs]
+            gens = [torch.Generator(device=self.device).manual_seed(seeds[i]) for i in idx]
             g = generate_batch(
                 self.model,
-                chunk,
+                [cut[i] for i in idx],
                 max_new_tokens,
                 temperature,
                 top_k or None,
@@ -298,9 +521,10 @@ class LlmctlLM(LM):
                 pad_id=self.tokenizer.pad_id,
                 stop_fn=stop_fn,
             )
-            out += g.tokens
+            for i, t in zip(idx, g.tokens):
+                out[i] = t
             if on_batch:
-                on_batch(len(chunk), g.new_tokens)
+                on_batch(len(idx), g.new_tokens)
         return out
 
 
@@ -385,7 +609,7 @@ class HFLM(LM):
         # mask of all ones keeps transformers on the same (causal) kernel for every batch.
         return self.model(input_ids=ids, use_cache=False).logits.float()
 
-    def start(self, prompt: list[int]) -> tuple[torch.Tensor, Any]:
+    def start(self, prompt: list[int], room: int = 0) -> tuple[torch.Tensor, Any]:
         o = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
         return o.logits[0, -1].float(), o.past_key_values
 

@@ -125,13 +125,15 @@ def generate_batch(
     valid[:, :width] = torch.arange(width, device=device)[None] >= (width - lens)[:, None]
     positions = (torch.arange(width, device=device)[None] - (width - lens)[:, None]).clamp(min=0)
     cache = KVCache(model.cfg, b, width + steps, device=device, dtype=p0.dtype) if use_cache else None
+    last = torch.zeros(b, width, dtype=torch.bool, device=device)
+    last[:, -1] = True  # the lm head at the last position only: (B, V), not (B, width, V)
     if padded:
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         eye = torch.eye(width, dtype=torch.bool, device=device)
         mask = ((causal & valid[:, None, :width]) | eye)[:, None]
-        logits = model(ids, positions=positions, kv_cache=cache, attn_mask=mask)[:, -1]
+        logits = model(ids, positions=positions, kv_cache=cache, attn_mask=mask, keep=last)
     else:
-        logits = model(ids, kv_cache=cache)[:, -1]
+        logits = model(ids, kv_cache=cache, keep=last)
     out: list[list[int]] = [[] for _ in range(b)]
     ended, done = [False] * b, [False] * b
     stopped: list[int | None] = [None] * b

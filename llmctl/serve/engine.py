@@ -14,7 +14,6 @@ tokens (tests/serve/test_engine.py). One thread runs the model; callers talk to 
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from llmctl.eval.lm import PAD_MULTIPLE
+from llmctl.eval.lm import pad_width
 from llmctl.model.generate import filter_logits
 from llmctl.model.transformer import KVCache, Transformer
 
@@ -110,10 +109,10 @@ class SlotCache:
 def prompt_logprobs(model: Transformer, ids: list[int], top: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
     """Log-probs of ids[1:] given their prefixes, and the `top` likeliest ids at each position.
 
-    The row is right-padded to `llmctl eval`'s width (a multiple of 64 within the context), as
-    `LM.score` pads it, so a lone row gives the numbers `llmctl eval` computes for it."""
+    The row is right-padded to `llmctl eval`'s width (`pad_width`), as `LM.score` pads it, so a
+    lone row gives the numbers `llmctl eval` computes for it (up to the rounding of its lm head)."""
     n = len(ids)
-    width = min(PAD_MULTIPLE * math.ceil(n / PAD_MULTIPLE), max(n, model.cfg.max_seq_len))
+    width = pad_width(n, model.cfg.max_seq_len)
     x = torch.zeros(1, width, dtype=torch.long, device=next(model.parameters()).device)
     x[0, :n] = torch.tensor(ids)
     logp = F.log_softmax(model(x)[0, : n - 1].float(), dim=-1)

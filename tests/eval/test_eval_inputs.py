@@ -83,3 +83,49 @@ def test_replaced_ppl_dataset_is_not_reported_stale(tmp_path):
     with pytest.raises(UsageError, match="docs changed"):
         run_eval(ck, out, cfg())
     assert _n(run_eval(ck, out, cfg(), overwrite=True), "documents") == 5
+
+
+@pytest.mark.parametrize(
+    "task, options, message",
+    [
+        ("nosuch", {}, "unknown eval task nosuch"),
+        ("mc", {"mc.data": "/nope.csv"}, "/nope.csv: no such multiple-choice file"),
+        ("exact_match", {"exact_match.data": "/nope.jsonl", "exact_match.chat": True}, "/nope.jsonl: no such JSONL"),
+        ("judge", {"judge.prompts": "/nope.jsonl", "judge.baseline": "CK", "judge.judge": "CK"}, "no such prompts"),
+        ("judge", {"judge.prompts": "P", "judge.baseline": "CK"}, "exactly one of --judge MODEL and --judge-url"),
+        ("lm-eval:x", {"lm_eval.include": "/nope"}, "--lm-eval-include /nope: no such directory"),
+    ],
+)
+def test_missing_inputs_and_unknown_tasks_are_one_line_with_nothing_written(tmp_path, task, options, message):
+    ck = tiny_checkpoint(tmp_path / "ck", tmp_path)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"instruction": "Say hi."}) + "\n")
+    cfg = EvalConfig(tasks=[task])
+    for key, val in options.items():
+        section, name = key.split(".")
+        val = {"CK": str(ck), "P": str(prompts)}.get(val, val) if isinstance(val, str) else val
+        setattr(getattr(cfg, section), name, val)
+    with pytest.raises(UsageError, match=message) as e:
+        run_eval(ck, tmp_path / "out", cfg)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_chat_without_a_chat_template_is_one_line(tmp_path):
+    from hf_helpers import qwen2_chat_dir
+
+    hf = qwen2_chat_dir(tmp_path / "qwen")
+    conf = json.loads((hf / "tokenizer_config.json").read_text())
+    conf.pop("chat_template", None)
+    (hf / "tokenizer_config.json").write_text(json.dumps(conf))
+    for f in hf.glob("chat_template.j*"):
+        f.unlink()
+    mmlu = Path(__file__).resolve().parents[1] / "fixtures" / "mmlu"
+    data = tmp_path / "em.jsonl"
+    data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    for task, section, path in (("mc", "mc", mmlu), ("exact_match", "exact_match", data)):
+        cfg = EvalConfig(tasks=[task])
+        getattr(cfg, section).data, getattr(cfg, section).chat, getattr(cfg, section).limit = str(path), True, 1
+        with pytest.raises(UsageError, match="has no chat template; --chat needs one"):
+            run_eval(hf, tmp_path / f"out_{task}", cfg)
+        assert not (tmp_path / f"out_{task}").exists()

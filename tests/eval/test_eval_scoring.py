@@ -323,3 +323,55 @@ def test_mc_folder_with_dev_beside_val_scores_val_with_dev_shots(tmp_path):
     items = pq.read_table(tmp_path / "res" / "_samples" / "mc").to_pylist()
     assert [r["question"] for r in items] == ["Val one?", "Val two?", "Val three?"]
     assert all("Dev question?\nA. a" in r["context"] and "Dev two?" not in r["context"] for r in items)
+
+
+def test_packed_choices_equal_one_row_per_choice(tmp_path):
+    """A question's multi-token choices scored in one row after their shared context give what one
+    full row per choice gives (within float rounding: another attention kernel), the same greedy
+    flags, and bit-identical numbers at any batch size."""
+    import random
+
+    ck = tiny_checkpoint(tmp_path / "ck", tmp_path, seed=2, n_layer=2, n_head=2, d_model=32, max_seq_len=256)
+    lm = load_lm(ck)
+    rng = random.Random(0)
+    reqs = []
+    for q in range(6):
+        ctx = [rng.randrange(3, VOCAB) for _ in range(rng.randrange(5, 60))]
+        greedy = lm.generate(ctx, 3)  # one choice is the model's own greedy continuation
+        conts = [greedy] + [[rng.randrange(3, VOCAB) for _ in range(rng.randrange(1, 9))] for _ in range(3)]
+        reqs += [(ctx, c) for c in conts]
+    reqs.append(([5, 6, 7], [8]))  # a lone request: a row of its own
+    packed = lm.loglikelihood(reqs, 8)
+    assert packed == lm.loglikelihood(reqs, 1) == lm.loglikelihood(reqs, 3)
+    lm.packs = False
+    rows = lm.loglikelihood(reqs, 8)
+    assert [g for _, g in packed] == [g for _, g in rows] and sum(g for _, g in rows) >= 6
+    assert [v for v, _ in packed] == pytest.approx([v for v, _ in rows], abs=1e-5)
+
+
+def test_shared_prefix_computed_once_equals_full_rows(tmp_path):
+    """Few-shot prompts sharing their shots: the shared tokens run once (cached keys and values),
+    each question's rest after them; the same log-likelihoods as full rows (within float
+    rounding), the same greedy flags, bit-identical at any batch size."""
+    import random
+
+    from llmctl.eval.lm import MIN_PREFIX, prefix_clusters
+
+    ck = tiny_checkpoint(tmp_path / "ck", tmp_path, seed=4, n_layer=2, n_head=2, d_model=32, max_seq_len=256)
+    lm = load_lm(ck)
+    rng = random.Random(1)
+    reqs, shots = [], [[rng.randrange(3, VOCAB) for _ in range(MIN_PREFIX + 20)] for _ in range(2)]
+    for s in shots:
+        for q in range(5):
+            ctx = s + [rng.randrange(3, VOCAB) for _ in range(rng.randrange(3, 40))]
+            reqs += [(ctx, [c]) for c in (5, 6, 7, 8)] + [(ctx, lm.generate(ctx, 1))]
+    reqs.append(([9] * 10, [3]))  # shares nothing: a row of its own
+    inputs = {i: (c + x)[:-1] for i, (c, x) in enumerate(reqs) if i % 5 == 0}
+    clusters = prefix_clusters(inputs, {i: 1 for i in inputs})
+    assert [len(run) for _, run in clusters] == [5, 5] and all(p >= MIN_PREFIX + 20 for p, _ in clusters)
+    got = lm.loglikelihood(reqs, 8)
+    assert got == lm.loglikelihood(reqs, 1) == lm.loglikelihood(reqs, 3)
+    lm.packs = False
+    full = lm.loglikelihood(reqs, 8)
+    assert [g for _, g in got] == [g for _, g in full] and sum(g for _, g in full) >= 10
+    assert [v for v, _ in got] == pytest.approx([v for v, _ in full], abs=1e-5)

@@ -30,6 +30,7 @@ class ExactMatchConfig:
     shots: int = 0
     fewshot_data: str = ""  # with shots > 0: JSONL of solved examples (e.g. GSM8K train)
     format: str = "plain"  # plain | chat
+    chat: bool = False  # --chat: format chat (the model's chat template, shots as earlier turns)
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
     seed: int = 0
@@ -58,14 +59,22 @@ def check(cfg: ExactMatchConfig) -> None:
         raise UsageError("exact_match with shots > 0 needs --set exact_match.fewshot_data=FILE.jsonl")
 
 
+def chat_messages(question: str, shots: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Each shot a user turn (its question) and an assistant turn (its answer), then the question."""
+    msgs = []
+    for s in shots:
+        msgs += [{"role": "user", "content": str(s["question"])}, {"role": "assistant", "content": str(s["answer"])}]
+    return msgs + [{"role": "user", "content": question}]
+
+
 def prompt_ids(lm: LM, question: str, shots: list[dict[str, Any]], fmt: str) -> list[int]:
     if fmt == "plain":
         parts = [f"Question: {s['question']}\nAnswer: {s['answer']}" for s in shots]
         return lm.codec.encode("\n\n".join(parts + [f"Question: {question}\nAnswer:"]))
     if fmt == "chat":
         if lm.codec.chat is None:
-            raise UsageError(f"{lm.name}: its tokenizer has no chat template; use exact_match.format=plain")
-        return lm.codec.chat([{"role": "user", "content": question}])
+            raise UsageError(f"{lm.name}: its tokenizer has no chat template; --chat needs one")
+        return lm.codec.chat(chat_messages(question, shots))
     raise UsageError(f"exact_match.format must be plain or chat, got {fmt!r}")
 
 
@@ -90,11 +99,12 @@ def run(
     if not rows or any("question" not in r or "answer" not in r for r in rows):
         raise UsageError(f"{cfg.data}: needs JSONL rows with question and answer")
     shots = read_jsonl(cfg.fewshot_data, cfg.shots) if cfg.shots else []
-    stop_text = ("\n\n", "Question:") if cfg.format == "plain" else ()
+    fmt = "chat" if cfg.chat else cfg.format
+    stop_text = ("\n\n", "Question:") if fmt == "plain" else ()
     if progress:
         progress.start(TASK, len(rows))
     hits, lengths, samples = [], [], []
-    prompts = [prompt_ids(lm, r["question"], shots, cfg.format) for r in rows]
+    prompts = [prompt_ids(lm, r["question"], shots, fmt) for r in rows]
     outs = lm.generate_many(
         prompts,
         cfg.max_new_tokens,

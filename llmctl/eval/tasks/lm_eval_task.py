@@ -71,6 +71,7 @@ def harness_lm(lm: Any, batch_size: int, seed: int = 0, progress: Any = None, ch
             c = lm.codec
             self.prefix = c.bos_id if c.bos_id is not None else c.eos_id
             self.enc = c.encode_special if chat else c.encode
+            self._ctx_ids: dict[str, list[int]] = {}
 
         @property
         def tokenizer_name(self) -> str:
@@ -93,11 +94,15 @@ def harness_lm(lm: Any, batch_size: int, seed: int = 0, progress: Any = None, ch
             n = len(ctx) - len(ctx.rstrip())
             if n:
                 ctx, cont = ctx[:-n], ctx[-n:] + cont
-            whole, c = enc(ctx + cont), enc(ctx)
-            return c, whole[len(c) :]
+            if ctx not in self._ctx_ids:  # a question's choices share their context: encode it once
+                self._ctx_ids[ctx] = enc(ctx)
+            whole, c = enc(ctx + cont), self._ctx_ids[ctx]
+            return list(c), whole[len(c) :]
 
         def loglikelihood(self, requests: list) -> list[tuple[float, bool]]:
-            return self.lm.loglikelihood([self._pair(*r.args) for r in requests], self.bs, self._advance)
+            pairs = [self._pair(*r.args) for r in requests]
+            self._ctx_ids.clear()
+            return self.lm.loglikelihood(pairs, self.bs, self._advance)
 
         def loglikelihood_rolling(self, requests: list) -> list[float]:
             pairs, owner = [], []

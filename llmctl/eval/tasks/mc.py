@@ -6,12 +6,17 @@ lm-eval's `mmlu` prompt with k shots from the subject's dev file; continuations 
 (`choices=letters`) or the choice texts (`choices=text`), encoded as lm-eval's `_encode_pair`.
 `acc`: argmax of the summed log-likelihood; `acc_norm`: per character (`norm=chars`, lm-eval) or
 UTF-8 byte (`norm=bytes`) of the choice; ties go to the first choice. Per-item output: `SAMPLES_SCHEMA`.
+`chat` (--chat) is lm-eval's `--apply_chat_template --fewshot_as_multiturn` on its mmlu task: the
+subject line a system turn, each shot a user turn and the assistant's answer, the question the last
+user turn, rendered by the model's chat template (its markers read as special ids); the choice,
+with no leading space, is scored as the assistant's reply.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,7 @@ class MCConfig:
     limit: int = 0  # items per file (0 = all)
     subjects: list[str] = field(default_factory=list)  # restrict to these subjects (directory input)
     norm: str = "chars"  # acc_norm divides by the choice's length in: chars (lm-eval) | bytes (UTF-8)
+    chat: bool = False  # --chat: the model's chat template, shots as earlier turns, the choice as its reply
 
 
 def _subject(path: Path) -> str:
@@ -169,19 +175,36 @@ def choice_strings(item: dict[str, Any], mode: str) -> list[str]:
     raise UsageError(f"mc.choices must be letters or text, got {mode!r}")
 
 
+def header(subject: str) -> str:
+    return f"The following are multiple choice questions (with answers) about {subject}.\n\n"
+
+
 def build_context(item: dict[str, Any], subject: str, shots: list[dict[str, Any]], mode: str) -> str:
     parts = [doc_to_text(s) + " " + choice_strings(s, mode)[s["label"]] for s in shots] + [doc_to_text(item)]
-    return f"The following are multiple choice questions (with answers) about {subject}.\n\n" + "\n\n".join(parts)
+    return header(subject) + "\n\n".join(parts)
 
 
-def encode_pair(lm: LM, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval's HFLM._encode_pair."""
+def chat_messages(item: dict[str, Any], subject: str, shots: list[dict[str, Any]], mode: str) -> list[dict[str, str]]:
+    """The conversation lm-eval's fewshot_as_multiturn builds for its mmlu task: the subject line
+    (lm-eval's description) as the system turn, then per shot a user and an assistant turn."""
+    msgs = [{"role": "system", "content": header(subject)}]
+    for s in shots:
+        msgs.append({"role": "user", "content": doc_to_text(s)})
+        msgs.append({"role": "assistant", "content": choice_strings(s, mode)[s["label"]]})
+    return msgs + [{"role": "user", "content": doc_to_text(item)}]
+
+
+def encode_pair(
+    lm: LM, context: str, continuation: str, encode: Callable[[str], list[int]] | None = None
+) -> tuple[list[int], list[int]]:
+    """lm-eval's HFLM._encode_pair (with `encode`, e.g. the chat encoder reading markers as special ids)."""
+    enc = encode or lm.codec.encode
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = lm.codec.encode(context + continuation)
-    ctx = lm.codec.encode(context)
+    whole = enc(context + continuation)
+    ctx = enc(context)
     return ctx, whole[len(ctx) :]
 
 
@@ -217,28 +240,42 @@ def argmax(xs: list[float]) -> int:
     return max(range(len(xs)), key=lambda i: (xs[i], -i))
 
 
-def run(
-    lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
-) -> tuple[list[dict[str, Any]], list, Samples]:
+def build_requests(
+    lm: LM, cfg: MCConfig
+) -> tuple[list[dict[str, Any]], list[tuple[list[int], list[int]]], list[dict[str, Any]]]:
+    """The scored items, one (context ids, continuation ids) request per choice, and the lineage."""
     choice_length("", cfg.norm)
+    if cfg.chat and (lm.codec.chat_text is None or lm.codec.encode_special is None):
+        raise UsageError(f"{lm.name}: its tokenizer has no chat template; --chat needs one")
     items, requests, lineage = [], [], []
     for f in data_files(cfg):
         fs = fewshot_file(cfg, f)
         shots = read_items(fs, cfg.shots) if fs else []
         lineage.append(file_lineage(f))
         for k, item in enumerate(read_items(f, cfg.limit)):
-            ctx = build_context(item, _subject(f), shots, cfg.choices)
             conts = choice_strings(item, cfg.choices)
+            if cfg.chat:
+                ctx = lm.codec.chat_text(chat_messages(item, _subject(f), shots, cfg.choices), True)
+                enc, lead = lm.codec.encode_special, ""
+            else:
+                ctx, enc, lead = build_context(item, _subject(f), shots, cfg.choices), lm.codec.encode, " "
             item.update(
                 id=f"{f.stem}:{k}",
                 subject=_subject(f),
                 context=ctx,
-                continuations=[" " + c for c in conts],
+                continuations=[lead + c for c in conts],
                 first=len(requests),
                 lengths=[choice_length(c, cfg.norm) for c in conts],
             )
-            requests += [encode_pair(lm, ctx, " " + c) for c in conts]
+            requests += [encode_pair(lm, ctx, lead + c, enc) for c in conts]
             items.append(item)
+    return items, requests, lineage
+
+
+def run(
+    lm: LM, cfg: MCConfig, batch_size: int, progress: Any = None, *, model: str = "", device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list, Samples]:
+    items, requests, lineage = build_requests(lm, cfg)
     if progress:
         progress.start(TASK, len(requests))
     scored = lm.loglikelihood(requests, batch_size, progress.advance if progress else None)
