@@ -38,7 +38,7 @@ from llmctl.train.rl.algos import ALGOS, ValueHeadLM
 from llmctl.train.rl.core import GRPO_LOSS_TYPES, IMPORTANCE_LEVELS
 from llmctl.train.rl.rewards import Rewards
 from llmctl.train.rl.rollout import Prompt, RolloutBatches, load_prompts, make_toolbox, sample, write_samples
-from llmctl.train.rl.tools import ToolBox
+from llmctl.train.rl.tools import ToolBox, completion_text
 from llmctl.train.run_dir import training_stage
 
 
@@ -195,7 +195,7 @@ def held_out_reward(
     for s in range(0, len(mine), batch):
         chunk = mine[s : s + batch]
         out, _ = sample(model, [p.ids for p in chunk], cfg, tok, gen, tools, cfg.val_temperature)
-        texts = [tok.decode(t) for t in out.tokens]
+        texts = [completion_text(tok, t) if tools else tok.decode(t) for t in out.tokens]
         total, per = rewards([_val_prompt(p) for p in chunk], texts, [p.row for p in chunk], [p.index for p in chunk])
         length = sum(len(t) + (stop is not None) for t, stop in zip(out.tokens, out.stops))  # stop token counted
         tot += torch.tensor([sum(total), len(chunk), length] + [sum(per[n]) for n in names], dtype=torch.float64)

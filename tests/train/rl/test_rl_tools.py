@@ -10,11 +10,14 @@ import textwrap
 import pytest
 import rl_helpers as H
 import torch
+from tool_helpers import qwen_dir, trl_template
 
 from llmctl.errors import UsageError
 from llmctl.model.generate import Generated
+from llmctl.tokenizer.hf import HFTokenizer
+from llmctl.tokenizer.spm import Tokenizer
 from llmctl.train import distributed as D
-from llmctl.train.rl.tools import TOOLS, ToolBox, ToolError, calculator, generate_with_tools
+from llmctl.train.rl.tools import TOOLS, ToolBox, ToolError, calculator, completion_text, generate_with_tools
 
 
 @pytest.mark.parametrize(
@@ -120,7 +123,7 @@ def scripted(tok, text, stop=True):
     def gen(prompts, max_new, force_fn=None):
         toks, ended, stops, forced = [], [], [], []
         for i in range(len(prompts)):
-            model = tok.encode(text)
+            model = tok.encode(text) if isinstance(text, str) else list(text)
             out, fed, queue, k, end = [], [], [], 0, False
             while len(out) < max_new:
                 if queue:
@@ -156,22 +159,76 @@ def tok(tmp_path):
     return load_start(ck)[2]
 
 
+@pytest.fixture(scope="module")
+def text_tok():
+    """A tokenizer trained without the tool tokens (as before they existed): calls are text."""
+    return Tokenizer.train(
+        [json.dumps(r) for r in H.addition_rows()] + ["so <<12*34= answer #### 408"] * 5, 400, tool_tokens=False
+    )
+
+
+def marked(tok, *parts):
+    """Ids of text parts and tool-marker names (`<|tool_call|>` ...) in order."""
+    return [i for p in parts for i in ([tok.special_ids[p]] if p in tok.special_ids else tok.encode(p))]
+
+
 def test_tool_output_is_fed_and_marked_as_not_the_models(tok):
+    box = ToolBox(["calculator"])
+    script = marked(tok, "so ", "<|tool_call|>", "calculator 12*34", "<|/tool_call|>", " answer #### 408")
+    out, mine = generate_with_tools(scripted(tok, script), [[5, 6]], 64, tok, box)
+    comp = out.tokens[0]
+    fed = marked(tok, "<|tool_output|>", "408", "<|/tool_output|>")
+    want = script[: script.index(tok.special_ids["<|/tool_call|>"]) + 1] + fed + tok.encode(" answer #### 408")
+    assert comp == want
+    assert [t for t, m in zip(comp, mine[0]) if not m] == fed
+    assert completion_text(tok, comp) == (
+        "so <|tool_call|>calculator 12*34<|/tool_call|><|tool_output|>408<|/tool_output|> answer #### 408"
+    )
+    assert out.ended == [True] and box.stats()["tools/calls"] == 1
+
+
+def test_a_tokenizer_without_tool_tokens_uses_the_text_annotation(text_tok):
+    tok = text_tok
     box = ToolBox(["calculator"])
     out, mine = generate_with_tools(scripted(tok, "so <<12*34= answer #### 408"), [[5, 6]], 64, tok, box)
     comp = out.tokens[0]
-    assert tok.decode(comp) == "so <<12*34=408>> answer #### 408"
+    assert tok.decode(comp) == completion_text(tok, comp) == "so <<12*34=408>> answer #### 408"
     assert tok.decode([t for t, m in zip(comp, mine[0]) if not m]) == "408>>"
     assert out.ended == [True] and box.stats()["tools/calls"] == 1
 
 
-def test_a_completion_calling_a_hundred_times_is_cut_off_at_max_calls(tok):
+def test_a_completion_calling_a_hundred_times_is_cut_off_at_max_calls(tok, text_tok):
     box = ToolBox(["calculator"], max_calls=4)
-    out, _ = generate_with_tools(scripted(tok, "<<1+1=", stop=False), [[5], [6]], 200, tok, box)
+    script = marked(tok, "<|tool_call|>", "1+1", "<|/tool_call|>")
+    out, _ = generate_with_tools(scripted(tok, script, stop=False), [[5], [6]], 200, tok, box)
     st = box.stats()
     assert st["tools/calls"] == 8 and st["tools/cutoff/max_calls"] == 2  # 4 calls each, the 5th cut off
     assert out.ended == [False, False]
-    assert tok.decode(out.tokens[0]) == "<<1+1=2>>" * 4 + "<<1+1="
+    one = script + marked(tok, "<|tool_output|>", "2", "<|/tool_output|>")
+    assert out.tokens[0] == one * 4 + script
+    out, _ = generate_with_tools(scripted(text_tok, "<<1+1=", stop=False), [[5]], 200, text_tok, box)
+    assert text_tok.decode(out.tokens[0]) == "<<1+1=2>>" * 4 + "<<1+1=" and box.stats()["tools/cutoff/max_calls"] == 1
+
+
+def test_an_imported_models_template_format_is_parsed_and_answered(tmp_path):
+    """Qwen2.5's `<tool_call>{json}</tool_call>`: the JSON's name picks the tool, its one argument is
+    the tool's input, the template's tool turn is fed, and a malformed call is answered with an error."""
+    tok = HFTokenizer(qwen_dir(tmp_path, trl_template("qwen2_5")))
+    _, pre, post = tok.tool_format()
+    box = ToolBox(["calculator"])
+    good = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "47*86"}}\n</tool_call>'
+    out, mine = generate_with_tools(scripted(tok, good), [[5]], 200, tok, box)
+    comp = out.tokens[0]
+    fed = [t for t, m in zip(comp, mine[0]) if not m]
+    assert fed == tok.encode(pre) + tok.encode("4042") + tok.encode(post) and comp[
+        : len(tok.encode(good))
+    ] == tok.encode(good)
+    bad = "<tool_call>\nnot json\n</tool_call>"
+    out, mine = generate_with_tools(scripted(tok, bad), [[5]], 200, tok, box)
+    assert tok.decode([t for t, m in zip(out.tokens[0], mine[0]) if not m], skip_special=False).startswith(
+        pre + "error: "
+    )
+    assert box.stats()["tools/cutoff/error"] == 1
 
 
 def test_generate_batch_feeds_forced_ids_while_the_other_rows_sample(tmp_path):
@@ -207,7 +264,7 @@ def call_then_answer(real, tok):
         ff = kw.get("force_fn")
         if ff is None:
             return real(model, prompts, *a, **kw)
-        head = tok.encode("<<2*3=")
+        head = marked(tok, "<|tool_call|>", "2*3", "<|/tool_call|>")
         started = set()
 
         def wrapped(i, ids):
@@ -245,7 +302,8 @@ def test_tool_tokens_are_out_of_the_loss_and_the_kl(tmp_path, monkeypatch):
     for i in range(16):
         comp = ro["completion"][i][ro["cmask"][i]].tolist()
         tool = ro["completion"][i][ro["cmask"][i] & ~ro["lmask"][i]].tolist()
-        assert "<<2*3=6>>" in tok.decode(comp) and tok.decode(tool) == "6>>"
+        assert "<|tool_call|>2*3<|/tool_call|><|tool_output|>6<|/tool_output|>" in completion_text(tok, comp)
+        assert tool == marked(tok, "<|tool_output|>", "6", "<|/tool_output|>")
     # the loss and its KL see the model's tokens only: changing the reference at tool tokens changes nothing
     loss, st = batches.algo.loss(model, b)
     b2 = dict(b, ref_logp=torch.where(b["lmask"] | ~b["cmask"], b["ref_logp"], b["ref_logp"] - 5.0))
