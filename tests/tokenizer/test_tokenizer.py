@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from tokenize_helpers import tinystories_docs
 
 from llmctl.errors import UsageError
-from llmctl.tokenizer.chat import encode_chat, render_chat
 from llmctl.tokenizer.base import TOOL_TOKENS
+from llmctl.tokenizer.chat import encode_chat, render_chat
 from llmctl.tokenizer.spm import CHAT_TOKENS, SPECIAL_TOKENS, Tokenizer, training_chunks
 
 DOCS = tinystories_docs()
