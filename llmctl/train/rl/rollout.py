@@ -382,7 +382,7 @@ def make_toolbox(cfg: Any) -> ToolBox | None:
     """The run's tools (cfg.tools), or None without any."""
     if not cfg.tools:
         return None
-    return ToolBox(cfg.tools, cfg.max_tool_calls, cfg.tool_timeout, cfg.tool_max_output)
+    return ToolBox(cfg.tools, cfg.max_tool_calls, cfg.tool_timeout, cfg.tool_max_output, cfg.tool_wait_steps)
 
 
 def sample(

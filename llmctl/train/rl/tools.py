@@ -35,8 +35,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,14 +183,18 @@ class ToolBox:
     max_calls: int = 4
     timeout: float = 5.0
     max_output: int = 1024
+    wait_steps: int = 8
     tools: dict[str, Callable[[str], str]] = field(default_factory=dict)
     counts: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if not self.names:
             raise UsageError("no --tool given")
-        if self.max_calls < 1 or self.timeout <= 0 or self.max_output < 1:
-            raise UsageError("max_tool_calls, tool_timeout and tool_max_output must be positive")
+        if self.max_calls < 1 or self.timeout <= 0 or self.max_output < 1 or self.wait_steps < 0:
+            raise UsageError(
+                "max_tool_calls, tool_timeout and tool_max_output must be positive, tool_wait_steps at least 0"
+            )
         for n in self.names:
             if n in TOOLS:
                 self.tools[n] = TOOLS[n]
@@ -197,15 +203,27 @@ class ToolBox:
             else:
                 raise UsageError(f"unknown tool {n!r}; choose {', '.join(TOOLS)} or MODULE:FUNC")
 
-    def call(self, body: str) -> str:
-        """The text the model gets for a call body `[NAME ]ARG` (its output, or `error: ...`; NAME a
-        tool's name, or the FUNC of a MODULE:FUNC; without it, the first tool); counts the call."""
-        name = next(iter(self.tools))
+    def resolve(self, body: str) -> tuple[str, str]:
+        """(tool name, argument) of a call body `[NAME ]ARG` (NAME a tool's name, or the FUNC of a
+        MODULE:FUNC; without it, the first tool)."""
         head, _, rest = body.partition(" ")
         short = {n.rpartition(":")[2]: n for n in self.tools}
         if head in self.tools or head in short:
-            name, body = (head if head in self.tools else short[head]), rest
-        self.counts["calls"] += 1
+            return (head if head in self.tools else short[head]), rest
+        return next(iter(self.tools)), body
+
+    def runs_apart(self, body: str) -> bool:
+        """Whether the call runs in a subprocess (a MODULE:FUNC tool): worth running while the batch goes on."""
+        return isinstance(self.tools[self.resolve(body)[0]], SubprocessTool)
+
+    def _count(self, key: str) -> None:
+        with self.lock:  # calls may run in threads
+            self.counts[key] += 1
+
+    def call(self, body: str) -> str:
+        """The text the model gets for a call body (its output, or `error: ...`); counts the call."""
+        name, body = self.resolve(body)
+        self._count("calls")
         try:
             out = self.tools[name](body)
             out = str(out)
@@ -213,13 +231,13 @@ class ToolBox:
                 raise ToolCutoff("output_limit")
             return out
         except ToolCutoff as e:
-            self.counts[e.reason] += 1
+            self._count(e.reason)
             return f"error: {e}"
         except ToolError as e:
-            self.counts["error"] += 1
+            self._count("error")
             return f"error: {e}"
         except Exception as e:  # an in-process tool that raised: cut off, the rollout goes on
-            self.counts["error"] += 1
+            self._count("error")
             return f"error: {type(e).__name__}"
 
     def stats(self) -> dict[str, float]:
@@ -328,21 +346,34 @@ def generate_with_tools(
     """(generate_batch's result, per completion id whether the model wrote it) for completions that may
     call `box`'s tools. `generate(prompts, max_new_tokens, force_fn=...)` is generate_batch's
     contract: when a row's ids end with a call (`call_format(tok)`), the tool runs and its output is
-    fed to that row as its next tokens while the other rows go on sampling. Tool tokens count
-    toward max_new_tokens (and the model's context); a row's call beyond `box.max_calls` ends that
+    fed to that row as its next tokens while the other rows go on sampling. A built-in tool (it only
+    parses) answers at once; a MODULE:FUNC tool runs in a thread while that row is parked for
+    `box.wait_steps` steps and the other rows go on sampling (the engine waits after them only if
+    the tool is still running; generate_batch's `wait_steps`). Tool tokens count toward
+    max_new_tokens (and the model's context); a row's call beyond `box.max_calls` ends that
     completion there (cut off, counted as max_calls, not ended)."""
     fmt = call_format(tok)
     calls = [0] * len(prompts)
+    pool = ThreadPoolExecutor(max_workers=min(8, len(prompts))) if box.wait_steps else None
 
-    def force_fn(i: int, ids: list[int]) -> list[int] | bool | None:
+    def answer(body: str) -> list[int]:
+        return fmt.feed(box.call(body))
+
+    def force_fn(i: int, ids: list[int]) -> list[int] | bool | Future | None:
         body = fmt.body(ids)
         if body is None:
             return None
         if calls[i] >= box.max_calls:
-            box.counts["max_calls"] += 1
+            box._count("max_calls")
             return False
         calls[i] += 1
-        return fmt.feed(box.call(body))
+        if pool is not None and box.runs_apart(body):
+            return pool.submit(answer, body)
+        return answer(body)
 
-    out = generate(prompts, max_new_tokens, force_fn=force_fn)
+    try:
+        out = generate(prompts, max_new_tokens, force_fn=force_fn, wait_steps=box.wait_steps, max_waits=box.max_calls)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     return out, [[not f for f in row] for row in out.forced]

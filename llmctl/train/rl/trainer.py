@@ -92,6 +92,7 @@ class RLConfig:
     max_tool_calls: int = 4  # per completion; a further call ends the completion
     tool_timeout: float = 5.0  # seconds per MODULE:FUNC call
     tool_max_output: int = 1024  # bytes of a tool's output
+    tool_wait_steps: int = 8  # a row waiting on a MODULE:FUNC call is parked this many steps while the others sample
     val_fraction: float = 0.05
     val_limit: int = 32
     val_temperature: float = (

@@ -6,6 +6,8 @@ import ast
 import builtins
 import json
 import textwrap
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 import rl_helpers as H
@@ -120,7 +122,7 @@ def scripted(tok, text, stop=True):
     """A generate(prompts, max_new, force_fn) with generate_batch's force_fn contract whose every row
     "samples" the tokens of `text` (then a stop id, with stop=True; else it repeats text)."""
 
-    def gen(prompts, max_new, force_fn=None):
+    def gen(prompts, max_new, force_fn=None, **_):
         toks, ended, stops, forced = [], [], [], []
         for i in range(len(prompts)):
             model = tok.encode(text) if isinstance(text, str) else list(text)
@@ -139,6 +141,8 @@ def scripted(tok, text, stop=True):
                 fed.append(False)
                 k += 1
                 feed = force_fn(i, out)
+                if isinstance(feed, Future):
+                    feed = feed.result()
                 if feed is False:
                     break
                 queue = list(feed or [])
@@ -254,6 +258,73 @@ def test_generate_batch_feeds_forced_ids_while_the_other_rows_sample(tmp_path):
     assert out.forced[0] == [False, False] + [True] * len(feed) + [False] * (len(row) - 2 - len(feed))
     alone = generate_batch(model, [prompts[0] + row[: 2 + len(feed)]], 12 - 2 - len(feed), temperature=0)
     assert row[2 + len(feed) :] == alone.tokens[0]  # as if the fed ids had been in the prompt
+
+
+def test_the_batch_keeps_sampling_while_a_row_waits_on_a_tool(tmp_path):
+    """A row whose force_fn returns a future (a tool running in a thread) is parked for exactly
+    wait_steps steps: the batch runs that many forward passes while the tool runs, then waits for it;
+    the other rows sample what they would anyway, the row goes on as if the output were in its prompt,
+    and the tokens do not depend on how long the tool took."""
+    from llmctl.model.generate import generate_batch
+    from llmctl.train.sft import load_start
+
+    ck, _ = H.setup(tmp_path)
+    model, _, tok, _ = load_start(ck)
+    prompts = [tok.encode("What is 2 plus 3?"), tok.encode("Hi there"), tok.encode("x")]
+    plain = generate_batch(model, prompts, 12, temperature=0)
+    feed = tok.encode("408>>")
+    stamps: list[float] = []
+    model.register_forward_hook(lambda *_: stamps.append(time.perf_counter()))
+
+    def run(delay):
+        span: list[float] = []
+        pool = ThreadPoolExecutor(1)
+
+        def tool():
+            time.sleep(delay)
+            span.append(time.perf_counter())
+            return feed
+
+        def force_fn(i, ids):
+            if i == 0 and len(ids) == 2:
+                span.append(time.perf_counter())
+                return pool.submit(tool)
+            return None
+
+        stamps.clear()
+        out = generate_batch(model, prompts, 12, temperature=0, force_fn=force_fn, wait_steps=4, max_waits=1)
+        pool.shutdown()
+        return out, [s for s in stamps if span[0] < s < span[1]]
+
+    slow, during = run(1.0)
+    assert len(during) == 1 + 4  # the step that made the call, then 4 parked steps, then it waited
+    assert slow.tokens[1:] == plain.tokens[1:]
+    row = slow.tokens[0]
+    assert row[:2] == plain.tokens[0][:2] and row[2 : 2 + len(feed)] == feed and len(row) == 12
+    assert slow.forced[0] == [False, False] + [True] * len(feed) + [False] * (12 - 2 - len(feed))
+    alone = generate_batch(model, [prompts[0] + row[: 2 + len(feed)]], 12 - 2 - len(feed), temperature=0)
+    assert row[2 + len(feed) :] == alone.tokens[0]
+    fast, _ = run(0.0)
+    assert fast.tokens == slow.tokens and fast.forced == slow.forced
+
+
+def test_user_tools_run_apart_and_the_calculator_inline(user_tools, tok):
+    box = ToolBox(["calculator", "my_tools:shout"], wait_steps=3)
+    assert box.runs_apart("my_tools:shout x") and box.runs_apart("shout x") and not box.runs_apart("calculator 1+1")
+    seen = {}
+
+    def gen(prompts, max_new, force_fn=None, wait_steps=0, max_waits=0):
+        seen["wait"] = (wait_steps, max_waits)
+        a = force_fn(0, marked(tok, "<|tool_call|>", "shout hi", "<|/tool_call|>"))
+        b = force_fn(0, marked(tok, "<|tool_call|>", "calculator 2*3", "<|/tool_call|>"))
+        seen["out"] = (a, b)
+        return Generated([[]], [True], [None], 0, 0.0, [[]])
+
+    generate_with_tools(gen, [[5]], 8, tok, box)
+    a, b = seen["out"]
+    assert isinstance(a, Future) and a.result() == marked(tok, "<|tool_output|>", "HI", "<|/tool_output|>")
+    assert b == marked(tok, "<|tool_output|>", "6", "<|/tool_output|>")
+    assert seen["wait"] == (3, box.max_calls)
 
 
 def call_then_answer(real, tok):
