@@ -151,6 +151,9 @@ def test_qwen_template_tool_turns_equal_transformers_and_mask_the_calls(tmp_path
     trained = tok.decode([i for i, m in zip(ids, mask) if m], skip_special=False)
     the_call = '\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "47*86"}}\n</tool_call><|im_end|>'
     assert trained == "Let me compute." + the_call + "#### 4042<|im_end|>"
+    e = encode_conversation(tok, CONV, 256)  # what SFT trains on: the same, through the last <|im_end|>
+    n = len(e.ids)
+    assert (e.ids, e.mask) == (ids[:n], mask[:n]) and tok.decode(ids[n:], skip_special=False) == "\n"
     ids, mask = tok.encode_chat(TWO_CALLS)
     trained = tok.decode([i for i, m in zip(ids, mask) if m], skip_special=False)
     assert "36\n</tool_response>" not in trained and trained.count("<tool_call>") == 2
