@@ -1,6 +1,6 @@
 """llmctl rl learns to use a calculator: SFT on tool-call demonstrations, then GRPO with `--tool calculator`.
 
-    .venv/bin/python benchmarks/rl_tools.py [--train 400] [--held-out 500] [--sft-steps 300] [--rl-steps 100] \
+    .venv/bin/python benchmarks/rl_tools.py [--train 400] [--held-out 500] [--sft-steps 1200] [--rl-steps 100] \
         [--seeds 0,1,2] [--threads 1] [--work DIR]
     .venv/bin/python benchmarks/rl_tools.py --smoke        # seconds: checks the script runs, no figures
 
@@ -90,9 +90,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=int, default=400, help="SFT demonstrations (and RL training prompts)")
     p.add_argument("--held-out", type=int, default=500)
-    p.add_argument("--sft-steps", type=int, default=300)
+    p.add_argument("--sft-steps", type=int, default=1200)
     p.add_argument("--rl-steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate")
+    p.add_argument("--lr", type=float, default=5e-5, help="GRPO learning rate")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=None)
