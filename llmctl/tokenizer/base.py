@@ -54,13 +54,43 @@ TEXT_CALL, TEXT_CALL_END, TEXT_OUTPUT_END = "<<", "=", ">>"  # the text markers 
 
 ROLES = ("system", "user", "assistant", "tool")
 
-# Jinja for transformers' `apply_chat_template` (same layout; the markers are special tokens there).
-CHAT_TEMPLATE_JINJA = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
+
+def chat_template_jinja(tool_tokens: bool = True) -> str:
+    """Jinja for transformers' `apply_chat_template`: the same layout as `encode_chat` (the markers are
+    special tokens there), tool turns included; with `tool_tokens=False`, the text annotation."""
+    call, call_end, out, out_end = (
+        (TOOL_CALL, TOOL_CALL_END, TOOL_OUTPUT, TOOL_OUTPUT_END)
+        if tool_tokens
+        else (TEXT_CALL, TEXT_CALL_END, "", TEXT_OUTPUT_END)
+    )
+    return (
+        "{%- macro tool_call(c) -%}{%- set f = c['function'] if c['function'] is defined else c -%}"
+        "{%- set a = f['arguments'] if f['arguments'] is defined else {} -%}"
+        f"{{{{ '{call}' + f['name'] + ' ' }}}}"
+        "{%- if a is string -%}{{ a }}{%- elif a is mapping and a|length == 1 -%}"
+        "{%- set v = (a.values()|list)[0] -%}{%- if v is string -%}{{ v }}{%- else -%}{{ v|tojson }}{%- endif -%}"
+        "{%- else -%}{{ a|tojson }}{%- endif -%}"
+        f"{{{{ '{call_end}' }}}}"
+        "{%- endmacro -%}"
+        "{%- set ns = namespace(calls=[], k=0) -%}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'tool' -%}"
+        f"{{{{ '{out}' + message['content'] + '{out_end}' }}}}"
+        "{%- if ns.k < ns.calls|length -%}{{ tool_call(ns.calls[ns.k]) }}{%- set ns.k = ns.k + 1 -%}{%- endif -%}"
+        "{%- else -%}"
+        "{%- if not (message['role'] == 'assistant' and loop.index0 > 0 and messages[loop.index0 - 1]['role'] == 'tool') -%}"
+        "{{ '<|' + message['role'] + '|>' }}{%- endif -%}"
+        "{{ message['content'] }}"
+        "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}"
+        "{%- set ns.calls = message['tool_calls'] -%}{%- set ns.k = 1 -%}{{ tool_call(ns.calls[0]) }}"
+        "{%- else -%}{{ '<|end|>' }}{%- endif -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt and not (messages and messages[-1]['role'] == 'tool') -%}{{ '<|assistant|>' }}{%- endif -%}"
+    )
+
+
+CHAT_TEMPLATE_JINJA = chat_template_jinja(True)
 
 
 class ChatTokenizer(Protocol):
@@ -92,7 +122,7 @@ def call_arg(arguments: Any) -> str:
         arguments = parsed
     if isinstance(arguments, dict) and len(arguments) == 1:
         (v,) = arguments.values()
-        return v if isinstance(v, str) else json.dumps(v)
+        return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
     return json.dumps(arguments, ensure_ascii=False)
 
 

@@ -31,7 +31,6 @@ from llmctl.store.dataset import atomic_write_json
 from llmctl.tokenizer.base import (
     ASSISTANT,
     BOS,
-    CHAT_TEMPLATE_JINJA,
     CHAT_TOKENS,
     END,
     EOS,
@@ -41,6 +40,7 @@ from llmctl.tokenizer.base import (
     TOOL_TOKENS,
     UNK,
     USER,
+    chat_template_jinja,
     encode_chat,
 )
 
@@ -196,7 +196,7 @@ class Tokenizer:
                 "legacy": False,
                 "clean_up_tokenization_spaces": False,
                 "model_max_length": 1_000_000_000,
-                "chat_template": CHAT_TEMPLATE_JINJA,
+                "chat_template": chat_template_jinja(TOOL_TOKENS[0] in self.special_ids),
                 **specials,
             },
         )

@@ -171,3 +171,23 @@ def test_qwen_tool_format_and_a_template_without_one(tmp_path):
     plain = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
     with pytest.raises(UsageError, match="no <tool_call>...</tool_call> tool-call format"):
         HFTokenizer(qwen_dir(tmp_path / "p", plain)).tool_format()
+
+
+def test_the_saved_chat_template_renders_tool_turns_as_llmctl_does(tok, old_tok, tmp_path):
+    """transformers' apply_chat_template on a saved llmctl tokenizer gives encode_chat's ids, tool turns
+    included; a tokenizer without the tool tokens gets the text annotation's template (same text)."""
+    from transformers import AutoTokenizer
+
+    tok.save(tmp_path / "new")
+    hf = AutoTokenizer.from_pretrained(tmp_path / "new")
+    for msgs in (CONV, TWO_CALLS):
+        for n in range(1, len(msgs) + 1):
+            for gen in (False, True):
+                want = encode_chat(tok, msgs[:n], add_generation_prompt=gen)[0]
+                got = hf.apply_chat_template(msgs[:n], tokenize=True, add_generation_prompt=gen, return_dict=True)
+                assert list(got["input_ids"]) == want, (n, gen)
+    old_tok.save(tmp_path / "old")
+    hf_old = AutoTokenizer.from_pretrained(tmp_path / "old")
+    text = hf_old.apply_chat_template(CONV, tokenize=False)
+    assert text == old_tok.decode(encode_chat(old_tok, CONV)[0], skip_special=False)
+    assert "<<calculator 47*86=4042>>#### 4042<|end|>" in text
