@@ -38,7 +38,7 @@ from llmctl.train.rl.algos import ALGOS, ValueHeadLM
 from llmctl.train.rl.core import GRPO_LOSS_TYPES, IMPORTANCE_LEVELS
 from llmctl.train.rl.rewards import Rewards
 from llmctl.train.rl.rollout import Prompt, RolloutBatches, load_prompts, make_toolbox, sample, write_samples
-from llmctl.train.rl.tools import ToolBox, completion_text
+from llmctl.train.rl.tools import ToolBox, call_format, completion_text
 from llmctl.train.run_dir import training_stage
 
 
@@ -253,6 +253,8 @@ def run_rl(
     accum = cfg.check_sizes(d.world)
     val_tools = make_toolbox(cfg)  # an unknown tool fails here, before anything loads
     model, mc, tok, ck_lineage = _load_policy(from_ckpt, cfg.algo)
+    if val_tools is not None:
+        call_format(tok)  # a model whose chat template has no tool-call format fails here
     lora = use_lora(model, cfg.train, ck_lineage, "rl", heads=("value_head",) if ALGOS[cfg.algo].value_head else ())
     scorer, rm_lineage = _scorer(cfg, tok, d.device)
     rewards = Rewards(cfg.reward, cfg.reward_weights, scorer)

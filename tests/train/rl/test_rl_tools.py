@@ -327,15 +327,17 @@ def test_user_tools_run_apart_and_the_calculator_inline(user_tools, tok):
     assert seen["wait"] == (3, box.max_calls)
 
 
-def call_then_answer(real, tok):
-    """generate_batch with a force_fn that first feeds every row `<<2*3=` as if the model wrote it (a
-    random tiny model would never call the tool by itself), then lets force_fn serve the call."""
+def call_then_answer(real, tok, head=None):
+    """generate_batch with a force_fn that first feeds every row a call of 2*3 (`head`; by default
+    llmctl's tool tokens) as if the model wrote it (a random tiny model would never call the tool by
+    itself), then lets force_fn serve the call."""
 
     def gen(model, prompts, *a, **kw):
         ff = kw.get("force_fn")
         if ff is None:
             return real(model, prompts, *a, **kw)
-        head = marked(tok, "<|tool_call|>", "2*3", "<|/tool_call|>")
+        nonlocal head
+        head = head or marked(tok, "<|tool_call|>", "2*3", "<|/tool_call|>")
         started = set()
 
         def wrapped(i, ids):
@@ -424,3 +426,49 @@ def test_resume_mid_rollout_is_exact_with_tools_dynamic_sampling_and_every_objec
     a, b = read(tmp_path / "full"), read(tmp_path / "part")
     assert a == b and any(r.get("tools/calls", 0) > 0 for r in a) and any("dynamic/groups_drawn" in r for r in a)
     assert all("rewards/overlong/mean" in r and "entropy" in r for r in a if "loss" in r)
+
+
+def _qwen_model(path, template):
+    """A tiny random Qwen2 model with the Qwen-style tokenizer of tool_helpers and `template`."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    d = qwen_dir(path, template)
+    n = HFTokenizer(d).vocab_size
+    cfg = Qwen2Config(
+        vocab_size=n,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
+    return d
+
+
+@pytest.mark.slow
+def test_an_imported_model_calls_tools_in_its_template_format_end_to_end(tmp_path, monkeypatch):
+    import llmctl.train.rl.rollout as RR
+    from llmctl.train.rl.trainer import run_rl
+
+    _, prompts = H.setup(tmp_path)
+    d = _qwen_model(tmp_path / "qwen", trl_template("qwen2_5"))
+    tok = HFTokenizer(d)
+    head = tok.encode('<tool_call>\n{"name": "calculator", "arguments": {"expression": "2*3"}}\n</tool_call>')
+    monkeypatch.setattr(RR, "generate_batch", call_then_answer(RR.generate_batch, tok, head))
+    cfg = H.config("grpo", steps=2, tools=["calculator"], max_new_tokens=60, val_limit=2, beta=0.0)
+    run_rl(prompts, d, tmp_path / "run", cfg)
+    recs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("tools/calls", 0) for r in recs) >= 16
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert any(
+        "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n6\n</tool_response><|im_end|>" in r["completion"]
+        for r in rows
+    )
+    plain = _qwen_model(tmp_path / "plain", "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(UsageError, match="no <tool_call>...</tool_call> tool-call format"):
+        run_rl(prompts, plain, tmp_path / "run2", cfg)
+    assert not (tmp_path / "run2" / "metrics.jsonl").exists()
