@@ -1,21 +1,24 @@
 """llmctl rl learns to use a calculator: SFT on tool-call demonstrations, then GRPO with `--tool calculator`.
 
-    .venv/bin/python benchmarks/rl_tools.py [--train 400] [--held-out 200] [--sft-steps 300] [--rl-steps 100] \
-        [--seeds 0,1,2] [--threads 2] [--work DIR]
+    .venv/bin/python benchmarks/rl_tools.py [--train 400] [--held-out 500] [--sft-steps 1200] [--rl-steps 100] \
+        [--seeds 0,1,2] [--threads 1] [--work DIR]
     .venv/bin/python benchmarks/rl_tools.py --smoke        # seconds: checks the script runs, no figures
 
-Task: "What is A times B?" for two-digit A and B (a product a 2-layer model cannot compute in its
-head), answered "<<A*B=P>> #### P": the model writes the call `<<A*B=`, the calculator appends
-`P>>`, the model copies P after '####'. A BPE tokenizer (digits split) and a random 2-layer model
-are trained here; SFT (llmctl sft) on --train demonstrations with the calls written out teaches
-the format; then llmctl rl --algo grpo --tool calculator with the exact_match reward, once per
-seed from the same SFT model. Held-out accuracy is greedy exact match on --held-out problems
-(two standard errors under 5 points needs about 400 at 50%; report the SE printed).
+Task: "What is A times B?" for a three-digit A and a two-digit B (a 4-5 digit product that a
+2-layer model cannot compute in its head). SFT data are `messages` with a tool turn: the
+assistant calls `calculator A*B`, the tool answers P, the assistant writes `#### P`; with llmctl's
+tool tokens the model writes `<|tool_call|>calculator A*B<|/tool_call|>`, is fed
+`<|tool_output|>P<|/tool_output|>`, and copies P. A BPE tokenizer (digits split) is trained here;
+per seed, a random 2-layer model (d 64) is SFT'd (llmctl sft) on --train demonstrations, then
+trained with llmctl rl --algo grpo --tool calculator and the exact_match reward. Held-out accuracy
+is greedy exact match on --held-out problems never seen in training (two standard errors at most
+4.5 points at 500).
 
-Prints the held-out accuracy of the SFT model without the tool (its own digits after `<<A*B=`),
-with the tool, and after GRPO with the tool (per seed: mean, spread), the tool calls and cut-offs,
-and the wall time. Floor: GRPO with the tool >= SFT without the tool + 20 points, every seed, the
-whole run under 15 minutes on 2 cores.
+Prints per seed the held-out accuracy of the SFT model answering without the tool (after its call
+nothing is fed: it must write the product itself), with the tool, and after GRPO with the tool,
+the tool calls and cut-offs and the wall time; then means and spreads over seeds. Floor: GRPO
+with the tool >= the same SFT model without the tool + 20 points, every seed, each seed (SFT + RL
++ evaluations) under 15 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -34,17 +37,33 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 
 def problems(n_train: int, n_val: int, seed: int = 0) -> list[dict]:
+    """Distinct (A, B) pairs, A three digits, B two: the held-out ones first."""
     rng = random.Random(seed)
-    pairs = rng.sample([(a, b) for a in range(10, 100) for b in range(10, 100)], n_train + n_val)
-    return [
-        {
-            "prompt": f"What is {a} times {b}?",
-            "response": f"<<{a}*{b}={a * b}>> #### {a * b}",
-            "answer": f"#### {a * b}",
-            "split": "val" if i < n_val else "train",
-        }
-        for i, (a, b) in enumerate(pairs)
-    ]
+    seen: set[tuple[int, int]] = set()
+    while len(seen) < n_train + n_val:
+        seen.add((rng.randrange(100, 1000), rng.randrange(10, 100)))
+    pairs = sorted(seen)
+    rng.shuffle(pairs)
+    return [{"a": a, "b": b, "split": "val" if i < n_val else "train"} for i, (a, b) in enumerate(pairs)]
+
+
+def demonstration(r: dict) -> dict:
+    """A tool-call SFT row: the assistant calls the calculator, the tool answers, the assistant copies it."""
+    a, b = r["a"], r["b"]
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": f"{a}*{b}"}}}
+    return {
+        "messages": [
+            {"role": "user", "content": f"What is {a} times {b}?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": str(a * b)},
+            {"role": "assistant", "content": f"#### {a * b}"},
+        ],
+        "split": r["split"],
+    }
+
+
+def prompt_row(r: dict) -> dict:
+    return {"prompt": f"What is {r['a']} times {r['b']}?", "answer": f"#### {r['a'] * r['b']}", "split": r["split"]}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -69,19 +88,18 @@ def held_out_accuracy(ckpt: Path, data: Path, cfg) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", type=int, default=400)
-    p.add_argument("--held-out", type=int, default=200)
-    p.add_argument("--sft-steps", type=int, default=300)
+    p.add_argument("--train", type=int, default=400, help="SFT demonstrations (and RL training prompts)")
+    p.add_argument("--held-out", type=int, default=500)
+    p.add_argument("--sft-steps", type=int, default=1200)
     p.add_argument("--rl-steps", type=int, default=100)
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=5e-5, help="GRPO learning rate")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny settings: check the script runs (no figures)")
     args = p.parse_args()
     if args.smoke:
-        args.train, args.held_out, args.sft_steps, args.rl_steps, args.eval_every, args.seeds = 48, 8, 10, 2, 2, "0"
+        args.train, args.held_out, args.sft_steps, args.rl_steps, args.seeds = 48, 8, 10, 2, "0"
 
     import torch
 
@@ -96,33 +114,21 @@ def main() -> None:
     tmp = Path(args.work or tempfile.mkdtemp(prefix="rl-tools-"))
     tmp.mkdir(parents=True, exist_ok=True)
     rows = problems(args.train, args.held_out)
-    data = write_jsonl(tmp / "products.jsonl", rows)
-    t0 = time.time()
-    tok = Tokenizer.train([f"{r['prompt']} {r['response']}" for r in rows] * 2, vocab_size=380)
-    tok.save(tmp / "tok")
-    mc = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=4, d_model=64, max_seq_len=64)
-    torch.manual_seed(0)
-    save_checkpoint(tmp / "init", Transformer(mc), mc, tok.path)
-    sft = TrainConfig(
-        steps=args.sft_steps,
-        batch_size=16,
-        micro_batch=16,
-        lr=3e-3,
-        warmup_steps=min(20, args.sft_steps // 2),
-        eval_every=args.sft_steps,
-        ckpt_every=args.sft_steps,
-        weight_decay=0.0,
+    sft_data = write_jsonl(tmp / "demos.jsonl", [demonstration(r) for r in rows])
+    data = write_jsonl(tmp / "prompts.jsonl", [prompt_row(r) for r in rows])
+    tok = Tokenizer.train(
+        [f"What is {r['a']} times {r['b']}? calculator {r['a']}*{r['b']} #### {r['a'] * r['b']}" for r in rows],
+        vocab_size=400,
     )
-    run_sft(data, tmp / "init", tmp / "sft", SFTConfig(max_len=64, train=sft), overwrite=True)
-    t_sft = time.time() - t0
+    tok.save(tmp / "tok")
 
-    def cfg(tools: list[str], seed: int = 0) -> RLConfig:
+    def cfg(tools: list[str], seed: int) -> RLConfig:
         return RLConfig(
             algo="grpo",
             reward=["exact_match"],
             num_generations=8,
             rollout_prompts=8,
-            max_new_tokens=24,
+            max_new_tokens=32,
             max_prompt_len=32,
             beta=0.0,
             val_limit=args.held_out,
@@ -134,40 +140,64 @@ def main() -> None:
                 lr=args.lr,
                 warmup_steps=0,
                 schedule="constant",
-                eval_every=args.eval_every,
+                eval_every=args.rl_steps,
                 ckpt_every=args.rl_steps,
                 weight_decay=0.0,
                 seed=seed,
             ),
         )
 
-    no_tool = held_out_accuracy(tmp / "sft", data, cfg([]))
-    with_tool = held_out_accuracy(tmp / "sft", data, cfg(["calculator"]))
-    se = lambda p: 100 * math.sqrt(max(p * (1 - p), 1e-12) / args.held_out)  # noqa: E731
-    print(f"\n== calculator tool use on two-digit products ({args.held_out} held-out problems, greedy exact match)")
-    print(f"SFT {args.sft_steps} steps on {args.train} demonstrations: {t_sft:.0f} s")
-    print(f"SFT without the tool: {100 * no_tool:.1f}% (SE {se(no_tool):.1f});  with it: {100 * with_tool:.1f}%")
-    finals = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    se = lambda q: 100 * math.sqrt(max(q * (1 - q), 1e-12) / args.held_out)  # noqa: E731
+    print(f"== calculator tool use: 'What is A times B?' (A 3 digits, B 2), {args.held_out} held-out problems, greedy")
+    res = []
+    for seed in [int(x) for x in args.seeds.split(",")]:
         t1 = time.time()
-        run = tmp / f"rl-seed{seed}"
-        s = run_rl(data, tmp / "sft", run, cfg(["calculator"], seed), overwrite=True)
+        mc = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=4, d_model=64, max_seq_len=64)
+        torch.manual_seed(seed)
+        save_checkpoint(tmp / f"init{seed}", Transformer(mc), mc, tok.path)
+        sft = TrainConfig(
+            steps=args.sft_steps,
+            batch_size=16,
+            micro_batch=16,
+            lr=3e-3,
+            warmup_steps=min(20, args.sft_steps // 2),
+            eval_every=args.sft_steps,
+            ckpt_every=args.sft_steps,
+            weight_decay=0.0,
+            seed=seed,
+        )
+        sft_dir = tmp / f"sft{seed}"
+        run_sft(sft_data, tmp / f"init{seed}", sft_dir, SFTConfig(max_len=64, train=sft), overwrite=True)
+        no_tool = held_out_accuracy(sft_dir, data, cfg([], seed))
+        run = tmp / f"rl{seed}"
+        s = run_rl(data, sft_dir, run, cfg(["calculator"], seed), overwrite=True)
+        with_tool, final = s["data"]["val_reward_start"], s["val_reward"]
         recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
         calls = sum(r.get("tools/calls", 0) for r in recs)
         cut = {k: sum(r.get(f"tools/cutoff/{k}", 0) for r in recs) for k in ("timeout", "error", "max_calls")}
-        finals.append(s["val_reward"])
+        res.append((no_tool, with_tool, final, time.time() - t1))
         print(
-            f"-- RL seed {seed}: GRPO {args.rl_steps} steps in {time.time() - t1:.0f} s: held-out "
-            f"{100 * s['data']['val_reward_start']:.1f}% -> {100 * s['val_reward']:.1f}% (SE {se(s['val_reward']):.1f}); "
-            f"{calls:.0f} tool calls in rollouts, cut off {cut}"
+            f"-- seed {seed}: SFT {args.sft_steps} steps on {args.train} demos: without the tool "
+            f"{100 * no_tool:.1f}%, with it {100 * with_tool:.1f}%; GRPO {args.rl_steps} steps with it: "
+            f"{100 * final:.1f}% (2 SE {2 * se(final):.1f}); {calls:.0f} tool calls in rollouts, cut off {cut}; "
+            f"{time.time() - t1:.0f} s",
+            flush=True,
         )
-    gains = [100 * (f - no_tool) for f in finals]
-    spread = statistics.pstdev(gains) if len(gains) > 1 else 0.0
-    ok = min(gains) >= 20 and time.time() - t0 < 900
+    gains = [100 * (f - n) for n, _, f, _ in res]
+    rl_gain = [100 * (f - w) for _, w, f, _ in res]
+    spread = lambda xs: (max(xs) - min(xs)) if len(xs) > 1 else 0.0  # noqa: E731
+    mean = lambda xs: statistics.mean(xs)  # noqa: E731
+    worst = max(t for *_, t in res)
+    ok = min(gains) >= 20 and worst < 900
     print(
-        f"GRPO with the tool vs SFT without it: {statistics.mean(gains):+.1f} points (spread {spread:.1f}, "
-        f"smallest {min(gains):+.1f}; floor +20 each, under 15 min: {time.time() - t0:.0f} s) -> "
-        f"{'PASS' if ok else 'FAIL'}; work dir {tmp}"
+        f"SFT without the tool {mean([100 * r[0] for r in res]):.1f}%, with it {mean([100 * r[1] for r in res]):.1f}%, "
+        f"GRPO with it {mean([100 * r[2] for r in res]):.1f}% (means over {len(res)} seeds; "
+        f"2 SE of one figure at most {2 * se(0.5):.1f} points)"
+    )
+    print(
+        f"GRPO with the tool vs SFT without it: {mean(gains):+.1f} points (spread {spread(gains):.1f}, "
+        f"smallest {min(gains):+.1f}); GRPO's own part {mean(rl_gain):+.1f} (spread {spread(rl_gain):.1f}); "
+        f"floor +20 each seed, under 15 min a seed (slowest {worst:.0f} s) -> {'PASS' if ok else 'FAIL'}; work dir {tmp}"
     )
 
 

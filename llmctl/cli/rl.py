@@ -186,7 +186,7 @@ def rl_cmd(
         Optional[list[str]],
         typer.Option(
             "--tool",
-            help="Tool the policy may call as <<ARG= (repeatable): calculator (arithmetic only) | MODULE:FUNC (a subprocess per call).",
+            help="Tool the policy may call with the tokenizer's tool-call markers (repeatable; docs/rl.md): calculator (arithmetic only) | MODULE:FUNC (a subprocess per call).",
             rich_help_panel=_RL,
         ),
     ] = None,

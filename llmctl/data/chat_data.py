@@ -109,7 +109,14 @@ def to_messages(prompt: Any, where: str = "prompt") -> list[dict[str, str]]:
             check_messages(prompt)
         except UsageError as e:
             raise UsageError(f"{where}: {e}") from None
-        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+        return [
+            {
+                "role": m["role"],
+                "content": m["content"],
+                **({"tool_calls": m["tool_calls"]} if m.get("tool_calls") else {}),
+            }
+            for m in prompt
+        ]
     raise UsageError(f"{where}: a prompt must be a string or a list of messages, got {type(prompt).__name__}")
 
 
@@ -200,8 +207,8 @@ def response_ids(tok: Any, prompt: list[dict[str, str]], response: str) -> list[
 
 def encode_conversation(tok: Any, messages: list[dict[str, str]], max_len: int) -> Encoded:
     """A conversation ending with an assistant turn; prompt part = everything before that turn's content."""
-    if not messages or messages[-1]["role"] != "assistant":
-        raise UsageError("an SFT conversation must end with an assistant turn")
+    if not messages or messages[-1]["role"] != "assistant" or messages[-1].get("tool_calls"):
+        raise UsageError("an SFT conversation must end with an assistant turn (not an unanswered tool call)")
     p_ids, p_mask = encode_chat(tok, messages[:-1], add_generation_prompt=True)
     r_ids = response_ids(tok, messages[:-1], messages[-1]["content"])
     return fit(p_ids, p_mask, r_ids, [True] * len(r_ids), max_len)
@@ -312,12 +319,22 @@ def hh_to_pref(chosen: str, rejected: str) -> tuple[dict[str, Any] | None, str]:
     return {"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": r[-1]["content"]}, ""
 
 
+class _Skip(Exception):
+    """A row `data import` does not carry (the message is the counted reason)."""
+
+
 MALFORMED = "malformed messages"  # a message that is not {role, content} with a known role and text
+
+
+TOOL_CALLS = "tool calls (not imported: give sft the .jsonl file itself)"
 
 
 def _sft_row(r: dict[str, Any]) -> list[dict[str, str]] | None:
     if "messages" in r:
-        return to_messages(r["messages"])
+        msgs = to_messages(r["messages"])
+        if any(m.get("tool_calls") or m["role"] == "tool" for m in msgs):
+            raise _Skip(TOOL_CALLS)
+        return msgs
     for p, a in (("prompt", "response"), ("question", "answer"), ("instruction", "output")):
         if p in r and a in r:
             return [{"role": "user", "content": r[p]}, {"role": "assistant", "content": r[a]}]
@@ -373,6 +390,8 @@ def import_data(
                 row, why = _pref_row(r)
         except UsageError:  # a bad record inside a usable file: counted and skipped
             row, why = None, MALFORMED
+        except _Skip as e:
+            row, why = None, str(e)
         if row is None:
             skipped[why] = skipped.get(why, 0) + 1
             continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,9 @@ def generate_batch(
     pad_id: int = 0,
     use_cache: bool = True,
     stop_fn: Callable[[list[int]], bool] | None = None,
-    force_fn: Callable[[int, list[int]], list[int] | bool | None] | None = None,
+    force_fn: Callable[[int, list[int]], list[int] | bool | Future | None] | None = None,
+    wait_steps: int = 0,
+    max_waits: int = 0,
 ) -> Generated:
     """Continue every prompt of a batch at once (the one engine of generate, eval and rl).
 
@@ -104,7 +107,14 @@ def generate_batch(
     `force_fn(i, row i's new ids)`, called after each sampled token of a running row, may return ids
     to feed that row next, one a step in place of its samples, while the other rows go on sampling
     (a tool's output); they count toward the row's limit and `Generated.forced` marks them. It
-    returns None to go on sampling, False to end the row there (not at a stop id)."""
+    returns None to go on sampling, False to end the row there (not at a stop id), or a
+    `concurrent.futures.Future` of either (ids, non-empty, or False; a tool running in a thread):
+    the row is then parked for exactly `wait_steps` steps, feeding nothing (a masked slot: no
+    attention to it, no position used, no token counted) while the other rows go on sampling, and
+    takes the future's result after them, waiting only if it is not ready by then. The number of
+    parked steps does not depend on how long the work took, so the tokens do not either. At most
+    `max_waits` parked calls a row (room in the KV cache); without a cache, a future is waited for
+    at once."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt token per row")
     model.eval()
@@ -115,16 +125,19 @@ def generate_batch(
     width = int(lens.max())
     limit = [min(max_new_tokens, max(1, ctx - len(r))) for r in rows]
     steps = max(limit) if max_new_tokens > 0 else 0
+    park = wait_steps if use_cache and force_fn is not None and max_waits > 0 else 0
+    extra = park * max_waits  # cache slots for parked steps
+    waits = [0] * b
     gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
     t0 = time.perf_counter()
     ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
     for i, r in enumerate(rows):
         ids[i, width - len(r) :] = torch.tensor(r, device=device)
     padded = bool((lens != width).any())
-    valid = torch.zeros(b, width + steps, dtype=torch.bool, device=device)  # keys a real token may attend to
+    valid = torch.zeros(b, width + steps + extra, dtype=torch.bool, device=device)  # keys a real token may attend to
     valid[:, :width] = torch.arange(width, device=device)[None] >= (width - lens)[:, None]
     positions = (torch.arange(width, device=device)[None] - (width - lens)[:, None]).clamp(min=0)
-    cache = KVCache(model.cfg, b, width + steps, device=device, dtype=p0.dtype) if use_cache else None
+    cache = KVCache(model.cfg, b, width + steps + extra, device=device, dtype=p0.dtype) if use_cache else None
     last = torch.zeros(b, width, dtype=torch.bool, device=device)
     last[:, -1] = True  # the lm head at the last position only: (B, V), not (B, width, V)
     if padded:
@@ -140,12 +153,27 @@ def generate_batch(
     stops = set(int(s) for s in stop_ids)
     queue: list[list[int]] = [[] for _ in range(b)]  # ids force_fn gave a row, still to feed
     forced: list[list[bool]] | None = [[] for _ in range(b)] if force_fn is not None else None
-    for t in range(steps):
+    pending: list[Future | None] = [None] * b  # a parked row's future
+    idle = [0] * b  # parked steps still to go
+    fed = [0] * b  # real tokens fed after the prompt (a parked step feeds none)
+    parked_any = False
+    for t in range(steps + extra):
         nxt = _draw(logits.float(), temperature, top_k, top_p, gen)
         drawn = nxt.tolist()
+        real = [True] * b
         for i, tok in enumerate(drawn):
             if done[i]:
                 continue
+            if pending[i] is not None:
+                if idle[i] > 0:
+                    idle[i] -= 1
+                    drawn[i], real[i] = pad_id, False
+                    continue
+                res, pending[i] = pending[i].result(), None
+                if res is False or not res:
+                    done[i] = True
+                    continue
+                queue[i] = list(res)
             if forced is not None and queue[i]:
                 drawn[i] = queue[i].pop(0)
                 out[i].append(drawn[i])
@@ -162,16 +190,24 @@ def generate_batch(
                 forced[i].append(False)
                 if not done[i]:
                     feed = force_fn(i, out[i])
+                    if isinstance(feed, Future):
+                        if park and waits[i] < max_waits:
+                            pending[i], idle[i], parked_any = feed, park, True
+                            waits[i] += 1
+                            continue
+                        feed = feed.result()
                     if feed is False:
                         done[i] = True
                     elif feed:
                         queue[i] = list(feed)
-        if all(done) or t == steps - 1:
+        if all(done) or t == steps + extra - 1:
             break
         if forced is not None:
             nxt = torch.tensor(drawn, device=device)
         nxt = nxt.masked_fill(torch.tensor(done, device=device), pad_id)[:, None]
-        valid[:, width + t] = True
+        valid[:, width + t] = torch.tensor(real, device=device)
+        pos = (lens + torch.tensor(fed, device=device))[:, None]
+        fed = [f + r for f, r in zip(fed, real)]
         ids = torch.cat([ids, nxt], dim=1)
         if cache is None:
             pos_all = (torch.arange(ids.size(1), device=device)[None] - (width - lens)[:, None]).clamp(min=0)
@@ -182,8 +218,7 @@ def generate_batch(
                 logits = model(ids, positions=pos_all, attn_mask=m)[:, -1]
             else:
                 logits = model(ids)[:, -1]
-        elif padded:
-            pos = (lens + t)[:, None]
+        elif padded or parked_any:
             logits = model(nxt, positions=pos, kv_cache=cache, attn_mask=valid[:, None, None, : width + t + 1])[:, -1]
         else:
             logits = model(nxt, kv_cache=cache)[:, -1]

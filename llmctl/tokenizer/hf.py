@@ -10,6 +10,12 @@ token), nothing else. It is found in the rendered text (the content as given or 
 left to right, preferring an occurrence followed by the end marker) and mapped onto tokens through
 their character offsets; a token that overlaps a span is trained.
 
+Tool turns (an assistant message with `tool_calls`, `tool` messages) are rendered by the template
+as transformers renders them; the mask also covers each call the template writes (its
+`<tool_call>...</tool_call>` block, or from the tool's name, through an end-of-turn marker right
+after it, and the text joining it to the content before it), never a tool's output. `tool_format` reads the template's tool-call layout for
+`llmctl rl --tool`.
+
 Special-token strings typed in text are parsed as special tokens, as transformers does.
 """
 
@@ -29,8 +35,10 @@ from tokenizers import Tokenizer as _Tokenizers
 
 from llmctl.errors import UsageError
 from llmctl.store.integrity import fingerprint_file
-from llmctl.tokenizer.base import check_messages
+from llmctl.tokenizer.base import call_parts, check_messages
 
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"  # the tool-call format read from a template
+_SENTINEL_NAME, _SENTINEL_OUT = "llmctl_probe_tool", "llmctl_probe_output"
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|end_of_turn|>")
 
 
@@ -155,14 +163,37 @@ class HFTokenizer:
         enc = self._tok.encode(text, add_special_tokens=False)
         spans, pos = [], 0
         for m in messages:
-            found = self._find(text, m["content"], pos, m["role"] == "assistant")
-            if found is None:
-                continue  # the template dropped or rewrote this message (Qwen3's earlier <think>)
-            start, pos = found
-            if m["role"] == "assistant":
-                spans.append((start, pos))
+            calls = list(m.get("tool_calls") or ())
+            found = self._find(text, m["content"], pos, m["role"] == "assistant" and not calls)
+            if found is not None:
+                start, pos = found
+                if m["role"] == "assistant":
+                    spans.append((start, pos))
+            for c in calls:  # the assistant's calls are trained, and what joins them to its content
+                if (got := self._call_span(text, c, pos)) is not None:
+                    start = found[0] if found is not None and m["role"] == "assistant" else got[0]
+                    spans.append((start, got[1]))
+                    found, pos = (start, got[1]), got[1]
         mask = [any(a < e and b > s for s, e in spans) for a, b in enc.offsets]
         return list(enc.ids), mask
+
+    def _call_span(self, text: str, call: dict[str, Any], pos: int) -> tuple[int, int] | None:
+        """(start, end) of one tool call as the template wrote it from `pos`: its `<tool_call>` block
+        (or, in a template without one, from the tool's name) through the end-of-turn marker right
+        after it where there is one."""
+        name = call_parts(call)[0]
+        i = text.find(TOOL_CALL_OPEN, pos)
+        if i >= 0 and (j := text.find(TOOL_CALL_CLOSE, i)) >= 0:
+            end = j + len(TOOL_CALL_CLOSE)
+        elif (i := text.find(name, pos)) >= 0:
+            ends = [k for e in self.end_of_turn if (k := text.find(e, i)) >= 0]
+            end = min(ends) if ends else i + len(name)
+        else:
+            return None
+        for e in self.end_of_turn:
+            if text.startswith(e, end):
+                return i, end + len(e)
+        return i, end
 
     def _find(self, text: str, content: str, pos: int, with_end: bool) -> tuple[int, int] | None:
         """(start, end) of a message's content in the rendered text from `pos` (as written, else
@@ -179,6 +210,34 @@ class HFTokenizer:
             if (i := text.find(c, pos)) >= 0:
                 return i, i + len(c)
         return None
+
+    def tool_format(self) -> tuple[str, str, str]:
+        """(call close marker, text fed before a tool's output, text fed after it) of the model's
+        chat template: the model writes `<tool_call>{"name": ..., "arguments": ...}</tool_call>`
+        (Qwen2.5/Qwen3/Hermes layout) and what the template renders between that call's end and the
+        next assistant reply, around the tool's output, is fed to it. A one-line error for a template
+        without that tool-call format."""
+        call = {"type": "function", "function": {"name": _SENTINEL_NAME, "arguments": {"x": "1"}}}
+        probe = [
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": _SENTINEL_OUT},
+        ]
+        try:
+            text = self.render(probe, add_generation_prompt=True)
+        except UsageError:
+            text = ""
+        vocab = self._tok.get_vocab(with_added_tokens=True)
+        i = text.find(_SENTINEL_NAME)
+        j = text.find(TOOL_CALL_CLOSE, i) if i >= 0 else -1
+        k = text.find(_SENTINEL_OUT, j) if j >= 0 else -1
+        if k < 0 or text.rfind(TOOL_CALL_OPEN, 0, i) < 0 or TOOL_CALL_CLOSE not in vocab:
+            raise UsageError(
+                f"{self.path}: the chat template has no {TOOL_CALL_OPEN}...{TOOL_CALL_CLOSE} tool-call format "
+                "(with a tool answer), which --tool needs for an imported model"
+            )
+        end = j + len(TOOL_CALL_CLOSE)
+        return TOOL_CALL_CLOSE, text[end:k], text[k + len(_SENTINEL_OUT) :]
 
     def apply_chat_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
         return self.encode_chat(messages, add_generation_prompt)[0]

@@ -7,7 +7,9 @@ last by `save()`), `tokenizer_config.json` and `special_tokens_map.json` (for
 and `_manifest.json` (lineage and stats, written by `llmctl tokenize train`). Guarantees:
 `decode(encode(t)) == t` for every string of Unicode scalar values (identity normalization, byte
 fallback; "\u2581" is encoded as its bytes, a lone surrogate becomes U+FFFD); special tokens are
-control symbols that encoding text never produces; digits are split one per token by default
+control symbols that encoding text never produces (the chat and tool-call markers, ids 1..11;
+a tokenizer trained before the tool markers has ids 1..7 and writes tool calls as text, see
+llmctl.tokenizer.base); digits are split one per token by default
 (docs/tokenize.md); newlines are never merged.
 """
 
@@ -29,15 +31,16 @@ from llmctl.store.dataset import atomic_write_json
 from llmctl.tokenizer.base import (
     ASSISTANT,
     BOS,
-    CHAT_TEMPLATE_JINJA,
     CHAT_TOKENS,
     END,
     EOS,
     PAD,
     SPECIAL_TOKENS,
     SYSTEM,
+    TOOL_TOKENS,
     UNK,
     USER,
+    chat_template_jinja,
     encode_chat,
 )
 
@@ -73,6 +76,10 @@ class Tokenizer:
             if sp.id_to_piece(i) != tok or not sp.is_control(i):
                 raise UsageError(f"{path or 'tokenizer'}: special token {tok} is missing (not an llmctl tokenizer)")
             self.special_ids[tok] = i
+        for tok in TOOL_TOKENS:  # optional: a tokenizer trained before they existed has none (text markers)
+            i = sp.piece_to_id(tok)
+            if sp.id_to_piece(i) == tok and sp.is_control(i):
+                self.special_ids[tok] = i
         self.bos_id, self.eos_id, self.pad_id = (self.special_ids[t] for t in (BOS, EOS, PAD))
         self.unk_id: int = sp.unk_id()
         self._meta_ids = [sp.piece_to_id(p) for p in _META_BYTES]
@@ -90,13 +97,17 @@ class Tokenizer:
         split_digits: bool = True,
         num_threads: int = 1,
         max_sentence_bytes: int = 1 << 16,
+        tool_tokens: bool = True,
     ) -> Tokenizer:
-        """Train a BPE model on `texts` (each a training "sentence"; see `training_chunks`)."""
-        min_vocab = 1 + len(SPECIAL_TOKENS) + 256 + len(REQUIRED_CHARS)
+        """Train a BPE model on `texts` (each a training "sentence"; see `training_chunks`); with
+        `tool_tokens=False`, without the tool-call markers (tool calls are then written as text)."""
+        tools = TOOL_TOKENS if tool_tokens else ()
+        n_special = 1 + len(SPECIAL_TOKENS) + len(tools)
+        min_vocab = n_special + 256 + len(REQUIRED_CHARS)
         if vocab_size < min_vocab:
             raise UsageError(
                 f"--vocab-size {vocab_size} is too small: needs at least {min_vocab} "
-                f"({len(SPECIAL_TOKENS) + 1} special, 256 byte and {len(REQUIRED_CHARS)} ASCII tokens)"
+                f"({n_special} special, 256 byte and {len(REQUIRED_CHARS)} ASCII tokens)"
             )
         writer = io.BytesIO()
         try:
@@ -125,7 +136,7 @@ class Tokenizer:
                 bos_piece=BOS,
                 eos_piece=EOS,
                 pad_piece=PAD,
-                control_symbols=list(CHAT_TOKENS),
+                control_symbols=list(CHAT_TOKENS + tools),
                 num_threads=max(1, num_threads),
                 minloglevel=2,
             )
@@ -172,7 +183,7 @@ class Tokenizer:
             "eos_token": EOS,
             "pad_token": PAD,
             "unk_token": UNK,
-            "additional_special_tokens": list(CHAT_TOKENS),
+            "additional_special_tokens": [*CHAT_TOKENS, *(t for t in TOOL_TOKENS if t in self.special_ids)],
         }
         atomic_write_json(p / "special_tokens_map.json", specials)
         atomic_write_json(
@@ -185,7 +196,7 @@ class Tokenizer:
                 "legacy": False,
                 "clean_up_tokenization_spaces": False,
                 "model_max_length": 1_000_000_000,
-                "chat_template": CHAT_TEMPLATE_JINJA,
+                "chat_template": chat_template_jinja(TOOL_TOKENS[0] in self.special_ids),
                 **specials,
             },
         )

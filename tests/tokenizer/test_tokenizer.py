@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from tokenize_helpers import tinystories_docs
 
 from llmctl.errors import UsageError
+from llmctl.tokenizer.base import TOOL_TOKENS
 from llmctl.tokenizer.chat import encode_chat, render_chat
 from llmctl.tokenizer.spm import CHAT_TOKENS, SPECIAL_TOKENS, Tokenizer, training_chunks
 
@@ -54,13 +55,14 @@ def tok_dir(tok, tmp_path_factory):
 def test_train_on_real_text_compresses_held_out_text(tok):
     assert tok.vocab_size == 512
     assert [tok.special_ids[t] for t in SPECIAL_TOKENS] == list(range(1, 8))
+    assert [tok.special_ids[t] for t in TOOL_TOKENS] == list(range(8, 12))
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 3)
     pieces = {tok.id_to_piece(i) for i in range(tok.vocab_size)}
     assert {"▁the", "▁and", "<0x00>", "<0xFF>"} <= pieces
     text = "\n".join(HELD_OUT)
     ids = tok.encode(text)
-    # 512 tokens (264 of them special or byte tokens) on TinyStories: 2.28 bytes/token; raw bytes are 1.0.
-    assert len(text.encode()) / len(ids) > 2.1
+    # 512 tokens (268 of them special or byte tokens) on TinyStories: 2.09 bytes/token; raw bytes are 1.0.
+    assert len(text.encode()) / len(ids) > 2.0
     assert tok.unk_id not in ids
 
 

@@ -38,7 +38,7 @@ from llmctl.model.generate import generate_batch
 from llmctl.store.dataset import atomic_write_text
 from llmctl.train import distributed as D
 from llmctl.train.rl import core as R
-from llmctl.train.rl.tools import ToolBox, generate_with_tools
+from llmctl.train.rl.tools import ToolBox, completion_text, generate_with_tools
 
 SAMPLES = "samples.jsonl"
 
@@ -231,7 +231,7 @@ class RolloutBatches:
         cfg, tok = self.cfg, self.tok
         out, model_mask = sample(self.model, [p.ids for p in items], cfg, tok, self.gen, self.tools, cfg.temperature)
         comps = [c + ([s] if s is not None else []) for c, s in zip(out.tokens, out.stops)]  # the stop token is trained
-        texts = [tok.decode(c) for c in out.tokens]
+        texts = [completion_text(tok, c) if self.tools else tok.decode(c) for c in out.tokens]
         total, per = self.rewards(
             [p.messages if len(p.messages) > 1 else p.messages[0]["content"] for p in items],
             texts,
@@ -382,7 +382,7 @@ def make_toolbox(cfg: Any) -> ToolBox | None:
     """The run's tools (cfg.tools), or None without any."""
     if not cfg.tools:
         return None
-    return ToolBox(cfg.tools, cfg.max_tool_calls, cfg.tool_timeout, cfg.tool_max_output)
+    return ToolBox(cfg.tools, cfg.max_tool_calls, cfg.tool_timeout, cfg.tool_max_output, cfg.tool_wait_steps)
 
 
 def sample(

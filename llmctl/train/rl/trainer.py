@@ -38,7 +38,7 @@ from llmctl.train.rl.algos import ALGOS, ValueHeadLM
 from llmctl.train.rl.core import GRPO_LOSS_TYPES, IMPORTANCE_LEVELS
 from llmctl.train.rl.rewards import Rewards
 from llmctl.train.rl.rollout import Prompt, RolloutBatches, load_prompts, make_toolbox, sample, write_samples
-from llmctl.train.rl.tools import ToolBox
+from llmctl.train.rl.tools import ToolBox, call_format, completion_text
 from llmctl.train.run_dir import training_stage
 
 
@@ -92,6 +92,7 @@ class RLConfig:
     max_tool_calls: int = 4  # per completion; a further call ends the completion
     tool_timeout: float = 5.0  # seconds per MODULE:FUNC call
     tool_max_output: int = 1024  # bytes of a tool's output
+    tool_wait_steps: int = 8  # a row waiting on a MODULE:FUNC call is parked this many steps while the others sample
     val_fraction: float = 0.05
     val_limit: int = 32
     val_temperature: float = (
@@ -195,7 +196,7 @@ def held_out_reward(
     for s in range(0, len(mine), batch):
         chunk = mine[s : s + batch]
         out, _ = sample(model, [p.ids for p in chunk], cfg, tok, gen, tools, cfg.val_temperature)
-        texts = [tok.decode(t) for t in out.tokens]
+        texts = [completion_text(tok, t) if tools else tok.decode(t) for t in out.tokens]
         total, per = rewards([_val_prompt(p) for p in chunk], texts, [p.row for p in chunk], [p.index for p in chunk])
         length = sum(len(t) + (stop is not None) for t, stop in zip(out.tokens, out.stops))  # stop token counted
         tot += torch.tensor([sum(total), len(chunk), length] + [sum(per[n]) for n in names], dtype=torch.float64)
@@ -252,6 +253,8 @@ def run_rl(
     accum = cfg.check_sizes(d.world)
     val_tools = make_toolbox(cfg)  # an unknown tool fails here, before anything loads
     model, mc, tok, ck_lineage = _load_policy(from_ckpt, cfg.algo)
+    if val_tools is not None:
+        call_format(tok)  # a model whose chat template has no tool-call format fails here
     lora = use_lora(model, cfg.train, ck_lineage, "rl", heads=("value_head",) if ALGOS[cfg.algo].value_head else ())
     scorer, rm_lineage = _scorer(cfg, tok, d.device)
     rewards = Rewards(cfg.reward, cfg.reward_weights, scorer)

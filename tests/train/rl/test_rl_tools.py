@@ -6,15 +6,20 @@ import ast
 import builtins
 import json
 import textwrap
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 import rl_helpers as H
 import torch
+from tool_helpers import qwen_dir, trl_template
 
 from llmctl.errors import UsageError
 from llmctl.model.generate import Generated
+from llmctl.tokenizer.hf import HFTokenizer
+from llmctl.tokenizer.spm import Tokenizer
 from llmctl.train import distributed as D
-from llmctl.train.rl.tools import TOOLS, ToolBox, ToolError, calculator, generate_with_tools
+from llmctl.train.rl.tools import TOOLS, ToolBox, ToolError, calculator, completion_text, generate_with_tools
 
 
 @pytest.mark.parametrize(
@@ -117,10 +122,10 @@ def scripted(tok, text, stop=True):
     """A generate(prompts, max_new, force_fn) with generate_batch's force_fn contract whose every row
     "samples" the tokens of `text` (then a stop id, with stop=True; else it repeats text)."""
 
-    def gen(prompts, max_new, force_fn=None):
+    def gen(prompts, max_new, force_fn=None, **_):
         toks, ended, stops, forced = [], [], [], []
         for i in range(len(prompts)):
-            model = tok.encode(text)
+            model = tok.encode(text) if isinstance(text, str) else list(text)
             out, fed, queue, k, end = [], [], [], 0, False
             while len(out) < max_new:
                 if queue:
@@ -136,6 +141,8 @@ def scripted(tok, text, stop=True):
                 fed.append(False)
                 k += 1
                 feed = force_fn(i, out)
+                if isinstance(feed, Future):
+                    feed = feed.result()
                 if feed is False:
                     break
                 queue = list(feed or [])
@@ -156,22 +163,76 @@ def tok(tmp_path):
     return load_start(ck)[2]
 
 
+@pytest.fixture(scope="module")
+def text_tok():
+    """A tokenizer trained without the tool tokens (as before they existed): calls are text."""
+    return Tokenizer.train(
+        [json.dumps(r) for r in H.addition_rows()] + ["so <<12*34= answer #### 408"] * 5, 400, tool_tokens=False
+    )
+
+
+def marked(tok, *parts):
+    """Ids of text parts and tool-marker names (`<|tool_call|>` ...) in order."""
+    return [i for p in parts for i in ([tok.special_ids[p]] if p in tok.special_ids else tok.encode(p))]
+
+
 def test_tool_output_is_fed_and_marked_as_not_the_models(tok):
+    box = ToolBox(["calculator"])
+    script = marked(tok, "so ", "<|tool_call|>", "calculator 12*34", "<|/tool_call|>", " answer #### 408")
+    out, mine = generate_with_tools(scripted(tok, script), [[5, 6]], 64, tok, box)
+    comp = out.tokens[0]
+    fed = marked(tok, "<|tool_output|>", "408", "<|/tool_output|>")
+    want = script[: script.index(tok.special_ids["<|/tool_call|>"]) + 1] + fed + tok.encode(" answer #### 408")
+    assert comp == want
+    assert [t for t, m in zip(comp, mine[0]) if not m] == fed
+    assert completion_text(tok, comp) == (
+        "so <|tool_call|>calculator 12*34<|/tool_call|><|tool_output|>408<|/tool_output|> answer #### 408"
+    )
+    assert out.ended == [True] and box.stats()["tools/calls"] == 1
+
+
+def test_a_tokenizer_without_tool_tokens_uses_the_text_annotation(text_tok):
+    tok = text_tok
     box = ToolBox(["calculator"])
     out, mine = generate_with_tools(scripted(tok, "so <<12*34= answer #### 408"), [[5, 6]], 64, tok, box)
     comp = out.tokens[0]
-    assert tok.decode(comp) == "so <<12*34=408>> answer #### 408"
+    assert tok.decode(comp) == completion_text(tok, comp) == "so <<12*34=408>> answer #### 408"
     assert tok.decode([t for t, m in zip(comp, mine[0]) if not m]) == "408>>"
     assert out.ended == [True] and box.stats()["tools/calls"] == 1
 
 
-def test_a_completion_calling_a_hundred_times_is_cut_off_at_max_calls(tok):
+def test_a_completion_calling_a_hundred_times_is_cut_off_at_max_calls(tok, text_tok):
     box = ToolBox(["calculator"], max_calls=4)
-    out, _ = generate_with_tools(scripted(tok, "<<1+1=", stop=False), [[5], [6]], 200, tok, box)
+    script = marked(tok, "<|tool_call|>", "1+1", "<|/tool_call|>")
+    out, _ = generate_with_tools(scripted(tok, script, stop=False), [[5], [6]], 200, tok, box)
     st = box.stats()
     assert st["tools/calls"] == 8 and st["tools/cutoff/max_calls"] == 2  # 4 calls each, the 5th cut off
     assert out.ended == [False, False]
-    assert tok.decode(out.tokens[0]) == "<<1+1=2>>" * 4 + "<<1+1="
+    one = script + marked(tok, "<|tool_output|>", "2", "<|/tool_output|>")
+    assert out.tokens[0] == one * 4 + script
+    out, _ = generate_with_tools(scripted(text_tok, "<<1+1=", stop=False), [[5]], 200, text_tok, box)
+    assert text_tok.decode(out.tokens[0]) == "<<1+1=2>>" * 4 + "<<1+1=" and box.stats()["tools/cutoff/max_calls"] == 1
+
+
+def test_an_imported_models_template_format_is_parsed_and_answered(tmp_path):
+    """Qwen2.5's `<tool_call>{json}</tool_call>`: the JSON's name picks the tool, its one argument is
+    the tool's input, the template's tool turn is fed, and a malformed call is answered with an error."""
+    tok = HFTokenizer(qwen_dir(tmp_path, trl_template("qwen2_5")))
+    _, pre, post = tok.tool_format()
+    box = ToolBox(["calculator"])
+    good = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "47*86"}}\n</tool_call>'
+    out, mine = generate_with_tools(scripted(tok, good), [[5]], 200, tok, box)
+    comp = out.tokens[0]
+    fed = [t for t, m in zip(comp, mine[0]) if not m]
+    assert fed == tok.encode(pre) + tok.encode("4042") + tok.encode(post) and comp[
+        : len(tok.encode(good))
+    ] == tok.encode(good)
+    bad = "<tool_call>\nnot json\n</tool_call>"
+    out, mine = generate_with_tools(scripted(tok, bad), [[5]], 200, tok, box)
+    assert tok.decode([t for t, m in zip(out.tokens[0], mine[0]) if not m], skip_special=False).startswith(
+        pre + "error: "
+    )
+    assert box.stats()["tools/cutoff/error"] == 1
 
 
 def test_generate_batch_feeds_forced_ids_while_the_other_rows_sample(tmp_path):
@@ -199,15 +260,84 @@ def test_generate_batch_feeds_forced_ids_while_the_other_rows_sample(tmp_path):
     assert row[2 + len(feed) :] == alone.tokens[0]  # as if the fed ids had been in the prompt
 
 
-def call_then_answer(real, tok):
-    """generate_batch with a force_fn that first feeds every row `<<2*3=` as if the model wrote it (a
-    random tiny model would never call the tool by itself), then lets force_fn serve the call."""
+def test_the_batch_keeps_sampling_while_a_row_waits_on_a_tool(tmp_path):
+    """A row whose force_fn returns a future (a tool running in a thread) is parked for exactly
+    wait_steps steps: the batch runs that many forward passes while the tool runs, then waits for it;
+    the other rows sample what they would anyway, the row goes on as if the output were in its prompt,
+    and the tokens do not depend on how long the tool took."""
+    from llmctl.model.generate import generate_batch
+    from llmctl.train.sft import load_start
+
+    ck, _ = H.setup(tmp_path)
+    model, _, tok, _ = load_start(ck)
+    prompts = [tok.encode("What is 2 plus 3?"), tok.encode("Hi there"), tok.encode("x")]
+    plain = generate_batch(model, prompts, 12, temperature=0)
+    feed = tok.encode("408>>")
+    stamps: list[float] = []
+    model.register_forward_hook(lambda *_: stamps.append(time.perf_counter()))
+
+    def run(delay):
+        span: list[float] = []
+        pool = ThreadPoolExecutor(1)
+
+        def tool():
+            time.sleep(delay)
+            span.append(time.perf_counter())
+            return feed
+
+        def force_fn(i, ids):
+            if i == 0 and len(ids) == 2:
+                span.append(time.perf_counter())
+                return pool.submit(tool)
+            return None
+
+        stamps.clear()
+        out = generate_batch(model, prompts, 12, temperature=0, force_fn=force_fn, wait_steps=4, max_waits=1)
+        pool.shutdown()
+        return out, [s for s in stamps if span[0] < s < span[1]]
+
+    slow, during = run(1.0)
+    assert len(during) == 1 + 4  # the step that made the call, then 4 parked steps, then it waited
+    assert slow.tokens[1:] == plain.tokens[1:]
+    row = slow.tokens[0]
+    assert row[:2] == plain.tokens[0][:2] and row[2 : 2 + len(feed)] == feed and len(row) == 12
+    assert slow.forced[0] == [False, False] + [True] * len(feed) + [False] * (12 - 2 - len(feed))
+    alone = generate_batch(model, [prompts[0] + row[: 2 + len(feed)]], 12 - 2 - len(feed), temperature=0)
+    assert row[2 + len(feed) :] == alone.tokens[0]
+    fast, _ = run(0.0)
+    assert fast.tokens == slow.tokens and fast.forced == slow.forced
+
+
+def test_user_tools_run_apart_and_the_calculator_inline(user_tools, tok):
+    box = ToolBox(["calculator", "my_tools:shout"], wait_steps=3)
+    assert box.runs_apart("my_tools:shout x") and box.runs_apart("shout x") and not box.runs_apart("calculator 1+1")
+    seen = {}
+
+    def gen(prompts, max_new, force_fn=None, wait_steps=0, max_waits=0):
+        seen["wait"] = (wait_steps, max_waits)
+        a = force_fn(0, marked(tok, "<|tool_call|>", "shout hi", "<|/tool_call|>"))
+        b = force_fn(0, marked(tok, "<|tool_call|>", "calculator 2*3", "<|/tool_call|>"))
+        seen["out"] = (a, b)
+        return Generated([[]], [True], [None], 0, 0.0, [[]])
+
+    generate_with_tools(gen, [[5]], 8, tok, box)
+    a, b = seen["out"]
+    assert isinstance(a, Future) and a.result() == marked(tok, "<|tool_output|>", "HI", "<|/tool_output|>")
+    assert b == marked(tok, "<|tool_output|>", "6", "<|/tool_output|>")
+    assert seen["wait"] == (3, box.max_calls)
+
+
+def call_then_answer(real, tok, head=None):
+    """generate_batch with a force_fn that first feeds every row a call of 2*3 (`head`; by default
+    llmctl's tool tokens) as if the model wrote it (a random tiny model would never call the tool by
+    itself), then lets force_fn serve the call."""
 
     def gen(model, prompts, *a, **kw):
         ff = kw.get("force_fn")
         if ff is None:
             return real(model, prompts, *a, **kw)
-        head = tok.encode("<<2*3=")
+        nonlocal head
+        head = head or marked(tok, "<|tool_call|>", "2*3", "<|/tool_call|>")
         started = set()
 
         def wrapped(i, ids):
@@ -245,7 +375,8 @@ def test_tool_tokens_are_out_of_the_loss_and_the_kl(tmp_path, monkeypatch):
     for i in range(16):
         comp = ro["completion"][i][ro["cmask"][i]].tolist()
         tool = ro["completion"][i][ro["cmask"][i] & ~ro["lmask"][i]].tolist()
-        assert "<<2*3=6>>" in tok.decode(comp) and tok.decode(tool) == "6>>"
+        assert "<|tool_call|>2*3<|/tool_call|><|tool_output|>6<|/tool_output|>" in completion_text(tok, comp)
+        assert tool == marked(tok, "<|tool_output|>", "6", "<|/tool_output|>")
     # the loss and its KL see the model's tokens only: changing the reference at tool tokens changes nothing
     loss, st = batches.algo.loss(model, b)
     b2 = dict(b, ref_logp=torch.where(b["lmask"] | ~b["cmask"], b["ref_logp"], b["ref_logp"] - 5.0))
@@ -295,3 +426,49 @@ def test_resume_mid_rollout_is_exact_with_tools_dynamic_sampling_and_every_objec
     a, b = read(tmp_path / "full"), read(tmp_path / "part")
     assert a == b and any(r.get("tools/calls", 0) > 0 for r in a) and any("dynamic/groups_drawn" in r for r in a)
     assert all("rewards/overlong/mean" in r and "entropy" in r for r in a if "loss" in r)
+
+
+def _qwen_model(path, template):
+    """A tiny random Qwen2 model with the Qwen-style tokenizer of tool_helpers and `template`."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    d = qwen_dir(path, template)
+    n = HFTokenizer(d).vocab_size
+    cfg = Qwen2Config(
+        vocab_size=n,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
+    return d
+
+
+@pytest.mark.slow
+def test_an_imported_model_calls_tools_in_its_template_format_end_to_end(tmp_path, monkeypatch):
+    import llmctl.train.rl.rollout as RR
+    from llmctl.train.rl.trainer import run_rl
+
+    _, prompts = H.setup(tmp_path)
+    d = _qwen_model(tmp_path / "qwen", trl_template("qwen2_5"))
+    tok = HFTokenizer(d)
+    head = tok.encode('<tool_call>\n{"name": "calculator", "arguments": {"expression": "2*3"}}\n</tool_call>')
+    monkeypatch.setattr(RR, "generate_batch", call_then_answer(RR.generate_batch, tok, head))
+    cfg = H.config("grpo", steps=2, tools=["calculator"], max_new_tokens=60, val_limit=2, beta=0.0)
+    run_rl(prompts, d, tmp_path / "run", cfg)
+    recs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("tools/calls", 0) for r in recs) >= 16
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert any(
+        "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n6\n</tool_response><|im_end|>" in r["completion"]
+        for r in rows
+    )
+    plain = _qwen_model(tmp_path / "plain", "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(UsageError, match="no <tool_call>...</tool_call> tool-call format"):
+        run_rl(prompts, plain, tmp_path / "run2", cfg)
+    assert not (tmp_path / "run2" / "metrics.jsonl").exists()
