@@ -229,9 +229,20 @@ def main() -> None:
             r = fn(d, work, a, mode == "lora")
             r["steps_per_s"] = r["steps_timed"] / r["seconds"]
             res[(tool, mode)] = r
-            print(json.dumps({"tool": tool, "mode": mode, **{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()}}), flush=True)
-    print(f"\nshape: {a.layers} layers, d {a.d_model}, {a.heads}/{a.kv_heads} heads, ff {a.d_ff}, vocab {a.vocab}; "
-          f"batch {a.batch} x {a.seq} tokens, fp32, {a.threads} threads; steps {a.warmup_steps + 1}..{a.steps} timed")
+            print(
+                json.dumps(
+                    {
+                        "tool": tool,
+                        "mode": mode,
+                        **{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()},
+                    }
+                ),
+                flush=True,
+            )
+    print(
+        f"\nshape: {a.layers} layers, d {a.d_model}, {a.heads}/{a.kv_heads} heads, ff {a.d_ff}, vocab {a.vocab}; "
+        f"batch {a.batch} x {a.seq} tokens, fp32, {a.threads} threads; steps {a.warmup_steps + 1}..{a.steps} timed"
+    )
     print(f"{'mode':6} {'llmctl steps/s':>15} {'TRL steps/s':>12} {'llmctl/TRL':>11} {'trainable (llmctl / TRL)':>28}")
     for mode in a.modes.split(","):
         lm, tr = res[("llmctl", mode)], res[("trl", mode)]

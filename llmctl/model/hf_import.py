@@ -3,7 +3,9 @@
 llmctl's parameter names are Hugging Face's without the `model.` prefix, so loading is a rename:
 config.json is parsed here (transformers is not needed), the weights are streamed from
 `model.safetensors` or the shards of `model.safetensors.index.json` straight into a model built
-on the meta device (peak memory about one copy of the model), converted to the requested dtype.
+on the meta device: each tensor is read from the file straight into its parameter's memory (through
+a one-tensor buffer when the file's dtype differs from the requested one), never mapped, so peak
+memory is the model plus its largest tensor.
 Everything is checked before a tensor is read; anything outside what llmctl computes exactly
 (another architecture, an activation other than SiLU, a rope type other than linear/llama3/yarn,
 sliding-window attention in use, weights or a tokenizer that do not fit the config) is a one-line
@@ -14,11 +16,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from llmctl.errors import UsageError
 from llmctl.model.transformer import ROPE_TYPES, ModelConfig, Transformer
@@ -126,22 +128,60 @@ def weight_map(path: str | Path) -> dict[str, Path]:
             raise UsageError(f"{p}: shard {missing[0]} named in {INDEX} is missing")
         return {k: p / f for k, f in wm.items()}
     if (p / WEIGHTS).is_file():
-        with safe_open(str(p / WEIGHTS), "pt") as fh:
-            return {k: p / WEIGHTS for k in fh.keys()}
+        return {k: p / WEIGHTS for k in read_header(p / WEIGHTS)[0]}
     raise UsageError(f"{p}: no safetensors weights ({WEIGHTS} or {INDEX}; .bin is not supported)")
+
+
+def read_header(f: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """A safetensors file's tensors ({name: {dtype, shape, data_offsets}}) and the byte where their data starts."""
+    try:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > 100_000_000:
+                raise ValueError(f"a header of {n} bytes")
+            head = json.loads(fh.read(n))
+        size = f.stat().st_size
+        head.pop("__metadata__", None)
+        for k, v in head.items():
+            a, b = v["data_offsets"]
+            if not 0 <= a <= b <= size - 8 - n:
+                raise ValueError(f"{k}'s data lies outside the file")
+        return head, 8 + n
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise UsageError(f"{f}: not a readable safetensors file ({e})") from None
 
 
 def _shapes(files: dict[str, Path]) -> dict[str, tuple[tuple[int, ...], str]]:
     out: dict[str, tuple[tuple[int, ...], str]] = {}
-    by_file: dict[Path, list[str]] = {}
-    for k, f in files.items():
-        by_file.setdefault(f, []).append(k)
-    for f, keys in by_file.items():
-        with safe_open(str(f), "pt") as fh:
-            for k in keys:
-                s = fh.get_slice(k)
-                out[k] = (tuple(s.get_shape()), s.get_dtype())
+    for f in sorted(set(files.values())):
+        head, _ = read_header(f)
+        for k, v in head.items():
+            if files.get(k) == f:
+                out[k] = (tuple(v["shape"]), v["dtype"])
+    missing = sorted(set(files) - set(out))
+    if missing:
+        raise UsageError(f"{files[missing[0]]}: has no tensor {missing[0]} (named in {INDEX})")
     return out
+
+
+def _read_into(fh: Any, start: int, info: dict[str, Any], dst: torch.Tensor, where: Path) -> None:
+    """Read one tensor's bytes from an open safetensors file into `dst` (converting the dtype if it differs)."""
+    a, b = info["data_offsets"]
+    src_dtype = _DTYPES[info["dtype"]]
+    direct = dst.dtype == src_dtype and dst.device.type == "cpu" and dst.is_contiguous()
+    buf = dst if direct else torch.empty(tuple(info["shape"]), dtype=src_dtype)
+    if buf.numel() * buf.element_size() != b - a:
+        raise UsageError(f"{where}: {b - a} bytes of data for a {info['dtype']} tensor of shape {info['shape']}")
+    view = memoryview(buf.view(-1).view(torch.uint8).numpy())
+    fh.seek(start + a)
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            raise UsageError(f"{where}: the file ends inside a tensor")
+        got += n
+    if not direct:
+        dst.copy_(buf)
 
 
 def _llmctl_name(key: str) -> str | None:
@@ -211,9 +251,10 @@ def load_hf(
             by_file.setdefault(files[k], []).append(k)
     with torch.no_grad():
         for f, keys in by_file.items():
-            with safe_open(str(f), "pt") as fh:
-                for k in keys:
-                    params[names[k]].copy_(fh.get_tensor(k))
+            head, start = read_header(f)
+            with open(f, "rb", buffering=0) as fh:
+                for k in sorted(keys, key=lambda k: head[k]["data_offsets"][0]):  # sequential reads
+                    _read_into(fh, start, head[k], params[names[k]], f)
     manifest = {
         "stage": "hf-model",
         "arch": cfg.hf_arch,
