@@ -8,7 +8,7 @@ a one-tensor buffer when the file's dtype differs from the requested one), never
 memory is the model plus its largest tensor.
 Everything is checked before a tensor is read; anything outside what llmctl computes exactly
 (another architecture, an activation other than SiLU, a rope type other than linear/llama3/yarn,
-sliding-window attention in use, weights or a tokenizer that do not fit the config) is a one-line
+Qwen2's per-layer sliding window, weights or a tokenizer that do not fit the config) is a one-line
 UsageError naming what is supported.
 """
 
@@ -73,7 +73,7 @@ def hf_model_config(path: str | Path) -> ModelConfig:
     if act != "silu":
         raise UsageError(f"{path}: hidden_act {act!r} is not supported (only silu)")
     if hf.get("use_sliding_window"):
-        raise UsageError(f"{path}: use_sliding_window is true; sliding-window attention is not supported")
+        raise UsageError(f"{path}: use_sliding_window is true; Qwen2's sliding-window attention is not supported")
     rp = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     theta = rp.get("rope_theta") or hf.get("rope_theta") or 10000.0
     scaling = {k: v for k, v in rp.items() if k not in ("rope_theta", "type")}
