@@ -207,6 +207,40 @@ def check_tokenizer(path: str | Path, cfg: ModelConfig) -> None:
         )
 
 
+_INIT_OPS = frozenset({"normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "ones_", "zeros_", "fill_", "zero_"})
+
+
+class _SkipMetaInit(torch.overrides.TorchFunctionMode):
+    """Initialisers on meta tensors do nothing (every value is read from the files afterwards). Running
+    them would import torch's meta-tensor kernels, ~800 Python modules and ~70 MB, on the first load."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in _INIT_OPS:
+            t = args[0] if args else kwargs.get("tensor")
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                return t
+        return func(*args, **kwargs)
+
+
+def _materialize(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """Replace each meta parameter and buffer with an uninitialised one of `dtype` on `device`, in place;
+    a tensor shared by two modules (tied embeddings) stays shared. (Module.to_empty would do the same
+    through empty_like, whose first call on a meta tensor imports torch's symbolic-shape machinery.)"""
+    made: dict[int, torch.Tensor] = {}
+    for mod in model.modules():
+        for table in (mod._parameters, mod._buffers):
+            for name, t in list(table.items()):
+                if t is None:
+                    continue
+                if table is mod._buffers and name in mod._non_persistent_buffers_set:
+                    raise RuntimeError(f"{type(mod).__name__}.{name}: a buffer the weight files cannot fill")
+                if id(t) not in made:
+                    new = torch.empty(tuple(t.shape), dtype=dtype if t.is_floating_point() else t.dtype, device=device)
+                    made[id(t)] = torch.nn.Parameter(new, t.requires_grad) if table is mod._parameters else new
+                table[name] = made[id(t)]
+
+
 def load_hf(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = torch.float32
 ) -> tuple[Transformer, ModelConfig, Path | None, dict[str, Any]]:
@@ -217,7 +251,7 @@ def load_hf(
     cfg = hf_model_config(p)
     files = weight_map(p)
     shapes = _shapes(files)
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipMetaInit():
         model = Transformer(cfg)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
@@ -241,9 +275,7 @@ def load_hf(
         dtype = max(set(file_dtypes), key=file_dtypes.count)
     elif isinstance(dtype, str):
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    model = model.to(dtype).to_empty(device=device)  # the dtype on the meta device: no second copy
-    if cfg.tie_embeddings:  # to_empty makes a new tensor per name: tie again
-        model.lm_head.weight = model.embed_tokens.weight
+    _materialize(model, dtype, torch.device(device))
     params = model.state_dict()
     by_file: dict[Path, list[str]] = {}
     for k, n in names.items():
