@@ -245,3 +245,25 @@ def test_sliding_window_attention_matches_transformers_past_the_window(tmp_path)
     assert generate(model, prompt, max_new_tokens=32, temperature=0) == want
     with pytest.raises(UsageError, match="batched generation past the window"), torch.no_grad():
         model(ids[:, :17], attn_mask=torch.ones(2, 1, 17, 17, dtype=torch.bool).tril())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_damaged_weight_file_is_one_line(tmp_path, models, damage):
+    src, _ = models["mistral"]
+    d = tmp_path / "m"
+    shutil.copytree(src, d)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[:-100] if damage == "truncated" else b"\xff" * 8 + data[8:])
+    with pytest.raises(UsageError, match="not a readable safetensors file") as e:
+        load_hf(d)
+    assert "\n" not in str(e.value)
+
+
+def test_import_reads_every_value_and_shares_tied_weights(models):
+    """The model is built without initialisers: every parameter holds the file's values."""
+    path, ref = models["llama"]
+    model, *_ = load_hf(path)
+    want = {k.removeprefix("model."): v for k, v in ref.state_dict().items()}
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, want[k], atol=0, rtol=0)
+    assert model.lm_head.weight is model.embed_tokens.weight and model.lm_head.weight.requires_grad

@@ -13,8 +13,11 @@ import torch
 from align_helpers import GSM8K, tiny_checkpoint, write_jsonl
 from safetensors.torch import load_file
 
+from llmctl.errors import UsageError
 from llmctl.model.checkpoint import WEIGHTS, load_checkpoint
-from llmctl.model.lora import ADAPTER_WEIGHTS
+from llmctl.model.lora import ADAPTER_WEIGHTS, LoraConfig
+from llmctl.train.finetune import use_lora
+from llmctl.train.loop import TrainConfig
 
 ARGS = ["--steps", "4", "--batch-size", "4", "--micro-batch", "2", "--lr", "1e-2", "--warmup", "1"]
 ARGS += ["--eval-every", "2", "--ckpt-every", "2", "--max-len", "256", "--lora-r", "4", "--val-fraction", "0.25"]
@@ -68,3 +71,10 @@ def test_lora_sft_under_fsdp_equals_one_process_and_resumes(tmp_path):
 
 def man_layout(run):
     return json.loads((run / "checkpoints" / "step_0000004" / "_manifest.json").read_text())["layout"]
+
+
+def test_lora_with_tensor_parallelism_is_one_line():
+    cfg = TrainConfig(tp=2, lora=LoraConfig(r=4))
+    with pytest.raises(UsageError, match="not with --tp") as e:
+        use_lora(torch.nn.Linear(2, 2), cfg, {}, "sft")
+    assert "\n" not in str(e.value)
