@@ -2,10 +2,10 @@
 
 llmctl's parameter names are Hugging Face's without the `model.` prefix, so loading is a rename:
 config.json is parsed here (transformers is not needed), the weights are streamed from
-`model.safetensors` or the shards of `model.safetensors.index.json` straight into a model built
-on the meta device: each tensor is read from the file straight into its parameter's memory (through
-a one-tensor buffer when the file's dtype differs from the requested one), never mapped, so peak
-memory is the model plus its largest tensor.
+`model.safetensors` or the shards of `model.safetensors.index.json` into a model built on the meta
+device without initialisers and then allocated uninitialised: each tensor is read from its file
+straight into its parameter's memory (through a one-tensor buffer when the file's dtype differs from
+the requested one), never memory-mapped, so peak memory is the model plus its largest tensor.
 Everything is checked before a tensor is read; anything outside what llmctl computes exactly
 (another architecture, an activation other than SiLU, a rope type other than linear/llama3/yarn,
 Qwen2's per-layer sliding window, weights or a tokenizer that do not fit the config) is a one-line
