@@ -2,11 +2,13 @@
 
 llmctl's parameter names are Hugging Face's without the `model.` prefix, so loading is a rename:
 config.json is parsed here (transformers is not needed), the weights are streamed from
-`model.safetensors` or the shards of `model.safetensors.index.json` straight into a model built
-on the meta device (peak memory about one copy of the model), converted to the requested dtype.
+`model.safetensors` or the shards of `model.safetensors.index.json` into a model built on the meta
+device without initialisers and then allocated uninitialised: each tensor is read from its file
+straight into its parameter's memory (through a one-tensor buffer when the file's dtype differs from
+the requested one), never memory-mapped, so peak memory is the model plus its largest tensor.
 Everything is checked before a tensor is read; anything outside what llmctl computes exactly
 (another architecture, an activation other than SiLU, a rope type other than linear/llama3/yarn,
-sliding-window attention in use, weights or a tokenizer that do not fit the config) is a one-line
+Qwen2's per-layer sliding window, weights or a tokenizer that do not fit the config) is a one-line
 UsageError naming what is supported.
 """
 
@@ -14,11 +16,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from llmctl.errors import UsageError
 from llmctl.model.transformer import ROPE_TYPES, ModelConfig, Transformer
@@ -71,7 +73,7 @@ def hf_model_config(path: str | Path) -> ModelConfig:
     if act != "silu":
         raise UsageError(f"{path}: hidden_act {act!r} is not supported (only silu)")
     if hf.get("use_sliding_window"):
-        raise UsageError(f"{path}: use_sliding_window is true; sliding-window attention is not supported")
+        raise UsageError(f"{path}: use_sliding_window is true; Qwen2's sliding-window attention is not supported")
     rp = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     theta = rp.get("rope_theta") or hf.get("rope_theta") or 10000.0
     scaling = {k: v for k, v in rp.items() if k not in ("rope_theta", "type")}
@@ -126,22 +128,60 @@ def weight_map(path: str | Path) -> dict[str, Path]:
             raise UsageError(f"{p}: shard {missing[0]} named in {INDEX} is missing")
         return {k: p / f for k, f in wm.items()}
     if (p / WEIGHTS).is_file():
-        with safe_open(str(p / WEIGHTS), "pt") as fh:
-            return {k: p / WEIGHTS for k in fh.keys()}
+        return {k: p / WEIGHTS for k in read_header(p / WEIGHTS)[0]}
     raise UsageError(f"{p}: no safetensors weights ({WEIGHTS} or {INDEX}; .bin is not supported)")
+
+
+def read_header(f: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """A safetensors file's tensors ({name: {dtype, shape, data_offsets}}) and the byte where their data starts."""
+    try:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > 100_000_000:
+                raise ValueError(f"a header of {n} bytes")
+            head = json.loads(fh.read(n))
+        size = f.stat().st_size
+        head.pop("__metadata__", None)
+        for k, v in head.items():
+            a, b = v["data_offsets"]
+            if not 0 <= a <= b <= size - 8 - n:
+                raise ValueError(f"{k}'s data lies outside the file")
+        return head, 8 + n
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise UsageError(f"{f}: not a readable safetensors file ({e})") from None
 
 
 def _shapes(files: dict[str, Path]) -> dict[str, tuple[tuple[int, ...], str]]:
     out: dict[str, tuple[tuple[int, ...], str]] = {}
-    by_file: dict[Path, list[str]] = {}
-    for k, f in files.items():
-        by_file.setdefault(f, []).append(k)
-    for f, keys in by_file.items():
-        with safe_open(str(f), "pt") as fh:
-            for k in keys:
-                s = fh.get_slice(k)
-                out[k] = (tuple(s.get_shape()), s.get_dtype())
+    for f in sorted(set(files.values())):
+        head, _ = read_header(f)
+        for k, v in head.items():
+            if files.get(k) == f:
+                out[k] = (tuple(v["shape"]), v["dtype"])
+    missing = sorted(set(files) - set(out))
+    if missing:
+        raise UsageError(f"{files[missing[0]]}: has no tensor {missing[0]} (named in {INDEX})")
     return out
+
+
+def _read_into(fh: Any, start: int, info: dict[str, Any], dst: torch.Tensor, where: Path) -> None:
+    """Read one tensor's bytes from an open safetensors file into `dst` (converting the dtype if it differs)."""
+    a, b = info["data_offsets"]
+    src_dtype = _DTYPES[info["dtype"]]
+    direct = dst.dtype == src_dtype and dst.device.type == "cpu" and dst.is_contiguous()
+    buf = dst if direct else torch.empty(tuple(info["shape"]), dtype=src_dtype)
+    if buf.numel() * buf.element_size() != b - a:
+        raise UsageError(f"{where}: {b - a} bytes of data for a {info['dtype']} tensor of shape {info['shape']}")
+    view = memoryview(buf.view(-1).view(torch.uint8).numpy())
+    fh.seek(start + a)
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            raise UsageError(f"{where}: the file ends inside a tensor")
+        got += n
+    if not direct:
+        dst.copy_(buf)
 
 
 def _llmctl_name(key: str) -> str | None:
@@ -167,6 +207,40 @@ def check_tokenizer(path: str | Path, cfg: ModelConfig) -> None:
         )
 
 
+_INIT_OPS = frozenset({"normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "ones_", "zeros_", "fill_", "zero_"})
+
+
+class _SkipMetaInit(torch.overrides.TorchFunctionMode):
+    """Initialisers on meta tensors do nothing (every value is read from the files afterwards). Running
+    them would import torch's meta-tensor kernels, ~800 Python modules and ~70 MB, on the first load."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in _INIT_OPS:
+            t = args[0] if args else kwargs.get("tensor")
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                return t
+        return func(*args, **kwargs)
+
+
+def _materialize(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """Replace each meta parameter and buffer with an uninitialised one of `dtype` on `device`, in place;
+    a tensor shared by two modules (tied embeddings) stays shared. (Module.to_empty would do the same
+    through empty_like, whose first call on a meta tensor imports torch's symbolic-shape machinery.)"""
+    made: dict[int, torch.Tensor] = {}
+    for mod in model.modules():
+        for table in (mod._parameters, mod._buffers):
+            for name, t in list(table.items()):
+                if t is None:
+                    continue
+                if table is mod._buffers and name in mod._non_persistent_buffers_set:
+                    raise RuntimeError(f"{type(mod).__name__}.{name}: a buffer the weight files cannot fill")
+                if id(t) not in made:
+                    new = torch.empty(tuple(t.shape), dtype=dtype if t.is_floating_point() else t.dtype, device=device)
+                    made[id(t)] = torch.nn.Parameter(new, t.requires_grad) if table is mod._parameters else new
+                table[name] = made[id(t)]
+
+
 def load_hf(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = torch.float32
 ) -> tuple[Transformer, ModelConfig, Path | None, dict[str, Any]]:
@@ -177,7 +251,7 @@ def load_hf(
     cfg = hf_model_config(p)
     files = weight_map(p)
     shapes = _shapes(files)
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipMetaInit():
         model = Transformer(cfg)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
@@ -201,9 +275,7 @@ def load_hf(
         dtype = max(set(file_dtypes), key=file_dtypes.count)
     elif isinstance(dtype, str):
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    model = model.to(dtype).to_empty(device=device)  # the dtype on the meta device: no second copy
-    if cfg.tie_embeddings:  # to_empty makes a new tensor per name: tie again
-        model.lm_head.weight = model.embed_tokens.weight
+    _materialize(model, dtype, torch.device(device))
     params = model.state_dict()
     by_file: dict[Path, list[str]] = {}
     for k, n in names.items():
@@ -211,9 +283,10 @@ def load_hf(
             by_file.setdefault(files[k], []).append(k)
     with torch.no_grad():
         for f, keys in by_file.items():
-            with safe_open(str(f), "pt") as fh:
-                for k in keys:
-                    params[names[k]].copy_(fh.get_tensor(k))
+            head, start = read_header(f)
+            with open(f, "rb", buffering=0) as fh:
+                for k in sorted(keys, key=lambda k: head[k]["data_offsets"][0]):  # sequential reads
+                    _read_into(fh, start, head[k], params[names[k]], f)
     manifest = {
         "stage": "hf-model",
         "arch": cfg.hf_arch,

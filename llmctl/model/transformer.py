@@ -389,11 +389,22 @@ class Transformer(nn.Module):
             mask = torch.ones(t, past + t, dtype=torch.bool, device=input_ids.device).tril(diagonal=past)
         if attn_mask is not None:
             mask = attn_mask
-        if self.cfg.sliding_window is not None and int(positions.max()) >= self.cfg.sliding_window:
-            raise UsageError(
-                f"sequence of {int(positions.max()) + 1} tokens exceeds the model's sliding window "
-                f"{self.cfg.sliding_window} (sliding-window attention is not implemented)"
-            )
+        w = self.cfg.sliding_window
+        if w is not None and int(positions.max()) >= w:  # a key is seen from the w queries at and after it
+            if attn_mask is not None:
+                raise UsageError(
+                    f"sequence of {int(positions.max()) + 1} tokens exceeds the model's sliding window {w} "
+                    "(batched generation past the window is not implemented)"
+                )
+            past = kv_cache.pos if kv_cache is not None else 0
+            if kv_cache is not None:  # keys: the cached tokens and these, at positions 0 .. past + t - 1
+                kpos = torch.arange(past + t, device=input_ids.device).expand(b, past + t)
+            else:
+                kpos = positions
+            band = kpos[:, None, :] > positions[:, :, None] - w
+            if mask is None:
+                mask = torch.ones(t, past + t, dtype=torch.bool, device=input_ids.device).tril(diagonal=past)
+            mask = mask & band[:, None]
         inv, attn_factor = self._rope if self._rope is not None else (None, 1.0)
         if inv is not None and inv.device != positions.device:
             self._rope = inv, attn_factor = inv.to(positions.device), attn_factor

@@ -57,8 +57,8 @@ def use_lora(
     lineage} (which makes its checkpoints adapter-only), else {}."""
     if not cfg.lora.r:
         return {}
-    if cfg.tp > 1 or cfg.fsdp:
-        raise UsageError(f"{stage}: LoRA runs alone or under DDP (torchrun), not with --tp or --fsdp yet")
+    if cfg.tp > 1:
+        raise UsageError(f"{stage}: LoRA runs alone, under DDP or FSDP2 (torchrun), not with --tp yet")
     layers = apply_lora(model, cfg.lora, seed=cfg.seed)
     for h in heads:
         model.get_submodule(h).requires_grad_(True)

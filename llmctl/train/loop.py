@@ -260,8 +260,8 @@ def train(
     if found:
         st = load_train_state(found[-1])
         if lora_of(found[-1]):  # a LoRA run's checkpoint holds the adapters; the base is the model's own
-            verified(found[-1], ADAPTER_WEIGHTS)
-            weights = {**D.full_state_dict(wrapped), **read_adapter(found[-1])}
+            verified(found[-1], ADAPTER_WEIGHTS)  # (loaded alone: every rank holds the same keys under FSDP2)
+            weights = read_adapter(found[-1])
         else:
             weights = load_file(str(verified(found[-1], WEIGHTS)))
             if model_cfg.tie_embeddings:

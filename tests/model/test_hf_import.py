@@ -225,12 +225,45 @@ def test_older_config_format_reads_the_same(tmp_path, models):
         torch.testing.assert_close(model(ids), models["qwen2"][1](ids).logits, atol=1e-4, rtol=0)
 
 
-def test_sliding_window_longer_sequences_are_refused(tmp_path):
+def test_sliding_window_attention_matches_transformers_past_the_window(tmp_path):
+    """A Mistral whose sliding window (16) is shorter than the sequence: logits over 60 positions
+    (one sequence, and two documents packed with doc_ids), then greedy generation through the KV
+    cache past the window, equal transformers'; batched (left-padded) generation past it is refused."""
     ref = build(MistralConfig(**{**COMMON, "sliding_window": 16}), tmp_path / "m")
     model, cfg, *_ = load_hf(tmp_path / "m")
     assert cfg.sliding_window == 16
-    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(5))
+    ids = torch.randint(0, 128, (2, 60), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids), ref(ids).logits, atol=1e-4, rtol=0)  # within the window: exact
-    with pytest.raises(UsageError, match="exceeds the model's sliding window 16"):
-        model(torch.randint(0, 128, (1, 17)))
+        torch.testing.assert_close(model(ids), ref(ids).logits, atol=1e-4, rtol=0)
+        # two documents in one row: each computes what it computes alone
+        docs = torch.tensor([[0] * 25 + [1] * 35])
+        packed = model(torch.cat([ids[0, :25], ids[1, :35]])[None], doc_ids=docs)[0]
+        torch.testing.assert_close(packed[:25], ref(ids[:1, :25]).logits[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(packed[25:], ref(ids[1:, :35]).logits[0], atol=1e-4, rtol=0)
+        prompt = ids[0, :10].tolist()
+        want = ref.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=32)[0, len(prompt) :].tolist()
+    assert generate(model, prompt, max_new_tokens=32, temperature=0) == want
+    with pytest.raises(UsageError, match="batched generation past the window"), torch.no_grad():
+        model(ids[:, :17], attn_mask=torch.ones(2, 1, 17, 17, dtype=torch.bool).tril())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_damaged_weight_file_is_one_line(tmp_path, models, damage):
+    src, _ = models["mistral"]
+    d = tmp_path / "m"
+    shutil.copytree(src, d)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[:-100] if damage == "truncated" else b"\xff" * 8 + data[8:])
+    with pytest.raises(UsageError, match="not a readable safetensors file") as e:
+        load_hf(d)
+    assert "\n" not in str(e.value)
+
+
+def test_import_reads_every_value_and_shares_tied_weights(models):
+    """The model is built without initialisers: every parameter holds the file's values."""
+    path, ref = models["llama"]
+    model, *_ = load_hf(path)
+    want = {k.removeprefix("model."): v for k, v in ref.state_dict().items()}
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, want[k], atol=0, rtol=0)
+    assert model.lm_head.weight is model.embed_tokens.weight and model.lm_head.weight.requires_grad
