@@ -1,16 +1,22 @@
 """llmctl rl learns: GRPO on two-number addition, PPO against the HH-RLHF reward model.
 
-    .venv/bin/python benchmarks/rl.py grpo [--sft-steps 250] [--rl-steps 300] [--seeds 0,1,2] [--threads 2] [--sft WORK/sft]
+    .venv/bin/python benchmarks/rl.py grpo [--sft-seeds 0,1,2] [--seeds 0,1] [--n 32] [--held-out 400] [--demos 0]
+        [--sft-steps 250] [--rl-steps 300] [--lr 5e-5] [--floor 10] [--threads 1] [--work DIR]
     .venv/bin/python benchmarks/rl.py ppo --sft RUN/sft --reward-model RUN/reward [--steps 200]
     .venv/bin/python benchmarks/rl.py gen [--batch 16] [--new-tokens 64] [--checkpoint CKPT]
 
-grpo: generates "What is A plus B?" -> "#### A+B" problems (A, B < 20; 80 of the 400 held out by a
-seeded shuffle, as a `split` column), trains a BPE tokenizer and a random 2-layer model, SFTs it
-briefly (llmctl sft: it learns the format and some sums), then runs llmctl rl --algo grpo with the
-exact_match reward (eval's extraction), 8 prompts x G 8 per rollout, one optimizer step per rollout,
-lr 5e-5, no KL (beta 0), once per seed from the same SFT model. Prints the held-out greedy accuracy
-(rl's val_reward) before RL and at every evaluation, the rollout reward curve, and the wall time of
-each phase. Floor: +15 points of held-out accuracy within 10 minutes on 2 cores (every seed).
+grpo: generates "What is A plus B?" -> "#### A+B" for every A, B < n (`--held-out` of them held out
+by a seeded shuffle, as a `split` column), trains a BPE tokenizer, and for each SFT seed a random
+2-layer model (initialised from the seed) SFT'd (llmctl sft) on `--demos` training problems
+sampled by the seed (0: all of them), so that it learns the format and some sums. From each SFT
+model, one GRPO run per RL seed (llmctl rl --algo grpo, exact_match reward: eval's extraction; 8
+prompts x G 8 a rollout, one optimizer step per rollout, constant lr, no KL) on all training
+prompts. Held-out accuracy is greedy exact match on the held-out problems (rl's val_reward; with
+400 of them one standard error is at most 2.5 points). Prints a table of SFT seed x RL seed: the
+accuracy after SFT, at every evaluation and the gain, then the gain's mean and spread per SFT
+start and over all runs, and checks the floor: every run gains at least `--floor` points.
+Accuracy figures are deterministic for the seeds and --threads; runs already finished in --work
+are reused, so the grid can be run in pieces (e.g. --sft-seeds 0, then 1, then 0,1,2 for the table).
 
 ppo: llmctl rl --algo ppo from an SFT run against a reward model (e.g. `make demo`'s out/demo/sft
 and out/demo/reward) on the HH-RLHF prompts of examples/prefs (128 held out); 16 prompts a
@@ -194,6 +200,12 @@ def grpo(args: argparse.Namespace) -> None:
         f"(held-out accuracy = greedy exact match); SFT on {args.demos or 'all'} demonstrations, "
         f"{args.sft_steps} steps; GRPO {args.rl_steps} steps"
     )
+    keys = ("n", "held_out", "demos", "sft_steps", "rl_steps", "eval_every", "lr", "beta", "G", "rollout_prompts")
+    sig = {k: getattr(args, k) for k in (*keys, "max_new_tokens", "steps_per_rollout", "layers", "d_model", "threads")}
+    sig_path = tmp / "settings.json"
+    if sig_path.is_file() and json.loads(sig_path.read_text()) != sig:
+        sys.exit(f"{tmp} holds runs made with other settings ({sig_path}): use another --work")
+    sig_path.write_text(json.dumps(sig))
     cells: dict[tuple[int, int], dict[str, Any]] = {}
     for s in _ints(args.sft_seeds):
         data, sft_dir, t_sft = addition_sft(args, tmp, s)
@@ -222,8 +234,7 @@ def grpo(args: argparse.Namespace) -> None:
             cells[s, r] = res
             t_sft = 0.0
     print(
-        f"\n{'SFT seed':>8} {'RL seed':>7} {'SFT':>6}   held-out accuracy every {args.eval_every} steps"
-        f"{'':>{max(0, 6 * (args.rl_steps // max(args.eval_every, 1)) - 36)}}  {'gain':>6}  seconds (SFT + GRPO)"
+        f"\n{'SFT seed':>8} {'RL seed':>7} {'SFT':>6}  held-out accuracy every {args.eval_every} steps; gain; seconds"
     )
     gains: dict[int, list[float]] = {}
     for (s, r), c in cells.items():
@@ -232,12 +243,12 @@ def grpo(args: argparse.Namespace) -> None:
         print(
             f"{s:>8} {r:>7} {100 * c['start']:>5.1f}%  "
             + " ".join(f"{100 * v:>5.1f}" for _, v in c["val"])
-            + f"  {g:>+6.1f}  {c['sft_seconds']:.0f} + {c['rl_seconds']:.0f}"
+            + f"  {g:>+6.1f}  SFT {c['sft_seconds']:.0f} + GRPO {c['rl_seconds']:.0f}"
         )
         print(f"{'':>17}rollout reward (tenths of the run): " + " ".join(f"{v:.2f}" for v in c["reward"]))
     every = [g for gs in gains.values() for g in gs]
-    p = max(c["start"] for c in cells.values())
-    se = 100 * (p * (1 - p) / args.held_out) ** 0.5
+    accs = [c["start"] for c in cells.values()] + [v for c in cells.values() for _, v in c["val"]]
+    se = 100 * max((p * (1 - p) / args.held_out) ** 0.5 for p in accs)
     print(
         "\ngain by SFT start: "
         + "; ".join(

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/rl_trl.py [--variants grpo,bnpo,dr_grpo,dapo,gspo,clip_higher,mask_truncated]
         [--steps 30] [--threads 2] [--work DIR] [--sft DIR/sft-seed0]
 
-The model is benchmarks/rl.py's: a 2-layer d=64 model SFT'd on "What is A plus B?" -> "#### A+B"
-(A, B < 32), exported with `llmctl export --no-split-special-tokens` (the HF directory TRL loads;
+The model is benchmarks/rl.py's: a 2-layer d=64 model SFT'd for 250 steps on "What is A plus B?" ->
+"#### A+B" (here A, B < 20, 80 held out: about 40% of sampled answers right), exported with `llmctl export --no-split-special-tokens` (the HF directory TRL loads;
 TRL tokenizes the chat template itself, with special tokens as ids). For each variant (VARIANTS:
 a `--loss-type`, `--importance-sampling`, `--epsilon-high`, `--mask-truncated` and TRL's
 `loss_type`, `importance_sampling_level`, `epsilon_high`, `mask_truncated_completions`), both
@@ -155,7 +155,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     rl = _rl_bench()
     rl.add_grpo_args(ap)
-    ap.set_defaults(lr=5e-4, steps_per_rollout=2, threads=2)
+    ap.set_defaults(n=20, held_out=80, lr=5e-4, steps_per_rollout=2, threads=2)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
