@@ -96,7 +96,9 @@ class GRPO:
 
     def prepare(self, model, ro, plan0):
         cfg, out = self.cfg, {}
-        if cfg.epochs > 1:  # with one pass the policy is still pi_old: the loss uses its detached log-probs
+        if cfg.epochs > 1 or cfg.rollout_prompts * cfg.group > cfg.train.batch_size:
+            # several optimizer steps per rollout: later ones are off-policy and need pi_old's log-probs;
+            # with one step the policy is still pi_old and the loss uses its own detached log-probs
             out["old_logp"] = _by_plan(model, ro, plan0, False)
         if cfg.beta != 0.0:
             out["ref_logp"] = _by_plan(self.ref, ro, plan0, False)
