@@ -1,16 +1,22 @@
 """llmctl rl learns: GRPO on two-number addition, PPO against the HH-RLHF reward model.
 
-    .venv/bin/python benchmarks/rl.py grpo [--sft-steps 250] [--rl-steps 300] [--seeds 0,1,2] [--threads 2] [--sft WORK/sft]
+    .venv/bin/python benchmarks/rl.py grpo [--sft-seeds 0,1,2] [--seeds 0,1] [--n 24] [--held-out 400] [--demos 0]
+        [--sft-steps 250] [--rl-steps 300] [--lr 5e-5] [--floor 0] [--threads 1] [--work DIR]
     .venv/bin/python benchmarks/rl.py ppo --sft RUN/sft --reward-model RUN/reward [--steps 200]
     .venv/bin/python benchmarks/rl.py gen [--batch 16] [--new-tokens 64] [--checkpoint CKPT]
 
-grpo: generates "What is A plus B?" -> "#### A+B" problems (A, B < 20; 80 of the 400 held out by a
-seeded shuffle, as a `split` column), trains a BPE tokenizer and a random 2-layer model, SFTs it
-briefly (llmctl sft: it learns the format and some sums), then runs llmctl rl --algo grpo with the
-exact_match reward (eval's extraction), 8 prompts x G 8 per rollout, one optimizer step per rollout,
-lr 5e-5, no KL (beta 0), once per seed from the same SFT model. Prints the held-out greedy accuracy
-(rl's val_reward) before RL and at every evaluation, the rollout reward curve, and the wall time of
-each phase. Floor: +15 points of held-out accuracy within 10 minutes on 2 cores (every seed).
+grpo: generates "What is A plus B?" -> "#### A+B" for every A, B < n (`--held-out` of them held out
+by a seeded shuffle, as a `split` column), trains a BPE tokenizer, and for each SFT seed a random
+2-layer model (initialised from the seed) SFT'd (llmctl sft) on `--demos` training problems
+sampled by the seed (0: all of them), so that it learns the format and some sums. From each SFT
+model, one GRPO run per RL seed (llmctl rl --algo grpo, exact_match reward: eval's extraction; 8
+prompts x G 8 a rollout, one optimizer step per rollout, constant lr, no KL) on all training
+prompts. Held-out accuracy is greedy exact match on the held-out problems (rl's val_reward; with
+400 of them one standard error is at most 2.5 points). Prints a table of SFT seed x RL seed: the
+accuracy after SFT, at every evaluation and the gain, then the gain's mean and spread per SFT
+start and over all runs, and checks the floor: every run gains at least `--floor` points.
+Accuracy figures are deterministic for the seeds and --threads; runs already finished in --work
+are reused, so the grid can be run in pieces (e.g. --sft-seeds 0, then 1, then 0,1,2 for the table).
 
 ppo: llmctl rl --algo ppo from an SFT run against a reward model (e.g. `make demo`'s out/demo/sft
 and out/demo/reward) on the HH-RLHF prompts of examples/prefs (128 held out); 16 prompts a
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -43,7 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT / "examples" / "prefs" / "hh_rlhf_harmless_base.jsonl"
 
 
-def addition(n: int = 20, held_out: int = 80, seed: int = 0) -> list[dict]:
+def addition(n: int = 32, held_out: int = 400, seed: int = 0) -> list[dict]:
+    """Every "What is A plus B?" for A, B < n, shuffled by `seed`; the first `held_out` get split "val"."""
     rows = [
         {"prompt": f"What is {a} plus {b}?", "response": f"#### {a + b}", "answer": f"#### {a + b}"}
         for a in range(n)
@@ -69,8 +77,17 @@ def curve(run: Path, key: str) -> list[tuple[int, float]]:
     return out
 
 
-def addition_sft(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, float]:
-    """The addition prompts (TMP/addition.jsonl) and a briefly SFT'd model (args.sft, or trained in TMP/sft)."""
+def sft_rows(rows: list[dict], demos: int, seed: int) -> list[dict]:
+    """The SFT data: `demos` training problems (a seeded sample) with their answers, plus the held-out ones."""
+    train = [r for r in rows if r["split"] == "train"]
+    picked = random.Random(1000 + seed).sample(train, min(demos, len(train))) if demos else train
+    return picked + [r for r in rows if r["split"] == "val"]
+
+
+def addition_sft(args: argparse.Namespace, tmp: Path, seed: int = 0) -> tuple[Path, Path, float]:
+    """The addition prompts (TMP/addition.jsonl) and a briefly SFT'd model (args.sft, or TMP/sft-seedS: a
+    model initialised from `seed`, SFT'd on `args.demos` training problems sampled by `seed`, in an
+    order from `seed`; reused when TMP already holds it)."""
     import torch
 
     from llmctl.model.checkpoint import save_checkpoint
@@ -81,16 +98,20 @@ def addition_sft(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, float
 
     rows = addition(args.n, args.held_out)
     data = write_jsonl(tmp / "addition.jsonl", rows)
-    sft_dir = Path(args.sft) if args.sft else tmp / "sft"
+    sft_dir = Path(args.sft) if args.sft else tmp / f"sft-seed{seed}"
     t0 = time.time()
-    if not args.sft:
-        tok = Tokenizer.train(
-            [f"What is {a} plus {b}? #### {a + b}" for a in range(args.n) for b in range(args.n)] * 3, vocab_size=380
-        )
-        tok.save(tmp / "tok")
+    if not args.sft and not (sft_dir / "manifest.json").is_file():
+        if not (tmp / "tok").is_dir():
+            tok = Tokenizer.train(
+                [f"What is {a} plus {b}? #### {a + b}" for a in range(args.n) for b in range(args.n)] * 3,
+                vocab_size=380,
+            )
+            tok.save(tmp / "tok")
+        tok = Tokenizer.load(tmp / "tok")
         mc = ModelConfig(vocab_size=tok.vocab_size, n_layer=args.layers, n_head=4, d_model=args.d_model, max_seq_len=64)
-        torch.manual_seed(0)
-        save_checkpoint(tmp / "init", Transformer(mc), mc, tok.path)
+        torch.manual_seed(seed)
+        save_checkpoint(tmp / f"init-seed{seed}", Transformer(mc), mc, tok.path)
+        sft_data = write_jsonl(tmp / f"sft-seed{seed}.jsonl", sft_rows(rows, args.demos, seed))
         sft_cfg = SFTConfig(
             max_len=64,
             train=TrainConfig(
@@ -102,9 +123,10 @@ def addition_sft(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, float
                 eval_every=args.sft_steps,
                 ckpt_every=args.sft_steps,
                 weight_decay=0.0,
+                seed=seed,
             ),
         )
-        run_sft(data, tmp / "init", sft_dir, sft_cfg)
+        run_sft(sft_data, tmp / f"init-seed{seed}", sft_dir, sft_cfg, overwrite=True)
     return data, sft_dir, time.time() - t0
 
 
@@ -138,19 +160,29 @@ def grpo_config(args: argparse.Namespace, steps: int, eval_every: int) -> Any:
 
 def add_grpo_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--sft-steps", type=int, default=250)
+    g.add_argument("--demos", type=int, default=0, help="SFT on this many training problems (0: all of them)")
     g.add_argument("--lr", type=float, default=5e-5)
-    g.add_argument("--sft", default=None, help="reuse this SFT run (from an earlier --work) instead of training one")
+    g.add_argument("--sft", default=None, help="reuse this SFT run instead of training one")
     g.add_argument("--beta", type=float, default=0.0)
-    g.add_argument("--n", type=int, default=20, help="problems are A plus B for A, B < n")
-    g.add_argument("--held-out", type=int, default=80, help="problems held out (held-out accuracy is on these)")
+    g.add_argument("--n", type=int, default=24, help="problems are A plus B for A, B < n")
+    g.add_argument("--held-out", type=int, default=400, help="problems held out (held-out accuracy is on these)")
     g.add_argument("-G", type=int, default=8, help="completions per prompt")
     g.add_argument("--rollout-prompts", type=int, default=8)
     g.add_argument("--max-new-tokens", type=int, default=8)
     g.add_argument("--steps-per-rollout", type=int, default=1, help="optimizer steps per rollout (1: fully on-policy)")
     g.add_argument("--layers", type=int, default=2)
     g.add_argument("--d-model", type=int, default=64)
-    g.add_argument("--threads", type=int, default=2)
-    g.add_argument("--work", default=None)
+    g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--work", default=None, help="work directory; SFT and GRPO runs already finished there are reused")
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x != ""]
+
+
+def _sd(xs: list[float]) -> float:
+    m = sum(xs) / len(xs)
+    return (sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1)) ** 0.5
 
 
 def grpo(args: argparse.Namespace) -> None:
@@ -160,38 +192,80 @@ def grpo(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     tmp = Path(args.work or tempfile.mkdtemp(prefix="rl-bench-"))
-    data, sft_dir, t_sft = addition_sft(args, tmp)
-    cfg = grpo_config(args, args.rl_steps, args.eval_every)
-    print(f"\n== GRPO on two-number addition (held-out accuracy = greedy exact match on {args.held_out} problems)")
-    print(f"SFT {args.sft_steps} steps: {t_sft:.0f} s")
-    gains, t_all = [], t_sft
-    for seed in [int(x) for x in args.seeds.split(",")]:
-        cfg.train.seed = seed
-        t1 = time.time()
-        run = tmp / f"rl-seed{seed}"
-        s = run_rl(data, sft_dir, run, cfg, overwrite=True)
-        t_rl = time.time() - t1
-        t_all += t_rl
-        start = s["data"]["val_reward_start"]
-        val = curve(run, "val_reward")
-        rew = curve(run, "reward")
-        win = max(1, len(rew) // 10)
-        gains.append(100 * (val[-1][1] - start))
-        print(f"-- RL seed {seed}: GRPO {args.rl_steps} steps in {t_rl:.0f} s (SFT + GRPO: {t_sft + t_rl:.0f} s)")
-        print(
-            f"held-out accuracy: after SFT {100 * start:.1f}%  "
-            + "  ".join(f"step {st}: {100 * v:.1f}%" for st, v in val)
-        )
-        print(
-            f"rollout reward (mean exact match of sampled completions, averaged over {win} steps): "
-            + " ".join(
-                f"{sum(v for _, v in rew[i : i + win]) / len(rew[i : i + win]):.2f}" for i in range(0, len(rew), win)
-            )
-        )
-        print(f"gain {gains[-1]:+.1f} points (floor +15) -> {'PASS' if gains[-1] >= 15 else 'FAIL'}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     print(
-        f"gains {', '.join(f'{g:+.1f}' for g in gains)} points; smallest {min(gains):+.1f} (floor +15) -> "
-        f"{'PASS' if min(gains) >= 15 else 'FAIL'}; all runs {t_all:.0f} s; work dir {tmp}"
+        f"== GRPO on two-number addition: A + B for A, B < {args.n}, {args.held_out} held out "
+        f"(held-out accuracy = greedy exact match); SFT on {args.demos or 'all'} demonstrations, "
+        f"{args.sft_steps} steps; GRPO {args.rl_steps} steps"
+    )
+    keys = ("n", "held_out", "demos", "sft_steps", "rl_steps", "eval_every", "lr", "beta", "G", "rollout_prompts")
+    sig = {k: getattr(args, k) for k in (*keys, "max_new_tokens", "steps_per_rollout", "layers", "d_model", "threads")}
+    sig_path = tmp / "settings.json"
+    if sig_path.is_file() and json.loads(sig_path.read_text()) != sig:
+        sys.exit(f"{tmp} holds runs made with other settings ({sig_path}): use another --work")
+    sig_path.write_text(json.dumps(sig))
+    cells: dict[tuple[int, int], dict[str, Any]] = {}
+    for s in _ints(args.sft_seeds):
+        data, sft_dir, t_sft = addition_sft(args, tmp, s)
+        for r in _ints(args.seeds):
+            run = tmp / f"rl-sft{s}-seed{r}"
+            res_path = run / "bench.json"
+            if res_path.is_file():
+                cells[s, r] = json.loads(res_path.read_text())
+                continue
+            cfg = grpo_config(args, args.rl_steps, args.eval_every)
+            cfg.train.seed = r
+            t1 = time.time()
+            summary = run_rl(data, sft_dir, run, cfg, overwrite=True)
+            rew = curve(run, "reward")
+            win = max(1, len(rew) // 10)
+            res = {
+                "sft_seconds": t_sft,
+                "rl_seconds": time.time() - t1,
+                "start": summary["data"]["val_reward_start"],
+                "val": curve(run, "val_reward"),
+                "reward": [
+                    sum(v for _, v in rew[i : i + win]) / len(rew[i : i + win]) for i in range(0, len(rew), win)
+                ],
+            }
+            res_path.write_text(json.dumps(res))
+            cells[s, r] = res
+            t_sft = 0.0
+    print(
+        f"\n{'SFT seed':>8} {'RL seed':>7} {'SFT':>6}  held-out accuracy every {args.eval_every} steps; gain; seconds"
+    )
+    gains: dict[int, list[float]] = {}
+    for (s, r), c in cells.items():
+        g = 100 * (c["val"][-1][1] - c["start"])
+        gains.setdefault(s, []).append(g)
+        print(
+            f"{s:>8} {r:>7} {100 * c['start']:>5.1f}%  "
+            + " ".join(f"{100 * v:>5.1f}" for _, v in c["val"])
+            + f"  {g:>+6.1f}  SFT {c['sft_seconds']:.0f} + GRPO {c['rl_seconds']:.0f}"
+        )
+        print(f"{'':>17}rollout reward (tenths of the run): " + " ".join(f"{v:.2f}" for v in c["reward"]))
+    every = [g for gs in gains.values() for g in gs]
+    accs = [c["start"] for c in cells.values()] + [v for c in cells.values() for _, v in c["val"]]
+    se = 100 * max((p * (1 - p) / args.held_out) ** 0.5 for p in accs)
+    print(
+        "\ngain by SFT start: "
+        + "; ".join(
+            f"SFT seed {s} ({100 * cells[s, _ints(args.seeds)[0]]['start']:.1f}%): "
+            f"{sum(gs) / len(gs):+.1f} +- {_sd(gs):.1f}"
+            for s, gs in gains.items()
+        )
+    )
+    ok = min(every) >= args.floor
+    print(
+        f"gain over all {len(every)} SFT x RL runs: mean {sum(every) / len(every):+.1f} points, sd {_sd(every):.1f}, "
+        f"range {min(every):+.1f} .. {max(every):+.1f}; one s.e. of a held-out accuracy <= {se:.1f} points\n"
+        f"floor: every run gains >= {args.floor:+g} points -> {'PASS' if ok else 'FAIL'}"
+    )
+    print(
+        f"this invocation {time.time() - t_start:.0f} s; load average at end: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; work dir {tmp}"
     )
 
 
@@ -366,8 +440,10 @@ def main() -> None:
     g.add_argument("--rl-steps", type=int, default=300)
     g.add_argument("--eval-every", type=int, default=50)
     g.add_argument(
-        "--seeds", default="0,1,2", help="one GRPO run from the same SFT model per seed (sampling, shuffles)"
+        "--sft-seeds", default="0,1,2", help="one SFT model per seed (initialisation, demonstrations, order)"
     )
+    g.add_argument("--seeds", default="0,1", help="one GRPO run from each SFT model per seed (sampling, shuffles)")
+    g.add_argument("--floor", type=float, default=0.0, help="the smallest gain every SFT x RL run must reach (points)")
     p = sub.add_parser("ppo")
     p.add_argument("--sft", required=True)
     p.add_argument("--reward-model", required=True)

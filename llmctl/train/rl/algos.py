@@ -74,6 +74,14 @@ def _step_tokens(ro: dict[str, torch.Tensor], cfg: Any) -> torch.Tensor:
     return torch.full((mask.size(0),), per_step / (accum * world), dtype=torch.float32, device=mask.device)
 
 
+def _global_std(x: torch.Tensor) -> float:
+    """The unbiased std of x over all ranks (every rank gets the same value)."""
+    t = torch.tensor([x.double().sum().item(), (x.double() ** 2).sum().item(), float(x.numel())], dtype=torch.float64)
+    D.all_reduce_sum(t)
+    s, sq, n = t.tolist()
+    return max((sq - s * s / n) / max(n - 1, 1), 0.0) ** 0.5
+
+
 class GRPO:
     """G completions a prompt, advantages within each prompt's group; a reference only when beta != 0."""
 
@@ -88,7 +96,9 @@ class GRPO:
 
     def prepare(self, model, ro, plan0):
         cfg, out = self.cfg, {}
-        if cfg.epochs > 1:  # with one pass the policy is still pi_old: the loss uses its detached log-probs
+        if cfg.epochs > 1 or cfg.rollout_prompts * cfg.group > cfg.train.batch_size:
+            # several optimizer steps per rollout: later ones are off-policy and need pi_old's log-probs;
+            # with one step the policy is still pi_old and the loss uses its own detached log-probs
             out["old_logp"] = _by_plan(model, ro, plan0, False)
         if cfg.beta != 0.0:
             out["ref_logp"] = _by_plan(self.ref, ro, plan0, False)
@@ -100,7 +110,7 @@ class GRPO:
         std = grp.std(dim=1)
         stats = {
             "reward": scores.mean().item(),
-            "reward_std": scores.std().item(),  # TRL's: over the whole rollout
+            "reward_std": _global_std(scores),  # TRL's: over the whole rollout, all ranks
             "reward_group_std": std.mean().item(),  # the mean of the groups' stds (what the advantages divide by)
             "frac_reward_zero_std": (std == 0).float().mean().item(),
         }

@@ -154,7 +154,15 @@ def test_grpo_rollout_metrics_use_trls_formulas():
     from llmctl.train.rl.algos import GRPO
 
     scores = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]  # two prompts x G 4: one with a signal, one without
-    cfg = SimpleNamespace(epochs=1, beta=0.0, num_generations=4, scale_rewards=True)
+    cfg = SimpleNamespace(
+        epochs=1,
+        beta=0.0,
+        num_generations=4,
+        group=4,
+        scale_rewards=True,
+        rollout_prompts=2,
+        train=SimpleNamespace(batch_size=8),
+    )
     _, st = GRPO(cfg, None).prepare(None, {"scores": torch.tensor(scores)}, [])
     assert st["reward"] == pytest.approx(statistics.mean(scores))
     assert st["reward_std"] == pytest.approx(statistics.stdev(scores))  # 0.518, not the groups' 0.25
