@@ -23,7 +23,7 @@ ROOT/_pipeline/STAGE.log (scripts/examples_figures.py builds examples/README.md'
 Stage effects (`stage_effects`, printed by `llmctl run` at the end): an eval stage is one whose
 command is `eval ${MODEL} ...`; a training stage's predecessor is the stage its `--from ${NAME}`
 names. Each eval'd stage is compared with its nearest eval'd predecessor on every (task, metric)
-both eval stages report: before, after, the change and its standard error
+both eval stages report with a standard error: before, after, the change and its standard error
 sqrt(stderr_before^2 + stderr_after^2) (the two evaluations taken as independent: conservative
 when they score the same items).
 """
@@ -269,7 +269,7 @@ def _ref_arg(args: list[str], i: int) -> str | None:
 
 def stage_effects(path: str | Path, root: str | Path) -> list[dict[str, Any]]:
     """One row per (stage, task, metric) that a stage's eval and its nearest eval'd predecessor's
-    eval both report (see the module docstring); stages whose evals have not run are left out.
+    eval both report, with a standard error on either side (see the module docstring); stages whose evals have not run are left out.
     Rows: stage, before (the predecessor), eval stages of both, task, metric, value_before,
     value_after, change, stderr (of the change; None when either side has none)."""
     pipe, root = load_pipeline(path), Path(root)
@@ -303,8 +303,8 @@ def stage_effects(path: str | Path, root: str | Path) -> list[dict[str, Any]]:
             b = before.get(key)
             if b is None or a["value"] is None or b["value"] is None:
                 continue
-            if a["stderr"] is None and b["stderr"] is None and a["value"] == b["value"]:
-                continue  # a count or setting both share (documents, train_documents): no effect to show
+            if a["stderr"] is None and b["stderr"] is None:
+                continue  # a count (documents) or a transform of a metric shown (perplexity of the loss)
             se = None if a["stderr"] is None or b["stderr"] is None else (a["stderr"] ** 2 + b["stderr"] ** 2) ** 0.5
             rows.append(
                 {

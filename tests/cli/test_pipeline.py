@@ -174,7 +174,7 @@ def test_stage_effects_compare_each_eval_with_the_nearest_evaluated_predecessor(
             "value_before": 0.1,
             "value_after": 0.95,
             "change": pytest.approx(0.85),
-            "stderr": pytest.approx(0.05),  # sqrt(0.03^2 + 0.04^2); `documents` is equal and has none: left out
+            "stderr": pytest.approx(0.05),  # sqrt(0.03^2 + 0.04^2); `documents` has none: left out
         }
     ]  # eval_rl has not run: no row for rl
     write_results(root / "eval_rl", [("stop_rate", "stop_rate", 0.85, 0.04)])  # rl --from reward --from sft
