@@ -158,12 +158,12 @@ def timings(root: Path) -> str:
     """Seconds per finished stage with the load average when it ended, and the environment."""
     states = [json.loads(p.read_text()) for p in sorted((root / "_pipeline").glob("*.json"))]
     states.sort(key=lambda s: (root / "_pipeline" / f"{s['stage']}.json").stat().st_mtime)
-    rows = [f"{s['stage']:<10} {s['seconds']:>7.1f} s   load average {s.get('load_average_1min', '?')}" for s in states]
+    rows = [f"{s['stage']:<13} {s['seconds']:>7.1f} s   load average {s.get('load_average_1min', '?')}" for s in states]
     total = sum(s["seconds"] for s in states)
     return "\n".join(
         rows
         + [
-            f"{'total':<10} {total:>7.1f} s   (load average: runnable processes over the last minute)",
+            f"{'total':<13} {total:>7.1f} s   (load average: runnable processes over the last minute)",
             f"on {environment()}",
         ]
     )
