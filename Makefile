@@ -4,7 +4,7 @@
 #   make test                     lint, import layers, then the whole test suite (what CI runs)
 #   make test-fast                the quick tier (no end-to-end tests), under 2 minutes
 #   make eval                     one stage (and whatever it needs that is out of date); likewise
-#                                 make filter | tokenize | pretrain | sft | reward | dpo | report
+#                                 make filter | tokenize | pretrain | sft | grpo | reward | dpo | report
 #   make eval PIPELINE=pipelines/small.yaml OUT=out/small    another pipeline, another run root
 #   make examples-readme          a fresh demo run, then examples/README.md's figures rewritten from it
 PYTHON ?= python3
@@ -20,7 +20,7 @@ PIPELINE ?= pipelines/toy.yaml
 OUT ?= out/demo
 RUN = $(LLMCTL) run $(PIPELINE) -o $(OUT)
 
-.PHONY: install demo test test-fast lint browser report clean filter tokenize pretrain sft reward dpo eval examples-readme
+.PHONY: install demo test test-fast lint browser report clean filter tokenize pretrain sft grpo reward dpo eval examples-readme
 
 install: $(STAMP)
 
@@ -76,6 +76,7 @@ filter: $(OUT)/filter/_manifest.json
 tokenize: $(OUT)/tokens/_manifest.json
 pretrain: $(OUT)/pretrain/_manifest.json
 sft: $(OUT)/sft/_manifest.json
+grpo: $(OUT)/grpo/_manifest.json
 reward: $(OUT)/reward/_manifest.json
 dpo: $(OUT)/dpo/_manifest.json
 eval: $(OUT)/eval/_manifest.json
@@ -94,6 +95,8 @@ $(OUT)/sft_data/_manifest.json: $(STAMP) $(PIPELINE)
 	$(RUN) --only sft_data && touch $@
 $(OUT)/sft/_manifest.json: $(OUT)/sft_data/_manifest.json $(OUT)/pretrain/_manifest.json
 	$(RUN) --only sft && touch $@
+$(OUT)/grpo/_manifest.json: $(OUT)/sft/_manifest.json
+	$(RUN) --only grpo && touch $@
 $(OUT)/prefs/_manifest.json: $(STAMP) $(PIPELINE)
 	$(RUN) --only prefs && touch $@
 $(OUT)/reward/_manifest.json: $(OUT)/prefs/_manifest.json $(OUT)/sft/_manifest.json

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,20 @@ def gsm8k(n_train: int = 1000, n_test: int = 50) -> None:
     with open(SHARED / "sft" / "gsm8k_test.jsonl") as f, open(EX / "eval" / "gsm8k_test.jsonl", "w") as out:
         for i, line in zip(range(n_test), f):
             out.write(line)
+
+
+def arithmetic(n: int = 20, n_test: int = 150, seed: int = 0) -> None:
+    """Two-number additions "What is A plus B?" -> "#### A+B" (A, B < n), the task of benchmarks/rl.py:
+    a seeded shuffle holds `n_test` out (eval/arithmetic_test.jsonl), the rest is sft/arithmetic_train.jsonl.
+    GSM8K's layout (question, answer), so `data import --format sft`, `rl --reward exact_match` and
+    `eval --task exact_match` read them as they are."""
+    rows = [{"question": f"What is {a} plus {b}?", "answer": f"#### {a + b}"} for a in range(n) for b in range(n)]
+    random.Random(seed).shuffle(rows)
+    for path, part in (
+        (EX / "eval" / "arithmetic_test.jsonl", rows[:n_test]),
+        (EX / "sft" / "arithmetic_train.jsonl", rows[n_test:]),
+    ):
+        path.write_text("".join(json.dumps(r) + "\n" for r in part))
 
 
 def alpaca_prompts(n: int = 40) -> None:
@@ -97,6 +112,7 @@ def mmlu(subjects=("high_school_geography", "marketing", "world_religions")) -> 
 if __name__ == "__main__":
     tinystories()
     gsm8k()
+    arithmetic()
     alpaca_prompts()
     prefs()
     mmlu()

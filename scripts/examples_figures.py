@@ -10,6 +10,7 @@ script owns::
     <!-- figures: filter -->                       what stage `filter` printed (ROOT/_pipeline/filter.log)
     <!-- figures: tokenizer; tokens; $ tokenize inspect ${tokenizer} "Once upon a time" -->
     <!-- figures: timings -->                      seconds per stage and the machine's load average
+    <!-- figures: effects -->                      the stage-effects table `llmctl run` prints at the end
 
 An item is a stage name (its command as pipelines/toy.yaml writes it, then its output as `llmctl
 run` logged it: step lines at up to five evaluation steps, everything else whole), `$ CMD` (an
@@ -87,6 +88,8 @@ def render_item(item: str, root: Path, commands: dict[str, str], shown: str) -> 
     item = item.strip()
     if item == "timings":
         return timings(root)
+    if item == "effects":
+        return effects(root)
     shown_cmd = "llmctl " + re.sub(r"\$\{(\w+)\}", lambda m: f"{shown}/{m.group(1)}", item[2:])
     if item.startswith("# "):
         return "$ " + wrap(shown_cmd)
@@ -109,6 +112,24 @@ def render_item(item: str, root: Path, commands: dict[str, str], shown: str) -> 
     if not done.is_file():  # a run stopped before this stage finished: say so rather than show a part as a result
         lines.append(f"[{item} did not finish in the run these figures come from: `make examples-readme` writes them]")
     return "$ " + wrap(commands[item]) + "\n" + "\n".join(lines)
+
+
+def effects(root: Path, pipeline: Path = REPO / "pipelines" / "toy.yaml") -> str:
+    """The stage-effects table `llmctl run` prints after the last stage (llmctl.cli.runner.stage_effects)."""
+    import io
+
+    from rich.console import Console
+
+    sys.path.insert(0, str(REPO))
+    from llmctl.cli.runner import effects_table, stage_effects
+
+    buf = io.StringIO()
+    Console(file=buf, width=200, color_system=None, force_terminal=False).print(
+        effects_table(stage_effects(pipeline, root))
+    )
+    return f"$ llmctl run pipelines/toy.yaml -o {SHOWN_ROOT}   # its last lines\n" + "\n".join(
+        ln.rstrip() for ln in buf.getvalue().splitlines() if ln.strip()
+    )
 
 
 def cpu_model() -> str:
@@ -137,12 +158,12 @@ def timings(root: Path) -> str:
     """Seconds per finished stage with the load average when it ended, and the environment."""
     states = [json.loads(p.read_text()) for p in sorted((root / "_pipeline").glob("*.json"))]
     states.sort(key=lambda s: (root / "_pipeline" / f"{s['stage']}.json").stat().st_mtime)
-    rows = [f"{s['stage']:<10} {s['seconds']:>7.1f} s   load average {s.get('load_average_1min', '?')}" for s in states]
+    rows = [f"{s['stage']:<13} {s['seconds']:>7.1f} s   load average {s.get('load_average_1min', '?')}" for s in states]
     total = sum(s["seconds"] for s in states)
     return "\n".join(
         rows
         + [
-            f"{'total':<10} {total:>7.1f} s   (load average: runnable processes over the last minute)",
+            f"{'total':<13} {total:>7.1f} s   (load average: runnable processes over the last minute)",
             f"on {environment()}",
         ]
     )

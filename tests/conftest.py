@@ -19,6 +19,7 @@ TOY = REPO / "pipelines" / "toy.yaml"
 SHORT = {
     "pretrain": (60, 20),
     "sft": (20, 10),
+    "grpo": (4, 4),
     "reward": (10, 10),
     "dpo": (10, 10),
     "rl": (4, 4),
@@ -28,12 +29,13 @@ SHORT = {
 def shortened(text: str) -> str:
     """pipelines/toy.yaml with fewer steps (and evaluations, checkpoints to match), eval on 5 items a task."""
     for name, (steps, every) in SHORT.items():
-        line = re.search(rf"run: {name} .*", text).group(0)
+        line = re.search(rf"- name: {name}\n(?:    [a-z]+: .*\n)*?    run: .*", text).group(0)
         short = re.sub(r"--steps \d+", f"--steps {steps}", line)
         short = re.sub(r"--eval-every \d+", f"--eval-every {every}", short)
         short = re.sub(r"--ckpt-every \d+", f"--ckpt-every {steps}", short)
         text = text.replace(line, short)
     text = text.replace(" --set prefs.limit=0", "")  # eval: --limit for prefs too
+    text = re.sub(r"(\.limit=)\d+", r"\g<1>5", text)
     return re.sub(r"(eval .*?)--limit \d+", r"\1--limit 5", text, flags=re.S)  # every task, on fewer items
 
 

@@ -21,8 +21,10 @@ def run_cmd(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Run stages even when they are up to date.")] = False,
 ) -> None:
-    """Run a pipeline's stages in order; up-to-date stages are skipped, the first failure stops the run."""
-    from llmctl.cli.runner import run_pipeline  # pyarrow: kept out of --help
+    """Run a pipeline's stages in order; up-to-date stages are skipped, the first failure stops the run.
+    At the end, when the pipeline evaluates a stage and the stage it started from (`--from`), a table
+    of each such stage's effect: the metrics both evaluations report, before, after and the change."""
+    from llmctl.cli.runner import effects_table, run_pipeline, stage_effects  # pyarrow: kept out of --help
 
     records = run_pipeline(
         pipeline,
@@ -33,6 +35,9 @@ def run_cmd(
         echo=lambda m: out.print(escape(m), style="bold cyan", highlight=False),
     )
     ran = [r for r in records if r["status"] == "ran"]
+    effects = stage_effects(pipeline, output)
+    if effects:
+        out.print(effects_table(effects))
     out.print(f"pipeline done: {len(ran)} stage(s) ran, {len(records) - len(ran)} up to date; outputs in {output}")
 
 

@@ -19,6 +19,13 @@ when it last succeeded, so an edit to one stage's config re-runs that stage and 
 it, and nothing else (a stale stage's old output is replaced: `--overwrite` is passed). The first
 failure stops the run, naming the stage. What a stage prints is also kept in
 ROOT/_pipeline/STAGE.log (scripts/examples_figures.py builds examples/README.md's figures from them).
+
+Stage effects (`stage_effects`, printed by `llmctl run` at the end): an eval stage is one whose
+command is `eval ${MODEL} ...`; a training stage's predecessor is the stage its `--from ${NAME}`
+names. Each eval'd stage is compared with its nearest eval'd predecessor on every (task, metric)
+both eval stages report with a standard error: before, after, the change and its standard error
+sqrt(stderr_before^2 + stderr_after^2) (the two evaluations taken as independent: conservative
+when they score the same items).
 """
 
 from __future__ import annotations
@@ -37,11 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.table import Table
 
 from llmctl.cli.app import app
 from llmctl.errors import UsageError
-from llmctl.store.dataset import MANIFEST, atomic_write_json, canonical_json, fingerprint_file
+from llmctl.store.dataset import MANIFEST, Dataset, atomic_write_json, canonical_json, fingerprint_file
 from llmctl.store.lock import exclusive_output
+from llmctl.utils.formatting import format_value
 
 _REF = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
 # A stage writes ROOT/NAME: a plain name, so that no stage escapes ROOT (`../x`, `/abs`) or takes
@@ -247,3 +256,99 @@ def run_pipeline(
         )
         records.append({"stage": stage.name, "status": "ran", "seconds": secs})
     return records
+
+
+# ----------------------------------------------------------------------------- stage effects
+
+
+def _ref_arg(args: list[str], i: int) -> str | None:
+    """The stage name when args[i] is exactly `${NAME}`, else None."""
+    m = _REF.fullmatch(args[i]) if 0 <= i < len(args) else None
+    return m.group(1) if m else None
+
+
+def stage_effects(path: str | Path, root: str | Path) -> list[dict[str, Any]]:
+    """One row per (stage, task, metric) that a stage's eval and its nearest eval'd predecessor's
+    eval both report, with a standard error on either side (see the module docstring); stages whose evals have not run are left out.
+    Rows: stage, before (the predecessor), eval stages of both, task, metric, value_before,
+    value_after, change, stderr (of the change; None when either side has none)."""
+    pipe, root = load_pipeline(path), Path(root)
+    evals: dict[str, str] = {}  # evaluated stage -> its eval stage (the first one)
+    parent: dict[str, str] = {}  # stage -> the stage its --from names
+    for s in pipe.stages:
+        args = shlex.split(s.run)
+        if args[:1] == ["eval"] and (model := _ref_arg(args, 1)) is not None:
+            evals.setdefault(model, s.name)
+        if "--from" in args and (src := _ref_arg(args, args.index("--from") + 1)) is not None:
+            parent[s.name] = src
+
+    def results(stage: str) -> dict[tuple[str, str], dict[str, Any]] | None:
+        d = root / evals[stage]
+        if not (d / MANIFEST).is_file():
+            return None
+        return {(r["task"], r["metric"]): r for r in Dataset.open(d, stage="eval").iter_rows()}
+
+    rows = []
+    for model, ev in evals.items():
+        prev, seen = parent.get(model), {model}
+        while prev is not None and prev not in evals and prev not in seen:
+            seen.add(prev)
+            prev = parent.get(prev)
+        if prev is None or prev not in evals:
+            continue
+        after, before = results(model), results(prev)
+        if after is None or before is None:
+            continue
+        for key, a in after.items():
+            b = before.get(key)
+            if b is None or a["value"] is None or b["value"] is None:
+                continue
+            if a["stderr"] is None and b["stderr"] is None:
+                continue  # a count (documents) or a transform of a metric shown (perplexity of the loss)
+            se = None if a["stderr"] is None or b["stderr"] is None else (a["stderr"] ** 2 + b["stderr"] ** 2) ** 0.5
+            rows.append(
+                {
+                    "stage": model,
+                    "before": prev,
+                    "eval_before": evals[prev],
+                    "eval_after": ev,
+                    "task": key[0],
+                    "metric": key[1],
+                    "value_before": b["value"],
+                    "value_after": a["value"],
+                    "change": a["value"] - b["value"],
+                    "stderr": se,
+                }
+            )
+    return rows
+
+
+def effects_table(rows: list[dict[str, Any]]) -> Table:
+    """`stage_effects` rows as a table: the change, its standard error and the change in standard errors."""
+    table = Table(title="stage effects (each stage's eval against the stage it started from)", title_justify="left")
+    for col, just in (
+        ("stage", "left"),
+        ("from", "left"),
+        ("task", "left"),
+        ("metric", "left"),
+        ("before", "right"),
+        ("after", "right"),
+        ("change", "right"),
+        ("stderr", "right"),
+        ("change/se", "right"),
+    ):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rows:
+        se = r["stderr"]
+        table.add_row(
+            r["stage"],
+            r["before"],
+            r["task"],
+            r["metric"],
+            format_value(r["metric"], r["value_before"]),
+            format_value(r["metric"], r["value_after"]),
+            f"{r['change']:+.4f}",
+            "" if se is None else f"{se:.4f}",
+            "" if not se else f"{r['change'] / se:+.1f}",
+        )
+    return table

@@ -108,3 +108,76 @@ def test_shipped_pipelines_parse_with_the_real_cli(path, tmp_path):
             )
             parent = ctx
         cmd.make_context(name, list(ctx_args), parent=parent)  # raises on an unknown flag or a bad value
+
+
+def write_results(d: Path, rows: list[tuple[str, str, float, float | None]]) -> None:
+    """An eval results dataset as `llmctl eval` writes it (one shard of (task, metric) rows)."""
+    from dataclasses import dataclass
+
+    from llmctl.eval.base import RESULT_SCHEMA
+    from llmctl.store.dataset import StageOutput
+
+    @dataclass
+    class Cfg:
+        tasks: str = "t"
+
+    so = StageOutput(d, "eval", Cfg(), inputs=[])
+    w = so.shard_writer("t.parquet", RESULT_SCHEMA)
+    for task, metric, value, se in rows:
+        w.write({"task": task, "metric": metric, "value": value, "stderr": se, "n": 100})
+    so.finish_task("t", {"data": [{"path": "t.parquet", **w.close()}]})
+    so.finalize(["t"], RESULT_SCHEMA)
+
+
+EFFECTS = """
+stages:
+  - name: base
+    run: pretrain x -o ${out}
+  - name: eval_base
+    run: eval ${base} -o ${out}
+  - name: sft
+    run: sft d --from ${base} -o ${out}
+  - name: reward
+    run: reward p --from ${sft} -o ${out}
+  - name: eval_sft
+    run: eval ${sft} -o ${out} --task stop_rate
+  - name: rl
+    run: rl p --from ${reward} -o ${out}
+  - name: eval_rl
+    run: eval ${rl} -o ${out}
+"""
+
+
+def test_stage_effects_compare_each_eval_with_the_nearest_evaluated_predecessor(tmp_path):
+    from llmctl.cli.runner import effects_table, stage_effects
+
+    f = tmp_path / "p.yaml"
+    f.write_text(EFFECTS)
+    root = tmp_path / "run"
+    write_results(root / "eval_base", [("stop_rate", "stop_rate", 0.1, 0.03), ("perplexity", "documents", 20, None)])
+    write_results(
+        root / "eval_sft",
+        [
+            ("stop_rate", "stop_rate", 0.95, 0.04),
+            ("perplexity", "documents", 20, None),
+            ("prefs", "accuracy", 0.6, 0.1),
+        ],
+    )
+    assert stage_effects(f, root) == [
+        {
+            "stage": "sft",
+            "before": "base",
+            "eval_before": "eval_base",
+            "eval_after": "eval_sft",
+            "task": "stop_rate",
+            "metric": "stop_rate",
+            "value_before": 0.1,
+            "value_after": 0.95,
+            "change": pytest.approx(0.85),
+            "stderr": pytest.approx(0.05),  # sqrt(0.03^2 + 0.04^2); `documents` has none: left out
+        }
+    ]  # eval_rl has not run: no row for rl
+    write_results(root / "eval_rl", [("stop_rate", "stop_rate", 0.85, 0.04)])  # rl --from reward --from sft
+    rl = [r for r in stage_effects(f, root) if r["stage"] == "rl"]
+    assert [(r["before"], r["change"]) for r in rl] == [("sft", pytest.approx(-0.1))]
+    assert effects_table(stage_effects(f, root)).row_count == 2
