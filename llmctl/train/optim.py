@@ -7,6 +7,10 @@ head, norms, routers, 3-D expert weights). Muon's groups run at `muon_lr / lr` t
 learning rate and their momentum warms up linearly from `muon_momentum_start` to `muon_momentum`
 over `muon_momentum_warmup` steps (the speedruns' recipe).
 
+`embed_lr` / `head_lr` (None = `lr`) give the input embedding and an untied output head AdamW
+groups of their own, at that peak learning rate times the schedule (nanochat's separate embedding
+and unembedding rates); a tied embedding is one weight and takes `embed_lr`.
+
 Both are returned as one `Optimizer`-like object: `param_groups` (each may carry `lr_ratio`),
 `step()`, `zero_grad()`, and `optimizers` (the torch optimizers, for distributed state dicts).
 """
@@ -47,16 +51,29 @@ def _decay_split(named: list[tuple[str, torch.nn.Parameter]]) -> tuple[list, lis
     return decay, no_decay
 
 
-def _adamw(params: list, no_decay: list, cfg: Any, drop_empty: bool = False) -> torch.optim.AdamW:
-    groups = [{"params": params, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _own_lr(name: str, cfg: Any) -> float | None:
+    """The embedding's or the output head's own peak learning rate, if the config sets one."""
+    if name.startswith("embed_tokens."):
+        return getattr(cfg, "embed_lr", None)
+    if name.startswith("lm_head."):
+        return getattr(cfg, "head_lr", None)
+    return None
+
+
+def _adamw(named: list[tuple[str, torch.nn.Parameter]], cfg: Any, drop_empty: bool = False) -> torch.optim.AdamW:
+    own = [(n, p) for n, p in named if _own_lr(n, cfg) is not None]
+    decay, no_decay = _decay_split([(n, p) for n, p in named if _own_lr(n, cfg) is None])
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if drop_empty:  # torch's distributed state dicts refuse an empty group beside another optimizer
         groups = [g for g in groups if g["params"]]
+    for n, p in own:
+        wd = 0.0 if p.ndim < 2 or "embed" in n else cfg.weight_decay
+        groups.append({"params": [p], "weight_decay": wd, "lr_ratio": _own_lr(n, cfg) / cfg.lr})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
 
 
 def build_adamw(named: list[tuple[str, torch.nn.Parameter]], cfg: Any) -> Composite:
-    decay, no_decay = _decay_split(named)
-    return Composite([_adamw(decay, no_decay, cfg)])
+    return Composite([_adamw(named, cfg)])
 
 
 def is_hidden_matrix(name: str, p: torch.nn.Parameter) -> bool:
@@ -73,8 +90,7 @@ def build_muon(named: list[tuple[str, torch.nn.Parameter]], cfg: Any) -> Composi
     for g in muon.param_groups:
         g["lr_ratio"] = cfg.muon_lr / cfg.lr
         g["momentum_schedule"] = True
-    decay, no_decay = _decay_split(rest)
-    return Composite([muon, _adamw(decay, no_decay, cfg, drop_empty=True)])
+    return Composite([muon, _adamw(rest, cfg, drop_empty=True)])
 
 
 OPTIMIZERS: dict[str, Callable[[list[tuple[str, torch.nn.Parameter]], Any], Composite]] = {

@@ -58,6 +58,34 @@ class ModelSpec:
     moe_capacity_factor: float | None = None
     moe_jitter: float | None = None
     moe_impl: str | None = runtime(None)
+    # the modern small-model recipe's switches (llmctl.model.transformer; RECIPES turns them on together)
+    qk_norm: bool | None = None
+    mlp_act: str | None = None
+    zero_init_proj: bool | None = None
+    logit_softcap: float | None = None
+
+
+# `--recipe NAME`: config keys set below anything the user gives (--config, --set or a flag).
+# `modern` turns on what the TinyStories measurements support (docs/pretrain.md).
+RECIPES: dict[str, dict[str, Any]] = {
+    "modern": {
+        "train.optimizer": "muon",
+        "model.qk_norm": True,
+        "model.mlp_act": "relu2",
+        "model.zero_init_proj": True,
+        "model.logit_softcap": 15.0,
+        "model.tie_embeddings": False,
+    },
+}
+
+
+def recipe_flags(name: str | None) -> dict[str, Any]:
+    """The config keys recipe `name` sets ({} for None); one line for an unknown name."""
+    if name is None:
+        return {}
+    if name not in RECIPES:
+        raise UsageError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return dict(RECIPES[name])
 
 
 @dataclass
