@@ -251,8 +251,6 @@ def train(
     D.unwrap(model).activation_checkpointing = cfg.activation_checkpointing
     wrapped = D.wrap(model, cfg.fsdp, loss_parallel)
     vocab_sharded = lambda: P.loss_context(loss_parallel and d.tp > 1)  # noqa: E731
-    if cfg.optimizer == "muon" and (cfg.fsdp or d.tp > 1):
-        raise UsageError("--optimizer muon runs on one process or under DDP; not with --fsdp or --tp yet")
     optim = build_optimizer(wrapped, cfg)
     trackers = Trackers(cfg.log_to, run_dir, (manifest or {}).get("config") or {}, (manifest or {}).get("inputs") or {})
     fwd = torch.compile(wrapped) if cfg.compile else wrapped

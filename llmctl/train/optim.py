@@ -11,6 +11,12 @@ over `muon_momentum_warmup` steps (the speedruns' recipe).
 groups of their own, at that peak learning rate times the schedule (nanochat's separate embedding
 and unembedding rates); a tied embedding is one weight and takes `embed_lr`.
 
+Under FSDP2 (and tensor parallelism) a hidden matrix is a DTensor shard; `Muon` orthogonalizes the
+whole matrix, as one process would: the momentum stays sharded (it is elementwise), the Nesterov
+update is all-gathered, Newton-Schulz runs on the full matrix on every rank, and each rank applies
+its own shard of the result (one all-gather per matrix per step; the speedruns instead spread the
+matrices over ranks, which saves the duplicated Newton-Schulz work at 2+ ranks).
+
 Both are returned as one `Optimizer`-like object: `param_groups` (each may carry `lr_ratio`),
 `step()`, `zero_grad()`, and `optimizers` (the torch optimizers, for distributed state dicts).
 """
@@ -21,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
 
 from llmctl.errors import UsageError
 
@@ -76,6 +83,47 @@ def build_adamw(named: list[tuple[str, torch.nn.Parameter]], cfg: Any) -> Compos
     return Composite([_adamw(named, cfg)])
 
 
+class Muon(torch.optim.Muon):
+    """torch's Muon, with DTensor parameters (sharded by FSDP2 or tensor parallelism) orthogonalized
+    whole: the same update one process computes (module docstring). Plain tensors take torch's step."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if not any(_is_dtensor(p) for g in self.param_groups for p in g["params"]):
+            return super().step(closure)
+        from torch.distributed.tensor import DTensor, Replicate  # only a sharded run gets here
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - mu)
+                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
+                full = update.full_tensor() if isinstance(update, DTensor) else update
+                ortho = _zeropower_via_newtonschulz(full, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                if isinstance(p, DTensor):  # every rank holds the whole result: keep this rank's shard
+                    whole = DTensor.from_local(
+                        ortho, p.device_mesh, [Replicate()] * p.device_mesh.ndim, run_check=False
+                    )
+                    ortho = whole.redistribute(p.device_mesh, p.placements)
+                p.mul_(1 - lr * wd)
+                p.add_(ortho, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+def _is_dtensor(p: torch.Tensor) -> bool:
+    return type(p).__name__ == "DTensor"
+
+
 def is_hidden_matrix(name: str, p: torch.nn.Parameter) -> bool:
     """A 2-D weight inside a transformer block, other than an MoE router: what Muon optimizes."""
     return p.ndim == 2 and name.startswith("layers.") and "router" not in name and "gate.weight" not in name
@@ -86,7 +134,7 @@ def build_muon(named: list[tuple[str, torch.nn.Parameter]], cfg: Any) -> Composi
     rest = [(n, p) for n, p in named if not is_hidden_matrix(n, p)]
     if not hidden:
         raise UsageError("--optimizer muon: the model has no 2-D hidden matrices to optimize with Muon")
-    muon = torch.optim.Muon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum)
+    muon = Muon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum)
     for g in muon.param_groups:
         g["lr_ratio"] = cfg.muon_lr / cfg.lr
         g["momentum_schedule"] = True
