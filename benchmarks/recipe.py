@@ -62,6 +62,7 @@ UNTIED = {"tie_embeddings": False}
 LRS = {"embed_lr": 0.05, "head_lr": 0.004}
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "adamw": ({}, {}),
+    "adamw_lr3e-3": ({"lr": 3e-3}, {}),  # AdamW at a learning rate tuned for this short run, not the default
     "muon": ({"optimizer": "muon"}, {}),
     "muon+qk_norm": ({"optimizer": "muon"}, {"qk_norm": True}),
     "muon+relu2": ({"optimizer": "muon"}, {"mlp_act": "relu2"}),
@@ -128,14 +129,13 @@ def run_llmctl(name: str, seed: int, steps: int, args, data: dict, work: Path) -
         steps=steps,
         batch_size=args.batch,
         micro_batch=args.batch,
-        lr=args.lr,
         warmup_steps=max(1, steps // 10),
         eval_every=args.eval_every,
         ckpt_every=steps,
         seed=seed,
         muon_momentum_warmup=max(1, steps // 3),
         log_every=10**9,
-        **opt,
+        **{"lr": args.lr, **opt},
     )
     flat, offs = data["train"]
     batches = PackedBatches(flat, offs, args.seq_len, args.batch, seed, data["eos"])
@@ -197,7 +197,9 @@ def equal_tokens(args, data: dict, work: Path) -> dict:
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         fr = [f for f in r["tokens_to_baseline"] if math.isfinite(f)]
-        if len(fr) == len(r["tokens_to_baseline"]) and fr:
+        if r["variant"] == "adamw":
+            reach = "1.00x (the target: its own mean)"
+        elif len(fr) == len(r["tokens_to_baseline"]) and fr:
             sd = statistics.stdev(fr) if len(fr) > 1 else 0.0
             reach = f"{statistics.mean(fr):.2f}x ± {sd:.2f}"
         else:
