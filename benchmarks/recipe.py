@@ -73,6 +73,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         {"optimizer": "muon", **LRS},
         {"qk_norm": True, "mlp_act": "relu2", "zero_init_proj": True, "logit_softcap": 15.0, **UNTIED},
     ),
+    # the recipe at the tied parameter count (nanoGPT's): one embedding, at embed_lr
+    "recipe_tied": (
+        {"optimizer": "muon", "embed_lr": LRS["embed_lr"]},
+        {"qk_norm": True, "mlp_act": "relu2", "zero_init_proj": True, "logit_softcap": 15.0},
+    ),
 }
 
 
@@ -119,8 +124,9 @@ def model_cfg(args, data: dict, switches: dict) -> ModelConfig:
     )
 
 
-def run_llmctl(name: str, seed: int, steps: int, args, data: dict, work: Path) -> dict:
-    """One llmctl run; returns its val-loss curve [(step, tokens, elapsed_s, val_loss)] and params."""
+def run_llmctl(name: str, seed: int, steps: int, args, data: dict, work: Path, eval_every: int | None = None) -> dict:
+    """One llmctl run; returns its val-loss curve [(step, tokens, elapsed_s, val_loss)] and params.
+    elapsed_s is training time up to that step (the loop stamps a step before its evaluation)."""
     opt, switches = VARIANTS[name]
     torch.manual_seed(seed)
     mc = model_cfg(args, data, switches)
@@ -130,7 +136,7 @@ def run_llmctl(name: str, seed: int, steps: int, args, data: dict, work: Path) -
         batch_size=args.batch,
         micro_batch=args.batch,
         warmup_steps=max(1, steps // 10),
-        eval_every=args.eval_every,
+        eval_every=eval_every or args.eval_every,
         ckpt_every=steps,
         seed=seed,
         muon_momentum_warmup=max(1, steps // 3),
@@ -227,9 +233,11 @@ def prepare_nanogpt(data: dict, work: Path) -> Path:
 
 def run_nanogpt(repo: Path, steps: int, args, data: dict, work: Path, prepared: Path) -> dict:
     """nanoGPT's train.py, unchanged, as a subprocess (cwd = the checkout, for its configurator.py);
-    returns its val curve [(step, tokens, elapsed_s, val_loss)] stamped as its lines arrive."""
+    returns its val curve [(step, tokens, elapsed_s, val_loss)] stamped as its lines arrive: from its
+    first training step to the log line of the step before the evaluation (so, as for llmctl,
+    evaluation time is not training time). It evaluates once, at the end (and at step 0)."""
     eval_iters = max(1, len(data["val"][0]) // (args.batch * args.seq_len))
-    every = args.eval_every if steps >= args.eval_every else steps
+    every = steps
     cmd = [
         sys.executable,
         "train.py",
@@ -259,7 +267,7 @@ def run_nanogpt(repo: Path, steps: int, args, data: dict, work: Path, prepared: 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    curve, start, params, tail = [], None, None, []
+    curve, start, params, tail, last_iter = [], None, None, [], None
     for line in proc.stdout:
         now = time.time()
         tail = (tail + [line])[-20:]
@@ -267,9 +275,12 @@ def run_nanogpt(repo: Path, steps: int, args, data: dict, work: Path, prepared: 
             params = float(m.group(1)) * 1e6
         if start is None and re.match(r"step 0: train loss", line):
             start = now  # the clock starts where llmctl's does: at the first training step
+        if re.match(r"iter \d+: loss", line):
+            last_iter = now
         if m := re.match(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", line):
             step = int(m.group(1))
-            curve.append((step, step * args.batch * args.seq_len, now - (start or now), float(m.group(2))))
+            t = (last_iter or now) - (start or now)
+            curve.append((step, step * args.batch * args.seq_len, t, float(m.group(2))))
     if proc.wait() != 0:
         raise SystemExit("nanoGPT train.py failed:\n" + "".join(tail))
     return {"curve": curve, "params": params, "wall_s": time.time() - t0}
@@ -283,14 +294,18 @@ def seconds_per_step(fn, probe: int) -> float:
 
 
 def equal_time(args, data: dict, work: Path) -> dict:
-    sides = {n: (lambda steps, n=n: run_llmctl(n, 0, steps, args, data, work)) for n in args.variants.split(",")}
+    # one evaluation a run, at its end: the same (full) validation pass on both sides, outside the clock
+    sides = {
+        n: (lambda steps, n=n: run_llmctl(n, 0, steps, args, data, work, eval_every=steps))
+        for n in args.variants.split(",")
+    }
     if args.nanogpt:
         prepared = prepare_nanogpt(data, work)
         sides["nanogpt"] = lambda steps: run_nanogpt(Path(args.nanogpt), steps, args, data, work, prepared)
     rows = []
     for name, fn in sides.items():
         per = seconds_per_step(fn, args.probe_steps)
-        steps = max(args.eval_every, int(args.seconds / per) // args.eval_every * args.eval_every)
+        steps = max(1, int(args.seconds / per))
         r = fn(steps)
         final = r["curve"][-1]
         rows.append(
@@ -336,7 +351,7 @@ def plot(result: dict, out: Path, data: dict) -> None:
         for j, c in enumerate(curves):
             xs = [p[2] for p in c]
             ys = [p[3] / math.log(2) / data["bytes_per_token"] for p in c]
-            ax.plot(xs, ys, color=colors[i % len(colors)], alpha=0.8, label=name if j == 0 else None)
+            ax.plot(xs, ys, "o-", ms=3, color=colors[i % len(colors)], alpha=0.8, label=name if j == 0 else None)
     ax.set_xlabel("training wall-clock (s)")
     ax.set_ylabel("val bits per byte")
     ax.set_title(f"TinyStories, {result['mode']}")
