@@ -75,6 +75,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model.zero_init_proj": True,
         "model.logit_softcap": 15.0,
         "model.tie_embeddings": False,
+        "train.embed_lr": 0.05,
+        "train.head_lr": 0.004,
     },
 }
 

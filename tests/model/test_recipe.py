@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from pretrain_helpers import make_tokenizer, write_tokens
 from typer.testing import CliRunner
 
 from llmctl import config as C
@@ -16,7 +17,7 @@ from llmctl.model.checkpoint import load_checkpoint, save_checkpoint
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.train.loop import TrainConfig, build_optimizer
 from llmctl.train.optim import set_schedule
-from llmctl.train.pretrain import PretrainConfig, model_config
+from llmctl.train.pretrain import PretrainConfig, model_config, pretrain, recipe_flags
 from llmctl.train.run_dir import run_state
 
 EPS = 1e-5
@@ -215,3 +216,22 @@ def test_embedding_and_head_take_their_own_learning_rates(optimizer):
     # unset, the groups are the ones runs had before (their saved optimizer states still load)
     plain = build_optimizer(m, TrainConfig(optimizer=optimizer))
     assert len(plain.param_groups) == (2 if optimizer == "adamw" else 3)
+
+
+def test_modern_recipe_trains_records_its_switches_and_resumes(tmp_path):
+    tok = make_tokenizer(tmp_path / "tok")
+    write_tokens(tmp_path / "tokens", tok)
+    small = {"seq_len": 32, "batch_tokens": 128, "train.micro_batch": 4, "train.steps": 6, "model.d_model": 32}
+    small |= {"train.eval_every": 3, "train.ckpt_every": 3, "train.warmup_steps": 1}
+    cfg = lambda **f: C.load(PretrainConfig, flags={**small, **f}, base=recipe_flags("modern"))  # noqa: E731
+    pretrain(tmp_path / "tokens", tmp_path / "tok", tmp_path / "a", cfg())
+    pretrain(tmp_path / "tokens", tmp_path / "tok", tmp_path / "b", cfg(**{"train.stop_after": 3}))
+    pretrain(tmp_path / "tokens", tmp_path / "tok", tmp_path / "b", cfg())
+    la = [json.loads(x).get("loss") for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x).get("loss") for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb and len(la) == 8  # 6 steps and 2 evaluations; resumed exactly
+    train_losses = [x for x in la if x is not None]
+    assert train_losses[-1] < train_losses[0]
+    _, mc, _, _ = load_checkpoint(tmp_path / "a")
+    want = {k.split(".")[1]: v for k, v in recipe_flags("modern").items() if k.startswith("model.")}
+    assert {k: getattr(mc, k) for k in want} == want
