@@ -48,7 +48,7 @@ import torch
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.tokenizer.spm import Tokenizer
 from llmctl.train.loop import TrainConfig, train
-from llmctl.train.pretrain import PackedBatches, PretrainConfig, lm_loss, make_evaluate
+from llmctl.train.pretrain import PackedBatches, PretrainConfig, lm_loss, make_evaluate, recipe_flags
 
 REPO = Path(__file__).resolve().parent.parent
 # the shared data beside the checkout (../shared, or ../../shared from a worktree)
@@ -79,6 +79,16 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         {"qk_norm": True, "mlp_act": "relu2", "zero_init_proj": True, "logit_softcap": 15.0},
     ),
 }
+# the recipe without what `llmctl export` cannot map with ReLU^2 (QK-norm, soft-cap): an ArceeForCausalLM
+VARIANTS["exportable"] = (
+    {"optimizer": "muon", **LRS},
+    {"mlp_act": "relu2", "zero_init_proj": True, **UNTIED},
+)
+# `--recipe modern` as llmctl ships it
+VARIANTS["modern"] = (
+    {k.split(".", 1)[1]: v for k, v in recipe_flags("modern").items() if k.startswith("train.")},
+    {k.split(".", 1)[1]: v for k, v in recipe_flags("modern").items() if k.startswith("model.")},
+)
 
 
 # ----------------------------------------------------------------------------- data
