@@ -189,12 +189,16 @@ def load(
     config_file: str | Path | None = None,
     sets: list[str] | None = None,
     flags: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> T:
-    """Resolve a stage config: defaults < config file < --set pairs < flags (None = not given).
+    """Resolve a stage config: defaults < base < config file < --set pairs < flags (None = not given).
 
-    `flags` keys may be dotted (`"c4.min_words_per_line"`) to reach nested sections.
+    `flags` and `base` (a named recipe's keys) may be dotted (`"c4.min_words_per_line"`) to reach nested sections.
     """
-    data: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    data: dict[str, Any] = {}
+    for key, value in (base or {}).items():
+        _set_dotted(data, key, value)
+    data = merge(data, read_config_file(config_file) if config_file else {})
     data = merge(data, parse_set(sets))
     for key, value in (flags or {}).items():
         if value is not None:

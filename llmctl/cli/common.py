@@ -116,6 +116,38 @@ OptimizerOpt = Annotated[
         help="adamw | muon (Muon on the hidden matrices, AdamW on the rest; default adamw).",
     ),
 ]
+# The modern small-model recipe (pretrain; docs/pretrain.md)
+RecipeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--recipe",
+        help="modern: Muon plus the architecture switches measured to help on TinyStories (docs/pretrain.md); "
+        "any option given explicitly wins.",
+    ),
+]
+QkNormOpt = Annotated[
+    Optional[bool], typer.Option("--qk-norm/--no-qk-norm", help="RMSNorm on queries and keys per head (Qwen3).")
+]
+MlpActOpt = Annotated[
+    Optional[str], typer.Option("--mlp-act", help="swiglu | relu2 (non-gated relu(x)^2, d_ff 4 x d_model).")
+]
+ZeroInitOpt = Annotated[
+    Optional[bool],
+    typer.Option("--zero-init-proj/--no-zero-init-proj", help="Attention and MLP output projections start at zero."),
+]
+SoftcapOpt = Annotated[
+    Optional[float], typer.Option("--logit-softcap", help="Logits = cap * tanh(logits / cap); 0 = off.")
+]
+TieOpt = Annotated[
+    Optional[bool],
+    typer.Option("--tie-embeddings/--untie-embeddings", help="Share the input embedding with the output head."),
+]
+EmbedLrOpt = Annotated[
+    Optional[float], typer.Option("--embed-lr", help="The input embedding's own peak learning rate (default --lr).")
+]
+HeadLrOpt = Annotated[
+    Optional[float], typer.Option("--head-lr", help="An untied output head's own peak learning rate (default --lr).")
+]
 LogToOpt = Annotated[
     Optional[str],
     typer.Option(

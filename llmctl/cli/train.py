@@ -8,7 +8,22 @@ import typer
 
 from llmctl import config as C  # called as C.load: `--help` swaps it to read the stage defaults
 from llmctl.cli.app import ConfigOpt, OverwriteOpt, PrintConfigOpt, SetOpt, app
-from llmctl.cli.common import LogToOpt, OptimizerOpt, ResumeOpt, TpOpt, print_config, run_state
+from llmctl.cli.common import (
+    EmbedLrOpt,
+    HeadLrOpt,
+    LogToOpt,
+    MlpActOpt,
+    OptimizerOpt,
+    QkNormOpt,
+    RecipeOpt,
+    ResumeOpt,
+    SoftcapOpt,
+    TieOpt,
+    TpOpt,
+    ZeroInitOpt,
+    print_config,
+    run_state,
+)
 
 
 @app.command("pretrain")
@@ -80,6 +95,14 @@ def pretrain_cmd(
     tp: TpOpt = None,
     resume: ResumeOpt = False,
     optimizer: OptimizerOpt = None,
+    recipe: RecipeOpt = None,
+    qk_norm: QkNormOpt = None,
+    mlp_act: MlpActOpt = None,
+    zero_init_proj: ZeroInitOpt = None,
+    logit_softcap: SoftcapOpt = None,
+    tie_embeddings: TieOpt = None,
+    embed_lr: EmbedLrOpt = None,
+    head_lr: HeadLrOpt = None,
     log_to: LogToOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -94,7 +117,7 @@ def pretrain_cmd(
     and RUN/_manifest.json when finished.
     """
     from llmctl.train import distributed as D  # torch: kept out of --help
-    from llmctl.train.pretrain import PretrainConfig, pretrain  # torch: kept out of --help
+    from llmctl.train.pretrain import PretrainConfig, pretrain, recipe_flags  # torch: kept out of --help
 
     flags = {
         "model.preset": preset,
@@ -124,8 +147,15 @@ def pretrain_cmd(
         "train.tp": tp,
         "train.optimizer": optimizer,
         "train.log_to": log_to,
+        "model.qk_norm": qk_norm,
+        "model.mlp_act": mlp_act,
+        "model.zero_init_proj": zero_init_proj,
+        "model.logit_softcap": logit_softcap,
+        "model.tie_embeddings": tie_embeddings,
+        "train.embed_lr": embed_lr,
+        "train.head_lr": head_lr,
     }
-    cfg = C.load(PretrainConfig, config, set_, flags)
+    cfg = C.load(PretrainConfig, config, set_, flags, base=recipe_flags(recipe))
     if print_config_:
         return print_config(cfg)
     try:

@@ -6,6 +6,12 @@ RoPE uses the same half-split layout, RMSNorm the same fp32 normalisation, so tr
 logits equal llmctl's within ~1e-6 in fp32 (the test checks 1e-4). Position interpolation is
 written as `rope_parameters = {"rope_type": "linear", "factor": rope_scale}`.
 
+The recipe's switches (llmctl.model.transformer): zero-initialised projections and untied
+embeddings change no computation; QK-norm maps to `Qwen3ForCausalLM` (Llama plus per-head q/k
+RMSNorm, same names) and a ReLU^2 MLP to `ArceeForCausalLM` (Llama with a non-gated relu2 MLP of
+up/down_proj), each with equal logits. No supported transformers class has both, a soft-capped
+Llama-style head, or an MoE with either, so those are refused with one line before anything is written.
+
 Tokenizer: besides the checkpoint's tokenizer files (`tokenizer.model` for sentencepiece users),
 the export writes `tokenizer.json` (`llmctl.export.hf_tokenizer`: the same ids as llmctl's tokenizer,
 read by `tokenizers` alone, so a plain `transformers` install without protobuf or sentencepiece
@@ -24,7 +30,7 @@ from pathlib import Path
 from llmctl.errors import UsageError
 from llmctl.export.hf_moe import moe_hf_config, moe_hf_state
 from llmctl.export.hf_tokenizer import tokenizer_json
-from llmctl.model.checkpoint import load_checkpoint, write_weights
+from llmctl.model.checkpoint import load_checkpoint, read_model_config, resolve_checkpoint, write_weights
 from llmctl.model.hf_import import copy_tokenizer_files
 from llmctl.model.lora import has_lora, merge_lora
 from llmctl.model.transformer import ModelConfig
@@ -35,11 +41,27 @@ from llmctl.tokenizer.base import BOS, CHAT_TEMPLATE_JINJA, CHAT_TOKENS, EOS, PA
 from llmctl.tokenizer.spm import Tokenizer
 
 
+def check_exportable(cfg: ModelConfig) -> None:
+    """One-line UsageError for a model of llmctl's own that no transformers class computes exactly."""
+    if cfg.hf_arch is not None:
+        return
+    if cfg.logit_softcap:
+        raise UsageError(
+            f"export: logit soft-capping (logit_softcap {cfg.logit_softcap:g}) has no Llama-style transformers class "
+            "that computes it; train without --logit-softcap to export"
+        )
+    if cfg.qk_norm and cfg.mlp_act != "swiglu":
+        raise UsageError("export: no transformers class has both QK-norm (Qwen3) and a ReLU^2 MLP (Arcee)")
+    if cfg.n_experts and (cfg.qk_norm or cfg.mlp_act != "swiglu"):
+        raise UsageError("export: a Mixture-of-Experts model exports as Mixtral or Qwen2-MoE, which have no QK-norm")
+
+
 def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict:
+    """config.json: LlamaForCausalLM, or Qwen3ForCausalLM with QK-norm, or ArceeForCausalLM with ReLU^2."""
     rope = {"rope_theta": cfg.rope_base, "rope_type": "default"}
     if cfg.rope_scale != 1.0:
         rope = {"rope_theta": cfg.rope_base, "rope_type": "linear", "factor": cfg.rope_scale}
-    return {
+    out = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": cfg.vocab_size,
@@ -66,6 +88,19 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: 
         "use_cache": True,
         "dtype": "float32",
     }
+    if cfg.qk_norm:
+        out.update(
+            architectures=["Qwen3ForCausalLM"],
+            model_type="qwen3",
+            use_sliding_window=False,
+            sliding_window=None,
+            max_window_layers=cfg.n_layer,
+            layer_types=["full_attention"] * cfg.n_layer,
+        )
+        out.pop("mlp_bias")
+    elif cfg.mlp_act == "relu2":
+        out.update(architectures=["ArceeForCausalLM"], model_type="arcee", hidden_act="relu2")
+    return out
 
 
 def hf_tokenizer_config(max_len: int, split_special_tokens: bool = True) -> dict:
@@ -97,6 +132,12 @@ def export_hf(
     """Write OUT/{model.safetensors, config.json, generation_config.json, tokenizer files}; `merge`
     folds a LoRA run's adapters into the base weights (required for a LoRA run)."""
     out = Path(out)
+    try:
+        check_exportable(read_model_config(resolve_checkpoint(checkpoint)))  # before anything is written
+    except UsageError as e:
+        if str(e).startswith("export:"):
+            raise
+        # not a full checkpoint (a LoRA run's adapters): load_checkpoint below says what it is
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UsageError(f"{out}: exists and is not empty; pass --overwrite to replace it")
@@ -106,6 +147,7 @@ def export_hf(
         merge_lora(model, checkpoint)
     elif has_lora(model):
         raise UsageError(f"{checkpoint}: a LoRA run holds adapters only: pass --merge to export base + adapters")
+    check_exportable(cfg)
     if cfg.hf_arch is not None:
         return _export_imported(checkpoint, out, model, cfg, tok_dir, manifest)
     ids = {"bos": None, "eos": None, "pad": None}

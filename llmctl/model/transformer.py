@@ -1,5 +1,11 @@
 """The Transformer: a Llama-style decoder (RMSNorm, RoPE, SwiGLU, SDPA attention, optional GQA).
 
+The modern small-model recipe's switches (modded-nanogpt, nanochat; all off by default, measured in
+docs/pretrain.md): `qk_norm` (per-head RMSNorm of q and k before RoPE, as Qwen3), `mlp_act="relu2"`
+(a non-gated relu(x)^2 MLP of up/down projections, d_ff 4 x d_model), `zero_init_proj` (attention
+and MLP output projections start at zero, so each block starts as the identity) and `logit_softcap`
+(logits = cap * tanh(logits / cap)). Untied embeddings are `tie_embeddings=False`.
+
 One plain module with no parallelism in it (DDP/FSDP, compile and activation checkpointing are
 applied from outside by `llmctl.train`), laid out with Hugging Face Llama's parameter names so
 that `llmctl.export.hf` is a key rename and the logits match `LlamaForCausalLM` to ~1e-6 in fp32.
@@ -27,6 +33,8 @@ from torch.utils.checkpoint import checkpoint
 from llmctl.errors import UsageError
 from llmctl.model.moe import MoE, inactive_params, is_moe_layer
 from llmctl.model.moe import check_config as check_moe_config
+
+MLP_ACTS = ("swiglu", "relu2")
 
 
 @dataclass
@@ -65,12 +73,23 @@ class ModelConfig:
     sliding_window: int | None = None  # recorded from the source; sequences longer than it are refused
     hf_arch: str | None = None  # the source architecture ("Qwen2ForCausalLM"); None = llmctl's own model
     hf_config: dict[str, Any] | None = None  # the source config.json, written back by export
+    # The modern small-model recipe (module docstring); qk_norm above is its QK-norm.
+    mlp_act: str = "swiglu"  # swiglu | relu2 (non-gated relu(x)^2; d_ff defaults to 4 x d_model)
+    zero_init_proj: bool = False  # o_proj and down_proj initialised to zero
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap); 0 = off
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        if self.mlp_act not in MLP_ACTS:
+            raise UsageError(f"unknown mlp_act {self.mlp_act!r}; choose one of {', '.join(MLP_ACTS)}")
+        if self.mlp_act == "relu2" and self.n_experts:
+            raise UsageError("mlp_act relu2 is for dense models; Mixture-of-Experts experts are SwiGLU")
+        if self.logit_softcap < 0:
+            raise UsageError(f"logit_softcap must be 0 (off) or positive (got {self.logit_softcap})")
         if self.d_ff is None:
-            self.d_ff = 16 * math.ceil(8 * self.d_model / 3 / 16)
+            # equal MLP parameters either way: 3 matrices of 8/3 d_model or 2 of 4 d_model
+            self.d_ff = 4 * self.d_model if self.mlp_act == "relu2" else 16 * math.ceil(8 * self.d_model / 3 / 16)
         if self.moe_d_ff is None:
             self.moe_d_ff = self.d_ff
         if self.head_dim is None:
@@ -295,11 +314,14 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
+        if cfg.mlp_act == "swiglu":
+            self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "gate_proj"):  # relu2
+            return self.down_proj(F.relu(self.up_proj(x)).square())
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -346,8 +368,8 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) for matmuls and embeddings; output projections scaled by 1/sqrt(2 n_layer);
-        ones for norms, zeros for biases."""
+        """Normal(0, init_std) for matmuls and embeddings; output projections scaled by 1/sqrt(2 n_layer)
+        (zeros with `zero_init_proj`); ones for norms, zeros for biases."""
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if name.endswith(".bias"):
@@ -355,6 +377,9 @@ class Transformer(nn.Module):
             elif p.ndim == 1:
                 nn.init.ones_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")):
+                if self.cfg.zero_init_proj:
+                    nn.init.zeros_(p)
+                    continue
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer))
             else:
                 nn.init.normal_(p, 0.0, std)
@@ -436,8 +461,14 @@ class Transformer(nn.Module):
         data the prompt is most of each row, so this skips most of the head and its softmax.
         """
         h = self.hidden_states(input_ids, positions, doc_ids, kv_cache, attn_mask)
-        logits = self.lm_head(h if keep is None else h[keep]).float()
+        logits = self.logits(h if keep is None else h[keep])
         return (logits, h) if return_hidden else logits
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The lm head on hidden states, in fp32, soft-capped when `logit_softcap` > 0."""
+        logits = self.lm_head(h).float()
+        cap = self.cfg.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
 
     # -- derived figures printed at start
     def num_params(self, non_embedding: bool = False) -> int:

@@ -80,6 +80,8 @@ class TrainConfig:
     muon_momentum: float = 0.95
     muon_momentum_start: float = 0.85
     muon_momentum_warmup: int = 300  # steps from muon_momentum_start to muon_momentum
+    embed_lr: float | None = None  # the input embedding's own peak learning rate (AdamW); None = lr
+    head_lr: float | None = None  # an untied output head's own peak learning rate (AdamW); None = lr
     seed: int = 1337
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     eval_every: int = 100
@@ -111,6 +113,9 @@ class TrainConfig:
                 f"lr must be positive, warmup_steps, weight_decay and grad_clip at least 0 (got lr {self.lr}, "
                 f"warmup_steps {self.warmup_steps}, weight_decay {self.weight_decay}, grad_clip {self.grad_clip})"
             )
+        for name in ("embed_lr", "head_lr"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise UsageError(f"{name} must be positive (got {getattr(self, name)}); leave it unset to use lr")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UsageError(f"beta1 and beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
@@ -246,8 +251,6 @@ def train(
     D.unwrap(model).activation_checkpointing = cfg.activation_checkpointing
     wrapped = D.wrap(model, cfg.fsdp, loss_parallel)
     vocab_sharded = lambda: P.loss_context(loss_parallel and d.tp > 1)  # noqa: E731
-    if cfg.optimizer == "muon" and (cfg.fsdp or d.tp > 1):
-        raise UsageError("--optimizer muon runs on one process or under DDP; not with --fsdp or --tp yet")
     optim = build_optimizer(wrapped, cfg)
     trackers = Trackers(cfg.log_to, run_dir, (manifest or {}).get("config") or {}, (manifest or {}).get("inputs") or {})
     fwd = torch.compile(wrapped) if cfg.compile else wrapped

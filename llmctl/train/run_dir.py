@@ -43,6 +43,7 @@ from llmctl.train import distributed as D
 from llmctl.train.loop import CHECKPOINTS
 from llmctl.utils.progress import note
 
+RECIPE_MODEL_KEYS = ("qk_norm", "mlp_act", "zero_init_proj", "logit_softcap")
 _SIDE = re.compile(r"^\.(step_\d+)\.(tmp|old|del)-\d+$")
 
 
@@ -75,6 +76,11 @@ def run_state(stage: str, cfg: Any, inputs: list[dict]) -> dict[str, Any]:
     if isinstance(train, dict) and train.get("optimizer") == "adamw":  # likewise for the optimizer choice
         for k in [k for k in train if k == "optimizer" or k.startswith("muon_")]:
             train.pop(k)
+    for section, keys in (("train", ("embed_lr", "head_lr")), ("model", RECIPE_MODEL_KEYS)):
+        sec = config.get(section)
+        for k in keys if isinstance(sec, dict) else ():
+            if sec.get(k, 0) is None:  # unset: recorded as runs were before these options existed
+                sec.pop(k)
     state = {"stage": stage, "config": config, "inputs": [i["fingerprint"] for i in inputs]}
     return json.loads(json.dumps(state, default=str))  # as it reads back from _run.json
 

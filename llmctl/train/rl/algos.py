@@ -39,7 +39,7 @@ class ValueHeadLM(Transformer):
             return super().forward(input_ids, keep=keep, **kw)
         h = self.hidden_states(input_ids, kw.get("positions"), kw.get("doc_ids"))
         h = h if keep is None else h[keep]
-        return self.lm_head(h).float(), self.value_head(h).squeeze(-1).float()
+        return self.logits(h), self.value_head(h).squeeze(-1).float()
 
 
 def _stats_of(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
