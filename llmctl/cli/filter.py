@@ -184,7 +184,7 @@ def filter_cmd(
         Optional[float],
         typer.Option(
             rich_help_panel="Quality classifier",
-            help="Keep documents with quality_score >= this: a probability (default 0.5), or a grade for a model trained on grades (default: its --threshold).",
+            help="Keep documents with quality_score >= this: a probability (0.5 when not given), or a grade for a model trained on grades (its training --threshold when not given).",
         ),
     ] = None,
     quality_keep: Annotated[
