@@ -1,0 +1,191 @@
+"""One GRPO step in llmctl and in TRL's GRPOTrainer from the same exported model, on the same batch.
+
+The prompts are llmctl's (their chat-template ids checked against the exported tokenizer's
+`apply_chat_template`, which TRL calls), the completions and rewards are fixed (TRL's generation is
+not run), and TRL's side is its own `_get_per_token_logps_and_entropies` and `_compute_loss` on the
+inputs as `_generate_and_score_completions` builds them: prompts left-padded, completions
+right-padded, the completion mask up to and including the first stop token, group advantages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import rl_helpers as H
+import torch
+from align_helpers import write_jsonl
+
+from llmctl.train import distributed as D
+
+
+def trl_side(hf_model, prompts, comps, pad_id, adv, loss_type, max_len, num_items):
+    """TRL's per-token log-probs (B, Tc) and loss on these prompts and completions."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    add_fused_lm_head(hf_model, temperature=1.0, outputs=("log_probs", "entropy"))  # as GRPOTrainer.__init__
+    b, tp, tc = len(prompts), max(map(len, prompts)), max(map(len, comps))
+    prompt_ids = torch.full((b, tp), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((b, tp), dtype=torch.long)
+    completion_ids = torch.full((b, tc), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((b, tc), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, comps)):
+        prompt_ids[i, tp - len(p) :], prompt_mask[i, tp - len(p) :] = torch.tensor(p), 1
+        completion_ids[i, : len(c)], completion_mask[i, : len(c)] = torch.tensor(c), 1
+    got = {}
+    fake = SimpleNamespace(
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        beta=0.0,
+        loss_type=loss_type,
+        epsilon_low=0.2,
+        epsilon_high=0.2,
+        args=SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1),
+        use_vllm=False,
+        vllm_importance_sampling_correction=False,
+        model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        max_completion_length=max_len,
+        accelerator=SimpleNamespace(
+            gather=lambda x: x,
+            reduce=lambda x, reduction="sum": x,
+            num_processes=1,
+            autocast=contextlib.nullcontext,
+            is_main_process=True,
+        ),
+        _metrics=defaultdict(lambda: defaultdict(list)),
+        _entropy_bonus_enabled=False,
+        aux_loss_enabled=False,
+    )
+    real = functools.partial(GRPOTrainer._get_per_token_logps_and_entropies, fake)
+
+    def logps(*a, **k):
+        out = real(*a, **k)
+        got["logp"] = out[0]
+        return out
+
+    fake._get_per_token_logps_and_entropies = logps
+    inputs = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": adv,
+        "old_per_token_logps": None,
+        "ref_per_token_logps": None,
+        "num_items_in_batch": completion_mask.sum().float(),
+    }
+    loss = GRPOTrainer._compute_loss(fake, hf_model, inputs)
+    return got["logp"] * completion_mask, loss
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_one_grpo_step_equals_trls(tmp_path, loss_type):
+    pytest.importorskip("trl")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmctl.export.hf import export_hf
+    from llmctl.train.rl.algos import GRPO
+    from llmctl.train.rl.rollout import completion_logps, load_prompts, sequences
+    from llmctl.train.sft import load_start
+
+    ck, prompt_file = H.setup(tmp_path)
+    hf_dir = export_hf(ck, tmp_path / "hf", split_special_tokens=False)
+    g, n_prompts = 4, 2
+    cfg = H.config(
+        "grpo",
+        beta=0.0,
+        loss_type=loss_type,
+        rollout_prompts=n_prompts,
+        num_generations=g,
+        train={"batch_size": 8, "micro_batch": 8},
+    )
+    D.init("cpu")
+    model, _, tok, _ = load_start(ck)
+    model.train()
+    tr, _, _, _ = load_prompts(prompt_file, tok, cfg.max_prompt_len, cfg.val_fraction, cfg.train.seed)
+    items = [p for p in tr[:n_prompts] for _ in range(g)]
+    hf_tok = AutoTokenizer.from_pretrained(hf_dir)
+    for p in tr[:n_prompts]:  # the prompt ids TRL would tokenize
+        ids = hf_tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert list(ids) == list(p.ids)
+
+    gen = torch.Generator().manual_seed(0)
+    stop = tok.stop_ids[0]
+    comps = []
+    for i in range(len(items)):  # fixed completions of 1..8 tokens, most ending in the end-of-turn token
+        n = 1 + i % cfg.max_new_tokens
+        c = torch.randint(10, 60, (n,), generator=gen).tolist()
+        comps.append(c[:-1] + [stop] if i % 3 else c)
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.2, 1.0, 1.0, 0.0])
+
+    ro = sequences([p.ids for p in items], comps, tok.pad_id)
+    ro["scores"] = rewards
+    algo = GRPO(cfg, None)
+    tensors, _ = algo.prepare(model, ro, [list(range(len(items)))])
+    batch = {**ro, **tensors}
+    ours_logp = completion_logps(model, batch).detach() * batch["cmask"]
+    loss, _ = algo.loss(model, batch)
+    loss.backward()
+
+    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    hf_model.train()
+    mean = rewards.view(-1, g).mean(1).repeat_interleave(g)
+    std = rewards.view(-1, g).std(1).repeat_interleave(g)
+    adv = (rewards - mean) / (std + 1e-4)  # TRL's scale_rewards="group"
+    assert torch.allclose(tensors["adv"], adv, atol=1e-6)
+    num_items = tensors["num_items"][0].item() if "num_items" in tensors else None
+    theirs_logp, theirs_loss = trl_side(
+        hf_model, [p.ids for p in items], comps, tok.pad_id, adv, loss_type, cfg.max_new_tokens, num_items
+    )
+    theirs_loss.backward()
+
+    assert ours_logp.shape == theirs_logp.shape
+    assert (ours_logp - theirs_logp).abs().max().item() < 1e-5
+    assert loss.item() == pytest.approx(theirs_loss.item(), abs=1e-6)
+    hf_params = dict(hf_model.named_parameters())
+    for name, p in model.named_parameters():
+        q = hf_params["lm_head.weight" if name == "lm_head.weight" else f"model.{name}"]
+        assert q.grad is not None, name
+        assert (p.grad - q.grad).abs().max().item() < 1e-5 * max(1.0, q.grad.abs().max().item()), name
+
+
+def test_rollout_samples_from_the_distribution_the_loss_scores(tmp_path, monkeypatch):
+    """On-policy: the log-prob of each sampled token under the sampling distribution (batched, left-padded,
+    KV-cached, temperature 1, no top-k/top-p) equals the training forward's log-prob of it."""
+    import llmctl.model.generate as G
+    from llmctl.train.rl.rollout import completion_logps, load_prompts, sample, sequences
+    from llmctl.train.sft import load_start
+
+    ck, _ = H.setup(tmp_path)
+    rows = [{"prompt": "What is " + " plus ".join(["12"] * k) + "?", "answer": "1"} for k in range(1, 9)]
+    prompt_file = write_jsonl(tmp_path / "varied.jsonl", rows)
+    cfg = H.config("grpo", beta=0.0, max_new_tokens=12, val_fraction=0.0)
+    assert (cfg.temperature, cfg.top_k, cfg.top_p) == (1.0, 0, 1.0)  # TRL's sampling defaults: the full distribution
+    D.init("cpu")
+    model, _, tok, _ = load_start(ck)
+    model.train()
+    tr, _, _, _ = load_prompts(prompt_file, tok, cfg.max_prompt_len, cfg.val_fraction, cfg.train.seed)
+    items = tr
+    assert len({len(p.ids) for p in items}) > 1  # left padding is exercised
+    seen: list[torch.Tensor] = []
+    real = G._draw
+
+    def spy(logits, temperature, top_k, top_p, gen):
+        nxt = real(logits, temperature, top_k, top_p, gen)
+        seen.append(torch.log_softmax(logits.float(), -1).gather(-1, nxt[:, None])[:, 0])
+        return nxt
+
+    monkeypatch.setattr(G, "_draw", spy)
+    out, _ = sample(model, [p.ids for p in items], cfg, tok, torch.Generator().manual_seed(0), None, cfg.temperature)
+    comps = [c + ([s] if s is not None else []) for c, s in zip(out.tokens, out.stops)]
+    at_sampling = torch.stack(seen, 1)
+    with torch.no_grad():
+        scored = completion_logps(model, sequences([p.ids for p in items], comps, tok.pad_id))
+    for i, c in enumerate(comps):
+        assert (at_sampling[i, : len(c)] - scored[i, : len(c)]).abs().max().item() < 1e-5, i
