@@ -239,6 +239,11 @@ def main() -> None:
             print(f"{k:>28}  {text}  {'PASS' if ok else 'FAIL'}")
             if not ok:
                 failed.append(f"{name} {k}")
+        for side, vals in (
+            ("llmctl", [r["reward"] for i, r in enumerate(mine) if "reward" in r and i % every == 0]),
+            ("TRL", [h["reward"] for h in theirs if h.get("reward") is not None]),
+        ):
+            print(f"{'reward per generation ' + side:>28}  {' '.join(f'{x:.2f}' for x in vals)}")
         print(f"{'steps/s (steps 2..N)':>28}  {ours_sps:>17.2f}  {theirs_sps:>17.2f}  llmctl/TRL {ratios[name]:.2f}x")
     print(
         f"\nmetrics: {'all within 2 standard errors' if not failed else 'outside 2 standard errors: ' + ', '.join(failed)}"

@@ -21,6 +21,9 @@ from align_helpers import write_jsonl
 
 from llmctl.train import distributed as D
 
+# prompts of different lengths, so that the batches are padded (TRL left-pads prompts)
+VARIED = [{"prompt": "What is " + " plus ".join(["12"] * k) + "?", "answer": "1"} for k in range(1, 9)]
+
 
 def trl_side(hf_model, prompts, comps, pad_id, adv, loss_type, max_len, num_items):
     """TRL's per-token log-probs (B, Tc) and loss on these prompts and completions."""
@@ -94,12 +97,14 @@ def test_one_grpo_step_equals_trls(tmp_path, loss_type):
     from llmctl.train.rl.rollout import completion_logps, load_prompts, sequences
     from llmctl.train.sft import load_start
 
-    ck, prompt_file = H.setup(tmp_path)
+    ck, _ = H.setup(tmp_path)
+    prompt_file = write_jsonl(tmp_path / "varied.jsonl", VARIED)
     hf_dir = export_hf(ck, tmp_path / "hf", split_special_tokens=False)
     g, n_prompts = 4, 2
     cfg = H.config(
         "grpo",
         beta=0.0,
+        val_fraction=0.0,
         loss_type=loss_type,
         rollout_prompts=n_prompts,
         num_generations=g,
@@ -110,6 +115,7 @@ def test_one_grpo_step_equals_trls(tmp_path, loss_type):
     model.train()
     tr, _, _, _ = load_prompts(prompt_file, tok, cfg.max_prompt_len, cfg.val_fraction, cfg.train.seed)
     items = [p for p in tr[:n_prompts] for _ in range(g)]
+    assert len({len(p.ids) for p in items}) == n_prompts  # TRL left-pads the shorter prompt
     hf_tok = AutoTokenizer.from_pretrained(hf_dir)
     for p in tr[:n_prompts]:  # the prompt ids TRL would tokenize
         ids = hf_tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -163,8 +169,7 @@ def test_rollout_samples_from_the_distribution_the_loss_scores(tmp_path, monkeyp
     from llmctl.train.sft import load_start
 
     ck, _ = H.setup(tmp_path)
-    rows = [{"prompt": "What is " + " plus ".join(["12"] * k) + "?", "answer": "1"} for k in range(1, 9)]
-    prompt_file = write_jsonl(tmp_path / "varied.jsonl", rows)
+    prompt_file = write_jsonl(tmp_path / "varied.jsonl", VARIED)
     cfg = H.config("grpo", beta=0.0, max_new_tokens=12, val_fraction=0.0)
     assert (cfg.temperature, cfg.top_k, cfg.top_p) == (1.0, 0, 1.0)  # TRL's sampling defaults: the full distribution
     D.init("cpu")
