@@ -25,12 +25,14 @@ from llmctl.train import distributed as D
 VARIED = [{"prompt": "What is " + " plus ".join(["12"] * k) + "?", "answer": "1"} for k in range(1, 9)]
 
 
-def trl_side(hf_model, prompts, comps, pad_id, adv, loss_type, max_len, num_items):
-    """TRL's per-token log-probs (B, Tc) and loss on these prompts and completions."""
+def trl_side(hf_model, prompts, comps, pad_id, adv, loss_type, max_len, old=None):
+    """TRL's per-token log-probs (B, Tc) and loss on these prompts and completions (`old`: pi_old's log-probs)."""
     from trl.trainer.grpo_trainer import GRPOTrainer
     from trl.trainer.utils import add_fused_lm_head
 
-    add_fused_lm_head(hf_model, temperature=1.0, outputs=("log_probs", "entropy"))  # as GRPOTrainer.__init__
+    if not getattr(hf_model, "_fused_for_test", False):
+        add_fused_lm_head(hf_model, temperature=1.0, outputs=("log_probs", "entropy"))  # as GRPOTrainer.__init__
+        hf_model._fused_for_test = True
     b, tp, tc = len(prompts), max(map(len, prompts)), max(map(len, comps))
     prompt_ids = torch.full((b, tp), pad_id, dtype=torch.long)
     prompt_mask = torch.zeros((b, tp), dtype=torch.long)
@@ -79,7 +81,7 @@ def trl_side(hf_model, prompts, comps, pad_id, adv, loss_type, max_len, num_item
         "completion_ids": completion_ids,
         "completion_mask": completion_mask,
         "advantages": adv,
-        "old_per_token_logps": None,
+        "old_per_token_logps": old,
         "ref_per_token_logps": None,
         "num_items_in_batch": completion_mask.sum().float(),
     }
@@ -90,9 +92,11 @@ def trl_side(hf_model, prompts, comps, pad_id, adv, loss_type, max_len, num_item
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
 def test_one_grpo_step_equals_trls(tmp_path, loss_type):
     pytest.importorskip("trl")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
     from llmctl.export.hf import export_hf
+    from llmctl.train.loop import lr_at
+    from llmctl.train.optim import build_optimizer, set_schedule
     from llmctl.train.rl.algos import GRPO
     from llmctl.train.rl.rollout import completion_logps, load_prompts, sequences
     from llmctl.train.sft import load_start
@@ -145,20 +149,67 @@ def test_one_grpo_step_equals_trls(tmp_path, loss_type):
     std = rewards.view(-1, g).std(1).repeat_interleave(g)
     adv = (rewards - mean) / (std + 1e-4)  # TRL's scale_rewards="group"
     assert torch.allclose(tensors["adv"], adv, atol=1e-6)
-    num_items = tensors["num_items"][0].item() if "num_items" in tensors else None
-    theirs_logp, theirs_loss = trl_side(
-        hf_model, [p.ids for p in items], comps, tok.pad_id, adv, loss_type, cfg.max_new_tokens, num_items
-    )
+    theirs_logp, theirs_loss = trl_side(hf_model, [p.ids for p in items], comps, tok.pad_id, adv, loss_type, 8)
     theirs_loss.backward()
 
     assert ours_logp.shape == theirs_logp.shape
     assert (ours_logp - theirs_logp).abs().max().item() < 1e-5
     assert loss.item() == pytest.approx(theirs_loss.item(), abs=1e-6)
+    assert_same(model, hf_model, "grad", 1e-5)
+
+    # the optimizer step: llmctl's AdamW and clipping against the Trainer's optimizer and torch's clip
+    ours_opt = build_optimizer(list(model.named_parameters()), cfg.train)
+    set_schedule(ours_opt, 0, lr_at(0, cfg.train), cfg.train)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "trl"),
+        learning_rate=cfg.train.lr,
+        adam_beta1=cfg.train.beta1,
+        adam_beta2=cfg.train.beta2,
+        adam_epsilon=1e-8,
+        weight_decay=0.0,
+        use_cpu=True,
+        report_to=[],
+    )
+    cls, kw = Trainer.get_optimizer_cls_and_kwargs(args, hf_model)  # the Trainer sets weight_decay per group
+    hf_params = dict(hf_model.named_parameters())
+    for name, p in model.named_parameters():  # the same gradients on both sides (equal above within 1e-5), so
+        # the update compares the optimizers: Adam's first step g / (|g| + eps) magnifies rounding near g = 0
+        hf_params[hf_name(name)].grad = p.grad.clone()
+    for m, opt in (
+        (model, ours_opt),
+        (hf_model, cls([{"params": list(hf_model.parameters()), "weight_decay": args.weight_decay}], **kw)),
+    ):
+        torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert_same(model, hf_model, "data", 1e-7)
+
+    # a second, off-policy step on the same batch: pi_old is the first step's policy
+    batch["old_logp"] = ours_logp
+    loss2, st = algo.loss(model, batch)
+    loss2.backward()
+    _, theirs_loss2 = trl_side(
+        hf_model, [p.ids for p in items], comps, tok.pad_id, adv, loss_type, 8, old=theirs_logp.detach()
+    )
+    theirs_loss2.backward()
+    assert loss2.item() != pytest.approx(loss.item(), abs=1e-4)  # the policy moved
+    assert loss2.item() == pytest.approx(theirs_loss2.item(), abs=1e-5)
+    assert_same(model, hf_model, "grad", 1e-5)
+
+
+def hf_name(name: str) -> str:
+    """The exported (Llama) name of an llmctl parameter."""
+    return name if name == "lm_head.weight" else f"model.{name}"
+
+
+def assert_same(model, hf_model, attr, tol):
+    """Each llmctl parameter's `attr` (grad or data) equals the exported model's, within tol x its largest entry."""
     hf_params = dict(hf_model.named_parameters())
     for name, p in model.named_parameters():
-        q = hf_params["lm_head.weight" if name == "lm_head.weight" else f"model.{name}"]
-        assert q.grad is not None, name
-        assert (p.grad - q.grad).abs().max().item() < 1e-5 * max(1.0, q.grad.abs().max().item()), name
+        a = getattr(p, attr)
+        b = getattr(hf_params[hf_name(name)], attr)
+        assert b is not None, name
+        assert (a - b).abs().max().item() < tol * max(1.0, b.abs().max().item()), (name, (a - b).abs().max().item())
 
 
 def test_rollout_samples_from_the_distribution_the_loss_scores(tmp_path, monkeypatch):
