@@ -5,6 +5,9 @@ The prompts are llmctl's (their chat-template ids checked against the exported t
 not run), and TRL's side is its own `_get_per_token_logps_and_entropies` and `_compute_loss` on the
 inputs as `_generate_and_score_completions` builds them: prompts left-padded, completions
 right-padded, the completion mask up to and including the first stop token, group advantages.
+Per-token log-probs, loss and gradients agree; so do the AdamW update (the Trainer's optimizer) and
+a second, off-policy step. The sampling tests: llmctl's rollout samples from the distribution its
+loss scores, and the same completions as transformers' generate with TRL's settings, token for token.
 """
 
 from __future__ import annotations
@@ -245,3 +248,49 @@ def test_rollout_samples_from_the_distribution_the_loss_scores(tmp_path, monkeyp
         scored = completion_logps(model, sequences([p.ids for p in items], comps, tok.pad_id))
     for i, c in enumerate(comps):
         assert (at_sampling[i, : len(c)] - scored[i, : len(c)]).abs().max().item() < 1e-5, i
+
+
+def test_rollout_samples_what_trls_generation_samples(tmp_path):
+    """llmctl's rollout sampler and TRL's generation (transformers' generate with GRPOTrainer's settings:
+    temperature 1, top_k 0, top_p 1, the exported stop ids) on the exported model, left-padded prompts,
+    the same seed: the same completions, token for token."""
+    pytest.importorskip("trl")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from llmctl.export.hf import export_hf
+    from llmctl.train.rl.rollout import load_prompts, sample
+    from llmctl.train.sft import load_start
+
+    ck, _ = H.setup(tmp_path)
+    hf_dir = export_hf(ck, tmp_path / "hf", split_special_tokens=False)
+    cfg = H.config("grpo", beta=0.0, max_new_tokens=10, val_fraction=0.0)
+    D.init("cpu")
+    model, _, tok, _ = load_start(ck)
+    tr, _, _, _ = load_prompts(write_jsonl(tmp_path / "varied.jsonl", VARIED), tok, cfg.max_prompt_len, 0.0, 0)
+    items = [p for p in tr for _ in range(4)]
+    out, _ = sample(model, [p.ids for p in items], cfg, tok, torch.Generator().manual_seed(5), None, 1.0)
+    ours = [c + ([s] if s is not None else []) for c, s in zip(out.tokens, out.stops)]
+
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    htok = AutoTokenizer.from_pretrained(hf_dir, padding_side="left")
+    eos = list(hf.generation_config.eos_token_id)  # GRPOTrainer's eos_token_ids: the tokenizer's and these
+    assert sorted(eos) == sorted(set(tok.stop_ids))
+    gen = GenerationConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=True,
+        pad_token_id=htok.pad_token_id,
+        eos_token_id=eos,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+    )
+    enc = htok.apply_chat_template(
+        [p.messages for p in items], add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+    )
+    torch.manual_seed(5)
+    new = hf.generate(**enc, generation_config=gen)[:, enc["input_ids"].size(1) :].tolist()
+    theirs = []
+    for row in new:  # up to and including the first stop id, as GRPOTrainer's completion mask
+        cut = next((i for i, t in enumerate(row) if t in eos), None)
+        theirs.append(row if cut is None else row[: cut + 1])
+    assert ours == theirs
