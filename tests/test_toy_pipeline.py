@@ -239,7 +239,7 @@ def test_ppo_pipeline_runs_on_the_toy_run_and_reports_its_held_out_reward_with_a
     standard error (over prompts, of each prompt's mean score) are recomputed from the answers' scores."""
     _, toy_root, _ = toy_run
     text = (REPO / "pipelines" / "ppo.yaml").read_text()
-    assert [s.name for s in load_pipeline(REPO / "pipelines" / "ppo.yaml").stages] == ["rl"]
+    assert [s.name for s in load_pipeline(REPO / "pipelines" / "ppo.yaml").stages] == ["prompts", "rl"]
     short = text.replace("out/demo/", f"{toy_root}/")
     for flag, value in (("--steps", 4), ("--eval-every", 4), ("--ckpt-every", 4), ("--max-new-tokens", 8)):
         short, n = re.subn(rf"{flag} \d+", f"{flag} {value}", short)
@@ -251,7 +251,7 @@ def test_ppo_pipeline_runs_on_the_toy_run_and_reports_its_held_out_reward_with_a
     root = tmp_path / "run"
     with contextlib.chdir(REPO):
         records = run_pipeline(pipe, root, echo=lambda m: None)
-    assert [r["status"] for r in records] == ["ran"]
+    assert [r["status"] for r in records] == ["ran", "ran"]
     manifest = json.loads((root / "rl" / MANIFEST).read_text())
     log = (root / "_pipeline" / "rl.log").read_text()
     assert "held-out reward at start" in log and "(SE)" in log and "val_reward_se" in log
