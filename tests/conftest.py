@@ -22,7 +22,6 @@ SHORT = {
     "grpo": (4, 4),
     "reward": (10, 10),
     "dpo": (10, 10),
-    "rl": (4, 4),
 }  # (steps, eval_every)
 
 

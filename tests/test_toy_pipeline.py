@@ -231,3 +231,43 @@ def test_the_run_prints_each_stages_effect(toy_run):
         ("exact_match", "exact_match"),
         ("perplexity", "loss"),
     }
+
+
+def test_ppo_pipeline_runs_on_the_toy_run_and_reports_its_held_out_reward_with_a_standard_error(toy_run, tmp_path):
+    """pipelines/ppo.yaml as shipped, on the (shortened) toy run instead of out/demo, with fewer steps,
+    shorter answers and fewer held-out prompts; every held-out answer logged, so the reported mean and
+    standard error (over prompts, of each prompt's mean score) are recomputed from the answers' scores."""
+    _, toy_root, _ = toy_run
+    text = (REPO / "pipelines" / "ppo.yaml").read_text()
+    assert [s.name for s in load_pipeline(REPO / "pipelines" / "ppo.yaml").stages] == ["prompts", "rl"]
+    short = text.replace("out/demo/", f"{toy_root}/")
+    for flag, value in (("--steps", 4), ("--eval-every", 4), ("--ckpt-every", 4), ("--max-new-tokens", 8)):
+        short, n = re.subn(rf"{flag} \d+", f"{flag} {value}", short)
+        assert n == 1, flag
+    short, n = re.subn(r"val_limit=\d+", "val_limit=6 --set log_samples=1000", short)
+    assert n == 1
+    pipe = tmp_path / "ppo.yaml"
+    pipe.write_text(short)
+    root = tmp_path / "run"
+    with contextlib.chdir(REPO):
+        records = run_pipeline(pipe, root, echo=lambda m: None)
+    assert [r["status"] for r in records] == ["ran", "ran"]
+    manifest = json.loads((root / "rl" / MANIFEST).read_text())
+    log = (root / "_pipeline" / "rl.log").read_text()
+    assert "held-out reward at start" in log and "(SE)" in log and "val_reward_se" in log
+    last = [json.loads(x) for x in (root / "rl" / "metrics.jsonl").read_text().splitlines()][-1]
+    held = [
+        json.loads(x)
+        for x in (root / "rl" / "samples.jsonl").read_text().splitlines()
+        if json.loads(x)["kind"] == "held_out" and json.loads(x)["step"] == last["step"]
+    ]
+    per: dict[int, list[float]] = {}
+    for s in held:
+        per.setdefault(s["prompt_index"], []).append(s["reward"])
+    assert len(per) == 6 and all(len(v) == 2 for v in per.values())  # val_samples=2 at temperature 1
+    means = [sum(v) / 2 for v in per.values()]
+    mean = sum(means) / 6
+    se = (sum((m - mean) ** 2 for m in means) / 5 / 6) ** 0.5
+    assert last["val_reward"] == pytest.approx(mean, abs=1e-6)
+    assert last["val_reward_se"] == pytest.approx(se, rel=1e-6) and se > 0
+    assert manifest["data"]["val_reward_start_se"] > 0

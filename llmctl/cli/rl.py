@@ -287,5 +287,5 @@ def rl_cmd(
         ),
         print_config_,
         lambda cfg: run_rl(prompts, from_, output, cfg, resume=resume, overwrite=overwrite),
-        ("val_reward",),
+        ("val_reward", "val_reward_se"),
     )

@@ -13,7 +13,8 @@ rank's share into micro-batches of `micro_batch`. Steps per rollout = epochs x r
 Held-out: every eval_every steps the policy answers up to `val_limit` held-out prompts greedily
 (temperature 0, the same engine; or `val_temperature` > 0: `val_samples` sampled answers a prompt,
 from the same seed at every evaluation); `val_reward` is their mean total reward (per reward:
-`val_rewards/NAME`). The manifest also records `val_reward_start`, the same measure for the
+`val_rewards/NAME`), and `val_reward_se` its standard error over prompts (of each prompt's mean).
+The manifest also records `val_reward_start` and `val_reward_start_se`, the same for the
 starting checkpoint, so a run shows what it learned. Sampled rollout completions and the
 held-out answers with their rewards go to RUN/samples.jsonl at each evaluation.
 """
@@ -192,6 +193,7 @@ def held_out_reward(
     names = rewards.names
     tot = torch.zeros(3 + len(names), dtype=torch.float64)
     samples = []
+    per_prompt: dict[int, list[float]] = {}
     gen = torch.Generator(device=d.device).manual_seed(cfg.train.seed + 2000 + d.rank)
     for s in range(0, len(mine), batch):
         chunk = mine[s : s + batch]
@@ -200,13 +202,21 @@ def held_out_reward(
         total, per = rewards([_val_prompt(p) for p in chunk], texts, [p.row for p in chunk], [p.index for p in chunk])
         length = sum(len(t) + (stop is not None) for t, stop in zip(out.tokens, out.stops))  # stop token counted
         tot += torch.tensor([sum(total), len(chunk), length] + [sum(per[n]) for n in names], dtype=torch.float64)
+        for p, r in zip(chunk, total):
+            per_prompt.setdefault(p.index, []).append(r)
         samples += [
             {"prompt": p.messages[-1]["content"], "completion": t, "reward": r, "prompt_index": p.index}
             for p, t, r in zip(chunk, texts, total)
         ]
+    means = [sum(r) / len(r) for r in per_prompt.values()]
+    moments = torch.tensor([len(means), sum(means), sum(m * m for m in means)], dtype=torch.float64)
     D.all_reduce_sum(tot)
+    D.all_reduce_sum(moments)
     n = max(tot[1].item(), 1.0)
     res = {"val_reward": tot[0].item() / n, "val_completions/mean_length": tot[2].item() / n}
+    k, s1, s2 = moments.tolist()
+    if k > 1:  # standard error over prompts (a prompt's answers are not independent of each other)
+        res["val_reward_se"] = (max(s2 - s1 * s1 / k, 0.0) / (k - 1) / k) ** 0.5
     if len(names) > 1:
         res.update({f"val_rewards/{k}": v / n for k, v in zip(names, tot[3:].tolist())})
     return res, samples
@@ -275,6 +285,7 @@ def run_rl(
     if val:
         start_reward, _ = held_out_reward(model, val, tok, rewards, cfg, tools=val_tools)
         counts["val_reward_start"] = round(start_reward["val_reward"], 6)
+        counts["val_reward_start_se"] = round(start_reward.get("val_reward_se", 0.0), 6)
     run_path = Path(run_dir)
 
     def evaluate(_fwd: torch.nn.Module) -> dict[str, float]:
@@ -291,7 +302,11 @@ def run_rl(
         f"{cfg.epochs * cfg.rollout_prompts * cfg.group // cfg.train.batch_size} step(s) per rollout; "
         f"rewards {', '.join(cfg.reward)}; beta {cfg.beta}"
         + ("" if ref is not None else " (no reference kept)")
-        + (f"; held-out reward at start {counts['val_reward_start']:.4f}" if val else "")
+        + (
+            f"; held-out reward at start {counts['val_reward_start']:.4f} ± {counts['val_reward_start_se']:.4f} (SE)"
+            if val
+            else ""
+        )
     )
     inputs = [data_lineage, ck_lineage] + ([rm_lineage] if rm_lineage else [])
     summary = run_training(
