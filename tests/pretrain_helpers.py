@@ -24,12 +24,12 @@ def stories(limit: int | None = None) -> list[str]:
     return docs[:limit] if limit else docs
 
 
-def make_tokenizer(out: Path, vocab_size: int = 400, docs: int = 300) -> Tokenizer:
+def make_tokenizer(out: Path, vocab_size: int = 400, docs: int = 300, tool_tokens: bool = False) -> Tokenizer:
     # Without the tool-call control tokens: the tokenizer (and so the token data) the pretraining and
     # distributed-equality tests were written against. With them, 4 fewer merges give other data, on
     # which the 2x2 tensor-parallel and Muon DDP runs differ from one process by 3e-5 to 7e-5 (relative)
     # after 4-5 steps: float reassociation that training amplifies (docs/parallel.md).
-    tok = Tokenizer.train(stories(docs), vocab_size, tool_tokens=False)
+    tok = Tokenizer.train(stories(docs), vocab_size, tool_tokens=tool_tokens)
     tok.save(out)
     return Tokenizer.load(out)
 

@@ -37,7 +37,7 @@ from llmctl.model.transformer import ModelConfig
 from llmctl.store.dataset import atomic_write_json, atomic_write_text
 from llmctl.store.lock import exclusive_output
 from llmctl.store.manifest import MANIFEST, write_manifest
-from llmctl.tokenizer.base import BOS, CHAT_TEMPLATE_JINJA, CHAT_TOKENS, EOS, PAD, UNK
+from llmctl.tokenizer.base import BOS, CHAT_TEMPLATE_JINJA, CHAT_TOKENS, EOS, PAD, TOOL_TOKENS, UNK, has_tool_tokens
 from llmctl.tokenizer.spm import Tokenizer
 
 
@@ -103,15 +103,16 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None, pad_id: 
     return out
 
 
-def hf_tokenizer_config(max_len: int, split_special_tokens: bool = True) -> dict:
-    """transformers' tokenizer_config.json for the export's tokenizer.json."""
+def hf_tokenizer_config(max_len: int, split_special_tokens: bool = True, tool_tokens: bool = False) -> dict:
+    """transformers' tokenizer_config.json for the export's tokenizer.json; `tool_tokens`: the
+    tokenizer has the tool-call control tokens, listed with the chat tokens as special."""
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS,
         "eos_token": EOS,
         "pad_token": PAD,
         "unk_token": UNK,
-        "additional_special_tokens": list(CHAT_TOKENS),
+        "additional_special_tokens": list(CHAT_TOKENS) + (list(TOOL_TOKENS) if tool_tokens else []),
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
@@ -182,7 +183,10 @@ def export_hf(
             if f.is_file() and f.name != MANIFEST:
                 shutil.copy2(f, out / f.name)
         atomic_write_text(out / "tokenizer.json", json.dumps(tokenizer_json(tok), ensure_ascii=False))
-        atomic_write_json(out / "tokenizer_config.json", hf_tokenizer_config(cfg.max_seq_len, split_special_tokens))
+        atomic_write_json(
+            out / "tokenizer_config.json",
+            hf_tokenizer_config(cfg.max_seq_len, split_special_tokens, has_tool_tokens(tok)),
+        )
     write_manifest(
         out,
         {

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from llmctl.export.hf import export_hf
 from llmctl.model.checkpoint import save_checkpoint
 from llmctl.model.transformer import ModelConfig, Transformer
+from llmctl.tokenizer.base import TOOL_TOKENS
 
 TRICKY = [
     "Hello  world\n\n  x",
@@ -53,7 +54,7 @@ def random_texts(n: int, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     d = tmp_path_factory.mktemp("exp")
-    tok = make_tokenizer(d / "tok", vocab_size=1024, docs=1000)
+    tok = make_tokenizer(d / "tok", vocab_size=1024, docs=1000, tool_tokens=True)
     cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=32, max_seq_len=128)
     torch.manual_seed(0)
     save_checkpoint(d / "ck", Transformer(cfg), cfg, tokenizer_dir=tok.path)
@@ -141,3 +142,14 @@ def test_export_loads_without_protobuf_or_sentencepiece(exported):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == [tok.encode(t) for t in texts]
+
+
+def test_tool_call_tokens_are_special_in_transformers(exported):
+    """The tool-call control tokens export as special tokens: one id each, dropped by
+    skip_special_tokens, as the chat tokens."""
+    tok, out = exported
+    hf = AutoTokenizer.from_pretrained(out)
+    assert set(TOOL_TOKENS) <= set(hf.all_special_tokens)
+    ids = [tok.special_ids[TOOL_TOKENS[0]], *tok.encode("12*34"), tok.special_ids[TOOL_TOKENS[1]]]
+    assert hf.convert_ids_to_tokens(ids[:1]) == [TOOL_TOKENS[0]]
+    assert hf.decode(ids, skip_special_tokens=True) == tok.decode(tok.encode("12*34"))
