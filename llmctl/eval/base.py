@@ -88,6 +88,33 @@ def read_prompts(path: str | Path, limit: int = 0) -> tuple[list[str], dict[str,
     return out, file_lineage(p)
 
 
+def chat_answers(
+    lm: Any,
+    prompts: list[str],
+    *,
+    task: str,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int = 1,
+    progress: Any = None,
+) -> list[str]:
+    """The model's replies to each prompt as one user turn of its chat template (prompt i sampled
+    with seed + i, so a reply does not depend on the batch); a model without a chat template is a
+    UsageError naming `task`."""
+    if lm.codec.chat is None:
+        raise UsageError(f"{lm.name}: its tokenizer has no chat template; {task} needs chat models")
+    outs = lm.generate_many(
+        [lm.codec.chat([{"role": "user", "content": p}]) for p in prompts],
+        max_new_tokens,
+        temperature=temperature,
+        seeds=[seed + i for i in range(len(prompts))],
+        batch_size=batch_size,
+        on_batch=(lambda n, t: progress.advance(n, t)) if progress else None,
+    )
+    return [lm.codec.decode(ids).strip() for ids in outs]
+
+
 def model_lineage(path: str | Path, stage: str = "model") -> dict[str, Any]:
     """Path and weights fingerprint of a model directory (an llmctl run dir: its latest checkpoint)."""
     p = Path(path) if is_hf_dir(path) else resolve_checkpoint(path)

@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 
 from llmctl.errors import UsageError
-from llmctl.eval.base import Samples, file_lineage, mean_stderr, read_prompts
+from llmctl.eval.base import Samples, chat_answers, file_lineage, mean_stderr, read_prompts
 from llmctl.eval.lc_winrate import lc_winrate
 from llmctl.eval.lm import load_lm
 
@@ -124,17 +124,16 @@ def parse_verdict(reply: str) -> str | None:
 
 
 def _answers(lm: Any, prompts: list[str], cfg: JudgeConfig, batch_size: int, progress: Any) -> list[str]:
-    if lm.codec.chat is None:
-        raise UsageError(f"{lm.name}: its tokenizer has no chat template; the judge task needs chat models")
-    outs = lm.generate_many(
-        [lm.codec.chat([{"role": "user", "content": p}]) for p in prompts],
-        cfg.max_new_tokens,
+    return chat_answers(
+        lm,
+        prompts,
+        task="the judge task",
+        max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
-        seeds=[cfg.seed + i for i in range(len(prompts))],
+        seed=cfg.seed,
         batch_size=batch_size,
-        on_batch=(lambda n, t: progress.advance(n, t)) if progress else None,
+        progress=progress,
     )
-    return [lm.codec.decode(ids).strip() for ids in outs]
 
 
 class _LocalJudge:

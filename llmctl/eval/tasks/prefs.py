@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from llmctl.data.chat_data import _pref_row, read_rows, split_of
 from llmctl.errors import UsageError
-from llmctl.eval.base import Samples, is_hf_dir, mean_stderr, model_lineage, read_prompts
+from llmctl.eval.base import Samples, chat_answers, is_hf_dir, mean_stderr, model_lineage, read_prompts
 from llmctl.eval.lm import LM, load_lm
 from llmctl.eval.tasks.implicit import implicit_metrics
 from llmctl.model.checkpoint import WEIGHTS, lora_of, resolve_checkpoint
@@ -173,17 +173,16 @@ def run_prefs(
 
 
 def respond(lm: Any, prompts: list[str], cfg: WinrateConfig, progress: Any, batch_size: int = 1) -> list[str]:
-    if lm.codec.chat is None:
-        raise UsageError(f"{lm.name}: its tokenizer has no chat template; winrate needs chat models")
-    outs = lm.generate_many(
-        [lm.codec.chat([{"role": "user", "content": p}]) for p in prompts],
-        cfg.max_new_tokens,
+    return chat_answers(
+        lm,
+        prompts,
+        task="winrate",
+        max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
-        seeds=[cfg.seed + i for i in range(len(prompts))],
+        seed=cfg.seed,
         batch_size=batch_size,
-        on_batch=(lambda n, t: progress.advance(n, t)) if progress else None,
+        progress=progress,
     )
-    return [lm.codec.decode(ids).strip() for ids in outs]
 
 
 def run_winrate(
