@@ -92,7 +92,7 @@ def single(tmp_path_factory):
     return root
 
 
-def assert_same_run(a, b):
+def assert_same_run(a, b, weight_atol: float = 1e-5):
     la, va = metrics(a)
     lb, vb = metrics(b)
     assert len(la) == len(lb) == 4 and len(va) == len(vb) == 2
@@ -100,8 +100,8 @@ def assert_same_run(a, b):
     assert la[-1] < la[0]  # it trained
     ma, _, _, _ = load_checkpoint(a)
     mb, _, _, _ = load_checkpoint(b)
-    for p, q in zip(ma.parameters(), mb.parameters()):
-        assert torch.allclose(p, q, atol=1e-5)
+    for (n, p), q in zip(ma.named_parameters(), mb.parameters()):
+        assert torch.allclose(p, q, atol=weight_atol), n
 
 
 def test_ddp_two_processes_equal_one(single):

@@ -16,13 +16,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from pretrain_helpers import make_tokenizer, write_tokens
-from test_distributed import FLAGS, metrics, torchrun
+from test_distributed import FLAGS, assert_same_run, metrics, torchrun
 from test_tp import FLAGS as TP_FLAGS
 from test_tp import losses
 from test_tp import torchrun as tp_torchrun
 
 from llmctl import config as C
-from llmctl.model.checkpoint import load_checkpoint
 from llmctl.model.transformer import ModelConfig, Transformer
 from llmctl.train.loop import TrainConfig, build_optimizer
 from llmctl.train.optim import set_schedule
@@ -96,21 +95,9 @@ def single(tmp_path_factory):
     return root
 
 
-def assert_same_run(a, b):
-    la, va = metrics(a)
-    lb, vb = metrics(b)
-    assert len(la) == len(lb) == 4 and len(va) == len(vb) == 2
-    assert la == pytest.approx(lb, rel=1e-5, abs=1e-6) and va == pytest.approx(vb, rel=1e-5, abs=1e-6)
-    assert la[-1] < la[0]  # it trained
-    ma, _, _, _ = load_checkpoint(a)
-    mb, _, _, _ = load_checkpoint(b)
-    for (n, p), q in zip(ma.named_parameters(), mb.parameters()):
-        assert torch.allclose(p, q, atol=1e-3), n  # bf16 Newton-Schulz (module docstring)
-
-
 def test_muon_ddp_two_processes_equal_one(single):
     torchrun(single, "ddp", *MUON_ARGS)
-    assert_same_run(single / "single", single / "ddp")
+    assert_same_run(single / "single", single / "ddp", weight_atol=1e-3)  # bf16 Newton-Schulz (module docstring)
 
 
 def test_muon_fsdp_two_processes_equal_one_and_resume_on_one(single):
@@ -118,7 +105,7 @@ def test_muon_fsdp_two_processes_equal_one_and_resume_on_one(single):
     assert metrics(single / "fsdp")[0] == pytest.approx(metrics(single / "single")[0][:2], rel=1e-5)
     cfg = C.load(PretrainConfig, None, None, {**FLAGS, **MUON})
     pretrain(single / "tokens", single / "tok", single / "fsdp", cfg, resume=True)
-    assert_same_run(single / "single", single / "fsdp")
+    assert_same_run(single / "single", single / "fsdp", weight_atol=1e-3)
 
 
 def test_muon_tensor_parallel_equals_one_process(single):
