@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -503,6 +504,14 @@ class LlmctlLM(LM):
         stops = tuple(self.codec.stop_ids if stop_ids is None else stop_ids)
         stop_fn = (lambda ids: any(s in self.codec.decode(ids) for s in stop_text)) if stop_text else None
         cut = [p[-max(1, self.max_len - max_new_tokens) :] for p in prompts]
+        short = sum(len(c) < len(p) for c, p in zip(cut, prompts))
+        if short:  # the same cut as lm-eval's hf (context keeps max_length - max_gen_toks tokens); said, not silent
+            print(
+                f"llmctl: {short} of {len(prompts)} prompts cut to their last {max(1, self.max_len - max_new_tokens)} "
+                f"tokens to leave room for {max_new_tokens} new ones in a {self.max_len}-token context "
+                "(lower the task's max_new_tokens to keep more of each prompt)",
+                file=sys.stderr,
+            )
         order = sorted(range(len(cut)), key=lambda i: (-len(cut[i]), i))
         out: list[list[int]] = [[] for _ in cut]
         bs = max(1, batch_size)

@@ -375,3 +375,14 @@ def test_shared_prefix_computed_once_equals_full_rows(tmp_path):
     full = lm.loglikelihood(reqs, 8)
     assert [g for _, g in got] == [g for _, g in full] and sum(g for _, g in full) >= 10
     assert [v for v, _ in got] == pytest.approx([v for v, _ in full], abs=1e-5)
+
+
+def test_generation_says_when_it_cuts_prompts_to_fit_the_context(tmp_path, capsys):
+    """A prompt longer than the context minus max_new_tokens is cut (as lm-eval's hf does) and the
+    cut is said on stderr; prompts that fit are not."""
+    ck = tiny_checkpoint(tmp_path / "ck", tmp_path, max_seq_len=16)
+    lm = load_lm(ck)
+    lm.generate_many([[5, 6, 7]], 4)
+    assert "prompts cut" not in capsys.readouterr().err
+    lm.generate_many([list(range(5, 19)), [5, 6, 7]], 4)
+    assert "1 of 2 prompts cut to their last 12 tokens" in capsys.readouterr().err
