@@ -13,14 +13,22 @@ Two measurements:
   between evaluations; "> 1" when not reached), mean and spread over seeds. Writes
   OUT/results.json, the table on stdout, and a val-loss-vs-time plot (--plot).
 - `equal-time` (a speed figure: run it alone on a quiet machine): llmctl's variants and nanoGPT's
-  `train.py` (--nanogpt DIR, a checkout of karpathy/nanoGPT, run unchanged as a subprocess) at the
-  same shape, tokens per step, threads and wall-clock: each side first times a few steps, then
-  trains for as many steps as fit in --seconds; the val loss is reported in bits per byte (the
-  tokenizers cancel out). nanoGPT reads the same token ids, prepared as its prepare.py scripts
-  write them (train.bin / val.bin uint16, meta.pkl with the vocab size).
+  `train.py` (--nanogpt DIR, a checkout of karpathy/nanoGPT, the file unchanged, run as a
+  subprocess) at the same shape, tokens per step, threads and wall-clock: each side first times a
+  few steps once (at the first seed), then trains for as many steps as fit in --seconds, that step
+  count for every seed of --seeds; the val loss is reported in bits per byte (the tokenizers cancel
+  out), per side the mean, the min-max spread and each seed's value, and whether the best llmctl
+  variant at nanoGPT's parameter count (within 5%) ends below nanoGPT at every seed (PASS/FAIL).
+  nanoGPT reads the same token ids, prepared as its prepare.py scripts write them (train.bin /
+  val.bin uint16, meta.pkl with the vocab size). Its train.py seeds torch with
+  `torch.manual_seed(1337 + seed_offset)` (the DDP rank; no option sets it), so it runs under
+  NANOGPT_SEED_RUNNER: that adds the seed to every `torch.manual_seed` call and executes train.py
+  with runpy as `__main__` (seed 0 is nanoGPT's own run; another seed changes its initialisation and
+  its batch sampling, both drawn from torch's global generator).
 
     .venv/bin/python benchmarks/recipe.py equal-tokens --seeds 0,1,2 --plot docs/recipe_loss.png
-    .venv/bin/python benchmarks/recipe.py equal-time --nanogpt /path/to/nanoGPT --seconds 600
+    .venv/bin/python benchmarks/recipe.py equal-time --nanogpt /path/to/nanoGPT --seconds 40 --threads 2 \
+        --seeds 0,1,2 --variants adamw,recipe_tied
 """
 
 from __future__ import annotations
@@ -229,6 +237,28 @@ def equal_tokens(args, data: dict, work: Path) -> dict:
 
 # ----------------------------------------------------------------------------- nanoGPT
 
+# Runs nanoGPT's train.py, unchanged, at another seed: argv = SEED SCRIPT [train.py's arguments].
+# train.py calls torch.manual_seed(1337 + seed_offset) once, before it builds the model and samples
+# batches (torch.randint on the global generator), so adding SEED there changes both; SEED 0 is
+# exactly nanoGPT's own run. The script's folder goes first on sys.path, as `python train.py` does
+# (for its `from model import ...`); its configurator reads the remaining arguments from sys.argv.
+NANOGPT_SEED_RUNNER = """\
+import os, runpy, sys
+import torch
+seed, script = int(sys.argv[1]), sys.argv[2]
+_manual_seed = torch.manual_seed
+torch.manual_seed = lambda s: _manual_seed(s + seed)
+sys.argv = [script, *sys.argv[3:]]
+sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def nanogpt_command(seed: int, train_args: list[str], script: str = "train.py") -> list[str]:
+    """The command that runs nanoGPT's `script` (default train.py, relative to the checkout it runs
+    in) with `train_args` and every torch.manual_seed call offset by `seed`."""
+    return [sys.executable, "-c", NANOGPT_SEED_RUNNER, str(seed), script, *train_args]
+
 
 def prepare_nanogpt(data: dict, work: Path) -> Path:
     """train.bin / val.bin (uint16 ids) and meta.pkl, as nanoGPT's prepare.py scripts write them."""
@@ -241,18 +271,17 @@ def prepare_nanogpt(data: dict, work: Path) -> Path:
     return d
 
 
-def run_nanogpt(repo: Path, steps: int, args, data: dict, work: Path, prepared: Path) -> dict:
-    """nanoGPT's train.py, unchanged, as a subprocess (cwd = the checkout, for its configurator.py);
-    returns its val curve [(step, tokens, elapsed_s, val_loss)] stamped as its lines arrive: from its
-    first training step to the log line of the step before the evaluation (so, as for llmctl,
-    evaluation time is not training time). It evaluates once, at the end (and at step 0)."""
+def run_nanogpt(repo: Path, seed: int, steps: int, args, data: dict, work: Path, prepared: Path) -> dict:
+    """nanoGPT's train.py, unchanged, under NANOGPT_SEED_RUNNER (cwd = the checkout, for its
+    configurator.py); returns its val curve [(step, tokens, elapsed_s, val_loss)] stamped as its lines
+    arrive (unbuffered): from its first training step to the log line of the step before the
+    evaluation (so, as for llmctl, evaluation time is not training time). It evaluates once, at the
+    end (and at step 0)."""
     eval_iters = max(1, len(data["val"][0]) // (args.batch * args.seq_len))
     every = steps
-    cmd = [
-        sys.executable,
-        "train.py",
+    train_args = [
         f"--dataset={prepared}",
-        f"--out_dir={work / f'nanogpt-{steps}'}",
+        f"--out_dir={work / f'nanogpt-s{seed}-{steps}'}",
         "--device=cpu",
         "--compile=False",
         "--dtype=float32",
@@ -274,9 +303,21 @@ def run_nanogpt(repo: Path, steps: int, args, data: dict, work: Path, prepared: 
         "--dropout=0.0",
         "--bias=False",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "PYTHONUNBUFFERED": "1",  # each line as it is printed: the clock reads their arrival
+    }
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        nanogpt_command(seed, train_args),
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     curve, start, params, tail, last_iter = [], None, None, [], None
     for line in proc.stdout:
         now = time.time()
@@ -291,7 +332,7 @@ def run_nanogpt(repo: Path, steps: int, args, data: dict, work: Path, prepared: 
             step = int(m.group(1))
             t = (last_iter or now) - (start or now)
             curve.append((step, step * args.batch * args.seq_len, t, float(m.group(2))))
-    if proc.wait() != 0:
+    if proc.wait() != 0 or not curve:
         raise SystemExit("nanoGPT train.py failed:\n" + "".join(tail))
     return {"curve": curve, "params": params, "wall_s": time.time() - t0}
 
@@ -303,49 +344,123 @@ def seconds_per_step(fn, probe: int) -> float:
     return max(1e-6, (b[-1][2] - a[-1][2]) / probe)
 
 
+def to_bpb(loss: float, data: dict) -> float:
+    """Nats a token to bits a byte of the val text."""
+    return loss / math.log(2) / data["bytes_per_token"]
+
+
+def verdict(best: list[float], peer: list[float]) -> dict:
+    """Compare the best llmctl variant's per-seed val bits/byte with nanoGPT's (same seed order).
+    PASS when it is lower at every seed; also says whether the two min-max ranges are apart (every
+    llmctl seed below every nanoGPT seed) and the mean difference against the wider range."""
+    every = all(b < p for b, p in zip(best, peer, strict=True))
+    spread = max(max(best) - min(best), max(peer) - min(peer))
+    return {
+        "pass": every,
+        "every_seed": every,
+        "ranges_apart": max(best) < min(peer),
+        "mean_diff": statistics.mean(peer) - statistics.mean(best),
+        "spread": spread,
+    }
+
+
 def equal_time(args, data: dict, work: Path) -> dict:
-    # one evaluation a run, at its end: the same (full) validation pass on both sides, outside the clock
+    """Each side times its steps once (--probe-steps and twice that, at the first seed, in
+    WORK/probe), then trains that many steps at every seed; one evaluation a run, at its end: the
+    same (full) validation pass on both sides, outside the clock."""
+    seeds = [int(s) for s in args.seeds.split(",")]
     sides = {
-        n: (lambda steps, n=n: run_llmctl(n, 0, steps, args, data, work, eval_every=steps))
+        n: (lambda steps, seed, where, n=n: run_llmctl(n, seed, steps, args, data, where, eval_every=steps))
         for n in args.variants.split(",")
     }
     if args.nanogpt:
         prepared = prepare_nanogpt(data, work)
-        sides["nanogpt"] = lambda steps: run_nanogpt(Path(args.nanogpt), steps, args, data, work, prepared)
+        sides["nanogpt"] = lambda steps, seed, where: run_nanogpt(
+            Path(args.nanogpt), seed, steps, args, data, where, prepared
+        )
     rows = []
     for name, fn in sides.items():
-        per = seconds_per_step(fn, args.probe_steps)
+        per = seconds_per_step(lambda steps, fn=fn: fn(steps, seeds[0], work / "probe"), args.probe_steps)
         steps = max(1, int(args.seconds / per))
-        r = fn(steps)
-        final = r["curve"][-1]
+        runs = []
+        for seed in seeds:
+            r = fn(steps, seed, work)
+            final = r["curve"][-1]
+            runs.append(
+                {
+                    "seed": seed,
+                    "tokens": final[1],
+                    "train_s": final[2],
+                    "val_loss": final[3],
+                    "val_bpb": to_bpb(final[3], data),
+                    "curve": r["curve"],
+                }
+            )
+        bpb = [x["val_bpb"] for x in runs]
         rows.append(
             {
                 "side": name,
                 "params": r["params"],
                 "steps": steps,
-                "tokens": final[1],
-                "train_s": final[2],
-                "val_loss": final[3],
-                "val_bpb": final[3] / math.log(2) / data["bytes_per_token"],
-                "curve": r["curve"],
+                "seconds_per_step": per,
+                "tokens": runs[0]["tokens"],
+                "train_s_mean": statistics.mean(x["train_s"] for x in runs),
+                "val_loss_mean": statistics.mean(x["val_loss"] for x in runs),
+                "val_bpb_mean": statistics.mean(bpb),
+                "val_bpb_min": min(bpb),
+                "val_bpb_max": max(bpb),
+                "seeds": runs,
             }
         )
-    print(f"\nequal wall-clock: {args.seconds:.0f} s of training a side, {args.threads} thread(s)")
-    print("| side | params | steps | tokens | train s | val loss (nats/token) | val bits/byte |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        f"\nequal wall-clock: {args.seconds:g} s of training a side, {args.threads} thread(s), seeds {seeds} "
+        f"(each side's steps sized once, from a probe at seed {seeds[0]})"
+    )
+    print(
+        "| side | params | steps | tokens | train s (mean) | val loss (mean, nats/token) | "
+        "val bits/byte (mean) | min-max | per seed |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
+        per_seed = ", ".join(f"{x['val_bpb']:.4f}" for x in r["seeds"])
         print(
-            f"| {r['side']} | {r['params'] or 0:,.0f} | {r['steps']} | {r['tokens']:,} | {r['train_s']:.0f} | "
-            f"{r['val_loss']:.4f} | {r['val_bpb']:.4f} |"
+            f"| {r['side']} | {r['params'] or 0:,.0f} | {r['steps']} | {r['tokens']:,} | {r['train_s_mean']:.0f} | "
+            f"{r['val_loss_mean']:.4f} | {r['val_bpb_mean']:.4f} | {r['val_bpb_min']:.4f}-{r['val_bpb_max']:.4f} | "
+            f"{per_seed} |"
         )
-    return {"mode": "equal-time", "seconds": args.seconds, "rows": rows}
+    result = {
+        "mode": "equal-time",
+        "seconds": args.seconds,
+        "threads": args.threads,
+        "seeds": seeds,
+        "bytes_per_token": data["bytes_per_token"],
+        "rows": rows,
+    }
+    peer = next((r for r in rows if r["side"] == "nanogpt"), None)
+    # llmctl's variants at nanoGPT's parameter count (it counts without its position embeddings)
+    same = [r for r in rows if peer and r is not peer and abs(r["params"] - peer["params"]) <= 0.05 * peer["params"]]
+    if peer is None:
+        print("no nanoGPT side (--nanogpt): no verdict")
+    elif not same:
+        print(f"no llmctl variant within 5% of nanoGPT's {peer['params']:,.0f} parameters: no verdict")
+    else:
+        best = min(same, key=lambda r: r["val_bpb_mean"])
+        v = verdict([x["val_bpb"] for x in best["seeds"]], [x["val_bpb"] for x in peer["seeds"]])
+        result["verdict"] = {"best": best["side"], **v}
+        print(
+            f"best llmctl variant at nanoGPT's parameter count: {best['side']} ({best['val_bpb_mean']:.4f} bits/byte "
+            f"mean against nanoGPT's {peer['val_bpb_mean']:.4f}); mean difference {v['mean_diff']:+.4f} "
+            f"(widest min-max range {v['spread']:.4f}); ranges {'apart' if v['ranges_apart'] else 'overlap'}; "
+            f"below nanoGPT at every seed: {'PASS' if v['pass'] else 'FAIL'}"
+        )
+    return result
 
 
 # ----------------------------------------------------------------------------- plot
 
 
 def plot(result: dict, out: Path, data: dict) -> None:
-    """Val bits per byte against training seconds, one line per run."""
+    """Val bits per byte against training seconds, one line per run (every seed, one colour a side)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -356,12 +471,13 @@ def plot(result: dict, out: Path, data: dict) -> None:
     if result["mode"] == "equal-tokens":
         series = [(n, [r["curve"] for r in rs]) for n, rs in result["runs"].items()]
     else:
-        series = [(r["side"], [r["curve"]]) for r in result["rows"]]
+        series = [(r["side"], [x["curve"] for x in r["seeds"]]) for r in result["rows"]]
     for i, (name, curves) in enumerate(series):
         for j, c in enumerate(curves):
             xs = [p[2] for p in c]
             ys = [p[3] / math.log(2) / data["bytes_per_token"] for p in c]
-            ax.plot(xs, ys, "o-", ms=3, color=colors[i % len(colors)], alpha=0.8, label=name if j == 0 else None)
+            label = f"{name} ({len(curves)} seed{'s' * (len(curves) > 1)})" if j == 0 else None
+            ax.plot(xs, ys, "o-", ms=4, color=colors[i % len(colors)], alpha=0.7, label=label)
     ax.set_xlabel("training wall-clock (s)")
     ax.set_ylabel("val bits per byte")
     ax.set_title(f"TinyStories, {result['mode']}")
