@@ -274,7 +274,8 @@ def grpo(args: argparse.Namespace) -> None:
     ok = min(every) >= args.floor
     print(
         f"gain over all {len(every)} SFT x RL runs: mean {sum(every) / len(every):+.1f} points, sd {_sd(every):.1f}, "
-        f"range {min(every):+.1f} .. {max(every):+.1f}; one s.e. of a held-out accuracy <= {se:.1f} points\n"
+        f"range {min(every):+.1f} .. {max(every):+.1f}; one s.e. of a held-out accuracy <= {se:.1f} points "
+        f"(two: {2 * se:.1f})\n"
         f"floor: every run gains >= {args.floor:+g} points -> {'PASS' if ok else 'FAIL'}"
     )
     if args.check_eval:
