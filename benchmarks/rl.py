@@ -22,7 +22,8 @@ start and over all runs, and checks the floor: every run gains at least `--floor
 problems, which must give the run's own last figure. Accuracy figures are deterministic for the
 seeds and --threads; runs already finished in --work are reused, so the grid can be run in pieces
 (e.g. --sft-seeds 0, then 1, then 0,1,2 for the table). add_grpo_args' own defaults (a 2x64 model,
-8 prompts a rollout, lr 5e-5, no warmup) are benchmarks/rl_trl.py's; `grpo` sets the recipe above.
+8 prompts a rollout, lr 5e-5, no warmup) are what benchmarks/rl_trl.py starts from; `grpo` sets the
+recipe above.
 
 ppo: llmctl rl --algo ppo from an SFT run against a reward model (e.g. `make demo`'s out/demo/sft
 and out/demo/reward) on the HH-RLHF prompts of examples/prefs (128 held out); 16 prompts a
