@@ -1,22 +1,29 @@
 """llmctl rl learns: GRPO on two-number addition, PPO against the HH-RLHF reward model.
 
-    .venv/bin/python benchmarks/rl.py grpo [--sft-seeds 0,1,2] [--seeds 0,1] [--n 24] [--held-out 400] [--demos 0]
-        [--sft-steps 250] [--rl-steps 300] [--lr 5e-5] [--floor 0] [--threads 1] [--work DIR]
+    .venv/bin/python benchmarks/rl.py grpo [--sft-seeds 0,1,2] [--seeds 0,1] [--n 32] [--held-out 500] [--demos 200]
+        [--sft-steps 250] [--rl-steps 150] [--lr 3e-4] [--warmup 20] [--rollout-prompts 64] [--floor 0]
+        [--threads 1] [--work DIR] [--no-check-eval]
     .venv/bin/python benchmarks/rl.py ppo --sft RUN/sft --reward-model RUN/reward [--steps 200]
     .venv/bin/python benchmarks/rl.py gen [--batch 16] [--new-tokens 64] [--checkpoint CKPT]
 
 grpo: generates "What is A plus B?" -> "#### A+B" for every A, B < n (`--held-out` of them held out
-by a seeded shuffle, as a `split` column), trains a BPE tokenizer, and for each SFT seed a random
-2-layer model (initialised from the seed) SFT'd (llmctl sft) on `--demos` training problems
-sampled by the seed (0: all of them), so that it learns the format and some sums. From each SFT
-model, one GRPO run per RL seed (llmctl rl --algo grpo, exact_match reward: eval's extraction; 8
-prompts x G 8 a rollout, one optimizer step per rollout, constant lr, no KL) on all training
-prompts. Held-out accuracy is greedy exact match on the held-out problems (rl's val_reward; with
-400 of them one standard error is at most 2.5 points). Prints a table of SFT seed x RL seed: the
-accuracy after SFT, at every evaluation and the gain, then the gain's mean and spread per SFT
-start and over all runs, and checks the floor: every run gains at least `--floor` points.
-Accuracy figures are deterministic for the seeds and --threads; runs already finished in --work
-are reused, so the grid can be run in pieces (e.g. --sft-seeds 0, then 1, then 0,1,2 for the table).
+by a seeded shuffle, as a `split` column; with 500, two standard errors of a held-out accuracy are
+at most 4.5 points), trains a BPE tokenizer, and for each SFT seed a random 2-layer model of width
+`--d-model` (initialised from the seed) SFT'd (llmctl sft) on `--demos` training problems sampled
+by the seed (0: all of them), so that it learns the format and some sums. From each SFT model,
+one GRPO run per RL seed (llmctl rl --algo grpo, exact_match reward: eval's extraction;
+`--rollout-prompts` prompts x G completions a rollout, one optimizer step per rollout, `--warmup`
+steps of linear lr warmup then constant, no KL) on all training prompts: problems and answers
+only, most of them never demonstrated. Held-out accuracy is greedy exact match on the held-out
+problems (rl's val_reward), which neither stage trains on. Prints a table of SFT seed x RL seed:
+the accuracy after SFT, at every evaluation and the gain, then the gain's mean and spread per SFT
+start and over all runs, and checks the floor: every run gains at least `--floor` points. Then
+`llmctl eval --task exact_match --chat` re-scores the first run's final model on the held-out
+problems, which must give the run's own last figure. Accuracy figures are deterministic for the
+seeds and --threads; runs already finished in --work are reused, so the grid can be run in pieces
+(e.g. --sft-seeds 0, then 1, then 0,1,2 for the table). add_grpo_args' own defaults (a 2x64 model,
+8 prompts a rollout, lr 5e-5, no warmup) are what benchmarks/rl_trl.py starts from; `grpo` sets the
+recipe above.
 
 ppo: llmctl rl --algo ppo from an SFT run against a reward model (e.g. `make demo`'s out/demo/sft
 and out/demo/reward) on the HH-RLHF prompts of examples/prefs (128 held out); 16 prompts a
@@ -118,7 +125,7 @@ def addition_sft(args: argparse.Namespace, tmp: Path, seed: int = 0) -> tuple[Pa
                 steps=args.sft_steps,
                 batch_size=16,
                 micro_batch=16,
-                lr=3e-3,
+                lr=args.sft_lr,
                 warmup_steps=20,
                 eval_every=args.sft_steps,
                 ckpt_every=args.sft_steps,
@@ -141,7 +148,7 @@ def grpo_config(args: argparse.Namespace, steps: int, eval_every: int) -> Any:
         num_generations=args.G,
         rollout_prompts=args.rollout_prompts,
         max_new_tokens=args.max_new_tokens,
-        temperature=1.0,
+        temperature=args.temperature,
         beta=args.beta,
         val_limit=args.held_out,
         train=TrainConfig(
@@ -149,8 +156,10 @@ def grpo_config(args: argparse.Namespace, steps: int, eval_every: int) -> Any:
             batch_size=args.rollout_prompts * args.G // args.steps_per_rollout,
             micro_batch=32,
             lr=args.lr,
-            warmup_steps=0,
+            warmup_steps=args.warmup,
             schedule="constant",
+            beta2=args.adam_beta2,
+            embed_lr=args.embed_lr,
             eval_every=eval_every,
             ckpt_every=steps,
             weight_decay=0.0,
@@ -162,6 +171,11 @@ def add_grpo_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--sft-steps", type=int, default=250)
     g.add_argument("--demos", type=int, default=0, help="SFT on this many training problems (0: all of them)")
     g.add_argument("--lr", type=float, default=5e-5)
+    g.add_argument("--warmup", type=int, default=0, help="GRPO: steps of linear lr warmup (then constant)")
+    g.add_argument("--temperature", type=float, default=1.0, help="GRPO: sampling temperature of the rollouts")
+    g.add_argument("--adam-beta2", type=float, default=0.95, help="GRPO: Adam's beta2")
+    g.add_argument("--embed-lr", type=float, default=None, help="GRPO: the (tied) embedding's own lr (default --lr)")
+    g.add_argument("--sft-lr", type=float, default=3e-3)
     g.add_argument("--sft", default=None, help="reuse this SFT run instead of training one")
     g.add_argument("--beta", type=float, default=0.0)
     g.add_argument("--n", type=int, default=24, help="problems are A plus B for A, B < n")
@@ -200,7 +214,8 @@ def grpo(args: argparse.Namespace) -> None:
         f"(held-out accuracy = greedy exact match); SFT on {args.demos or 'all'} demonstrations, "
         f"{args.sft_steps} steps; GRPO {args.rl_steps} steps"
     )
-    keys = ("n", "held_out", "demos", "sft_steps", "rl_steps", "eval_every", "lr", "beta", "G", "rollout_prompts")
+    keys = ("n", "held_out", "demos", "sft_steps", "sft_lr", "rl_steps", "eval_every", "lr", "warmup", "beta", "G")
+    keys += ("rollout_prompts", "temperature", "adam_beta2", "embed_lr")
     sig = {k: getattr(args, k) for k in (*keys, "max_new_tokens", "steps_per_rollout", "layers", "d_model", "threads")}
     sig_path = tmp / "settings.json"
     if sig_path.is_file() and json.loads(sig_path.read_text()) != sig:
@@ -260,12 +275,38 @@ def grpo(args: argparse.Namespace) -> None:
     ok = min(every) >= args.floor
     print(
         f"gain over all {len(every)} SFT x RL runs: mean {sum(every) / len(every):+.1f} points, sd {_sd(every):.1f}, "
-        f"range {min(every):+.1f} .. {max(every):+.1f}; one s.e. of a held-out accuracy <= {se:.1f} points\n"
+        f"range {min(every):+.1f} .. {max(every):+.1f}; one s.e. of a held-out accuracy <= {se:.1f} points "
+        f"(two: {2 * se:.1f})\n"
         f"floor: every run gains >= {args.floor:+g} points -> {'PASS' if ok else 'FAIL'}"
     )
+    if args.check_eval:
+        check_eval(args, tmp, *next(iter(cells)), cells[next(iter(cells))])
     print(
         f"this invocation {time.time() - t_start:.0f} s; load average at end: "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; work dir {tmp}"
+    )
+
+
+def check_eval(args: argparse.Namespace, tmp: Path, s: int, r: int, cell: dict[str, Any]) -> None:
+    """`llmctl eval --task exact_match --chat` on the held-out problems with the final GRPO model of
+    (SFT seed s, RL seed r): its exact match must equal the run's last held-out accuracy."""
+    import subprocess
+
+    rows = [x for x in addition(args.n, args.held_out) if x["split"] == "val"]
+    em = write_jsonl(tmp / "held_out_em.jsonl", [{"question": x["prompt"], "answer": x["answer"]} for x in rows])
+    out = tmp / f"eval-sft{s}-seed{r}"
+    cmd = [sys.executable, "-m", "llmctl", "eval", str(tmp / f"rl-sft{s}-seed{r}"), "-o", str(out), "--overwrite"]
+    cmd += ["--task", "exact_match", "--em-data", str(em), "--chat"]
+    cmd += ["--set", f"exact_match.max_new_tokens={args.max_new_tokens}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    results = json.loads((out / "_manifest.json").read_text())["stats"]["results"]
+    em_acc = next(x["value"] for x in results if x["metric"] == "exact_match")
+    ours = cell["val"][-1][1]
+    print(
+        f"llmctl eval --task exact_match --chat on the final model of SFT seed {s} / RL seed {r}: "
+        f"{100 * em_acc:.1f}% vs the run's held-out accuracy {100 * ours:.1f}% -> "
+        f"{'same' if abs(em_acc - ours) < 1e-9 else 'DIFFERENT'}"
     )
 
 
@@ -437,13 +478,21 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("grpo")
     add_grpo_args(g)
-    g.add_argument("--rl-steps", type=int, default=300)
+    g.add_argument("--rl-steps", type=int, default=150)
     g.add_argument("--eval-every", type=int, default=50)
     g.add_argument(
         "--sft-seeds", default="0,1,2", help="one SFT model per seed (initialisation, demonstrations, order)"
     )
     g.add_argument("--seeds", default="0,1", help="one GRPO run from each SFT model per seed (sampling, shuffles)")
     g.add_argument("--floor", type=float, default=0.0, help="the smallest gain every SFT x RL run must reach (points)")
+    g.add_argument(
+        "--check-eval",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="re-score the first run's final model with `llmctl eval --task exact_match --chat`",
+    )
+    # the grid's recipe (add_grpo_args' defaults are benchmarks/rl_trl.py's model and batch)
+    g.set_defaults(n=32, held_out=500, demos=200, d_model=128, rollout_prompts=64, lr=3e-4, warmup=20)
     p = sub.add_parser("ppo")
     p.add_argument("--sft", required=True)
     p.add_argument("--reward-model", required=True)
