@@ -189,6 +189,7 @@ def test_one_grpo_step_equals_trls(tmp_path, loss_type):
 
     # a second, off-policy step on the same batch: pi_old is the first step's policy
     batch["old_logp"] = ours_logp
+    batch.pop("old_fresh", None)  # (the first step's rows are marked as still at pi_old)
     loss2, st = algo.loss(model, batch)
     loss2.backward()
     _, theirs_loss2 = trl_side(
