@@ -1,29 +1,42 @@
-"""GRPO per option: llmctl rl against TRL's GRPOTrainer set the same way, same model, prompts and seed.
+"""GRPO per option: llmctl rl against TRL's GRPOTrainer set the same way, same model, prompts and seeds.
 
     .venv/bin/python benchmarks/rl_trl.py [--variants grpo,bnpo,dr_grpo,dapo,gspo,clip_higher,mask_truncated]
-        [--steps 30] [--threads 2] [--work DIR] [--sft DIR/sft-seed0]
+        [--steps 30] [--seeds 0,1,2] [--lr 1e-4] [--threads 2] [--skip 2] [--work DIR] [--sft DIR/sft-seed0]
 
 The model is benchmarks/rl.py's: a 2-layer d=64 model SFT'd for 250 steps on "What is A plus B?" ->
-"#### A+B" (here A, B < 20, 80 held out: about 40% of sampled answers right), exported with `llmctl export --no-split-special-tokens` (the HF directory TRL loads;
-TRL tokenizes the chat template itself, with special tokens as ids). For each variant (VARIANTS:
-a `--loss-type`, `--importance-sampling`, `--epsilon-high`, `--mask-truncated` and TRL's
-`loss_type`, `importance_sampling_level`, `epsilon_high`, `mask_truncated_completions`), both
+"#### A+B" (here A, B < 20, 80 held out: about 35% of sampled answers right), exported with
+`llmctl export --no-split-special-tokens` (the HF directory TRL loads; TRL tokenizes the chat
+template itself, with special tokens as ids). For each variant (VARIANTS: a `--loss-type`,
+`--importance-sampling`, `--epsilon-high`, `--mask-truncated` and TRL's `loss_type`,
+`importance_sampling_level`, `epsilon_high`, `mask_truncated_completions`) and each RL seed, both
 trainers run GRPO from that model on the same training prompts in the same chat format with the
 exact_match reward (llmctl's, `llmctl eval`'s extraction, handed to TRL as a reward function):
 8 prompts x G 8 = 64 completions a generation, 2 optimizer steps of 32 per generation (TRL's
 steps_per_generation 2, so the second step is off-policy and the clip ratios can be non-zero),
 num_iterations 1, at most 8 new tokens (6 for mask_truncated, so that some completions are cut),
-temperature 1, beta 0, epsilon 0.2, rewards scaled by the group's std, lr 5e-4 constant, no
-warmup, no weight decay, Adam betas (0.9, 0.95), gradient clip 1.0, fp32. TRL 1.16 runs in its
-own process (this venv's trl, or benchmarks/.venvs/trl), all variants one after the other.
+temperature 1, beta 0, epsilon 0.2, rewards scaled by the group's std, lr 1e-4 constant, no
+warmup, no weight decay, Adam betas (0.9, 0.95), gradient clip 1.0, fp32. (At lr 5e-4 Adam's
+first, sign-like step collapses the policy in both trainers, and 30 steps compare two chaotic
+collapses; at 1e-4 the policy stays near its start and the clip ratios are still non-zero.)
+TRL 1.16 runs in its own process (this venv's trl, or benchmarks/.venvs/trl), kept alive, and the
+runs alternate: llmctl variant v seed s, then TRL v s, then the next, so a change of load on
+the machine hits both sides alike.
 
-Per-step metrics are compared under the names both log (METRICS): the mean over the run and its
-standard error each side, and PASS when the two means differ by at most 2 combined standard
-errors (sqrt(se_a^2 + se_b^2)). Rollout metrics are taken once per generation. The two runs are
-two samples of the same process, not the same numbers: each trainer shuffles the prompts and
-samples with its own RNG. Steps per second are timed from the end of step 1 to the end of the
-last step (generation, reward, loss, backward and optimizer step all inside). Floor: llmctl >= 2x
-TRL's steps per second for each variant; time it alone on the machine.
+Per-step metrics are compared under the names both log (METRICS), pooled over the seeds: the
+mean and its standard error each side, and z = |difference| / combined standard error. Rollout
+metrics are taken once per generation. The runs of the two sides are samples of the same
+process, not the same numbers: with the same seed both draw the same prompts (the same seeded
+permutation) but sample with their own RNGs. With 7 x 9 comparisons, about 3 land beyond 2
+standard errors by chance when the two agree; the verdict is PASS when none is beyond the
+Bonferroni bound for 5% over all comparisons together (z 3.35 for 63).
+
+Steps per second: each run is timed from the end of step `--skip` (default: the first
+generation's steps, so warm-up is left out) to the end of the last step (generation, reward,
+loss, backward and optimizer step all inside; the same number of generations on both sides);
+per variant the median over the seeds each side, and their ratio. The completion tokens each
+side generated per timed step are printed beside it (a policy that writes longer answers is
+slower for that reason alone). Floor: llmctl >= 2x TRL's steps per second for each variant;
+time it alone on the machine.
 """
 
 from __future__ import annotations
