@@ -140,13 +140,29 @@ def generate_batch(
     cache = KVCache(model.cfg, b, width + steps + extra, device=device, dtype=p0.dtype) if use_cache else None
     last = torch.zeros(b, width, dtype=torch.bool, device=device)
     last[:, -1] = True  # the lm head at the last position only: (B, V), not (B, width, V)
+    # the prompt runs once per distinct row (GRPO's G copies of a prompt): its logits and cached
+    # keys/values are then copied to every row that repeats it
+    first: dict[tuple[int, ...], int] = {}  # a distinct prompt -> the first row holding it
+    inv = [first.setdefault(tuple(r), i) for i, r in enumerate(rows)]
+    pre_cache, sel = cache, slice(None)
+    if cache is not None and len(first) < b:
+        sel = torch.tensor(list(first.values()), device=device)
+        pre_cache = KVCache(model.cfg, len(first), width, device=device, dtype=p0.dtype)
+    pre_ids = ids[sel]
     if padded:
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         eye = torch.eye(width, dtype=torch.bool, device=device)
-        mask = ((causal & valid[:, None, :width]) | eye)[:, None]
-        logits = model(ids, positions=positions, kv_cache=cache, attn_mask=mask, keep=last)
+        mask = ((causal & valid[sel][:, None, :width]) | eye)[:, None]
+        logits = model(pre_ids, positions=positions[sel], kv_cache=pre_cache, attn_mask=mask, keep=last[sel])
     else:
-        logits = model(ids, kv_cache=cache, keep=last)
+        logits = model(pre_ids, kv_cache=pre_cache, keep=last[sel])
+    if pre_cache is not cache:
+        slot = {row: k for k, row in enumerate(first.values())}
+        back = torch.tensor([slot[i] for i in inv], device=device)
+        logits = logits[back]
+        for full, part in zip(cache.k + cache.v, pre_cache.k + pre_cache.v):
+            full[:, :, :width] = part[back]
+        cache.pos = pre_cache.pos
     out: list[list[int]] = [[] for _ in range(b)]
     ended, done = [False] * b, [False] * b
     stopped: list[int | None] = [None] * b
