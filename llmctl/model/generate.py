@@ -69,7 +69,7 @@ def _draw(
     `gen` is a list, so a row samples what it would alone)."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+    probs = filter_logits(logits if temperature == 1 else logits / temperature, top_k, top_p).softmax(-1)
     if isinstance(gen, torch.Generator):
         return torch.multinomial(probs, 1, generator=gen)[:, 0]
     return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g)[:, 0] for i, g in enumerate(gen)])
@@ -224,8 +224,8 @@ def generate_batch(
         valid[:, width + t] = torch.tensor(real, device=device)
         pos = (lens + torch.tensor(fed, device=device))[:, None]
         fed = [f + r for f, r in zip(fed, real)]
-        ids = torch.cat([ids, nxt], dim=1)
         if cache is None:
+            ids = torch.cat([ids, nxt], dim=1)
             pos_all = (torch.arange(ids.size(1), device=device)[None] - (width - lens)[:, None]).clamp(min=0)
             if padded:
                 n = ids.size(1)
