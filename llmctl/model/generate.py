@@ -173,6 +173,7 @@ def generate_batch(
     idle = [0] * b  # parked steps still to go
     fed = [0] * b  # real tokens fed after the prompt (a parked step feeds none)
     parked_any = False
+    live = list(range(b))  # the rows the cache holds: without force_fn, those not finished
     for t in range(steps + extra):
         nxt = _draw(logits.float(), temperature, top_k, top_p, gen)
         drawn = nxt.tolist()
@@ -234,10 +235,21 @@ def generate_batch(
                 logits = model(ids, positions=pos_all, attn_mask=m)[:, -1]
             else:
                 logits = model(ids)[:, -1]
-        elif padded or parked_any:
-            logits = model(nxt, positions=pos, kv_cache=cache, attn_mask=valid[:, None, None, : width + t + 1])[:, -1]
         else:
-            logits = model(nxt, kv_cache=cache)[:, -1]
+            if force_fn is None and any(done[i] for i in live):  # finished rows leave the cache
+                keep = torch.tensor([k for k, i in enumerate(live) if not done[i]], device=device)
+                cache.k, cache.v = [x[keep] for x in cache.k], [x[keep] for x in cache.v]
+                live = [i for i in live if not done[i]]
+            rows_t = slice(None) if len(live) == b else torch.tensor(live, device=device)
+            if padded or parked_any:
+                mask = valid[rows_t][:, None, None, : width + t + 1]
+                new = model(nxt[rows_t], positions=pos[rows_t], kv_cache=cache, attn_mask=mask)[:, -1]
+            else:
+                new = model(nxt[rows_t], kv_cache=cache)[:, -1]
+            if len(live) == b:
+                logits = new
+            else:  # a finished row's logits are stale; its draw (the same random numbers) is ignored
+                logits[rows_t] = new
     return Generated(out, ended, stopped, sum(len(o) for o in out), time.perf_counter() - t0, forced)
 
 
