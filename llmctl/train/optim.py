@@ -1,6 +1,7 @@
 """The optimizers a training run can use, in one registry (`OPTIMIZERS`).
 
-`adamw`: AdamW, weight decay on matmul weights only (not on norms, biases or embeddings).
+`adamw`: AdamW, weight decay on matmul weights only (not on norms, biases or embeddings); torch's
+fused kernel where it applies (plain CPU / CUDA tensors; not DTensor shards), as Hugging Face's Trainer.
 `muon`: torch's Muon (Newton-Schulz orthogonalized momentum, lr scaled by sqrt(max(1, rows/cols)))
 on the 2-D hidden matrices of the transformer blocks, AdamW on the rest (embeddings, the output
 head, norms, routers, 3-D expert weights). Muon's groups run at `muon_lr / lr` times the schedule's
