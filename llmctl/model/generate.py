@@ -69,7 +69,7 @@ def _draw(
     `gen` is a list, so a row samples what it would alone)."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+    probs = filter_logits(logits if temperature == 1 else logits / temperature, top_k, top_p).softmax(-1)
     if isinstance(gen, torch.Generator):
         return torch.multinomial(probs, 1, generator=gen)[:, 0]
     return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g)[:, 0] for i, g in enumerate(gen)])
@@ -140,13 +140,29 @@ def generate_batch(
     cache = KVCache(model.cfg, b, width + steps + extra, device=device, dtype=p0.dtype) if use_cache else None
     last = torch.zeros(b, width, dtype=torch.bool, device=device)
     last[:, -1] = True  # the lm head at the last position only: (B, V), not (B, width, V)
+    # the prompt runs once per distinct row (GRPO's G copies of a prompt): its logits and cached
+    # keys/values are then copied to every row that repeats it
+    first: dict[tuple[int, ...], int] = {}  # a distinct prompt -> the first row holding it
+    inv = [first.setdefault(tuple(r), i) for i, r in enumerate(rows)]
+    pre_cache, sel = cache, slice(None)
+    if cache is not None and len(first) < b:
+        sel = torch.tensor(list(first.values()), device=device)
+        pre_cache = KVCache(model.cfg, len(first), width, device=device, dtype=p0.dtype)
+    pre_ids = ids[sel]
     if padded:
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         eye = torch.eye(width, dtype=torch.bool, device=device)
-        mask = ((causal & valid[:, None, :width]) | eye)[:, None]
-        logits = model(ids, positions=positions, kv_cache=cache, attn_mask=mask, keep=last)
+        mask = ((causal & valid[sel][:, None, :width]) | eye)[:, None]
+        logits = model(pre_ids, positions=positions[sel], kv_cache=pre_cache, attn_mask=mask, keep=last[sel])
     else:
-        logits = model(ids, kv_cache=cache, keep=last)
+        logits = model(pre_ids, kv_cache=pre_cache, keep=last[sel])
+    if pre_cache is not cache:
+        slot = {row: k for k, row in enumerate(first.values())}
+        back = torch.tensor([slot[i] for i in inv], device=device)
+        logits = logits[back]
+        for full, part in zip(cache.k + cache.v, pre_cache.k + pre_cache.v):
+            full[:, :, :width] = part[back]
+        cache.pos = pre_cache.pos
     out: list[list[int]] = [[] for _ in range(b)]
     ended, done = [False] * b, [False] * b
     stopped: list[int | None] = [None] * b
@@ -157,6 +173,7 @@ def generate_batch(
     idle = [0] * b  # parked steps still to go
     fed = [0] * b  # real tokens fed after the prompt (a parked step feeds none)
     parked_any = False
+    live = list(range(b))  # the rows the cache holds: without force_fn, those not finished
     for t in range(steps + extra):
         nxt = _draw(logits.float(), temperature, top_k, top_p, gen)
         drawn = nxt.tolist()
@@ -208,8 +225,8 @@ def generate_batch(
         valid[:, width + t] = torch.tensor(real, device=device)
         pos = (lens + torch.tensor(fed, device=device))[:, None]
         fed = [f + r for f, r in zip(fed, real)]
-        ids = torch.cat([ids, nxt], dim=1)
         if cache is None:
+            ids = torch.cat([ids, nxt], dim=1)
             pos_all = (torch.arange(ids.size(1), device=device)[None] - (width - lens)[:, None]).clamp(min=0)
             if padded:
                 n = ids.size(1)
@@ -218,10 +235,21 @@ def generate_batch(
                 logits = model(ids, positions=pos_all, attn_mask=m)[:, -1]
             else:
                 logits = model(ids)[:, -1]
-        elif padded or parked_any:
-            logits = model(nxt, positions=pos, kv_cache=cache, attn_mask=valid[:, None, None, : width + t + 1])[:, -1]
         else:
-            logits = model(nxt, kv_cache=cache)[:, -1]
+            if force_fn is None and any(done[i] for i in live):  # finished rows leave the cache
+                keep = torch.tensor([k for k, i in enumerate(live) if not done[i]], device=device)
+                cache.k, cache.v = [x[keep] for x in cache.k], [x[keep] for x in cache.v]
+                live = [i for i in live if not done[i]]
+            rows_t = slice(None) if len(live) == b else torch.tensor(live, device=device)
+            if padded or parked_any:
+                mask = valid[rows_t][:, None, None, : width + t + 1]
+                new = model(nxt[rows_t], positions=pos[rows_t], kv_cache=cache, attn_mask=mask)[:, -1]
+            else:
+                new = model(nxt[rows_t], kv_cache=cache)[:, -1]
+            if len(live) == b:
+                logits = new
+            else:  # a finished row's logits are stale; its draw (the same random numbers) is ignored
+                logits[rows_t] = new
     return Generated(out, ended, stopped, sum(len(o) for o in out), time.perf_counter() - t0, forced)
 
 

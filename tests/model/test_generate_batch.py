@@ -43,6 +43,27 @@ def test_per_row_generators_sample_what_each_row_samples_alone():
     assert got == alone
 
 
+def test_repeated_prompts_sample_what_each_row_samples_alone():
+    """GRPO's G copies of a prompt share one prefill, and rows that stopped leave the batch: every row
+    still samples what it would alone (per-row generators) or without the cache (one generator),
+    padded batch or not."""
+    m = model()
+    stops = tuple(range(0, 50, 6))  # rows end at different steps
+    for prompts in (
+        [PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[0], PROMPTS[2], PROMPTS[1]],  # padded
+        [PROMPTS[2]] * 3 + [[9, 8, 7, 6, 5]] * 2,  # one width: no mask
+    ):
+        gens = [torch.Generator().manual_seed(200 + i) for i in range(len(prompts))]
+        got = generate_batch(m, prompts, 12, temperature=1.0, generator=gens, pad_id=0, stop_ids=stops)
+        alone = [generate(m, p, 12, temperature=1.0, seed=200 + i, stop_ids=stops) for i, p in enumerate(prompts)]
+        assert got.tokens == alone
+        assert 1 < len({len(t) for t in got.tokens}) and any(got.ended)
+        shared = generate_batch(m, prompts, 12, temperature=1.0, seed=5, pad_id=0, stop_ids=stops).tokens
+        no_cache = generate_batch(m, prompts, 12, temperature=1.0, seed=5, pad_id=0, stop_ids=stops, use_cache=False)
+        assert shared == no_cache.tokens
+        assert len({tuple(t) for t in shared}) > len({tuple(p) for p in prompts})  # copies diverge after the prompt
+
+
 def test_stop_ids_end_a_row_and_are_reported():
     m = model()
     greedy = generate_batch(m, PROMPTS, 10, temperature=0).tokens

@@ -130,3 +130,33 @@ def test_trackers_get_the_metrics_jsonl_records(data, tmp_path, monkeypatch):
     assert "config" in acc.Tags()["tensors"] or acc.Tags().get("tensors")
     offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0
+
+
+def test_adamw_is_torchs_fused_kernel_with_the_plain_update():
+    """On plain CPU tensors the adamw optimizer runs torch's fused kernel; five steps move every weight
+    as the per-tensor AdamW with the same groups does, up to float rounding."""
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=40, n_layer=1, n_head=2, d_model=16, max_seq_len=16))
+    ref = Transformer(m.cfg)
+    ref.load_state_dict(m.state_dict())
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    ours = build_optimizer(m, cfg)
+    assert [o.defaults["fused"] for o in ours.optimizers] == [True]
+    plain = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in ref.named_parameters() if p.ndim >= 2 and "embed" not in n], "weight_decay": 0.1},
+            {"params": [p for n, p in ref.named_parameters() if p.ndim < 2 or "embed" in n], "weight_decay": 0.0},
+        ],
+        lr=1e-2,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=1e-8,
+        foreach=False,
+    )
+    x = torch.randint(0, 40, (3, 16))
+    for _ in range(5):
+        for model, opt in ((m, ours), (ref, plain)):
+            opt.zero_grad()
+            model(x).logsumexp(-1).mean().backward()
+            opt.step()
+    for (n, a), b in zip(m.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)

@@ -97,9 +97,14 @@ class GRPO:
     def prepare(self, model, ro, plan0):
         cfg, out = self.cfg, {}
         if cfg.epochs > 1 or cfg.rollout_prompts * cfg.group > cfg.train.batch_size:
-            # several optimizer steps per rollout: later ones are off-policy and need pi_old's log-probs;
-            # with one step the policy is still pi_old and the loss uses its own detached log-probs
-            out["old_logp"] = _by_plan(model, ro, plan0, False)
+            # several optimizer steps per rollout: later ones are off-policy and need pi_old's log-probs.
+            # The first step's micro-batches are trained while the policy is still pi_old: with one pass,
+            # their loss uses its own detached log-probs (`fresh` rows; the same numbers, one forward fewer)
+            first = plan0[: cfg.train.grad_accum(D.info().world)] if cfg.epochs == 1 else []
+            out["old_logp"] = _by_plan(model, ro, plan0[len(first) :], False)
+            fresh = torch.zeros(ro["cmask"].size(0), dtype=torch.bool, device=ro["cmask"].device)
+            fresh[[i for idx in first for i in idx]] = True
+            out["old_fresh"] = fresh
         if cfg.beta != 0.0:
             out["ref_logp"] = _by_plan(self.ref, ro, plan0, False)
         scores = ro["scores"]
@@ -119,7 +124,9 @@ class GRPO:
     def loss(self, model, b):
         cfg = self.cfg
         logp, ent = completion_logps(model, b, entropy=True)
-        old = b["old_logp"] if "old_logp" in b else logp.detach()
+        old = logp.detach()
+        if "old_logp" in b:  # pi_old's rollout-time log-probs, but where the policy is still pi_old (`old_fresh`)
+            old = b["old_logp"] if "old_fresh" not in b else torch.where(b["old_fresh"][:, None], old, b["old_logp"])
         mask = b.get("lmask", b["cmask"])
         loss, st = R.grpo_loss(
             logp,

@@ -96,18 +96,21 @@ def load_prompts(
 
 def sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded prompt+completion rows: input_ids (B, T), completion token ids and mask (B, Tc)."""
-    b = len(prompts)
     t = max(len(p) + len(c) for p, c in zip(prompts, completions))
     tc = max(1, max(len(c) for c in completions))
-    ids = torch.full((b, t), pad_id, dtype=torch.long)
-    comp = torch.full((b, tc), pad_id, dtype=torch.long)
-    cmask = torch.zeros((b, tc), dtype=torch.bool)
-    keep = torch.zeros((b, t), dtype=torch.bool)  # positions whose next token is a completion token
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-        comp[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        cmask[i, : len(c)] = True
-        keep[i, len(p) - 1 : len(p) + len(c) - 1] = True
+    ids = torch.tensor(
+        [p + c + [pad_id] * (t - len(p) - len(c)) for p, c in zip(prompts, completions)], dtype=torch.long
+    )
+    comp = torch.tensor([c + [pad_id] * (tc - len(c)) for c in completions], dtype=torch.long)
+    cmask = torch.tensor([[True] * len(c) + [False] * (tc - len(c)) for c in completions], dtype=torch.bool)
+    # positions whose next token is a completion token
+    keep = torch.tensor(
+        [
+            [False] * (len(p) - 1) + [True] * len(c) + [False] * (t - len(p) - len(c) + 1)
+            for p, c in zip(prompts, completions)
+        ],
+        dtype=torch.bool,
+    )
     return {"input_ids": ids, "keep": keep, "completion": comp, "cmask": cmask}
 
 

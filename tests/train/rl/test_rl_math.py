@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from llmctl.train.rl import core as R
+from llmctl.train.rl.rollout import sequences
 
 MASK = torch.tensor([[True, True, True], [True, True, False]])
 
@@ -168,3 +169,15 @@ def test_grpo_rollout_metrics_use_trls_formulas():
     assert st["reward_std"] == pytest.approx(statistics.stdev(scores))  # 0.518, not the groups' 0.25
     assert st["reward_group_std"] == pytest.approx((statistics.stdev(scores[:4]) + 0.0) / 2)
     assert st["frac_reward_zero_std"] == 0.5
+
+
+def test_sequences_right_pad_and_mark_the_positions_that_predict_completion_tokens():
+    s = sequences([[5, 6, 7], [8]], [[1, 2], []], pad_id=0)
+    assert s["input_ids"].tolist() == [[5, 6, 7, 1, 2], [8, 0, 0, 0, 0]]
+    assert s["completion"].tolist() == [[1, 2], [0, 0]]
+    assert s["cmask"].tolist() == [[True, True], [False, False]]
+    # position i predicts token i + 1: the prompt's last token predicts the first completion token
+    assert s["keep"].tolist() == [[False, False, True, True, False], [False] * 5]
+    assert s["input_ids"].dtype == s["completion"].dtype == torch.long and s["keep"].dtype == torch.bool
+    one = sequences([[4]], [[]], pad_id=9)  # no completion token anywhere: one padded column
+    assert one["completion"].tolist() == [[9]] and one["cmask"].tolist() == [[False]]
