@@ -101,6 +101,34 @@ def prefs(min_ratio: float = 2.0) -> None:
                 out.write(line)
 
 
+def ppo_sft() -> None:
+    """The chosen replies of the HH-RLHF harmless-base pairs that examples/prefs leaves out, as SFT dialogues
+    (`messages`, the shared turns then the chosen reply), for pipelines/ppo.yaml's SFT stage: a policy whose
+    answers are replies of the kind the reward model was trained on. A dialogue whose first Human turn is
+    also one of examples/prefs' is left out, so PPO's held-out prompts are not trained on here either."""
+    import sys
+
+    sys.path.insert(0, str(EX.parent))
+    from llmctl.data.chat_data import _pref_row
+
+    used = set((EX / "prefs" / "hh_rlhf_harmless_base.jsonl").read_text().splitlines(keepends=True))
+    firsts = set()
+    for line in used:
+        p, _ = _pref_row(json.loads(line))
+        if p:
+            firsts.add(p["prompt"][0]["content"].strip().lower())
+    with (
+        open(SHARED / "prefs" / "hh_rlhf_harmless_base_test.jsonl") as f,
+        open(EX / "prefs" / "hh_rlhf_harmless_base_sft.jsonl", "w") as out,
+    ):
+        for line in f:
+            p, _ = _pref_row(json.loads(line)) if line not in used else (None, None)
+            if p and p["prompt"][0]["content"].strip().lower() not in firsts:
+                out.write(
+                    json.dumps({"messages": p["prompt"] + [{"role": "assistant", "content": p["chosen"]}]}) + "\n"
+                )
+
+
 def mmlu(subjects=("high_school_geography", "marketing", "world_religions")) -> None:
     d = EX / "eval" / "mmlu"
     d.mkdir(parents=True, exist_ok=True)
@@ -115,4 +143,5 @@ if __name__ == "__main__":
     arithmetic()
     alpaca_prompts()
     prefs()
+    ppo_sft()
     mmlu()

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from llmctl.cli.runner import load_pipeline, run_pipeline
+from llmctl.data.chat_data import read_rows
 from llmctl.report.build import build_report
 from llmctl.store.dataset import MANIFEST, Dataset
 
@@ -236,14 +237,26 @@ def test_the_run_prints_each_stages_effect(toy_run):
 def test_ppo_pipeline_runs_on_the_toy_run_and_reports_its_held_out_reward_with_a_standard_error(toy_run, tmp_path):
     """pipelines/ppo.yaml as shipped, on the (shortened) toy run instead of out/demo, with fewer steps,
     shorter answers and fewer held-out prompts; every held-out answer logged, so the reported mean and
-    standard error (over prompts, of each prompt's mean score) are recomputed from the answers' scores."""
+    standard error (over prompts, of each prompt's mean score) are recomputed from the answers' scores.
+    Its held-out prompts are those of the reward model's held-out pairs, and no SFT dialogue shares a
+    first turn with any prompt."""
     _, toy_root, _ = toy_run
     text = (REPO / "pipelines" / "ppo.yaml").read_text()
-    assert [s.name for s in load_pipeline(REPO / "pipelines" / "ppo.yaml").stages] == ["prompts", "rl"]
+    assert [s.name for s in load_pipeline(REPO / "pipelines" / "ppo.yaml").stages] == [
+        "prompts",
+        "sft_data",
+        "sft",
+        "rl",
+    ]
     short = text.replace("out/demo/", f"{toy_root}/")
-    for flag, value in (("--steps", 4), ("--eval-every", 4), ("--ckpt-every", 4), ("--max-new-tokens", 8)):
+    for flag, value, count in (
+        ("--steps", 4, 2),
+        ("--eval-every", 4, 2),
+        ("--ckpt-every", 4, 1),
+        ("--max-new-tokens", 8, 1),
+    ):
         short, n = re.subn(rf"{flag} \d+", f"{flag} {value}", short)
-        assert n == 1, flag
+        assert n == count, flag
     short, n = re.subn(r"val_limit=\d+", "val_limit=6 --set log_samples=1000", short)
     assert n == 1
     pipe = tmp_path / "ppo.yaml"
@@ -251,8 +264,9 @@ def test_ppo_pipeline_runs_on_the_toy_run_and_reports_its_held_out_reward_with_a
     root = tmp_path / "run"
     with contextlib.chdir(REPO):
         records = run_pipeline(pipe, root, echo=lambda m: None)
-    assert [r["status"] for r in records] == ["ran", "ran"]
+    assert [r["status"] for r in records] == ["ran"] * 4
     manifest = json.loads((root / "rl" / MANIFEST).read_text())
+    assert json.loads((root / "sft" / MANIFEST).read_text())["inputs"][0]["path"].endswith("sft_data")
     log = (root / "_pipeline" / "rl.log").read_text()
     assert "held-out reward at start" in log and "(SE)" in log and "val_reward_se" in log
     last = [json.loads(x) for x in (root / "rl" / "metrics.jsonl").read_text().splitlines()][-1]
@@ -271,3 +285,13 @@ def test_ppo_pipeline_runs_on_the_toy_run_and_reports_its_held_out_reward_with_a
     assert last["val_reward"] == pytest.approx(mean, abs=1e-6)
     assert last["val_reward_se"] == pytest.approx(se, rel=1e-6) and se > 0
     assert manifest["data"]["val_reward_start_se"] > 0
+    # the held-out prompts are the reward model's held-out pairs' prompts, which the SFT data never shows
+    prompts, _ = read_rows(root / "prompts")
+    rm_val, _ = read_rows(toy_root / "prefs")
+    val_prompts = [json.dumps(r["prompt"]) for r in prompts if r["split"] == "val"]
+    assert sorted(val_prompts) == sorted(json.dumps(r["prompt"]) for r in rm_val if r["split"] == "val")
+    firsts = {
+        json.loads(x)["messages"][0]["content"].strip().lower()
+        for x in (REPO / "examples" / "prefs" / "hh_rlhf_harmless_base_sft.jsonl").read_text().splitlines()
+    }
+    assert not firsts & {r["prompt"][0]["content"].strip().lower() for r in prompts}
