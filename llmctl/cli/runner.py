@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -226,7 +227,12 @@ def run_pipeline(
                 f"stage {stage.name!r} needs stage {missing[0]!r} to have run first (no {root / missing[0] / MANIFEST})"
             )
         signature = _signature(stage, args, root)
-        if (root / stage.name).exists():
+        out = root / stage.name
+        if force and out.is_dir() and not out.is_symlink():
+            # a stage skips an output that is complete for the same config and inputs, so --force
+            # starts it from nothing (under the run root's lock; the output is this pipeline's own)
+            shutil.rmtree(out)
+        elif out.exists():
             args = args + ["--overwrite"]  # stale: its config or inputs changed since it ran
         echo(f"[{stage.name}] llmctl {shlex.join(args)}")
         started = time.time()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from warc_utils import GOOD_PARAGRAPHS, html_page, response_record, write_warc_gz
 
-from llmctl.cli.runner import load_pipeline, run_pipeline
+from llmctl.cli.runner import _state_path, load_pipeline, run_pipeline
 from llmctl.errors import UsageError
 from llmctl.store.dataset import Dataset
 
@@ -57,6 +57,23 @@ def test_runs_skips_and_reruns_what_changed(tmp_path):
     }
     assert Dataset.open(root / "first").manifest["config"]["c4"]["min_words_per_line"] == 4
     assert statuses(run_pipeline(f, root, until="first", echo=lambda m: None)) == {"first": "skipped"}
+
+
+def test_force_runs_every_stage_again_from_nothing(tmp_path):
+    """--force re-runs a stage whose output is complete for the same config: the stage itself would
+    skip it ("already complete"), so the runner removes the output first; a file left inside is gone."""
+    f = setup(tmp_path)
+    root = tmp_path / "run"
+    run_pipeline(f, root, echo=lambda m: None)
+    before = Dataset.open(root / "first").manifest
+    (root / "first" / "stray.txt").write_text("left from an earlier run")
+    lines = []
+    assert statuses(run_pipeline(f, root, only=["first"], force=True, echo=lines.append)) == {"first": "ran"}
+    assert not (root / "first" / "stray.txt").exists()
+    assert Dataset.open(root / "first").manifest["config"] == before["config"]
+    log = _state_path(root, load_pipeline(f).stage("first")).with_suffix(".log").read_text()
+    assert "wrote" in log and "already complete" not in log
+    assert statuses(run_pipeline(f, root, echo=lambda m: None))["first"] == "skipped"
 
 
 def test_failure_names_the_stage(tmp_path):
