@@ -19,7 +19,9 @@ def run_cmd(
     until: Annotated[
         Optional[str], typer.Option("--until", help="Run the stages up to and including this one.")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Run every selected stage again from nothing, even when it is up to date (its output is removed first).")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run every selected stage again from nothing (its output removed first).")
+    ] = False,
 ) -> None:
     """Run a pipeline's stages in order; up-to-date stages are skipped, the first failure stops the run.
     At the end, when the pipeline evaluates a stage and the stage it started from (`--from`), a table
