@@ -87,7 +87,7 @@ def render_item(item: str, root: Path, commands: dict[str, str], shown: str) -> 
 
     item = item.strip()
     if item == "timings":
-        return timings(root)
+        return timings(root, list(commands))
     if item == "effects":
         return effects(root)
     shown_cmd = "llmctl " + re.sub(r"\$\{(\w+)\}", lambda m: f"{shown}/{m.group(1)}", item[2:])
@@ -154,10 +154,12 @@ def environment() -> str:
     )
 
 
-def timings(root: Path) -> str:
-    """Seconds per finished stage with the load average when it ended, and the environment."""
-    states = [json.loads(p.read_text()) for p in sorted((root / "_pipeline").glob("*.json"))]
-    states.sort(key=lambda s: (root / "_pipeline" / f"{s['stage']}.json").stat().st_mtime)
+def timings(root: Path, stages: list[str]) -> str:
+    """Seconds per finished stage of the pipeline (`stages`, in its order; the state a stage the
+    file no longer has left in ROOT/_pipeline is not shown) with the load average when it ended,
+    and the environment."""
+    found = [root / "_pipeline" / f"{name}.json" for name in stages]
+    states = [json.loads(p.read_text()) for p in found if p.is_file()]
     rows = [f"{s['stage']:<13} {s['seconds']:>7.1f} s   load average {s.get('load_average_1min', '?')}" for s in states]
     total = sum(s["seconds"] for s in states)
     return "\n".join(
