@@ -39,6 +39,7 @@ import sys
 sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("benchmarks")]
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -260,6 +261,40 @@ def nanogpt_command(seed: int, train_args: list[str], script: str = "train.py") 
     return [sys.executable, "-c", NANOGPT_SEED_RUNNER, str(seed), script, *train_args]
 
 
+def check_seed_runner(repo: Path, work: Path) -> None:
+    """On the given nanoGPT checkout, before anything is timed: an evaluation-only run of train.py
+    (tiny model, random ids) under NANOGPT_SEED_RUNNER at seed 0 prints the same step-0 losses as
+    plain `python train.py`, seed 1 prints others, and train.py's bytes are unchanged; SystemExit
+    naming what failed otherwise. (The suite tests the runner on a nanoGPT-shaped train.py; this
+    is the same check on the real one, which the suite cannot fetch.)"""
+    ids = np.random.default_rng(0).integers(0, 64, 4000)
+    prepared = prepare_nanogpt({"train": (ids[:3000], None), "val": (ids[3000:], None), "vocab": 64}, work)
+    before = hashlib.sha256((repo / "train.py").read_bytes()).hexdigest()
+    args = [f"--dataset={prepared}", f"--out_dir={work / 'out'}", "--device=cpu", "--compile=False"]
+    args += ["--dtype=float32", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=2"]
+    args += ["--max_iters=0", "--eval_iters=2", "--eval_only=True"]
+
+    def step0(cmd: list[str]) -> str:
+        r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        found = [ln for ln in r.stdout.splitlines() if ln.startswith("step 0:")]
+        if r.returncode != 0 or not found:
+            raise SystemExit(
+                f"nanoGPT seed-runner check: {' '.join(cmd[:3])}... failed:\n{r.stdout[-800:]}{r.stderr[-800:]}"
+            )
+        return found[0]
+
+    plain = step0([sys.executable, "train.py", *args])
+    if step0(nanogpt_command(0, args)) != plain:
+        raise SystemExit("nanoGPT seed-runner check: seed 0 does not reproduce plain train.py's step-0 losses")
+    if step0(nanogpt_command(1, args)) == plain:
+        raise SystemExit(
+            "nanoGPT seed-runner check: seed 1 gives plain train.py's step-0 losses (the seed is not used)"
+        )
+    if hashlib.sha256((repo / "train.py").read_bytes()).hexdigest() != before:
+        raise SystemExit("nanoGPT seed-runner check: train.py changed")
+    print(f"nanoGPT seed runner checked on {repo}: seed 0 = plain train.py, seed 1 differs, train.py unchanged")
+
+
 def prepare_nanogpt(data: dict, work: Path) -> Path:
     """train.bin / val.bin (uint16 ids) and meta.pkl, as nanoGPT's prepare.py scripts write them."""
     d = work / "nanogpt_data"
@@ -378,6 +413,7 @@ def equal_time(args, data: dict, work: Path) -> dict:
         for n in args.variants.split(",")
     }
     if args.nanogpt:
+        check_seed_runner(Path(args.nanogpt), work / "runner_check")
         prepared = prepare_nanogpt(data, work)
         sides["nanogpt"] = lambda steps, seed, where: run_nanogpt(
             Path(args.nanogpt), seed, steps, args, data, where, prepared
