@@ -31,7 +31,10 @@ import subprocess
 import time
 from pathlib import Path
 
-CRAWL = Path("/work/shared/data/crawl")
+SHARED_DATA = Path(
+    os.environ.get("LLMCTL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)  # ../shared/data beside the checkout
+CRAWL = SHARED_DATA / "crawl"
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venvs" / "datatrove"
 LEVELS_ABOVE, LEVELS_BELOW = (0.95, 0.9, 0.85), (0.7, 0.5)

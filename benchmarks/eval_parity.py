@@ -43,8 +43,11 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "benchmarks" / ".venvs" / "lmeval"
 WORK = ROOT / "benchmarks" / ".work" / "eval_parity"
-MMLU = Path("/work/shared/data/eval/mmlu")
-STORIES = Path("/work/shared/data/tinystories/tinystories_valid_head.txt")
+SHARED_DATA = Path(
+    os.environ.get("LLMCTL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)  # ../shared/data beside the checkout
+MMLU = SHARED_DATA / "eval/mmlu"
+STORIES = SHARED_DATA / "tinystories/tinystories_valid_head.txt"
 LM_EVAL_VERSION = "0.4.13"
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -36,7 +37,10 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "benchmarks" / ".venvs" / "plain"
 WORK = ROOT / "benchmarks" / ".work" / "export_plain_env"
-STORIES = Path("/work/shared/data/tinystories/tinystories_valid_head.txt")
+SHARED_DATA = Path(
+    os.environ.get("LLMCTL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)  # ../shared/data beside the checkout
+STORIES = SHARED_DATA / "tinystories/tinystories_valid_head.txt"
 TRICKY = [
     "Hello  world\n\n  x",
     "a ▁ b ▁▁c▁",
@@ -111,7 +115,7 @@ def big_vocab_check(vocab: int) -> bool:
     from llmctl.export.hf_tokenizer import tokenizer_json
     from llmctl.tokenizer.spm import Tokenizer, training_chunks
 
-    shared = Path("/work/shared/data")
+    shared = SHARED_DATA
     gsm = [json.loads(x) for x in (shared / "sft" / "gsm8k_train.jsonl").read_text().splitlines()[:4000]]
     gsm = [g["question"] + "\n" + g["answer"] for g in gsm]
     hh = [

@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-CRAWL = Path("/work/shared/data/crawl")
+SHARED_DATA = Path(
+    os.environ.get("LLMCTL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)  # ../shared/data beside the checkout
+CRAWL = SHARED_DATA / "crawl"
 TOKENS_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("split", pa.string())])
 
 

@@ -31,7 +31,7 @@ import subprocess
 import time
 from pathlib import Path
 
-SHARED = Path(os.environ.get("LLMCTL_SHARED_DATA", "/work/shared/data"))
+SHARED = Path(os.environ.get("LLMCTL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 LLMCTL = [sys.executable, "-m", "llmctl"]
 WEIGHTS = {"web": 0.5, "stories": 0.3, "math": 0.2}
 

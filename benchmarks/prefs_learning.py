@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -35,7 +36,10 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "pipelines" / "toy.yaml"
-HH = Path("/work/shared/data/prefs/hh_rlhf_harmless_base_test.jsonl")
+SHARED_DATA = Path(
+    os.environ.get("LLMCTL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)  # ../shared/data beside the checkout
+HH = SHARED_DATA / "prefs/hh_rlhf_harmless_base_test.jsonl"
 LLMCTL = [sys.executable, "-m", "llmctl"]
 
 

@@ -1,6 +1,6 @@
 """Scaling-law sweep on TinyStories, CPU: an IsoFLOP grid, both Chinchilla fits, and a checked prediction.
 
-TinyStories (the 0.8 MB head in /work/shared/data/tinystories, 4,300 paragraphs) is tokenized with
+TinyStories (the 0.8 MB head in ../shared/data/tinystories, 4,300 paragraphs) is tokenized with
 llmctl's BPE (512 tokens; every 20th paragraph held out), then the same three commands a user runs:
 
     llmctl sweep TOKENS -t TOK -o SWEEP --budgets 1e11,3e11,1e12 --sizes 1x16,1x24,1x32,1x48,1x64,1x96 \
@@ -34,7 +34,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-TINYSTORIES = Path("/work/shared/data/tinystories/tinystories_valid_head.txt")
+SHARED_DATA = Path(
+    os.environ.get("LLMCTL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)  # ../shared/data beside the checkout
+TINYSTORIES = SHARED_DATA / "tinystories/tinystories_valid_head.txt"
 SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("split", pa.string())])
 
 
