@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 from align_helpers import tiny_checkpoint, write_jsonl
 
@@ -73,3 +76,37 @@ def record_prompts(prompts, completions, **_):
 def constant(prompts, completions, **_):
     """The same reward for every completion: GRPO gets no signal from it."""
     return [1.0] * len(completions)
+
+
+def trl_grpo_self(**over):
+    """A stand-in `self` for calling TRL GRPOTrainer's own methods (`_compute_loss`,
+    `_get_per_token_logps_and_entropies`) on tensors: one process, no vLLM, token-level ratios,
+    epsilon 0.2, beta 0, no entropy masking; `over` sets or adds attributes."""
+    fake = SimpleNamespace(
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        beta=0.0,
+        loss_type="grpo",
+        epsilon_low=0.2,
+        epsilon_high=0.2,
+        args=SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1),
+        use_vllm=False,
+        vllm_importance_sampling_correction=False,
+        model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        max_completion_length=None,
+        accelerator=SimpleNamespace(
+            gather=lambda x: x,
+            reduce=lambda x, reduction="sum": x,
+            num_processes=1,
+            autocast=contextlib.nullcontext,
+            is_main_process=True,
+        ),
+        _metrics=defaultdict(lambda: defaultdict(list)),
+        _entropy_bonus_enabled=False,
+        aux_loss_enabled=False,
+    )
+    for k, v in over.items():
+        setattr(fake, k, v)
+    return fake

@@ -2,7 +2,6 @@
 sampling) against hand computations and against TRL's own GRPOTrainer._compute_loss on the same tensors."""
 
 import math
-from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
@@ -95,28 +94,17 @@ def trl_loss(logp, old, ref, adv, mask, ent, loss_type, level, eps, eps_high, be
     """TRL's GRPOTrainer._compute_loss itself, on these tensors (the model's forward stubbed to return them)."""
     from trl.trainer.grpo_trainer import GRPOTrainer
 
-    metrics = defaultdict(lambda: defaultdict(list))
-    acc = SimpleNamespace(gather=lambda x: x, reduce=lambda x, reduction="sum": x, num_processes=1)
-    fake = SimpleNamespace(
-        top_entropy_quantile=1.0,
-        off_policy_mask_threshold=None,
+    fake = H.trl_grpo_self(
         importance_sampling_level=level,
         beta=beta,
         loss_type=loss_type,
         epsilon_low=eps,
         epsilon_high=eps_high,
-        args=SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1),
-        use_vllm=False,
-        vllm_importance_sampling_correction=False,
         model=SimpleNamespace(training=False),
-        current_gradient_accumulation_steps=1,
         max_completion_length=max_len,
-        accelerator=acc,
-        _metrics=metrics,
-        _entropy_bonus_enabled=False,
-        aux_loss_enabled=False,
         _get_per_token_logps_and_entropies=lambda *a, **k: (logp, ent, None),
     )
+    metrics = fake._metrics
     b = logp.size(0)
     inputs = {
         "prompt_ids": torch.zeros(b, 1, dtype=torch.long),

@@ -12,11 +12,8 @@ loss scores, and the same completions as transformers' generate with TRL's setti
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-from collections import defaultdict
-from types import SimpleNamespace
 
 import pytest
 import rl_helpers as H
@@ -46,31 +43,7 @@ def trl_side(hf_model, prompts, comps, pad_id, adv, loss_type, max_len, old=None
         prompt_ids[i, tp - len(p) :], prompt_mask[i, tp - len(p) :] = torch.tensor(p), 1
         completion_ids[i, : len(c)], completion_mask[i, : len(c)] = torch.tensor(c), 1
     got = {}
-    fake = SimpleNamespace(
-        top_entropy_quantile=1.0,
-        off_policy_mask_threshold=None,
-        importance_sampling_level="token",
-        beta=0.0,
-        loss_type=loss_type,
-        epsilon_low=0.2,
-        epsilon_high=0.2,
-        args=SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1),
-        use_vllm=False,
-        vllm_importance_sampling_correction=False,
-        model=SimpleNamespace(training=True),
-        current_gradient_accumulation_steps=1,
-        max_completion_length=max_len,
-        accelerator=SimpleNamespace(
-            gather=lambda x: x,
-            reduce=lambda x, reduction="sum": x,
-            num_processes=1,
-            autocast=contextlib.nullcontext,
-            is_main_process=True,
-        ),
-        _metrics=defaultdict(lambda: defaultdict(list)),
-        _entropy_bonus_enabled=False,
-        aux_loss_enabled=False,
-    )
+    fake = H.trl_grpo_self(loss_type=loss_type, max_completion_length=max_len)
     real = functools.partial(GRPOTrainer._get_per_token_logps_and_entropies, fake)
 
     def logps(*a, **k):
