@@ -159,6 +159,19 @@ def test_examples_readme_figures_that_a_short_run_reproduces(toy_run):
             assert ef.masked(readme[name]).split("\n", 1)[1] == ef.masked(got).split("\n", 1)[1], name
 
 
+def test_examples_readme_timings_list_the_pipelines_stages_only(tmp_path):
+    """The timings block shows the stages the pipeline file has, in its order; the state a stage
+    the file no longer has left in ROOT/_pipeline (an old run's) is not shown or counted."""
+    ef = figures_script()
+    state = tmp_path / "_pipeline"
+    state.mkdir()
+    for name, secs in (("old_stage", 100.0), ("b", 2.0), ("a", 1.5)):
+        (state / f"{name}.json").write_text(json.dumps({"stage": name, "seconds": secs, "load_average_1min": 0.5}))
+    lines = ef.timings(tmp_path, ["a", "b", "not_run"]).splitlines()
+    assert [ln.split()[0] for ln in lines[:3]] == ["a", "b", "total"]
+    assert "3.5 s" in lines[2]
+
+
 def test_examples_readme_first_pretraining_evaluation_reproduces(toy_run, tmp_path):
     """The full run's step-50 lines, from a run of the same command stopped after 50 steps."""
     from llmctl.cli import app
