@@ -267,6 +267,8 @@ def check_seed_runner(repo: Path, work: Path) -> None:
     plain `python train.py`, seed 1 prints others, and train.py's bytes are unchanged; SystemExit
     naming what failed otherwise. (The suite tests the runner on a nanoGPT-shaped train.py; this
     is the same check on the real one, which the suite cannot fetch.)"""
+    if not (repo / "train.py").is_file():
+        raise SystemExit(f"--nanogpt {repo}: no train.py there (a karpathy/nanoGPT checkout is needed)")
     ids = np.random.default_rng(0).integers(0, 64, 4000)
     prepared = prepare_nanogpt({"train": (ids[:3000], None), "val": (ids[3000:], None), "vocab": 64}, work)
     before = hashlib.sha256((repo / "train.py").read_bytes()).hexdigest()
