@@ -208,7 +208,7 @@ def test_examples_readme_demo_pretraining_and_sft_work():
     val = [float(x) for x in re.findall(r"\| val_loss (\d+\.\d+)", blocks["pretrain"])]
     assert len(val) >= 3 and val[-1] <= min(val) + 0.02, val  # the val loss had not turned up at the end
     effects = {(r[0], r[2], r[3]): r for r in table_rows(blocks["effects"])}
-    stage, frm, task, metric, before, after, change, se, z = effects[("sft", "stop_rate", "stop_rate")]
+    stage, frm, task, metric, before, after, change, se, z, paired = effects[("sft", "stop_rate", "stop_rate")]
     assert frm == "pretrain" and float(after) >= 0.9
     sft_rows = {(r[0], r[1]): r for r in table_rows(blocks["eval_sft"])}
     assert float(sft_rows[("stop_rate", "stop_rate")][2]) == float(after)
@@ -221,10 +221,12 @@ def test_examples_readme_demo_pretraining_and_sft_work():
 )
 def test_examples_readme_demo_grpo_beats_sft():
     """GRPO's held-out exact match is above the SFT model's by more than two standard errors of the
-    difference (the stage-effects table of the full demo run)."""
+    difference (the stage-effects table of the full demo run; paired: both models answered the same
+    held-out problems)."""
     effects = {(r[0], r[2], r[3]): r for r in table_rows(blocks_by_item()["effects"])}
-    stage, frm, task, metric, before, after, change, se, z = effects[("grpo", "exact_match", "exact_match")]
-    assert frm == "sft" and float(change) == pytest.approx(float(after) - float(before), abs=2e-4)
+    stage, frm, task, metric, before, after, change, se, z, paired = effects[("grpo", "exact_match", "exact_match")]
+    assert frm == "sft" and paired == "yes"
+    assert float(change) == pytest.approx(float(after) - float(before), abs=2e-4)
     assert float(change) > 2 * float(se), (before, after, se)
 
 

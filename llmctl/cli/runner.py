@@ -23,9 +23,13 @@ ROOT/_pipeline/STAGE.log (scripts/examples_figures.py builds examples/README.md'
 Stage effects (`stage_effects`, printed by `llmctl run` at the end): an eval stage is one whose
 command is `eval ${MODEL} ...`; a training stage's predecessor is the stage its `--from ${NAME}`
 names. Each eval'd stage is compared with its nearest eval'd predecessor on every (task, metric)
-both eval stages report with a standard error: before, after, the change and its standard error
-sqrt(stderr_before^2 + stderr_after^2) (the two evaluations taken as independent: conservative
-when they score the same items).
+both eval stages report with a standard error: before, after, the change and its standard error.
+Where both evals kept the metric item by item (a column of that name in RESULTS/_samples/TASK,
+whose mean is the reported value) over the same item ids, the change's standard error is the
+paired one, the standard error of the mean of the per-item differences (both models answered the
+same questions, so what they have in common cancels); otherwise sqrt(stderr_before^2 +
+stderr_after^2), the two evaluations taken as independent (conservative when they score the same
+items). Each row says which (`paired`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from rich.table import Table
 
 from llmctl.cli.app import app
 from llmctl.errors import UsageError
+from llmctl.eval.base import mean_stderr
+from llmctl.eval.runner import SAMPLES_DIR
 from llmctl.store.dataset import MANIFEST, Dataset, atomic_write_json, canonical_json, fingerprint_file
 from llmctl.store.lock import exclusive_output
 from llmctl.utils.formatting import format_value
@@ -273,11 +279,41 @@ def _ref_arg(args: list[str], i: int) -> str | None:
     return m.group(1) if m else None
 
 
+def _item_values(eval_dir: Path, task: str, metric: str, value: float) -> dict[str, float] | None:
+    """`metric` item by item from eval_dir's per-item samples of `task` (a numeric column named after the
+    metric, keyed by the item's id), or None when they are missing or do not average to `value`."""
+    d = eval_dir / SAMPLES_DIR / task
+    if not (d / MANIFEST).is_file():
+        return None
+    rows = list(Dataset.open(d).iter_rows())
+    if not rows or "id" not in rows[0] or metric not in rows[0]:
+        return None
+    vals = {str(r["id"]): r[metric] for r in rows}
+    if len(vals) != len(rows) or not all(isinstance(v, (int, float)) for v in vals.values()):
+        return None
+    vals = {k: float(v) for k, v in vals.items()}
+    if abs(sum(vals.values()) / len(vals) - value) > 1e-9 * max(1.0, abs(value)):
+        return None
+    return vals
+
+
+def _change_stderr(root: Path, ev_before: str, ev_after: str, b: dict, a: dict) -> tuple[float | None, bool]:
+    """The change's standard error and whether it is paired (see the module docstring)."""
+    if a["stderr"] is None or b["stderr"] is None:
+        return None, False
+    items_b = _item_values(root / ev_before, b["task"], b["metric"], b["value"])
+    items_a = _item_values(root / ev_after, a["task"], a["metric"], a["value"])
+    if items_a is not None and items_b is not None and items_a.keys() == items_b.keys() and len(items_a) > 1:
+        return mean_stderr([items_a[k] - items_b[k] for k in sorted(items_a)]), True
+    return (a["stderr"] ** 2 + b["stderr"] ** 2) ** 0.5, False
+
+
 def stage_effects(path: str | Path, root: str | Path) -> list[dict[str, Any]]:
     """One row per (stage, task, metric) that a stage's eval and its nearest eval'd predecessor's
     eval both report, with a standard error on either side (see the module docstring); stages whose evals have not run are left out.
     Rows: stage, before (the predecessor), eval stages of both, task, metric, value_before,
-    value_after, change, stderr (of the change; None when either side has none)."""
+    value_after, change, stderr (of the change; None when either side has none), paired (whether
+    that standard error is the paired one)."""
     pipe, root = load_pipeline(path), Path(root)
     evals: dict[str, str] = {}  # evaluated stage -> its eval stage (the first one)
     parent: dict[str, str] = {}  # stage -> the stage its --from names
@@ -311,7 +347,7 @@ def stage_effects(path: str | Path, root: str | Path) -> list[dict[str, Any]]:
                 continue
             if a["stderr"] is None and b["stderr"] is None:
                 continue  # a count (documents) or a transform of a metric shown (perplexity of the loss)
-            se = None if a["stderr"] is None or b["stderr"] is None else (a["stderr"] ** 2 + b["stderr"] ** 2) ** 0.5
+            se, paired = _change_stderr(root, evals[prev], ev, b, a)
             rows.append(
                 {
                     "stage": model,
@@ -324,13 +360,15 @@ def stage_effects(path: str | Path, root: str | Path) -> list[dict[str, Any]]:
                     "value_after": a["value"],
                     "change": a["value"] - b["value"],
                     "stderr": se,
+                    "paired": paired,
                 }
             )
     return rows
 
 
 def effects_table(rows: list[dict[str, Any]]) -> Table:
-    """`stage_effects` rows as a table: the change, its standard error and the change in standard errors."""
+    """`stage_effects` rows as a table: the change, its standard error, the change in standard errors and
+    whether that standard error is paired (both evals' per-item results over the same items)."""
     table = Table(title="stage effects (each stage's eval against the stage it started from)", title_justify="left")
     for col, just in (
         ("stage", "left"),
@@ -342,6 +380,7 @@ def effects_table(rows: list[dict[str, Any]]) -> Table:
         ("change", "right"),
         ("stderr", "right"),
         ("change/se", "right"),
+        ("paired", "left"),
     ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in rows:
@@ -356,5 +395,6 @@ def effects_table(rows: list[dict[str, Any]]) -> Table:
             f"{r['change']:+.4f}",
             "" if se is None else f"{se:.4f}",
             "" if not se else f"{r['change'] / se:+.1f}",
+            "yes" if r.get("paired") else "",
         )
     return table

@@ -146,6 +146,30 @@ def write_results(d: Path, rows: list[tuple[str, str, float, float | None]]) -> 
     so.finalize(["t"], RESULT_SCHEMA)
 
 
+def write_samples(d: Path, task: str, rows: list[dict]) -> None:
+    """Per-item samples of one task, where `llmctl eval` writes them (RESULTS/_samples/TASK)."""
+    import shutil
+    from dataclasses import dataclass
+
+    import pyarrow as pa
+
+    from llmctl.eval.runner import SAMPLES_DIR
+    from llmctl.store.dataset import StageOutput
+
+    @dataclass
+    class Cfg:
+        limit: int = 0
+
+    schema = pa.Table.from_pylist(rows).schema
+    shutil.rmtree(d / SAMPLES_DIR / task, ignore_errors=True)
+    so = StageOutput(d / SAMPLES_DIR / task, "eval_samples", Cfg(), inputs=[])
+    w = so.shard_writer("part-00000.parquet", schema)
+    for r in rows:
+        w.write(r)
+    so.finish_task("part-00000", {"data": [{"path": "part-00000.parquet", **w.close()}]})
+    so.finalize(["part-00000"], schema)
+
+
 EFFECTS = """
 stages:
   - name: base
@@ -192,9 +216,46 @@ def test_stage_effects_compare_each_eval_with_the_nearest_evaluated_predecessor(
             "value_after": 0.95,
             "change": pytest.approx(0.85),
             "stderr": pytest.approx(0.05),  # sqrt(0.03^2 + 0.04^2); `documents` has none: left out
+            "paired": False,
         }
     ]  # eval_rl has not run: no row for rl
     write_results(root / "eval_rl", [("stop_rate", "stop_rate", 0.85, 0.04)])  # rl --from reward --from sft
     rl = [r for r in stage_effects(f, root) if r["stage"] == "rl"]
     assert [(r["before"], r["change"]) for r in rl] == [("sft", pytest.approx(-0.1))]
     assert effects_table(stage_effects(f, root)).row_count == 2
+
+
+def test_stage_effects_pair_the_items_both_evals_scored(tmp_path):
+    """Both evals kept exact_match item by item over the same ids: the change's standard error is that of
+    the mean per-item difference (here far below the independent one); different items, or per-item
+    values that do not average to the reported figure, fall back to the independent one."""
+    import statistics
+
+    from llmctl.cli.runner import effects_table, stage_effects
+    from llmctl.eval.base import mean_stderr
+
+    f = tmp_path / "p.yaml"
+    f.write_text(EFFECTS)
+    root = tmp_path / "run"
+    before = [1.0] * 30 + [0.0] * 70
+    after = [1.0] * 30 + [1.0] * 12 + [0.0] * 58  # the same 30 right, and 12 more
+    for ev, hits in (("eval_base", before), ("eval_sft", after)):
+        write_results(root / ev, [("exact_match", "exact_match", sum(hits) / 100, mean_stderr(hits))])
+        write_samples(root / ev, "exact_match", [{"id": str(i), "exact_match": h} for i, h in enumerate(hits)])
+    (row,) = stage_effects(f, root)
+    d = [a - b for a, b in zip(after, before)]
+    assert row["paired"] is True and row["change"] == pytest.approx(0.12)
+    assert row["stderr"] == pytest.approx(statistics.stdev(d) / 10)  # 0.0327
+    independent = (mean_stderr(before) ** 2 + mean_stderr(after) ** 2) ** 0.5  # 0.0673
+    assert row["stderr"] < 0.6 * independent
+    assert "yes" in str(effects_table([row]).columns[-1]._cells)
+
+    # different items: not paired
+    write_samples(root / "eval_sft", "exact_match", [{"id": str(i + 1), "exact_match": h} for i, h in enumerate(after)])
+    (row,) = stage_effects(f, root)
+    assert row["paired"] is False and row["stderr"] == pytest.approx(independent)
+
+    # the same ids, but per-item values that are not what the eval reported: not paired
+    write_samples(root / "eval_sft", "exact_match", [{"id": str(i), "exact_match": h} for i, h in enumerate(before)])
+    (row,) = stage_effects(f, root)
+    assert row["paired"] is False and row["stderr"] == pytest.approx(independent)
