@@ -182,6 +182,16 @@ def rl_cmd(
             rich_help_panel=_RL,
         ),
     ] = False,
+    skip_flat_groups: Annotated[
+        bool,
+        typer.Option(
+            "--skip-flat-groups",
+            help="GRPO with --beta 0: completions whose group's rewards are all equal (advantage 0, so no gradient) "
+            "skip the training forward and backward: the same update for less compute; entropy is then logged over "
+            "the trained completions.",
+            rich_help_panel=_RL,
+        ),
+    ] = False,
     tool: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -257,6 +267,7 @@ def rl_cmd(
         mask_truncated=True if mask_truncated else None,
         overlong_penalty=overlong_penalty,
         dynamic_sampling=True if dynamic_sampling else None,
+        skip_flat_groups=True if skip_flat_groups else None,
         tools=tool or None,
         max_tool_calls=max_tool_calls,
         val_fraction=val_fraction,

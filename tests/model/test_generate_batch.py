@@ -1,5 +1,6 @@
 """The shared generation engine: a left-padded batch generates what each prompt would alone."""
 
+import pytest
 import torch
 
 from llmctl.model.generate import generate, generate_batch
@@ -92,3 +93,21 @@ def test_eval_generation_does_not_depend_on_the_batch_size(tmp_path):
         alone = [lm.generate(p, 12, seed=s, **kw) for p, s in zip(prompts, seeds)]
         for bs in (1, 4):
             assert lm.generate_many(prompts, 12, seeds=seeds, batch_size=bs, **kw) == alone, (kw, bs)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(None, None), (5, None), (None, 0.9)])
+def test_a_draw_with_one_generator_a_row_is_torch_multinomial_row_by_row(top_k, top_p):
+    """The per-row draw gives the ids torch.multinomial gives each row alone from its generator, and
+    leaves every generator in the state multinomial leaves it (so the next draw matches too)."""
+    from llmctl.model.generate import _draw, filter_logits
+
+    logits = torch.randn(64, 300, generator=torch.Generator().manual_seed(0)) * 3
+    ours = [torch.Generator().manual_seed(100 + i) for i in range(64)]
+    theirs = [torch.Generator().manual_seed(100 + i) for i in range(64)]
+    for temperature in (1.0, 0.7):
+        got = _draw(logits, temperature, top_k, top_p, ours)
+        probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+        want = torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g)[:, 0] for i, g in enumerate(theirs)])
+        assert torch.equal(got, want)
+        assert len(set(got.tolist())) > 5  # a real draw, not one id
+    assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(ours, theirs))

@@ -42,6 +42,9 @@ class ValueHeadLM(Transformer):
         return self.logits(h), self.value_head(h).squeeze(-1).float()
 
 
+_ROW_KEYS = ("input_ids", "keep", "completion", "cmask")
+
+
 def _stats_of(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if v.dim() == 0}
 
@@ -51,9 +54,8 @@ def _by_plan(model: torch.nn.Module, ro: dict[str, torch.Tensor], plan: list[lis
     shape = ro["cmask"].shape
     logp = torch.zeros(shape, device=ro["cmask"].device)
     vals = torch.zeros(shape, device=ro["cmask"].device)
-    keys = ("input_ids", "keep", "completion", "cmask")
     for idx in plan:
-        sub = {k: ro[k][idx] for k in keys}
+        sub = {k: ro[k][idx] for k in _ROW_KEYS}
         if values:
             logp[idx], vals[idx] = completion_logps(model, sub, values=True)
         else:
@@ -123,11 +125,26 @@ class GRPO:
 
     def loss(self, model, b):
         cfg = self.cfg
-        logp, ent = completion_logps(model, b, entropy=True)
+        mask = b.get("lmask", b["cmask"])
+        ent_mask = mask
+        flat = (b["adv"] == 0) if cfg.skip_flat_groups else None
+        if flat is None or not flat.any():
+            logp, ent = completion_logps(model, b, entropy=True)
+        else:
+            # advantage exactly 0 and no KL term: such a completion's loss terms are 0 whatever the policy,
+            # so only the others run through the model. The skipped rows keep pi_old's log-probs (ratio 1,
+            # loss 0) and the loss is aggregated over the whole micro-batch as usual: the same update.
+            rows = (~flat).nonzero()[:, 0]
+            if rows.numel() == 0:
+                rows = rows.new_zeros(1)  # one row (its loss is 0) keeps the graph, and DDP's hooks, connected
+            lp, ent_rows = completion_logps(model, {k: b[k][rows] for k in _ROW_KEYS}, entropy=True)
+            base = b["old_logp"] if "old_logp" in b else torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device)
+            logp = base.detach().index_put((rows,), lp)
+            ent = torch.zeros(mask.shape, dtype=ent_rows.dtype, device=ent_rows.device).index_put((rows,), ent_rows)
+            ent_mask = torch.zeros_like(mask).index_put((rows,), mask[rows])
         old = logp.detach()
         if "old_logp" in b:  # pi_old's rollout-time log-probs, but where the policy is still pi_old (`old_fresh`)
             old = b["old_logp"] if "old_fresh" not in b else torch.where(b["old_fresh"][:, None], old, b["old_logp"])
-        mask = b.get("lmask", b["cmask"])
         loss, st = R.grpo_loss(
             logp,
             old,
@@ -142,7 +159,7 @@ class GRPO:
             cfg.importance_sampling,
             b["num_items"][0] if "num_items" in b else None,
         )
-        return loss, {**_stats_of(b), **st, "entropy": R.masked_mean(ent, mask)}
+        return loss, {**_stats_of(b), **st, "entropy": R.masked_mean(ent, ent_mask)}
 
     def state_dict(self) -> dict[str, float]:
         return {}

@@ -89,6 +89,7 @@ class RLConfig:
     overlong_penalty: int = 0  # DAPO's soft overlong punishment over the last N tokens before max_new_tokens (0 = off)
     dynamic_sampling: bool = False  # GRPO: drop groups with equal rewards, draw more prompts (DAPO)
     max_draws: int = 4  # dynamic sampling: at most this many prompt draws per rollout
+    skip_flat_groups: bool = False  # GRPO, beta 0: completions with advantage 0 skip the training forward/backward
     tools: list[str] = field(default_factory=list)  # names in llmctl.train.rl.tools.TOOLS, MODULE:FUNC
     max_tool_calls: int = 4  # per completion; a further call ends the completion
     tool_timeout: float = 5.0  # seconds per MODULE:FUNC call
@@ -129,6 +130,7 @@ class RLConfig:
             "--epsilon-high": self.epsilon_high is not None,
             "--mask-truncated": self.mask_truncated,
             "--dynamic-sampling": self.dynamic_sampling,
+            "--skip-flat-groups": self.skip_flat_groups,
             "--tool": bool(self.tools),
         }
         if not algo.grouped and any(grpo_only.values()):
@@ -148,6 +150,11 @@ class RLConfig:
             raise UsageError("max_new_tokens, epochs and rollout_prompts must be positive")
         if self.beta < 0 or (self.target_kl is not None and self.target_kl <= 0):
             raise UsageError("beta must be >= 0 and target_kl > 0")
+        if self.skip_flat_groups and self.beta != 0:
+            raise UsageError(
+                f"--skip-flat-groups needs --beta 0 (got {self.beta}): with a KL term a completion of advantage 0 "
+                "still has a gradient"
+            )
 
     @property
     def group(self) -> int:

@@ -273,3 +273,61 @@ def test_help_lists_the_registries_and_the_config_checks_them():
         H.config("ppo", dynamic_sampling=True)
     with pytest.raises(UsageError, match="overlong-penalty 8 must be in"):
         H.config("grpo", overlong_penalty=8)  # max_new_tokens 8
+
+
+@pytest.mark.parametrize("loss_type", list(R.GRPO_LOSS_TYPES))
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_skipping_flat_groups_gives_the_same_loss_and_gradients_from_fewer_rows(tmp_path, loss_type, epochs):
+    """--skip-flat-groups: half the groups have equal rewards (advantage 0); their completions do not go
+    through the model, and the loss and every parameter's gradient equal the full micro-batch's, for each
+    aggregation, on-policy (epochs 1) and off-policy (epochs 2: a second step against pi_old's log-probs).
+    Entropy is then over the trained completions (torch's Categorical on their logits)."""
+    kw = dict(reward=["test_rl_objectives:half_flat"], max_new_tokens=4, loss_type=loss_type, epochs=epochs)
+    full, model, _ = rollout(tmp_path / "full", **kw)
+    skip, model2, _ = rollout(tmp_path / "skip", skip_flat_groups=True, **kw)
+    for _ in range(epochs):  # with epochs 2, the micro-batch of the second pass (pi_old's log-probs kept)
+        b, b2 = next(full), next(skip)
+    assert torch.equal(b["input_ids"], b2["input_ids"]) and torch.equal(b["adv"], b2["adv"])
+    flat = b["adv"] == 0
+    assert 0 < flat.sum() < flat.numel()
+    if epochs == 2:
+        with torch.no_grad():  # move the policy off pi_old, the same way on both sides
+            for p, q in zip(model.parameters(), model2.parameters()):
+                p.add_(0.01 * torch.sin(torch.arange(p.numel(), dtype=p.dtype)).view_as(p))
+                q.copy_(p)
+    rows = []
+    real_forward = type(model2).forward
+
+    def counting(self, input_ids, *a, **k):
+        rows.append(input_ids.size(0))
+        return real_forward(self, input_ids, *a, **k)
+
+    loss, st = full.algo.loss(model, b)
+    loss.backward()
+    type(model2).forward = counting
+    try:
+        loss2, st2 = skip.algo.loss(model2, b2)
+    finally:
+        type(model2).forward = real_forward
+    loss2.backward()
+    assert rows == [int((~flat).sum())]  # only the completions with an advantage ran
+    assert loss2.item() == pytest.approx(loss.item(), abs=1e-7)
+    for (n, p), q in zip(model.named_parameters(), model2.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-7, rtol=1e-5), n
+    logits = model2(b2["input_ids"][~flat])[b2["keep"][~flat]].float()
+    ent = torch.distributions.Categorical(logits=logits).entropy()
+    assert st2["entropy"].item() == pytest.approx(ent.mean().item(), abs=1e-5)
+    if epochs == 1:
+        assert st2["clip_ratio"].item() == st["clip_ratio"].item() == 0.0
+    else:  # off-policy: the trained completions' ratios moved (the skipped ones are logged as 1)
+        assert "old_logp" in b2 and st2["policy/ratio_max"].item() > 1.001
+        assert st2["policy/ratio_max"].item() <= st["policy/ratio_max"].item() * (1 + 1e-6)
+
+
+def test_skipping_flat_groups_needs_beta_0_and_grpo():
+    from llmctl.errors import UsageError
+
+    with pytest.raises(UsageError, match="--skip-flat-groups needs --beta 0"):
+        H.config("grpo", beta=0.04, skip_flat_groups=True)
+    with pytest.raises(UsageError, match="--skip-flat-groups"):
+        H.config("ppo", beta=0.0, skip_flat_groups=True)
