@@ -216,9 +216,6 @@ def test_examples_readme_demo_pretraining_and_sft_work():
     assert {k[0] for k in effects} >= {"sft", "grpo", "dpo"}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="GRPO does not yet beat SFT by 2 standard errors in the demo (examples/README.md)"
-)
 def test_examples_readme_demo_grpo_beats_sft():
     """GRPO's held-out exact match is above the SFT model's by more than two standard errors of the
     difference (the stage-effects table of the full demo run; paired: both models answered the same
