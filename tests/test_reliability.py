@@ -104,6 +104,7 @@ def one_line_error(err: str, message: str) -> bool:
 # ----------------------------------------------------------------------------- killed runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["out", "rejected"])
 def test_kill_between_tasks_mkdir_and_run_json_resumes(where, docs_jsonl, clean, tmp_path):
     out = tmp_path / "docs"
@@ -115,6 +116,7 @@ def test_kill_between_tasks_mkdir_and_run_json_resumes(where, docs_jsonl, clean,
     assert rej["fingerprint"] == clean["rejected"]["fingerprint"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["out", "rejected"])
 def test_kill_after_manifest_rerun_cleans_run_state(where, docs_jsonl, clean, tmp_path):
     out = tmp_path / "docs"

@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from llmctl.train.loop import _log_line
 from llmctl.utils.formatting import format_value
 
 
+@pytest.mark.slow
 def test_echoed_commands_are_not_wrapped_in_a_log(tmp_path):
     """`llmctl run` into a pipe (make, CI): rich used to wrap at 80 columns, breaking commands mid-line."""
     pipe = tmp_path / "p.yaml"

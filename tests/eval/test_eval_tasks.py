@@ -154,6 +154,7 @@ def test_hugging_face_directory_gives_the_same_numbers(tmp_path):
     assert a == b
 
 
+@pytest.mark.slow
 def test_cli_writes_results_dataset_and_prints_table(tmp_path):
     from llmctl.cli import app
 

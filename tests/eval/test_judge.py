@@ -166,6 +166,7 @@ def test_unparseable_replies_are_counted_skips(models, tmp_path):
     assert parse_verdict("hmm\nA or B") is None and parse_verdict("Final: tie") == "tie"
 
 
+@pytest.mark.slow
 def test_dead_url_is_one_line(models, tmp_path):
     m, b, _, p = models
     s = socket.socket()

@@ -134,6 +134,7 @@ print(json.dumps([t.encode(x, add_special_tokens=False) for x in json.loads(sys.
 """
 
 
+@pytest.mark.slow
 def test_export_loads_without_protobuf_or_sentencepiece(exported):
     tok, hf = exported
     texts = TRICKY + stories(20)

@@ -14,6 +14,8 @@ from llmctl.plan.memory import meta_model, param_elements
 VOCAB = 50304
 LLAMA = dict(d_model=2048, n_head=32, n_kv_head=8, d_ff=8192, max_seq_len=2048, tie_embeddings=False)  # Llama-3.2-1B
 
+pytestmark = pytest.mark.slow  # each layout trains a step (10 s in all): the full tier
+
 
 def config(name: str) -> ModelConfig:
     if name == "llama":

@@ -20,6 +20,7 @@ def test_gpu_check_dry_run_passes():
     assert "plan" in lines[-1] and "measured" in lines[-1]
 
 
+@pytest.mark.slow
 def test_gpu_check_without_a_gpu_exits_nonzero():
     r = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "no CUDA device" in r.stderr

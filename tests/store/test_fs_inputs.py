@@ -22,6 +22,7 @@ def kept(out: Path) -> list[tuple[str, str]]:
     return list(zip(t.column("id").to_pylist(), t.column("text").to_pylist()))
 
 
+@pytest.mark.slow
 def test_file_uri_directory_gives_the_local_result(tmp_path):
     d = tmp_path / "crawl"
     d.mkdir()

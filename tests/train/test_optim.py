@@ -116,6 +116,7 @@ def test_muon_resume_is_exact_and_learns(data, tmp_path):
     assert la[-1] < la[0] - 0.2 and straight["val_loss"] < la[0]
 
 
+@pytest.mark.slow
 def test_trackers_get_the_metrics_jsonl_records(data, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"

@@ -100,6 +100,7 @@ def user_tools(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_user_tool_runs_in_a_subprocess_and_is_cut_off_with_a_reason(user_tools):
     box = ToolBox(["my_tools:shout", "my_tools:hang", "my_tools:boom", "my_tools:flood"], timeout=2.0, max_output=1000)
     assert box.call("my_tools:shout abc") == "ABC"
