@@ -55,12 +55,23 @@ def seeded_pipeline(pipeline: Path, run: Path, sft_seed: int, rl_seed: int) -> s
     return yaml.safe_dump({"name": f"demo_grpo_sft{sft_seed}_rl{rl_seed}", "stages": stages}, sort_keys=False)
 
 
+def seed_list(text: str) -> list[int]:
+    """ "0,1,2" -> [0, 1, 2]; argparse turns the ValueError into a one-line usage error."""
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seed offsets like 0,1,2, got {text!r}") from None
+    if any(x < 0 for x in out):
+        raise argparse.ArgumentTypeError(f"seed offsets are >= 0, got {text!r}")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, default=ROOT / "out" / "demo", help="a finished demo run (make demo)")
     ap.add_argument("--pipeline", type=Path, default=ROOT / "pipelines" / "toy.yaml")
-    ap.add_argument("--sft-seeds", default="0,1,2")
-    ap.add_argument("--rl-seeds", default="0,1")
+    ap.add_argument("--sft-seeds", type=seed_list, default=[0, 1, 2])
+    ap.add_argument("--rl-seeds", type=seed_list, default=[0, 1])
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench_demo_grpo")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -71,8 +82,7 @@ def main() -> int:
     from llmctl.cli.runner import stage_effects
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    sft_seeds = [int(s) for s in args.sft_seeds.split(",")]
-    rl_seeds = [int(s) for s in args.rl_seeds.split(",")]
+    sft_seeds, rl_seeds = args.sft_seeds, args.rl_seeds
     rows = []
     print(
         f"{'sft seed':>8} {'rl seed':>7} {'sft':>6} {'grpo':>6} {'change':>7} {'se':>7} {'z':>6} {'paired':>6} {'s':>5}"
